@@ -1,0 +1,204 @@
+"""rosbag2 reading and writing with the ``rosbags`` library (no ROS installation needed).
+
+Message definitions come from the ROS 2 Kilted type store that ``rosbags`` ships; types it does
+not know (the stack's own ``fedvla_interfaces``, or any other package) are registered from
+their ``.msg`` files in ``share/<package>/msg`` of the installed prefixes, so the definitions in
+a bag are the ones the publishers were built from.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from fedvla.config import require, require_positive
+
+log = logging.getLogger(__name__)
+
+STORAGE_FORMATS = ("sqlite3", "mcap")
+
+
+class BagError(RuntimeError):
+    """A bag cannot be read or written."""
+
+
+@dataclasses.dataclass(kw_only=True)
+class RecorderConfig:
+    """Settings of the bag recorder; field names are the ``bag_recorder`` node's parameters."""
+
+    output_path: str = ""  # empty: runs/bag_<date>_<time> in the working directory
+    storage: str = "sqlite3"
+    exclude_topics: tuple[str, ...] = ("/rosout", "/parameter_events")
+    discovery_period_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        require(self.storage in STORAGE_FORMATS, "storage", f"unknown format {self.storage!r}",
+                ", ".join(STORAGE_FORMATS))
+        require_positive(self.discovery_period_s, "discovery_period_s")
+        if self.output_path:
+            require(not Path(self.output_path).expanduser().exists(), "output_path",
+                    f"{self.output_path} exists already (rosbag2 never overwrites)", "a new directory path")
+
+    def resolved_output_path(self) -> Path:
+        if self.output_path:
+            return Path(self.output_path).expanduser()
+        return Path("runs") / time.strftime("bag_%Y%m%d_%H%M%S")
+
+
+def _prefixes() -> list[Path]:
+    paths = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    return [Path(p) for p in dict.fromkeys(paths + [sys.prefix])]
+
+
+class TypeRegistry:
+    """A ``rosbags`` type store that learns unknown message types from installed .msg files."""
+
+    def __init__(self, prefixes: Sequence[Path] | None = None) -> None:
+        from rosbags.typesys import Stores, get_typestore
+
+        self.typestore = get_typestore(Stores.ROS2_KILTED)
+        self._prefixes = list(prefixes) if prefixes is not None else _prefixes()
+
+    def ensure(self, msgtype: str) -> None:
+        """Make ``msgtype`` ("pkg/msg/Name") known, with the message types it depends on."""
+        from rosbags.typesys import get_types_from_msg
+
+        pending = [msgtype]
+        while pending:
+            name = pending.pop()
+            if name in self.typestore.types:
+                continue
+            text = self._find_definition(name)
+            types = get_types_from_msg(text, name)
+            self.typestore.register(types)
+            for _, fields in types.values():
+                pending.extend(_referenced_types(fields))
+
+    def _find_definition(self, msgtype: str) -> str:
+        package, kind, name = _split_type(msgtype)
+        for prefix in self._prefixes:
+            path = prefix / "share" / package / kind / f"{name}.{kind}"
+            if path.is_file():
+                return path.read_text()
+        raise BagError(f"no definition of {msgtype}: {package}/{kind}/{name}.{kind} is not installed "
+                       f"under {', '.join(map(str, self._prefixes))}")
+
+
+def _split_type(msgtype: str) -> tuple[str, str, str]:
+    parts = msgtype.split("/")
+    if len(parts) != 3:
+        raise BagError(f"{msgtype!r} is not a ROS 2 type name like 'sensor_msgs/msg/Image'")
+    return parts[0], parts[1], parts[2]
+
+
+def _referenced_types(fields: Any) -> Iterator[str]:
+    """Names of message types referenced by a rosbags field list (nested, arrays, sequences)."""
+    from rosbags.typesys.base import Nodetype
+
+    for _, (node_type, detail) in fields:
+        if node_type == Nodetype.NAME:
+            yield detail
+        elif node_type in (Nodetype.ARRAY, Nodetype.SEQUENCE):
+            inner_type, inner_detail = detail[0]
+            if inner_type == Nodetype.NAME:
+                yield inner_detail
+
+
+class BagWriter:
+    """Writes already-serialized (CDR) messages, as received by a raw ROS 2 subscription."""
+
+    def __init__(self, path: str | Path, storage: str = "sqlite3", registry: TypeRegistry | None = None) -> None:
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        if storage not in STORAGE_FORMATS:
+            raise BagError(f"storage {storage!r} is not supported (allowed: {', '.join(STORAGE_FORMATS)})")
+        self.path = Path(path)
+        if self.path.exists():
+            raise BagError(f"{self.path} exists already: rosbag2 never overwrites; choose a new path")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.registry = registry or TypeRegistry()
+        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+        self._writer = Writer(self.path, version=9, storage_plugin=plugin)
+        self._writer.open()
+        self._connections: dict[str, Any] = {}
+        self.counts: dict[str, int] = {}
+
+    def add_topic(self, topic: str, msgtype: str) -> None:
+        if topic in self._connections:
+            return
+        self.registry.ensure(msgtype)
+        self._connections[topic] = self._writer.add_connection(topic, msgtype, typestore=self.registry.typestore)
+        self.counts[topic] = 0
+
+    def write(self, topic: str, stamp_ns: int, cdr: bytes) -> None:
+        self._writer.write(self._connections[topic], stamp_ns, cdr)
+        self.counts[topic] += 1
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def __enter__(self) -> BagWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicSummary:
+    name: str
+    msgtype: str
+    count: int
+
+    def rate_hz(self, duration_s: float) -> float:
+        return (self.count - 1) / duration_s if duration_s > 0 and self.count > 1 else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class BagSummary:
+    path: Path
+    storage: str
+    duration_s: float
+    topics: tuple[TopicSummary, ...]
+
+    def topic(self, name: str) -> TopicSummary:
+        for t in self.topics:
+            if t.name == name:
+                return t
+        raise KeyError(f"{name} is not in {self.path} (topics: {', '.join(t.name for t in self.topics)})")
+
+
+def summarize_bag(path: str | Path) -> BagSummary:
+    """Topics, types, message counts and duration of a rosbag2 directory."""
+    from rosbags.rosbag2 import Reader
+
+    path = Path(path)
+    try:
+        with Reader(path) as reader:
+            topics = tuple(sorted(
+                (TopicSummary(name=c.topic, msgtype=c.msgtype, count=c.msgcount) for c in reader.connections),
+                key=lambda t: t.name))
+            storage = "mcap" if any(f.suffix == ".mcap" for f in path.iterdir()) else "sqlite3"
+            return BagSummary(path=path, storage=storage,
+                              duration_s=reader.duration / 1e9 if reader.message_count else 0.0, topics=topics)
+    except Exception as err:  # rosbags raises several types for missing/corrupt bags
+        raise BagError(f"cannot read the rosbag2 directory {path}: {err}") from err
+
+
+def read_messages(path: str | Path, topics: Sequence[str] | None = None,
+                  registry: TypeRegistry | None = None) -> Iterator[tuple[str, int, Any]]:
+    """Yield ``(topic, stamp_ns, message)`` in time order, deserialized with rosbags."""
+    from rosbags.rosbag2 import Reader
+
+    registry = registry or TypeRegistry()
+    with Reader(Path(path)) as reader:
+        connections = [c for c in reader.connections if topics is None or c.topic in topics]
+        for connection in connections:
+            registry.ensure(connection.msgtype)
+        for connection, stamp_ns, raw in reader.messages(connections=connections):
+            yield connection.topic, stamp_ns, registry.typestore.deserialize_cdr(raw, connection.msgtype)

@@ -1,0 +1,262 @@
+"""The node graph of every launch profile, described once in ``config/graph.yaml``.
+
+Two consumers read it and nothing else:
+
+* ``launch/<profile>.launch.py`` turns it into launch_ros ``Node`` actions (through
+  ``fedvla_bringup.graph_launch``), for ``ros2 launch fedvla_bringup <profile>.launch.py``;
+* ``fedvla launch <profile>`` (:mod:`fedvla.runner`) starts the same executables, with the same
+  parameter files, as processes, on machines without the ROS 2 CLI.
+
+File layout::
+
+    arguments:            # launch arguments: name -> {default, description, choices?, type?}
+    nodes:                # node entries: key -> {package, executable, name, namespace?,
+                          #   parameters? (files under config/), argument_parameters?
+                          #   ({parameter: argument}), remappings? ([[from, to]]),
+                          #   arguments? (command-line arguments; "{config}" = the config dir),
+                          #   if? / unless? (a boolean argument that switches the node)}
+    profiles:             # profile -> {description, nodes: [keys], argument_defaults?}
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedvla.config import ConfigError
+
+GRAPH_FILE = "graph.yaml"
+_ARG_TYPES = {"string": str, "bool": bool, "int": int, "float": float}
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+class GraphError(ConfigError):
+    """The graph file, a profile name or a launch argument is invalid."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchArgument:
+    name: str
+    default: str
+    description: str
+    choices: tuple[str, ...] = ()
+    type: str = "string"
+
+    def parse(self, text: str) -> Any:
+        """Check ``text`` against choices/type and return the typed value."""
+        if self.choices and text not in self.choices:
+            raise GraphError(self.name, f"invalid value {text!r}", ", ".join(self.choices))
+        if self.type == "bool":
+            return parse_bool(text, self.name)
+        if self.type in ("int", "float"):
+            try:
+                return _ARG_TYPES[self.type](text)
+            except ValueError:
+                raise GraphError(self.name, f"{text!r} is not a number", f"a {self.type}") from None
+        return text
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeSpec:
+    key: str
+    package: str
+    executable: str
+    name: str
+    namespace: str = ""
+    parameters: tuple[str, ...] = ()
+    argument_parameters: tuple[tuple[str, str], ...] = ()  # (parameter, argument)
+    remappings: tuple[tuple[str, str], ...] = ()
+    arguments: tuple[str, ...] = ()
+    if_argument: str = ""
+    unless_argument: str = ""
+
+    @property
+    def fully_qualified_name(self) -> str:
+        ns = self.namespace.strip("/")
+        return f"/{ns}/{self.name}" if ns else f"/{self.name}"
+
+    def command_line_arguments(self, config_dir: Path) -> list[str]:
+        return [a.replace("{config}", str(config_dir)) for a in self.arguments]
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    nodes: tuple[NodeSpec, ...]
+    arguments: tuple[LaunchArgument, ...]  # with this profile's defaults applied
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedNode:
+    """A node to start: its spec plus the parameter values bound from launch arguments."""
+
+    spec: NodeSpec
+    parameter_files: tuple[Path, ...]
+    parameter_values: dict[str, Any]
+    arguments: tuple[str, ...]
+
+
+def parse_bool(text: str | bool, field: str) -> bool:
+    if isinstance(text, bool):
+        return text
+    lowered = str(text).strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise GraphError(field, f"{text!r} is not a boolean", "true, false")
+
+
+class Graph:
+    """The parsed ``graph.yaml``; ``config_dir`` is where its parameter files live."""
+
+    def __init__(self, raw: Mapping[str, Any], config_dir: Path) -> None:
+        self.config_dir = Path(config_dir)
+        self.arguments = {name: _parse_argument(name, spec) for name, spec in (raw.get("arguments") or {}).items()}
+        self.nodes = {key: self._parse_node(key, spec) for key, spec in (raw.get("nodes") or {}).items()}
+        self._profiles_raw = raw.get("profiles") or {}
+        if not self._profiles_raw:
+            raise GraphError("profiles", "the graph defines no profile", "a mapping of profile names")
+        for name in self._profiles_raw:
+            self.profile(name)  # validate every profile eagerly
+
+    @classmethod
+    def load(cls, config_dir: str | Path) -> Graph:
+        path = Path(config_dir) / GRAPH_FILE
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise GraphError("config_dir", f"{path} does not exist", "the config/ directory of fedvla_bringup") from None
+        return cls(raw or {}, Path(config_dir))
+
+    @property
+    def profile_names(self) -> list[str]:
+        return list(self._profiles_raw)
+
+    def profile(self, name: str) -> Profile:
+        raw = self._profiles_raw.get(name)
+        if raw is None:
+            raise GraphError("profile", f"unknown profile {name!r}", ", ".join(self._profiles_raw))
+        unknown_nodes = [k for k in raw.get("nodes", []) if k not in self.nodes]
+        if unknown_nodes:
+            raise GraphError(f"profiles.{name}.nodes", f"unknown node {unknown_nodes[0]!r}", ", ".join(self.nodes))
+        nodes = tuple(self.nodes[k] for k in raw.get("nodes", []))
+        defaults = {str(k): _yaml_text(v) for k, v in (raw.get("argument_defaults") or {}).items()}
+        used = {a for n in nodes for a in _arguments_of(n)}
+        for arg in list(defaults) + sorted(used):
+            if arg not in self.arguments:
+                raise GraphError(f"profiles.{name}", f"uses undeclared launch argument {arg!r}",
+                                 ", ".join(self.arguments))
+        arguments = []
+        for arg in self.arguments.values():
+            if arg.name in defaults:
+                arg.parse(defaults[arg.name])
+                arg = dataclasses.replace(arg, default=defaults[arg.name])
+            arguments.append(arg)
+        return Profile(name=name, description=str(raw.get("description", "")), nodes=nodes,
+                       arguments=tuple(arguments))
+
+    def resolve(self, profile_name: str, overrides: Mapping[str, str] | None = None) -> list[ResolvedNode]:
+        """The nodes a profile starts with these ``name:=value`` overrides, conditions applied."""
+        profile = self.profile(profile_name)
+        by_name = {a.name: a for a in profile.arguments}
+        overrides = dict(overrides or {})
+        unknown = sorted(set(overrides) - set(by_name))
+        if unknown:
+            raise GraphError(unknown[0], "unknown launch argument", ", ".join(by_name))
+        values = {name: arg.parse(overrides.get(name, arg.default)) for name, arg in by_name.items()}
+        resolved = []
+        for node in profile.nodes:
+            if node.if_argument and not values[node.if_argument]:
+                continue
+            if node.unless_argument and values[node.unless_argument]:
+                continue
+            resolved.append(ResolvedNode(
+                spec=node,
+                parameter_files=tuple(self.config_dir / f for f in node.parameters),
+                parameter_values={param: values[arg] for param, arg in node.argument_parameters},
+                arguments=tuple(node.command_line_arguments(self.config_dir)),
+            ))
+        return resolved
+
+    def _parse_node(self, key: str, spec: Mapping[str, Any]) -> NodeSpec:
+        where = f"nodes.{key}"
+        known = {"package", "executable", "name", "namespace", "parameters", "argument_parameters",
+                 "remappings", "arguments", "if", "unless"}
+        unknown = sorted(set(spec) - known)
+        if unknown:
+            raise GraphError(f"{where}.{unknown[0]}", "unknown key", ", ".join(sorted(known)))
+        for required in ("package", "executable", "name"):
+            if not spec.get(required):
+                raise GraphError(f"{where}.{required}", "is missing", "a non-empty string")
+        for file in spec.get("parameters", []):
+            if not (self.config_dir / file).is_file():
+                raise GraphError(f"{where}.parameters", f"{file} does not exist in {self.config_dir}",
+                                 "files under config/")
+        node = NodeSpec(
+            key=key,
+            package=spec["package"],
+            executable=spec["executable"],
+            name=spec["name"],
+            namespace=spec.get("namespace", ""),
+            parameters=tuple(spec.get("parameters", [])),
+            argument_parameters=tuple((str(p), str(a)) for p, a in (spec.get("argument_parameters") or {}).items()),
+            remappings=tuple((str(a), str(b)) for a, b in spec.get("remappings", [])),
+            arguments=tuple(str(a) for a in spec.get("arguments", [])),
+            if_argument=spec.get("if", ""),
+            unless_argument=spec.get("unless", ""),
+        )
+        for arg in _arguments_of(node):
+            if arg not in self.arguments:
+                raise GraphError(where, f"uses undeclared launch argument {arg!r}", ", ".join(self.arguments))
+        for arg in filter(None, (node.if_argument, node.unless_argument)):
+            if self.arguments[arg].type != "bool":
+                raise GraphError(where, f"condition argument {arg!r} is not of type bool", "a bool argument")
+        return node
+
+
+def _arguments_of(node: NodeSpec) -> set[str]:
+    return {a for _, a in node.argument_parameters} | {a for a in (node.if_argument, node.unless_argument) if a}
+
+
+def _parse_argument(name: str, spec: Mapping[str, Any]) -> LaunchArgument:
+    arg_type = spec.get("type", "string")
+    if arg_type not in _ARG_TYPES:
+        raise GraphError(f"arguments.{name}.type", f"unknown type {arg_type!r}", ", ".join(_ARG_TYPES))
+    if "default" not in spec or not spec.get("description"):
+        raise GraphError(f"arguments.{name}", "needs a default and a description", "default: ..., description: ...")
+    choices = tuple(_yaml_text(c) for c in spec.get("choices", []))
+    if arg_type == "bool" and not choices:
+        choices = ("true", "false")
+    arg = LaunchArgument(name=name, default=_yaml_text(spec["default"]), description=str(spec["description"]),
+                         choices=choices, type=arg_type)
+    arg.parse(arg.default)
+    return arg
+
+
+def _yaml_text(value: Any) -> str:
+    """Launch arguments are strings; YAML may have parsed ``true``/``1`` into other types."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def find_config_dir() -> Path:
+    """The installed ``share/fedvla_bringup/config`` (ament index), else the source tree's."""
+    import os
+    import sys
+
+    prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p] + [sys.prefix]
+    for prefix in prefixes:
+        candidate = Path(prefix) / "share" / "fedvla_bringup" / "config"
+        if (candidate / GRAPH_FILE).is_file():
+            return candidate
+    source = Path(__file__).resolve().parents[3] / "config"
+    if (source / GRAPH_FILE).is_file():
+        return source
+    raise GraphError("config_dir", "cannot find fedvla_bringup's config/graph.yaml",
+                     "build the workspace (.ci/setup) or source a ROS 2 install")

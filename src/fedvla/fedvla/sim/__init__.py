@@ -1,0 +1,1 @@
+"""Simulated robots, scenes and cameras (MuJoCo / Meta-World): real simulations, not mocks."""

@@ -1,0 +1,22 @@
+"""Topic names of the stack: the single source for nodes, launch files, tests and RViz.
+
+Camera topics follow realsense-ros: relative to the camera node (``~/``), so a node named
+``camera`` in namespace ``camera`` publishes ``/camera/camera/color/image_raw``.
+"""
+from __future__ import annotations
+
+COLOR_IMAGE = "color/image_raw"
+COLOR_INFO = "color/camera_info"
+ALIGNED_DEPTH_IMAGE = "aligned_depth_to_color/image_raw"
+ALIGNED_DEPTH_INFO = "aligned_depth_to_color/camera_info"
+CAMERA_TOPICS = (COLOR_IMAGE, COLOR_INFO, ALIGNED_DEPTH_IMAGE, ALIGNED_DEPTH_INFO)
+
+
+def private_topic(relative: str) -> str:
+    """The name a node uses for one of its own topics (``~/color/image_raw``)."""
+    return f"~/{relative}"
+
+
+def node_topic(node_fqn: str, relative: str) -> str:
+    """Absolute topic of a node's private topic: ``/camera/corner`` + ``color/image_raw``."""
+    return f"{node_fqn.rstrip('/')}/{relative}"

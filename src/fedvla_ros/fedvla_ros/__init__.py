@@ -1,0 +1,1 @@
+"""Thin rclpy nodes: each declares its parameters, builds a core object and moves messages."""

@@ -1,0 +1,22 @@
+from setuptools import find_packages, setup
+
+package_name = "fedvla_ros"
+
+setup(
+    name=package_name,
+    version="0.1.0",
+    description="Thin rclpy nodes of FedVLA-ROS",
+    packages=find_packages(include=[package_name, f"{package_name}.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{package_name}"]),
+        (f"share/{package_name}", ["package.xml"]),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    entry_points={
+        "console_scripts": [
+            "camera_node = fedvla_ros.camera_node:main",
+            "bag_recorder = fedvla_ros.bag_recorder:main",
+        ],
+    },
+)
