@@ -37,12 +37,12 @@ class SimCamera(Camera):
             return
         cfg = self.config
         try:
-            env = make_metaworld_env(cfg.sim_task, cfg.sim_seed)
-            renderer = SceneRenderer(env.unwrapped.model, env.unwrapped.data, cfg.width, cfg.height)
-            self._camera = renderer.camera(cfg.sim_camera)
+            self._env = make_metaworld_env(cfg.sim_task, cfg.sim_seed)
+            self._renderer = SceneRenderer(self._env.unwrapped.model, self._env.unwrapped.data, cfg.width, cfg.height)
+            self._camera = self._renderer.camera(cfg.sim_camera)
         except SceneError as err:
+            self.disconnect()  # release the GL context and the scene of a half-made camera
             raise CameraError(str(err)) from err
-        self._env, self._renderer = env, renderer
         focal = self._camera.focal_px(cfg.height)
         self.intrinsics = Intrinsics(width=cfg.width, height=cfg.height, fx=focal, fy=focal,
                                      cx=(cfg.width - 1) / 2.0, cy=(cfg.height - 1) / 2.0)

@@ -1,0 +1,52 @@
+"""Test-wide setup: an isolated ROS 2 domain per run, seeded RNGs, shared helpers.
+
+Every pytest process locks its own ``ROS_DOMAIN_ID`` before anything initialises rclpy, and
+child processes (nodes, ``ros2 launch``) inherit it, so concurrent test runs on one machine
+never see each other's topics.
+"""
+from __future__ import annotations
+
+import os
+import random
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedvla.ros_domain import isolate_ros_environment
+
+REPO = Path(__file__).resolve().parents[1]
+VENDOR = REPO.parent / "shared" / "vendor"
+DOMAIN_ID = isolate_ros_environment()
+os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"ROS_DOMAIN_ID={DOMAIN_ID} (locked for this run), vendor tools: {'yes' if VENDOR.is_dir() else 'no'}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_hw = pytest.mark.skip(reason="hardware test: set FEDVLA_HARDWARE=1 with the device connected")
+    for item in items:
+        if "hardware" in item.keywords and os.environ.get("FEDVLA_HARDWARE") != "1":
+            item.add_marker(skip_hw)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    random.seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture
+def rclpy_context() -> Iterator[Any]:
+    """An initialised rclpy context of its own, shut down after the test."""
+    rclpy = pytest.importorskip("rclpy")
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    yield context
+    rclpy.try_shutdown(context=context)
