@@ -98,11 +98,14 @@ class ProfileRunner:
         self.skipped: list[str] = []
         self._output_lock = threading.Lock()
 
+    def _prefixes(self) -> list[str]:
+        return [p for p in self.env.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p] + [sys.prefix]
+
     def start(self) -> None:
         commands = []
         for node in self.nodes:
             spec = node.spec
-            executable = find_executable(spec.package, spec.executable)
+            executable = find_executable(spec.package, spec.executable, self._prefixes())
             if executable is None:
                 if spec.package in OPTIONAL_PACKAGES:
                     self.skipped.append(f"{spec.fully_qualified_name} ({spec.package} is not installed: it needs a "

@@ -1,0 +1,129 @@
+"""config/graph.yaml: the one node-graph description behind launch files and `fedvla launch`."""
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedvla.bag import RecorderConfig
+from fedvla.camera import CameraConfig
+from fedvla.config import config_fields
+from fedvla.graph import Graph, GraphError
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "config"
+PROFILES = ["real_robot", "sim", "replay"]
+# Node parameters beyond the core config's fields (one-to-one otherwise).
+NODE_PARAMETERS = {
+    "camera_node": set(config_fields(CameraConfig)) | {"optical_frame_id"},
+    "bag_recorder": set(config_fields(RecorderConfig)),
+}
+
+
+@pytest.fixture(scope="module")
+def graph() -> Graph:
+    return Graph.load(CONFIG)
+
+
+def test_every_profile_has_a_launch_file_that_uses_it(graph) -> None:
+    assert sorted(graph.profile_names) == sorted(PROFILES)
+    for name in graph.profile_names:
+        text = (REPO / "launch" / f"{name}.launch.py").read_text()
+        assert f'profile_launch_description("{name}")' in text
+
+
+def test_ur_driver_argument_conventions(graph) -> None:
+    args = {a.name: a for a in graph.profile("real_robot").arguments}
+    assert {"robot_ip", "ur_type", "use_mock_hardware", "launch_rviz"} <= set(args)
+    assert args["use_mock_hardware"].default == "false" and args["launch_rviz"].default == "true"
+    sim = {a.name: a for a in graph.profile("sim").arguments}
+    assert sim["use_mock_hardware"].default == "true" and sim["launch_rviz"].default == "false"
+
+
+def _parameters_for(node, graph) -> dict:
+    """Parameters a node receives from its files, honouring /** and its own name, as rcl does."""
+    merged: dict = {}
+    for path in node.parameter_files:
+        doc = yaml.safe_load(path.read_text())
+        for key in ("/**", node.spec.fully_qualified_name):
+            merged.update((doc.get(key) or {}).get("ros__parameters", {}))
+    return merged
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_parameter_files_match_the_core_configs(graph, profile, tmp_path) -> None:
+    recording = tmp_path / "recording.db3"
+    recording.write_bytes(b"")
+    for node in graph.resolve(profile, {"bag": str(recording)}):
+        if node.spec.package != "fedvla_ros":
+            continue
+        params = _parameters_for(node, graph) | node.parameter_values
+        assert params, f"{node.spec.fully_qualified_name} gets no parameters from {node.parameter_files}"
+        unknown = set(params) - NODE_PARAMETERS[node.spec.executable]
+        assert not unknown, f"{node.spec.fully_qualified_name}: {unknown} are not parameters of the node"
+        if node.spec.executable == "camera_node":
+            cfg = {k: v for k, v in params.items() if k in config_fields(CameraConfig)}
+            CameraConfig(**cfg)  # every file's values pass the core's validation
+
+
+def test_sim_profile_has_three_distinct_cameras(graph) -> None:
+    nodes = [n for n in graph.resolve("sim") if n.spec.executable == "camera_node"]
+    cameras = {n.spec.fully_qualified_name: _parameters_for(n, graph)["sim_camera"] for n in nodes}
+    assert cameras == {"/camera/corner": "corner", "/camera/top": "topview", "/camera/shoulder": "corner2"}
+
+
+def test_mock_hardware_swaps_the_realsense_for_a_simulated_camera(graph) -> None:
+    real = [n for n in graph.resolve("real_robot", {"launch_rviz": "false"})]
+    mock = [n for n in graph.resolve("real_robot", {"launch_rviz": "false", "use_mock_hardware": "true"})]
+    assert [n.spec.key for n in real] == ["camera_realsense"]
+    assert [n.spec.key for n in mock] == ["camera_realsense_mock"]
+    assert _parameters_for(mock[0], graph)["backend"] == "sim"
+    assert real[0].parameter_values == {"serial": ""}
+
+
+def test_arguments_bind_to_parameters_with_their_types(graph) -> None:
+    (camera, recorder) = graph.resolve("replay", {"bag": "/data/run.db3", "record": "true",
+                                                  "record_path": "/tmp/out", "record_storage": "mcap"})
+    assert camera.parameter_values == {"bag_path": "/data/run.db3"}
+    assert recorder.parameter_values == {"output_path": "/tmp/out", "storage": "mcap"}
+    rviz = graph.resolve("real_robot")[-1]
+    assert rviz.spec.package == "rviz2" and rviz.arguments == ("-d", f"{CONFIG}/fedvla.rviz")
+    assert (CONFIG / "fedvla.rviz").is_file()
+
+
+@pytest.mark.parametrize(("profile", "overrides", "message"), [
+    ("nope", {}, "profile: unknown profile 'nope' (allowed: real_robot, sim, replay)"),
+    ("sim", {"ur_type": "ur10"}, "ur_type: invalid value 'ur10' (allowed: ur3, ur3e)"),
+    ("sim", {"launch_rviz": "maybe"}, "launch_rviz: invalid value 'maybe' (allowed: true, false)"),
+    ("sim", {"robotip": "1.2.3.4"}, "robotip: unknown launch argument"),
+])
+def test_bad_profiles_and_arguments_are_clear_errors(graph, profile, overrides, message) -> None:
+    with pytest.raises(GraphError) as err:
+        graph.resolve(profile, overrides)
+    assert str(err.value).startswith(message)
+
+
+def test_graph_validation_catches_mistakes(tmp_path) -> None:
+    raw = yaml.safe_load((CONFIG / "graph.yaml").read_text())
+    raw["nodes"]["camera_sim_top"]["if"] = "camera_serial"  # a string argument as a condition
+    with pytest.raises(GraphError, match="condition argument 'camera_serial' is not of type bool"):
+        Graph(raw, CONFIG)
+    raw = yaml.safe_load((CONFIG / "graph.yaml").read_text())
+    raw["profiles"]["sim"]["nodes"].append("camera_typo")
+    with pytest.raises(GraphError, match="unknown node 'camera_typo'"):
+        Graph(raw, CONFIG)
+    raw = yaml.safe_load((CONFIG / "graph.yaml").read_text())
+    raw["nodes"]["recorder"]["parameters"] = ["missing.yaml"]
+    with pytest.raises(GraphError, match="missing.yaml does not exist"):
+        Graph(raw, CONFIG)
+
+
+def test_rviz_config_shows_the_stacks_camera_topics() -> None:
+    from fedvla import topics
+
+    rviz = yaml.safe_load((CONFIG / "fedvla.rviz").read_text())
+    shown = {d["Topic"]["Value"] for d in rviz["Visualization Manager"]["Displays"] if "Topic" in d}
+    graph = Graph.load(CONFIG)
+    cameras = {n.spec.fully_qualified_name for p in ("real_robot", "sim")
+               for n in graph.resolve(p) if n.spec.executable == "camera_node"}
+    assert {topics.node_topic(c, topics.COLOR_IMAGE) for c in cameras} <= shown

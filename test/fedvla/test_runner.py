@@ -1,0 +1,87 @@
+"""`fedvla launch`: the command lines it builds and how it runs and stops processes."""
+import io
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedvla.graph import Graph, NodeSpec, ResolvedNode
+from fedvla.runner import ProfileRunner, RunnerError, find_executable, node_command, parameter_literal
+
+CONFIG = Path(__file__).resolve().parents[2] / "config"
+
+
+@pytest.mark.parametrize("value", ["123456", "", "it's", "true", "1.5", True, False, 3, 2.5, "a b"])
+def test_parameter_literals_keep_their_type_through_yaml(value) -> None:
+    # rcl parses `-p name:=value` with YAML: a serial number must stay a string.
+    assert yaml.safe_load(parameter_literal(value)) == value
+    assert type(yaml.safe_load(parameter_literal(value))) is type(value)
+
+
+def test_node_command_matches_ros2_run_conventions() -> None:
+    spec = NodeSpec(key="k", package="fedvla_ros", executable="camera_node", name="corner", namespace="camera",
+                    remappings=(("~/color/image_raw", "/rgb"),))
+    node = ResolvedNode(spec=spec, parameter_files=(Path("/cfg/a.yaml"),), parameter_values={"serial": "0042"},
+                        arguments=("-x",))
+    assert node_command(Path("/p/lib/fedvla_ros/camera_node"), node) == [
+        "/p/lib/fedvla_ros/camera_node", "-x", "--ros-args", "-r", "__node:=corner", "-r", "__ns:=/camera",
+        "--params-file", "/cfg/a.yaml", "-p", "serial:='0042'", "-r", "~/color/image_raw:=/rgb"]
+
+
+def _fake_install(tmp_path: Path, package: str, executable: str, script: str) -> Path:
+    path = tmp_path / "lib" / package / executable
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!{sys.executable}\n{script}\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return path
+
+
+def test_find_executable_searches_ament_prefixes(tmp_path) -> None:
+    exe = _fake_install(tmp_path, "pkg", "tool", "print('hi')")
+    assert find_executable("pkg", "tool", [str(tmp_path)]) == exe
+    assert find_executable("pkg", "other", [str(tmp_path)]) is None
+
+
+def _graph(tmp_path: Path, script: str) -> Graph:
+    _fake_install(tmp_path, "demo_pkg", "talker", script)
+    raw = {
+        "arguments": {"launch_rviz": {"type": "bool", "default": True, "description": "rviz"}},
+        "nodes": {
+            "talker": {"package": "demo_pkg", "executable": "talker", "name": "talker"},
+            "rviz": {"package": "rviz2", "executable": "rviz2_not_installed", "name": "rviz2", "if": "launch_rviz"},
+        },
+        "profiles": {"demo": {"description": "d", "nodes": ["talker", "rviz"]}},
+    }
+    return Graph(raw, tmp_path)
+
+
+def test_runner_prefixes_output_skips_optional_nodes_and_stops_on_sigint(tmp_path) -> None:
+    script = ("import signal, sys, time\n"
+              "print('up', sys.argv[1:4], flush=True)\n"
+              "signal.signal(signal.SIGINT, lambda *a: (print('bye', flush=True), sys.exit(0)))\n"
+              "time.sleep(60)\n")
+    out = io.StringIO()
+    env = dict(os.environ, AMENT_PREFIX_PATH=str(tmp_path))
+    with ProfileRunner(_graph(tmp_path, script), "demo", env=env, output=out) as runner:
+        assert len(runner.running) == 1 and "rviz2" in runner.skipped[0]
+        runner.wait(duration_s=1.0)
+    assert runner.running[0].process.returncode == 0
+    assert "[/talker] up ['--ros-args', '-r', '__node:=talker']" in out.getvalue()
+    assert "[/talker] bye" in out.getvalue()
+
+
+def test_runner_reports_a_failing_node(tmp_path) -> None:
+    env = dict(os.environ, AMENT_PREFIX_PATH=str(tmp_path))
+    with ProfileRunner(_graph(tmp_path, "import sys; sys.exit(3)"), "demo", env=env, output=io.StringIO()) as runner:
+        with pytest.raises(RunnerError, match="node /talker exited with status 3"):
+            runner.wait(duration_s=20.0)
+
+
+def test_runner_refuses_a_missing_executable(tmp_path) -> None:
+    graph = _graph(tmp_path, "")
+    (tmp_path / "lib" / "demo_pkg" / "talker").unlink()
+    with pytest.raises(RunnerError, match="demo_pkg/talker is not installed: run .ci/setup"):
+        ProfileRunner(graph, "demo", env=dict(os.environ, AMENT_PREFIX_PATH=str(tmp_path))).start()
