@@ -52,10 +52,7 @@ def run_node(node_factory: Callable[[], Node], label: str, args: list[str] | Non
             node = node_factory()
         except ConfigError as err:
             return _fail(label, str(err), EXIT_BAD_CONFIG)
-        except InvalidParameterTypeException as err:
-            # "Trying to set parameter 'fps' to '...' of type 'STRING', expecting type 'DOUBLE'"
-            return _fail(label, f"{err.parameter.name}: wrong type ({err})", EXIT_BAD_CONFIG)
-        except (InvalidParameterValueException, ParameterException) as err:
+        except (InvalidParameterTypeException, InvalidParameterValueException, ParameterException) as err:
             return _fail(label, str(err).splitlines()[0], EXIT_BAD_CONFIG)
         except StartupError as err:
             return _fail(label, str(err), EXIT_UNAVAILABLE)

@@ -9,21 +9,46 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from fedvla.config import default_values, from_mapping
+from fedvla.config import ConfigError, default_values, from_mapping
 
 C = TypeVar("C")
+_TYPE_NAMES = {
+    Parameter.Type.BOOL: "boolean (true/false)",
+    Parameter.Type.INTEGER: "integer",
+    Parameter.Type.DOUBLE: "floating-point number",
+    Parameter.Type.STRING: "string",
+    Parameter.Type.STRING_ARRAY: "list of strings",
+}
 
 
 def declare(node: Node, name: str, default: Any, description: str = "") -> Any:
-    """Declare one parameter (empty lists are string arrays) and return its value."""
-    descriptor = ParameterDescriptor(description=description)
+    """Declare one parameter (empty lists are string arrays) and return its value.
+
+    A value of the wrong type (``fps:=fast``) becomes a :class:`ConfigError` naming the
+    parameter and the expected type, instead of rclpy's exception.
+    """
+    # Floats accept integers (fps:=30): the core config converts and validates the value.
+    descriptor = ParameterDescriptor(description=description, dynamic_typing=isinstance(default, float))
     if isinstance(default, (list, tuple)) and not default:
-        return node.declare_parameter(name, Parameter.Type.STRING_ARRAY, descriptor).value or []
-    value = node.declare_parameter(name, list(default) if isinstance(default, tuple) else default, descriptor).value
-    return value
+        declared = Parameter.Type.STRING_ARRAY
+    else:
+        declared = list(default) if isinstance(default, tuple) else default
+    try:
+        return node.declare_parameter(name, declared, descriptor).value
+    except InvalidParameterTypeException:
+        given = getattr(node, "_parameter_overrides", {}).get(name)
+        shown = f" {given.value!r}" if given is not None else ""
+        expected = Parameter.Type.from_parameter_value(declared) if not isinstance(declared, Parameter.Type) else declared
+        raise ConfigError(name, f"wrong type{shown}",
+                          f"a {_TYPE_NAMES.get(expected, expected.name.lower())}, e.g. {_literal(default)}") from None
+
+
+def _literal(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def declare_config(node: Node, config_class: type[C]) -> C:

@@ -1,0 +1,112 @@
+"""The launch files in launch/, started through launch_ros by launch_pytest, and the installed
+``ros2 launch fedvla_bringup sim.launch.py`` seen from ``ros2 topic``.
+
+launch_pytest, launch_ros and the ros2 CLI are not on PyPI: .ci/setup installs them from
+../shared/vendor when it exists; without them these tests skip.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from support.ros import wait_for_messages
+
+VENDOR_REASON = "launch_pytest/launch_ros are not installed: they come from ../shared/vendor (or a ROS 2 install)"
+launch_pytest = pytest.importorskip("launch_pytest", reason=VENDOR_REASON)
+pytest.importorskip("launch_ros", reason=VENDOR_REASON)
+
+from launch import LaunchDescription  # noqa: E402
+from launch.actions import IncludeLaunchDescription  # noqa: E402
+from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+
+from fedvla import topics  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.ros
+
+
+def include(launch_file: str, **arguments: str) -> LaunchDescription:
+    source = PythonLaunchDescriptionSource(str(REPO / "launch" / launch_file))
+    return LaunchDescription([IncludeLaunchDescription(source, launch_arguments=arguments.items()),
+                              launch_pytest.actions.ReadyToTest()])
+
+
+@launch_pytest.fixture
+def sim_launch():
+    return include("sim.launch.py", launch_rviz="false")
+
+
+@pytest.mark.launch(fixture=sim_launch)
+def test_sim_launch_publishes_all_three_cameras(rclpy_context) -> None:
+    for camera in ("/camera/corner", "/camera/top", "/camera/shoulder"):
+        image = wait_for_messages(rclpy_context, topics.node_topic(camera, topics.COLOR_IMAGE), Image, count=2)[-1]
+        assert (image.width, image.height, image.encoding) == (128, 128, "rgb8")
+        info = wait_for_messages(rclpy_context, topics.node_topic(camera, topics.ALIGNED_DEPTH_INFO), CameraInfo)[0]
+        assert info.k[0] > 0
+
+
+@launch_pytest.fixture
+def mock_robot_launch():
+    return include("real_robot.launch.py", use_mock_hardware="true", launch_rviz="false")
+
+
+@pytest.mark.launch(fixture=mock_robot_launch)
+def test_real_robot_launch_with_mock_hardware_simulates_the_d435(rclpy_context) -> None:
+    image = wait_for_messages(rclpy_context, "/camera/camera/" + topics.COLOR_IMAGE, Image)[0]
+    assert (image.width, image.height) == (640, 480)
+
+
+@pytest.fixture(scope="module")
+def realsense_recording(tmp_path_factory):
+    from support.realsense_software_device import SoftwareCamera, make_frames
+
+    frames = make_frames(8, seed=9)
+    return SoftwareCamera().record(tmp_path_factory.mktemp("replay") / "d435.db3", frames), frames
+
+
+@launch_pytest.fixture
+def replay_launch(realsense_recording):
+    return include("replay.launch.py", bag=str(realsense_recording[0]), launch_rviz="false")
+
+
+@pytest.mark.launch(fixture=replay_launch)
+def test_replay_launch_plays_the_recording(rclpy_context, realsense_recording) -> None:
+    images = wait_for_messages(rclpy_context, "/camera/camera/" + topics.COLOR_IMAGE, Image, count=3)
+    injected = {f.rgb.tobytes() for f in realsense_recording[1]}
+    assert all(bytes(m.data) in injected for m in images)
+
+
+def ros2(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
+    ros2_cli = Path(sys.prefix) / "bin" / "ros2"
+    if not ros2_cli.exists():
+        pytest.skip(f"the ros2 CLI is not installed: {VENDOR_REASON}")
+    return subprocess.run([str(ros2_cli), *args], capture_output=True, text=True, timeout=timeout_s)
+
+
+def test_ros2_launch_sim_is_seen_by_ros2_topic() -> None:
+    ros2_cli = Path(sys.prefix) / "bin" / "ros2"
+    if not ros2_cli.exists():
+        pytest.skip(f"the ros2 CLI is not installed: {VENDOR_REASON}")
+    launch = subprocess.Popen([str(ros2_cli), "launch", "fedvla_bringup", "sim.launch.py"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        expected = {topics.node_topic(c, rel) for c in ("/camera/corner", "/camera/top", "/camera/shoulder")
+                    for rel in topics.CAMERA_TOPICS}
+        deadline, listed = time.monotonic() + 60, set()
+        while not expected <= listed and time.monotonic() < deadline:
+            listed = set(ros2("topic", "list").stdout.split())
+            time.sleep(0.5)
+        assert expected <= listed, f"missing topics: {sorted(expected - listed)}"
+        echo = ros2("topic", "echo", "--once", "/camera/top/color/camera_info", "--field", "width")
+        assert echo.returncode == 0, echo.stderr
+        assert echo.stdout.split()[0] == "128"
+    finally:
+        os.killpg(launch.pid, signal.SIGINT)
+        out, _ = launch.communicate(timeout=30)
+    assert launch.returncode == 0, out
+    assert out.count("process has finished cleanly") == 3, out
