@@ -25,6 +25,23 @@ os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 
+def _load_ros_middleware_first() -> None:
+    """pyrealsense2 bundles its own Fast DDS, whose GNU-unique singletons clash with ROS's
+    copy when pyrealsense2 is loaded first (the process segfaults at exit). Nodes load ROS's
+    middleware in rclpy.init() before any camera connects; the test process does the same here,
+    before any test imports pyrealsense2."""
+    try:
+        import rclpy
+    except ImportError:
+        return
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    rclpy.shutdown(context=context)
+
+
+_load_ros_middleware_first()
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     return f"ROS_DOMAIN_ID={DOMAIN_ID} (locked for this run), vendor tools: {'yes' if VENDOR.is_dir() else 'no'}"
 

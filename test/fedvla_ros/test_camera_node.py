@@ -44,7 +44,8 @@ def test_bag_backend_replays_a_realsense_recording_on_ros_topics(rclpy_context, 
     try:
         images = wait_for_messages(rclpy_context, "/camera/camera/" + topics.COLOR_IMAGE, Image, count=4)
     finally:
-        stop_process(process)
+        _, err = stop_process(process)
+    assert process.returncode == 0, err  # librealsense and rclpy shut down cleanly together
     injected = {f.rgb.tobytes() for f in frames}
     for msg in images:
         assert (msg.width, msg.height) == (WIDTH, HEIGHT)

@@ -7,6 +7,11 @@ frame path is tested without hardware by injecting frames into an ``rs.software_
 
 Install the SDK with ``pip install pyrealsense2`` (on Debian/Ubuntu it needs
 ``apt-get install libusb-1.0-0``).
+
+pyrealsense2 bundles its own Fast DDS. In a process that also runs ROS 2 nodes, initialise
+rclpy (which loads ROS's middleware) *before* the first pyrealsense2 import, as the camera node
+does; the other order makes the two copies share singletons and the process crash at exit.
+pyrealsense2 is therefore imported lazily, on ``connect()``.
 """
 from __future__ import annotations
 
