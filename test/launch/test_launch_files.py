@@ -102,11 +102,14 @@ def test_ros2_launch_sim_is_seen_by_ros2_topic() -> None:
             listed = set(ros2("topic", "list").stdout.split())
             time.sleep(0.5)
         assert expected <= listed, f"missing topics: {sorted(expected - listed)}"
-        echo = ros2("topic", "echo", "--once", "/camera/top/color/camera_info", "--field", "width")
-        assert echo.returncode == 0, echo.stderr
-        assert echo.stdout.split()[0] == "128"
+        for camera in ("/camera/corner", "/camera/top", "/camera/shoulder"):
+            echo = ros2("topic", "echo", "--once", topics.node_topic(camera, topics.COLOR_INFO), "--field", "width")
+            assert echo.returncode == 0, echo.stderr
+            assert echo.stdout.split()[0] == "128"
     finally:
+        # Like Ctrl-C in a terminal: SIGINT reaches ros2 launch and every node (the process
+        # group), and launch forwards it to the nodes once more.
         os.killpg(launch.pid, signal.SIGINT)
-        out, _ = launch.communicate(timeout=30)
+        out, _ = launch.communicate(timeout=60)
     assert launch.returncode == 0, out
     assert out.count("process has finished cleanly") == 3, out

@@ -42,7 +42,12 @@ class CameraNode(Node):
         # connects on that thread too, because an OpenGL context (sim) belongs to one thread.
         self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
         self._thread.start()
-        self._connected.wait()
+        try:
+            self._connected.wait()
+        except KeyboardInterrupt:  # stopped while connecting: let the capture thread clean up
+            self._stop.set()
+            self._thread.join(timeout=10.0)
+            raise
         if self._connect_error is not None:
             raise StartupError(str(self._connect_error))
         self.get_logger().info(

@@ -38,6 +38,10 @@ def _fail(label: str, message: str, status: int) -> int:
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    # Shut down once: a terminal's Ctrl-C reaches the node and `ros2 launch` forwards it again;
+    # a second interrupt must not abort the cleanup (launch escalates to SIGKILL if it hangs).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -45,6 +49,7 @@ def run_node(node_factory: Callable[[], Node], label: str, args: list[str] | Non
     # SIGINT/SIGTERM become KeyboardInterrupt, so the node is destroyed (devices released,
     # files closed, last log lines published) before the ROS context shuts down.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     node: Node | None = None
     try:
@@ -64,6 +69,8 @@ def run_node(node_factory: Callable[[], Node], label: str, args: list[str] | Non
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
