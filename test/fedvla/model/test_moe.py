@@ -118,3 +118,17 @@ def test_every_kind_has_the_same_interface(kind) -> None:
         assert torch.equal(out.active.sum(-1), torch.full((2, 3), 2))
         assert out.aux_loss is not None and out.aux_loss.item() > 0
     assert layer.counts.sum() == out.active.sum()
+
+
+def test_load_balancing_loss_is_one_when_balanced_and_larger_when_not() -> None:
+    from fedvla.model.moe import load_balancing_loss
+
+    logits = torch.zeros(8, K)  # uniform router
+    balanced = torch.zeros(8, K, dtype=torch.bool)
+    balanced[torch.arange(8), torch.arange(8)] = True
+    assert load_balancing_loss(logits, balanced, k=1).item() == pytest.approx(1.0)
+    skewed_logits = torch.zeros(8, K)
+    skewed_logits[:, 0] = 5.0
+    skewed = torch.zeros(8, K, dtype=torch.bool)
+    skewed[:, 0] = True
+    assert load_balancing_loss(skewed_logits, skewed, k=1).item() > 5.0

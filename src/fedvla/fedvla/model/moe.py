@@ -113,6 +113,15 @@ def dispatch(x: Tensor, gates: Tensor, active: Tensor, experts: nn.ModuleList) -
     return y.reshape(x.shape)
 
 
+def load_balancing_loss(logits: Tensor, active: Tensor, k: int) -> Tensor:
+    """Switch-Transformer balance ``K · Σ_i f_i · P_i``: f_i the fraction of routing slots that
+    went to expert i, P_i its mean router probability; 1 when perfectly balanced."""
+    num_experts = logits.shape[-1]
+    probs = torch.softmax(logits, dim=-1).reshape(-1, num_experts)
+    routed = active.reshape(-1, num_experts).float()
+    return num_experts * (routed.mean(0) / k * probs.mean(0)).sum()
+
+
 class DGMoE(CountingLayer):
     """Dual-Gating Mixture of Experts (FedVLA eqs. 3–6); see the module docstring."""
 
@@ -169,11 +178,9 @@ class TopKMoE(CountingLayer):
         active = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, top_index, True)
         gates = torch.zeros_like(logits).scatter(-1, top_index, torch.softmax(top_values, dim=-1))
         y = dispatch(x, gates, active, self.experts)
-        probs = torch.softmax(logits, dim=-1).reshape(-1, self.num_experts)
-        routed = active.reshape(-1, self.num_experts).float()
-        aux = self.num_experts * (routed.mean(0) / self.k * probs.mean(0)).sum()
         self._count(active, groups)
-        return MoEOutput(y=y, logits=logits, gates=gates, active=active, aux_loss=aux)
+        return MoEOutput(y=y, logits=logits, gates=gates, active=active,
+                         aux_loss=load_balancing_loss(logits, active, self.k))
 
 
 class AdaMoE(CountingLayer):
@@ -196,12 +203,11 @@ class AdaMoE(CountingLayer):
         active = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, top_index, True)
         gates = torch.sigmoid(self.scale_adapter(x)) * active
         y = dispatch(x, gates, active, self.experts)
-        # The router learns through a load-balancing term only if it is in the loss; AdaMoE trains
-        # it with the same Switch-style balance as top-k.
-        probs = torch.softmax(logits, dim=-1).reshape(-1, self.num_experts)
-        aux = self.num_experts * (active.reshape(-1, self.num_experts).float().mean(0) / self.k * probs.mean(0)).sum()
         self._count(active, groups)
-        return MoEOutput(y=y, logits=logits, gates=gates, active=active, aux_loss=aux)
+        # The router's top-k choice has no gradient through the gates (the adapter sets them): it
+        # learns from the same load-balancing term as top-k.
+        return MoEOutput(y=y, logits=logits, gates=gates, active=active,
+                         aux_loss=load_balancing_loss(logits, active, self.k))
 
 
 class DenseFFN(CountingLayer):
