@@ -1,0 +1,37 @@
+"""A small synthetic manipulation-like task whose actions depend on the observation.
+
+Each sample shows a bright square at a random place in every camera view; the action chunk
+moves towards it: ``a_t = (t+1)/H · (u, v, proprio[0], proprio[1])``, with (u, v) the square's
+normalised position. A constant prediction cannot fit it; a policy that looks can.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+from fedvla.model.config import PolicyConfig
+
+
+class SquareReachDataset(Dataset):
+    def __init__(self, config: PolicyConfig, size: int, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        views, s, h = len(config.camera_names), config.image_size, config.horizon
+        square = max(4, s // 8)
+        self.images = torch.zeros(size, views, 3, s, s, dtype=torch.uint8)
+        uv = torch.rand(size, 2, generator=g)
+        corners = (uv * (s - square)).long()
+        for i in range(size):
+            u, v = corners[i].tolist()
+            self.images[i, :, :, v : v + square, u : u + square] = 255
+        self.proprio = torch.randn(size, config.proprio_dim, generator=g)
+        self.language = torch.randn(1, config.language_dim, generator=g).expand(size, -1).clone()
+        target = torch.cat([uv * 2 - 1, self.proprio[:, :2]], dim=1)[:, : config.action_dim]
+        ramp = torch.arange(1, h + 1, dtype=torch.float32).view(1, h, 1) / h
+        self.actions = ramp * target.unsqueeze(1)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"images": self.images[i], "proprio": self.proprio[i], "language": self.language[i],
+                "actions": self.actions[i]}
