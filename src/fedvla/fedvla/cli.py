@@ -4,6 +4,7 @@
     fedvla launch sim [name:=value ...]      start a profile's nodes (like ros2 launch)
     fedvla demo                              the main job: run the simulated stack, record it
     fedvla bag info PATH                     topics, types and message counts of a rosbag2
+    fedvla bench policy                      policy/trunk latency per MoE kind, experts per token
 """
 from __future__ import annotations
 
@@ -117,6 +118,37 @@ def cmd_bag_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_policy(args: argparse.Namespace) -> int:
+    import torch
+
+    from fedvla.model.bench import run_policy_bench
+    from fedvla.model.config import PolicyConfig
+    from fedvla.model.moe import FeedForwardKind
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_config = args.model_config or find_config_dir() / "model" / "hpt_small.yaml"
+    config = PolicyConfig.from_yaml(model_config, proprio_dim=args.proprio_dim, action_dim=args.action_dim)
+    kinds = [FeedForwardKind(k) for k in args.kinds]
+    console.print(f"policy bench: {model_config} ({config.num_blocks} blocks, width {config.embed_dim}, "
+                  f"{config.num_experts} experts, {len(config.camera_names)} cameras {config.image_size}px, "
+                  f"batch 1), torch threads {torch.get_num_threads()}, {args.repeats} repeats")
+    figures = run_policy_bench(config, kinds, repeats=args.repeats, train_epochs=args.train_epochs)
+    table = Table(title="policy step and trunk latency (CPU unless CUDA is present)")
+    for column in ("feed-forward", "step median (ms)", "step p90 (ms)", "trunk median (ms)", "experts/token"):
+        table.add_column(column, justify="right")
+    for f in figures:
+        p90 = sorted(f.step_ms)[int(0.9 * (len(f.step_ms) - 1))]
+        table.add_row(f.kind.value, f"{f.step_median_ms:.2f}", f"{p90:.2f}", f"{f.trunk_median_ms:.2f}",
+                      f"{f.experts_per_token:.3f}")
+    console.print(table)
+    by_kind = {f.kind: f for f in figures}
+    if FeedForwardKind.DGMOE in by_kind and FeedForwardKind.TOPK in by_kind:
+        ratio = by_kind[FeedForwardKind.DGMOE].trunk_median_ms / by_kind[FeedForwardKind.TOPK].trunk_median_ms
+        console.print(f"trunk time DGMoE / top-2: {ratio:.2f} (target <= 0.7)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedvla", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,6 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=15.0, help="seconds to run (default 15)")
     demo.add_argument("--output", help="rosbag2 directory to write (default runs/demo_<date>_<time>)")
     demo.set_defaults(func=cmd_demo)
+    bench = sub.add_parser("bench", help="benchmarks that print figures").add_subparsers(
+        dest="bench_command", required=True)
+    policy_bench = bench.add_parser("policy", help="policy step / trunk latency per feed-forward kind")
+    policy_bench.add_argument("--model-config", help="model config file (default: config/model/hpt_small.yaml)")
+    policy_bench.add_argument("--proprio-dim", type=int, default=4)
+    policy_bench.add_argument("--action-dim", type=int, default=4)
+    policy_bench.add_argument("--kinds", nargs="+", default=["dense", "topk", "adamoe", "dgmoe"])
+    policy_bench.add_argument("--repeats", type=int, default=50)
+    policy_bench.add_argument("--train-epochs", type=int, default=3,
+                              help="short training before measuring experts/token (0: skip)")
+    policy_bench.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    policy_bench.set_defaults(func=cmd_bench_policy)
     bag = sub.add_parser("bag", help="rosbag2 tools").add_subparsers(dest="bag_command", required=True)
     info = bag.add_parser("info", help="topics and message counts of a rosbag2 directory")
     info.add_argument("path")

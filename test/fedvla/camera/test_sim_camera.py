@@ -70,3 +70,21 @@ def test_unknown_task_or_camera_is_a_clear_error(field, value, message) -> None:
     with pytest.raises(CameraError) as err:
         camera.connect()
     assert message in str(err.value)
+
+
+def test_a_process_can_render_then_train() -> None:
+    """Rendering loads Mesa's LLVM; building an optimizer afterwards imports triton's (torch's
+    CUDA build): the scene renderer orders them so that the process survives."""
+    import subprocess
+    import sys
+
+    script = ("from fedvla.camera import CameraConfig, make_camera\n"
+              "import torch\n"
+              "with make_camera(CameraConfig(backend='sim', width=32, height=32, fps=50, sim_camera='topview')) as c:\n"
+              "    c.read()\n"
+              "torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))])\n"
+              "import torch._dynamo\n"
+              "print('trained after rendering')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "trained after rendering" in result.stdout

@@ -11,7 +11,7 @@ from fedvla.model.config import PolicyConfig
 from fedvla.model.moe import FeedForwardKind
 from fedvla.model.policy import ObservationError, Policy
 from fedvla.model.train import TrainConfig, evaluate_loss, train_policy
-from support.synthetic import SquareReachDataset
+from fedvla.data.synthetic import SquareReachDataset
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "config" / "model"
 

@@ -8,6 +8,7 @@ up axis pointing down) the right way up.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -58,12 +59,25 @@ class CameraModel:
         return (height / 2.0) / np.tan(np.deg2rad(self.fovy_deg) / 2.0)
 
 
+def load_llvm_users_first() -> None:
+    """Import triton, if installed, before the first GL context.
+
+    Without a GPU, EGL and OSMesa render with Mesa's llvmpipe, which loads the system libLLVM.
+    triton (installed with torch's CUDA build) bundles another LLVM; importing it after Mesa's
+    has loaded crashes the process, and torch imports it lazily (e.g. when an optimizer is
+    built), so a process that renders and then trains would die. The other order is safe.
+    """
+    if importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
+
+
 class SceneRenderer:
     """Renders RGB and depth (metres) from the named cameras of one MuJoCo model."""
 
     def __init__(self, model: Any, data: Any, width: int, height: int) -> None:
         import mujoco
 
+        load_llvm_users_first()
         self._mujoco = mujoco
         self.model, self.data = model, data
         self.width, self.height = width, height

@@ -1,4 +1,5 @@
-"""A small synthetic manipulation-like task whose actions depend on the observation.
+"""A small synthetic reaching task whose actions depend on the observation (for tests,
+benchmarks and smoke runs of the trainer).
 
 Each sample shows a bright square at a random place in every camera view; the action chunk
 moves towards it: ``a_t = (t+1)/H · (u, v, proprio[0], proprio[1])``, with (u, v) the square's

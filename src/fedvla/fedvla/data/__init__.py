@@ -1,0 +1,1 @@
+"""Datasets: episodes (camera views, proprioception, instruction, action chunks)."""
