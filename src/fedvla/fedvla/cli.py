@@ -173,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     policy_bench.add_argument("--action-dim", type=int, default=4)
     policy_bench.add_argument("--kinds", nargs="+", default=["dense", "topk", "adamoe", "dgmoe"])
     policy_bench.add_argument("--repeats", type=int, default=50)
-    policy_bench.add_argument("--train-epochs", type=int, default=3,
-                              help="short training before measuring experts/token (0: skip)")
+    policy_bench.add_argument("--train-epochs", type=int, default=10,
+                              help="epochs of DGMoE training on the synthetic task before timing (0: untrained)")
     policy_bench.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     policy_bench.set_defaults(func=cmd_bench_policy)
     bag = sub.add_parser("bag", help="rosbag2 tools").add_subparsers(dest="bag_command", required=True)
