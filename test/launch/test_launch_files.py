@@ -99,11 +99,13 @@ def test_ros2_launch_sim_is_seen_by_ros2_topic() -> None:
                     for rel in topics.CAMERA_TOPICS}
         deadline, listed = time.monotonic() + 60, set()
         while not expected <= listed and time.monotonic() < deadline:
-            listed = set(ros2("topic", "list").stdout.split())
+            # --no-daemon: a test must not leave a ros2 daemon running behind it.
+            listed = set(ros2("topic", "list", "--no-daemon", "--spin-time", "1").stdout.split())
             time.sleep(0.5)
         assert expected <= listed, f"missing topics: {sorted(expected - listed)}"
         for camera in ("/camera/corner", "/camera/top", "/camera/shoulder"):
-            echo = ros2("topic", "echo", "--once", topics.node_topic(camera, topics.COLOR_INFO), "--field", "width")
+            echo = ros2("topic", "echo", "--once", "--no-daemon", topics.node_topic(camera, topics.COLOR_INFO),
+                        "--field", "width")
             assert echo.returncode == 0, echo.stderr
             assert echo.stdout.split()[0] == "128"
     finally:
