@@ -17,6 +17,7 @@ setup(
         "console_scripts": [
             "camera_node = fedvla_ros.camera_node:main",
             "bag_recorder = fedvla_ros.bag_recorder:main",
+            "policy_node = fedvla_ros.policy_node:main",
         ],
     },
 )

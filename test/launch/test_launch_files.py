@@ -104,8 +104,9 @@ def test_ros2_launch_sim_is_seen_by_ros2_topic() -> None:
             time.sleep(0.5)
         assert expected <= listed, f"missing topics: {sorted(expected - listed)}"
         for camera in ("/camera/corner", "/camera/top", "/camera/shoulder"):
+            # The type is given: without a daemon, a fresh echo node may not have discovered it yet.
             echo = ros2("topic", "echo", "--once", "--no-daemon", topics.node_topic(camera, topics.COLOR_INFO),
-                        "--field", "width")
+                        "sensor_msgs/msg/CameraInfo", "--field", "width")
             assert echo.returncode == 0, echo.stderr
             assert echo.stdout.split()[0] == "128"
     finally:

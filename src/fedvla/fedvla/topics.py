@@ -20,3 +20,9 @@ def private_topic(relative: str) -> str:
 def node_topic(node_fqn: str, relative: str) -> str:
     """Absolute topic of a node's private topic: ``/camera/corner`` + ``color/image_raw``."""
     return f"{node_fqn.rstrip('/')}/{relative}"
+
+# Robot state (UR driver convention) and the policy node's own topics (relative to the node).
+JOINT_STATES = "/joint_states"
+INSTRUCTION = "instruction"
+ACTION_CHUNK = "action_chunk"
+EXPERT_ACTIVATION = "expert_activation"

@@ -38,7 +38,9 @@ def declare(node: Node, name: str, default: Any, description: str = "") -> Any:
     else:
         declared = list(default) if isinstance(default, tuple) else default
     try:
-        return node.declare_parameter(name, declared, descriptor).value
+        value = node.declare_parameter(name, declared, descriptor).value
+        # A string array declared by type has no value until one is given: that means empty.
+        return [] if value is None and declared is Parameter.Type.STRING_ARRAY else value
     except InvalidParameterTypeException:
         given = getattr(node, "_parameter_overrides", {}).get(name)
         shown = f" {given.value!r}" if given is not None else ""

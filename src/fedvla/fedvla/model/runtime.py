@@ -1,0 +1,94 @@
+"""Running a trained policy on live inputs (used by the policy node, and by closed-loop
+evaluation): numpy images/proprio/instruction in, an action chunk and expert activity out."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedvla.config import require, require_positive
+from fedvla.model.checkpoint import CheckpointError, load_checkpoint
+
+
+@dataclasses.dataclass(kw_only=True)
+class PolicyRuntimeConfig:
+    """Field names are the policy node's parameters."""
+
+    checkpoint_path: str = ""
+    rate_hz: float = 10.0
+    instruction: str = ""  # initial instruction; the node's ~/instruction topic replaces it
+    proprio_joint_names: tuple[str, ...] = ()  # JointState names in proprio order; empty: the first ones
+    max_input_age_s: float = 0.5  # older camera/proprio inputs are stale: no step
+    expected_action_dim: int = 0  # 0: whatever the checkpoint predicts
+    language_model_path: str = ""  # sentence-transformers model; empty: the bundled MiniLM
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        require(bool(self.checkpoint_path), "checkpoint_path", "is empty", "a checkpoint directory (fedvla train)")
+        require(Path(self.checkpoint_path).expanduser().is_dir(), "checkpoint_path",
+                f"{self.checkpoint_path!r} is not a directory", "a checkpoint directory with config.json")
+        require_positive(self.rate_hz, "rate_hz")
+        require_positive(self.max_input_age_s, "max_input_age_s")
+        require(self.expected_action_dim >= 0, "expected_action_dim", "must not be negative", "0 or the robot's action size")
+        self.proprio_joint_names = tuple(self.proprio_joint_names)
+
+
+@dataclasses.dataclass
+class PolicyStep:
+    chunk: np.ndarray  # (horizon, action_dim), robot units
+    expert_counts: np.ndarray  # (layers, experts) tokens processed in this step
+    experts_per_token: float
+    latency_s: float
+
+
+class PolicyRuntime:
+    def __init__(self, config: PolicyRuntimeConfig) -> None:
+        self.config = config
+        self.policy = load_checkpoint(Path(config.checkpoint_path).expanduser(),
+                                      action_dim=config.expected_action_dim or None).to(config.device)
+        self.model_config = self.policy.config
+        if self.config.proprio_joint_names and len(self.config.proprio_joint_names) != self.model_config.proprio_dim:
+            raise CheckpointError(f"proprio_joint_names has {len(self.config.proprio_joint_names)} joints, the "
+                                  f"checkpoint expects proprio_dim={self.model_config.proprio_dim}")
+        self.encoder = None
+        if self.model_config.language_dim:
+            from fedvla.model.language import InstructionEncoder
+
+            self.encoder = InstructionEncoder(config.language_model_path, device=config.device)
+            if self.encoder.dim != self.model_config.language_dim:
+                raise CheckpointError(f"the language model gives {self.encoder.dim}-d embeddings, the checkpoint "
+                                      f"was trained with language_dim={self.model_config.language_dim}")
+
+    @property
+    def camera_names(self) -> tuple[str, ...]:
+        return self.model_config.camera_names
+
+    def _images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        if len(images) != len(self.camera_names):
+            raise ValueError(f"got {len(images)} images, the policy takes {len(self.camera_names)} "
+                             f"({', '.join(self.camera_names)})")
+        size = self.model_config.image_size
+        batch = torch.from_numpy(np.stack([np.asarray(img, dtype=np.uint8) for img in images])).permute(0, 3, 1, 2)
+        if batch.shape[-2:] != (size, size):
+            batch = F.interpolate(batch.float(), size=(size, size), mode="bilinear", antialias=True,
+                                  align_corners=False).round().clamp(0, 255).to(torch.uint8)
+        return batch.unsqueeze(0).to(self.config.device)
+
+    @torch.inference_mode()
+    def step(self, images: Sequence[np.ndarray], proprio: np.ndarray, instruction: str) -> PolicyStep:
+        start = time.perf_counter()
+        obs = {"images": self._images(images),
+               "proprio": torch.as_tensor(np.asarray(proprio, dtype=np.float32)).view(1, -1).to(self.config.device)}
+        if self.encoder is not None:
+            obs["language"] = torch.from_numpy(self.encoder.encode(instruction)).view(1, -1).to(self.config.device)
+        self.policy.reset_expert_counts()
+        chunk = self.policy.predict_action_chunk(obs)[0].cpu().numpy()
+        counts = self.policy.expert_counts().cpu().numpy()
+        tokens = self.model_config.num_tokens
+        return PolicyStep(chunk=chunk, expert_counts=counts, experts_per_token=float(counts.sum(1).mean() / tokens),
+                          latency_s=time.perf_counter() - start)

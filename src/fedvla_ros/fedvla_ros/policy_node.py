@@ -1,0 +1,104 @@
+"""Policy node: camera images + joint states + instruction in, action chunks out.
+
+Subscribes to ``/camera/<name>/color/image_raw`` for every camera the checkpoint was trained
+with, ``/joint_states`` and ``~/instruction`` (std_msgs/String; the ``instruction`` parameter
+is the initial one). On a timer at ``rate_hz`` it runs the policy on the newest inputs (none
+older than ``max_input_age_s``) and publishes ``~/action_chunk`` (fedvla_interfaces/ActionChunk)
+and ``~/expert_activation`` (per-layer expert token counts of that step). Parameters: the fields
+of :class:`fedvla.model.runtime.PolicyRuntimeConfig`.
+"""
+from __future__ import annotations
+
+import numpy as np
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+
+from fedvla import topics
+from fedvla.model.checkpoint import CheckpointError
+from fedvla.model.runtime import PolicyRuntime, PolicyRuntimeConfig
+from fedvla_interfaces.msg import ActionChunk, ExpertActivation
+from fedvla_ros.conversions import image_to_array
+from fedvla_ros.node_main import StartupError, main_for
+from fedvla_ros.parameters import declare_config
+
+
+class PolicyNode(Node):
+    def __init__(self) -> None:
+        super().__init__("policy")
+        self.config = declare_config(self, PolicyRuntimeConfig)
+        try:
+            self.runtime = PolicyRuntime(self.config)
+        except CheckpointError as err:
+            raise StartupError(str(err)) from err
+        self.instruction = self.config.instruction
+        self._images: dict[str, tuple[Image, float]] = {}
+        self._joints: tuple[JointState, float] | None = None
+        for name in self.runtime.camera_names:
+            topic = topics.node_topic(f"/camera/{name}", topics.COLOR_IMAGE)
+            self.create_subscription(Image, topic, lambda msg, n=name: self._on_image(n, msg), qos_profile_sensor_data)
+        self.create_subscription(JointState, topics.JOINT_STATES, self._on_joints, qos_profile_sensor_data)
+        self.create_subscription(String, topics.private_topic(topics.INSTRUCTION), self._on_instruction, 10)
+        self._chunk_pub = self.create_publisher(ActionChunk, topics.private_topic(topics.ACTION_CHUNK), 10)
+        self._experts_pub = self.create_publisher(ExpertActivation, topics.private_topic(topics.EXPERT_ACTIVATION), 10)
+        self.create_timer(1.0 / self.config.rate_hz, self._step)
+        self.get_logger().info(f"policy from {self.config.checkpoint_path} at {self.config.rate_hz:g} Hz, cameras "
+                               f"{list(self.runtime.camera_names)}, instruction {self.instruction!r}")
+
+    def _now_s(self) -> float:
+        return self.get_clock().now().nanoseconds / 1e9
+
+    def _on_image(self, name: str, msg: Image) -> None:
+        self._images[name] = (msg, self._now_s())
+
+    def _on_joints(self, msg: JointState) -> None:
+        self._joints = (msg, self._now_s())
+
+    def _on_instruction(self, msg: String) -> None:
+        if msg.data != self.instruction:
+            self.get_logger().info(f"instruction: {msg.data!r}")
+        self.instruction = msg.data
+
+    def _proprio(self, msg: JointState) -> np.ndarray:
+        dim = self.runtime.model_config.proprio_dim
+        if self.config.proprio_joint_names:
+            index = {n: i for i, n in enumerate(msg.name)}
+            missing = [n for n in self.config.proprio_joint_names if n not in index]
+            if missing:
+                raise ValueError(f"joint_states has no {missing} (it has {list(msg.name)})")
+            return np.array([msg.position[index[n]] for n in self.config.proprio_joint_names], dtype=np.float32)
+        if len(msg.position) < dim:
+            raise ValueError(f"joint_states has {len(msg.position)} positions, the policy needs {dim}")
+        return np.asarray(msg.position[:dim], dtype=np.float32)
+
+    def _step(self) -> None:
+        now, max_age = self._now_s(), self.config.max_input_age_s
+        stale = [n for n in self.runtime.camera_names if n not in self._images or now - self._images[n][1] > max_age]
+        if self._joints is None or now - self._joints[1] > max_age:
+            stale.append("joint_states")
+        if stale or not self.instruction:
+            waiting = ", ".join(stale) if stale else "an instruction"
+            self.get_logger().info(f"waiting for {waiting}", throttle_duration_sec=5.0)
+            return
+        try:
+            images = [image_to_array(self._images[n][0]) for n in self.runtime.camera_names]
+            step = self.runtime.step(images, self._proprio(self._joints[0]), self.instruction)
+        except ValueError as err:
+            self.get_logger().error(str(err), throttle_duration_sec=5.0)
+            return
+        stamp = self.get_clock().now().to_msg()
+        horizon, action_dim = step.chunk.shape
+        chunk = ActionChunk(dimension_names=[f"action_{i}" for i in range(action_dim)], horizon=horizon,
+                            actions=step.chunk.astype(np.float32).ravel().tolist(), step_period_s=1.0 / self.config.rate_hz)
+        chunk.header.stamp = stamp
+        self._chunk_pub.publish(chunk)
+        layers, experts = step.expert_counts.shape
+        activation = ExpertActivation(num_layers=layers, num_experts=experts,
+                                      counts=step.expert_counts.astype(np.uint32).ravel().tolist(),
+                                      experts_per_token=step.experts_per_token)
+        activation.header.stamp = stamp
+        self._experts_pub.publish(activation)
+
+
+main = main_for(PolicyNode, "policy_node")
