@@ -1,0 +1,81 @@
+"""The episode dataset format: write, read back, chunk, train."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fedvla.data.episodes import ChunkDataset, DatasetError, EpisodeWriter, load_meta
+
+CAMS = ["corner", "top"]
+
+
+def _episode(rng, steps: int, size: int = 16):
+    images = rng.integers(0, 256, (steps, len(CAMS), 3, size, size), dtype=np.uint8)
+    proprio = rng.normal(size=(steps, 3)).astype(np.float32)
+    actions = np.arange(steps * 2, dtype=np.float32).reshape(steps, 2)
+    return images, proprio, actions
+
+
+def _writer(path):
+    return EpisodeWriter(path, camera_names=CAMS, image_size=16, proprio_dim=3, action_dim=2, control_rate_hz=10.0)
+
+
+def test_round_trip_and_chunks_hold_the_last_action(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    writer = _writer(tmp_path / "ds")
+    first, second = _episode(rng, 5), _episode(rng, 3)
+    writer.add_episode(*first, instruction="open the drawer", language=np.ones(4))
+    writer.add_episode(*second, instruction="lock the door", language=np.zeros(4))
+    meta = load_meta(tmp_path / "ds")
+    assert [e.instruction for e in meta.episodes] == ["open the drawer", "lock the door"]
+    data = ChunkDataset(tmp_path / "ds", horizon=4)
+    assert len(data) == 8
+    sample = data[3]  # episode 0, step 3 of 5
+    np.testing.assert_array_equal(sample["images"].numpy(), first[0][3])
+    np.testing.assert_array_equal(sample["proprio"].numpy(), first[1][3])
+    # steps 3, 4, then the last action (4) repeated
+    np.testing.assert_array_equal(sample["actions"].numpy(), first[2][[3, 4, 4, 4]])
+    assert torch.equal(data[5]["language"], torch.zeros(4))
+
+
+def test_appending_to_an_existing_dataset_checks_shapes(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    _writer(tmp_path / "ds").add_episode(*_episode(rng, 2), instruction="x", language=np.ones(4))
+    _writer(tmp_path / "ds").add_episode(*_episode(rng, 2), instruction="y", language=np.ones(4))
+    assert len(load_meta(tmp_path / "ds").episodes) == 2
+    with pytest.raises(DatasetError, match="holds episodes of another shape"):
+        EpisodeWriter(tmp_path / "ds", camera_names=CAMS, image_size=32, proprio_dim=3, action_dim=2,
+                      control_rate_hz=10.0)
+    images, proprio, actions = _episode(rng, 2)
+    with pytest.raises(DatasetError, match=r"episode proprio has shape \(2, 4\), expected \(2, 3\)"):
+        _writer(tmp_path / "ds").add_episode(images, np.zeros((2, 4)), actions, instruction="z", language=np.ones(4))
+
+
+def test_malformed_index_is_reported(tmp_path) -> None:
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "dataset.json").write_text(json.dumps({"format_version": 1, "camera_names": []}))
+    with pytest.raises(DatasetError, match="dataset.json is malformed"):
+        load_meta(tmp_path / "ds")
+    with pytest.raises(DatasetError, match="is not a dataset"):
+        load_meta(tmp_path / "nothing")
+
+
+def test_a_dataset_trains_a_policy(tmp_path) -> None:
+    from pathlib import Path
+
+    from fedvla.model.checkpoint import seeded_policy
+    from fedvla.model.config import PolicyConfig
+    from fedvla.model.train import TrainConfig, train_policy
+
+    rng = np.random.default_rng(2)
+    writer = _writer(tmp_path / "ds")
+    for _ in range(3):
+        writer.add_episode(*_episode(rng, 6), instruction="push", language=np.ones(384))
+    config = PolicyConfig.from_yaml(Path(__file__).resolve().parents[3] / "config" / "model" / "tiny.yaml",
+                                    camera_names=CAMS, image_size=16, proprio_dim=3, action_dim=2)
+    data = ChunkDataset(tmp_path / "ds", horizon=config.horizon)
+    policy = seeded_policy(config)
+    policy.normalizer.fit(data.all_actions(), data.all_proprio())
+    result = train_policy(policy, data, TrainConfig(epochs=2, batch_size=4), show_progress=False)
+    assert result.num_samples == 18 and len(result.epoch_losses) == 2
