@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from fedvla.config import require, require_positive
+from fedvla.paths import ament_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +49,6 @@ class RecorderConfig:
         return Path("runs") / time.strftime("bag_%Y%m%d_%H%M%S")
 
 
-def _prefixes() -> list[Path]:
-    paths = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
-    return [Path(p) for p in dict.fromkeys(paths + [sys.prefix])]
-
-
 class TypeRegistry:
     """A ``rosbags`` type store that learns unknown message types from installed .msg files."""
 
@@ -62,7 +56,7 @@ class TypeRegistry:
         from rosbags.typesys import Stores, get_typestore
 
         self.typestore = get_typestore(Stores.ROS2_KILTED)
-        self._prefixes = list(prefixes) if prefixes is not None else _prefixes()
+        self._prefixes = list(prefixes) if prefixes is not None else ament_prefixes()
 
     def ensure(self, msgtype: str) -> None:
         """Make ``msgtype`` ("pkg/msg/Name") known, with the message types it depends on."""

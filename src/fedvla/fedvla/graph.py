@@ -247,12 +247,10 @@ def _yaml_text(value: Any) -> str:
 
 def find_config_dir() -> Path:
     """The installed ``share/fedvla_bringup/config`` (ament index), else the source tree's."""
-    import os
-    import sys
+    from fedvla.paths import ament_prefixes
 
-    prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p] + [sys.prefix]
-    for prefix in prefixes:
-        candidate = Path(prefix) / "share" / "fedvla_bringup" / "config"
+    for prefix in ament_prefixes():
+        candidate = prefix / "share" / "fedvla_bringup" / "config"
         if (candidate / GRAPH_FILE).is_file():
             return candidate
     source = Path(__file__).resolve().parents[3] / "config"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from fedvla.graph import Graph, ResolvedNode
+from fedvla.paths import ament_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,9 @@ class RunnerError(RuntimeError):
     """A node cannot be started (executable missing) or failed."""
 
 
-def find_executable(package: str, executable: str, prefixes: Sequence[str] | None = None) -> Path | None:
+def find_executable(package: str, executable: str, prefixes: Sequence[str | Path] | None = None) -> Path | None:
     """Where ``ros2 run package executable`` would find it (ament prefixes, then this venv)."""
-    if prefixes is None:
-        prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p] + [sys.prefix]
-    for prefix in prefixes:
+    for prefix in ament_prefixes() if prefixes is None else prefixes:
         candidate = Path(prefix) / "lib" / package / executable
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
@@ -98,14 +97,11 @@ class ProfileRunner:
         self.skipped: list[str] = []
         self._output_lock = threading.Lock()
 
-    def _prefixes(self) -> list[str]:
-        return [p for p in self.env.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p] + [sys.prefix]
-
     def start(self) -> None:
         commands = []
         for node in self.nodes:
             spec = node.spec
-            executable = find_executable(spec.package, spec.executable, self._prefixes())
+            executable = find_executable(spec.package, spec.executable, ament_prefixes(self.env))
             if executable is None:
                 if spec.package in OPTIONAL_PACKAGES:
                     self.skipped.append(f"{spec.fully_qualified_name} ({spec.package} is not installed: it needs a "

@@ -1,0 +1,14 @@
+"""Where installed ROS packages live: the ament prefixes (``AMENT_PREFIX_PATH``), then this
+Python environment's prefix (where .ci/setup builds the workspace)."""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+
+def ament_prefixes(env: Mapping[str, str] | None = None) -> list[Path]:
+    env = os.environ if env is None else env
+    entries = [p for p in env.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p] + [sys.prefix]
+    return [Path(p) for p in dict.fromkeys(entries)]
