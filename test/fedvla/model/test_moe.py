@@ -132,3 +132,33 @@ def test_load_balancing_loss_is_one_when_balanced_and_larger_when_not() -> None:
     skewed = torch.zeros(8, K, dtype=torch.bool)
     skewed[:, 0] = True
     assert load_balancing_loss(skewed_logits, skewed, k=1).item() > 5.0
+
+
+@pytest.mark.parametrize("kind", [FeedForwardKind.DGMOE, FeedForwardKind.TOPK, FeedForwardKind.ADAMOE])
+def test_batched_inference_equals_the_per_expert_loop_and_follows_weight_updates(kind) -> None:
+    from fedvla.model.moe import dispatch, dispatch_batched
+
+    torch.manual_seed(2)
+    layer = make_feed_forward(kind, D, K, H).eval()
+    x = torch.randn(2, 9, D)
+    with torch.no_grad():
+        out = layer(x)  # inference path
+        loop = dispatch(x, out.gates, out.active, layer.experts)
+        torch.testing.assert_close(out.y, loop, rtol=1e-5, atol=1e-6)
+        assert dispatch_batched(x, out.gates, out.active, layer._stacked.get(layer.experts)) is not None
+        layer.experts[0][0].weight.add_(1.0)  # e.g. a new trunk from the server
+        out2 = layer(x)
+        torch.testing.assert_close(out2.y, dispatch(x, out2.gates, out2.active, layer.experts), rtol=1e-5, atol=1e-5)
+
+
+def test_batched_inference_falls_back_when_padding_would_dominate() -> None:
+    from fedvla.model.moe import StackedExperts, dispatch_batched
+
+    torch.manual_seed(3)
+    layer = DGMoE(D, K, H).eval()
+    x = torch.randn(1, 16, D)
+    active = torch.zeros(1, 16, K, dtype=torch.bool)
+    active[..., 0] = True  # every token on expert 0, one token on each of the others
+    active[0, torch.arange(K), torch.arange(K)] = True
+    gates = active.float() * 0.5
+    assert dispatch_batched(x, gates, active, StackedExperts().get(layer.experts)) is None

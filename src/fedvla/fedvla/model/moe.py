@@ -75,6 +75,7 @@ class CountingLayer(nn.Module):
         self.register_buffer("counts", torch.zeros(num_experts, dtype=torch.long), persistent=False)
         self.register_buffer("group_counts", torch.zeros(num_groups, num_experts, dtype=torch.long), persistent=False)
         self.register_buffer("group_tokens", torch.zeros(num_groups, dtype=torch.long), persistent=False)
+        self._stacked = StackedExperts()
 
     def reset_counts(self) -> None:
         self.counts.zero_()
@@ -90,6 +91,14 @@ class CountingLayer(nn.Module):
             valid = (g >= 0) & (g < self.group_tokens.numel())
             self.group_counts.index_add_(0, g[valid], flat[valid].long())
             self.group_tokens += torch.bincount(g[valid], minlength=self.group_tokens.numel())
+
+    def _dispatch(self, x: Tensor, gates: Tensor, active: Tensor) -> Tensor:
+        """Batched at inference (one cache of stacked weights per layer), a loop when training."""
+        if not torch.is_grad_enabled() and not self.training and len(self.experts) > 1:
+            y = dispatch_batched(x, gates, active, self._stacked.get(self.experts))
+            if y is not None:
+                return y
+        return dispatch(x, gates, active, self.experts)
 
     def experts_per_token(self) -> Tensor:
         """Mean number of experts per token in each group (NaN for a group never seen)."""
@@ -117,6 +126,58 @@ def dispatch(x: Tensor, gates: Tensor, active: Tensor, experts: nn.ModuleList) -
     out = torch.cat([experts[i](chunk) for i, chunk in enumerate(chunks) if counts[i]])
     weights = gates.reshape(-1, num_experts)[token_index, expert_index].unsqueeze(1)
     return y.index_add_(0, token_index, out * weights).reshape(x.shape)
+
+
+class StackedExperts:
+    """The experts' weights stacked as (K, ...) tensors, for batched inference.
+
+    Rebuilt whenever an expert parameter changes (tensor version counters), so a policy that is
+    trained, loaded or receives a new trunk from the server never runs with stale weights.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self.w1 = self.b1 = self.w2 = self.b2 = None
+
+    def get(self, experts: nn.ModuleList) -> StackedExperts:
+        params = list(experts.parameters())
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        if key != self._key:
+            first = [e[0] for e in experts]
+            second = [e[3] for e in experts]
+            self.w1 = torch.stack([m.weight.t() for m in first])  # (K, D, H)
+            self.b1 = torch.stack([m.bias for m in first]).unsqueeze(1)  # (K, 1, H)
+            self.w2 = torch.stack([m.weight.t() for m in second])  # (K, H, D)
+            self.b2 = torch.stack([m.bias for m in second]).unsqueeze(1)  # (K, 1, D)
+            self._key = key
+        return self
+
+
+# Batched inference pads every expert's token list to the longest one; past this ratio of padded
+# to real (token, expert) pairs the per-expert loop does less work and is used instead.
+MAX_PADDING_RATIO = 2.0
+
+
+def dispatch_batched(x: Tensor, gates: Tensor, active: Tensor, stacked: StackedExperts) -> Tensor | None:
+    """Inference-only ``Σ_i g_i E_i(x)`` with two batched matmuls over (expert, slot) instead of
+    one call per expert; only accepted tokens are gathered. None when padding would dominate."""
+    dim, num_experts = x.shape[-1], active.shape[-1]
+    flat_x = x.reshape(-1, dim)
+    expert_index, token_index = active.reshape(-1, num_experts).t().nonzero(as_tuple=True)
+    pairs = token_index.numel()
+    if pairs == 0:
+        return torch.zeros_like(x)
+    counts = torch.bincount(expert_index, minlength=num_experts)
+    capacity = int(counts.max())
+    if num_experts * capacity > MAX_PADDING_RATIO * pairs:
+        return None
+    slot = torch.arange(pairs, device=x.device) - (torch.cumsum(counts, 0) - counts)[expert_index]
+    padded = flat_x.new_zeros(num_experts, capacity, dim)
+    padded[expert_index, slot] = flat_x.index_select(0, token_index)
+    hidden = F.gelu(torch.baddbmm(stacked.b1, padded, stacked.w1))
+    out = torch.baddbmm(stacked.b2, hidden, stacked.w2)[expert_index, slot]
+    weights = gates.reshape(-1, num_experts)[token_index, expert_index].unsqueeze(1)
+    return torch.zeros_like(flat_x).index_add_(0, token_index, out * weights).reshape(x.shape)
 
 
 def load_balancing_loss(logits: Tensor, active: Tensor, k: int) -> Tensor:
@@ -162,7 +223,7 @@ class DGMoE(CountingLayer):
             surrogate = torch.sigmoid(margin / self.ste_temperature)
             mask = mask + surrogate - surrogate.detach()  # value: the hard mask; gradient: surrogate's
         gates = s_t * mask  # eq. 5
-        y = dispatch(x, gates, active, self.experts)  # eq. 6
+        y = self._dispatch(x, gates, active)  # eq. 6
         self._count(active, groups)
         return MoEOutput(y=y, logits=logits, gates=gates, active=active)
 
@@ -184,7 +245,7 @@ class TopKMoE(CountingLayer):
         top_values, top_index = logits.topk(self.k, dim=-1)
         active = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, top_index, True)
         gates = torch.zeros_like(logits).scatter(-1, top_index, torch.softmax(top_values, dim=-1))
-        y = dispatch(x, gates, active, self.experts)
+        y = self._dispatch(x, gates, active)
         self._count(active, groups)
         return MoEOutput(y=y, logits=logits, gates=gates, active=active,
                          aux_loss=load_balancing_loss(logits, active, self.k))
@@ -209,7 +270,7 @@ class AdaMoE(CountingLayer):
         top_index = logits.topk(self.k, dim=-1).indices
         active = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, top_index, True)
         gates = torch.sigmoid(self.scale_adapter(x)) * active
-        y = dispatch(x, gates, active, self.experts)
+        y = self._dispatch(x, gates, active)
         self._count(active, groups)
         # The router's top-k choice has no gradient through the gates (the adapter sets them): it
         # learns from the same load-balancing term as top-k.
