@@ -1,0 +1,1 @@
+"""Federated training: aggregation maths (EDA, FedAvg), protocol state, transports."""
