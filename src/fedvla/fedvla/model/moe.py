@@ -93,39 +93,22 @@ class CountingLayer(nn.Module):
             self.group_tokens += torch.bincount(g[valid], minlength=self.group_tokens.numel())
 
     def _dispatch(self, x: Tensor, gates: Tensor, active: Tensor) -> Tensor:
-        """Batched at inference (one cache of stacked weights per layer), a loop when training."""
+        """Batched at inference (one cache of stacked weights per layer), a loop when training;
+        the routing is computed once either way."""
+        r = route(x, gates, active)
+        if r.token_index.numel() == 0:
+            return torch.zeros_like(x)
+        out = None
         if not torch.is_grad_enabled() and not self.training and len(self.experts) > 1:
-            y = dispatch_batched(x, gates, active, self._stacked.get(self.experts))
-            if y is not None:
-                return y
-        return dispatch(x, gates, active, self.experts)
+            out = _experts_batched(r, self._stacked.get(self.experts))
+        if out is None:
+            out = _experts_loop(r, self.experts)
+        return _combine(x, r, out)
 
     def experts_per_token(self) -> Tensor:
         """Mean number of experts per token in each group (NaN for a group never seen)."""
         tokens = self.group_tokens.double()
         return torch.where(tokens > 0, self.group_counts.sum(1).double() / tokens.clamp(min=1), torch.nan)
-
-
-def dispatch(x: Tensor, gates: Tensor, active: Tensor, experts: nn.ModuleList) -> Tensor:
-    """``Σ_i g_i E_i(x)`` computing each expert only on the tokens it accepted.
-
-    One gather of all accepted (token, expert) pairs, grouped by expert; each expert runs once on
-    its contiguous slice; one weighted scatter-add back. At batch 1 the per-op overhead dominates,
-    so the number of tensor ops per layer is kept independent of how the tokens are spread.
-    """
-    dim, num_experts = x.shape[-1], active.shape[-1]
-    flat_x = x.reshape(-1, dim)
-    flat_active = active.reshape(-1, num_experts)
-    # Transposed nonzero: pairs come out sorted by expert, then token.
-    expert_index, token_index = flat_active.t().nonzero(as_tuple=True)
-    y = torch.zeros_like(flat_x)
-    if token_index.numel() == 0:
-        return y.reshape(x.shape)
-    counts = torch.bincount(expert_index, minlength=num_experts).tolist()
-    chunks = flat_x.index_select(0, token_index).split(counts)
-    out = torch.cat([experts[i](chunk) for i, chunk in enumerate(chunks) if counts[i]])
-    weights = gates.reshape(-1, num_experts)[token_index, expert_index].unsqueeze(1)
-    return y.index_add_(0, token_index, out * weights).reshape(x.shape)
 
 
 class StackedExperts:
@@ -158,26 +141,68 @@ class StackedExperts:
 MAX_PADDING_RATIO = 2.0
 
 
-def dispatch_batched(x: Tensor, gates: Tensor, active: Tensor, stacked: StackedExperts) -> Tensor | None:
-    """Inference-only ``Σ_i g_i E_i(x)`` with two batched matmuls over (expert, slot) instead of
-    one call per expert; only accepted tokens are gathered. None when padding would dominate."""
-    dim, num_experts = x.shape[-1], active.shape[-1]
-    flat_x = x.reshape(-1, dim)
+@dataclasses.dataclass
+class Routing:
+    """The accepted (token, expert) pairs of one layer call, grouped by expert."""
+
+    flat_x: Tensor  # (N, D)
+    expert_index: Tensor  # (P,), sorted
+    token_index: Tensor  # (P,)
+    counts: Tensor  # (K,) pairs per expert
+    weights: Tensor  # (P, 1) the gate of each pair
+
+
+def route(x: Tensor, gates: Tensor, active: Tensor) -> Routing:
+    num_experts = active.shape[-1]
+    # Transposed nonzero: pairs come out sorted by expert, then token.
     expert_index, token_index = active.reshape(-1, num_experts).t().nonzero(as_tuple=True)
-    pairs = token_index.numel()
-    if pairs == 0:
-        return torch.zeros_like(x)
-    counts = torch.bincount(expert_index, minlength=num_experts)
-    capacity = int(counts.max())
+    return Routing(flat_x=x.reshape(-1, x.shape[-1]), expert_index=expert_index, token_index=token_index,
+                   counts=torch.bincount(expert_index, minlength=num_experts),
+                   weights=gates.reshape(-1, num_experts)[token_index, expert_index].unsqueeze(1))
+
+
+def _experts_loop(r: Routing, experts: nn.ModuleList) -> Tensor:
+    """Each expert once, on its contiguous slice of the gathered tokens."""
+    counts = r.counts.tolist()
+    chunks = r.flat_x.index_select(0, r.token_index).split(counts)
+    return torch.cat([experts[i](chunk) for i, chunk in enumerate(chunks) if counts[i]])
+
+
+def _experts_batched(r: Routing, stacked: StackedExperts) -> Tensor | None:
+    """Two batched matmuls over (expert, slot); None when padding would dominate."""
+    pairs, num_experts, dim = r.token_index.numel(), r.counts.numel(), r.flat_x.shape[-1]
+    capacity = int(r.counts.max())
     if num_experts * capacity > MAX_PADDING_RATIO * pairs:
         return None
-    slot = torch.arange(pairs, device=x.device) - (torch.cumsum(counts, 0) - counts)[expert_index]
-    padded = flat_x.new_zeros(num_experts, capacity, dim)
-    padded[expert_index, slot] = flat_x.index_select(0, token_index)
+    slot = torch.arange(pairs, device=r.flat_x.device) - (torch.cumsum(r.counts, 0) - r.counts)[r.expert_index]
+    padded = r.flat_x.new_zeros(num_experts, capacity, dim)
+    padded[r.expert_index, slot] = r.flat_x.index_select(0, r.token_index)
     hidden = F.gelu(torch.baddbmm(stacked.b1, padded, stacked.w1))
-    out = torch.baddbmm(stacked.b2, hidden, stacked.w2)[expert_index, slot]
-    weights = gates.reshape(-1, num_experts)[token_index, expert_index].unsqueeze(1)
-    return torch.zeros_like(flat_x).index_add_(0, token_index, out * weights).reshape(x.shape)
+    return torch.baddbmm(stacked.b2, hidden, stacked.w2)[r.expert_index, slot]
+
+
+def _combine(x: Tensor, r: Routing, out: Tensor) -> Tensor:
+    """One weighted scatter-add of the pairs' outputs back onto their tokens."""
+    return torch.zeros_like(r.flat_x).index_add_(0, r.token_index, out * r.weights).reshape(x.shape)
+
+
+def dispatch(x: Tensor, gates: Tensor, active: Tensor, experts: nn.ModuleList) -> Tensor:
+    """``Σ_i g_i E_i(x)`` computing each expert only on the tokens it accepted: one gather of the
+    accepted pairs, each expert on its slice, one scatter-add (the op count per layer does not
+    grow with how the tokens are spread, which matters at batch 1)."""
+    r = route(x, gates, active)
+    if r.token_index.numel() == 0:
+        return torch.zeros_like(x)
+    return _combine(x, r, _experts_loop(r, experts))
+
+
+def dispatch_batched(x: Tensor, gates: Tensor, active: Tensor, stacked: StackedExperts) -> Tensor | None:
+    """Inference-only :func:`dispatch` with stacked expert weights; None when padding dominates."""
+    r = route(x, gates, active)
+    if r.token_index.numel() == 0:
+        return torch.zeros_like(x)
+    out = _experts_batched(r, stacked)
+    return None if out is None else _combine(x, r, out)
 
 
 def load_balancing_loss(logits: Tensor, active: Tensor, k: int) -> Tensor:
