@@ -142,8 +142,9 @@ class ProfileRunner:
             elapsed = time.monotonic() - start
             if on_tick is not None:
                 on_tick(elapsed)
-            if self.failed():
-                label, code = self.failed()[0]
+            failed = self.failed()
+            if failed:
+                label, code = failed[0]
                 raise RunnerError(f"node {label} exited with status {code} (its output is above)")
             if self.all_exited() or (duration_s is not None and elapsed >= duration_s):
                 return

@@ -14,6 +14,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from fedvla.config import ConfigError, default_values, from_mapping
+from fedvla.runner import parameter_literal
 
 C = TypeVar("C")
 _TYPE_NAMES = {
@@ -46,11 +47,7 @@ def declare(node: Node, name: str, default: Any, description: str = "") -> Any:
         shown = f" {given.value!r}" if given is not None else ""
         expected = Parameter.Type.from_parameter_value(declared) if not isinstance(declared, Parameter.Type) else declared
         raise ConfigError(name, f"wrong type{shown}",
-                          f"a {_TYPE_NAMES.get(expected, expected.name.lower())}, e.g. {_literal(default)}") from None
-
-
-def _literal(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else repr(value)
+                          f"a {_TYPE_NAMES.get(expected, expected.name.lower())}, e.g. {parameter_literal(default)}") from None
 
 
 def declare_config(node: Node, config_class: type[C]) -> C:

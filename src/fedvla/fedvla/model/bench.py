@@ -31,6 +31,10 @@ class KindFigures:
         return statistics.median(self.step_ms)
 
     @property
+    def step_p90_ms(self) -> float:
+        return sorted(self.step_ms)[int(0.9 * (len(self.step_ms) - 1))]
+
+    @property
     def trunk_median_ms(self) -> float:
         return statistics.median(self.trunk_ms)
 
