@@ -64,7 +64,7 @@ def aggregate_trunks(trunks: Sequence[Mapping[str, torch.Tensor]], layer_weights
         raise ValueError("no client trunk to aggregate")
     keys = list(trunks[0])
     for i, trunk in enumerate(trunks[1:], start=1):
-        if list(trunk) != keys:
+        if set(trunk) != set(keys):
             raise ValueError(f"client {i}'s trunk has other parameters than client 0's")
     weights = np.asarray(layer_weights, dtype=np.float64)
     if weights.shape[1] != len(trunks):
@@ -79,7 +79,10 @@ def aggregate_trunks(trunks: Sequence[Mapping[str, torch.Tensor]], layer_weights
     for name in keys:
         layer = layer_of(name)
         w = outside if layer is None else weights[layer]
-        stacked = torch.stack([trunk[name].double() for trunk in trunks])
-        mixed = torch.tensordot(torch.from_numpy(w), stacked, dims=1)
+        # Accumulate client by client in float64: memory stays at one parameter's size however
+        # many clients there are (stacking 16 clients × 50 M parameters would need 6 GB).
+        mixed = torch.zeros(trunks[0][name].shape, dtype=torch.float64)
+        for weight, trunk in zip(w.tolist(), trunks):
+            mixed.add_(trunk[name], alpha=weight)
         result[name] = mixed.to(trunks[0][name].dtype)
     return result

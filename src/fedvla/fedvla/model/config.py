@@ -84,6 +84,15 @@ class PolicyConfig:
             out[field.name] = value.value if isinstance(value, enum.Enum) else list(value) if isinstance(value, tuple) else value
         return out
 
+    # The settings that define the trunk: clients may differ in everything else (cameras, proprio
+    # and action spaces, stems, head) and still federate.
+    TRUNK_FIELDS = ("embed_dim", "num_blocks", "num_heads", "feed_forward", "num_experts", "expert_hidden_dim",
+                    "lam", "empty_token_rule", "top_k")
+
+    def trunk_settings(self) -> dict[str, Any]:
+        values = self.to_dict()
+        return {name: values[name] for name in self.TRUNK_FIELDS}
+
     def config_hash(self) -> str:
         """Identifies the architecture: two policies with the same hash can exchange trunks."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]

@@ -69,7 +69,8 @@ class Trunk(nn.Module):
         """(L, G): mean experts per token of each IOSP group (NaN where a group was not seen)."""
         return torch.stack([layer.experts_per_token() for layer in self.moe_layers])
 
-    def layer_of(self, parameter_name: str) -> int | None:
+    @staticmethod
+    def layer_of(parameter_name: str) -> int | None:
         """The block (= MoE layer) index a trunk parameter belongs to; None for the final norm."""
         parts = parameter_name.split(".")
         if parts[0] == "blocks":

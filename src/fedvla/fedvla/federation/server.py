@@ -1,0 +1,468 @@
+"""The federation server: round state machine, chunked authenticated uploads, aggregation and
+crash-safe persistence. Transport-free: the ``fed_server`` ROS node (and the in-process
+transport used by simulations and tests) call these methods.
+
+Protocol, per round r (every request names the client and is HMAC-signed with its secret):
+
+1. ``join(client, trunk_hash)`` once; the trunk hash must equal the server's.
+2. ``status()`` tells the current round and the global trunk's size and sha256; clients poll it,
+   which is also their heartbeat.
+3. ``fetch(client, r, offset, length)`` reads the global trunk blob of round r in pieces.
+4. ``begin_upload(client, r, size, sha256)`` → upload id; ``upload_chunk(id, index, bytes, crc32)``
+   in any order (so a client may keep several chunks in flight); ``commit_upload(id)`` checks that
+   every chunk arrived, the sha256 (which the HMAC signed), then decodes and validates the blob
+   (:func:`fedvla.federation.wire.decode_update`). Accepted updates are written to disk before the
+   reply, so an acknowledged update is never lost.
+
+A round closes when at least ``quorum`` updates are in and either every live client (one heard
+from within ``liveness_timeout_s``) has uploaded or ``round_timeout_s`` has passed; clients that
+did not upload are recorded as dropped. Closing aggregates with EDA (or FedAvg), persists the new
+global trunk and the round record, and opens round r+1. Uploads for a closed round are refused
+with ``round_closed``.
+
+Persistence (``state_dir``): ``state.json`` (round, accepted updates with their sha256, joined
+clients, per-round history, rejection counts), ``global/round_<r>.safetensors`` and
+``updates/round_<r>/<client>.safetensors``. On start the server resumes from ``state.json`` and
+re-verifies every file it lists; partially received uploads live only in memory (the client
+restarts them).
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import math
+import re
+import secrets as secrets_module
+import shutil
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from fedvla.config import ConfigError, parse_enum, require, require_positive
+from fedvla.federation.eda import NonLayerRule, aggregate_trunks, expert_driven_weights, fedavg_weights
+from fedvla.federation.state import atomic_write_bytes, atomic_write_json, read_json
+from fedvla.federation.wire import (RejectReason, TrunkSpec, TrunkUpdate, WireDtype, WireError, decode_trunk,
+                                    decode_update, encode_trunk, sha256_hex, verify)
+
+log = logging.getLogger("fedvla.federation.server")
+
+STATE_VERSION = 1
+CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")  # also a file name: no paths, no dots
+MIN_SECRET_LENGTH = 16
+
+
+class Aggregation(str, enum.Enum):
+    EDA = "eda"  # Expert-Driven Aggregation (FedVLA Algorithm 2)
+    FEDAVG = "fedavg"  # sample-count weighted (also the "w/o EDA" ablation)
+
+
+@dataclasses.dataclass(kw_only=True)
+class FederationServerConfig:
+    rounds: int = 10
+    quorum: int = 2  # fewest accepted updates that can close a round
+    round_timeout_s: float = 600.0  # after this, a round closes with whoever uploaded (≥ quorum)
+    liveness_timeout_s: float = 30.0  # a client not heard from for this long is not waited for
+    aggregation: Aggregation = Aggregation.EDA
+    non_layer_rule: NonLayerRule = NonLayerRule.MEAN_OF_LAYERS
+    broadcast_dtype: WireDtype = WireDtype.FLOAT32  # dtype of the global trunk sent to clients
+    chunk_size: int = 4 * 1024 * 1024
+    max_fetch_bytes: int = 64 * 1024 * 1024  # largest piece one fetch may return
+    max_open_uploads: int = 64
+    upload_timeout_s: float = 300.0  # an upload with no chunk for this long is discarded
+    max_num_samples: int = 10**9
+    keep_update_rounds: int = 2  # update files kept on disk for the last N closed rounds
+    state_dir: str = "federation_state"
+
+    def __post_init__(self) -> None:
+        self.aggregation = parse_enum(Aggregation, self.aggregation, "aggregation")
+        self.non_layer_rule = parse_enum(NonLayerRule, self.non_layer_rule, "non_layer_rule")
+        self.broadcast_dtype = parse_enum(WireDtype, self.broadcast_dtype, "broadcast_dtype")
+        require(self.rounds >= 1, "rounds", f"must be at least 1, got {self.rounds}", "an integer >= 1")
+        require(self.quorum >= 1, "quorum", f"must be at least 1, got {self.quorum}", "an integer >= 1")
+        for name in ("round_timeout_s", "liveness_timeout_s", "upload_timeout_s"):
+            require_positive(getattr(self, name), name)
+        require(self.chunk_size >= 1024, "chunk_size", f"{self.chunk_size} is too small", ">= 1024 bytes")
+        require(self.max_fetch_bytes >= self.chunk_size, "max_fetch_bytes", "must be >= chunk_size")
+        require(bool(self.state_dir), "state_dir", "must name a directory", "a path")
+
+
+def load_credentials(path: str | Path) -> dict[str, str]:
+    """``clients: {client_id: secret}`` from a YAML file (keep it out of version control)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError("credentials_file", f"{path} does not exist",
+                          "a YAML file with 'clients: {id: secret}'") from None
+    clients = data.get("clients") if isinstance(data, dict) else None
+    if not isinstance(clients, dict) or not clients:
+        raise ConfigError("credentials_file", f"{path} has no 'clients' map", "clients: {robot_a: <secret>}")
+    out = {}
+    for client_id, secret in clients.items():
+        client_id = str(client_id)
+        require(bool(CLIENT_ID_PATTERN.match(client_id)), "credentials_file",
+                f"client id {client_id!r} in {path}", "letters, digits, '_' and '-', at most 64")
+        require(isinstance(secret, str) and len(secret) >= MIN_SECRET_LENGTH, "credentials_file",
+                f"the secret of {client_id!r} is shorter than {MIN_SECRET_LENGTH} characters",
+                "e.g. python -c 'import secrets; print(secrets.token_hex(32))'")
+        out[client_id] = secret
+    return out
+
+
+@dataclasses.dataclass
+class Reply:
+    """Every request's answer: ``ok`` or a reason (a :class:`RejectReason` value) and a detail."""
+
+    ok: bool
+    reason: str = ""
+    detail: str = ""
+    round: int = 0
+    upload_id: str = ""
+    chunk_size: int = 0
+    num_chunks: int = 0
+    data: bytes = b""
+    total_size: int = 0
+    sha256: str = ""
+
+
+@dataclasses.dataclass
+class ServerStatus:
+    round: int
+    rounds: int
+    finished: bool
+    accepted: list[str]
+    live_clients: list[str]
+    joined: list[str]
+    global_size: int
+    global_sha256: str
+    chunk_size: int
+
+
+@dataclasses.dataclass
+class RoundRecord:
+    """What one closed round did (persisted; published on the round topic)."""
+
+    round: int
+    clients: list[str]
+    dropped: list[str]
+    num_samples: list[int]
+    layer_weights: list[list[float]]  # (L, C) in ``clients`` order
+    aggregation: str
+    closed_by: str  # "all_live_uploaded" | "timeout"
+    duration_s: float
+
+
+@dataclasses.dataclass
+class _Upload:
+    client_id: str
+    round: int
+    size: int
+    sha256: str
+    chunk_size: int
+    buffer: bytearray
+    received: np.ndarray  # (num_chunks,) bool
+    last_activity: float
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self.received)
+
+
+class FederationServer:
+    def __init__(self, config: FederationServerConfig, spec: TrunkSpec, initial_trunk: Mapping[str, torch.Tensor],
+                 credentials: Mapping[str, str], layer_of: Callable[[str], int | None], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.spec = spec
+        self.credentials = dict(credentials)
+        self.layer_of = layer_of
+        self.clock = clock
+        self.state_dir = Path(config.state_dir)
+        self.rejections: Counter[str] = Counter()
+        self.history: list[RoundRecord] = []
+        self.joined: set[str] = set()
+        self.accepted: dict[str, dict] = {}  # client → {"sha256", "num_samples"} for the current round
+        self._updates: dict[str, TrunkUpdate] = {}
+        self._uploads: dict[str, _Upload] = {}
+        self._last_seen: dict[str, float] = {}
+        self.round = 0
+        self.finished = False
+        if not self._resume():
+            self._install_global(0, {k: v.detach().float().cpu() for k, v in initial_trunk.items()})
+            self._save_state()
+        self._round_started = clock()
+
+    # -- persistence ----------------------------------------------------------------------------
+    def _global_path(self, round_index: int) -> Path:
+        return self.state_dir / "global" / f"round_{round_index:05d}.safetensors"
+
+    def _update_path(self, round_index: int, client_id: str) -> Path:
+        return self.state_dir / "updates" / f"round_{round_index:05d}" / f"{client_id}.safetensors"
+
+    def _install_global(self, round_index: int, trunk: dict[str, torch.Tensor]) -> None:
+        atomic_write_bytes(self._global_path(round_index), encode_trunk(trunk, self.spec, round_index))
+        self._set_global(round_index, trunk)
+
+    def _set_global(self, round_index: int, trunk: dict[str, torch.Tensor]) -> None:
+        self.round = round_index
+        self.global_trunk = trunk
+        self._broadcast = encode_trunk(trunk, self.spec, round_index, self.config.broadcast_dtype)
+        self._broadcast_sha256 = sha256_hex(self._broadcast)
+
+    def _save_state(self) -> None:
+        atomic_write_json(self.state_dir / "state.json", {
+            "version": STATE_VERSION, "trunk_hash": self.spec.trunk_hash, "round": self.round,
+            "finished": self.finished, "joined": sorted(self.joined), "accepted": self.accepted,
+            "history": [dataclasses.asdict(r) for r in self.history], "rejections": dict(self.rejections)})
+
+    def _resume(self) -> bool:
+        state = read_json(self.state_dir / "state.json")
+        if state is None:
+            return False
+        where = self.state_dir / "state.json"
+        if state.get("version") != STATE_VERSION or state.get("trunk_hash") != self.spec.trunk_hash:
+            raise ConfigError("state_dir", f"{where} belongs to another federation (trunk hash "
+                              f"{state.get('trunk_hash')!r}, this model's is {self.spec.trunk_hash!r})",
+                              "an empty directory, or the state_dir of this model's federation")
+        round_index = int(state["round"])
+        try:
+            blob_round, trunk = decode_trunk(self._global_path(round_index).read_bytes(), self.spec)
+        except (OSError, WireError) as err:
+            raise ConfigError("state_dir", f"the global trunk of round {round_index} is unreadable: {err}",
+                              "restore the directory from a backup") from None
+        if blob_round != round_index:
+            raise ConfigError("state_dir", f"global trunk file says round {blob_round}, state says {round_index}")
+        self._set_global(round_index, trunk)
+        self.finished = bool(state["finished"])
+        self.joined = set(state["joined"])
+        self.history = [RoundRecord(**r) for r in state["history"]]
+        self.rejections = Counter(state["rejections"])
+        for client_id, info in state["accepted"].items():
+            blob = self._update_path(round_index, client_id).read_bytes()
+            if sha256_hex(blob) != info["sha256"]:
+                raise ConfigError("state_dir", f"the accepted update of {client_id} in round {round_index} "
+                                  "does not match its recorded sha256", "restore the directory from a backup")
+            self._updates[client_id] = decode_update(blob, self.spec, max_num_samples=self.config.max_num_samples)
+            self.accepted[client_id] = info
+        log.info("resumed federation at round %d with %d accepted update(s) (%s)", self.round,
+                 len(self.accepted), ", ".join(sorted(self.accepted)) or "none")
+        return True
+
+    # -- requests -------------------------------------------------------------------------------
+    def _reject(self, reason: RejectReason, detail: str, client_id: str = "") -> Reply:
+        self.rejections[reason.value] += 1
+        log.warning("rejected %s from %s: %s", reason.value, client_id or "?", detail)
+        return Reply(ok=False, reason=reason.value, detail=detail, round=self.round)
+
+    def _authenticate(self, client_id: str, signature: str, kind: str, round_index: int,
+                      digest: str = "") -> Reply | None:
+        secret = self.credentials.get(client_id)
+        if secret is None:
+            return self._reject(RejectReason.UNKNOWN_CLIENT, f"client id {client_id[:64]!r} is not in the "
+                                "credentials file", client_id[:64])
+        if not verify(secret, signature, kind, client_id, round_index, digest):
+            return self._reject(RejectReason.BAD_SIGNATURE, f"the {kind} signature does not verify with "
+                                f"{client_id}'s secret", client_id)
+        self._last_seen[client_id] = self.clock()
+        return None
+
+    def join(self, client_id: str, trunk_hash: str, signature: str) -> Reply:
+        if (denied := self._authenticate(client_id, signature, "join", 0, trunk_hash)) is not None:
+            return denied
+        if trunk_hash != self.spec.trunk_hash:
+            return self._reject(RejectReason.WRONG_MODEL, f"trunk hash {trunk_hash!r}, the federation's is "
+                                f"{self.spec.trunk_hash!r}: use the server's model config", client_id)
+        if client_id not in self.joined:
+            self.joined.add(client_id)
+            self._save_state()
+            log.info("client %s joined (round %d)", client_id, self.round)
+        return Reply(ok=True, round=self.round, chunk_size=self.config.chunk_size)
+
+    def heartbeat(self, client_id: str, signature: str) -> Reply:
+        """A client is alive (clients call it while they train, so the server waits for them)."""
+        if (denied := self._authenticate(client_id, signature, "heartbeat", 0)) is not None:
+            return denied
+        return Reply(ok=True, round=self.round)
+
+    def status(self) -> ServerStatus:
+        now = self.clock()
+        live = sorted(c for c in self.joined if now - self._last_seen.get(c, -math.inf) <= self.config.liveness_timeout_s)
+        return ServerStatus(round=self.round, rounds=self.config.rounds, finished=self.finished,
+                            accepted=sorted(self.accepted), live_clients=live, joined=sorted(self.joined),
+                            global_size=len(self._broadcast), global_sha256=self._broadcast_sha256,
+                            chunk_size=self.config.chunk_size)
+
+    def fetch(self, client_id: str, round_index: int, offset: int, length: int, signature: str) -> Reply:
+        if (denied := self._authenticate(client_id, signature, "fetch", round_index)) is not None:
+            return denied
+        if round_index != self.round:
+            reason = RejectReason.ROUND_CLOSED if round_index < self.round else RejectReason.WRONG_ROUND
+            return self._reject(reason, f"round {round_index} requested, the current round is {self.round}", client_id)
+        if offset < 0 or length <= 0 or length > self.config.max_fetch_bytes or offset > len(self._broadcast):
+            return self._reject(RejectReason.BAD_SIZE, f"offset {offset}, length {length} (blob is "
+                                f"{len(self._broadcast)} bytes, at most {self.config.max_fetch_bytes} per fetch)", client_id)
+        return Reply(ok=True, round=self.round, data=self._broadcast[offset: offset + length],
+                     total_size=len(self._broadcast), sha256=self._broadcast_sha256)
+
+    def _check_round(self, client_id: str, round_index: int) -> Reply | None:
+        if self.finished:
+            return self._reject(RejectReason.FEDERATION_FINISHED, f"all {self.config.rounds} rounds are done", client_id)
+        if round_index < self.round:
+            return self._reject(RejectReason.ROUND_CLOSED, f"round {round_index} is closed; the current round is "
+                                f"{self.round}: fetch its global trunk", client_id)
+        if round_index > self.round:
+            return self._reject(RejectReason.WRONG_ROUND, f"round {round_index} has not started (current "
+                                f"{self.round})", client_id)
+        return None
+
+    def begin_upload(self, client_id: str, round_index: int, size: int, sha256: str, signature: str) -> Reply:
+        if (denied := self._authenticate(client_id, signature, "upload", round_index, sha256)) is not None:
+            return denied
+        if client_id not in self.joined:
+            return self._reject(RejectReason.NOT_JOINED, "join the federation first", client_id)
+        if (denied := self._check_round(client_id, round_index)) is not None:
+            return denied
+        if client_id in self.accepted:
+            return self._reject(RejectReason.DUPLICATE, f"an update of {client_id} for round {round_index} was "
+                                "already accepted", client_id)
+        if not 0 < size <= self.spec.max_blob_bytes():
+            reason = RejectReason.TOO_LARGE if size > 0 else RejectReason.BAD_SIZE
+            return self._reject(reason, f"declared size {size}, allowed 1..{self.spec.max_blob_bytes()}", client_id)
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256 or ""):
+            return self._reject(RejectReason.BAD_CHECKSUM, "sha256 must be 64 lowercase hex digits", client_id)
+        self._expire_uploads()
+        # One open upload per client: a restarted client's new upload replaces its old one.
+        for upload_id in [u for u, up in self._uploads.items() if up.client_id == client_id]:
+            del self._uploads[upload_id]
+        if len(self._uploads) >= self.config.max_open_uploads:
+            return self._reject(RejectReason.TOO_MANY_UPLOADS, f"{len(self._uploads)} uploads are open", client_id)
+        chunk_size = self.config.chunk_size
+        num_chunks = -(-size // chunk_size)
+        upload_id = secrets_module.token_hex(12)
+        self._uploads[upload_id] = _Upload(client_id=client_id, round=round_index, size=size, sha256=sha256,
+                                           chunk_size=chunk_size, buffer=bytearray(size),
+                                           received=np.zeros(num_chunks, dtype=bool), last_activity=self.clock())
+        return Reply(ok=True, round=self.round, upload_id=upload_id, chunk_size=chunk_size, num_chunks=num_chunks)
+
+    def upload_chunk(self, upload_id: str, index: int, data: bytes | memoryview, crc32: int) -> Reply:
+        upload = self._uploads.get(upload_id)
+        if upload is None:
+            return self._reject(RejectReason.UNKNOWN_UPLOAD, f"upload {upload_id[:32]!r} is unknown or expired: "
+                                "begin a new upload")
+        if not 0 <= index < upload.num_chunks:
+            return self._reject(RejectReason.BAD_CHUNK_INDEX, f"chunk {index} of 0..{upload.num_chunks - 1}",
+                                upload.client_id)
+        if upload.received[index]:
+            return self._reject(RejectReason.DUPLICATE_CHUNK, f"chunk {index} was already received", upload.client_id)
+        start = index * upload.chunk_size
+        expected = min(upload.chunk_size, upload.size - start)
+        if len(data) != expected:
+            return self._reject(RejectReason.BAD_CHUNK_SIZE, f"chunk {index} has {len(data)} bytes, expected "
+                                f"{expected}", upload.client_id)
+        if zlib.crc32(data) != crc32:
+            return self._reject(RejectReason.BAD_CHUNK_CHECKSUM, f"chunk {index} crc32 mismatch: resend it",
+                                upload.client_id)
+        upload.buffer[start: start + expected] = data
+        upload.received[index] = True
+        upload.last_activity = self.clock()
+        self._last_seen[upload.client_id] = upload.last_activity
+        return Reply(ok=True, round=self.round, upload_id=upload_id)
+
+    def commit_upload(self, upload_id: str) -> Reply:
+        upload = self._uploads.get(upload_id)
+        if upload is None:
+            return self._reject(RejectReason.UNKNOWN_UPLOAD, f"upload {upload_id[:32]!r} is unknown or expired")
+        client_id = upload.client_id
+        if not upload.received.all():
+            missing = np.flatnonzero(~upload.received)
+            return self._reject(RejectReason.MISSING_CHUNKS, f"{len(missing)} chunk(s) missing, first "
+                                f"{missing[:5].tolist()}", client_id)
+        del self._uploads[upload_id]
+        if (denied := self._check_round(client_id, upload.round)) is not None:
+            return denied
+        if client_id in self.accepted:
+            return self._reject(RejectReason.DUPLICATE, f"an update of {client_id} for round {upload.round} was "
+                                "already accepted", client_id)
+        blob = bytes(upload.buffer)
+        if sha256_hex(blob) != upload.sha256:
+            return self._reject(RejectReason.BAD_CHECKSUM, "the assembled upload's sha256 differs from the signed "
+                                "one", client_id)
+        try:
+            update = decode_update(blob, self.spec, max_num_samples=self.config.max_num_samples)
+        except WireError as err:
+            return self._reject(err.reason, err.detail, client_id)
+        if update.client_id != client_id:
+            return self._reject(RejectReason.WRONG_SENDER, f"the blob says client {update.client_id!r}", client_id)
+        if update.round != upload.round:
+            return self._reject(RejectReason.WRONG_ROUND, f"the blob says round {update.round}, the upload was "
+                                f"signed for round {upload.round}", client_id)
+        # Durable before acknowledged: the file, then the state that lists it.
+        atomic_write_bytes(self._update_path(self.round, client_id), blob)
+        self.accepted[client_id] = {"sha256": upload.sha256, "num_samples": update.num_samples}
+        self._updates[client_id] = update
+        self._save_state()
+        log.info("accepted round %d update from %s (%d bytes, %d samples)", self.round, client_id, len(blob),
+                 update.num_samples)
+        return Reply(ok=True, round=self.round)
+
+    def _expire_uploads(self) -> None:
+        now = self.clock()
+        for upload_id, upload in list(self._uploads.items()):
+            if now - upload.last_activity > self.config.upload_timeout_s:
+                log.warning("discarding %s's stalled upload (no chunk for %.0f s)", upload.client_id,
+                            now - upload.last_activity)
+                del self._uploads[upload_id]
+
+    # -- rounds ---------------------------------------------------------------------------------
+    def tick(self) -> RoundRecord | None:
+        """Close the round when its condition holds (call periodically); returns the closed round."""
+        self._expire_uploads()
+        if self.finished or len(self.accepted) < self.config.quorum:
+            return None
+        status = self.status()
+        waiting_for = [c for c in status.live_clients if c not in self.accepted]
+        elapsed = self.clock() - self._round_started
+        if waiting_for and elapsed < self.config.round_timeout_s:
+            return None
+        return self._close_round("timeout" if waiting_for else "all_live_uploaded", elapsed)
+
+    def _close_round(self, closed_by: str, elapsed: float) -> RoundRecord:
+        clients = sorted(self._updates)
+        updates = [self._updates[c] for c in clients]
+        num_samples = [u.num_samples for u in updates]
+        if self.config.aggregation is Aggregation.EDA:
+            weights = expert_driven_weights(torch.stack([u.expert_counts for u in updates]).numpy())
+        else:
+            weights = np.tile(fedavg_weights(num_samples), (self.spec.num_layers, 1))
+        trunk = aggregate_trunks([u.trunk for u in updates], weights, self.layer_of, num_samples=num_samples,
+                                 non_layer_rule=self.config.non_layer_rule)
+        record = RoundRecord(round=self.round, clients=clients,
+                             dropped=sorted(c for c in self.joined if c not in self.accepted), num_samples=num_samples,
+                             layer_weights=np.round(weights, 6).tolist(), aggregation=self.config.aggregation.value,
+                             closed_by=closed_by, duration_s=round(elapsed, 3))
+        closed = self.round
+        self._install_global(closed + 1, trunk)
+        self.history.append(record)
+        self.accepted, self._updates = {}, {}
+        self._uploads = {k: u for k, u in self._uploads.items() if u.round > closed}
+        self.finished = self.round >= self.config.rounds
+        self._save_state()
+        self._prune(closed)
+        self._round_started = self.clock()
+        log.info("round %d closed (%s) with %s%s; %s", closed, closed_by, ", ".join(clients),
+                 f", dropped {', '.join(record.dropped)}" if record.dropped else "",
+                 "federation finished" if self.finished else f"round {self.round} open")
+        return record
+
+    def _prune(self, closed: int) -> None:
+        stale = closed - self.config.keep_update_rounds
+        if stale >= 0:
+            shutil.rmtree(self.state_dir / "updates" / f"round_{stale:05d}", ignore_errors=True)
+            self._global_path(stale).unlink(missing_ok=True)

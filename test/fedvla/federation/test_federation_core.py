@@ -1,0 +1,351 @@
+"""Federation server and client cores, in-process: rounds, EDA on the wire, persistence and
+resume, dropouts, and a fault suite of malformed, stale, replayed and unauthenticated uploads."""
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save as safetensors_save
+
+from fedvla.federation.client import (FederationClient, FederationClientConfig, FederationError, InProcessServer,
+                                      run_until_finished, trunk_spec)
+from fedvla.federation.eda import aggregate_trunks, expert_driven_weights
+from fedvla.federation.server import FederationServer, FederationServerConfig, load_credentials
+from fedvla.federation.wire import (TrunkUpdate, WireDtype, decode_trunk, encode_update, sha256_hex, sign,
+                                    sign_upload)
+from fedvla.config import ConfigError
+from fedvla.data.synthetic import SquareReachDataset
+from fedvla.model.checkpoint import seeded_policy
+from fedvla.model.config import PolicyConfig
+from fedvla.model.train import TrainConfig
+from fedvla.model.trunk import Trunk
+
+TINY = Path(__file__).resolve().parents[3] / "config" / "model" / "tiny.yaml"
+SECRETS = {f"robot_{i}": f"secret-of-robot-{i}-0123456789" for i in range(3)}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def tiny_config() -> PolicyConfig:
+    return PolicyConfig.from_yaml(TINY, image_size=32, language_dim=8)
+
+
+def make_server(state_dir: Path, clock=None, **options) -> FederationServer:
+    policy = seeded_policy(tiny_config(), 0)
+    settings = {"rounds": 2, "quorum": 2, "chunk_size": 4096, "state_dir": str(state_dir), **options}
+    return FederationServer(FederationServerConfig(**settings), trunk_spec(policy), policy.trunk.state_dict(),
+                            SECRETS, Trunk.layer_of, clock=clock or FakeClock())
+
+
+def make_client(server, index: int, state_dir: Path, **options) -> FederationClient:
+    config = tiny_config()
+    policy = seeded_policy(config, 100 + index)
+    data = SquareReachDataset(config, 16, seed=index)
+    policy.normalizer.fit(data.actions, data.proprio)
+    client_config = FederationClientConfig(client_id=f"robot_{index}", state_dir=str(state_dir / f"robot_{index}"),
+                                           heartbeat_interval_s=60, **options)
+    return FederationClient(client_config, SECRETS[f"robot_{index}"], policy, data,
+                            TrainConfig(epochs=1, batch_size=8, seed=index), server)
+
+
+def random_update(server: FederationServer, client_id: str, seed: int = 0, **changes) -> TrunkUpdate:
+    g = torch.Generator().manual_seed(seed)
+    trunk = {k: torch.randn(v.shape, generator=g) for k, v in server.global_trunk.items()}
+    counts = torch.randint(0, 50, (server.spec.num_layers, server.spec.num_experts), generator=g)
+    fields = dict(client_id=client_id, round=server.round, trunk=trunk, expert_counts=counts, num_samples=16)
+    fields.update(changes)
+    return TrunkUpdate(**fields)
+
+
+def upload(server: FederationServer, client_id: str, blob: bytes, *, round_index: int | None = None,
+           secret: str | None = None, chunk_edit=None):
+    """Begin/chunks/commit; returns the first refusal, or the commit reply."""
+    round_index = server.round if round_index is None else round_index
+    secret = secret or SECRETS.get(client_id, "x" * 32)
+    begun = server.begin_upload(client_id, round_index, len(blob), sha256_hex(blob),
+                                sign_upload(secret, client_id, round_index, blob))
+    if not begun.ok:
+        return begun
+    for index in range(begun.num_chunks):
+        piece = blob[index * begun.chunk_size: (index + 1) * begun.chunk_size]
+        crc = zlib.crc32(piece)
+        if chunk_edit is not None:
+            piece, crc = chunk_edit(index, piece, crc)
+            if piece is None:
+                continue
+        reply = server.upload_chunk(begun.upload_id, index, piece, crc)
+        if not reply.ok:
+            return reply
+    return server.commit_upload(begun.upload_id)
+
+
+def join_all(server: FederationServer) -> None:
+    for client_id, secret in SECRETS.items():
+        assert server.join(client_id, server.spec.trunk_hash, sign(secret, "join", client_id, 0, server.spec.trunk_hash)).ok
+
+
+def test_round_aggregates_uploaded_trunks_with_eda(tmp_path):
+    server = make_server(tmp_path / "server")
+    join_all(server)
+    updates = [random_update(server, c, seed=i) for i, c in enumerate(SECRETS)]
+    for u in updates:
+        assert upload(server, u.client_id, encode_update(u, server.spec)).ok
+    record = server.tick()
+    assert record is not None and record.clients == sorted(SECRETS) and record.closed_by == "all_live_uploaded"
+    expected = aggregate_trunks([u.trunk for u in updates], expert_driven_weights(
+        torch.stack([u.expert_counts for u in updates]).numpy()), Trunk.layer_of)
+    for name, value in expected.items():
+        torch.testing.assert_close(server.global_trunk[name], value, rtol=0, atol=1e-6)
+    assert server.round == 1
+    # The persisted global trunk is the same one.
+    round_index, persisted = decode_trunk((tmp_path / "server/global/round_00001.safetensors").read_bytes(), server.spec)
+    assert round_index == 1 and all(torch.equal(persisted[k], server.global_trunk[k]) for k in expected)
+
+
+def test_fedavg_option_weights_by_sample_count(tmp_path):
+    server = make_server(tmp_path / "server", aggregation="fedavg")
+    join_all(server)
+    updates = [random_update(server, c, seed=i, num_samples=n) for i, (c, n) in enumerate(zip(SECRETS, (10, 30, 60)))]
+    for u in updates:
+        assert upload(server, u.client_id, encode_update(u, server.spec)).ok
+    server.tick()
+    name = "blocks.0.ff.router.weight"
+    expected = sum(w * u.trunk[name] for w, u in zip((0.1, 0.3, 0.6), updates))
+    torch.testing.assert_close(server.global_trunk[name], expected, rtol=0, atol=1e-6)
+
+
+def test_bf16_upload_is_half_the_bytes_and_accepted(tmp_path):
+    server = make_server(tmp_path / "server")
+    join_all(server)
+    update = random_update(server, "robot_0")
+    fp32, bf16 = encode_update(update, server.spec), encode_update(update, server.spec, WireDtype.BFLOAT16)
+    assert len(bf16) < 0.55 * len(fp32)
+    assert upload(server, "robot_0", bf16).ok
+
+
+def test_clients_train_and_federate_in_process(tmp_path):
+    server = make_server(tmp_path / "server")
+    clients = [make_client(InProcessServer(server), i, tmp_path) for i in range(3)]
+    records = run_until_finished(server, clients)
+    assert [r.round for r in records] == [0, 1] and server.finished
+    for record in records:
+        weights = np.asarray(record.layer_weights)
+        assert weights.shape == (2, 3) and np.allclose(weights.sum(1), 1)
+    # Every client ends with the same (final) trunk; their stems and heads stay personal.
+    for client in clients:
+        assert client.load_final_trunk() == 2
+    first = clients[0].policy.trunk.state_dict()
+    assert all(torch.equal(first[k], c.policy.trunk.state_dict()[k]) for c in clients[1:] for k in first)
+    assert not torch.equal(clients[0].policy.head.state_dict()["net.0.weight"] if "net.0.weight" in
+                           clients[0].policy.head.state_dict() else next(iter(clients[0].policy.head.parameters())),
+                           next(iter(clients[1].policy.head.parameters())))
+
+
+def test_server_killed_mid_round_resumes_with_accepted_updates(tmp_path):
+    clock = FakeClock()
+    server = make_server(tmp_path / "server", clock=clock)
+    join_all(server)
+    first = random_update(server, "robot_0", seed=1)
+    assert upload(server, "robot_0", encode_update(first, server.spec)).ok
+    # Half an upload in flight when the server dies: it is lost (the client restarts it).
+    blob = encode_update(random_update(server, "robot_1", seed=2), server.spec)
+    begun = server.begin_upload("robot_1", 0, len(blob), sha256_hex(blob), sign_upload(SECRETS["robot_1"], "robot_1", 0, blob))
+    assert server.upload_chunk(begun.upload_id, 0, blob[:4096], zlib.crc32(blob[:4096])).ok
+    del server
+
+    resumed = make_server(tmp_path / "server", clock=clock)
+    assert resumed.round == 0 and sorted(resumed.accepted) == ["robot_0"]
+    assert resumed.upload_chunk(begun.upload_id, 1, blob[4096:8192], 0).reason == "unknown_upload"
+    assert upload(resumed, "robot_0", encode_update(first, resumed.spec)).reason == "duplicate_upload"
+    assert upload(resumed, "robot_1", blob).ok
+    assert resumed.tick() is not None and resumed.round == 1
+
+
+def test_client_dropping_out_is_waited_for_only_until_it_is_not_live(tmp_path):
+    clock = FakeClock()
+    server = make_server(tmp_path / "server", clock=clock, liveness_timeout_s=30, round_timeout_s=600)
+    join_all(server)
+    for i, client_id in enumerate(["robot_0", "robot_1"]):
+        assert upload(server, client_id, encode_update(random_update(server, client_id, seed=i), server.spec)).ok
+    assert server.tick() is None  # robot_2 joined moments ago: wait for it
+    clock.now += 31  # robot_2 has not been heard from since: dead
+    record = server.tick()
+    assert record is not None and record.dropped == ["robot_2"] and record.clients == ["robot_0", "robot_1"]
+    # Its late upload for the closed round is refused clearly.
+    late = random_update(server, "robot_2", round=0)
+    reply = upload(server, "robot_2", encode_update(late, server.spec), round_index=0)
+    assert reply.reason == "round_closed" and "current round is 1" in reply.detail
+
+
+def test_round_timeout_closes_with_quorum_but_not_below(tmp_path):
+    clock = FakeClock()
+    server = make_server(tmp_path / "server", clock=clock, round_timeout_s=100, liveness_timeout_s=1000)
+    join_all(server)
+    assert upload(server, "robot_0", encode_update(random_update(server, "robot_0"), server.spec)).ok
+    clock.now += 200
+    assert server.tick() is None  # 1 < quorum 2: keep waiting
+    assert upload(server, "robot_1", encode_update(random_update(server, "robot_1", seed=3), server.spec)).ok
+    record = server.tick()
+    assert record is not None and record.closed_by == "timeout" and record.dropped == ["robot_2"]
+
+
+def test_client_restarted_after_upload_does_not_upload_again(tmp_path):
+    server = make_server(tmp_path / "server", quorum=3)
+    proxy = InProcessServer(server)
+    client = make_client(proxy, 0, tmp_path)
+    report = client.step()
+    assert report is not None and report.round == 0 and report.upload_bytes > 0
+    restarted = make_client(proxy, 0, tmp_path)
+    assert restarted.last_uploaded_round == 0 and restarted.step() is None
+    assert server.rejections.get("duplicate_upload", 0) == 0
+
+
+def test_state_dir_of_another_model_is_refused(tmp_path):
+    make_server(tmp_path / "server")
+    policy = seeded_policy(PolicyConfig.from_yaml(TINY, image_size=32, language_dim=8, num_experts=8), 0)
+    with pytest.raises(ConfigError, match="another federation"):
+        FederationServer(FederationServerConfig(state_dir=str(tmp_path / "server")), trunk_spec(policy),
+                         policy.trunk.state_dict(), SECRETS, Trunk.layer_of)
+
+
+def test_credentials_file_is_checked(tmp_path):
+    path = tmp_path / "credentials.yaml"
+    path.write_text("clients:\n  robot_a: short\n")
+    with pytest.raises(ConfigError, match="shorter than 16"):
+        load_credentials(path)
+    path.write_text("clients:\n  ../evil: 0123456789abcdef0123\n")
+    with pytest.raises(ConfigError, match="client id"):
+        load_credentials(path)
+    path.write_text("clients:\n  robot_a: 0123456789abcdef0123\n")
+    assert load_credentials(path) == {"robot_a": "0123456789abcdef0123"}
+
+
+def _blob_with(server, *, metadata=None, tensors=None, drop=(), client_id="robot_0"):
+    """An update blob with chosen header fields or tensors replaced (hand-crafted attacks)."""
+    update = random_update(server, client_id)
+    base = {f"trunk.{k}": v.contiguous() for k, v in update.trunk.items()}
+    base["expert_counts"] = update.expert_counts
+    for key in drop:
+        base.pop(key)
+    base.update(tensors or {})
+    meta = {"format": "fedvla-update", "version": "1", "trunk_hash": server.spec.trunk_hash, "round": "0",
+            "dtype": "float32", "client_id": client_id, "num_samples": "16"}
+    meta.update(metadata or {})
+    return safetensors_save(base, metadata=meta)
+
+
+def fault_cases(server):
+    """(name, expected reason, callable returning the reply) for every kind of bad upload."""
+    good = lambda client_id="robot_0", **kw: encode_update(random_update(server, client_id, **kw), server.spec)  # noqa: E731
+    first = "blocks.0.ff.router.weight"
+    shape = server.spec.shapes[first]
+    big = 2 * server.spec.max_blob_bytes()
+    corrupt_crc = lambda i, p, c: (p, c ^ 1)  # noqa: E731
+    skip_last = lambda i, p, c: (None, c) if i > 0 else (p, c)  # noqa: E731
+    return [
+        ("unknown client", "unknown_client", lambda: upload(server, "mallory", good())),
+        ("wrong secret", "bad_signature", lambda: upload(server, "robot_0", good(), secret="not-the-secret-0123456")),
+        ("not joined", "not_joined", lambda: upload(server, "robot_2", good(client_id="robot_2"))),
+        ("future round", "wrong_round", lambda: upload(server, "robot_0", good(round=5), round_index=5)),
+        ("stale round", "round_closed", lambda: upload(server, "robot_0", good(round=0), round_index=0)),
+        ("replayed accepted upload", "duplicate_upload", lambda: upload(server, "robot_1", server._replay_blob)),
+        ("declared too large", "too_large", lambda: server.begin_upload(
+            "robot_0", server.round, big, "0" * 64, sign(SECRETS["robot_0"], "upload", "robot_0", server.round, "0" * 64))),
+        ("empty", "bad_size", lambda: upload(server, "robot_0", b"")),
+        ("unknown upload id", "unknown_upload", lambda: server.upload_chunk("deadbeef", 0, b"x", zlib.crc32(b"x"))),
+        ("chunk index out of range", "bad_chunk_index", lambda: _chunk_call(server, index=10_000)),
+        ("duplicate chunk", "duplicate_chunk", lambda: _chunk_call(server, index=0, twice=True)),
+        ("short chunk", "bad_chunk_size", lambda: upload(server, "robot_0", good(),
+                                                         chunk_edit=lambda i, p, c: (p[:-1], zlib.crc32(p[:-1])))),
+        ("corrupted chunk", "bad_chunk_checksum", lambda: upload(server, "robot_0", good(), chunk_edit=corrupt_crc)),
+        ("missing chunks", "missing_chunks", lambda: upload(server, "robot_0", good(), chunk_edit=skip_last)),
+        ("tampered after signing", "bad_checksum", lambda: _tampered(server, good())),
+        ("not safetensors", "malformed", lambda: upload(server, "robot_0", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}" + b" " * 64)),
+        ("huge header length", "malformed", lambda: upload(server, "robot_0", (2**62).to_bytes(8, "little") + b"{}")),
+        ("pickle instead of safetensors", "malformed", lambda: upload(server, "robot_0", b"\x80\x04\x95" + b"\x00" * 200)),
+        ("global-trunk format", "wrong_format", lambda: upload(server, "robot_0", _blob_with(server, metadata={"format": "fedvla-trunk"}))),
+        ("future wire version", "wrong_version", lambda: upload(server, "robot_0", _blob_with(server, metadata={"version": "9"}))),
+        ("other model", "wrong_model", lambda: upload(server, "robot_0", _blob_with(server, metadata={"trunk_hash": "0" * 16}))),
+        ("sent as another client", "wrong_sender", lambda: upload(server, "robot_0", _blob_with(server, client_id="robot_1"))),
+        ("blob round differs", "wrong_round", lambda: upload(server, "robot_0", _blob_with(server, metadata={"round": "7"}))),
+        ("missing parameter", "wrong_parameters", lambda: upload(server, "robot_0", _blob_with(server, drop=[f"trunk.{first}"]))),
+        ("extra tensor", "wrong_parameters", lambda: upload(server, "robot_0", _blob_with(server, tensors={"trunk.evil": torch.zeros(3)}))),
+        ("wrong shape", "wrong_shape", lambda: upload(server, "robot_0", _blob_with(server, tensors={f"trunk.{first}": torch.zeros(shape[0] + 1, shape[1])}))),
+        ("dtype differs from header", "wrong_dtype", lambda: upload(server, "robot_0", _blob_with(server, tensors={f"trunk.{first}": torch.zeros(shape, dtype=torch.float16)}))),
+        ("unknown dtype", "wrong_dtype", lambda: upload(server, "robot_0", _blob_with(server, metadata={"dtype": "int8"}))),
+        ("NaN weights", "not_finite", lambda: upload(server, "robot_0", _blob_with(server, tensors={f"trunk.{first}": torch.full(shape, float("nan"))}))),
+        ("infinite weights", "not_finite", lambda: upload(server, "robot_0", _blob_with(server, tensors={f"trunk.{first}": torch.full(shape, float("inf"))}))),
+        ("negative counts", "bad_counts", lambda: upload(server, "robot_0", _blob_with(server, tensors={"expert_counts": -torch.ones(server.spec.num_layers, server.spec.num_experts, dtype=torch.int64)}))),
+        ("counts wrong shape", "bad_counts", lambda: upload(server, "robot_0", _blob_with(server, tensors={"expert_counts": torch.ones(3, 3, dtype=torch.int64)}))),
+        ("float counts", "bad_counts", lambda: upload(server, "robot_0", _blob_with(server, tensors={"expert_counts": torch.ones(server.spec.num_layers, server.spec.num_experts)}))),
+        ("missing counts", "bad_counts", lambda: upload(server, "robot_0", _blob_with(server, drop=["expert_counts"]))),
+        ("zero samples", "bad_num_samples", lambda: upload(server, "robot_0", _blob_with(server, metadata={"num_samples": "0"}))),
+        ("negative samples", "bad_num_samples", lambda: upload(server, "robot_0", _blob_with(server, metadata={"num_samples": "-5"}))),
+        ("join with another model", "wrong_model", lambda: server.join("robot_0", "f" * 16, sign(SECRETS["robot_0"], "join", "robot_0", 0, "f" * 16))),
+        ("forged join", "bad_signature", lambda: server.join("robot_2", server.spec.trunk_hash, "0" * 64)),
+        ("fetch with a bad signature", "bad_signature", lambda: server.fetch("robot_0", server.round, 0, 10, "0" * 64)),
+    ]
+
+
+def _chunk_call(server, index: int, twice: bool = False):
+    blob = encode_update(random_update(server, "robot_0"), server.spec)
+    begun = server.begin_upload("robot_0", server.round, len(blob), sha256_hex(blob),
+                                sign_upload(SECRETS["robot_0"], "robot_0", server.round, blob))
+    piece = blob[index * begun.chunk_size: (index + 1) * begun.chunk_size] or b"x"
+    reply = server.upload_chunk(begun.upload_id, index, piece, zlib.crc32(piece))
+    if twice:
+        reply = server.upload_chunk(begun.upload_id, index, piece, zlib.crc32(piece))
+    return reply
+
+
+def _tampered(server, blob: bytes):
+    """Signed for one blob, then a different blob is sent under the same signature."""
+    signature = sign_upload(SECRETS["robot_0"], "robot_0", server.round, blob)
+    other = bytearray(blob)
+    other[-1] ^= 0xFF
+    begun = server.begin_upload("robot_0", server.round, len(blob), sha256_hex(blob), signature)
+    for index in range(begun.num_chunks):
+        piece = bytes(other[index * begun.chunk_size: (index + 1) * begun.chunk_size])
+        assert server.upload_chunk(begun.upload_id, index, piece, zlib.crc32(piece)).ok
+    return server.commit_upload(begun.upload_id)
+
+
+def test_fault_suite_rejects_each_bad_upload_with_its_reason(tmp_path):
+    server = make_server(tmp_path / "server", rounds=5, quorum=3)
+    for client_id in ("robot_0", "robot_1"):
+        secret = SECRETS[client_id]
+        assert server.join(client_id, server.spec.trunk_hash, sign(secret, "join", client_id, 0, server.spec.trunk_hash)).ok
+    # Close round 0 with two uploads (quorum 2 for this one), so "stale round" has a closed round.
+    server.config.quorum = 2
+    for i, client_id in enumerate(("robot_0", "robot_1")):
+        assert upload(server, client_id, encode_update(random_update(server, client_id, seed=i), server.spec)).ok
+    assert server.tick() is not None and server.round == 1
+    server.config.quorum = 3
+    accepted = encode_update(random_update(server, "robot_1", seed=9), server.spec)
+    assert upload(server, "robot_1", accepted).ok
+    server._replay_blob = accepted
+    before = {k: v.clone() for k, v in server.global_trunk.items()}
+    state_before = json.loads((tmp_path / "server/state.json").read_text())["accepted"]
+
+    cases = fault_cases(server)
+    assert len(cases) >= 20
+    for name, reason, call in cases:
+        reply = call()
+        assert not reply.ok, name
+        assert reply.reason == reason, f"{name}: got {reply.reason} ({reply.detail})"
+        assert reply.detail, name
+    assert server.tick() is None  # nothing invalid counts toward the quorum
+    assert sorted(server.accepted) == ["robot_1"]
+    assert all(torch.equal(before[k], server.global_trunk[k]) for k in before)
+    assert json.loads((tmp_path / "server/state.json").read_text())["accepted"] == state_before
+    assert sum(server.rejections.values()) >= len(cases)
