@@ -59,3 +59,34 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 10.0) -> tuple[st
     except subprocess.TimeoutExpired:
         process.kill()
         return process.communicate()
+
+
+class SpinningNode:
+    """A node whose executor spins in a background thread (for blocking service calls from the
+    test thread, e.g. through :class:`fedvla_ros.fed_client.RosServerApi`)."""
+
+    def __init__(self, context: Any, name: str) -> None:
+        import threading
+
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.node = rclpy.create_node(name, context=context)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def __enter__(self) -> Any:
+        self._thread.start()
+        return self.node
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.executor.shutdown()
+        self.node.destroy_node()

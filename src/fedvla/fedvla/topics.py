@@ -26,3 +26,11 @@ JOINT_STATES = "/joint_states"
 INSTRUCTION = "instruction"
 ACTION_CHUNK = "action_chunk"
 EXPERT_ACTIVATION = "expert_activation"
+
+# Federation (absolute: one server per ROS domain, clients in any namespace reach it).
+FEDERATION_JOIN = "/federation/join"
+FEDERATION_HEARTBEAT = "/federation/heartbeat"
+FEDERATION_STATUS = "/federation/status"
+FEDERATION_FETCH = "/federation/fetch"
+FEDERATION_UPLOAD = "/federation/upload"
+FEDERATION_ROUND = "/federation/round"

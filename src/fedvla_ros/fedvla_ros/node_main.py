@@ -7,6 +7,7 @@ reached (no camera, no robot) exits with status 1 and one line saying what to ch
 """
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from collections.abc import Callable
@@ -32,6 +33,14 @@ class StartupError(RuntimeError):
     """A node cannot start for a reason other than its parameters (device missing, ...)."""
 
 
+class NodeExit(Exception):
+    """Raised from a callback to end the node on purpose (work done, or a fatal condition)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def _fail(label: str, message: str, status: int) -> int:
     print(f"{label}: error: {message}", file=sys.stderr, flush=True)
     return status
@@ -45,13 +54,43 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+class RosLogHandler(logging.Handler):
+    """Forwards the core's ``logging`` records (``fedvla.*``) to the node's ROS logger, so they
+    reach the console, /rosout and launch logs like the node's own messages."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.ros_logger = rclpy.logging.get_logger(name)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = self.format(record)
+        if record.levelno >= logging.ERROR:
+            self.ros_logger.error(message)
+        elif record.levelno >= logging.WARNING:
+            self.ros_logger.warning(message)
+        elif record.levelno >= logging.INFO:
+            self.ros_logger.info(message)
+        else:
+            self.ros_logger.debug(message)
+
+
+def _forward_core_logging(label: str) -> None:
+    core = logging.getLogger("fedvla")
+    if not any(isinstance(h, RosLogHandler) for h in core.handlers):
+        core.addHandler(RosLogHandler(label))
+        core.setLevel(logging.INFO)
+        core.propagate = False
+
+
 def run_node(node_factory: Callable[[], Node], label: str, args: list[str] | None = None) -> int:
     # SIGINT/SIGTERM become KeyboardInterrupt, so the node is destroyed (devices released,
     # files closed, last log lines published) before the ROS context shuts down.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+    _forward_core_logging(label)
     node: Node | None = None
+    status = 0
     try:
         try:
             node = node_factory()
@@ -68,13 +107,19 @@ def run_node(node_factory: Callable[[], Node], label: str, args: list[str] | Non
             executor.spin_once(timeout_sec=SPIN_PERIOD_S)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except NodeExit as done:
+        if done.status:
+            _fail(label, str(done), done.status)
+        else:
+            print(f"{label}: {done}", file=sys.stderr, flush=True)
+        status = done.status
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    return status
 
 
 def main_for(node_factory: Callable[[], Node], label: str) -> Callable[[], None]:

@@ -69,6 +69,15 @@ class FederationError(RuntimeError):
         super().__init__(f"{action} refused: {reply.reason}: {reply.detail}")
 
 
+def send_chunks(server: ServerApi, upload_id: str, chunks: list[tuple[int, memoryview]]) -> list[Reply]:
+    """All chunks of an upload: pipelined where the transport can keep several in flight
+    (``upload_chunks``), one by one otherwise."""
+    with_crc = [(index, piece, zlib.crc32(piece)) for index, piece in chunks]
+    if hasattr(server, "upload_chunks"):
+        return server.upload_chunks(upload_id, with_crc)
+    return [server.upload_chunk(upload_id, index, bytes(piece), crc) for index, piece, crc in with_crc]
+
+
 def trunk_spec(policy: Policy) -> TrunkSpec:
     """The federation contract of a policy's trunk (names, shapes, counts shape, settings hash)."""
     config = policy.config
@@ -79,7 +88,7 @@ def trunk_spec(policy: Policy) -> TrunkSpec:
 
 @dataclasses.dataclass(kw_only=True)
 class FederationClientConfig:
-    client_id: str
+    client_id: str = ""
     upload_dtype: WireDtype = WireDtype.FLOAT32  # bfloat16/float16 halve the upload
     state_dir: str = "federation_client"
     heartbeat_interval_s: float = 5.0  # keep below the server's liveness_timeout_s
@@ -188,9 +197,8 @@ class FederationClient:
                 raise FederationError("upload", begun)
             lost = False
             view = memoryview(blob)
-            for index in range(begun.num_chunks):
-                piece = view[index * begun.chunk_size: (index + 1) * begun.chunk_size]
-                reply = self.server.upload_chunk(begun.upload_id, index, bytes(piece), zlib.crc32(piece))
+            chunks = [(i, view[i * begun.chunk_size: (i + 1) * begun.chunk_size]) for i in range(begun.num_chunks)]
+            for (index, piece), reply in zip(chunks, send_chunks(self.server, begun.upload_id, chunks)):
                 if not reply.ok and reply.reason == RejectReason.BAD_CHUNK_CHECKSUM.value:
                     reply = self.server.upload_chunk(begun.upload_id, index, bytes(piece), zlib.crc32(piece))
                 if not reply.ok:
@@ -237,7 +245,18 @@ class FederationClient:
         if status.finished or status.round <= self.last_uploaded_round or self.client_id in status.accepted:
             self.server.heartbeat(self.client_id, self._sign("heartbeat"))
             return None
-        return self.run_round(status)
+        try:
+            return self.run_round(status)
+        except FederationError as err:
+            # The round closed while we trained (we were too slow or were taken for dead): our
+            # update is refused; the next poll joins the new round.
+            if err.reply.reason in (RejectReason.ROUND_CLOSED.value, RejectReason.FEDERATION_FINISHED.value):
+                log.warning("%s: round %d closed before our upload: %s", self.client_id, status.round, err.reply.detail)
+                return None
+            raise
+
+    def finished(self) -> bool:
+        return self.server.status().finished
 
     def load_final_trunk(self) -> int:
         """After the federation finished: load the final global trunk; returns its round."""
@@ -245,6 +264,13 @@ class FederationClient:
         trunk, _ = self.fetch_global(status)
         self.policy.trunk.load_state_dict(trunk)
         return status.round
+
+    def save_final_checkpoint(self) -> Path:
+        """The final global trunk with this robot's own stems, head and normaliser: a checkpoint the
+        policy node can run (``<state_dir>/final``)."""
+        round_index = self.load_final_trunk()
+        return save_checkpoint(self.policy, self.state_dir / "final",
+                               metadata={"federation_round": round_index, "client_id": self.client_id})
 
 
 def run_until_finished(server, clients: list[FederationClient], *, max_polls: int = 10_000,

@@ -1,0 +1,128 @@
+"""Building a federation server or client from flat settings (the ``fed_server`` /
+``fed_client`` node parameters, the ``fedvla federate`` command and simulations).
+
+The trunk is defined by the model config file alone (:attr:`PolicyConfig.TRUNK_FIELDS`), so the
+server needs no dataset: data-derived sizes (``???`` in the file: proprio and action dimensions)
+do not change the trunk and are filled with placeholders there. Clients fill them from their
+own data; each robot may have its own cameras, proprioception and action space.
+
+Datasets: ``dataset`` is a directory in the episode format (:mod:`fedvla.data.episodes`), or
+``synthetic`` for the square-reaching task (:mod:`fedvla.data.synthetic`; demos and tests), which
+each client draws with its own seed (non-iid across clients by construction of the seeds).
+"""
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from pathlib import Path
+
+import yaml
+from torch.utils.data import Dataset
+
+from fedvla.config import ConfigError, require
+from fedvla.data.episodes import ChunkDataset, load_meta
+from fedvla.data.synthetic import SquareReachDataset
+from fedvla.federation.client import FederationClient, FederationClientConfig, ServerApi, trunk_spec
+from fedvla.federation.server import FederationServer, FederationServerConfig, load_credentials
+from fedvla.model.checkpoint import load_checkpoint, seeded_policy
+from fedvla.model.config import PolicyConfig
+from fedvla.model.policy import Policy
+from fedvla.model.train import TrainConfig
+from fedvla.model.trunk import Trunk
+
+SYNTHETIC = "synthetic"
+
+
+def _model_values(path: str) -> dict:
+    try:
+        return yaml.safe_load(Path(path).expanduser().read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError("model_config", f"{path} does not exist", "a file under config/model/") from None
+
+
+def trunk_policy(model_config: str, seed: int) -> Policy:
+    """A policy whose trunk is the federation's initial trunk (placeholders where the file says ???)."""
+    values = {k: (1 if v == "???" else v) for k, v in _model_values(model_config).items()}
+    return seeded_policy(PolicyConfig.from_dict(values, where=Path(model_config).stem), seed)
+
+
+@dataclasses.dataclass(kw_only=True)
+class FederationServerSettings(FederationServerConfig):
+    model_config: str = ""  # config/model/*.yaml: defines the trunk
+    init_seed: int = 0  # initial global trunk, when no initial_checkpoint
+    initial_checkpoint: str = ""  # start from this checkpoint's trunk instead (e.g. a pretrained policy)
+    credentials_file: str = ""  # YAML: clients: {client_id: secret}
+    tick_period_s: float = 0.5  # how often round conditions and timeouts are checked
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(bool(self.model_config), "model_config", "is empty", "a model config file, e.g. config/model/tiny.yaml")
+        require(bool(self.credentials_file), "credentials_file", "is empty", "a YAML file with clients: {id: secret}")
+
+
+def build_server(settings: FederationServerSettings) -> FederationServer:
+    policy = trunk_policy(settings.model_config, settings.init_seed)
+    if settings.initial_checkpoint:
+        pretrained = load_checkpoint(settings.initial_checkpoint)
+        if pretrained.config.trunk_settings() != policy.config.trunk_settings():
+            raise ConfigError("initial_checkpoint", "its trunk differs from model_config's",
+                              "a checkpoint trained with the same trunk settings")
+        policy.trunk.load_state_dict(pretrained.trunk.state_dict())
+    config = FederationServerConfig(**{f.name: getattr(settings, f.name)
+                                       for f in dataclasses.fields(FederationServerConfig)})
+    return FederationServer(config, trunk_spec(policy), policy.trunk.state_dict(),
+                            load_credentials(settings.credentials_file), Trunk.layer_of)
+
+
+@dataclasses.dataclass(kw_only=True)
+class FederationClientSettings(FederationClientConfig):
+    model_config: str = ""
+    credentials_file: str = ""  # only this client's entry is read
+    dataset: str = SYNTHETIC  # an episode directory, or "synthetic"
+    synthetic_samples: int = 64
+    seed: int = 0  # model init, data order (and the synthetic data)
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3
+    device: str = "auto"
+    poll_period_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(bool(self.model_config), "model_config", "is empty", "the server's model config file")
+        require(bool(self.credentials_file), "credentials_file", "is empty", "a YAML file with clients: {id: secret}")
+        require(self.dataset == SYNTHETIC or Path(self.dataset).expanduser().is_dir(), "dataset",
+                f"{self.dataset!r} is not a directory", f"an episode dataset directory, or {SYNTHETIC!r}")
+        require(self.synthetic_samples >= 1, "synthetic_samples", "must be at least 1")
+
+
+def client_dataset(settings: FederationClientSettings) -> tuple[PolicyConfig, Dataset]:
+    values = _model_values(settings.model_config)
+    where = Path(settings.model_config).stem
+    if settings.dataset == SYNTHETIC:
+        config = PolicyConfig.from_dict({**values, "proprio_dim": 4, "action_dim": 4}, where=where)
+        # Each client draws its own data: the seed mixes in the client id (non-iid by construction).
+        data_seed = zlib.crc32(f"{settings.seed}:{settings.client_id}".encode())
+        return config, SquareReachDataset(config, settings.synthetic_samples, seed=data_seed)
+    meta = load_meta(settings.dataset)
+    config = PolicyConfig.from_dict({**values, "proprio_dim": meta.proprio_dim, "action_dim": meta.action_dim,
+                                     "camera_names": meta.camera_names, "image_size": meta.image_size}, where=where)
+    return config, ChunkDataset(settings.dataset, horizon=config.horizon)
+
+
+def build_client(settings: FederationClientSettings, server: ServerApi, *, show_progress: bool = False) -> FederationClient:
+    secret = load_credentials(settings.credentials_file).get(settings.client_id)
+    if secret is None:
+        raise ConfigError("client_id", f"{settings.client_id!r} has no secret in {settings.credentials_file}",
+                          "a client id listed under clients:")
+    config, dataset = client_dataset(settings)
+    policy = seeded_policy(config, settings.seed)
+    if isinstance(dataset, SquareReachDataset):
+        policy.normalizer.fit(dataset.actions, dataset.proprio)
+    else:
+        policy.normalizer.fit(dataset.all_actions(), dataset.all_proprio())
+    train = TrainConfig(epochs=settings.local_epochs, batch_size=settings.batch_size, lr=settings.lr,
+                        seed=settings.seed, device=settings.device)
+    client_config = FederationClientConfig(**{f.name: getattr(settings, f.name)
+                                              for f in dataclasses.fields(FederationClientConfig)})
+    return FederationClient(client_config, secret, policy, dataset, train, server, show_progress=show_progress)

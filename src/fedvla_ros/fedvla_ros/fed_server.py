@@ -1,0 +1,130 @@
+"""Federation server node: the :class:`fedvla.federation.server.FederationServer` behind ROS 2
+services.
+
+Services (fedvla_interfaces/srv): ``/federation/join``, ``/federation/heartbeat``,
+``/federation/status``, ``/federation/fetch`` (global trunk, by byte range) and
+``/federation/upload`` (BEGIN / CHUNK / COMMIT). Topic ``/federation/round``
+(fedvla_interfaces/FederationRound): ``closed`` once per aggregated round with its EDA weights,
+``status`` every ``tick_period_s``·4. Parameters: the fields of
+:class:`fedvla.federation.setup.FederationServerSettings`.
+
+Security: requests are HMAC-signed per client (credentials_file). In a full ROS install, run the
+server and each robot in its own SROS2 enclave (``ros2 security create_enclave``
+``/fedvla/fed_server`` and ``/fedvla/<client_id>``, with a permissions file that grants only the
+``/federation/*`` services) so DDS also encrypts and access-controls the transport; the HMAC
+stays as the application-level check of who sent an update.
+"""
+from __future__ import annotations
+
+import numpy as np
+from rclpy.node import Node
+
+from fedvla import topics
+from fedvla.federation.server import Reply, RoundRecord
+from fedvla.federation.setup import FederationServerSettings, build_server
+from fedvla_interfaces.msg import FederationRound
+from fedvla_interfaces.srv import (FederationFetch, FederationHeartbeat, FederationJoin, FederationStatus,
+                                  FederationUpload)
+from fedvla_ros.node_main import main_for
+from fedvla_ros.parameters import declare_config
+
+STATUS_EVERY_TICKS = 4
+
+
+def _fill(response, reply: Reply):
+    """Copy the fields a service response has from a core :class:`Reply`."""
+    response.ok, response.reason, response.detail, response.round = reply.ok, reply.reason, reply.detail, reply.round
+    for name in ("upload_id", "chunk_size", "num_chunks", "total_size", "sha256"):
+        if hasattr(response, name):
+            setattr(response, name, getattr(reply, name))
+    return response
+
+
+class FederationServerNode(Node):
+    def __init__(self) -> None:
+        super().__init__("fed_server")
+        self.settings = declare_config(self, FederationServerSettings)
+        self.server = build_server(self.settings)
+        self.create_service(FederationJoin, topics.FEDERATION_JOIN, self._join)
+        self.create_service(FederationHeartbeat, topics.FEDERATION_HEARTBEAT, self._heartbeat)
+        self.create_service(FederationStatus, topics.FEDERATION_STATUS, self._status)
+        self.create_service(FederationFetch, topics.FEDERATION_FETCH, self._fetch)
+        self.create_service(FederationUpload, topics.FEDERATION_UPLOAD, self._upload)
+        self._round_pub = self.create_publisher(FederationRound, topics.FEDERATION_ROUND, 10)
+        self._ticks = 0
+        self._announced_finish = self.server.finished
+        self.create_timer(self.settings.tick_period_s, self._tick)
+        spec = self.server.spec
+        self.get_logger().info(
+            f"federation of {spec.num_parameters / 1e6:.2f} M trunk parameters ({spec.num_layers} MoE layers × "
+            f"{spec.num_experts} experts, trunk hash {spec.trunk_hash}), {self.settings.aggregation.value}, "
+            f"round {self.server.round}/{self.settings.rounds}, quorum {self.settings.quorum}, "
+            f"state in {self.settings.state_dir}")
+
+    def _join(self, request, response):
+        return _fill(response, self.server.join(request.client_id, request.trunk_hash, request.signature))
+
+    def _heartbeat(self, request, response):
+        return _fill(response, self.server.heartbeat(request.client_id, request.signature))
+
+    def _status(self, request, response):
+        status = self.server.status()
+        response.round, response.rounds, response.finished = status.round, status.rounds, status.finished
+        response.accepted, response.live_clients, response.joined = status.accepted, status.live_clients, status.joined
+        response.global_size, response.global_sha256 = status.global_size, status.global_sha256
+        response.chunk_size = status.chunk_size
+        return response
+
+    def _fetch(self, request, response):
+        reply = self.server.fetch(request.client_id, request.round, request.offset, request.length, request.signature)
+        response.data = reply.data  # bytes: rclpy copies them as one block
+        return _fill(response, reply)
+
+    def _upload(self, request, response):
+        if request.op == FederationUpload.Request.BEGIN:
+            reply = self.server.begin_upload(request.client_id, request.round, request.total_size, request.sha256,
+                                             request.signature)
+        elif request.op == FederationUpload.Request.CHUNK:
+            reply = self.server.upload_chunk(request.upload_id, request.index, memoryview(request.data), request.crc32)
+        elif request.op == FederationUpload.Request.COMMIT:
+            reply = self.server.commit_upload(request.upload_id)
+        else:
+            reply = Reply(ok=False, reason="bad_op", detail=f"op {request.op} (BEGIN=0, CHUNK=1, COMMIT=2)")
+        return _fill(response, reply)
+
+    def _publish(self, event: str, record: RoundRecord | None = None) -> None:
+        msg = FederationRound()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.event = event
+        msg.round, msg.rounds, msg.finished = self.server.round, self.settings.rounds, self.server.finished
+        msg.aggregation = self.settings.aggregation.value
+        if record is not None:
+            msg.round, msg.closed_by, msg.duration_s = record.round, record.closed_by, record.duration_s
+            msg.clients, msg.dropped, msg.num_samples = record.clients, record.dropped, record.num_samples
+            weights = np.asarray(record.layer_weights, dtype=np.float64)
+            msg.num_layers = weights.shape[0]
+            msg.layer_weights = weights.ravel().tolist()
+        else:
+            status = self.server.status()
+            msg.clients = status.accepted
+        self._round_pub.publish(msg)
+
+    def _tick(self) -> None:
+        record = self.server.tick()
+        if record is not None:
+            weights = np.asarray(record.layer_weights)
+            self.get_logger().info(
+                f"round {record.round} aggregated ({record.closed_by}): {', '.join(record.clients)}"
+                + (f"; dropped {', '.join(record.dropped)}" if record.dropped else "")
+                + f"; mean weights {np.round(weights.mean(0), 3).tolist()}")
+            self._publish("closed", record)
+        self._ticks += 1
+        if self._ticks % STATUS_EVERY_TICKS == 0:
+            self._publish("status")
+        if self.server.finished and not self._announced_finish:
+            self._announced_finish = True
+            self.get_logger().info(f"federation finished after {self.settings.rounds} rounds; serving the final "
+                                   "trunk until stopped")
+
+
+main = main_for(FederationServerNode, "fed_server")
