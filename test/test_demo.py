@@ -1,4 +1,6 @@
-"""The README's main job (`fedvla demo`): the simulated stack, recorded to a rosbag2 directory."""
+"""The README's main job (`fedvla demo`): the simulated stack, recorded to a rosbag2 directory,
+then federated rounds between simulated robots over ROS 2 services."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +14,21 @@ from fedvla.bag import read_messages, summarize_bag
 pytestmark = pytest.mark.ros
 
 
-def test_demo_records_every_camera_topic(tmp_path) -> None:
+def test_demo_records_every_camera_topic_then_federates(tmp_path) -> None:
     fedvla_cli = Path(sys.prefix) / "bin" / "fedvla"
-    output = tmp_path / "demo_bag"
-    result = subprocess.run([str(fedvla_cli), "demo", "--duration", "10", "--output", str(output)],
+    run = tmp_path / "demo"
+    result = subprocess.run([str(fedvla_cli), "demo", "--duration", "10", "--rounds", "2", "--output", str(run)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "recorded" in result.stdout and "sim profile" in result.stdout
+    # Federated rounds: every robot took part in each, and each has its final checkpoint.
+    history = json.loads((run / "federation" / "server" / "state.json").read_text())["history"]
+    assert [r["round"] for r in history] == [0, 1]
+    assert all(r["clients"] == ["robot_a", "robot_b", "robot_c"] for r in history)
+    for robot in ("robot_a", "robot_b", "robot_c"):
+        assert (run / "federation" / robot / "final" / "model.safetensors").is_file()
+    assert "federation rounds" in result.stdout
+    output = run / "bag"
     summary = summarize_bag(output)
     cameras = ("/camera/corner", "/camera/top", "/camera/shoulder")
     expected = {topics.node_topic(c, rel) for c in cameras for rel in topics.CAMERA_TOPICS}

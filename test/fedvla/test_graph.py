@@ -8,15 +8,18 @@ import yaml
 from fedvla.bag import RecorderConfig
 from fedvla.camera import CameraConfig
 from fedvla.config import config_fields
+from fedvla.federation.setup import FederationClientSettings, FederationServerSettings
 from fedvla.graph import Graph, GraphError
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config"
-PROFILES = ["real_robot", "sim", "replay"]
+PROFILES = ["real_robot", "sim", "replay", "federation"]
 # Node parameters beyond the core config's fields (one-to-one otherwise).
 NODE_PARAMETERS = {
     "camera_node": set(config_fields(CameraConfig)) | {"optical_frame_id"},
     "bag_recorder": set(config_fields(RecorderConfig)),
+    "fed_server": set(config_fields(FederationServerSettings)),
+    "fed_client": set(config_fields(FederationClientSettings)) | {"exit_when_finished", "service_timeout_s"},
 }
 
 
@@ -61,9 +64,13 @@ def test_parameter_files_match_the_core_configs(graph, profile, tmp_path) -> Non
         assert params, f"{node.spec.fully_qualified_name} gets no parameters from {node.parameter_files}"
         unknown = set(params) - NODE_PARAMETERS[node.spec.executable]
         assert not unknown, f"{node.spec.fully_qualified_name}: {unknown} are not parameters of the node"
+        # Every file's values pass the core's validation.
         if node.spec.executable == "camera_node":
-            cfg = {k: v for k, v in params.items() if k in config_fields(CameraConfig)}
-            CameraConfig(**cfg)  # every file's values pass the core's validation
+            CameraConfig(**{k: v for k, v in params.items() if k in config_fields(CameraConfig)})
+        elif node.spec.executable == "fed_server":
+            FederationServerSettings(**params)
+        elif node.spec.executable == "fed_client":
+            FederationClientSettings(**{k: v for k, v in params.items() if k in config_fields(FederationClientSettings)})
 
 
 def test_sim_profile_has_three_distinct_cameras(graph) -> None:
@@ -91,8 +98,17 @@ def test_arguments_bind_to_parameters_with_their_types(graph) -> None:
     assert (CONFIG / "fedvla.rviz").is_file()
 
 
+def test_template_bindings_build_per_node_paths(graph) -> None:
+    nodes = {n.spec.fully_qualified_name: n for n in graph.resolve("federation", {"federation_dir": "/data/fl",
+                                                                                  "rounds": "7"})}
+    assert nodes["/fed_server"].parameter_values == {"state_dir": "/data/fl/server", "rounds": 7, "aggregation": "eda"}
+    assert nodes["/robot_b/fed_client"].parameter_values == {"client_id": "robot_b", "state_dir": "/data/fl/robot_b"}
+    clients = [n for n in nodes.values() if n.spec.executable == "fed_client"]
+    assert len({n.parameter_values["client_id"] for n in clients}) == len(clients) == 3
+
+
 @pytest.mark.parametrize(("profile", "overrides", "message"), [
-    ("nope", {}, "profile: unknown profile 'nope' (allowed: real_robot, sim, replay)"),
+    ("nope", {}, "profile: unknown profile 'nope' (allowed: real_robot, sim, replay, federation)"),
     ("sim", {"ur_type": "ur10"}, "ur_type: invalid value 'ur10' (allowed: ur3, ur3e)"),
     ("sim", {"launch_rviz": "maybe"}, "launch_rviz: invalid value 'maybe' (allowed: true, false)"),
     ("sim", {"robotip": "1.2.3.4"}, "robotip: unknown launch argument"),

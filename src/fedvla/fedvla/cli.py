@@ -2,9 +2,12 @@
 
     fedvla profiles                          list the launch profiles and their arguments
     fedvla launch sim [name:=value ...]      start a profile's nodes (like ros2 launch)
-    fedvla demo                              the main job: run the simulated stack, record it
+    fedvla demo                              the main job: run the simulated stack, record it,
+                                             then federated rounds between simulated robots
     fedvla bag info PATH                     topics, types and message counts of a rosbag2
     fedvla bench policy                      policy/trunk latency per MoE kind, experts per token
+    fedvla federation credentials ID ...     a credentials file with fresh secrets
+    fedvla federation report DIR             the round table of a federation directory
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -50,25 +54,30 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
 
 def run_profile(graph: Graph, profile: str, overrides: dict[str, str], duration_s: float | None,
-                title: str) -> None:
-    """Run a profile with a progress bar until it ends, fails, or ``duration_s`` elapses."""
+                title: str, *, until: Callable[[], bool] | None = None,
+                status: Callable[[], str] | None = None) -> bool:
+    """Run a profile with a progress bar until it ends, fails, ``until()`` holds or ``duration_s``
+    elapses; returns whether ``until()`` held."""
     with Progress(TextColumn("[bold blue]{task.description}"), BarColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[status]}"), console=console) as progress:
-        task = progress.add_task(title, total=duration_s, status="starting nodes")
+        task = progress.add_task(title, total=None if until else duration_s, status="starting nodes")
+        reached = False
         with ProfileRunner(graph, profile, overrides) as runner:
             for skipped in runner.skipped:
                 progress.console.print(f"[yellow]skipping {skipped}")
-            status = f"{len(runner.running)} nodes running"
+            running = f"{len(runner.running)} nodes running"
 
             def tick(elapsed: float) -> None:
-                progress.update(task, completed=elapsed if duration_s else None, status=status)
+                progress.update(task, completed=elapsed if duration_s and not until else None,
+                                status=status() if status else running)
 
             try:
-                runner.wait(duration_s, on_tick=tick)
+                reached = runner.wait(duration_s, on_tick=tick, until=until)
             except KeyboardInterrupt:
                 progress.console.print("interrupted: stopping nodes")
             progress.update(task, status="stopping nodes")
         progress.update(task, completed=duration_s, status="stopped")
+    return reached
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -98,18 +107,42 @@ def expected_demo_topics(graph: Graph) -> list[str]:
 def cmd_demo(args: argparse.Namespace) -> int:
     graph = Graph.load(args.config_dir or find_config_dir())
     output = Path(args.output or Path("runs") / time.strftime("demo_%Y%m%d_%H%M%S")).resolve()
-    console.rule("FedVLA-ROS demo: simulated stack (sim profile), recorded to rosbag2")
-    console.print(f"profile sim for {args.duration:g} s → {output}")
-    run_profile(graph, "sim", {"record": "true", "record_path": str(output), "launch_rviz": "false"},
+    bag = output / "bag"
+    console.rule("FedVLA-ROS demo 1/2: simulated stack (sim profile), recorded to rosbag2")
+    console.print(f"profile sim for {args.duration:g} s → {bag}")
+    run_profile(graph, "sim", {"record": "true", "record_path": str(bag), "launch_rviz": "false"},
                 args.duration, "sim profile")
-    summary = summarize_bag(output)
+    summary = summarize_bag(bag)
     print_bag_summary(summary)
     recorded = {t.name: t.count for t in summary.topics}
     missing = [t for t in expected_demo_topics(graph) if recorded.get(t, 0) == 0]
     if missing:
         console.print(f"[red]no messages on {', '.join(missing)}")
         return 1
-    console.print(f"[green]recorded {sum(recorded.values())} messages on {len(recorded)} topics: {output}")
+    console.print(f"[green]recorded {sum(recorded.values())} messages on {len(recorded)} topics: {bag}")
+    if args.rounds == 0:
+        return 0
+    return demo_federation(graph, output / "federation", args.rounds, args.federation_timeout)
+
+
+def demo_federation(graph: Graph, directory: Path, rounds: int, timeout_s: float) -> int:
+    """Federated rounds between fed_server and three simulated robots (the federation profile)."""
+    from fedvla.federation.report import FederationProgress, print_federation_report
+
+    console.rule(f"FedVLA-ROS demo 2/2: {rounds} federated rounds, fed_server + 3 robots (federation profile)")
+    if directory.exists():
+        raise ConfigError("--output", f"{directory} exists (a finished federation would only resume)",
+                          "a new output directory")
+    clients = ("robot_a", "robot_b", "robot_c")
+    progress = FederationProgress(directory / "server", clients=clients)
+    finished = run_profile(graph, "federation", {"federation_dir": str(directory), "rounds": str(rounds)},
+                           timeout_s, "federation profile", until=progress.done, status=progress.describe)
+    print_federation_report(console, directory)
+    if not finished:
+        console.print(f"[red]the federation did not finish within {timeout_s:g} s")
+        return 1
+    console.print(f"[green]{rounds} federated rounds done; each robot's final checkpoint (the global trunk with "
+                  f"its own stems and head): {', '.join(str(directory / c / 'final') for c in clients)}")
     return 0
 
 
@@ -148,6 +181,24 @@ def cmd_bench_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_federation_credentials(args: argparse.Namespace) -> int:
+    from fedvla.federation.report import generate_credentials
+    from fedvla.federation.server import CLIENT_ID_PATTERN
+
+    bad = [c for c in args.client_ids if not CLIENT_ID_PATTERN.match(c)]
+    if bad:
+        raise ConfigError("CLIENT_ID", f"{bad[0]!r} is not a valid client id", "letters, digits, '_' and '-', at most 64")
+    sys.stdout.write(generate_credentials(args.client_ids))
+    return 0
+
+
+def cmd_federation_report(args: argparse.Namespace) -> int:
+    from fedvla.federation.report import print_federation_report
+
+    print_federation_report(console, Path(args.directory))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedvla", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,7 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     launch.set_defaults(func=cmd_launch)
     demo = sub.add_parser("demo", help="run the simulated stack and record it to a rosbag2")
     demo.add_argument("--duration", type=float, default=15.0, help="seconds to run (default 15)")
-    demo.add_argument("--output", help="rosbag2 directory to write (default runs/demo_<date>_<time>)")
+    demo.add_argument("--output", help="run directory: bag/ (rosbag2) and federation/ "
+                      "(default runs/demo_<date>_<time>)")
+    demo.add_argument("--rounds", type=int, default=3, help="federated rounds after the sim run (0: none)")
+    demo.add_argument("--federation-timeout", type=float, default=600.0,
+                      help="seconds the federated rounds may take (default 600)")
     demo.set_defaults(func=cmd_demo)
     bench = sub.add_parser("bench", help="benchmarks that print figures").add_subparsers(
         dest="bench_command", required=True)
@@ -176,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
                               help="epochs of DGMoE training on the synthetic task before timing (0: untrained)")
     policy_bench.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     policy_bench.set_defaults(func=cmd_bench_policy)
+    federation = sub.add_parser("federation", help="federation tools").add_subparsers(
+        dest="federation_command", required=True)
+    credentials = federation.add_parser("credentials", help="print a credentials file with fresh secrets")
+    credentials.add_argument("client_ids", nargs="+", metavar="CLIENT_ID")
+    credentials.set_defaults(func=cmd_federation_credentials)
+    report = federation.add_parser("report", help="round table of a federation directory")
+    report.add_argument("directory", help="the federation_dir (with server/state.json)")
+    report.set_defaults(func=cmd_federation_report)
     bag = sub.add_parser("bag", help="rosbag2 tools").add_subparsers(dest="bag_command", required=True)
     info = bag.add_parser("info", help="topics and message counts of a rosbag2 directory")
     info.add_argument("path")

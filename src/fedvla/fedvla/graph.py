@@ -12,7 +12,8 @@ File layout::
     arguments:            # launch arguments: name -> {default, description, choices?, type?}
     nodes:                # node entries: key -> {package, executable, name, namespace?,
                           #   parameters? (files under config/), argument_parameters?
-                          #   ({parameter: argument}), remappings? ([[from, to]]),
+                          #   ({parameter: argument}, or a string template such as
+                          #   "{run_dir}/robot_a" built from arguments), remappings? ([[from, to]]),
                           #   arguments? (command-line arguments; "{config}" = the config dir),
                           #   if? / unless? (a boolean argument that switches the node)}
     profiles:             # profile -> {description, nodes: [keys], argument_defaults?}
@@ -20,6 +21,7 @@ File layout::
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -178,7 +180,7 @@ class Graph:
             resolved.append(ResolvedNode(
                 spec=node,
                 parameter_files=tuple(self.config_dir / f for f in node.parameters),
-                parameter_values={param: values[arg] for param, arg in node.argument_parameters},
+                parameter_values={param: bound_value(binding, values) for param, binding in node.argument_parameters},
                 arguments=tuple(node.command_line_arguments(self.config_dir)),
             ))
         return resolved
@@ -219,8 +221,36 @@ class Graph:
         return node
 
 
+_TEMPLATE_FIELD = re.compile(r"\{(\w+)\}")
+
+
+def template_parts(binding: str) -> list[tuple[bool, str]]:
+    """A parameter binding as (is_argument, text) pieces: ``"{run_dir}/a"`` → [(True, "run_dir"),
+    (False, "/a")]; a plain argument name is one argument piece."""
+    if "{" not in binding:
+        return [(True, binding)]
+    parts, position = [], 0
+    for match in _TEMPLATE_FIELD.finditer(binding):
+        if match.start() > position:
+            parts.append((False, binding[position:match.start()]))
+        parts.append((True, match.group(1)))
+        position = match.end()
+    if position < len(binding):
+        parts.append((False, binding[position:]))
+    return parts
+
+
+def bound_value(binding: str, values: Mapping[str, Any]) -> Any:
+    """The parameter value of a binding: the argument's typed value, or the filled template."""
+    parts = template_parts(binding)
+    if parts == [(True, binding)]:
+        return values[binding]
+    return "".join(str(values[text]) if is_arg else text for is_arg, text in parts)
+
+
 def _arguments_of(node: NodeSpec) -> set[str]:
-    return {a for _, a in node.argument_parameters} | {a for a in (node.if_argument, node.unless_argument) if a}
+    bound = {text for _, binding in node.argument_parameters for is_arg, text in template_parts(binding) if is_arg}
+    return bound | {a for a in (node.if_argument, node.unless_argument) if a}
 
 
 def _parse_argument(name: str, spec: Mapping[str, Any]) -> LaunchArgument:

@@ -135,8 +135,9 @@ class ProfileRunner:
         return all(r.process.poll() is not None for r in self.running)
 
     def wait(self, duration_s: float | None = None, on_tick: Callable[[float], None] | None = None,
-             tick_s: float = 0.2) -> None:
-        """Run until ``duration_s`` elapses, every node has exited, or one node fails."""
+             tick_s: float = 0.2, until: Callable[[], bool] | None = None) -> bool:
+        """Run until ``duration_s`` elapses, every node has exited, ``until()`` holds, or one node
+        fails (RunnerError). Returns whether ``until()`` held (False without ``until``)."""
         start = time.monotonic()
         while True:
             elapsed = time.monotonic() - start
@@ -146,8 +147,10 @@ class ProfileRunner:
             if failed:
                 label, code = failed[0]
                 raise RunnerError(f"node {label} exited with status {code} (its output is above)")
+            if until is not None and until():
+                return True
             if self.all_exited() or (duration_s is not None and elapsed >= duration_s):
-                return
+                return False
             time.sleep(tick_s)
 
     def stop(self) -> None:

@@ -12,11 +12,11 @@ from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo
 from launch.conditions import IfCondition, UnlessCondition
-from launch.substitutions import LaunchConfiguration
+from launch.substitutions import LaunchConfiguration, TextSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
-from fedvla.graph import Graph, LaunchArgument, NodeSpec
+from fedvla.graph import Graph, LaunchArgument, NodeSpec, template_parts
 
 _PYTHON_TYPES = {"string": str, "bool": bool, "int": int, "float": float}
 
@@ -30,10 +30,17 @@ def declare_argument(arg: LaunchArgument) -> DeclareLaunchArgument:
                                  choices=list(arg.choices) or None)
 
 
+def _bound_parameter(binding: str, arg_types: dict[str, str]) -> ParameterValue:
+    parts = template_parts(binding)
+    if parts == [(True, binding)]:
+        return ParameterValue(LaunchConfiguration(binding), value_type=_PYTHON_TYPES[arg_types[binding]])
+    pieces = [LaunchConfiguration(text) if is_arg else TextSubstitution(text=text) for is_arg, text in parts]
+    return ParameterValue(pieces, value_type=str)
+
+
 def node_action(node: NodeSpec, graph: Graph, arg_types: dict[str, str]) -> Node:
     parameters: list = [str(graph.config_dir / f) for f in node.parameters]
-    bound = {param: ParameterValue(LaunchConfiguration(arg), value_type=_PYTHON_TYPES[arg_types[arg]])
-             for param, arg in node.argument_parameters}
+    bound = {param: _bound_parameter(binding, arg_types) for param, binding in node.argument_parameters}
     if bound:
         parameters.append(bound)
     condition = None

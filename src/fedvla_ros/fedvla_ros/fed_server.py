@@ -110,13 +110,8 @@ class FederationServerNode(Node):
         self._round_pub.publish(msg)
 
     def _tick(self) -> None:
-        record = self.server.tick()
+        record = self.server.tick()  # (the core logs the closed round)
         if record is not None:
-            weights = np.asarray(record.layer_weights)
-            self.get_logger().info(
-                f"round {record.round} aggregated ({record.closed_by}): {', '.join(record.clients)}"
-                + (f"; dropped {', '.join(record.dropped)}" if record.dropped else "")
-                + f"; mean weights {np.round(weights.mean(0), 3).tolist()}")
             self._publish("closed", record)
         self._ticks += 1
         if self._ticks % STATUS_EVERY_TICKS == 0:

@@ -31,26 +31,30 @@ not read them), counts whose L differs from the trunk's number of layers or from
 clients', a non-finite or non-float trunk tensor, or a trunk whose names or shapes differ from the
 global trunk sent this round (or, when the strategy has sent none, e.g. when ``aggregate_train`` is
 called directly, from the layout most replies share). With no valid reply the round yields
-``(None, None)`` and Flower keeps the previous global trunk. Flower's own consistency check (which
-fails the whole round on one bad reply) is not used.
+``(None, None)`` and Flower keeps the previous global trunk. FedAvg's own reply check is not used:
+one inconsistent reply makes it raise, which ends the whole run.
 
 Simulation (one process; ClientApps run in Ray actors, ``pip install "flwr[simulation]"``)::
 
+    from flwr.app import ArrayRecord, Context, Message
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
+    trunk = Trunk(policy_config)
+
     server_app = ServerApp()
 
     @server_app.main()
-    def main(grid: Grid, context) -> None:
+    def main(grid: Grid, context: Context) -> None:
         strategy = ExpertDrivenAggregation(min_available_nodes=3, fraction_evaluate=0.0)
         result = strategy.start(grid, ArrayRecord(trunk.state_dict()), num_rounds=10)
+        trunk.load_state_dict(result.arrays.to_torch_state_dict())
 
     client_app = ClientApp()
 
     @client_app.train()
-    def train(msg, context):
+    def train(msg: Message, context: Context) -> Message:
         trunk.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         trunk.reset_expert_counts()
         num_samples = ...  # local training; partition: context.node_config["partition-id"]
@@ -86,8 +90,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.app.typing import MetricRecordValues
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, MetricRecordValues, RecordDict
 from flwr.serverapp.grid import Grid
 from flwr.serverapp.strategy import FedAvg
 

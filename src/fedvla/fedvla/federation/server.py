@@ -456,8 +456,9 @@ class FederationServer:
         self._save_state()
         self._prune(closed)
         self._round_started = self.clock()
-        log.info("round %d closed (%s) with %s%s; %s", closed, closed_by, ", ".join(clients),
-                 f", dropped {', '.join(record.dropped)}" if record.dropped else "",
+        log.info("round %d closed (%s): %s%s; %s", closed, closed_by,
+                 ", ".join(f"{c} {w:.3f}" for c, w in zip(clients, weights.mean(axis=0))),
+                 f"; dropped {', '.join(record.dropped)}" if record.dropped else "",
                  "federation finished" if self.finished else f"round {self.round} open")
         return record
 

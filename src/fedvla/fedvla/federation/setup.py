@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from fedvla.config import ConfigError, require
 from fedvla.data.episodes import ChunkDataset, load_meta
 from fedvla.data.synthetic import SquareReachDataset
+from fedvla.graph import find_config_dir
 from fedvla.federation.client import FederationClient, FederationClientConfig, ServerApi, trunk_spec
 from fedvla.federation.server import FederationServer, FederationServerConfig, load_credentials
 from fedvla.model.checkpoint import load_checkpoint, seeded_policy
@@ -33,11 +34,25 @@ from fedvla.model.trunk import Trunk
 SYNTHETIC = "synthetic"
 
 
+def resolve_config_file(path: str, field: str) -> Path:
+    """``path`` as given when it exists (absolute, or relative to the current directory), else
+    relative to fedvla_bringup's config directory (so parameter files can say model/tiny.yaml)."""
+    given = Path(path).expanduser()
+    if given.is_file():
+        return given
+    if not given.is_absolute():
+        try:
+            candidate = find_config_dir() / given
+        except ConfigError:
+            candidate = None
+        if candidate is not None and candidate.is_file():
+            return candidate
+    raise ConfigError(field, f"{path} does not exist (looked in the current directory and the config directory)",
+                      "a path to an existing file")
+
+
 def _model_values(path: str) -> dict:
-    try:
-        return yaml.safe_load(Path(path).expanduser().read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError("model_config", f"{path} does not exist", "a file under config/model/") from None
+    return yaml.safe_load(resolve_config_file(path, "model_config").read_text()) or {}
 
 
 def trunk_policy(model_config: str, seed: int) -> Policy:
@@ -71,7 +86,8 @@ def build_server(settings: FederationServerSettings) -> FederationServer:
     config = FederationServerConfig(**{f.name: getattr(settings, f.name)
                                        for f in dataclasses.fields(FederationServerConfig)})
     return FederationServer(config, trunk_spec(policy), policy.trunk.state_dict(),
-                            load_credentials(settings.credentials_file), Trunk.layer_of)
+                            load_credentials(resolve_config_file(settings.credentials_file, "credentials_file")),
+                            Trunk.layer_of)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -111,7 +127,7 @@ def client_dataset(settings: FederationClientSettings) -> tuple[PolicyConfig, Da
 
 
 def build_client(settings: FederationClientSettings, server: ServerApi, *, show_progress: bool = False) -> FederationClient:
-    secret = load_credentials(settings.credentials_file).get(settings.client_id)
+    secret = load_credentials(resolve_config_file(settings.credentials_file, "credentials_file")).get(settings.client_id)
     if secret is None:
         raise ConfigError("client_id", f"{settings.client_id!r} has no secret in {settings.credentials_file}",
                           "a client id listed under clients:")
