@@ -16,6 +16,7 @@ setup(
         "realsense": ["pyrealsense2"],
         "sim": ["mujoco", "metaworld", "gymnasium", "packaging"],
         "bags": ["rosbags"],
+        "flower": ["flwr[simulation]"],
     },
     entry_points={"console_scripts": ["fedvla = fedvla.cli:main"]},
     zip_safe=True,

@@ -6,6 +6,7 @@
                                              then federated rounds between simulated robots
     fedvla bag info PATH                     topics, types and message counts of a rosbag2
     fedvla bench policy                      policy/trunk latency per MoE kind, experts per token
+    fedvla bench federation                  EDA aggregation time, bytes uploaded per round
     fedvla federation credentials ID ...     a credentials file with fresh secrets
     fedvla federation report DIR             the round table of a federation directory
 """
@@ -181,6 +182,37 @@ def cmd_bench_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_federation(args: argparse.Namespace) -> int:
+    import torch
+
+    from fedvla.federation.bench import bench_aggregation, upload_size
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config_dir = Path(args.config_dir) if args.config_dir else find_config_dir()
+    table = Table(title="bytes one client uploads per round (trunk + expert counts) vs the whole fp32 model")
+    for column in ("model", "model params", "trunk params", "full fp32 MB", "float32 MB", "bfloat16 MB",
+                   "saving (bf16)"):
+        table.add_column(column, justify="right")
+    for name in args.model_configs:
+        size = upload_size(str(config_dir / "model" / f"{name}.yaml"))
+        table.add_row(name, f"{size.model_parameters / 1e6:.2f} M", f"{size.trunk_parameters / 1e6:.2f} M",
+                      f"{size.full_model_fp32_bytes / 1e6:.1f}", f"{size.upload_bytes['float32'] / 1e6:.1f}",
+                      f"{size.upload_bytes['bfloat16'] / 1e6:.1f}", f"{100 * size.saving('bfloat16'):.0f} %")
+    console.print(table)
+    parameters = int(args.parameters)
+    console.print(f"EDA aggregation of a {parameters / 1e6:.0f} M-parameter trunk (16 layers × 8 experts), "
+                  f"torch threads {torch.get_num_threads()}")
+    figures = bench_aggregation(parameters, args.clients, repeats=args.repeats)
+    table = Table(title="EDA aggregation time (weights + weighted sum, fp32 trunks)")
+    for column in ("clients", "median (s)", "min (s)", "per client (s)"):
+        table.add_column(column, justify="right")
+    for f in figures:
+        table.add_row(str(f.clients), f"{f.median_s:.3f}", f"{min(f.seconds):.3f}", f"{f.median_s / f.clients:.3f}")
+    console.print(table)
+    return 0
+
+
 def cmd_federation_credentials(args: argparse.Namespace) -> int:
     from fedvla.federation.report import generate_credentials
     from fedvla.federation.server import CLIENT_ID_PATTERN
@@ -239,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     report = federation.add_parser("report", help="round table of a federation directory")
     report.add_argument("directory", help="the federation_dir (with server/state.json)")
     report.set_defaults(func=cmd_federation_report)
+    fed_bench = bench.add_parser("federation", help="EDA aggregation time and upload size")
+    fed_bench.add_argument("--parameters", type=float, default=50e6, help="trunk parameters (default 50e6)")
+    fed_bench.add_argument("--clients", type=int, nargs="+", default=[2, 4, 8, 16])
+    fed_bench.add_argument("--model-configs", nargs="+", default=["tiny", "hpt_small", "hpt_base"])
+    fed_bench.add_argument("--repeats", type=int, default=3)
+    fed_bench.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    fed_bench.set_defaults(func=cmd_bench_federation)
     bag = sub.add_parser("bag", help="rosbag2 tools").add_subparsers(dest="bag_command", required=True)
     info = bag.add_parser("info", help="topics and message counts of a rosbag2 directory")
     info.add_argument("path")

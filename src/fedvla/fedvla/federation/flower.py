@@ -95,6 +95,7 @@ from flwr.serverapp.grid import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedvla.federation.eda import NonLayerRule, aggregate_trunks, expert_driven_weights, fedavg_weights
+from fedvla.federation.server import Aggregation
 from fedvla.model.trunk import Trunk
 
 log = logging.getLogger("fedvla.federation.flower")
@@ -105,11 +106,6 @@ NUM_SAMPLES_KEY = "num-examples"
 COUNTS_KEY = "expert_counts"
 COUNTS_SHAPE_KEY = "expert_counts_shape"
 _COUNTS_KEYS = (COUNTS_KEY, COUNTS_SHAPE_KEY)
-
-
-class Aggregation(str, enum.Enum):
-    EDA = "eda"
-    FEDAVG = "fedavg"  # sample-count weighted: the "w/o EDA" ablation
 
 
 class DropReason(str, enum.Enum):
