@@ -192,13 +192,14 @@ def cmd_bench_federation(args: argparse.Namespace) -> int:
     config_dir = Path(args.config_dir) if args.config_dir else find_config_dir()
     table = Table(title="bytes one client uploads per round (trunk + expert counts) vs the whole fp32 model")
     for column in ("model", "model params", "trunk params", "full fp32 MB", "float32 MB", "bfloat16 MB",
-                   "saving (bf16)"):
+                   "int8_delta MB", "saving bf16", "saving int8_delta"):
         table.add_column(column, justify="right")
     for name in args.model_configs:
         size = upload_size(str(config_dir / "model" / f"{name}.yaml"))
         table.add_row(name, f"{size.model_parameters / 1e6:.2f} M", f"{size.trunk_parameters / 1e6:.2f} M",
                       f"{size.full_model_fp32_bytes / 1e6:.1f}", f"{size.upload_bytes['float32'] / 1e6:.1f}",
-                      f"{size.upload_bytes['bfloat16'] / 1e6:.1f}", f"{100 * size.saving('bfloat16'):.0f} %")
+                      f"{size.upload_bytes['bfloat16'] / 1e6:.1f}", f"{size.upload_bytes['int8_delta'] / 1e6:.1f}",
+                      f"{100 * size.saving('bfloat16'):.0f} %", f"{100 * size.saving('int8_delta'):.0f} %")
     console.print(table)
     parameters = int(args.parameters)
     console.print(f"EDA aggregation of a {parameters / 1e6:.0f} M-parameter trunk (16 layers × 8 experts), "

@@ -86,4 +86,4 @@ def upload_size(model_config: str, proprio_dim: int = 7, action_dim: int = 7) ->
     model_parameters = sum(p.numel() for p in policy.parameters())
     return UploadSize(model_config=model_config, model_parameters=model_parameters,
                       trunk_parameters=spec.num_parameters, full_model_fp32_bytes=4 * model_parameters,
-                      upload_bytes={d.value: len(encode_update(update, spec, d)) for d in WireDtype})
+                      upload_bytes={d.value: len(encode_update(update, spec, d, base=update.trunk)) for d in WireDtype})

@@ -84,6 +84,8 @@ class FederationServerConfig:
         self.aggregation = parse_enum(Aggregation, self.aggregation, "aggregation")
         self.non_layer_rule = parse_enum(NonLayerRule, self.non_layer_rule, "non_layer_rule")
         self.broadcast_dtype = parse_enum(WireDtype, self.broadcast_dtype, "broadcast_dtype")
+        require(not self.broadcast_dtype.is_delta, "broadcast_dtype", "the global trunk is sent as weights",
+                "float32, bfloat16, float16")
         require(self.rounds >= 1, "rounds", f"must be at least 1, got {self.rounds}", "an integer >= 1")
         require(self.quorum >= 1, "quorum", f"must be at least 1, got {self.quorum}", "an integer >= 1")
         for name in ("round_timeout_s", "liveness_timeout_s", "upload_timeout_s"):
@@ -215,6 +217,8 @@ class FederationServer:
         self.global_trunk = trunk
         self._broadcast = encode_trunk(trunk, self.spec, round_index, self.config.broadcast_dtype)
         self._broadcast_sha256 = sha256_hex(self._broadcast)
+        # What clients receive (bf16/fp16 broadcasts round): int8_delta updates are changes from it.
+        self._broadcast_trunk = decode_trunk(self._broadcast, self.spec)[1]
 
     def _save_state(self) -> None:
         atomic_write_json(self.state_dir / "state.json", {
@@ -249,7 +253,8 @@ class FederationServer:
             if sha256_hex(blob) != info["sha256"]:
                 raise ConfigError("state_dir", f"the accepted update of {client_id} in round {round_index} "
                                   "does not match its recorded sha256", "restore the directory from a backup")
-            self._updates[client_id] = decode_update(blob, self.spec, max_num_samples=self.config.max_num_samples)
+            self._updates[client_id] = decode_update(blob, self.spec, base=self._broadcast_trunk,
+                                                     max_num_samples=self.config.max_num_samples)
             self.accepted[client_id] = info
         log.info("resumed federation at round %d with %d accepted update(s) (%s)", self.round,
                  len(self.accepted), ", ".join(sorted(self.accepted)) or "none")
@@ -395,7 +400,8 @@ class FederationServer:
             return self._reject(RejectReason.BAD_CHECKSUM, "the assembled upload's sha256 differs from the signed "
                                 "one", client_id)
         try:
-            update = decode_update(blob, self.spec, max_num_samples=self.config.max_num_samples)
+            update = decode_update(blob, self.spec, base=self._broadcast_trunk,
+                                   max_num_samples=self.config.max_num_samples)
         except WireError as err:
             return self._reject(err.reason, err.detail, client_id)
         if update.client_id != client_id:
