@@ -20,6 +20,7 @@ setup(
             "policy_node = fedvla_ros.policy_node:main",
             "fed_server = fedvla_ros.fed_server:main",
             "fed_client = fedvla_ros.fed_client:main",
+            "federation_bench = fedvla_ros.federation_bench:main",
         ],
     },
 )

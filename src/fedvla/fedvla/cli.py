@@ -7,6 +7,7 @@
     fedvla bag info PATH                     topics, types and message counts of a rosbag2
     fedvla bench policy                      policy/trunk latency per MoE kind, experts per token
     fedvla bench federation                  EDA aggregation time, bytes uploaded per round
+    fedvla bench transfer                    federation throughput over ROS 2 services vs TCP
     fedvla federation credentials ID ...     a credentials file with fresh secrets
     fedvla federation report DIR             the round table of a federation directory
 """
@@ -214,6 +215,18 @@ def cmd_bench_federation(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_transfer(args: argparse.Namespace) -> int:
+    """The ROS-service transfer benchmark lives with the nodes (it needs rclpy): run it."""
+    import subprocess
+
+    from fedvla.runner import find_executable
+
+    executable = find_executable("fedvla_ros", "federation_bench")
+    if executable is None:
+        raise ConfigError("bench transfer", "fedvla_ros/federation_bench is not installed", "run .ci/setup first")
+    return subprocess.call([str(executable), *args.bench_arguments])
+
+
 def cmd_federation_credentials(args: argparse.Namespace) -> int:
     from fedvla.federation.report import generate_credentials
     from fedvla.federation.server import CLIENT_ID_PATTERN
@@ -279,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     fed_bench.add_argument("--repeats", type=int, default=3)
     fed_bench.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     fed_bench.set_defaults(func=cmd_bench_federation)
+    transfer = bench.add_parser("transfer", help="federation upload/fetch throughput over ROS 2 services vs TCP "
+                                "(options: those of federation_bench; --help lists them)", add_help=False)
+    transfer.set_defaults(func=cmd_bench_transfer, passes_options=True)
     bag = sub.add_parser("bag", help="rosbag2 tools").add_subparsers(dest="bag_command", required=True)
     info = bag.add_parser("info", help="topics and message counts of a rosbag2 directory")
     info.add_argument("path")
@@ -287,7 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "passes_options", False):
+        args.bench_arguments = extra  # handed to the benchmark executable as they are
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
         return args.func(args)

@@ -26,6 +26,7 @@ from fedvla.federation.setup import FederationClientSettings, build_client
 from fedvla.federation.wire import WireError
 from fedvla_interfaces.srv import (FederationFetch, FederationHeartbeat, FederationJoin, FederationStatus,
                                   FederationUpload)
+from fedvla_ros.fed_server import SERVICE_QOS
 from fedvla_ros.node_main import NodeExit, main_for
 from fedvla_ros.parameters import declare, declare_config
 
@@ -41,11 +42,11 @@ class RosServerApi:
         self.node = node
         self.timeout_s = timeout_s
         self.chunks_in_flight = chunks_in_flight
-        self._join = node.create_client(FederationJoin, topics.FEDERATION_JOIN)
-        self._heartbeat = node.create_client(FederationHeartbeat, topics.FEDERATION_HEARTBEAT)
-        self._status = node.create_client(FederationStatus, topics.FEDERATION_STATUS)
-        self._fetch = node.create_client(FederationFetch, topics.FEDERATION_FETCH)
-        self._upload = node.create_client(FederationUpload, topics.FEDERATION_UPLOAD)
+        self._join = node.create_client(FederationJoin, topics.FEDERATION_JOIN, qos_profile=SERVICE_QOS)
+        self._heartbeat = node.create_client(FederationHeartbeat, topics.FEDERATION_HEARTBEAT, qos_profile=SERVICE_QOS)
+        self._status = node.create_client(FederationStatus, topics.FEDERATION_STATUS, qos_profile=SERVICE_QOS)
+        self._fetch = node.create_client(FederationFetch, topics.FEDERATION_FETCH, qos_profile=SERVICE_QOS)
+        self._upload = node.create_client(FederationUpload, topics.FEDERATION_UPLOAD, qos_profile=SERVICE_QOS)
 
     def _send(self, client, request):
         if not client.wait_for_service(timeout_sec=self.timeout_s):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from fedvla import topics
 from fedvla.federation.server import Reply, RoundRecord
@@ -29,6 +30,10 @@ from fedvla_ros.node_main import main_for
 from fedvla_ros.parameters import declare_config
 
 STATUS_EVERY_TICKS = 4
+# Requests waiting for the server: with the default depth (10) a busy server silently drops the
+# oldest, and their clients wait for an answer that never comes. 64 covers 16 clients with 4
+# chunks in flight each (requests are held only while queued).
+SERVICE_QOS = QoSProfile(depth=64, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 
 
 def _fill(response, reply: Reply):
@@ -45,11 +50,11 @@ class FederationServerNode(Node):
         super().__init__("fed_server")
         self.settings = declare_config(self, FederationServerSettings)
         self.server = build_server(self.settings)
-        self.create_service(FederationJoin, topics.FEDERATION_JOIN, self._join)
-        self.create_service(FederationHeartbeat, topics.FEDERATION_HEARTBEAT, self._heartbeat)
-        self.create_service(FederationStatus, topics.FEDERATION_STATUS, self._status)
-        self.create_service(FederationFetch, topics.FEDERATION_FETCH, self._fetch)
-        self.create_service(FederationUpload, topics.FEDERATION_UPLOAD, self._upload)
+        self.create_service(FederationJoin, topics.FEDERATION_JOIN, self._join, qos_profile=SERVICE_QOS)
+        self.create_service(FederationHeartbeat, topics.FEDERATION_HEARTBEAT, self._heartbeat, qos_profile=SERVICE_QOS)
+        self.create_service(FederationStatus, topics.FEDERATION_STATUS, self._status, qos_profile=SERVICE_QOS)
+        self.create_service(FederationFetch, topics.FEDERATION_FETCH, self._fetch, qos_profile=SERVICE_QOS)
+        self.create_service(FederationUpload, topics.FEDERATION_UPLOAD, self._upload, qos_profile=SERVICE_QOS)
         self._round_pub = self.create_publisher(FederationRound, topics.FEDERATION_ROUND, 10)
         self._ticks = 0
         self._announced_finish = self.server.finished
