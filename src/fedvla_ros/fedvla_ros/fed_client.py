@@ -13,7 +13,6 @@ is retried from the next poll).
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 
 from rclpy.node import Node
