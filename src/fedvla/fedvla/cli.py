@@ -170,11 +170,12 @@ def cmd_bench_policy(args: argparse.Namespace) -> int:
                   f"batch 1), torch threads {torch.get_num_threads()}, {args.repeats} repeats")
     figures = run_policy_bench(config, kinds, repeats=args.repeats, train_epochs=args.train_epochs)
     table = Table(title="policy step and trunk latency (CPU unless CUDA is present)")
-    for column in ("feed-forward", "step median (ms)", "step p90 (ms)", "trunk median (ms)", "experts/token"):
+    for column in ("feed-forward", "step median (ms)", "step p90 (ms)", "trunk median (ms)",
+                   "experts/token untrained", "experts/token trained"):
         table.add_column(column, justify="right")
     for f in figures:
         table.add_row(f.kind.value, f"{f.step_median_ms:.2f}", f"{f.step_p90_ms:.2f}", f"{f.trunk_median_ms:.2f}",
-                      f"{f.experts_per_token:.3f}")
+                      f"{f.experts_per_token_untrained:.3f}", f"{f.experts_per_token:.3f}")
     console.print(table)
     by_kind = {f.kind: f for f in figures}
     if FeedForwardKind.DGMOE in by_kind and FeedForwardKind.TOPK in by_kind:

@@ -65,6 +65,21 @@ def test_a_higher_threshold_accepts_fewer_tokens(layer) -> None:
     assert layer(x).active.sum() < before
 
 
+def test_threshold_init_scale_sets_the_initial_acceptance_level() -> None:
+    from fedvla.model.config import PolicyConfig
+    from fedvla.model.trunk import Trunk
+
+    config = PolicyConfig(num_blocks=2, embed_dim=16, num_heads=2, expert_hidden_dim=32, threshold_init_scale=1.5)
+    for block in Trunk(config).blocks:
+        # λ·W_e = 1.5/K: an expert accepts a token whose score is 1.5 × uniform.
+        torch.testing.assert_close(config.lam * block.ff.threshold.detach(), torch.full((K,), 1.5 / K))
+    torch.manual_seed(0)
+    x = torch.randn(4, 16, D)
+    default, sparse = DGMoE(D, K, H), DGMoE(D, K, H, threshold_init_scale=1.5)
+    sparse.load_state_dict({k: v for k, v in default.state_dict().items() if k != "threshold"}, strict=False)
+    assert sparse(x).active.sum() < default(x).active.sum()
+
+
 def test_threshold_and_router_receive_gradient(layer) -> None:
     x = torch.randn(2, 6, D)
     out = layer(x)
@@ -145,20 +160,26 @@ def test_batched_inference_equals_the_per_expert_loop_and_follows_weight_updates
         out = layer(x)  # inference path
         loop = dispatch(x, out.gates, out.active, layer.experts)
         torch.testing.assert_close(out.y, loop, rtol=1e-5, atol=1e-6)
-        assert dispatch_batched(x, out.gates, out.active, layer._stacked.get(layer.experts)) is not None
+        batched = dispatch_batched(x, out.gates, out.active, layer._stacked.get(layer.experts))
+        torch.testing.assert_close(batched, loop, rtol=1e-5, atol=1e-6)
         layer.experts[0][0].weight.add_(1.0)  # e.g. a new trunk from the server
         out2 = layer(x)
         torch.testing.assert_close(out2.y, dispatch(x, out2.gates, out2.active, layer.experts), rtol=1e-5, atol=1e-5)
 
 
-def test_batched_inference_falls_back_when_padding_would_dominate() -> None:
-    from fedvla.model.moe import StackedExperts, dispatch_batched
+def test_batched_inference_with_a_dominant_expert_overflows_it_exactly() -> None:
+    from fedvla.model.moe import StackedExperts, choose_capacity, dispatch, dispatch_batched
 
     torch.manual_seed(3)
     layer = DGMoE(D, K, H).eval()
-    x = torch.randn(1, 16, D)
-    active = torch.zeros(1, 16, K, dtype=torch.bool)
+    x = torch.randn(1, 40, D)
+    active = torch.zeros(1, 40, K, dtype=torch.bool)
     active[..., 0] = True  # every token on expert 0, one token on each of the others
     active[0, torch.arange(K), torch.arange(K)] = True
     gates = active.float() * 0.5
-    assert dispatch_batched(x, gates, active, StackedExperts().get(layer.experts)) is None
+    counts = active.reshape(-1, K).sum(0).tolist()
+    assert choose_capacity(counts) == 1  # expert 0 overflows instead of padding 7 experts to 40
+    assert choose_capacity([10, 9, 11, 10, 8, 10, 9, 10]) == 11  # an even load pads to the largest
+    with torch.no_grad():
+        batched = dispatch_batched(x, gates, active, StackedExperts().get(layer.experts))
+        torch.testing.assert_close(batched, dispatch(x, gates, active, layer.experts), rtol=1e-5, atol=1e-6)

@@ -24,7 +24,8 @@ class KindFigures:
     kind: FeedForwardKind
     step_ms: list[float]
     trunk_ms: list[float]
-    experts_per_token: float
+    experts_per_token: float  # after training (DGMoE), over a batch of the data
+    experts_per_token_untrained: float
 
     @property
     def step_median_ms(self) -> float:
@@ -50,6 +51,21 @@ def _time_ms(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]
     return times
 
 
+@torch.inference_mode()
+def experts_per_token(policy, data, samples: int = 64) -> float:
+    """Mean experts per token (averaged over layers) on the first ``samples`` of ``data``."""
+    was_training = policy.training
+    policy.eval()
+    batch = {k: torch.stack([data[i][k] for i in range(min(samples, len(data)))]) for k in data[0] if k != "actions"}
+    policy.reset_expert_counts()
+    policy(batch)
+    tokens = batch["proprio"].shape[0] * policy.config.num_tokens
+    value = (policy.expert_counts().sum(1).double() / tokens).mean().item()
+    policy.reset_expert_counts()
+    policy.train(was_training)
+    return value
+
+
 def bench_kind(base: PolicyConfig, kind: FeedForwardKind, *, repeats: int, warmup: int,
                train_epochs: int, train_samples: int, seed: int = 0) -> KindFigures:
     """Time one kind. DGMoE is trained first (its sparsity, hence its speed, is learned); the
@@ -58,6 +74,7 @@ def bench_kind(base: PolicyConfig, kind: FeedForwardKind, *, repeats: int, warmu
     data = SquareReachDataset(config, train_samples, seed=seed)
     policy = seeded_policy(config, seed)
     policy.normalizer.fit(data.actions, data.proprio)
+    untrained = experts_per_token(policy, data)
     if train_epochs and kind is FeedForwardKind.DGMOE:
         train_policy(policy, data, TrainConfig(epochs=train_epochs, batch_size=32, lr=1e-3, seed=seed),
                      description=f"train {kind.value}")
@@ -66,12 +83,9 @@ def bench_kind(base: PolicyConfig, kind: FeedForwardKind, *, repeats: int, warmu
     with torch.inference_mode():
         tokens = policy.stems(obs["images"], policy.normalizer.normalize_proprio(obs["proprio"]), obs["language"])
         step_ms = _time_ms(lambda: policy.predict_action_chunk(obs), repeats, warmup)
-        policy.reset_expert_counts()
         trunk_ms = _time_ms(lambda: policy.trunk(tokens), repeats, warmup)
-        # Experts per token over the timed trunk calls (and their warm-up), averaged over layers.
-        calls = repeats + warmup
-        experts_per_token = (policy.expert_counts().sum(1).double() / (calls * tokens.shape[1])).mean().item()
-    return KindFigures(kind=kind, step_ms=step_ms, trunk_ms=trunk_ms, experts_per_token=experts_per_token)
+    return KindFigures(kind=kind, step_ms=step_ms, trunk_ms=trunk_ms, experts_per_token=experts_per_token(policy, data),
+                       experts_per_token_untrained=untrained)
 
 
 def run_policy_bench(config: PolicyConfig, kinds: list[FeedForwardKind], *, repeats: int = 50, warmup: int = 5,

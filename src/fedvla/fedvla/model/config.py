@@ -41,6 +41,7 @@ class PolicyConfig:
     num_experts: int = 8
     expert_hidden_dim: int = 256
     lam: float = 0.5
+    threshold_init_scale: float = 1.0  # DGMoE W_e starts at c/(λK): accept above c × uniform (moe.py)
     empty_token_rule: EmptyTokenRule = EmptyTokenRule.ARGMAX
     top_k: int = 2
     aux_loss_weight: float = 0.01
@@ -70,6 +71,7 @@ class PolicyConfig:
                 f"{self.execute_steps} is more than the horizon {self.horizon}", f"1..{self.horizon}")
         require(1 <= self.top_k <= self.num_experts, "top_k", f"{self.top_k} is out of range", f"1..{self.num_experts}")
         require_positive(self.lam, "lam")
+        require_positive(self.threshold_init_scale, "threshold_init_scale")
         require_positive(self.huber_delta, "huber_delta")
         require(self.aux_loss_weight >= 0, "aux_loss_weight", "must not be negative", "a number >= 0")
 

@@ -23,8 +23,12 @@ Choices where the paper is silent (each a constructor argument):
   in the forward pass and a sigmoid surrogate ``σ((s_t − λW_e)/τ)`` in the backward pass
   (straight-through, ``ste_temperature`` τ). Because dispatch is sparse, the gradient reaches
   ``W_e`` through the (token, expert) pairs the layer computes.
-* **``W_e`` initialisation** (``threshold_init``): ``1/(λK)``, so that at initialisation an expert
-  accepts the tokens whose score is above uniform (``s_t > 1/K``).
+* **``W_e`` initialisation** (``threshold_init``, or ``threshold_init_scale`` c): ``c/(λK)``, so
+  that at initialisation an expert accepts the tokens whose score is above c × uniform
+  (``s_t > c/K``). c = 1 (the constructor's default) starts near 2.5–3 experts per token with an
+  untrained router; the model configs use a larger c (config ``threshold_init_scale``) to start
+  sparse, as a DGMoE trained for long is (the paper reports ≈ 1.22 experts per token); training
+  moves ``W_e`` either way. ``fedvla bench policy`` prints experts per token before and after.
 """
 from __future__ import annotations
 
@@ -98,10 +102,9 @@ class CountingLayer(nn.Module):
         r = route(x, gates, active)
         if r.token_index.numel() == 0:
             return torch.zeros_like(x)
-        out = None
         if not torch.is_grad_enabled() and not self.training and len(self.experts) > 1:
             out = _experts_batched(r, self._stacked.get(self.experts))
-        if out is None:
+        else:
             out = _experts_loop(r, self.experts)
         return _combine(x, r, out)
 
@@ -136,9 +139,24 @@ class StackedExperts:
         return self
 
 
-# Batched inference pads every expert's token list to the longest one; past this ratio of padded
-# to real (token, expert) pairs the per-expert loop does less work and is used instead.
-MAX_PADDING_RATIO = 2.0
+# Batched inference runs every expert on a (K, capacity) padded batch; the tokens of an expert
+# beyond the capacity run through that expert alone. The capacity minimises padded rows plus this
+# many token-rows of cost per extra expert call (its fixed overhead, measured on CPU at batch 1).
+OVERFLOW_CALL_COST_ROWS = 24
+
+
+def choose_capacity(counts: list[int], call_cost_rows: int = OVERFLOW_CALL_COST_ROWS) -> int:
+    """The per-expert batch capacity: the largest count when the load is even; the count of a
+    less loaded expert when one or two experts take most tokens (they overflow instead of making
+    every expert pad to their size, which a learned DGMoE router often does)."""
+    ranked = sorted(counts, reverse=True)
+    num = len(ranked)
+
+    def cost(j: int) -> int:
+        cap = ranked[j]
+        return num * cap + sum(c - cap for c in ranked[:j]) + call_cost_rows * j
+
+    return ranked[min(range(num), key=cost)]
 
 
 @dataclasses.dataclass
@@ -168,17 +186,34 @@ def _experts_loop(r: Routing, experts: nn.ModuleList) -> Tensor:
     return torch.cat([experts[i](chunk) for i, chunk in enumerate(chunks) if counts[i]])
 
 
-def _experts_batched(r: Routing, stacked: StackedExperts) -> Tensor | None:
-    """Two batched matmuls over (expert, slot); None when padding would dominate."""
+def _experts_batched(r: Routing, stacked: StackedExperts) -> Tensor:
+    """Two batched matmuls over (expert, slot) up to the capacity, then each overflowing expert
+    on its remaining tokens (a contiguous range: pairs are sorted by expert)."""
     pairs, num_experts, dim = r.token_index.numel(), r.counts.numel(), r.flat_x.shape[-1]
-    capacity = int(r.counts.max())
-    if num_experts * capacity > MAX_PADDING_RATIO * pairs:
-        return None
-    slot = torch.arange(pairs, device=r.flat_x.device) - (torch.cumsum(r.counts, 0) - r.counts)[r.expert_index]
+    counts = r.counts.tolist()
+    capacity = choose_capacity(counts)
+    gathered = r.flat_x.index_select(0, r.token_index)
+    starts = torch.cumsum(r.counts, 0) - r.counts
+    slot = torch.arange(pairs, device=r.flat_x.device) - starts[r.expert_index]
     padded = r.flat_x.new_zeros(num_experts, capacity, dim)
-    padded[r.expert_index, slot] = r.flat_x.index_select(0, r.token_index)
+    if capacity == max(counts):  # no overflow: no masks (each indexing op costs at batch 1)
+        padded[r.expert_index, slot] = gathered
+        hidden = F.gelu(torch.baddbmm(stacked.b1, padded, stacked.w1))
+        return torch.baddbmm(stacked.b2, hidden, stacked.w2)[r.expert_index, slot]
+    batched = slot < capacity
+    padded[r.expert_index[batched], slot[batched]] = gathered[batched]
     hidden = F.gelu(torch.baddbmm(stacked.b1, padded, stacked.w1))
-    return torch.baddbmm(stacked.b2, hidden, stacked.w2)[r.expert_index, slot]
+    out = torch.baddbmm(stacked.b2, hidden, stacked.w2)
+    result = gathered.new_empty(pairs, dim)
+    result[batched] = out[r.expert_index[batched], slot[batched]]
+    start = 0
+    for expert, count in enumerate(counts):
+        if count > capacity:
+            rows = slice(start + capacity, start + count)
+            h = F.gelu(torch.addmm(stacked.b1[expert], gathered[rows], stacked.w1[expert]))
+            result[rows] = torch.addmm(stacked.b2[expert], h, stacked.w2[expert])
+        start += count
+    return result
 
 
 def _combine(x: Tensor, r: Routing, out: Tensor) -> Tensor:
@@ -196,13 +231,12 @@ def dispatch(x: Tensor, gates: Tensor, active: Tensor, experts: nn.ModuleList) -
     return _combine(x, r, _experts_loop(r, experts))
 
 
-def dispatch_batched(x: Tensor, gates: Tensor, active: Tensor, stacked: StackedExperts) -> Tensor | None:
-    """Inference-only :func:`dispatch` with stacked expert weights; None when padding dominates."""
+def dispatch_batched(x: Tensor, gates: Tensor, active: Tensor, stacked: StackedExperts) -> Tensor:
+    """Inference-only :func:`dispatch` with stacked expert weights."""
     r = route(x, gates, active)
     if r.token_index.numel() == 0:
         return torch.zeros_like(x)
-    out = _experts_batched(r, stacked)
-    return None if out is None else _combine(x, r, out)
+    return _combine(x, r, _experts_batched(r, stacked))
 
 
 def load_balancing_loss(logits: Tensor, active: Tensor, k: int) -> Tensor:
@@ -219,7 +253,8 @@ class DGMoE(CountingLayer):
 
     def __init__(self, dim: int, num_experts: int, hidden_dim: int, lam: float = 0.5, *,
                  empty_token_rule: EmptyTokenRule | str = EmptyTokenRule.ARGMAX, ste_temperature: float = 0.05,
-                 threshold_init: float | None = None, dropout: float = 0.0) -> None:
+                 threshold_init: float | None = None, threshold_init_scale: float = 1.0,
+                 dropout: float = 0.0) -> None:
         super().__init__(num_experts)
         if lam <= 0:
             raise ValueError(f"lam must be positive, got {lam}")
@@ -228,7 +263,7 @@ class DGMoE(CountingLayer):
         self.ste_temperature = ste_temperature
         self.router = nn.Linear(dim, num_experts, bias=False)  # W_t
         self.residual = nn.Linear(num_experts, num_experts, bias=False)  # W_g
-        init = threshold_init if threshold_init is not None else 1.0 / (lam * num_experts)
+        init = threshold_init if threshold_init is not None else threshold_init_scale / (lam * num_experts)
         self.threshold = nn.Parameter(torch.full((num_experts,), float(init)))  # W_e
         self.experts = nn.ModuleList(Expert(dim, hidden_dim, dropout) for _ in range(num_experts))
 

@@ -22,7 +22,8 @@ class TrunkBlock(nn.Module):
         self.ff_norm = nn.LayerNorm(dim)
         options: dict = {"dropout": config.dropout}
         if config.feed_forward is FeedForwardKind.DGMOE:
-            options.update(lam=config.lam, empty_token_rule=config.empty_token_rule)
+            options.update(lam=config.lam, empty_token_rule=config.empty_token_rule,
+                           threshold_init_scale=config.threshold_init_scale)
         elif config.feed_forward in (FeedForwardKind.TOPK, FeedForwardKind.ADAMOE):
             options.update(k=config.top_k)
         self.ff: CountingLayer = make_feed_forward(config.feed_forward, dim, config.num_experts,
