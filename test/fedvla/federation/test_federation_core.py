@@ -136,7 +136,7 @@ def test_clients_train_and_federate_in_process(tmp_path):
         assert weights.shape == (2, 3) and np.allclose(weights.sum(1), 1)
     # Every client ends with the same (final) trunk; their stems and heads stay personal.
     for client in clients:
-        assert client.load_final_trunk() == 2
+        assert client.load_global_trunk() == 2
     first = clients[0].policy.trunk.state_dict()
     assert all(torch.equal(first[k], c.policy.trunk.state_dict()[k]) for c in clients[1:] for k in first)
     heads = [next(iter(c.policy.head.parameters())) for c in clients]

@@ -258,8 +258,9 @@ class FederationClient:
     def finished(self) -> bool:
         return self.server.status().finished
 
-    def load_final_trunk(self) -> int:
-        """After the federation finished: load the final global trunk; returns its round."""
+    def load_global_trunk(self) -> int:
+        """Load the server's current global trunk (the final one once the federation finished);
+        returns its round."""
         status = self.server.status()
         trunk, _ = self.fetch_global(status)
         self.policy.trunk.load_state_dict(trunk)
@@ -268,7 +269,7 @@ class FederationClient:
     def save_final_checkpoint(self) -> Path:
         """The final global trunk with this robot's own stems, head and normaliser: a checkpoint the
         policy node can run (``<state_dir>/final``)."""
-        round_index = self.load_final_trunk()
+        round_index = self.load_global_trunk()
         return save_checkpoint(self.policy, self.state_dir / "final",
                                metadata={"federation_round": round_index, "client_id": self.client_id})
 

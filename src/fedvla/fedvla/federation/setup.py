@@ -16,8 +16,9 @@ import dataclasses
 import zlib
 from pathlib import Path
 
+import torch
 import yaml
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from fedvla.config import ConfigError, require
 from fedvla.data.episodes import ChunkDataset, load_meta
@@ -126,6 +127,22 @@ def client_dataset(settings: FederationClientSettings) -> tuple[PolicyConfig, Da
     return config, ChunkDataset(settings.dataset, horizon=config.horizon)
 
 
+def fit_normalizer(policy: Policy, dataset: Dataset) -> None:
+    """Fit the policy's action/proprio normaliser on every sample of ``dataset``."""
+    def tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(ds, ConcatDataset):
+            parts = [tensors(d) for d in ds.datasets]
+            return torch.cat([a.reshape(-1, a.shape[-1]) for a, _ in parts]), torch.cat([p for _, p in parts])
+        if hasattr(ds, "all_actions"):
+            return ds.all_actions(), ds.all_proprio()
+        if hasattr(ds, "actions") and hasattr(ds, "proprio"):
+            return ds.actions, ds.proprio
+        raise TypeError(f"cannot read actions/proprio from a {type(ds).__name__}")
+
+    actions, proprio = tensors(dataset)
+    policy.normalizer.fit(actions, proprio)
+
+
 def build_client(settings: FederationClientSettings, server: ServerApi, *, show_progress: bool = False) -> FederationClient:
     secret = load_credentials(resolve_config_file(settings.credentials_file, "credentials_file")).get(settings.client_id)
     if secret is None:
@@ -133,10 +150,7 @@ def build_client(settings: FederationClientSettings, server: ServerApi, *, show_
                           "a client id listed under clients:")
     config, dataset = client_dataset(settings)
     policy = seeded_policy(config, settings.seed)
-    if isinstance(dataset, SquareReachDataset):
-        policy.normalizer.fit(dataset.actions, dataset.proprio)
-    else:
-        policy.normalizer.fit(dataset.all_actions(), dataset.all_proprio())
+    fit_normalizer(policy, dataset)
     train = TrainConfig(epochs=settings.local_epochs, batch_size=settings.batch_size, lr=settings.lr,
                         seed=settings.seed, device=settings.device)
     client_config = FederationClientConfig(**{f.name: getattr(settings, f.name)
