@@ -19,6 +19,7 @@ rclpy = pytest.importorskip("rclpy")
 from fedvla.federation.client import trunk_spec  # noqa: E402
 from fedvla.federation.setup import trunk_policy  # noqa: E402
 from fedvla.federation.wire import encode_update, sign  # noqa: E402
+from fedvla_interfaces.msg import FederationRound  # noqa: E402
 from fedvla_ros.fed_client import RosServerApi  # noqa: E402
 from support.federation import upload  # noqa: E402
 
@@ -68,6 +69,8 @@ def test_three_clients_three_rounds_with_a_client_and_the_server_killed(rclpy_co
         for client_id in SECRETS}
     try:
         with SpinningNode(rclpy_context, "federation_observer") as node:
+            events = []
+            node.create_subscription(FederationRound, "/federation/round", lambda m: events.append((m.event, m.round)), 50)
             api = RosServerApi(node, timeout_s=5.0)
             # Round 0: robot_0 and robot_1 upload; robot_2 is still training when it is killed.
             wait_until(lambda: (s := safe_status(api)) and sorted(s.accepted) == ["robot_0", "robot_1"],
@@ -84,6 +87,9 @@ def test_three_clients_three_rounds_with_a_client_and_the_server_killed(rclpy_co
             assert persisted["round"] == 1 and list(persisted["accepted"]) == ["robot_0"]
             server = start_node("fedvla_ros", "fed_server", "fed_server", parameters=server_params(credentials, state))
             wait_until(lambda: (s := safe_status(api)) and s.finished, "the federation to finish", timeout_s=120)
+            wait_until(lambda: ("finished", 3) in events, "the finished event")
+        # Round events on the topic, the restarted server's included.
+        assert {("closed", 0), ("closed", 1), ("closed", 2), ("started", 1), ("started", 2)} <= set(events)
         for client_id in ("robot_0", "robot_1"):
             out, err = clients[client_id].communicate(timeout=60)
             assert clients[client_id].returncode == 0, err[-2000:]

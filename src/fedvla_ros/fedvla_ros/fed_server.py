@@ -4,8 +4,9 @@ services.
 Services (fedvla_interfaces/srv): ``/federation/join``, ``/federation/heartbeat``,
 ``/federation/status``, ``/federation/fetch`` (global trunk, by byte range) and
 ``/federation/upload`` (BEGIN / CHUNK / COMMIT). Topic ``/federation/round``
-(fedvla_interfaces/FederationRound): ``closed`` once per aggregated round with its EDA weights,
-``status`` every ``tick_period_s``·4. Parameters: the fields of
+(fedvla_interfaces/FederationRound): ``started`` when a round opens (or resumes), ``closed`` once
+per aggregated round with its EDA weights, ``finished`` after the last round, ``status`` every
+``tick_period_s``·4. Parameters: the fields of
 :class:`fedvla.federation.setup.FederationServerSettings`.
 
 Security: requests are HMAC-signed per client (credentials_file). In a full ROS install, run the
@@ -118,11 +119,16 @@ class FederationServerNode(Node):
         record = self.server.tick()  # (the core logs the closed round)
         if record is not None:
             self._publish("closed", record)
+            if not self.server.finished:
+                self._publish("started")
         self._ticks += 1
+        if self._ticks == 1 and not self.server.finished:
+            self._publish("started")  # the round this server opened or resumed
         if self._ticks % STATUS_EVERY_TICKS == 0:
             self._publish("status")
         if self.server.finished and not self._announced_finish:
             self._announced_finish = True
+            self._publish("finished")
             self.get_logger().info(f"federation finished after {self.settings.rounds} rounds; serving the final "
                                    "trunk until stopped")
 
