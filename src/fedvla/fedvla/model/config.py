@@ -34,6 +34,12 @@ class PolicyConfig:
     image_encoder_weights: str = ""  # optional path to pretrained encoder weights (.pt/.safetensors)
     image_latent_tokens: int = 16
     proprio_tokens: int = 4
+    # IOSP (paper §3.1): per camera, k patch tokens of each object group (target / surrounding /
+    # background, chosen by fedvla.iosp), each group refined by its own small DGMoE, before the
+    # pooled latent tokens. False is the paper's "w/o IOSP" ablation (whole-image tokens only).
+    iosp: bool = False
+    iosp_tokens_per_group: int = 8
+    iosp_experts: int = 4
     # Trunk: transformer blocks whose feed-forward layers are MoE layers.
     num_blocks: int = 16
     num_heads: int = 8
@@ -58,7 +64,8 @@ class PolicyConfig:
         self.empty_token_rule = parse_enum(EmptyTokenRule, self.empty_token_rule, "empty_token_rule")
         self.camera_names = tuple(self.camera_names)
         for name in ("image_size", "proprio_dim", "action_dim", "embed_dim", "image_latent_tokens", "num_blocks",
-                     "num_heads", "num_experts", "expert_hidden_dim", "horizon", "execute_steps", "head_hidden_dim"):
+                     "num_heads", "num_experts", "expert_hidden_dim", "horizon", "execute_steps", "head_hidden_dim",
+                     "iosp_tokens_per_group", "iosp_experts"):
             value = getattr(self, name)
             require(isinstance(value, int) and not isinstance(value, bool) and value > 0, name,
                     f"must be a positive integer, got {value!r}", "an integer > 0")
@@ -77,7 +84,19 @@ class PolicyConfig:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.camera_names) * self.image_latent_tokens + self.proprio_tokens + (1 if self.language_dim else 0)
+        return (len(self.camera_names) * (self.image_latent_tokens + self.num_iosp_tokens_per_view)
+                + self.proprio_tokens + (1 if self.language_dim else 0))
+
+    @property
+    def num_iosp_tokens_per_view(self) -> int:
+        return 3 * self.iosp_tokens_per_group if self.iosp else 0
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """Rows and columns of the image encoder's patch grid (what IOSP selects tokens from)."""
+        stride = 32 if self.image_encoder is ImageEncoderKind.RESNET18 else 16
+        side = -(-self.image_size // stride)
+        return side, side
 
     def to_dict(self) -> dict[str, Any]:
         out = {}

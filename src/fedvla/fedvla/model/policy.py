@@ -6,8 +6,9 @@ The split is explicit and is what federation relies on: ``policy.stems`` and ``p
 
 Observations are dicts of tensors: ``images`` (B, V, 3, H, W) uint8 or float in [0, 1], one view
 per ``config.camera_names``; ``proprio`` (B, proprio_dim) in robot units; ``language`` (B,
-language_dim) the instruction's sentence embedding; optionally ``token_groups`` (B, T) with the
-IOSP group of each token (for expert statistics per group).
+language_dim) the instruction's sentence embedding; with ``iosp`` ``iosp_indices`` (B, V, 3, k)
+long and ``iosp_valid`` (B, V, 3, k) bool from :mod:`fedvla.iosp`; optionally ``token_groups``
+(B, T) with the IOSP group of each token (derived from ``iosp_valid`` when IOSP is on).
 """
 from __future__ import annotations
 
@@ -54,12 +55,23 @@ class Policy(nn.Module):
                                    f"{None if proprio is None else tuple(proprio.shape)}")
         if cfg.language_dim and (obs.get("language") is None or obs["language"].shape[-1] != cfg.language_dim):
             raise ObservationError(f"language: expected (B, {cfg.language_dim}) sentence embeddings")
+        if cfg.iosp:
+            expected = (images.shape[0], len(cfg.camera_names), 3, cfg.iosp_tokens_per_group)
+            for key, dtype in (("iosp_indices", torch.long), ("iosp_valid", torch.bool)):
+                value = obs.get(key)
+                if value is None or tuple(value.shape) != expected or value.dtype != dtype:
+                    got = None if value is None else (tuple(value.shape), value.dtype)
+                    raise ObservationError(f"{key}: this policy uses IOSP (iosp: true) and needs {dtype} {expected} "
+                                           f"from fedvla.iosp, got {got}")
 
     def forward_features(self, obs: Observation) -> tuple[Tensor, Tensor]:
         self.check_observation(obs)
         proprio = self.normalizer.normalize_proprio(obs["proprio"].float())
-        tokens = self.stems(obs["images"], proprio, obs.get("language"))
-        return self.trunk(tokens, groups=obs.get("token_groups"))
+        tokens = self.stems(obs["images"], proprio, obs.get("language"), obs.get("iosp_indices"), obs.get("iosp_valid"))
+        groups = obs.get("token_groups")
+        if groups is None and self.config.iosp:
+            groups = self.stems.token_groups(obs["iosp_valid"])
+        return self.trunk(tokens, groups=groups)
 
     def forward(self, obs: Observation) -> Tensor:
         """Normalised action chunk (B, horizon, action_dim)."""

@@ -6,6 +6,12 @@
 * proprioception: an MLP to ``proprio_tokens`` tokens;
 * language: a linear map of the instruction's sentence embedding to one token.
 
+With ``iosp`` (FedVLA §3.1), the image stem also gathers, per camera and per object group, the
+k patch features that :mod:`fedvla.iosp` selected (``iosp_indices``/``iosp_valid``), refines each
+group with its own small DGMoE (residual) and adds a group embedding; slots with no selection hold
+a learned "empty" token. Token order: [target, surrounding, background] × views, then the pooled
+latents: ``X_in = concat(X_TO, X_SO, X_BO, latents, s, l)``.
+
 The learned token-position embedding is part of the stem, not the trunk: the token layout is a
 property of the embodiment (number of cameras, proprio size), so it stays personal in federation.
 """
@@ -15,6 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from fedvla.model.config import ImageEncoderKind, PolicyConfig
+from fedvla.model.moe import DGMoE
+
+NUM_GROUPS = 3  # target, surrounding, background (fedvla.iosp.types.ObjectGroup)
 
 
 class ConvEncoder(nn.Module):
@@ -71,27 +80,71 @@ class ImageStem(nn.Module):
         else:
             self.encoder = ConvEncoder(dim)
         self.view_embedding = nn.Parameter(torch.zeros(len(config.camera_names), 1, dim))
+        # Where a patch is in the image: without it, pooled latents and IOSP's gathered patches
+        # would know what they see but not where (the convolutions are translation-equivariant).
+        rows, cols = config.patch_grid
+        self.patch_position = nn.Parameter(torch.randn(1, 1, rows * cols, dim) * 0.02)
         self.latents = nn.Parameter(torch.randn(config.image_latent_tokens, dim) * 0.02)
         self.cross_attention = nn.MultiheadAttention(dim, config.num_heads, batch_first=True)
         self.norm = nn.LayerNorm(dim)
         self.register_buffer("mean", _MEAN.clone(), persistent=False)
         self.register_buffer("std", _STD.clone(), persistent=False)
+        self.iosp = config.iosp
+        if config.iosp:
+            self.group_moe = nn.ModuleList(DGMoE(dim, config.iosp_experts, 2 * dim, lam=config.lam)
+                                           for _ in range(NUM_GROUPS))
+            self.group_embedding = nn.Parameter(torch.zeros(NUM_GROUPS, dim))
+            self.empty_token = nn.Parameter(torch.randn(dim) * 0.02)
 
-    def forward(self, images: Tensor) -> Tensor:
-        """``images`` (B, V, 3, H, W), uint8 or float in [0, 1] → (B, V · latents, D)."""
+    def forward(self, images: Tensor, iosp_indices: Tensor | None = None,
+                iosp_valid: Tensor | None = None) -> Tensor:
+        """``images`` (B, V, 3, H, W), uint8 or float in [0, 1] → (B, V · (3k + latents), D); with
+        IOSP, ``iosp_indices`` (B, V, 3, k) patch indices and ``iosp_valid`` (B, V, 3, k) bool."""
         batch, views = images.shape[:2]
         x = images.flatten(0, 1)
         x = x.float() / 255.0 if images.dtype == torch.uint8 else x.float()
         features = self.encoder((x - self.mean) / self.std)  # (B·V, P, D)
-        features = features.view(batch, views, *features.shape[1:]) + self.view_embedding.unsqueeze(0)
+        if features.shape[1] != self.patch_position.shape[2]:
+            raise ValueError(f"images of {tuple(images.shape[-2:])} give {features.shape[1]} patches; this policy was "
+                             f"built for {self.patch_position.shape[2]} (image_size in its config)")
+        features = (features.view(batch, views, *features.shape[1:]) + self.view_embedding.unsqueeze(0)
+                    + self.patch_position)
         features = self.norm(features.flatten(0, 1))
         queries = self.latents.expand(features.shape[0], -1, -1)
         pooled, _ = self.cross_attention(queries, features, features, need_weights=False)
-        return pooled.reshape(batch, -1, pooled.shape[-1])
+        pooled = pooled.reshape(batch, -1, pooled.shape[-1])
+        if not self.iosp:
+            return pooled
+        return torch.cat([self._group_tokens(features.view(batch, views, -1, features.shape[-1]),
+                                             iosp_indices, iosp_valid), pooled], dim=1)
+
+    def _group_tokens(self, features: Tensor, indices: Tensor, valid: Tensor) -> Tensor:
+        """(B, V, P, D) patch features → (B, 3·V·k, D): per group, its selected patches refined."""
+        batch, views, patches, dim = features.shape
+        k = indices.shape[-1]
+        flat = indices.clamp(0, patches - 1).reshape(batch, views, NUM_GROUPS * k)
+        gathered = torch.gather(features, 2, flat.unsqueeze(-1).expand(-1, -1, -1, dim))
+        gathered = gathered.view(batch, views, NUM_GROUPS, k, dim)
+        groups = []
+        for g, moe in enumerate(self.group_moe):
+            tokens = gathered[:, :, g].reshape(batch, views * k, dim)
+            refined = tokens + moe(tokens).y + self.group_embedding[g]
+            mask = valid[:, :, g].reshape(batch, views * k, 1)
+            groups.append(torch.where(mask, refined, self.empty_token))
+        return torch.cat(groups, dim=1)
 
 
 class Stems(nn.Module):
     """All input stems of one embodiment: observation dict → (B, num_tokens, D)."""
+
+    def token_groups(self, iosp_valid: Tensor) -> Tensor:
+        """(B, num_tokens) IOSP group of each token (-1: not a selected object token), for the
+        trunk's per-group expert statistics."""
+        batch, views, groups, k = iosp_valid.shape
+        ids = torch.arange(groups, device=iosp_valid.device).view(1, groups, 1, 1).expand(batch, groups, views, k)
+        object_tokens = torch.where(iosp_valid.transpose(1, 2), ids, torch.full_like(ids, -1)).reshape(batch, -1)
+        rest = object_tokens.new_full((batch, self.config.num_tokens - object_tokens.shape[1]), -1)
+        return torch.cat([object_tokens, rest], dim=1)
 
     def __init__(self, config: PolicyConfig) -> None:
         super().__init__()
@@ -103,8 +156,9 @@ class Stems(nn.Module):
         self.language = nn.Linear(config.language_dim, dim) if config.language_dim else None
         self.position = nn.Parameter(torch.randn(1, config.num_tokens, dim) * 0.02)
 
-    def forward(self, images: Tensor, proprio: Tensor, language: Tensor | None = None) -> Tensor:
-        tokens = [self.image(images)]
+    def forward(self, images: Tensor, proprio: Tensor, language: Tensor | None = None,
+                iosp_indices: Tensor | None = None, iosp_valid: Tensor | None = None) -> Tensor:
+        tokens = [self.image(images, iosp_indices, iosp_valid)]
         if self.proprio is not None:
             tokens.append(self.proprio(proprio).view(proprio.shape[0], self.config.proprio_tokens, -1))
         if self.language is not None:
