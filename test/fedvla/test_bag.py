@@ -46,13 +46,16 @@ def test_own_interfaces_are_registered_from_installed_msg_files(tmp_path) -> Non
     obj = SceneObject(class_name="cup", group=0, score=0.9, track_id=4, x_min=1.0, y_min=2.0, x_max=3.0, y_max=4.0,
                       selected_token_indices=np.array([1, 5], dtype=np.uint16))
     msg = ParsedScene(header=Header(stamp=Time(sec=1, nanosec=2), frame_id="f"), instruction="put the cup",
-                      target_names=["cup"], objects=[obj], token_selection_rule="box_overlap")
+                      camera_name="top", target_names=["cup"], objects=[obj], token_selection_rule="box_mask",
+                      patch_rows=8, patch_cols=8, tokens_per_group=2,
+                      group_token_indices=np.array([1, 5, -1, -1, 60, 61], dtype=np.int32))
     path = tmp_path / "scene"
     with BagWriter(path, "sqlite3", registry) as writer:
         writer.add_topic("/scene", "fedvla_interfaces/msg/ParsedScene")
         writer.write("/scene", 5, bytes(ts.serialize_cdr(msg, "fedvla_interfaces/msg/ParsedScene")))
     (_, _, back), = read_messages(path, registry=TypeRegistry())
     assert back.objects[0].class_name == "cup" and list(back.objects[0].selected_token_indices) == [1, 5]
+    assert back.camera_name == "top" and list(back.group_token_indices) == [1, 5, -1, -1, 60, 61]
 
 
 def test_unknown_types_and_existing_paths_are_refused(tmp_path) -> None:

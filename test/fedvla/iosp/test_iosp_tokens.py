@@ -78,6 +78,19 @@ def test_similarity_rule_takes_the_patches_closest_to_the_group_text() -> None:
     assert not selected.valid[1:].any()
 
 
+def test_flat_layout_round_trips_with_empty_slots() -> None:
+    from fedvla.iosp.tokens import SelectedTokens
+
+    detections = [square("drawer", 8, 8, 16)]
+    selected = select_by_overlap(detections, [ObjectGroup.TARGET], (64, 64), (8, 8), TokenSelectionConfig(tokens_per_group=6))
+    flat = selected.flat_indices()
+    assert flat.shape == (18,) and (flat[4:] == -1).all() and sorted(flat[:4].tolist()) == [9, 10, 17, 18]
+    back = SelectedTokens.from_flat(flat, 6)
+    assert (back.valid == selected.valid).all() and (back.indices[back.valid] == selected.indices[selected.valid]).all()
+    with pytest.raises(ValueError, match="expected 3 x 6"):
+        SelectedTokens.from_flat(flat[:-1], 6)
+
+
 def test_config_is_validated() -> None:
     with pytest.raises(ConfigError, match="selection_rule"):
         TokenSelectionConfig(selection_rule="magic")

@@ -59,6 +59,18 @@ class SelectedTokens:
     valid: np.ndarray  # (3, k) bool
     scores: np.ndarray  # (3, k) float32
 
+    def flat_indices(self) -> np.ndarray:
+        """(3·k,) int32, row-major by group, -1 for empty slots (the ParsedScene message layout)."""
+        return np.where(self.valid, self.indices, -1).astype(np.int32).reshape(-1)
+
+    @classmethod
+    def from_flat(cls, flat: Sequence[int], tokens_per_group: int) -> SelectedTokens:
+        values = np.asarray(flat, dtype=np.int64)
+        if values.shape != (NUM_GROUPS * tokens_per_group,):
+            raise ValueError(f"expected {NUM_GROUPS} x {tokens_per_group} token indices, got {values.shape[0]}")
+        grid = values.reshape(NUM_GROUPS, tokens_per_group)
+        return cls(indices=np.maximum(grid, 0), valid=grid >= 0, scores=np.zeros(grid.shape, np.float32))
+
     def group_of_patch(self, num_patches: int) -> np.ndarray:
         """(num_patches,) int8: the group whose selection holds each patch, -1 for none."""
         out = np.full(num_patches, -1, dtype=np.int8)
