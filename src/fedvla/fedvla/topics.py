@@ -26,6 +26,9 @@ JOINT_STATES = "/joint_states"
 INSTRUCTION = "instruction"
 ACTION_CHUNK = "action_chunk"
 EXPERT_ACTIVATION = "expert_activation"
+# The scene parser (IOSP) publishes one ParsedScene per camera frame on its ~/parsed_scene.
+SCENE_PARSER_NODE = "/scene_parser"
+PARSED_SCENE = "parsed_scene"
 
 # Federation (absolute: one server per ROS domain, clients in any namespace reach it).
 FEDERATION_JOIN = "/federation/join"

@@ -4,8 +4,11 @@ Subscribes to ``/camera/<name>/color/image_raw`` for every camera the checkpoint
 with, ``/joint_states`` and ``~/instruction`` (std_msgs/String; the ``instruction`` parameter
 is the initial one). On a timer at ``rate_hz`` it runs the policy on the newest inputs (none
 older than ``max_input_age_s``) and publishes ``~/action_chunk`` (fedvla_interfaces/ActionChunk)
-and ``~/expert_activation`` (per-layer expert token counts of that step). Parameters: the fields
-of :class:`fedvla.model.runtime.PolicyRuntimeConfig`.
+and ``~/expert_activation`` (per-layer expert token counts of that step). A checkpoint trained
+with IOSP also waits for ``/scene_parser/parsed_scene`` (one ParsedScene per camera): the parse
+runs in the scene_parser node by default, so RViz, bags and the policy share one parse and the
+policy's timer never waits on detection. Parameters: the fields of
+:class:`fedvla.model.runtime.PolicyRuntimeConfig`.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ from std_msgs.msg import String
 from fedvla import topics
 from fedvla.model.checkpoint import CheckpointError
 from fedvla.model.runtime import PolicyRuntime, PolicyRuntimeConfig
-from fedvla_interfaces.msg import ActionChunk, ExpertActivation
+from fedvla.iosp.tokens import SelectedTokens
+from fedvla_interfaces.msg import ActionChunk, ExpertActivation, ParsedScene
 from fedvla_ros.conversions import image_to_array
 from fedvla_ros.node_main import StartupError, main_for
 from fedvla_ros.parameters import declare_config
@@ -40,6 +44,11 @@ class PolicyNode(Node):
             self.create_subscription(Image, topic, lambda msg, n=name: self._on_image(n, msg), qos_profile_sensor_data)
         self.create_subscription(JointState, topics.JOINT_STATES, self._on_joints, qos_profile_sensor_data)
         self.create_subscription(String, topics.private_topic(topics.INSTRUCTION), self._on_instruction, 10)
+        self._scenes: dict[str, tuple[ParsedScene, float]] = {}
+        if self.runtime.uses_iosp:
+            # IOSP runs in the scene_parser node (one parse shared by the policy, RViz and bags).
+            topic = topics.node_topic(topics.SCENE_PARSER_NODE, topics.PARSED_SCENE)
+            self.create_subscription(ParsedScene, topic, self._on_scene, 10)
         self._chunk_pub = self.create_publisher(ActionChunk, topics.private_topic(topics.ACTION_CHUNK), 10)
         self._experts_pub = self.create_publisher(ExpertActivation, topics.private_topic(topics.EXPERT_ACTIVATION), 10)
         self.create_timer(1.0 / self.config.rate_hz, self._step)
@@ -51,6 +60,15 @@ class PolicyNode(Node):
 
     def _on_image(self, name: str, msg: Image) -> None:
         self._images[name] = (msg, self._now_s())
+
+    def _on_scene(self, msg: ParsedScene) -> None:
+        grid, k = self.runtime.model_config.patch_grid, self.runtime.model_config.iosp_tokens_per_group
+        if (msg.patch_rows, msg.patch_cols) != grid or msg.tokens_per_group != k:
+            self.get_logger().error(f"scene parse of {msg.camera_name!r} selects {msg.tokens_per_group} tokens on a "
+                                    f"{msg.patch_rows}x{msg.patch_cols} grid; the policy needs {k} on {grid[0]}x{grid[1]}",
+                                    throttle_duration_sec=5.0)
+            return
+        self._scenes[msg.camera_name] = (msg, self._now_s())
 
     def _on_joints(self, msg: JointState) -> None:
         self._joints = (msg, self._now_s())
@@ -77,13 +95,21 @@ class PolicyNode(Node):
         stale = [n for n in self.runtime.camera_names if n not in self._images or now - self._images[n][1] > max_age]
         if self._joints is None or now - self._joints[1] > max_age:
             stale.append("joint_states")
+        if self.runtime.uses_iosp:
+            stale += [f"scene parse of {n}" for n in self.runtime.camera_names
+                      if n not in self._scenes or now - self._scenes[n][1] > max_age]
         if stale or not self.instruction:
             waiting = ", ".join(stale) if stale else "an instruction"
             self.get_logger().info(f"waiting for {waiting}", throttle_duration_sec=5.0)
             return
         try:
             images = [image_to_array(self._images[n][0]) for n in self.runtime.camera_names]
-            step = self.runtime.step(images, self._proprio(self._joints[0]), self.instruction)
+            selections = None
+            if self.runtime.uses_iosp:
+                k = self.runtime.model_config.iosp_tokens_per_group
+                selections = [SelectedTokens.from_flat(self._scenes[n][0].group_token_indices, k)
+                              for n in self.runtime.camera_names]
+            step = self.runtime.step(images, self._proprio(self._joints[0]), self.instruction, selections)
         except ValueError as err:
             self.get_logger().error(str(err), throttle_duration_sec=5.0)
             return

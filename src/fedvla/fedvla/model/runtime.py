@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from fedvla.config import require, require_positive
+from fedvla.iosp.tokens import SelectedTokens
 from fedvla.model.checkpoint import CheckpointError, load_checkpoint
 
 
@@ -79,11 +80,32 @@ class PolicyRuntime:
                                   align_corners=False).round().clamp(0, 255).to(torch.uint8)
         return batch.unsqueeze(0).to(self.config.device)
 
+    @property
+    def uses_iosp(self) -> bool:
+        return self.model_config.iosp
+
+    def _iosp(self, selections: Sequence[SelectedTokens] | None) -> dict[str, torch.Tensor]:
+        cfg = self.model_config
+        if selections is None or len(selections) != len(cfg.camera_names):
+            raise ValueError(f"this policy uses IOSP: it needs one token selection per camera "
+                             f"({', '.join(cfg.camera_names)}) from the scene parser")
+        k = cfg.iosp_tokens_per_group
+        for name, selection in zip(cfg.camera_names, selections):
+            if selection.indices.shape != (3, k):
+                raise ValueError(f"{name}: {selection.indices.shape[1]} tokens per group, the policy takes {k}")
+        device = self.config.device
+        return {"iosp_indices": torch.from_numpy(np.stack([s.indices for s in selections])).unsqueeze(0).to(device),
+                "iosp_valid": torch.from_numpy(np.stack([s.valid for s in selections])).unsqueeze(0).to(device)}
+
     @torch.inference_mode()
-    def step(self, images: Sequence[np.ndarray], proprio: np.ndarray, instruction: str) -> PolicyStep:
+    def step(self, images: Sequence[np.ndarray], proprio: np.ndarray, instruction: str,
+             selections: Sequence[SelectedTokens] | None = None) -> PolicyStep:
+        """One policy step; ``selections`` (one per camera, from the scene parser) when IOSP is on."""
         start = time.perf_counter()
         obs = {"images": self._images(images),
                "proprio": torch.as_tensor(np.asarray(proprio, dtype=np.float32)).view(1, -1).to(self.config.device)}
+        if self.uses_iosp:
+            obs.update(self._iosp(selections))
         if self.encoder is not None:
             obs["language"] = torch.from_numpy(self.encoder.encode(instruction)).view(1, -1).to(self.config.device)
         self.policy.reset_expert_counts()
