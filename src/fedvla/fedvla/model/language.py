@@ -30,4 +30,4 @@ class InstructionEncoder:
     def _encode(self, instruction: str) -> np.ndarray:
         if not instruction.strip():
             raise ValueError("the instruction is empty: say what the robot should do, e.g. 'open the drawer'")
-        return self.model.encode([instruction], normalize_embeddings=True)[0].astype(np.float32)
+        return self.model.encode([instruction], normalize_embeddings=True, show_progress_bar=False)[0].astype(np.float32)
