@@ -266,12 +266,11 @@ def noun_phrases(text: str, *, find_verbs: bool = True) -> list[Phrase]:
 
 # ---- the MiniLM model, once per process ------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
 def shared_instruction_encoder(model_path: str = "") -> InstructionEncoder:
-    """One :class:`~fedvla.model.language.InstructionEncoder` per model path and process."""
-    from fedvla.model.language import InstructionEncoder
+    """The process's MiniLM encoder (shared with the policy's language stem)."""
+    from fedvla.model.language import shared_instruction_encoder as shared
 
-    return InstructionEncoder(model_path)
+    return shared(model_path)
 
 
 class _NerPhrases:

@@ -31,3 +31,9 @@ class InstructionEncoder:
         if not instruction.strip():
             raise ValueError("the instruction is empty: say what the robot should do, e.g. 'open the drawer'")
         return self.model.encode([instruction], normalize_embeddings=True, show_progress_bar=False)[0].astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def shared_instruction_encoder(model_path: str = "", device: str = "cpu") -> InstructionEncoder:
+    """One encoder per model path, device and process (the policy and IOSP share the model)."""
+    return InstructionEncoder(model_path, device=device)

@@ -58,9 +58,9 @@ class PolicyRuntime:
                                   f"checkpoint expects proprio_dim={self.model_config.proprio_dim}")
         self.encoder = None
         if self.model_config.language_dim:
-            from fedvla.model.language import InstructionEncoder
+            from fedvla.model.language import shared_instruction_encoder
 
-            self.encoder = InstructionEncoder(config.language_model_path, device=config.device)
+            self.encoder = shared_instruction_encoder(config.language_model_path, config.device)
             if self.encoder.dim != self.model_config.language_dim:
                 raise CheckpointError(f"the language model gives {self.encoder.dim}-d embeddings, the checkpoint "
                                       f"was trained with language_dim={self.model_config.language_dim}")
