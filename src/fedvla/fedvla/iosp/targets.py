@@ -79,7 +79,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
-import functools
 import logging
 import os
 import re

@@ -102,13 +102,21 @@ class SceneRenderer:
         up_world = self.data.cam_xmat[cam_id].reshape(3, 3)[:, 1]
         return CameraModel(name=name, fovy_deg=float(self.model.cam_fovy[cam_id]), upside_down=bool(up_world[2] < 0))
 
-    def render(self, camera: CameraModel, depth: bool = False) -> np.ndarray:
-        """RGB uint8 (H, W, 3), or depth in metres float32 (H, W) when ``depth``."""
+    def render(self, camera: CameraModel, depth: bool = False, segmentation: bool = False) -> np.ndarray:
+        """RGB uint8 (H, W, 3); depth in metres float32 (H, W) when ``depth``; when ``segmentation``,
+        int32 (H, W, 2): per pixel the id and ``mjtObj`` type of the element drawn there (in
+        Meta-World a geom or a site), (-1, -1) where nothing is. Upside-down cameras turn all three."""
         mujoco, renderer = self._mujoco, self._renderer
+        if depth and segmentation:
+            raise ValueError("render either depth or segmentation, not both")
+        # One renderer serves every mode: set all of its mode switches on each call.
         if depth:
             renderer.enable_depth_rendering()
+        elif segmentation:
+            renderer.enable_segmentation_rendering()
         else:
             renderer.disable_depth_rendering()
+            renderer.disable_segmentation_rendering()
         renderer.update_scene(self.data, camera=camera.name)
         renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
         renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
