@@ -51,15 +51,17 @@ def test_overlap_rule_selects_the_patches_on_each_group() -> None:
     assert groups[9] == t and groups[0] == -1
 
 
-def test_a_partly_covered_patch_is_not_selected_and_boxes_stand_in_for_masks() -> None:
-    detection = square("cup", 4, 4, 8, with_mask=False)  # covers 4 patches by a quarter each
-    assert object_mask(detection, 64, 64).sum() == 64
-    selected = select_by_overlap([detection], [ObjectGroup.TARGET], (64, 64), (8, 8),
-                                 TokenSelectionConfig(min_coverage=0.5))
-    assert not selected.valid.any()
-    loose = select_by_overlap([detection], [ObjectGroup.TARGET], (64, 64), (8, 8),
-                              TokenSelectionConfig(min_coverage=0.25))
-    assert sorted(loose.indices[0][loose.valid[0]].tolist()) == [0, 1, 8, 9]
+def test_fringe_patches_of_a_large_object_are_left_out_but_a_small_object_keeps_its_patches() -> None:
+    # A 20-pixel square from (8, 8) on 8-pixel patches: 4 patches full, 4 half, the corner patch
+    # 27 a quarter (fringe: below half the best coverage).
+    large = square("drawer", 8, 8, 20)
+    chosen = select_by_overlap([large], [ObjectGroup.TARGET], (64, 64), (8, 8), TokenSelectionConfig(tokens_per_group=9))
+    covered = dict(zip(chosen.indices[0][chosen.valid[0]].tolist(), chosen.scores[0][chosen.valid[0]].tolist()))
+    assert covered == {9: 1.0, 10: 1.0, 17: 1.0, 18: 1.0, 11: 0.5, 19: 0.5, 25: 0.5, 26: 0.5}
+    small = square("cup", 4, 4, 8, with_mask=False)  # covers 4 patches by a quarter each
+    assert object_mask(small, 64, 64).sum() == 64
+    chosen = select_by_overlap([small], [ObjectGroup.TARGET], (64, 64), (8, 8), TokenSelectionConfig())
+    assert sorted(chosen.indices[0][chosen.valid[0]].tolist()) == [0, 1, 8, 9]
 
 
 def test_no_detection_gives_no_valid_token() -> None:

@@ -12,9 +12,11 @@ paper). Two rules, named in the config (``selection_rule``) so a run says which 
   encoder and the group's text embedding (the mean of its object-name embeddings). Meaningful
   only with pretrained CLIP weights.
 * ``box_mask`` — the offline default: the fraction of each patch covered by the group's masks
-  (boxes where a detector gives no mask). Patches covered less than ``min_coverage`` are not
-  selected, so a small object yields fewer than k valid tokens rather than k tokens that miss
-  it. Without pretrained CLIP weights patch-to-text similarity is noise; overlap is not.
+  (boxes where a detector gives no mask). A patch is selected when its coverage is at least
+  ``min(min_coverage, half the best patch's coverage)`` (and not zero): a large object gives its
+  well-covered patches, not its fringe; an object smaller than a patch still gives the patches
+  it lies on. So a group may have fewer than k valid tokens rather than k tokens that miss it.
+  Without pretrained CLIP weights patch-to-text similarity is noise; overlap is not.
 
 A group with no object, or with fewer valid patches than k, has its remaining slots marked
 invalid (``valid`` False); the policy masks them out.
@@ -42,7 +44,7 @@ class SelectionRule(str, enum.Enum):
 class TokenSelectionConfig:
     selection_rule: SelectionRule = SelectionRule.BOX_MASK
     tokens_per_group: int = 8  # the paper's top-8
-    min_coverage: float = 0.5  # box_mask: least fraction of a patch on the group's objects
+    min_coverage: float = 0.5  # box_mask: patch coverage that always suffices (see the module doc)
 
     def __post_init__(self) -> None:
         self.selection_rule = parse_enum(SelectionRule, self.selection_rule, "selection_rule")
@@ -142,8 +144,9 @@ def select_by_overlap(detections: Sequence[Detection], groups: Sequence[ObjectGr
         union = np.zeros((height, width), dtype=bool)
         for detection in members:
             union |= object_mask(detection, height, width)
-        out.indices[group], out.valid[group], out.scores[group] = _top_k(
-            patch_coverage(union, grid), k, config.min_coverage)
+        coverage = patch_coverage(union, grid)
+        threshold = max(min(config.min_coverage, 0.5 * float(coverage.max())), np.finfo(np.float32).tiny)
+        out.indices[group], out.valid[group], out.scores[group] = _top_k(coverage, k, threshold)
     return out
 
 
