@@ -72,13 +72,7 @@ class UploadSize:
 
 def upload_size(model_config: str, proprio_dim: int = 7, action_dim: int = 7) -> UploadSize:
     """Bytes one client uploads per round (trunk only, each wire dtype) vs the whole fp32 model."""
-    policy = trunk_policy(model_config, 0)
-    if policy.config.proprio_dim == 1:  # placeholders: use a UR3-like observation/action space
-        from fedvla.model.config import PolicyConfig
-        from fedvla.model.policy import Policy
-
-        policy = Policy(PolicyConfig.from_dict({**policy.config.to_dict(), "proprio_dim": proprio_dim,
-                                                "action_dim": action_dim}))
+    policy = trunk_policy(model_config, 0, proprio_dim=proprio_dim, action_dim=action_dim)  # UR3-like sizes
     spec = trunk_spec(policy)
     counts = torch.zeros(spec.num_layers, spec.num_experts, dtype=torch.int64)
     update = TrunkUpdate(client_id="robot_a", round=0, trunk=policy.trunk.state_dict(), expert_counts=counts,

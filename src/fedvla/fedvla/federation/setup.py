@@ -3,7 +3,7 @@
 
 The trunk is defined by the model config file alone (:attr:`PolicyConfig.TRUNK_FIELDS`), so the
 server needs no dataset: data-derived sizes (``???`` in the file: proprio and action dimensions)
-do not change the trunk and are filled with placeholders there. Clients fill them from their
+do not change the trunk and are set to 1 there. Clients fill them from their
 own data; each robot may have its own cameras, proprioception and action space.
 
 Datasets: ``dataset`` is a directory in the episode format (:mod:`fedvla.data.episodes`), or
@@ -56,9 +56,10 @@ def _model_values(path: str) -> dict:
     return yaml.safe_load(resolve_config_file(path, "model_config").read_text()) or {}
 
 
-def trunk_policy(model_config: str, seed: int) -> Policy:
-    """A policy whose trunk is the federation's initial trunk (placeholders where the file says ???)."""
-    values = {k: (1 if v == "???" else v) for k, v in _model_values(model_config).items()}
+def trunk_policy(model_config: str, seed: int, **data_sizes: int) -> Policy:
+    """A policy whose trunk is the federation's initial trunk. Sizes the file leaves to the data
+    (``???``) come from ``data_sizes``, else 1: they shape only the stems and head, not the trunk."""
+    values = {k: (data_sizes.get(k, 1) if v == "???" else v) for k, v in _model_values(model_config).items()}
     return seeded_policy(PolicyConfig.from_dict(values, where=Path(model_config).stem), seed)
 
 
