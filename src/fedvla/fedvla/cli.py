@@ -8,6 +8,7 @@
     fedvla bench policy                      policy/trunk latency per MoE kind, experts per token
     fedvla bench federation                  EDA aggregation time, bytes uploaded per round
     fedvla bench transfer                    federation throughput over ROS 2 services vs TCP
+    fedvla bench iosp                        scene-parsing latency per frame (offline defaults)
     fedvla federation credentials ID ...     a credentials file with fresh secrets
     fedvla federation report DIR             the round table of a federation directory
 """
@@ -228,6 +229,24 @@ def cmd_bench_transfer(args: argparse.Namespace) -> int:
     return subprocess.call([str(executable), *args.bench_arguments])
 
 
+def cmd_bench_iosp(args: argparse.Namespace) -> int:
+    from fedvla.iosp.bench import bench_iosp
+
+    console.print(f"IOSP per frame, offline defaults (simulator segmentation, rule-based targets, box/mask "
+                  f"tokens), {args.task}, {args.frames} frames; cache: detector every {args.every_n} frames")
+    figures = bench_iosp(args.task, args.instruction, frames=args.frames, every_n=args.every_n)
+    table = Table(title="IOSP latency per frame (all cameras), CPU")
+    for column in ("setting", "cache", "detect (ms)", "group (ms)", "select (ms)", "total median (ms)",
+                   "total mean (ms)", "frames/s"):
+        table.add_column(column, justify="right")
+    for f in figures:
+        table.add_row(f.setting, "on" if f.cached else "off", f"{f.stage_ms['detect']:.2f}", f"{f.stage_ms['group']:.2f}",
+                      f"{f.stage_ms['select']:.2f}", f"{f.total_ms:.2f}", f"{f.total_mean_ms:.2f}", f"{f.rate_hz:.0f}")
+    console.print(table)
+    console.print("goal: >= 15 frames/s camera -> tokens")
+    return 0
+
+
 def cmd_federation_credentials(args: argparse.Namespace) -> int:
     from fedvla.federation.report import generate_credentials
     from fedvla.federation.server import CLIENT_ID_PATTERN
@@ -293,6 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     fed_bench.add_argument("--repeats", type=int, default=3)
     fed_bench.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     fed_bench.set_defaults(func=cmd_bench_federation)
+    iosp_bench = bench.add_parser("iosp", help="IOSP latency per frame with the offline defaults")
+    iosp_bench.add_argument("--task", default="drawer-close-v3")
+    iosp_bench.add_argument("--instruction", default="push the drawer closed")
+    iosp_bench.add_argument("--frames", type=int, default=30)
+    iosp_bench.add_argument("--every-n", type=int, default=5, help="detector period with the cache on")
+    iosp_bench.set_defaults(func=cmd_bench_iosp)
     transfer = bench.add_parser("transfer", help="federation upload/fetch throughput over ROS 2 services vs TCP "
                                 "(options: those of federation_bench; --help lists them)", add_help=False)
     transfer.set_defaults(func=cmd_bench_transfer, passes_options=True)
