@@ -25,7 +25,7 @@ from fedvla.federation.setup import FederationClientSettings, build_client
 from fedvla.federation.wire import WireError
 from fedvla_interfaces.srv import (FederationFetch, FederationHeartbeat, FederationJoin, FederationStatus,
                                   FederationUpload)
-from fedvla_ros.fed_server import SERVICE_QOS
+from fedvla_ros.fed_server import OPTIONAL_REPLY_FIELDS, SERVICE_QOS
 from fedvla_ros.node_main import NodeExit, main_for
 from fedvla_ros.parameters import declare, declare_config
 
@@ -66,7 +66,7 @@ class RosServerApi:
     @staticmethod
     def _reply(response) -> Reply:
         reply = Reply(ok=response.ok, reason=response.reason, detail=response.detail, round=response.round)
-        for name in ("upload_id", "chunk_size", "num_chunks", "total_size", "sha256"):
+        for name in OPTIONAL_REPLY_FIELDS:
             if hasattr(response, name):
                 setattr(reply, name, getattr(response, name))
         if hasattr(response, "data"):

@@ -37,10 +37,15 @@ STATUS_EVERY_TICKS = 4
 SERVICE_QOS = QoSProfile(depth=64, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 
 
+# The :class:`Reply` fields some federation service responses carry (all carry ok, reason,
+# detail, round); fed_client reads them back with the same list.
+OPTIONAL_REPLY_FIELDS = ("upload_id", "chunk_size", "num_chunks", "total_size", "sha256")
+
+
 def _fill(response, reply: Reply):
     """Copy the fields a service response has from a core :class:`Reply`."""
     response.ok, response.reason, response.detail, response.round = reply.ok, reply.reason, reply.detail, reply.round
-    for name in ("upload_id", "chunk_size", "num_chunks", "total_size", "sha256"):
+    for name in OPTIONAL_REPLY_FIELDS:
         if hasattr(response, name):
             setattr(response, name, getattr(reply, name))
     return response

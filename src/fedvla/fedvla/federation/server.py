@@ -218,7 +218,9 @@ class FederationServer:
         self._broadcast = encode_trunk(trunk, self.spec, round_index, self.config.broadcast_dtype)
         self._broadcast_sha256 = sha256_hex(self._broadcast)
         # What clients receive (bf16/fp16 broadcasts round): int8_delta updates are changes from it.
-        self._broadcast_trunk = decode_trunk(self._broadcast, self.spec)[1]
+        # A float32 broadcast is the trunk itself: no need to decode what was just encoded.
+        self._broadcast_trunk = (trunk if self.config.broadcast_dtype is WireDtype.FLOAT32
+                                 else decode_trunk(self._broadcast, self.spec)[1])
 
     def _save_state(self) -> None:
         atomic_write_json(self.state_dir / "state.json", {
