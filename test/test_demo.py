@@ -17,7 +17,7 @@ pytestmark = pytest.mark.ros
 def test_demo_records_every_camera_topic_then_federates(tmp_path) -> None:
     fedvla_cli = Path(sys.prefix) / "bin" / "fedvla"
     run = tmp_path / "demo"
-    result = subprocess.run([str(fedvla_cli), "demo", "--duration", "10", "--rounds", "2", "--output", str(run)],
+    result = subprocess.run([str(fedvla_cli), "demo", "--duration", "20", "--rounds", "2", "--output", str(run)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "recorded" in result.stdout and "sim profile" in result.stdout
@@ -43,3 +43,9 @@ def test_demo_records_every_camera_topic_then_federates(tmp_path) -> None:
     _, _, image = next(iter(read_messages(output, [image_topic])))
     pixels = np.asarray(image.data, dtype=np.uint8).reshape(image.height, image.width, 3)
     assert pixels.shape == (128, 128, 3) and pixels.std() > 10
+    # The scene parser ran on all three cameras: the instruction's object is a target.
+    parses = [msg for _, _, msg in read_messages(output, [topics.node_topic(topics.SCENE_PARSER_NODE,
+                                                                             topics.PARSED_SCENE)])]
+    assert {p.camera_name for p in parses} == {"corner", "top", "shoulder"}
+    assert all(p.instruction == "lock the door" and "door lock" in p.target_names for p in parses)
+    assert "last scene parse per camera" in result.stdout

@@ -18,6 +18,7 @@ setup(
             "camera_node = fedvla_ros.camera_node:main",
             "bag_recorder = fedvla_ros.bag_recorder:main",
             "policy_node = fedvla_ros.policy_node:main",
+            "scene_parser = fedvla_ros.scene_parser:main",
             "fed_server = fedvla_ros.fed_server:main",
             "fed_client = fedvla_ros.fed_client:main",
             "federation_bench = fedvla_ros.federation_bench:main",

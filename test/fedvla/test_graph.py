@@ -10,6 +10,7 @@ from fedvla.camera import CameraConfig
 from fedvla.config import config_fields
 from fedvla.federation.setup import FederationClientSettings, FederationServerSettings
 from fedvla.graph import Graph, GraphError
+from fedvla.iosp.runtime import SceneParserRuntimeConfig
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config"
@@ -20,6 +21,7 @@ NODE_PARAMETERS = {
     "bag_recorder": set(config_fields(RecorderConfig)),
     "fed_server": set(config_fields(FederationServerSettings)),
     "fed_client": set(config_fields(FederationClientSettings)) | {"exit_when_finished", "service_timeout_s"},
+    "scene_parser": set(config_fields(SceneParserRuntimeConfig)),
 }
 
 
@@ -57,7 +59,9 @@ def _parameters_for(node, graph) -> dict:
 def test_parameter_files_match_the_core_configs(graph, profile, tmp_path) -> None:
     recording = tmp_path / "recording.db3"
     recording.write_bytes(b"")
-    for node in graph.resolve(profile, {"bag": str(recording)}):
+    overrides = {"bag": str(recording)} | ({"parse_scene": "true", "detector_weights": "yolov8n.yaml"}
+                                           if profile == "real_robot" else {})
+    for node in graph.resolve(profile, overrides):
         if node.spec.package != "fedvla_ros":
             continue
         params = _parameters_for(node, graph) | node.parameter_values
@@ -71,6 +75,27 @@ def test_parameter_files_match_the_core_configs(graph, profile, tmp_path) -> Non
             FederationServerSettings(**params)
         elif node.spec.executable == "fed_client":
             FederationClientSettings(**{k: v for k, v in params.items() if k in config_fields(FederationClientSettings)})
+        elif node.spec.executable == "scene_parser":
+            SceneParserRuntimeConfig(**params)
+
+
+def test_the_scene_parser_parses_every_camera_on_the_policys_patch_grid(graph) -> None:
+    from fedvla.model.config import PolicyConfig
+
+    for profile, overrides in (("sim", {}), ("real_robot", {"parse_scene": "true", "detector_weights": "yolov8n.yaml"}),
+                               ("real_robot", {"parse_scene": "true", "use_mock_hardware": "true"})):
+        nodes = graph.resolve(profile, overrides)
+        cameras = {n.spec.name for n in nodes if n.spec.executable == "camera_node"}
+        (parser,) = [n for n in nodes if n.spec.executable == "scene_parser"]
+        params = _parameters_for(parser, graph) | parser.parameter_values
+        assert set(params["cameras"]) == cameras, profile
+    sim = _parameters_for(next(n for n in graph.resolve("sim") if n.spec.executable == "scene_parser"), graph)
+    policy = PolicyConfig.from_yaml(CONFIG / "model" / "hpt_small.yaml", proprio_dim=4, action_dim=4)
+    assert set(sim["cameras"]) == set(policy.camera_names)
+    assert (sim["patch_rows"], sim["patch_cols"]) == policy.patch_grid
+    assert sim["tokens_per_group"] == policy.iosp_tokens_per_group
+    # The sim scene is door-lock-v3 (camera_sim.yaml): its instruction names the door lock.
+    assert {a.name: a for a in graph.profile("sim").arguments}["instruction"].default == "lock the door"
 
 
 def test_sim_profile_has_three_distinct_cameras(graph) -> None:

@@ -14,7 +14,7 @@ from fedvla.runner import ProfileRunner, RunnerError, find_executable, node_comm
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 
 
-@pytest.mark.parametrize("value", ["123456", "", "it's", "true", "1.5", True, False, 3, 2.5, "a b"])
+@pytest.mark.parametrize("value", ["123456", "", "it's", "true", "1.5", True, False, 3, 2.5, "a b", ["corner", "it's"], [1.5, 2.0], []])
 def test_parameter_literals_keep_their_type_through_yaml(value) -> None:
     # rcl parses `-p name:=value` with YAML: a serial number must stay a string.
     assert yaml.safe_load(parameter_literal(value)) == value

@@ -97,6 +97,7 @@ def test_ros2_launch_sim_is_seen_by_ros2_topic() -> None:
     try:
         expected = {topics.node_topic(c, rel) for c in ("/camera/corner", "/camera/top", "/camera/shoulder")
                     for rel in topics.CAMERA_TOPICS}
+        expected.add(topics.node_topic(topics.SCENE_PARSER_NODE, topics.PARSED_SCENE))
         deadline, listed = time.monotonic() + 60, set()
         while not expected <= listed and time.monotonic() < deadline:
             # --no-daemon: a test must not leave a ros2 daemon running behind it.
@@ -115,4 +116,7 @@ def test_ros2_launch_sim_is_seen_by_ros2_topic() -> None:
         os.killpg(launch.pid, signal.SIGINT)
         out, _ = launch.communicate(timeout=60)
     assert launch.returncode == 0, out
-    assert out.count("process has finished cleanly") == 3, out
+    from fedvla.graph import Graph, find_config_dir
+
+    started = len(Graph.load(find_config_dir()).resolve("sim"))  # cameras and the scene parser
+    assert started == 4 and out.count("process has finished cleanly") == started, out

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedvla import topics
-from fedvla.bag import BagError, BagSummary, summarize_bag
+from fedvla.bag import BagError, BagSummary, read_messages, summarize_bag
 from fedvla.config import ConfigError
 from fedvla.graph import Graph, find_config_dir
 from fedvla.runner import ProfileRunner, RunnerError
@@ -102,9 +102,38 @@ def print_bag_summary(summary: BagSummary) -> None:
 
 
 def expected_demo_topics(graph: Graph) -> list[str]:
-    """Camera topics of the sim profile's camera nodes (what the demo must have recorded)."""
-    return [topics.node_topic(n.spec.fully_qualified_name, rel)
-            for n in graph.resolve("sim") if n.spec.executable == "camera_node" for rel in topics.CAMERA_TOPICS]
+    """Camera topics of the sim profile's camera nodes and the scene parse (what the demo must have
+    recorded)."""
+    nodes = graph.resolve("sim")
+    cameras = [topics.node_topic(n.spec.fully_qualified_name, rel)
+               for n in nodes if n.spec.executable == "camera_node" for rel in topics.CAMERA_TOPICS]
+    parses = [topics.node_topic(n.spec.fully_qualified_name, topics.PARSED_SCENE)
+              for n in nodes if n.spec.executable == "scene_parser"]
+    return cameras + parses
+
+
+def print_scene_parses(bag: Path) -> None:
+    """The last recorded scene parse of each camera: instruction, targets, objects by group."""
+    from fedvla.iosp.types import ObjectGroup
+
+    parse_topic = topics.node_topic(topics.SCENE_PARSER_NODE, topics.PARSED_SCENE)
+    last = {msg.camera_name: msg for _, _, msg in read_messages(bag, [parse_topic])}
+    if not last:
+        return
+    table = Table(title=f"last scene parse per camera ({parse_topic})")
+    table.add_column("camera")
+    table.add_column("instruction")
+    for group in ObjectGroup:
+        table.add_column(f"{group.name.lower()} (tokens)")
+    for camera, msg in sorted(last.items()):
+        k = msg.tokens_per_group
+        cells = []
+        for group in ObjectGroup:
+            names = sorted({o.class_name for o in msg.objects if o.group == group})
+            tokens = sum(1 for i in msg.group_token_indices[group * k:(group + 1) * k] if i >= 0)
+            cells.append(f"{', '.join(names) or '-'} ({tokens})")
+        table.add_row(camera, msg.instruction, *cells)
+    console.print(table)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -122,6 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if missing:
         console.print(f"[red]no messages on {', '.join(missing)}")
         return 1
+    print_scene_parses(bag)
     console.print(f"[green]recorded {sum(recorded.values())} messages on {len(recorded)} topics: {bag}")
     if args.rounds == 0:
         return 0

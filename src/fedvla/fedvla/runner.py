@@ -53,6 +53,8 @@ def parameter_literal(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(parameter_literal(v) for v in value) + "]"
     return "'" + str(value).replace("'", "''") + "'"
 
 

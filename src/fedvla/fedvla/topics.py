@@ -10,6 +10,10 @@ COLOR_INFO = "color/camera_info"
 ALIGNED_DEPTH_IMAGE = "aligned_depth_to_color/image_raw"
 ALIGNED_DEPTH_INFO = "aligned_depth_to_color/camera_info"
 CAMERA_TOPICS = (COLOR_IMAGE, COLOR_INFO, ALIGNED_DEPTH_IMAGE, ALIGNED_DEPTH_INFO)
+# Simulated cameras with enable_segmentation: object label per pixel (16UC1, 0 = none, v = object
+# v - 1) and the label table (fedvla_interfaces/ObjectLabels, latched).
+SEGMENTATION_IMAGE = "segmentation/image_raw"
+SEGMENTATION_LABELS = "segmentation/labels"
 
 
 def private_topic(relative: str) -> str:
@@ -21,14 +25,22 @@ def node_topic(node_fqn: str, relative: str) -> str:
     """Absolute topic of a node's private topic: ``/camera/corner`` + ``color/image_raw``."""
     return f"{node_fqn.rstrip('/')}/{relative}"
 
-# Robot state (UR driver convention) and the policy node's own topics (relative to the node).
+# Robot state (UR driver convention); the task instruction (std_msgs/String), one for the
+# robot, read by the scene parser and the policy; the policy node's own topics (relative).
 JOINT_STATES = "/joint_states"
-INSTRUCTION = "instruction"
+INSTRUCTION = "/instruction"
 ACTION_CHUNK = "action_chunk"
 EXPERT_ACTIVATION = "expert_activation"
-# The scene parser (IOSP) publishes one ParsedScene per camera frame on its ~/parsed_scene.
+# The scene parser (IOSP) publishes one ParsedScene per camera frame on its ~/parsed_scene, the
+# boxes as RViz markers on ~/markers, and an annotated image per camera.
 SCENE_PARSER_NODE = "/scene_parser"
 PARSED_SCENE = "parsed_scene"
+SCENE_MARKERS = "markers"
+
+
+def annotated_image_topic(camera: str) -> str:
+    """The scene parser's annotated image of one camera (relative to the node)."""
+    return f"{camera}/annotated_image"
 
 # Federation (absolute: one server per ROS domain, clients in any namespace reach it).
 FEDERATION_JOIN = "/federation/join"

@@ -1,8 +1,10 @@
 """Camera node: a RealSense device, a RealSense recording or a simulated camera, published
 on realsense-ros topic names (``~/color/image_raw``, ``~/color/camera_info``,
 ``~/aligned_depth_to_color/image_raw``, ``~/aligned_depth_to_color/camera_info``) with
-sensor-data QoS. Parameters: the fields of :class:`fedvla.camera.CameraConfig`, plus
-``optical_frame_id``.
+sensor-data QoS. A simulated camera with ``enable_segmentation`` also publishes the object label
+of every pixel on ``~/segmentation/image_raw`` (16UC1, same stamp as the colour image) and its
+label table on ``~/segmentation/labels`` (latched), what the scene parser's sim detector reads.
+Parameters: the fields of :class:`fedvla.camera.CameraConfig`, plus ``optical_frame_id``.
 """
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from fedvla import topics
 from fedvla.camera import CameraConfig, CameraError, EndOfRecording, make_camera
-from fedvla_ros.conversions import frame_messages
+from fedvla_interfaces.msg import ObjectLabels
+from fedvla_ros.conversions import frame_messages, label_image_msg, object_labels_msg
 from fedvla_ros.node_main import StartupError, main_for
 from fedvla_ros.parameters import declare, declare_config
+from fedvla_ros.qos import LATCHED_QOS
 
 
 class CameraNode(Node):
@@ -33,6 +37,11 @@ class CameraNode(Node):
             self._depth_pub = self.create_publisher(Image, topics.private_topic(topics.ALIGNED_DEPTH_IMAGE), qos)
             self._depth_info_pub = self.create_publisher(
                 CameraInfo, topics.private_topic(topics.ALIGNED_DEPTH_INFO), qos)
+        self._labels_pub = self._labels_table_pub = None
+        if self.config.enable_segmentation:
+            self._labels_pub = self.create_publisher(Image, topics.private_topic(topics.SEGMENTATION_IMAGE), qos)
+            self._labels_table_pub = self.create_publisher(
+                ObjectLabels, topics.private_topic(topics.SEGMENTATION_LABELS), LATCHED_QOS)
         self.camera = make_camera(self.config)
         self.frames_published = 0
         self._stop = threading.Event()
@@ -62,6 +71,9 @@ class CameraNode(Node):
             return
         finally:
             self._connected.set()
+        if self._labels_table_pub is not None:
+            self._labels_table_pub.publish(object_labels_msg(self.camera.objects, self.get_clock().now().to_msg(),
+                                                             self.frame_id))
         try:
             self._capture_loop()
         except Exception as err:  # a dead capture thread must not leave a silent node behind
@@ -90,6 +102,8 @@ class CameraNode(Node):
             if depth is not None and self._depth_pub is not None:
                 self._depth_pub.publish(depth)
                 self._depth_info_pub.publish(info)
+            if frame.labels is not None and self._labels_pub is not None:
+                self._labels_pub.publish(label_image_msg(frame.labels, stamp, self.frame_id))
             self.frames_published += 1
 
     def destroy_node(self) -> None:

@@ -1,7 +1,7 @@
 """Policy node: camera images + joint states + instruction in, action chunks out.
 
 Subscribes to ``/camera/<name>/color/image_raw`` for every camera the checkpoint was trained
-with, ``/joint_states`` and ``~/instruction`` (std_msgs/String; the ``instruction`` parameter
+with, ``/joint_states`` and ``/instruction`` (std_msgs/String; the ``instruction`` parameter
 is the initial one). On a timer at ``rate_hz`` it runs the policy on the newest inputs (none
 older than ``max_input_age_s``) and publishes ``~/action_chunk`` (fedvla_interfaces/ActionChunk)
 and ``~/expert_activation`` (per-layer expert token counts of that step). A checkpoint trained
@@ -43,7 +43,7 @@ class PolicyNode(Node):
             topic = topics.node_topic(f"/camera/{name}", topics.COLOR_IMAGE)
             self.create_subscription(Image, topic, lambda msg, n=name: self._on_image(n, msg), qos_profile_sensor_data)
         self.create_subscription(JointState, topics.JOINT_STATES, self._on_joints, qos_profile_sensor_data)
-        self.create_subscription(String, topics.private_topic(topics.INSTRUCTION), self._on_instruction, 10)
+        self.create_subscription(String, topics.INSTRUCTION, self._on_instruction, 10)
         self._scenes: dict[str, tuple[ParsedScene, float]] = {}
         if self.runtime.uses_iosp:
             # IOSP runs in the scene_parser node (one parse shared by the policy, RViz and bags).

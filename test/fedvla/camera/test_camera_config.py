@@ -16,6 +16,8 @@ from fedvla.config import ConfigError, from_mapping
         ({"backend": "realsense_bag", "bag_path": ""},
          "bag_path: is empty but backend is realsense_bag (allowed: path of an existing .bag or .db3 RealSense recording)"),
         ({"fps_hz": 3}, "fps_hz: unknown setting"),
+        ({"backend": "realsense", "enable_segmentation": True},
+         "enable_segmentation: the realsense backend cannot label objects (allowed: true only with backend sim)"),
     ],
 )
 def test_invalid_settings_are_one_clear_line(values, message) -> None:

@@ -88,3 +88,28 @@ def test_a_process_can_render_then_train() -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "trained after rendering" in result.stdout
+
+
+def test_segmentation_labels_every_pixel_like_the_oracle_detector() -> None:
+    from fedvla.iosp.sim_detector import SimSegmentationDetector
+    from fedvla.iosp.types import detections_from_labels
+    from fedvla.sim.metaworld_scene import make_metaworld_env
+
+    config = sim_config(sim_task="door-lock-v3", sim_camera="corner", width=128, height=128, sim_seed=4,
+                        enable_segmentation=True)
+    with make_camera(config) as camera:
+        frame = camera.read()
+        objects = camera.objects
+    assert frame.labels.shape == (128, 128) and frame.labels.dtype == np.int32
+    assert {"door lock", "door", "table"} <= {o.name for o in objects}
+    # The same scene (task and seed) seen by the oracle detector gives the same objects and masks.
+    env = make_metaworld_env("door-lock-v3", 4)
+    with SimSegmentationDetector.for_env(env, 128, 128) as oracle:
+        expected = oracle.detect(oracle.camera("corner"))
+    env.close()
+    found = detections_from_labels(frame.labels, objects)
+    assert [(d.name, d.box) for d in found] == [(d.name, d.box) for d in expected]
+    for mine, theirs in zip(found, expected):
+        np.testing.assert_array_equal(mine.mask, theirs.mask)
+    with make_camera(sim_config()) as plain:
+        assert plain.read().labels is None and plain.objects == ()

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fedvla.config import ConfigError, parse_enum, require, require_positive
+from fedvla.iosp.types import ObjectLabel
 
 
 class CameraBackend(str, enum.Enum):
@@ -45,6 +46,9 @@ class CameraConfig:
     height: int = 480
     fps: float = 30.0
     enable_depth: bool = True
+    # sim: also label every pixel with the scene object it shows (the simulator's segmentation),
+    # what the scene parser's "sim" detector reads.
+    enable_segmentation: bool = False
     # realsense: serial number of the device; empty picks the only connected device.
     serial: str = ""
     # realsense_bag: path of the recording.
@@ -74,6 +78,8 @@ class CameraConfig:
                     f"{self.bag_path!r} is not a RealSense recording", "a .bag or .db3 file")
             require(path.is_file(), "bag_path", f"file {self.bag_path!r} does not exist",
                     "path of an existing .bag or .db3 RealSense recording")
+        require(not self.enable_segmentation or self.backend is CameraBackend.SIM, "enable_segmentation",
+                f"the {self.backend.value} backend cannot label objects", "true only with backend sim")
         if self.backend is CameraBackend.SIM:
             require(bool(self.sim_task), "sim_task", "is empty", "a Meta-World v3 task name")
             require(bool(self.sim_camera), "sim_camera", "is empty", "a camera of the scene")
@@ -107,6 +113,8 @@ class Frame:
     frame_number: int
     depth: np.ndarray | None = None  # (H, W) uint16
     depth_scale_m: float = 0.001
+    # (H, W) int32 index into the camera's ``objects`` per pixel, -1 for none (sim segmentation).
+    labels: np.ndarray | None = None
 
 
 class Camera(abc.ABC):
@@ -114,6 +122,8 @@ class Camera(abc.ABC):
 
     def __init__(self, config: CameraConfig) -> None:
         self.config = config
+        # The label table of ``Frame.labels`` (backends that segment; set on connect).
+        self.objects: tuple[ObjectLabel, ...] = ()
 
     @abc.abstractmethod
     def connect(self) -> None: ...

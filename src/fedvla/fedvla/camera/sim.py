@@ -3,7 +3,9 @@
 The camera renders the scene's current state at the configured rate. It owns a copy of the
 scene built from ``sim_task`` and ``sim_seed`` (the seeded initial layout); a simulator that
 steps the world elsewhere can push its joint state with :meth:`SimCamera.set_state`, the way
-a real camera observes a world it does not own.
+a real camera observes a world it does not own. With ``enable_segmentation`` each frame also
+carries the object label of every pixel (MuJoCo's segmentation render, named by
+:mod:`fedvla.iosp.sim_detector`'s rules), as simulators' segmentation cameras publish it.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import time
 import numpy as np
 
 from fedvla.camera.base import Camera, CameraBackend, CameraConfig, CameraError, Frame, Intrinsics, register_camera
+from fedvla.iosp.sim_detector import SimSegmentationDetector
+from fedvla.iosp.types import ObjectLabel
 from fedvla.sim.metaworld_scene import CameraModel, SceneError, SceneRenderer, make_metaworld_env
 
 # Depth beyond this is reported as 0 ("no data"), as a RealSense does past its range.
@@ -24,6 +28,7 @@ class SimCamera(Camera):
         super().__init__(config)
         self._env = None
         self._renderer: SceneRenderer | None = None
+        self._labeler: SimSegmentationDetector | None = None
         self._camera: CameraModel | None = None
         self._frame_number = 0
         self._next_deadline_s = 0.0
@@ -40,6 +45,9 @@ class SimCamera(Camera):
             self._env = make_metaworld_env(cfg.sim_task, cfg.sim_seed)
             self._renderer = SceneRenderer(self._env.unwrapped.model, self._env.unwrapped.data, cfg.width, cfg.height)
             self._camera = self._renderer.camera(cfg.sim_camera)
+            if cfg.enable_segmentation:
+                self._labeler = SimSegmentationDetector(self._env.unwrapped.model, self._renderer, task=cfg.sim_task)
+                self.objects = tuple(ObjectLabel(o.name, o.foreground) for o in self._labeler.objects)
         except SceneError as err:
             self.disconnect()  # release the GL context and the scene of a half-made camera
             raise CameraError(str(err)) from err
@@ -80,8 +88,12 @@ class SimCamera(Camera):
             depth_m = self._renderer.render(self._camera, depth=True)
             depth_m = np.where(depth_m < MAX_DEPTH_M, depth_m, 0.0)
             depth = np.round(depth_m / 0.001).astype(np.uint16)
+        labels = None
+        if self._labeler is not None:
+            segmentation = self._renderer.render(self._camera, segmentation=True)
+            labels = self._labeler.label_image(segmentation, self._camera).astype(np.int32)
         frame = Frame(rgb=rgb, intrinsics=self.intrinsics, stamp_s=self._frame_number * period_s,
-                      frame_number=self._frame_number, depth=depth, depth_scale_m=0.001)
+                      frame_number=self._frame_number, depth=depth, depth_scale_m=0.001, labels=labels)
         self._frame_number += 1
         return frame
 
@@ -90,4 +102,5 @@ class SimCamera(Camera):
             self._renderer.close()
         if self._env is not None:
             self._env.close()
-        self._env = self._renderer = self._camera = None
+        self._env = self._renderer = self._camera = self._labeler = None
+        self.objects = ()

@@ -23,7 +23,7 @@ import numpy as np
 from fedvla.config import ConfigError, require
 from fedvla.iosp.targets import TargetConfig, TargetExtractor, TargetMatch
 from fedvla.iosp.tokens import (NUM_GROUPS, SelectedTokens, SelectionRule, TokenSelectionConfig, group_detections,
-                                select_by_overlap, select_by_similarity)
+                                select_by_overlap, select_by_similarity, tokens_on_objects)
 from fedvla.iosp.tracking import CachedDetector
 from fedvla.iosp.types import Detection, ObjectGroup
 
@@ -55,6 +55,16 @@ class CameraParse:
     selection: SelectedTokens
     grid: tuple[int, int]
     timings_ms: dict[str, float]
+    object_tokens: list[np.ndarray] = dataclasses.field(default_factory=list)  # per detection (tokens_on_objects)
+    image_hw: tuple[int, int] = (0, 0)
+
+    def group_names(self, group: ObjectGroup) -> list[str]:
+        return group_names(self.detections, self.groups, group)
+
+
+def group_names(detections: list[Detection], groups: list[ObjectGroup], group: ObjectGroup) -> list[str]:
+    """The distinct object names in one group, sorted."""
+    return sorted({d.name for d, g in zip(detections, groups) if g is group})
 
 
 def empty_selection(k: int) -> SelectedTokens:
@@ -107,14 +117,16 @@ class SceneParser:
             selection, grid = self._select_by_clip(image, detections, groups)
         else:
             selection = select_by_overlap(detections, groups, image.shape[:2], grid, config)
+        object_tokens = tokens_on_objects(detections, groups, selection, image.shape[:2], grid)
         timings["select"] = (time.perf_counter() - start) * 1e3
-        return CameraParse(camera, instruction, detections, groups, targets, selection, grid, timings)
+        return CameraParse(camera, instruction, detections, groups, targets, selection, grid, timings, object_tokens,
+                           image.shape[:2])
 
     def _select_by_clip(self, image: np.ndarray, detections: list[Detection],
                         groups: list[ObjectGroup]) -> tuple[SelectedTokens, tuple[int, int]]:
         patches, grid = self.clip.encode_patches(image)
         texts = []
         for group in ObjectGroup:
-            names = sorted({d.name for d, g in zip(detections, groups) if g is group})
+            names = group_names(detections, groups, group)
             texts.append(self.clip.encode_text(names).mean(axis=0) if names else None)
         return select_by_similarity(patches, texts, self.config), grid

@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from fedvla.iosp.types import Detection
+from fedvla.iosp.types import Detection, ObjectLabel, detections_from_labels
 from fedvla.sim.metaworld_scene import CameraModel, SceneError, SceneRenderer, meta_world_task_names
 
 
@@ -137,11 +137,9 @@ def scene_naming(task: str | None) -> SceneNaming:
 
 
 @dataclasses.dataclass(frozen=True)
-class SceneObject:
+class SceneObject(ObjectLabel):
     """One named object of the scene: the MuJoCo geoms and sites drawn as part of it."""
 
-    name: str
-    foreground: bool
     geom_ids: tuple[int, ...]
     site_ids: tuple[int, ...]
 
@@ -284,16 +282,7 @@ class SimSegmentationDetector:
         return labels
 
     def detections_from_labels(self, labels: np.ndarray) -> list[Detection]:
-        counts = np.bincount(labels.ravel() + 1, minlength=len(self.objects) + 1)[1:]
-        detections = []
-        for index in np.flatnonzero(counts >= self.min_pixels):
-            mask = labels == index
-            rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-            scene_object = self.objects[index]
-            detections.append(Detection(
-                name=scene_object.name, box=(float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)),
-                score=1.0, mask=mask, foreground=scene_object.foreground, track_id=int(index)))
-        return detections
+        return detections_from_labels(labels, self.objects, self.min_pixels)
 
     def project(self, points_world: np.ndarray, camera: CameraModel) -> tuple[np.ndarray, np.ndarray]:
         """(N, 2) pixel coordinates (column, row; pixel centres at integers) of world points in the

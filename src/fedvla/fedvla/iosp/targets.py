@@ -415,7 +415,7 @@ class TargetExtractor:
         """(len(texts), D) unit vectors, cached per text; the missing ones encoded in one batch."""
         missing = list(dict.fromkeys(t for t in texts if t not in self._embeddings))
         if missing:
-            vectors = self.encoder.model.encode(missing, normalize_embeddings=True)
+            vectors = self.encoder.model.encode(missing, normalize_embeddings=True, show_progress_bar=False)
             for text, vector in zip(missing, vectors):
                 self._embeddings[text] = np.asarray(vector, dtype=np.float32)
         for text in texts:

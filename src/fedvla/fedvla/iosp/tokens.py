@@ -106,10 +106,7 @@ def patch_coverage(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     Patch edges follow ``linspace`` over the image, so sizes that do not divide evenly still
     cover every pixel exactly once.
     """
-    rows, cols = grid
-    height, width = mask.shape
-    y_edges = np.linspace(0, height, rows + 1).round().astype(int)
-    x_edges = np.linspace(0, width, cols + 1).round().astype(int)
+    y_edges, x_edges = patch_edges(mask.shape, grid)
     # Sum of mask pixels per patch from the integral image: O(H·W) once, O(1) per patch.
     integral = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     y0, y1 = y_edges[:-1, None], y_edges[1:, None]
@@ -117,6 +114,30 @@ def patch_coverage(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     covered = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
     area = (y1 - y0) * (x1 - x0)
     return (covered / np.maximum(area, 1)).reshape(-1).astype(np.float32)
+
+
+def patch_edges(image_hw: tuple[int, int], grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel edges of a ``grid`` over an image: rows + 1 y edges, cols + 1 x edges (``linspace``, so
+    sizes that do not divide evenly still cover every pixel exactly once)."""
+    (height, width), (rows, cols) = image_hw, grid
+    return (np.linspace(0, height, rows + 1).round().astype(int), np.linspace(0, width, cols + 1).round().astype(int))
+
+
+def tokens_on_objects(detections: Sequence[Detection], groups: Sequence[ObjectGroup], selection: SelectedTokens,
+                      image_hw: tuple[int, int], grid: tuple[int, int]) -> list[np.ndarray]:
+    """Per detection, the selected tokens of its group whose patch the object covers (any pixel of
+    its mask, or of its box without one): which object each token of a parse lies on."""
+    height, width = image_hw
+    y_edges, x_edges = patch_edges(image_hw, grid)
+    cols = grid[1]
+    out = []
+    for detection, group in zip(detections, groups):
+        mask = object_mask(detection, height, width)
+        chosen = selection.indices[group][selection.valid[group]]
+        on = [int(i) for i in chosen
+              if mask[y_edges[i // cols]:y_edges[i // cols + 1], x_edges[i % cols]:x_edges[i % cols + 1]].any()]
+        out.append(np.array(on, dtype=np.int64))
+    return out
 
 
 def _top_k(scores: np.ndarray, k: int, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

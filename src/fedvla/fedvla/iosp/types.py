@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -29,3 +30,33 @@ class Detection:
     def box_area(self) -> float:
         x0, y0, x1, y1 = self.box
         return max(0.0, x1 - x0) * max(0.0, y1 - y0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectLabel:
+    """One entry of a segmentation label table: pixels labelled ``i`` show object ``i``."""
+
+    name: str
+    foreground: bool  # False for static scene elements
+
+
+def detections_from_labels(labels: np.ndarray, objects: Sequence[ObjectLabel],
+                           min_pixels: int = 4) -> list[Detection]:
+    """One detection per object with at least ``min_pixels`` pixels in a (H, W) label image
+    (object index per pixel, -1 for none): its mask, the mask's extent as box, score 1.0 and the
+    object index as ``track_id`` (a simulator knows identities: no tracker needed)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"a label image is (H, W), got shape {labels.shape}")
+    if labels.size and int(labels.max()) >= len(objects):
+        raise ValueError(f"label {int(labels.max())} has no entry in a table of {len(objects)} objects")
+    counts = np.bincount(labels.ravel().astype(np.int64) + 1, minlength=len(objects) + 1)[1:]
+    detections = []
+    for index in np.flatnonzero(counts >= min_pixels):
+        mask = labels == index
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        obj = objects[index]
+        detections.append(Detection(
+            name=obj.name, box=(float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)),
+            score=1.0, mask=mask, foreground=obj.foreground, track_id=int(index)))
+    return detections

@@ -22,7 +22,7 @@ class PolicyRuntimeConfig:
 
     checkpoint_path: str = ""
     rate_hz: float = 10.0
-    instruction: str = ""  # initial instruction; the node's ~/instruction topic replaces it
+    instruction: str = ""  # initial instruction; the /instruction topic replaces it
     proprio_joint_names: tuple[str, ...] = ()  # JointState names in proprio order; empty: the first ones
     max_input_age_s: float = 0.5  # older camera/proprio inputs are stale: no step
     expected_action_dim: int = 0  # 0: whatever the checkpoint predicts

@@ -1,0 +1,149 @@
+"""Scene parser node (IOSP, FedVLA §3.1): camera images + instruction in, parsed scenes out.
+
+Subscribes, for every camera in ``cameras``, to ``/camera/<name>/color/image_raw`` and
+``color/camera_info`` (and, with the ``sim`` detector, the camera's ``segmentation/image_raw``
+and latched ``segmentation/labels``), and to ``/instruction`` (std_msgs/String; the
+``instruction`` parameter is the initial one). On a timer at ``rate_hz`` it parses each camera's
+newest unparsed frame (a sim frame once its label image with the same stamp has arrived) and
+publishes:
+
+* ``~/parsed_scene`` (fedvla_interfaces/ParsedScene): one per camera frame, stamped and framed
+  like the image; what an IOSP policy consumes;
+* ``~/markers`` (visualization_msgs/MarkerArray): each object's box and name in the camera's
+  optical frame, on the plane ``marker_depth_m`` ahead, coloured by group (target red,
+  surrounding amber, background blue);
+* ``~/<camera>/annotated_image`` (sensor_msgs/Image): the image with boxes and the selected patch
+  tokens tinted by group; rendered only while someone subscribes.
+
+Parameters: the fields of :class:`fedvla.iosp.runtime.SceneParserRuntimeConfig`.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import String
+from visualization_msgs.msg import MarkerArray
+
+from fedvla import topics
+from fedvla.iosp.runtime import SceneParserRuntime, SceneParserRuntimeConfig
+from fedvla.iosp.visualize import annotate
+from fedvla_interfaces.msg import ObjectLabels, ParsedScene
+from fedvla_ros.conversions import (image_msg, image_to_array, labels_from_msg, objects_from_msg, parsed_scene_msg,
+                                    scene_markers)
+from fedvla_ros.node_main import main_for
+from fedvla_ros.parameters import declare_config
+from fedvla_ros.qos import LATCHED_QOS
+
+LABEL_IMAGES_KEPT = 8  # per camera, by stamp: a label image may arrive a few frames before its colour image
+MISSING_LABELS_WARN_S = 2.0
+
+
+def _stamp_key(msg) -> tuple[int, int]:
+    return msg.header.stamp.sec, msg.header.stamp.nanosec
+
+
+class SceneParserNode(Node):
+    def __init__(self) -> None:
+        super().__init__("scene_parser")
+        self.config = declare_config(self, SceneParserRuntimeConfig)
+        self.runtime = SceneParserRuntime(self.config)
+        self.instruction = self.config.instruction
+        self._images: dict[str, Image] = {}
+        self._received_s: dict[str, float] = {}
+        self._camera_matrix: dict[str, np.ndarray] = {}
+        self._label_images: dict[str, OrderedDict[tuple[int, int], Image]] = {c: OrderedDict() for c in self.config.cameras}
+        self._marker_counts: dict[str, int] = dict.fromkeys(self.config.cameras, 0)
+        self._annotated_pubs = {}
+        for camera in self.config.cameras:
+            node = f"/camera/{camera}"
+            self.create_subscription(Image, topics.node_topic(node, topics.COLOR_IMAGE),
+                                     lambda msg, c=camera: self._on_image(c, msg), qos_profile_sensor_data)
+            self.create_subscription(CameraInfo, topics.node_topic(node, topics.COLOR_INFO),
+                                     lambda msg, c=camera: self._on_info(c, msg), qos_profile_sensor_data)
+            if self.runtime.needs_labels:
+                self.create_subscription(Image, topics.node_topic(node, topics.SEGMENTATION_IMAGE),
+                                         lambda msg, c=camera: self._on_label_image(c, msg), qos_profile_sensor_data)
+                self.create_subscription(ObjectLabels, topics.node_topic(node, topics.SEGMENTATION_LABELS),
+                                         lambda msg, c=camera: self._on_label_table(c, msg), LATCHED_QOS)
+            self._annotated_pubs[camera] = self.create_publisher(
+                Image, topics.private_topic(topics.annotated_image_topic(camera)), qos_profile_sensor_data)
+        self.create_subscription(String, topics.INSTRUCTION, self._on_instruction, 10)
+        self._scene_pub = self.create_publisher(ParsedScene, topics.private_topic(topics.PARSED_SCENE), 10)
+        self._marker_pub = self.create_publisher(MarkerArray, topics.private_topic(topics.SCENE_MARKERS), 10)
+        self.create_timer(1.0 / self.config.rate_hz, self._parse_new_frames)
+        self.get_logger().info(
+            f"parsing {list(self.config.cameras)} at up to {self.config.rate_hz:g} Hz with the {self.config.detector.value} "
+            f"detector, {self.config.selection_rule.value} token selection ({self.config.tokens_per_group} per group on "
+            f"{self.config.patch_rows}x{self.config.patch_cols}), instruction {self.instruction!r}")
+
+    def _now_s(self) -> float:
+        return self.get_clock().now().nanoseconds / 1e9
+
+    def _on_image(self, camera: str, msg: Image) -> None:
+        self._images[camera] = msg
+        self._received_s[camera] = self._now_s()
+
+    def _on_info(self, camera: str, msg: CameraInfo) -> None:
+        self._camera_matrix[camera] = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+
+    def _on_label_image(self, camera: str, msg: Image) -> None:
+        kept = self._label_images[camera]
+        kept[_stamp_key(msg)] = msg
+        while len(kept) > LABEL_IMAGES_KEPT:
+            kept.popitem(last=False)
+
+    def _on_label_table(self, camera: str, msg: ObjectLabels) -> None:
+        try:
+            self.runtime.set_objects(camera, objects_from_msg(msg))
+        except ValueError as err:
+            self.get_logger().error(f"{camera}: bad label table: {err}")
+
+    def _on_instruction(self, msg: String) -> None:
+        if msg.data != self.instruction:
+            self.get_logger().info(f"instruction: {msg.data!r}")
+        self.instruction = msg.data
+
+    def _parse_new_frames(self) -> None:
+        for camera in self.config.cameras:
+            msg = self._images.get(camera)
+            if msg is None:
+                continue
+            labels = None
+            if self.runtime.needs_labels:
+                label_msg = self._label_images[camera].get(_stamp_key(msg))
+                if label_msg is None or not self.runtime.has_objects(camera):
+                    if self._now_s() - self._received_s[camera] > MISSING_LABELS_WARN_S:
+                        self.get_logger().warn(
+                            f"{camera}: no segmentation labels for its frames: start its camera node with "
+                            "enable_segmentation:=true (sim backend), or use detector:=yolo",
+                            throttle_duration_sec=10.0)
+                    continue
+                labels = labels_from_msg(label_msg)
+            del self._images[camera]
+            self._publish(camera, msg, labels)
+
+    def _publish(self, camera: str, msg: Image, labels: np.ndarray | None) -> None:
+        try:
+            image = image_to_array(msg)
+        except ValueError as err:
+            self.get_logger().warn(f"{camera}: {err}", throttle_duration_sec=10.0)
+            image = np.zeros((0, 0, 3), np.uint8)  # the parser's defined output for a malformed image
+        parse = self.runtime.parse(camera, image, self.instruction, labels)
+        self._scene_pub.publish(parsed_scene_msg(parse, msg.header, self.config.selection_rule.value))
+        matrix = self._camera_matrix.get(camera)
+        if matrix is not None:
+            markers = scene_markers(parse, msg.header, matrix, self.config.marker_depth_m, self._marker_counts[camera],
+                                    lifetime_s=max(1.0, 3.0 / self.config.rate_hz))
+            self._marker_counts[camera] = len(parse.detections)
+            if markers:
+                self._marker_pub.publish(MarkerArray(markers=markers))
+        publisher = self._annotated_pubs[camera]
+        if publisher.get_subscription_count() and image.size:
+            publisher.publish(image_msg(annotate(image, parse), "rgb8", msg.header.stamp, msg.header.frame_id))
+
+
+main = main_for(SceneParserNode, "scene_parser")
