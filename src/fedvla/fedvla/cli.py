@@ -9,6 +9,7 @@
     fedvla bench federation                  EDA aggregation time, bytes uploaded per round
     fedvla bench transfer                    federation throughput over ROS 2 services vs TCP
     fedvla bench iosp                        scene-parsing latency per frame (offline defaults)
+    fedvla bench ik                          IK time per solve (tracking) and convergence from home
     fedvla federation credentials ID ...     a credentials file with fresh secrets
     fedvla federation report DIR             the round table of a federation directory
 """
@@ -277,6 +278,25 @@ def cmd_bench_iosp(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_ik(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from fedvla.robot.bench import bench_ik
+
+    console.print(f"IK on the UR3 (urdf/ur3_gripper.urdf, tool frame tcp): {args.tracking_steps} tracking solves "
+                  f"({args.step:g} rad steps), {args.targets} random reachable targets from home")
+    figures = bench_ik(targets=args.targets, tracking_steps=args.tracking_steps, step_rad=args.step)
+    table = Table(title="damped least squares IK with posture prior (one CPU thread)")
+    for column in ("setting", "converged", "median (ms)", "p90 (ms)", "max (ms)", "median iterations"):
+        table.add_column(column, justify="right")
+    for f in figures:
+        table.add_row(f.setting, f"{f.converged}/{f.solves} ({100 * f.rate:.1f} %)", f"{f.percentile_ms(50):.3f}",
+                      f"{f.percentile_ms(90):.3f}", f"{max(f.milliseconds):.3f}", f"{np.median(f.iterations):.0f}")
+    console.print(table)
+    console.print("goals: median <= 1 ms when tracking; >= 99 % converged from home")
+    return 0
+
+
 def cmd_federation_credentials(args: argparse.Namespace) -> int:
     from fedvla.federation.report import generate_credentials
     from fedvla.federation.server import CLIENT_ID_PATTERN
@@ -327,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
                               help="epochs of DGMoE training on the synthetic task before timing (0: untrained)")
     policy_bench.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     policy_bench.set_defaults(func=cmd_bench_policy)
+    ik_bench = bench.add_parser("ik", help="IK time per solve while tracking, convergence from home")
+    ik_bench.add_argument("--targets", type=int, default=500)
+    ik_bench.add_argument("--tracking-steps", type=int, default=2000)
+    ik_bench.add_argument("--step", type=float, default=0.01, help="joint-space step between tracking targets (rad)")
+    ik_bench.set_defaults(func=cmd_bench_ik)
     federation = sub.add_parser("federation", help="federation tools").add_subparsers(
         dest="federation_command", required=True)
     credentials = federation.add_parser("credentials", help="print a credentials file with fresh secrets")

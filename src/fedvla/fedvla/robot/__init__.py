@@ -1,0 +1,1 @@
+"""The robot runtime: UR3 kinematics (Pinocchio), IK, object-centric retargeting, safety, arm backends."""
