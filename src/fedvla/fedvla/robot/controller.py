@@ -1,0 +1,247 @@
+"""The arm runtime: action chunks in, safe servo setpoints out, one :meth:`ArmController.step`
+per controller period (time is passed in, so tests run it on simulated time).
+
+* An action chunk (the first ``execute_steps`` actions of the policy's chunk, one every
+  ``step_period_s``) becomes joint waypoints: each action is retargeted from the previous
+  waypoint's tool pose (:mod:`fedvla.robot.retarget`), solved by IK warm-started from the previous
+  waypoint, and checked (:class:`fedvla.robot.safety.SafetyGuard`: joint limits, workspace, and the
+  joint speed the waypoint would need). A chunk with any bad action is refused whole, with the
+  reason; the arm keeps executing what it had.
+* Every period the controller interpolates the waypoints in time, moves the setpoint towards that
+  target within velocity/acceleration limits (:class:`fedvla.robot.safety.MotionLimiter`), checks
+  the setpoint once more and sends it with servoJ.
+* Stale input: when the newest chunk is older than ``stale_timeout_s``, the next step issues
+  servoStop (braking at ``stop_deceleration``) — at most one period after the timeout, so the stop
+  is commanded within two control periods — and sends nothing more until a new chunk arrives.
+* A protective or emergency stop reported by the controller (or a setpoint the guard rejects)
+  puts the runtime in ``FAULT``; it stays there, sending nothing, until :meth:`recover` is called
+  explicitly (the driver's ``~/recover`` service) and the robot reports a normal safety state.
+* A dropped connection: ``DISCONNECTED``, reconnect attempts every ``reconnect_period_s``; after
+  reconnecting the setpoint restarts from the measured joints and every chunk received before the
+  drop is discarded, so no stale command is ever sent.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+from collections import Counter
+
+import numpy as np
+
+from fedvla.config import require, require_positive
+from fedvla.robot.backends import ArmBackend, BackendError, SafetyStatus, ServoSettings
+from fedvla.robot.ik import IkSolver
+from fedvla.robot.retarget import Retargeter, RetargetError
+from fedvla.robot.safety import MotionLimiter, SafetyGuard, Violation
+
+log = logging.getLogger("fedvla.robot")
+
+
+class ArmMode(str, enum.Enum):
+    IDLE = "idle"  # connected, holding: no (fresh) chunk to execute
+    TRACKING = "tracking"  # executing a chunk
+    FAULT = "fault"  # protective/emergency stop or a refused setpoint: waits for recover()
+    DISCONNECTED = "disconnected"
+
+
+@dataclasses.dataclass(kw_only=True)
+class ControllerConfig:
+    execute_steps: int = 4  # actions of each chunk executed (the policy's execute_steps)
+    reconnect_period_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        require(self.execute_steps >= 1, "execute_steps", f"must be at least 1, got {self.execute_steps}")
+        require_positive(self.reconnect_period_s, "reconnect_period_s")
+
+
+@dataclasses.dataclass
+class Trajectory:
+    start_s: float
+    step_period_s: float
+    waypoints: np.ndarray  # (n + 1, 6): the setpoint when it arrived, then one per action
+    gripper_closed: list[bool]
+
+    def target(self, now_s: float) -> tuple[np.ndarray, bool]:
+        """Linear interpolation between waypoints; the last one holds."""
+        position = (now_s - self.start_s) / self.step_period_s
+        index = int(np.clip(np.floor(position), 0, len(self.waypoints) - 2))
+        fraction = float(np.clip(position - index, 0.0, 1.0))
+        q = (1 - fraction) * self.waypoints[index] + fraction * self.waypoints[index + 1]
+        gripper = self.gripper_closed[min(max(int(np.ceil(position)) - 1, 0), len(self.gripper_closed) - 1)]
+        return q, gripper
+
+
+class ArmController:
+    def __init__(self, backend: ArmBackend, guard: SafetyGuard, ik: IkSolver, retargeter: Retargeter,
+                 config: ControllerConfig | None = None, servo: ServoSettings | None = None) -> None:
+        self.backend, self.guard, self.ik, self.retargeter = backend, guard, ik, retargeter
+        self.config = config or ControllerConfig()
+        self.servo = servo or ServoSettings()
+        self.kinematics = guard.kinematics
+        self.limiter = MotionLimiter(guard.max_velocity, guard.max_acceleration, backend.period_s)
+        self.mode = ArmMode.DISCONNECTED
+        self.fault_reason = ""
+        self.refused: Counter[str] = Counter()  # refused chunks by reason
+        self.setpoint: np.ndarray | None = None
+        self.velocity = np.zeros(6)
+        self.measured_q: np.ndarray | None = None
+        self.trajectory: Trajectory | None = None
+        self.object_in_base: np.ndarray | None = None
+        self._last_chunk_s: float | None = None
+        self._stopped = True  # servoStop sent, nothing streaming
+        self._next_reconnect_s = -np.inf
+
+    # Inputs ---------------------------------------------------------------------------------
+    def submit_chunk(self, actions: np.ndarray, step_period_s: float, received_s: float) -> Violation | str | None:
+        """Plan a chunk (horizon x action_dim) received at ``received_s``; returns the refusal
+        reason (None when accepted). Only possible while connected and not in FAULT."""
+        if self.mode in (ArmMode.FAULT, ArmMode.DISCONNECTED) or self.setpoint is None:
+            return self._refuse(f"arm is {self.mode.value}")
+        actions = np.asarray(actions, dtype=np.float64)
+        if actions.ndim != 2 or actions.shape[0] == 0:
+            return self._refuse(Violation.WRONG_SIZE)
+        if not (np.isfinite(step_period_s) and step_period_s > 0):
+            return self._refuse(Violation.NOT_FINITE)
+        actions = actions[: self.config.execute_steps]
+        q, tool = self.setpoint.copy(), self.kinematics.fk(self.setpoint).homogeneous
+        waypoints, grippers = [q], []
+        for action in actions:
+            try:
+                target, closed = self.retargeter.target(action, tool, self.object_in_base)
+            except RetargetError:
+                return self._refuse(Violation.NOT_FINITE if not np.all(np.isfinite(action)) else Violation.WRONG_SIZE)
+            problem = self.guard.check_tool_position(target[:3, 3])
+            if problem is not None:
+                return self._refuse(problem)
+            result = self.ik.solve(target, q)
+            if not result.converged:
+                return self._refuse(Violation.UNREACHABLE)
+            problem = self.guard.check_target(result.q)
+            if problem is None and np.any(np.abs(result.q - q) / step_period_s > self.guard.max_velocity):
+                problem = Violation.VELOCITY  # a jump the arm could not follow in one action step
+            if problem is not None:
+                return self._refuse(problem)
+            q, tool = result.q, self.kinematics.fk(result.q).homogeneous
+            waypoints.append(q)
+            grippers.append(closed)
+        self.trajectory = Trajectory(received_s, step_period_s, np.stack(waypoints), grippers)
+        self._last_chunk_s = received_s
+        if self.mode is ArmMode.IDLE:
+            self.mode = ArmMode.TRACKING
+        return None
+
+    def recover(self) -> str:
+        """Leave FAULT after the operator fixed the cause: unlock a protective stop, resynchronise
+        on the measured joints. Raises BackendError when the robot is not back to normal."""
+        if self.mode is not ArmMode.FAULT:
+            return f"nothing to recover from ({self.mode.value})"
+        state = self.backend.read()
+        if state.safety is SafetyStatus.PROTECTIVE_STOP:
+            self.backend.unlock_protective_stop()
+            state = self.backend.read()
+        if state.safety is not SafetyStatus.NORMAL:
+            raise BackendError(f"the robot is still in {state.safety.value}: release it on the robot first")
+        self._resync(state.q)
+        self.mode, self.fault_reason = ArmMode.IDLE, ""
+        log.info("recovered: holding at the measured joints, waiting for a new action chunk")
+        return "recovered"
+
+    def request_stop(self) -> None:
+        """Stop now (the driver's ~/stop service): brake and drop the trajectory."""
+        self.trajectory = None
+        if self.mode is ArmMode.TRACKING:
+            self.mode = ArmMode.IDLE
+        self._send_stop()
+
+    # The control loop ----------------------------------------------------------------------------
+    def step(self, now_s: float) -> None:
+        if self.mode is ArmMode.DISCONNECTED or not self.backend.is_connected:
+            self._reconnect(now_s)
+            return
+        try:
+            state = self.backend.read()
+        except BackendError as err:
+            self._disconnected(str(err))
+            return
+        self.measured_q = state.q
+        if state.safety is not SafetyStatus.NORMAL:
+            if self.mode is not ArmMode.FAULT:
+                self._fault(f"robot reports {state.safety.value}", send_stop=False)
+            return
+        if self.mode is not ArmMode.TRACKING or self.trajectory is None:
+            return
+        if self._stopped:  # (re)start streaming from where the arm is, as it moves (it may still brake)
+            self.setpoint = state.q.copy()
+            self.velocity = np.clip(state.qd, -self.guard.max_velocity, self.guard.max_velocity)
+        try:
+            if now_s - self._last_chunk_s > self.guard.config.stale_timeout_s:
+                log.warning("no action chunk for %.2f s (stale_timeout_s %.2f): stopping",
+                            now_s - self._last_chunk_s, self.guard.config.stale_timeout_s)
+                self.trajectory, self.mode = None, ArmMode.IDLE
+                self._send_stop()
+                return
+            target, gripper_closed = self.trajectory.target(now_s)
+            q, velocity = self.limiter.step(self.setpoint, self.velocity, target)
+            problem = self.guard.check_setpoint(q, self.setpoint, self.velocity, self.backend.period_s)
+            if problem is not None:
+                self._fault(f"setpoint refused: {problem.value}")
+                return
+            self.backend.servo_j(q, self.servo)
+            self.backend.set_gripper(gripper_closed)
+            self.backend.kick_watchdog()
+            self.setpoint, self.velocity, self._stopped = q, velocity, False
+        except BackendError as err:
+            self._disconnected(str(err))
+
+    # Internals -------------------------------------------------------------------------------
+    def _refuse(self, reason: Violation | str) -> Violation | str:
+        key = reason.value if isinstance(reason, Violation) else reason
+        self.refused[key] += 1
+        log.warning("action chunk refused: %s", key)
+        return reason
+
+    def _send_stop(self) -> None:
+        if not self._stopped and self.backend.is_connected:
+            self.backend.servo_stop(self.guard.config.stop_deceleration)
+        self._stopped = True
+        self.velocity = np.zeros(6)
+        if self.measured_q is not None:
+            self.setpoint = self.measured_q.copy()
+
+    def _fault(self, reason: str, send_stop: bool = True) -> None:
+        self.mode, self.fault_reason, self.trajectory = ArmMode.FAULT, reason, None
+        log.error("arm fault: %s; call recover once the cause is cleared", reason)
+        if send_stop:
+            try:
+                self._send_stop()
+            except BackendError:
+                pass
+        else:
+            self._stopped, self.velocity = True, np.zeros(6)
+
+    def _resync(self, measured_q: np.ndarray) -> None:
+        self.setpoint, self.velocity, self.measured_q = measured_q.copy(), np.zeros(6), measured_q.copy()
+        self.trajectory, self._last_chunk_s, self._stopped = None, None, True
+
+    def _disconnected(self, reason: str) -> None:
+        log.error("lost the arm: %s; reconnecting every %.1f s", reason, self.config.reconnect_period_s)
+        self.mode, self.trajectory = ArmMode.DISCONNECTED, None
+        self._next_reconnect_s = -np.inf
+
+    def _reconnect(self, now_s: float) -> None:
+        self.mode = ArmMode.DISCONNECTED
+        if now_s < self._next_reconnect_s:
+            return
+        self._next_reconnect_s = now_s + self.config.reconnect_period_s
+        try:
+            self.backend.connect()
+            state = self.backend.read()
+        except BackendError as err:
+            log.warning("reconnect failed: %s", err)
+            return
+        self._resync(state.q)
+        self.mode = ArmMode.FAULT if state.safety is not SafetyStatus.NORMAL else ArmMode.IDLE
+        if self.mode is ArmMode.FAULT:
+            self.fault_reason = f"robot reports {state.safety.value}"
+        log.info("arm connected (%s)", self.mode.value)

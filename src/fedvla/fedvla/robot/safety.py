@@ -1,0 +1,129 @@
+"""Safety limits of the arm, enforced before any command reaches a backend.
+
+Two layers, both here so there is one definition of every limit:
+
+* :class:`MotionLimiter` turns joint targets into servo setpoints that respect the velocity and
+  acceleration limits by construction (per joint: the fastest velocity from which the arm can
+  still brake to the target, then an acceleration-bounded change of velocity);
+* :class:`SafetyGuard` checks, independently, every setpoint about to be sent (finite, inside the
+  joint limits less a margin, velocity and acceleration from the previous setpoint, tool inside
+  the workspace box) and every target a policy action asks for. A violation is never clipped into
+  something else: the command is refused and the reason reported.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+import numpy as np
+
+from fedvla.config import require, require_positive
+from fedvla.robot.kinematics import ArmKinematics
+
+# Velocity and acceleration checks of a setpoint allow this relative slack for rounding.
+_TOLERANCE = 1e-6
+
+
+class Violation(str, enum.Enum):
+    NOT_FINITE = "not_finite"  # NaN or infinite values
+    WRONG_SIZE = "wrong_size"
+    JOINT_LIMIT = "joint_limit"
+    VELOCITY = "velocity"
+    ACCELERATION = "acceleration"
+    WORKSPACE = "workspace"  # the tool would leave the workspace box
+    UNREACHABLE = "unreachable"  # IK did not converge
+
+
+@dataclasses.dataclass(kw_only=True)
+class SafetyConfig:
+    """Limits the runtime enforces (also the robot driver node's parameters)."""
+
+    joint_margin_rad: float = 0.05  # stay this far inside the URDF's position limits
+    velocity_scale: float = 0.5  # fraction of the URDF's joint speeds a policy may use
+    max_joint_acceleration: float = 3.0  # rad/s^2, every joint
+    stop_deceleration: float = 8.0  # rad/s^2 of servoStop when input goes stale or on a stop request
+    workspace_min: tuple[float, float, float] = (-0.45, -0.45, 0.02)  # tool position box, base_link frame (m)
+    workspace_max: tuple[float, float, float] = (0.45, 0.45, 0.55)
+    stale_timeout_s: float = 0.5  # no new action chunk for this long: stop
+
+    def __post_init__(self) -> None:
+        self.workspace_min, self.workspace_max = tuple(self.workspace_min), tuple(self.workspace_max)
+        require(self.joint_margin_rad >= 0, "joint_margin_rad", "must not be negative", "a number >= 0")
+        require(0 < self.velocity_scale <= 1, "velocity_scale", f"{self.velocity_scale} is outside (0, 1]", "0 < x <= 1")
+        require_positive(self.max_joint_acceleration, "max_joint_acceleration")
+        require_positive(self.stop_deceleration, "stop_deceleration")
+        require_positive(self.stale_timeout_s, "stale_timeout_s")
+        require(len(self.workspace_min) == 3 and len(self.workspace_max) == 3, "workspace_min",
+                "workspace bounds are (x, y, z)", "three numbers each")
+        require(all(lo < hi for lo, hi in zip(self.workspace_min, self.workspace_max)), "workspace_max",
+                f"{self.workspace_max} is not above {self.workspace_min} on every axis", "max > min per axis")
+
+
+class SafetyGuard:
+    def __init__(self, kinematics: ArmKinematics, config: SafetyConfig) -> None:
+        self.kinematics, self.config = kinematics, config
+        limits = kinematics.limits
+        self.lower = limits.lower + config.joint_margin_rad
+        self.upper = limits.upper - config.joint_margin_rad
+        self.max_velocity = limits.velocity * config.velocity_scale
+        self.max_acceleration = np.full(6, config.max_joint_acceleration)
+        self.workspace_min = np.asarray(config.workspace_min)
+        self.workspace_max = np.asarray(config.workspace_max)
+
+    def check_target(self, q: np.ndarray) -> Violation | None:
+        """A joint target (from IK) the arm may be asked to reach: finite, inside the joint limits,
+        tool inside the workspace."""
+        q = np.asarray(q, dtype=np.float64)
+        if q.shape != (6,):
+            return Violation.WRONG_SIZE
+        if not np.all(np.isfinite(q)):
+            return Violation.NOT_FINITE
+        if np.any(q < self.lower) or np.any(q > self.upper):
+            return Violation.JOINT_LIMIT
+        return self.check_tool_position(self.kinematics.fk(q).translation)
+
+    def check_tool_position(self, position: np.ndarray) -> Violation | None:
+        position = np.asarray(position, dtype=np.float64)
+        if not np.all(np.isfinite(position)):
+            return Violation.NOT_FINITE
+        if np.any(position < self.workspace_min) or np.any(position > self.workspace_max):
+            return Violation.WORKSPACE
+        return None
+
+    def check_setpoint(self, q: np.ndarray, previous_q: np.ndarray, previous_velocity: np.ndarray,
+                       period_s: float) -> Violation | None:
+        """A servo setpoint one period after ``previous_q`` (moving at ``previous_velocity``)."""
+        problem = self.check_target(q)
+        if problem is not None:
+            return problem
+        velocity = (np.asarray(q) - previous_q) / period_s
+        if np.any(np.abs(velocity) > self.max_velocity * (1 + _TOLERANCE) + _TOLERANCE):
+            return Violation.VELOCITY
+        if np.any(np.abs(velocity - previous_velocity) / period_s > self.max_acceleration * (1 + _TOLERANCE) + _TOLERANCE):
+            return Violation.ACCELERATION
+        return None
+
+
+class MotionLimiter:
+    """Setpoints towards a (moving) joint target within velocity and acceleration limits."""
+
+    def __init__(self, max_velocity: np.ndarray, max_acceleration: np.ndarray, period_s: float) -> None:
+        self.max_velocity, self.max_acceleration, self.period_s = max_velocity, max_acceleration, period_s
+
+    def step(self, q: np.ndarray, velocity: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(next setpoint, its velocity) one period on."""
+        dt, a_max = self.period_s, self.max_acceleration
+        error = target - q
+        # The fastest speed from which the arm still brakes to the target at a_max (v^2 = 2 a d),
+        # and never more than what closes the gap this period.
+        braking = np.sqrt(2.0 * a_max * np.abs(error))
+        desired = np.sign(error) * np.minimum(np.minimum(braking, self.max_velocity), np.abs(error) / dt)
+        new_velocity = velocity + np.clip(desired - velocity, -a_max * dt, a_max * dt)
+        new_velocity = np.clip(new_velocity, -self.max_velocity, self.max_velocity)
+        return q + new_velocity * dt, new_velocity
+
+    def brake(self, q: np.ndarray, velocity: np.ndarray, deceleration: float) -> tuple[np.ndarray, np.ndarray]:
+        """One period of braking to standstill at ``deceleration``."""
+        dt = self.period_s
+        new_velocity = velocity - np.clip(velocity, -deceleration * dt, deceleration * dt)
+        return q + new_velocity * dt, new_velocity

@@ -1,0 +1,190 @@
+"""The arm runtime on the simulated UR3, in simulated time: chunks become smooth, limited motion;
+bad actions are refused; stale input stops the arm; faults wait for an explicit recovery; a
+dropped connection never replays old commands. Plus a fuzz test: nothing outside the limits ever
+reaches the arm."""
+import numpy as np
+import pytest
+
+pin = pytest.importorskip("pinocchio")
+
+from fedvla.robot.backends import BackendError, SafetyStatus, SimulatedArm  # noqa: E402
+from fedvla.robot.controller import ArmController, ArmMode, ControllerConfig  # noqa: E402
+from fedvla.robot.ik import IkConfig, IkSolver  # noqa: E402
+from fedvla.robot.kinematics import HOME_Q, ArmKinematics  # noqa: E402
+from fedvla.robot.retarget import RetargetConfig, Retargeter, hand_in_object, robot_target  # noqa: E402
+from fedvla.robot.safety import SafetyConfig, SafetyGuard, Violation  # noqa: E402
+
+PERIOD = 0.008  # a CB3 controller
+START = np.array([0.0, -1.2, 1.6, -1.97, -1.57, 0.0])  # tool about 0.3 m in front of the base, pointing down
+
+
+@pytest.fixture(scope="module")
+def kinematics():
+    return ArmKinematics()
+
+
+def make(kinematics, **safety):
+    arm = SimulatedArm(PERIOD, START)
+    guard = SafetyGuard(kinematics, SafetyConfig(**safety))
+    controller = ArmController(arm, guard, IkSolver(kinematics, IkConfig(restarts=0)), Retargeter(RetargetConfig()),
+                               ControllerConfig(execute_steps=4))
+    controller.step(0.0)  # connects
+    assert controller.mode is ArmMode.IDLE
+    return arm, guard, controller
+
+
+def run(arm, controller, start_s, seconds):
+    t = start_s
+    for _ in range(int(round(seconds / PERIOD))):
+        controller.step(t)
+        arm.advance(PERIOD)
+        t += PERIOD
+    return t
+
+
+def servo_commands(arm):
+    return [(t, q) for t, kind, q in arm.commands if kind == "servo_j"]
+
+
+def assert_within_limits(arm, guard, kinematics):
+    """Every servoJ setpoint, judged against the arm's state when it arrived."""
+    commands = servo_commands(arm)
+    assert len(commands) == len(arm.servo_from)
+    for (_, q), (previous_q, previous_v) in zip(commands, arm.servo_from):
+        assert np.all(q >= guard.lower) and np.all(q <= guard.upper)
+        v = (q - previous_q) / PERIOD
+        assert np.all(np.abs(v) <= guard.max_velocity * (1 + 1e-6) + 1e-9)
+        assert np.all(np.abs(v - previous_v) / PERIOD <= guard.max_acceleration * (1 + 1e-6) + 1e-9)
+        assert guard.check_tool_position(kinematics.fk(q).translation) is None
+
+
+def test_a_chunk_moves_the_tool_by_the_actions_steps(kinematics) -> None:
+    arm, guard, controller = make(kinematics, stale_timeout_s=2.0)
+    start_tool = kinematics.fk(START).translation.copy()
+    chunk = np.array([[1.0, 0.0, 0.0, -1.0]] * 4)  # +1 cm along x per action, gripper open
+    assert controller.submit_chunk(chunk, 0.1, 0.0) is None
+    assert controller.mode is ArmMode.TRACKING
+    # The setpoint trails the 0.4 s chunk (acceleration-limited) and settles on its last waypoint.
+    run(arm, controller, 0.0, 1.0)
+    moved = kinematics.fk(arm.q).translation - start_tool
+    np.testing.assert_allclose(moved, [0.04, 0.0, 0.0], atol=2e-4)
+    np.testing.assert_allclose(kinematics.fk(arm.q).rotation, kinematics.fk(START).rotation, atol=1e-3)
+    assert_within_limits(arm, guard, kinematics)
+
+
+@pytest.mark.parametrize(("action", "reason"), [
+    ([np.nan, 0, 0, 0], Violation.NOT_FINITE),
+    ([1e6, 0, 0, 0], Violation.WORKSPACE),
+    ([0, 0, -40.0, 0], Violation.WORKSPACE),  # 40 cm down: through the table
+    ([1.0, 2.0], Violation.WRONG_SIZE),
+])
+def test_bad_actions_are_refused_with_their_reason_and_nothing_moves(kinematics, action, reason) -> None:
+    arm, _, controller = make(kinematics)
+    assert controller.submit_chunk(np.array([action]), 0.1, 0.0) == reason
+    run(arm, controller, 0.0, 0.1)
+    assert servo_commands(arm) == [] and controller.refused[reason.value] == 1
+
+
+def test_a_jump_faster_than_the_joint_speed_limit_is_refused(kinematics) -> None:
+    arm, _, controller = make(kinematics, velocity_scale=0.05)
+    # 8 cm in one 0.1 s action step needs far more than 5 % of the joint speeds.
+    assert controller.submit_chunk(np.array([[0.0, 8.0, 0, 0]]), 0.1, 0.0) == Violation.VELOCITY
+
+
+def test_stale_input_stops_the_arm_within_two_periods(kinematics) -> None:
+    arm, guard, controller = make(kinematics, stale_timeout_s=0.2)
+    controller.submit_chunk(np.array([[2.0, 0.0, 0.0, -1.0]] * 4), 0.1, 0.0)
+    t = run(arm, controller, 0.0, 0.5)
+    stops = [time for time, kind, _ in arm.commands if kind == "servo_stop"]
+    assert len(stops) == 1 and stops[0] - 0.2 <= 2 * PERIOD
+    assert all(time < stops[0] for time, _ in servo_commands(arm))  # nothing streamed after the stop
+    assert controller.mode is ArmMode.IDLE and not np.any(arm.qd)
+    # A new chunk resumes from where the arm stands.
+    assert controller.submit_chunk(np.array([[0.0, 1.0, 0.0, 1.0]]), 0.1, t) is None
+    run(arm, controller, t, 0.2)
+    assert arm.gripper_closed
+
+
+def test_a_protective_stop_waits_for_an_explicit_recovery(kinematics) -> None:
+    arm, _, controller = make(kinematics)
+    controller.submit_chunk(np.array([[1.0, 0, 0, 0]] * 4), 0.1, 0.0)
+    t = run(arm, controller, 0.0, 0.1)
+    sent = len(servo_commands(arm))
+    arm.trigger(SafetyStatus.PROTECTIVE_STOP)
+    t = run(arm, controller, t, 0.1)
+    assert controller.mode is ArmMode.FAULT and "protective_stop" in controller.fault_reason
+    assert controller.submit_chunk(np.array([[1.0, 0, 0, 0]]), 0.1, t) == "arm is fault"
+    t = run(arm, controller, t, 0.5)
+    assert len(servo_commands(arm)) == sent  # nothing sent while stopped, nothing resumed by itself
+    assert controller.recover() == "recovered" and arm.safety is SafetyStatus.NORMAL
+    np.testing.assert_array_equal(controller.setpoint, arm.q)
+    assert controller.submit_chunk(np.array([[0, 1.0, 0, 0]]), 0.1, t) is None
+
+
+def test_an_emergency_stop_cannot_be_recovered_from_software(kinematics) -> None:
+    arm, _, controller = make(kinematics)
+    arm.trigger(SafetyStatus.EMERGENCY_STOP)
+    run(arm, controller, 0.0, 0.02)
+    with pytest.raises(BackendError, match="still in emergency_stop: release it on the robot first"):
+        controller.recover()
+    assert controller.mode is ArmMode.FAULT
+
+
+def test_after_a_dropped_connection_no_old_command_is_sent(kinematics) -> None:
+    arm, _, controller = make(kinematics)
+    controller.submit_chunk(np.array([[1.0, 0, 0, 0]] * 4), 0.1, 0.0)
+    t = run(arm, controller, 0.0, 0.1)
+    arm.drop_connection()
+    t = run(arm, controller, t, 0.3)
+    assert controller.mode is ArmMode.DISCONNECTED
+    assert controller.submit_chunk(np.array([[1.0, 0, 0, 0]]), 0.1, t) == "arm is disconnected"
+    sent = len(servo_commands(arm))
+    arm.q = arm.q + 0.05  # moved by hand (freedrive) while the link was down
+    arm.restore()
+    t = run(arm, controller, t, 1.5)
+    assert controller.mode is ArmMode.IDLE and len(servo_commands(arm)) == sent
+    np.testing.assert_array_equal(controller.setpoint, arm.q)  # resynchronised on the measured joints
+
+
+def test_fuzzed_policy_outputs_never_produce_a_command_outside_the_limits(kinematics) -> None:
+    arm, guard, controller = make(kinematics, stale_timeout_s=0.3)
+    rng = np.random.default_rng(7)
+    kinds = [lambda: rng.normal(0, 1, (4, 4)),  # ordinary
+             lambda: rng.normal(0, 50, (4, 4)),  # huge
+             lambda: np.where(rng.random((4, 4)) < 0.2, np.nan, rng.normal(0, 1, (4, 4))),  # NaN
+             lambda: np.where(rng.random((4, 4)) < 0.2, np.inf * rng.choice([-1, 1], (4, 4)), 1.0),  # inf
+             lambda: rng.choice([-1e9, 1e9, 0.0], (4, 4)),  # extremes
+             lambda: rng.normal(0, 1, (4, rng.integers(1, 9))),  # wrong sizes
+             lambda: np.tile(rng.uniform(-30, 30, (1, 4)), (4, 1))]  # jumps
+    t, outcomes = 0.0, {"accepted": 0, "refused": 0}
+    for i in range(10_000):
+        chunk = kinds[i % len(kinds)]()
+        period = float(rng.choice([0.1, 0.05, 1e-9, np.nan, -1.0])) if i % 11 == 0 else 0.1
+        outcomes["accepted" if controller.submit_chunk(chunk, period, t) is None else "refused"] += 1
+        for _ in range(2):
+            controller.step(t)
+            arm.advance(PERIOD)
+            t += PERIOD
+    assert controller.mode in (ArmMode.IDLE, ArmMode.TRACKING)
+    assert outcomes["accepted"] > 500 and outcomes["refused"] > 3000
+    assert len(servo_commands(arm)) > 1000
+    assert_within_limits(arm, guard, kinematics)
+
+
+def test_object_centric_retargeting_keeps_the_tool_to_object_relation() -> None:
+    object_a = np.eye(4)
+    object_a[:3, 3] = [0.3, 0.1, 0.05]
+    hand = np.eye(4)
+    hand[:3, 3] = [0.3, 0.1, 0.15]  # 10 cm above object A
+    relation = hand_in_object(object_a, hand)
+    object_b = np.eye(4)
+    object_b[:3, :3] = pin.rpy.rpyToMatrix(0, 0, np.pi / 2)
+    object_b[:3, 3] = [0.2, -0.2, 0.05]
+    target = robot_target(object_b, relation)
+    np.testing.assert_allclose(target[:3, 3], [0.2, -0.2, 0.15])
+    np.testing.assert_allclose(hand_in_object(object_b, target), relation, atol=1e-12)
+    # An ee_pose action in the object frame lands relative to wherever the object is now.
+    retarget = Retargeter(RetargetConfig(action_kind="ee_pose", action_frame="object"))
+    tool, closed = retarget.target(np.array([0.0, 0.0, 0.1, 1.0]), np.eye(4), object_b)
+    np.testing.assert_allclose(tool[:3, 3], [0.2, -0.2, 0.15]) and closed
+    np.testing.assert_allclose(tool[:3, :3], pin.rpy.rpyToMatrix(np.pi, 0, 0), atol=1e-12)  # tool down
