@@ -6,6 +6,7 @@ never see each other's topics.
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 import sys
@@ -51,6 +52,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "hardware" in item.keywords and os.environ.get("FEDVLA_HARDWARE") != "1":
             item.add_marker(skip_hw)
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+        self._records: dict[int, logging.LogRecord] = {}  # kept alive, so their ids stay unique
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if id(record) not in self._records:  # (a record propagating through two of our loggers)
+            self._records[id(record)] = record
+            self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def core_warnings() -> Iterator[list[str]]:
+    """Warnings the core logs (``fedvla.*``) during the test. Not caplog: under launch_pytest, ROS's
+    LaunchLogger class is installed and its loggers do not propagate, so the handler goes on every
+    ``fedvla`` logger."""
+    collect = _Collect()
+    names = ["fedvla"] + [n for n in logging.Logger.manager.loggerDict if n.startswith("fedvla.")]
+    loggers = [logging.getLogger(n) for n in names]
+    for logger in loggers:
+        logger.addHandler(collect)
+    try:
+        yield collect.messages
+    finally:
+        for logger in loggers:
+            logger.removeHandler(collect)
 
 
 @pytest.fixture(autouse=True)

@@ -1,12 +1,11 @@
 """The Flower EDA strategy: aggregate_train against the eda functions, reply checks, a simulation."""
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -56,25 +55,6 @@ def good_replies() -> list[Message]:
     trunks, counts, num_samples = three_clients()
     return [reply(node, pack_train_reply(trunk, c, n, metrics={"train_loss": 0.5 + i}))
             for i, (node, trunk, c, n) in enumerate(zip(NODE_IDS, trunks, counts, num_samples))]
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def strategy_log() -> Iterator[list[str]]:
-    """The strategy's log messages. Not caplog: under launch_pytest, ROS's LaunchLogger class is
-    installed and its loggers do not propagate to the root logger."""
-    logger, records = logging.getLogger("fedvla.federation.flower"), _Records()
-    logger.addHandler(records)
-    yield records.messages
-    logger.removeHandler(records)
 
 
 def assert_trunks_close(record: ArrayRecord, expected: dict[str, torch.Tensor]) -> None:
@@ -177,7 +157,7 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("kind", sorted(MALFORMED))
-def test_a_malformed_reply_is_dropped_and_the_others_aggregate(kind: str, strategy_log: list[str]) -> None:
+def test_a_malformed_reply_is_dropped_and_the_others_aggregate(kind: str, core_warnings: list[str]) -> None:
     corrupt, reason = MALFORMED[kind]
     trunks, counts, _ = three_clients()
     bad_content = pack_train_reply(seeded_trunk(9), seeded_counts(9), 77)
@@ -192,7 +172,7 @@ def test_a_malformed_reply_is_dropped_and_the_others_aggregate(kind: str, strate
     report = strategy.reports[4]
     assert report.node_ids == NODE_IDS
     assert [(d.node_id, d.reason) for d in report.dropped] == [(99, reason)]
-    assert [m for m in strategy_log if "dropped the reply" in m] == [
+    assert [m for m in core_warnings if "dropped the reply" in m] == [
         f"round 4: dropped the reply of node 99 ({reason.value}): {report.dropped[0].detail}"]
     assert metrics is not None
 

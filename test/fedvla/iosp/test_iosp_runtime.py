@@ -1,7 +1,5 @@
 """The scene parser as its node runs it: configuration, the simulator's label images as detector,
 which token lies on which object, and the pictures a person checks a parse with."""
-import logging
-
 import numpy as np
 import pytest
 
@@ -22,24 +20,6 @@ def label_scene() -> np.ndarray:
     labels[0:16, 0:16] = 1
     labels[40:42, 50:52] = 2
     return labels
-
-
-class Warnings(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages = []
-
-    def emit(self, record) -> None:
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def warnings():
-    handler = Warnings()
-    logger = logging.getLogger("fedvla.iosp")
-    logger.addHandler(handler)
-    yield handler.messages
-    logger.removeHandler(handler)
 
 
 def runtime(**kw) -> SceneParserRuntime:
@@ -72,7 +52,7 @@ def test_the_sim_detector_parses_the_frames_label_image() -> None:
     assert [t.tolist() for t in parse.object_tokens] == [[8, 9, 10, 12], [0], [11]]
 
 
-def test_missing_or_inconsistent_labels_give_no_detection_and_a_warning(warnings) -> None:
+def test_missing_or_inconsistent_labels_give_no_detection_and_a_warning(core_warnings) -> None:
     scene = runtime()
     image = np.zeros((64, 64, 3), np.uint8)
     assert scene.parse("top", image, "close the drawer", label_scene()).detections == []  # no label table yet
@@ -80,9 +60,9 @@ def test_missing_or_inconsistent_labels_give_no_detection_and_a_warning(warnings
     assert scene.parse("top", image, "close the drawer", label_scene()).detections == []  # label 2 unknown
     scene.set_objects("top", OBJECTS)
     assert scene.parse("top", image, "close the drawer", label_scene()[:32]).detections == []  # other size
-    assert any("no label image or label table" in m for m in warnings)
-    assert any("label 2 has no entry" in m for m in warnings)
-    assert any("does not match the (64, 64) image" in m for m in warnings)
+    assert any("no label image or label table" in m for m in core_warnings)
+    assert any("label 2 has no entry" in m for m in core_warnings)
+    assert any("does not match the (64, 64) image" in m for m in core_warnings)
     with pytest.raises(ConfigError, match="camera: 'side' is not one of the parsed cameras"):
         scene.parse("side", image, "", label_scene())
 

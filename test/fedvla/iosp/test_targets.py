@@ -1,9 +1,7 @@
 """IOSP step 1: target objects from an instruction — the rule-based chunker, the matching rules
 with the real MiniLM model (offline), the caches, the config checks, and the NER backend wired
 to a tiny random BERT token classifier saved to a temporary directory."""
-import logging
 import socket
-from collections.abc import Iterator
 
 import pytest
 
@@ -34,25 +32,6 @@ def fresh(extractor):
     """Empty caches (warnings are logged when a result is computed, not when it comes from the
     cache), the shared MiniLM model."""
     return TargetExtractor(TargetConfig(), encoder=extractor.encoder)
-
-
-class _Warnings(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def warnings_logged() -> Iterator[list[str]]:
-    """The module's warnings. Not caplog: under launch_pytest, ROS's LaunchLogger class is installed
-    and its loggers do not propagate to the root logger."""
-    logger, handler = logging.getLogger("fedvla.iosp"), _Warnings()
-    logger.addHandler(handler)
-    yield handler.messages
-    logger.removeHandler(handler)
 
 
 def names(matches) -> list[str]:
@@ -138,21 +117,21 @@ def test_threshold_rejects_a_merely_related_object(extractor) -> None:
     assert loose.encoder is extractor.encoder is shared_instruction_encoder()  # one MiniLM per process
 
 
-def test_nothing_visible_named_gives_no_target_and_a_warning(fresh, warnings_logged) -> None:
+def test_nothing_visible_named_gives_no_target_and_a_warning(fresh, core_warnings) -> None:
     assert fresh.targets("fly to the moon", SCENE) == []
-    assert len(warnings_logged) == 1 and "names none of the visible objects" in warnings_logged[0]
+    assert len(core_warnings) == 1 and "names none of the visible objects" in core_warnings[0]
 
 
 @pytest.mark.parametrize("instruction", ["", "   ", "?!", "open it"])
-def test_empty_instruction_or_no_phrase_gives_no_target(fresh, warnings_logged, instruction) -> None:
+def test_empty_instruction_or_no_phrase_gives_no_target(fresh, core_warnings, instruction) -> None:
     assert fresh.targets(instruction, SCENE) == []
-    assert len(warnings_logged) == 1
+    assert len(core_warnings) == 1
 
 
-def test_empty_vocabulary_gives_no_target(fresh, warnings_logged) -> None:
+def test_empty_vocabulary_gives_no_target(fresh, core_warnings) -> None:
     assert fresh.targets("put the cup in the drawer", []) == []
     assert fresh.targets("put the cup in the drawer", ["", "  "]) == []
-    assert len(warnings_logged) == 2 and all("no visible objects" in m for m in warnings_logged)
+    assert len(core_warnings) == 2 and all("no visible objects" in m for m in core_warnings)
 
 
 def test_vocabulary_names_are_returned_as_given(extractor) -> None:
@@ -164,7 +143,7 @@ def test_max_targets_keeps_the_first_mentioned() -> None:
     assert names(first_only.targets("put the red cup in the drawer", SCENE)) == ["cup"]
 
 
-def test_results_and_embeddings_are_cached(fresh, monkeypatch, warnings_logged) -> None:
+def test_results_and_embeddings_are_cached(fresh, monkeypatch, core_warnings) -> None:
     encoded: list[str] = []
     real_encode = fresh.encoder.model.encode
 
@@ -182,7 +161,7 @@ def test_results_and_embeddings_are_cached(fresh, monkeypatch, warnings_logged) 
     assert fresh.targets("fly to the moon", SCENE) == []
     assert fresh.targets("fly to the moon", SCENE) == []
     assert encoded == ["fly", "moon"]
-    assert len(warnings_logged) == 1  # a repeated call is a cache hit: warned once, not every control step
+    assert len(core_warnings) == 1  # a repeated call is a cache hit: warned once, not every control step
 
     encoded.clear()
     assert names(fresh.targets("push the puck toward the hole", SCENE)) == ["puck", "hole"]
@@ -251,11 +230,11 @@ def test_ner_backend_loads_offline_and_matches_its_entities(tmp_path, no_network
     assert ner.targets("grab the spatula", SCENE) == []
 
 
-def test_ner_backend_with_no_entity_gives_no_target(tmp_path, no_network, extractor, warnings_logged) -> None:
+def test_ner_backend_with_no_entity_gives_no_target(tmp_path, no_network, extractor, core_warnings) -> None:
     path = _save_tiny_ner_model(tmp_path / "ner_nothing", forced_label=0)  # every token "O"
     ner = TargetExtractor(TargetConfig(ner_model_path=path), encoder=extractor.encoder)
     assert ner.targets("put the red cup in the drawer", SCENE) == []
-    assert len(warnings_logged) == 1 and "no object phrase" in warnings_logged[0] and "(ner)" in warnings_logged[0]
+    assert len(core_warnings) == 1 and "no object phrase" in core_warnings[0] and "(ner)" in core_warnings[0]
 
 
 def test_ner_directory_without_a_model_is_a_config_error(tmp_path) -> None:
