@@ -328,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     launch.set_defaults(func=cmd_launch)
     demo = sub.add_parser("demo", help="run the simulated stack and record it to a rosbag2")
-    demo.add_argument("--duration", type=float, default=15.0, help="seconds to run (default 15)")
+    demo.add_argument("--duration", type=float, default=30.0,
+                      help="seconds to run the sim profile (default 30: the scene parser needs ~10 s to load its models)")
     demo.add_argument("--output", help="run directory: bag/ (rosbag2) and federation/ "
                       "(default runs/demo_<date>_<time>)")
     demo.add_argument("--rounds", type=int, default=3, help="federated rounds after the sim run (0: none)")
