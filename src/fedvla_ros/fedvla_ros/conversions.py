@@ -98,8 +98,7 @@ def objects_from_msg(msg: ObjectLabels) -> list[ObjectLabel]:
 def parsed_scene_msg(parse: CameraParse, header: Header, rule: str) -> ParsedScene:
     """A scene parse as the ParsedScene message (``rule``: the token selection rule's name)."""
     objects = []
-    for detection, group, tokens in zip(parse.detections, parse.groups, parse.object_tokens or
-                                        [np.zeros(0, np.int64)] * len(parse.detections)):
+    for detection, group, tokens in zip(parse.detections, parse.groups, parse.object_tokens, strict=True):
         x0, y0, x1, y1 = detection.box
         objects.append(SceneObject(class_name=detection.name, group=int(group), score=float(detection.score),
                                    track_id=int(detection.track_id), x_min=float(x0), y_min=float(y0),

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fedvla.config import ConfigError
-from fedvla.iosp.types import Detection
+from fedvla.iosp.types import COCO_BACKGROUND_CLASSES, Detection
 
 log = logging.getLogger("fedvla.iosp")
 
@@ -36,7 +36,7 @@ def _offline_ultralytics() -> None:
 class YoloDetector:
     def __init__(self, weights: str, *, class_names: list[str] | None = None, confidence: float = 0.25,
                  iou: float = 0.45, image_size: int = 640,
-                 background_classes: Collection[str] = ("dining table", "bed", "couch", "refrigerator", "oven"),
+                 background_classes: Collection[str] = COCO_BACKGROUND_CLASSES,
                  device: str = "cpu") -> None:
         if not weights:
             raise ConfigError("detector_weights", "is empty", "a YOLOv8 .pt file, or yolov8n.yaml for random weights")

@@ -55,11 +55,7 @@ class CameraParse:
     selection: SelectedTokens
     grid: tuple[int, int]
     timings_ms: dict[str, float]
-    object_tokens: list[np.ndarray] = dataclasses.field(default_factory=list)  # per detection (tokens_on_objects)
-    image_hw: tuple[int, int] = (0, 0)
-
-    def group_names(self, group: ObjectGroup) -> list[str]:
-        return group_names(self.detections, self.groups, group)
+    object_tokens: list[np.ndarray]  # per detection: the selected tokens lying on it (tokens_on_objects)
 
 
 def group_names(detections: list[Detection], groups: list[ObjectGroup], group: ObjectGroup) -> list[str]:
@@ -100,7 +96,7 @@ class SceneParser:
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) == 0:
             log.warning("%s: malformed image (%s %s): empty scene parse", camera, image.dtype, image.shape)
-            return CameraParse(camera, instruction, [], [], [], empty_selection(config.tokens_per_group), grid, {})
+            return CameraParse(camera, instruction, [], [], [], empty_selection(config.tokens_per_group), grid, {}, [])
         timings = {}
         start = time.perf_counter()
         detections = self.detectors[camera](image)
@@ -119,8 +115,7 @@ class SceneParser:
             selection = select_by_overlap(detections, groups, image.shape[:2], grid, config)
         object_tokens = tokens_on_objects(detections, groups, selection, image.shape[:2], grid)
         timings["select"] = (time.perf_counter() - start) * 1e3
-        return CameraParse(camera, instruction, detections, groups, targets, selection, grid, timings, object_tokens,
-                           image.shape[:2])
+        return CameraParse(camera, instruction, detections, groups, targets, selection, grid, timings, object_tokens)
 
     def _select_by_clip(self, image: np.ndarray, detections: list[Detection],
                         groups: list[ObjectGroup]) -> tuple[SelectedTokens, tuple[int, int]]:

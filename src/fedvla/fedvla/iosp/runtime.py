@@ -24,7 +24,7 @@ import numpy as np
 
 from fedvla.config import ConfigError, parse_enum, require, require_positive
 from fedvla.iosp.parser import CameraParse, SceneParser, SceneParserConfig
-from fedvla.iosp.types import Detection, ObjectLabel, detections_from_labels
+from fedvla.iosp.types import COCO_BACKGROUND_CLASSES, Detection, ObjectLabel, detections_from_labels
 
 log = logging.getLogger("fedvla.iosp")
 
@@ -46,7 +46,7 @@ class SceneParserRuntimeConfig(SceneParserConfig):
     detector_class_names: tuple[str, ...] = ()  # yolo: names for a model built from a .yaml (it has none)
     detector_confidence: float = 0.25
     detector_image_size: int = 640
-    background_classes: tuple[str, ...] = ("dining table", "bed", "couch", "refrigerator", "oven")
+    background_classes: tuple[str, ...] = COCO_BACKGROUND_CLASSES
     sim_min_pixels: int = 4  # sim: fewer visible pixels than this is no detection
     device: str = "cpu"
     marker_depth_m: float = 1.0  # RViz markers: boxes drawn on the plane this far along the optical axis

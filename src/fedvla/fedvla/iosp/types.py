@@ -8,6 +8,11 @@ from collections.abc import Sequence
 import numpy as np
 
 
+# COCO classes that are static scene elements (YOLO does not know which are): the default
+# background classes of the YOLOv8 detector.
+COCO_BACKGROUND_CLASSES = ("dining table", "bed", "couch", "refrigerator", "oven")
+
+
 class ObjectGroup(enum.IntEnum):
     """The paper's three object groups; the values index the policy's per-group expert statistics."""
 

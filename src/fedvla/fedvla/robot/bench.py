@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from fedvla.robot.ik import IkConfig, IkSolver
+from fedvla.robot.ik import IkConfig, IkResult, IkSolver
 from fedvla.robot.kinematics import HOME_Q, ArmKinematics
 
 
@@ -20,6 +20,12 @@ class IkFigures:
     converged: int
     milliseconds: list[float]
     iterations: list[int]
+
+    def add(self, result: IkResult, milliseconds: float) -> None:
+        self.solves += 1
+        self.converged += result.converged
+        self.milliseconds.append(milliseconds)
+        self.iterations.append(result.iterations)
 
     @property
     def rate(self) -> float:
@@ -48,16 +54,9 @@ def bench_ik(*, targets: int = 500, tracking_steps: int = 2000, step_rad: float 
     for _ in range(tracking_steps):
         q_true = np.clip(q_true + rng.normal(0.0, step_rad, 6), lower, upper)
         result, ms = _timed(solver, kinematics.fk(q_true), q)
-        tracking.solves += 1
-        tracking.converged += result.converged
-        tracking.milliseconds.append(ms)
-        tracking.iterations.append(result.iterations)
+        tracking.add(result, ms)
         q = result.q if result.converged else q_true  # keep walking from a valid pose
     cold = IkFigures("random reachable from home", 0, 0, [], [])
     for _ in range(targets):
-        result, ms = _timed(solver, kinematics.fk(rng.uniform(lower, upper)), home)
-        cold.solves += 1
-        cold.converged += result.converged
-        cold.milliseconds.append(ms)
-        cold.iterations.append(result.iterations)
+        cold.add(*_timed(solver, kinematics.fk(rng.uniform(lower, upper)), home))
     return [tracking, cold]

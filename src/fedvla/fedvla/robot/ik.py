@@ -101,7 +101,7 @@ class IkSolver:
         offset, error, jacobian = self._linearise(target, q)
         cost = error @ error + weight * float((q - prior) @ (q - prior))
         for iterations in range(config.max_iterations):
-            if self._within_tolerance(offset):
+            if self._within_tolerance(*self._errors(offset)):
                 return self._result(q, offset, iterations)
             gradient = jacobian.T @ error + weight * (q - prior)
             step = np.linalg.solve(jacobian.T @ jacobian + (weight + damping) * eye, -gradient)
@@ -131,15 +131,14 @@ class IkSolver:
         """(position error in m, orientation error in rad) of the tool relative to the target."""
         return float(np.linalg.norm(offset.translation)), float(np.linalg.norm(self._pin.log3(offset.rotation)))
 
-    def _within_tolerance(self, offset) -> bool:
-        position, orientation = self._errors(offset)
-        return position <= self.config.position_tolerance_m and orientation <= self.config.orientation_tolerance_rad
+    def _within_tolerance(self, position_error_m: float, orientation_error_rad: float) -> bool:
+        return (position_error_m <= self.config.position_tolerance_m
+                and orientation_error_rad <= self.config.orientation_tolerance_rad)
 
     def _result(self, q: np.ndarray, offset, iterations: int) -> IkResult:
         position, orientation = self._errors(offset)
-        converged = position <= self.config.position_tolerance_m and orientation <= self.config.orientation_tolerance_rad
-        return IkResult(q=q.copy(), converged=converged, position_error_m=position, orientation_error_rad=orientation,
-                        iterations=iterations)
+        return IkResult(q=q.copy(), converged=self._within_tolerance(position, orientation), position_error_m=position,
+                        orientation_error_rad=orientation, iterations=iterations)
 
 
 def _error_norm(result: IkResult) -> float:
