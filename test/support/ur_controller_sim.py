@@ -21,7 +21,9 @@ What is emulated
   command is recorded in :attr:`UrControllerSim.dashboard_commands`.
 * **Script port** (default 30003, the one ur_rtde's ScriptClient uses; optionally a second one such as
   30002): programs (``def ...():`` ... ``end``) are recorded in :attr:`UrControllerSim.scripts`; URScript
-  is *not* interpreted. When the uploaded program is ur_rtde's RTDE control script the fake runs a
+  is *not* interpreted. Secondary programs (``sec ...():`` ... ``end``) run beside the main program, as
+  on the robot: recorded in :attr:`UrControllerSim.secondary_programs`, their literal
+  ``set_*_digital_out(n, True|False)`` calls applied. When the uploaded program is ur_rtde's RTDE control script the fake runs a
   Python model of that script's register handshake instead: ``runtime_state`` becomes PLAYING,
   ``output_int_register_<off>`` = 1 (ready) / 2 (done with command), and the command id in
   ``input_int_register_<off>`` is executed every controller cycle (``off`` is 0, or 24 with
@@ -99,9 +101,10 @@ import numpy as np
 
 __all__ = [
     "UrControllerSim", "ControllerCore", "SimState", "RobotMode", "SafetyMode", "RuntimeState", "Command",
-    "free_loopback_host", "DEFAULT_PORTS",
+    "free_loopback_host", "DEFAULT_PORTS", "E_SERIES", "CB3",
 ]
 
+E_SERIES, CB3 = (5, 15, 0), (3, 15, 7)  # URControl versions: an e-series (500 Hz) and a CB3 (125 Hz)
 DEFAULT_PORTS = {"rtde": 30004, "dashboard": 29999, "script": 30003}
 
 # --- RTDE wire format ---------------------------------------------------------------------------
@@ -723,7 +726,7 @@ class ControllerCore:
     def __init__(self, host: str = "127.0.0.1", rtde_port: int = DEFAULT_PORTS["rtde"],
                  dashboard_port: int | None = DEFAULT_PORTS["dashboard"],
                  script_port: int | None = DEFAULT_PORTS["script"], secondary_port: int | None = None,
-                 urcontrol_version: tuple[int, int, int] = (5, 15, 0), build_number: int = 12345,
+                 urcontrol_version: tuple[int, int, int] = E_SERIES, build_number: int = 12345,
                  robot_model: str | None = "auto", initial_q: Sequence[float] = (0.0, -1.2, 1.6, -1.97, -1.57, 0.0),
                  max_joint_speed: float | None = None, remote_control: bool = True,
                  serial_number: str = "20235500001", script_start_delay: float = 0.01,
@@ -771,6 +774,7 @@ class ControllerCore:
         self.dashboard_commands: list[str] = []
         self.output_recipes: list[dict[str, Any]] = []
         self.scripts: list[str] = []
+        self.secondary_programs: list[str] = []
         self.script_commands: list[str] = []
         self.protocol_errors: list[str] = []
         self.watchdog_trips = 0
@@ -1016,8 +1020,8 @@ class ControllerCore:
     def clear_records(self) -> None:
         with self.lock:
             for records in (self.received_inputs, self.servoj_targets, self.servoj_commands, self.commands,
-                            self.dashboard_commands, self.output_recipes, self.scripts, self.script_commands,
-                            self.protocol_errors):
+                            self.dashboard_commands, self.output_recipes, self.scripts, self.secondary_programs,
+                            self.script_commands, self.protocol_errors):
                 records.clear()
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
@@ -1226,6 +1230,9 @@ class ControllerCore:
                     pending = []
 
     def _on_program_text(self, text: str) -> None:
+        if text.lstrip().startswith("sec"):
+            self._run_secondary_program(text)
+            return
         program = _Program.parse(text, self.custom_script_duration, 0)
         with self.lock:
             self.scripts.append(text)
@@ -1237,6 +1244,19 @@ class ControllerCore:
                 self._pending_program = (time.monotonic() + self.script_start_delay, program)
             else:
                 self._log("script", "program not started: robot not running or not in normal safety mode")
+
+    def _run_secondary_program(self, text: str) -> None:
+        """A ``sec`` program runs beside the main program (UR semantics: no motion, never stops the main
+        program); its literal ``set_{standard,configurable,tool}_digital_out(n, True|False)`` calls apply."""
+        with self.lock:
+            self.secondary_programs.append(text)
+            raw = self.state._raw()
+            for bank, n, level in re.findall(r"set_(standard|configurable|tool)_digital_out\(\s*(\d+)\s*,\s*(True|False)\s*\)",
+                                             text):
+                bit = {"standard": 0, "configurable": 8, "tool": 16}[bank] + int(n)
+                raw["actual_digital_output_bits"] = (raw["actual_digital_output_bits"] & ~(1 << bit)) | (
+                    (level == "True") << bit)
+            self._log("script", f"secondary program ran ({len(text)} bytes)")
 
     # ---- inputs ----
     def _output_type(self, name: str) -> str:
@@ -1631,7 +1651,7 @@ _CALLS = frozenset({
 })
 _GETS = frozenset({
     "received_inputs", "servoj_targets", "servoj_commands", "commands", "dashboard_commands", "scripts",
-    "output_recipes",
+    "secondary_programs", "output_recipes",
     "script_commands", "protocol_errors", "watchdog_trips", "watchdog", "log", "inputs", "connections",
     "program_running", "running", "tcp_offset", "safety_mode", "robot_mode", "runtime_state", "ports",
     "controller_frequency", "period", "loaded_program",
@@ -1767,7 +1787,7 @@ class UrControllerSim:
     def __init__(self, host: str = "127.0.0.1", rtde_port: int = DEFAULT_PORTS["rtde"],
                  dashboard_port: int | None = DEFAULT_PORTS["dashboard"],
                  script_port: int | None = DEFAULT_PORTS["script"],
-                 urcontrol_version: tuple[int, int, int] = (5, 15, 0), **options: Any) -> None:
+                 urcontrol_version: tuple[int, int, int] = E_SERIES, **options: Any) -> None:
         self.host = host
         self.urcontrol_version = tuple(urcontrol_version)
         self._options = _plain(dict(host=host, rtde_port=rtde_port, dashboard_port=dashboard_port,
@@ -1944,6 +1964,8 @@ class UrControllerSim:
     output_recipes = property(lambda self: self._get("output_recipes"),
                               doc="Every CONTROL_PACKAGE_SETUP_OUTPUTS: {names, frequency, types, connection}.")
     scripts = property(lambda self: self._get("scripts"), doc="Programs received on the script port(s).")
+    secondary_programs = property(lambda self: self._get("secondary_programs"),
+                                  doc="``sec`` programs received (they run beside the main program).")
     script_commands = property(lambda self: self._get("script_commands"))
     protocol_errors = property(lambda self: self._get("protocol_errors"))
     watchdog_trips = property(lambda self: self._get("watchdog_trips"))

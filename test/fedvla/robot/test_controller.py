@@ -125,9 +125,24 @@ def test_an_emergency_stop_cannot_be_recovered_from_software(kinematics) -> None
     arm, _, controller = make(kinematics)
     arm.trigger(SafetyStatus.EMERGENCY_STOP)
     run(arm, controller, 0.0, 0.02)
-    with pytest.raises(BackendError, match="still in emergency_stop: release it on the robot first"):
+    with pytest.raises(BackendError, match="in emergency_stop: release it on the robot first"):
         controller.recover()
     assert controller.mode is ArmMode.FAULT
+
+
+def test_a_stopped_control_program_is_a_fault_until_recovered(kinematics) -> None:
+    arm, _, controller = make(kinematics)
+    controller.submit_chunk(np.array([[1.0, 0, 0, 0]] * 4), 0.1, 0.0)
+    t = run(arm, controller, 0.0, 0.1)
+    sent = len(servo_commands(arm))
+    arm.stop_program()  # e.g. the RTDE watchdog tripped, or someone pressed stop on the pendant
+    t = run(arm, controller, t, 0.2)
+    assert controller.mode is ArmMode.FAULT and "control program stopped" in controller.fault_reason
+    assert len(servo_commands(arm)) == sent
+    assert controller.recover() == "recovered" and arm.program_running
+    assert controller.submit_chunk(np.array([[0, 1.0, 0, 0]]), 0.1, t) is None
+    run(arm, controller, t, 0.1)
+    assert len(servo_commands(arm)) > sent
 
 
 def test_after_a_dropped_connection_no_old_command_is_sent(kinematics) -> None:

@@ -24,13 +24,12 @@ rtde_io = pytest.importorskip("rtde_io", reason="ur_rtde is not installed")
 dashboard_client = pytest.importorskip("dashboard_client", reason="ur_rtde is not installed")
 
 from support.ur_controller_sim import (  # noqa: E402
-    Command, RuntimeState, SafetyMode, UrControllerSim, free_loopback_host)
+    CB3, E_SERIES, Command, RuntimeState, SafetyMode, UrControllerSim)
 
 HOME = np.array([0.0, -1.2, 1.6, -1.97, -1.57, 0.0])  # the fake's initial joint positions
 Q_A = np.array([0.1, -1.1, 1.5, -1.9, -1.5, 0.2])
 Q_B = np.array([-0.2, -1.3, 1.7, -2.0, -1.6, 0.3])
 SERVO = dict(speed=0.5, acceleration=0.5, lookahead_time=0.1, gain=300.0)
-E_SERIES, CB3 = (5, 15, 0), (3, 15, 7)
 
 
 def eventually(predicate, timeout=3.0):
@@ -40,47 +39,6 @@ def eventually(predicate, timeout=3.0):
 def servo_j(control, q, dt):
     return control.servoJ(list(map(float, q)), SERVO["speed"], SERVO["acceleration"], dt,
                           SERVO["lookahead_time"], SERVO["gain"])
-
-
-@pytest.fixture(scope="module")
-def controller_process():
-    """One controller process for the module (a fresh controller per test: ``reset``)."""
-    try:
-        host = free_loopback_host()
-    except OSError as error:
-        pytest.skip(f"no loopback address with the UR ports free: {error}")
-    process = UrControllerSim(host=host)
-    yield process
-    process.shutdown()
-
-
-def _started(sim):
-    try:
-        return sim.start()
-    except OSError as error:
-        pytest.skip(f"UR ports busy on {sim.host}: {error}")
-
-
-@pytest.fixture
-def sim(controller_process, request):
-    """A fresh fake controller, e-series unless parametrised (indirect) with another version."""
-    fake = _started(controller_process.reset(urcontrol_version=getattr(request, "param", E_SERIES)))
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def connect(sim):
-    """Make ur_rtde clients; drop them (their destructors disconnect, ~0.5 s each) before the fake ends."""
-    made = []
-
-    def make(cls, *args):
-        made.append(cls(*args))
-        return made[-1]
-
-    yield make
-    made.clear()
-    gc.collect()
 
 
 def test_receive_reads_the_fakes_state_and_follows_it(sim, connect):
@@ -286,9 +244,9 @@ def _exclusive_127_0_0_1(timeout=10.0):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def test_on_127_0_0_1():
+def test_on_127_0_0_1(started):
     with _exclusive_127_0_0_1():
-        sim = _started(UrControllerSim(host="127.0.0.1"))  # skips while something else holds the ports
+        sim = started(UrControllerSim(host="127.0.0.1"))  # skips while something else holds the ports
         receive = control = None
         try:
             receive = rtde_receive.RTDEReceiveInterface("127.0.0.1")

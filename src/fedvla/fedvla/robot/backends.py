@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
+import time
 
 import numpy as np
 
@@ -20,12 +21,18 @@ class SafetyStatus(str, enum.Enum):
 
     NORMAL = "normal"
     PROTECTIVE_STOP = "protective_stop"  # a collision or limit tripped: unlock explicitly
+    SAFEGUARD_STOP = "safeguard_stop"  # a safeguard input (light curtain, door) is open: close it
     EMERGENCY_STOP = "emergency_stop"  # e-stop pressed: release it on the robot, then unlock
     FAULT = "fault"  # violation / fault / other non-normal safety mode
 
 
 class BackendError(RuntimeError):
-    """The backend cannot do what was asked (not connected, connection lost, refused)."""
+    """The backend cannot do what was asked (not connected, connection lost)."""
+
+
+class CommandRefused(BackendError):
+    """Connected, but the controller refused the command (its program is not running): a fault for
+    the operator, not a reason to reconnect."""
 
 
 @dataclasses.dataclass
@@ -84,11 +91,22 @@ class ArmBackend(abc.ABC):
     def set_gripper(self, closed: bool) -> None: ...
 
     @abc.abstractmethod
-    def unlock_protective_stop(self) -> None:
-        """Clear a protective stop (the operator's explicit recovery); raise BackendError if it stays."""
+    def resume(self) -> None:
+        """The operator's explicit recovery: unlock a protective stop if there is one and restart
+        whatever executes our commands; raise :class:`BackendError` if the arm stays stopped."""
 
     def kick_watchdog(self) -> None:
         """Tell the controller we are alive (backends with a watchdog stop the arm otherwise)."""
+
+    def init_period(self) -> float:
+        """Start of a control cycle (pair with :meth:`wait_period`, as ur_rtde's initPeriod/waitPeriod)."""
+        return time.monotonic()
+
+    def wait_period(self, start: float) -> None:
+        """Sleep until one period after ``start``."""
+        remaining = start + self.period_s - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
 
     def close(self) -> None:
         self.disconnect()
@@ -107,6 +125,7 @@ class SimulatedArm(ArmBackend):
         self.qd = np.zeros(6)
         self.safety = SafetyStatus.NORMAL
         self.gripper_closed = False
+        self.program_running = True
         self.time_s = 0.0
         self._connected = False
         self._reachable = True
@@ -129,12 +148,14 @@ class SimulatedArm(ArmBackend):
 
     def read(self) -> ArmState:
         self._require_connected()
-        return ArmState(q=self.q.copy(), qd=self.qd.copy(), safety=self.safety, gripper_closed=self.gripper_closed)
+        return ArmState(q=self.q.copy(), qd=self.qd.copy(), safety=self.safety, gripper_closed=self.gripper_closed,
+                        program_running=self.program_running)
 
     def servo_j(self, q: np.ndarray, settings: ServoSettings) -> None:
         self._require_connected()
-        if self.safety is not SafetyStatus.NORMAL:
-            raise BackendError(f"simulated arm: servoJ refused in {self.safety.value}")
+        if self.safety is not SafetyStatus.NORMAL or not self.program_running:
+            raise BackendError(f"simulated arm: servoJ refused ({self.safety.value}, "
+                               f"program {'running' if self.program_running else 'stopped'})")
         q = np.asarray(q, dtype=np.float64)
         self.commands.append((self.time_s, "servo_j", q.copy()))
         self.servo_from.append((self.q.copy(), self.qd.copy()))
@@ -154,11 +175,16 @@ class SimulatedArm(ArmBackend):
             self.commands.append((self.time_s, "gripper", bool(closed)))
         self.gripper_closed = bool(closed)
 
-    def unlock_protective_stop(self) -> None:
+    def resume(self) -> None:
         self._require_connected()
         if self.safety is SafetyStatus.EMERGENCY_STOP:
             raise BackendError("simulated arm: the emergency stop is still pressed")
-        self.safety = SafetyStatus.NORMAL
+        self.safety, self.program_running = SafetyStatus.NORMAL, True
+
+    def wait_period(self, start: float) -> None:
+        """Real time (the driver node): sleep out the period, then let it pass for the arm."""
+        super().wait_period(start)
+        self.advance(self.period_s)
 
     def advance(self, dt: float) -> None:
         """Let ``dt`` seconds of simulated time pass (braking continues, servo holds)."""
@@ -177,8 +203,15 @@ class SimulatedArm(ArmBackend):
     def trigger(self, safety: SafetyStatus) -> None:
         """The controller enters a safety state: motion stops at once (as a protective stop does)."""
         self.safety = safety
+        if safety is not SafetyStatus.NORMAL:
+            self.program_running = False  # a UR controller ends the running program on any stop
         self.qd = np.zeros(6)
         self._braking = None
+
+    def stop_program(self) -> None:
+        """The program executing our setpoints stops (watchdog, pendant): the arm halts."""
+        self.trigger(self.safety)
+        self.program_running = False
 
     def drop_connection(self, reachable: bool = False) -> None:
         """The link goes down; with ``reachable`` False, reconnecting fails until :meth:`restore`."""

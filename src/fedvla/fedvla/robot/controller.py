@@ -13,9 +13,12 @@ per controller period (time is passed in, so tests run it on simulated time).
 * Stale input: when the newest chunk is older than ``stale_timeout_s``, the next step issues
   servoStop (braking at ``stop_deceleration``) — at most one period after the timeout, so the stop
   is commanded within two control periods — and sends nothing more until a new chunk arrives.
-* A protective or emergency stop reported by the controller (or a setpoint the guard rejects)
-  puts the runtime in ``FAULT``; it stays there, sending nothing, until :meth:`recover` is called
-  explicitly (the driver's ``~/recover`` service) and the robot reports a normal safety state.
+* A protective, safeguard or emergency stop reported by the controller, its control program
+  stopping (teach pendant, RTDE watchdog), or a setpoint the guard rejects puts the runtime in
+  ``FAULT``; it stays there, sending nothing, until :meth:`recover` is called explicitly (the
+  driver's ``~/recover`` service): that unlocks a protective stop, restarts the program, and
+  resynchronises on the measured joints. Emergency and safeguard stops are released on the robot
+  first; recover() refuses while they last.
 * A dropped connection: ``DISCONNECTED``, reconnect attempts every ``reconnect_period_s``; after
   reconnecting the setpoint restarts from the measured joints and every chunk received before the
   drop is discarded, so no stale command is ever sent.
@@ -30,7 +33,7 @@ from collections import Counter
 import numpy as np
 
 from fedvla.config import require, require_positive
-from fedvla.robot.backends import ArmBackend, BackendError, SafetyStatus, ServoSettings
+from fedvla.robot.backends import ArmBackend, ArmState, BackendError, CommandRefused, SafetyStatus, ServoSettings
 from fedvla.robot.ik import IkSolver
 from fedvla.robot.retarget import Retargeter, RetargetError
 from fedvla.robot.safety import MotionLimiter, SafetyGuard, Violation
@@ -137,11 +140,13 @@ class ArmController:
         if self.mode is not ArmMode.FAULT:
             return f"nothing to recover from ({self.mode.value})"
         state = self.backend.read()
-        if state.safety is SafetyStatus.PROTECTIVE_STOP:
-            self.backend.unlock_protective_stop()
-            state = self.backend.read()
-        if state.safety is not SafetyStatus.NORMAL:
-            raise BackendError(f"the robot is still in {state.safety.value}: release it on the robot first")
+        if state.safety not in (SafetyStatus.NORMAL, SafetyStatus.PROTECTIVE_STOP):
+            raise BackendError(f"the robot is in {state.safety.value}: release it on the robot first")
+        self.backend.resume()
+        state = self.backend.read()
+        if state.safety is not SafetyStatus.NORMAL or not state.program_running:
+            raise BackendError(f"the robot did not resume ({state.safety.value}, program "
+                               f"{'running' if state.program_running else 'stopped'}): check the teach pendant")
         self._resync(state.q)
         self.mode, self.fault_reason = ArmMode.IDLE, ""
         log.info("recovered: holding at the measured joints, waiting for a new action chunk")
@@ -165,12 +170,16 @@ class ArmController:
             self._disconnected(str(err))
             return
         self.measured_q = state.q
-        if state.safety is not SafetyStatus.NORMAL:
+        problem = _stopped_reason(state)
+        if problem is not None:
             if self.mode is not ArmMode.FAULT:
-                self._fault(f"robot reports {state.safety.value}", send_stop=False)
+                self._fault(problem, send_stop=False)
             return
-        if self.mode is not ArmMode.TRACKING or self.trajectory is None:
-            return
+        if self.mode is not ArmMode.TRACKING or self.trajectory is None or not self._stream(state, now_s):
+            self._kick_watchdog()  # holding: nothing else tells the controller the driver is alive
+
+    def _stream(self, state: ArmState, now_s: float) -> bool:
+        """One servoJ setpoint towards the trajectory; False when none was sent."""
         if self._stopped:  # (re)start streaming from where the arm is, as it moves (it may still brake)
             self.setpoint = state.q.copy()
             self.velocity = np.clip(state.qd, -self.guard.max_velocity, self.guard.max_velocity)
@@ -179,18 +188,26 @@ class ArmController:
                 log.warning("no action chunk for %.2f s (stale_timeout_s %.2f): stopping",
                             now_s - self._last_chunk_s, self.guard.config.stale_timeout_s)
                 self.trajectory, self.mode = None, ArmMode.IDLE
-                self._send_stop()
-                return
+                self._send_stop()  # a command too: it counts as this period's watchdog kick
+                return True
             target, gripper_closed = self.trajectory.target(now_s)
             q, velocity = self.limiter.step(self.setpoint, self.velocity, target)
             problem = self.guard.check_setpoint(q, self.setpoint, self.velocity, self.backend.period_s)
             if problem is not None:
                 self._fault(f"setpoint refused: {problem.value}")
-                return
-            self.backend.servo_j(q, self.servo)
+                return True  # faulted: nothing more this period
+            self.backend.servo_j(q, self.servo)  # also counts as a watchdog kick (UR: any register update)
             self.backend.set_gripper(gripper_closed)
-            self.backend.kick_watchdog()
             self.setpoint, self.velocity, self._stopped = q, velocity, False
+        except CommandRefused as err:
+            self._fault(str(err), send_stop=False)
+        except BackendError as err:
+            self._disconnected(str(err))
+        return True
+
+    def _kick_watchdog(self) -> None:
+        try:
+            self.backend.kick_watchdog()
         except BackendError as err:
             self._disconnected(str(err))
 
@@ -241,7 +258,16 @@ class ArmController:
             log.warning("reconnect failed: %s", err)
             return
         self._resync(state.q)
-        self.mode = ArmMode.FAULT if state.safety is not SafetyStatus.NORMAL else ArmMode.IDLE
-        if self.mode is ArmMode.FAULT:
-            self.fault_reason = f"robot reports {state.safety.value}"
+        problem = _stopped_reason(state)
+        self.mode = ArmMode.IDLE if problem is None else ArmMode.FAULT
+        self.fault_reason = problem or ""
         log.info("arm connected (%s)", self.mode.value)
+
+
+def _stopped_reason(state: ArmState) -> str | None:
+    """Why the robot will not execute setpoints now (None: it will)."""
+    if state.safety is not SafetyStatus.NORMAL:
+        return f"robot reports {state.safety.value}"
+    if not state.program_running:
+        return "the robot's control program stopped (teach pendant, RTDE watchdog or another client)"
+    return None
