@@ -28,6 +28,7 @@ def node_topic(node_fqn: str, relative: str) -> str:
 # Robot state (UR driver convention); the task instruction (std_msgs/String), one for the
 # robot, read by the scene parser and the policy; the policy node's own topics (relative).
 JOINT_STATES = "/joint_states"
+POLICY_NODE = "/policy"
 INSTRUCTION = "/instruction"
 ACTION_CHUNK = "action_chunk"
 EXPERT_ACTIVATION = "expert_activation"
@@ -41,6 +42,17 @@ SCENE_MARKERS = "markers"
 def annotated_image_topic(camera: str) -> str:
     """The scene parser's annotated image of one camera (relative to the node)."""
     return f"{camera}/annotated_image"
+
+# The UR3 driver: the robot's URDF (latched std_msgs/String, robot_state_publisher convention), TF,
+# diagnostics; its own tool pose, planned tool path (RViz marker) and services (relative).
+ROBOT_DESCRIPTION = "/robot_description"
+TF = "/tf"
+TF_STATIC = "/tf_static"
+DIAGNOSTICS = "/diagnostics"
+TOOL_POSE = "tool_pose"
+PLANNED_PATH = "planned_path"
+RECOVER_SERVICE = "recover"
+STOP_SERVICE = "stop"
 
 # Federation (absolute: one server per ROS domain, clients in any namespace reach it).
 FEDERATION_JOIN = "/federation/join"

@@ -50,8 +50,8 @@ class ServoSettings:
 
     lookahead_time_s: float = 0.1  # 0.03-0.2: smooths the trajectory, adds delay
     gain: float = 300.0  # 100-2000: proportional gain of the position servo
-    velocity: float = 0.5  # (unused by servoJ on current firmware; passed as the API requires)
-    acceleration: float = 0.5
+    servo_speed: float = 0.5  # (unused by servoJ on current firmware; passed as the API requires)
+    servo_acceleration: float = 0.5
 
     def __post_init__(self) -> None:
         require(0.03 <= self.lookahead_time_s <= 0.2, "lookahead_time_s",

@@ -151,7 +151,7 @@ class UrRtdeArm(ArmBackend):
     # Commands -----------------------------------------------------------------------------------------
     def servo_j(self, q: np.ndarray, settings: ServoSettings) -> None:
         self._require_connected()
-        if not self._control.servoJ([float(v) for v in q], settings.velocity, settings.acceleration, self.period_s,
+        if not self._control.servoJ([float(v) for v in q], settings.servo_speed, settings.servo_acceleration, self.period_s,
                                     settings.lookahead_time_s, settings.gain):
             raise CommandRefused("the UR controller refused servoJ (its control script is not running)")
 

@@ -1,0 +1,169 @@
+"""Everything the UR3 driver node runs, built from its parameters, with no ROS import: the arm
+backend, the kinematics, IK, the safety guard, retargeting and the :class:`ArmController`, plus
+the real-time loop that steps the controller once per controller period on its own thread.
+
+The node (``fedvla_ros.ur3_driver``) only converts messages and calls :meth:`ArmRuntime.submit_chunk`,
+:meth:`ArmRuntime.snapshot`, :meth:`ArmRuntime.recover` and :meth:`ArmRuntime.stop`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import threading
+import time
+
+import numpy as np
+
+from fedvla import topics
+from fedvla.config import require, require_positive
+from fedvla.robot.backends import ArmBackend, BackendError, ServoSettings, SimulatedArm
+from fedvla.robot.controller import ArmController, ArmMode, ControllerConfig
+from fedvla.robot.ik import IkConfig, IkSolver
+from fedvla.robot.kinematics import HOME_Q, ArmKinematics
+from fedvla.robot.retarget import RetargetConfig, Retargeter
+from fedvla.robot.safety import SafetyConfig, SafetyGuard
+
+log = logging.getLogger("fedvla.robot")
+
+# The controller's cycle per UR model: CB3 controllers run at 125 Hz, e-series at 500 Hz.
+UR_CONTROL_RATES_HZ = {"ur3": 125.0, "ur3e": 500.0}
+
+
+class ArmBackendKind(str, enum.Enum):
+    SIM = "sim"  # kinematic UR3 in this process (use_mock_hardware)
+    UR_RTDE = "ur_rtde"  # a real controller (or URSim) at robot_ip
+
+
+@dataclasses.dataclass(kw_only=True)
+class ArmDriverConfig:
+    backend: ArmBackendKind = ArmBackendKind.SIM
+    robot_ip: str = "192.168.56.101"  # ur_rtde backend only
+    ur_type: str = "ur3"  # ur3 (CB3, 125 Hz) or ur3e (e-series, 500 Hz): the control rate
+    urdf_path: str = ""  # empty: the installed urdf/ur3_gripper.urdf
+    gripper_output: str = "tool:0"  # ur_rtde: the digital output wired to the gripper (see ur_rtde_arm)
+    watchdog_frequency_hz: float = 10.0  # ur_rtde: the RTDE watchdog (0 disables)
+    initial_joint_positions: tuple[float, ...] = HOME_Q  # sim backend: where the arm starts, rad
+    action_topic: str = topics.node_topic(topics.POLICY_NODE, topics.ACTION_CHUNK)  # where action chunks come from
+    object_pose_topic: str = ""  # geometry_msgs/PoseStamped of the object (action_frame object); empty: none
+    state_rate_hz: float = 50.0  # /joint_states, tool pose and /tf
+    ik_restarts: int = 0  # random restarts when warm-started IK fails (0: fail fast, the chunk is refused)
+
+    def __post_init__(self) -> None:
+        require(self.ur_type in UR_CONTROL_RATES_HZ, "ur_type", f"unknown UR model {self.ur_type!r}",
+                ", ".join(UR_CONTROL_RATES_HZ))
+        require(len(self.initial_joint_positions) == 6, "initial_joint_positions",
+                f"has {len(self.initial_joint_positions)} values", "six joint angles in rad")
+        require_positive(self.state_rate_hz, "state_rate_hz")
+        require(self.ik_restarts >= 0, "ik_restarts", f"is negative ({self.ik_restarts})", "0 or more")
+
+    @property
+    def control_rate_hz(self) -> float:
+        return UR_CONTROL_RATES_HZ[self.ur_type]
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmSnapshot:
+    """What the node publishes, taken under the runtime's lock."""
+
+    mode: ArmMode
+    fault_reason: str
+    measured_q: np.ndarray | None
+    gripper_closed: bool
+    planned_q: np.ndarray | None  # (n, 6) waypoints of the trajectory being executed
+    refused: dict[str, int]
+    cycles: int
+    overruns: int  # control periods that took longer than the period
+
+
+def make_backend(config: ArmDriverConfig) -> ArmBackend:
+    period_s = 1.0 / config.control_rate_hz
+    if config.backend is ArmBackendKind.SIM:
+        return SimulatedArm(period_s, np.asarray(config.initial_joint_positions, dtype=np.float64))
+    from fedvla.robot.ur_rtde_arm import UrRtdeArm, UrRtdeConfig
+
+    return UrRtdeArm(UrRtdeConfig(robot_ip=config.robot_ip, control_frequency_hz=config.control_rate_hz,
+                                  gripper_output=config.gripper_output,
+                                  watchdog_frequency_hz=config.watchdog_frequency_hz))
+
+
+class ArmRuntime:
+    """The controller and its real-time loop. Thread-safe: the loop and the callers share one lock."""
+
+    def __init__(self, driver: ArmDriverConfig, safety: SafetyConfig | None = None,
+                 retarget: RetargetConfig | None = None, servo: ServoSettings | None = None,
+                 controller: ControllerConfig | None = None, backend: ArmBackend | None = None) -> None:
+        self.config = driver
+        self.kinematics = ArmKinematics(driver.urdf_path or None)
+        self.backend = backend or make_backend(driver)
+        guard = SafetyGuard(self.kinematics, safety or SafetyConfig())
+        ik = IkSolver(self.kinematics, IkConfig(restarts=driver.ik_restarts))
+        self.controller = ArmController(self.backend, guard, ik, Retargeter(retarget or RetargetConfig()),
+                                        controller or ControllerConfig(), servo or ServoSettings())
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._cycles = self._overruns = 0
+
+    # The loop ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="arm-control", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        period = self.backend.period_s
+        while not self._halt.is_set():
+            started = time.monotonic()
+            start = self.backend.init_period()
+            with self._lock:
+                self.controller.step(time.monotonic())
+            self._cycles += 1
+            if time.monotonic() - started > period:
+                self._overruns += 1
+            self.backend.wait_period(start)
+
+    def close(self) -> None:
+        """Stop the loop, brake, and release the arm (ur_rtde: servoStop, end the control script)."""
+        self._halt.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+        with self._lock:
+            try:
+                if self.backend.is_connected:
+                    self.controller.request_stop()
+            except BackendError as err:
+                log.warning("stopping the arm on shutdown failed: %s", err)
+            self.backend.close()
+
+    # Calls from the node ---------------------------------------------------------------------------
+    def submit_chunk(self, actions: np.ndarray, step_period_s: float):
+        with self._lock:
+            return self.controller.submit_chunk(actions, step_period_s, time.monotonic())
+
+    def set_object_pose(self, object_in_base: np.ndarray | None) -> None:
+        with self._lock:
+            self.controller.object_in_base = object_in_base
+
+    def recover(self) -> str:
+        with self._lock:
+            return self.controller.recover()
+
+    def stop(self) -> None:
+        with self._lock:
+            self.controller.request_stop()
+
+    def snapshot(self) -> ArmSnapshot:
+        with self._lock:
+            c = self.controller
+            trajectory = c.trajectory
+            gripper = False
+            if self.backend.is_connected and c.mode is not ArmMode.DISCONNECTED:
+                try:
+                    gripper = self.backend.read().gripper_closed
+                except BackendError:
+                    pass
+            return ArmSnapshot(mode=c.mode, fault_reason=c.fault_reason,
+                               measured_q=None if c.measured_q is None else c.measured_q.copy(),
+                               gripper_closed=gripper,
+                               planned_q=None if trajectory is None else trajectory.waypoints.copy(),
+                               refused=dict(c.refused), cycles=self._cycles, overruns=self._overruns)

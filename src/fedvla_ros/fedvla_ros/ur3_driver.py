@@ -1,0 +1,220 @@
+"""ur3_driver node: action chunks in, safe servoJ motion of a UR3 out (or of the simulated arm).
+
+Subscribes to ``action_topic`` (fedvla_interfaces/ActionChunk; default the policy's) and, when
+``object_pose_topic`` is set, to the object's pose (geometry_msgs/PoseStamped in ``base_link``) for
+object-frame actions. The control loop runs on its own thread at the controller's rate
+(:class:`fedvla.robot.runtime.ArmRuntime`); every safety decision is the core's.
+
+Publishes, at ``state_rate_hz``: ``/joint_states`` (the six arm joints and the gripper's finger),
+``~/tool_pose`` (PoseStamped, ``base_link``), ``/tf`` (every link of ``urdf/ur3_gripper.urdf`` from
+our own forward kinematics: the pip-only install has no robot_state_publisher; a full ROS install
+gets the same tree) and ``~/planned_path`` (the tool path of the trajectory being executed, an RViz
+line strip, latched); at 1 Hz ``/diagnostics`` (mode, fault, refused chunks, loop overruns); once, latched,
+``/robot_description`` and ``/tf_static`` (world → base_link).
+
+Services (std_srvs/Trigger): ``~/recover`` leaves a fault after the operator cleared its cause
+(unlocks a protective stop, restarts the control script); ``~/stop`` brakes and drops the trajectory.
+Parameters: the fields of ArmDriverConfig, SafetyConfig, RetargetConfig, ServoSettings and
+ControllerConfig (``fedvla.robot``).
+"""
+from __future__ import annotations
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point, PoseStamped, TransformStamped
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import JointState
+from std_msgs.msg import ColorRGBA, String
+from std_srvs.srv import Trigger
+from tf2_msgs.msg import TFMessage
+from visualization_msgs.msg import Marker
+
+from fedvla import topics
+from fedvla.robot.backends import BackendError, ServoSettings
+from fedvla.robot.controller import ArmMode, ControllerConfig
+from fedvla.robot.kinematics import GRIPPER_JOINT
+from fedvla.robot.retarget import RetargetConfig
+from fedvla.robot.runtime import ArmDriverConfig, ArmRuntime
+from fedvla.robot.safety import SafetyConfig
+from fedvla_interfaces.msg import ActionChunk
+from fedvla_ros.node_main import main_for
+from fedvla_ros.parameters import declare_config
+from fedvla_ros.qos import LATCHED_QOS
+
+_LEVELS = {ArmMode.IDLE: DiagnosticStatus.OK, ArmMode.TRACKING: DiagnosticStatus.OK,
+           ArmMode.FAULT: DiagnosticStatus.ERROR, ArmMode.DISCONNECTED: DiagnosticStatus.ERROR}
+
+
+def _pose_fields(target, matrix: np.ndarray) -> None:
+    """Fill a geometry_msgs Pose or Transform from a 4x4 matrix."""
+    import pinocchio as pin
+
+    quaternion = pin.Quaternion(matrix[:3, :3])
+    position = getattr(target, "position", None) or target.translation
+    position.x, position.y, position.z = (float(v) for v in matrix[:3, 3])
+    orientation = getattr(target, "orientation", None) or target.rotation
+    orientation.x, orientation.y, orientation.z, orientation.w = (
+        float(quaternion.x), float(quaternion.y), float(quaternion.z), float(quaternion.w))
+
+
+def _matrix_from_pose(pose) -> np.ndarray:
+    import pinocchio as pin
+
+    q = pose.orientation
+    matrix = np.eye(4)
+    matrix[:3, :3] = pin.Quaternion(q.w, q.x, q.y, q.z).normalized().toRotationMatrix()
+    matrix[:3, 3] = (pose.position.x, pose.position.y, pose.position.z)
+    return matrix
+
+
+class Ur3DriverNode(Node):
+    def __init__(self) -> None:
+        super().__init__("ur3_driver")
+        driver = declare_config(self, ArmDriverConfig)
+        self.runtime = ArmRuntime(driver, declare_config(self, SafetyConfig), declare_config(self, RetargetConfig),
+                                  declare_config(self, ServoSettings), declare_config(self, ControllerConfig))
+        self.config, self.kinematics = driver, self.runtime.kinematics
+        base = self.kinematics.base_frame
+        self._base, self._gripper_limits = base, self._finger_limits()
+
+        self._joints_pub = self.create_publisher(JointState, topics.JOINT_STATES, qos_profile_sensor_data)
+        self._tool_pub = self.create_publisher(PoseStamped, topics.private_topic(topics.TOOL_POSE), 10)
+        self._tf_pub = self.create_publisher(TFMessage, topics.TF, 100)
+        self._path_pub = self.create_publisher(Marker, topics.private_topic(topics.PLANNED_PATH), LATCHED_QOS)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10)
+        self._publish_latched()
+
+        self.create_subscription(ActionChunk, driver.action_topic, self._on_chunk, 10)
+        if driver.object_pose_topic:
+            self.create_subscription(PoseStamped, driver.object_pose_topic, self._on_object_pose, 10)
+        self.create_service(Trigger, topics.private_topic(topics.RECOVER_SERVICE), self._on_recover)
+        self.create_service(Trigger, topics.private_topic(topics.STOP_SERVICE), self._on_stop)
+        self.create_timer(1.0 / driver.state_rate_hz, self._publish_state)
+        self.create_timer(1.0, self._publish_diagnostics)
+        self._last_path: np.ndarray | None = None
+        self.runtime.start()
+        where = driver.robot_ip if driver.backend.value == "ur_rtde" else "simulated arm"
+        self.get_logger().info(f"{driver.ur_type} ({where}) at {driver.control_rate_hz:g} Hz; actions from "
+                               f"{driver.action_topic}")
+
+    def destroy_node(self) -> None:
+        self.runtime.close()
+        super().destroy_node()
+
+    # Inputs ---------------------------------------------------------------------------------------
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        width = len(msg.dimension_names)
+        if width == 0 or len(msg.actions) != msg.horizon * width:
+            self.get_logger().error(f"action chunk refused: {len(msg.actions)} values for horizon {msg.horizon} x "
+                                    f"{width} dimensions", throttle_duration_sec=5.0)
+            return
+        actions = np.asarray(msg.actions, dtype=np.float64).reshape(msg.horizon, width)
+        self.runtime.submit_chunk(actions, msg.step_period_s)  # refusals are logged by the core
+
+    def _on_object_pose(self, msg: PoseStamped) -> None:
+        if msg.header.frame_id and msg.header.frame_id != self._base:
+            self.get_logger().error(f"object pose in {msg.header.frame_id!r}; expected {self._base!r}",
+                                    throttle_duration_sec=5.0)
+            return
+        self.runtime.set_object_pose(_matrix_from_pose(msg.pose))
+
+    def _on_recover(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        try:
+            response.message = self.runtime.recover()
+            response.success = True
+        except BackendError as err:
+            response.success, response.message = False, str(err)
+        self.get_logger().info(f"recover: {response.message}")
+        return response
+
+    def _on_stop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        try:
+            self.runtime.stop()
+            response.success, response.message = True, "stopped"
+        except BackendError as err:
+            response.success, response.message = False, str(err)
+        return response
+
+    # Outputs --------------------------------------------------------------------------------------
+    def _finger_limits(self) -> tuple[float, float]:
+        import xml.etree.ElementTree as ElementTree
+
+        for joint in ElementTree.parse(self.kinematics.urdf_path).getroot().iter("joint"):
+            if joint.get("name") == GRIPPER_JOINT and joint.find("limit") is not None:
+                limit = joint.find("limit")
+                return float(limit.get("lower", 0.0)), float(limit.get("upper", 0.0))
+        return 0.0, 0.0
+
+    def _publish_latched(self) -> None:
+        description = self.create_publisher(String, topics.ROBOT_DESCRIPTION, LATCHED_QOS)
+        description.publish(String(data=self.kinematics.urdf_path.read_text()))
+        static = self.create_publisher(TFMessage, topics.TF_STATIC, LATCHED_QOS)
+        world = TransformStamped()
+        world.header.stamp = self.get_clock().now().to_msg()
+        world.header.frame_id, world.child_frame_id = "world", self._base
+        world.transform.rotation.w = 1.0
+        static.publish(TFMessage(transforms=[world]))
+        self._latched = (description, static)
+
+    def _publish_state(self) -> None:
+        snapshot = self.runtime.snapshot()
+        if snapshot.measured_q is None:
+            return
+        stamp = self.get_clock().now().to_msg()
+        q = snapshot.measured_q
+        lower, upper = self._gripper_limits
+        joints = JointState(name=[*self.kinematics.joint_names, GRIPPER_JOINT],
+                            position=[*map(float, q), lower if snapshot.gripper_closed else upper])
+        joints.header.stamp = stamp
+        self._joints_pub.publish(joints)
+
+        poses = self.kinematics.link_poses(q)
+        transforms = []
+        for frame, matrix in poses.items():
+            if frame == self._base:
+                continue
+            transform = TransformStamped()
+            transform.header.stamp, transform.header.frame_id, transform.child_frame_id = stamp, self._base, frame
+            _pose_fields(transform.transform, matrix)
+            transforms.append(transform)
+        self._tf_pub.publish(TFMessage(transforms=transforms))
+
+        tool = PoseStamped()
+        tool.header.stamp, tool.header.frame_id = stamp, self._base
+        _pose_fields(tool.pose, self.kinematics.fk(q).homogeneous)
+        self._tool_pub.publish(tool)
+        self._publish_path(snapshot.planned_q, stamp)
+
+    def _publish_path(self, planned_q: np.ndarray | None, stamp) -> None:
+        if planned_q is self._last_path or (planned_q is not None and self._last_path is not None
+                                             and np.array_equal(planned_q, self._last_path)):
+            return
+        self._last_path = planned_q
+        marker = Marker(ns="planned_path", id=0, type=Marker.LINE_STRIP)
+        marker.header.stamp, marker.header.frame_id = stamp, self._base
+        if planned_q is None:
+            marker.action = Marker.DELETE
+        else:
+            marker.action, marker.scale.x = Marker.ADD, 0.005
+            marker.color = ColorRGBA(r=0.1, g=0.9, b=0.3, a=1.0)
+            marker.pose.orientation.w = 1.0
+            marker.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2]))
+                             for p in (self.kinematics.fk(qi).translation for qi in planned_q)]
+        self._path_pub.publish(marker)
+
+    def _publish_diagnostics(self) -> None:
+        s = self.runtime.snapshot()
+        status = DiagnosticStatus(level=_LEVELS[s.mode], name="ur3_driver: arm", hardware_id=(
+            self.config.robot_ip if self.config.backend.value == "ur_rtde" else "simulated"),
+            message=s.mode.value + (f": {s.fault_reason}" if s.fault_reason else ""))
+        values = {"mode": s.mode.value, "control_rate_hz": f"{self.config.control_rate_hz:g}",
+                  "control_cycles": str(s.cycles), "control_overruns": str(s.overruns),
+                  **{f"refused_chunks.{reason}": str(n) for reason, n in sorted(s.refused.items())}}
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_pub.publish(array)
+
+
+main = main_for(Ur3DriverNode, "ur3_driver")

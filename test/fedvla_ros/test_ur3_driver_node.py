@@ -1,0 +1,137 @@
+"""The ur3_driver node on the simulated arm: action chunks move the tool, state, TF, the robot
+description, the planned path and diagnostics are published, stale input stops the arm, the stop
+and recover services answer; an unreachable robot is reported, not fatal; bad settings exit 2."""
+import time
+
+import numpy as np
+import pytest
+
+from support.ros import start_node, stop_process, wait_for_messages
+
+rclpy = pytest.importorskip("rclpy")
+pytest.importorskip("pinocchio")
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from geometry_msgs.msg import PoseStamped  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import QoSProfile  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+from tf2_msgs.msg import TFMessage  # noqa: E402
+from visualization_msgs.msg import Marker  # noqa: E402
+
+from fedvla import topics  # noqa: E402
+from fedvla.robot.kinematics import ARM_JOINTS, GRIPPER_JOINT  # noqa: E402
+from fedvla_interfaces.msg import ActionChunk  # noqa: E402
+from fedvla_ros.qos import LATCHED_QOS  # noqa: E402
+
+pytestmark = pytest.mark.ros
+DRIVER = "/ur3_driver"
+RELIABLE = QoSProfile(depth=10)
+
+
+def chunk(rows):
+    actions = np.asarray(rows, dtype=np.float32)
+    return ActionChunk(dimension_names=["dx", "dy", "dz", "gripper"], horizon=len(actions),
+                       actions=actions.ravel().tolist(), step_period_s=0.1)
+
+
+def diagnostics(context, predicate, timeout_s=20.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        (array,) = wait_for_messages(context, topics.DIAGNOSTICS, DiagnosticArray, timeout_s=5.0, qos=RELIABLE)
+        status = array.status[0]
+        if predicate(status):
+            return status
+    raise AssertionError("no matching diagnostics")
+
+
+def call(node, executor, service, timeout_s=10.0):
+    client = node.create_client(Trigger, service)
+    assert client.wait_for_service(timeout_sec=timeout_s), f"{service} not available"
+    future = client.call_async(Trigger.Request())
+    executor.spin_until_future_complete(future, timeout_sec=timeout_s)
+    return future.result()
+
+
+def test_chunks_move_the_simulated_arm_and_the_state_is_published(rclpy_context) -> None:
+    driver = start_node("fedvla_ros", "ur3_driver", name="ur3_driver",
+                        parameters={"backend": "sim", "action_topic": "/test/action_chunk", "stale_timeout_s": 0.3})
+    node = rclpy.create_node("driver_test", context=rclpy_context)
+    executor = SingleThreadedExecutor(context=rclpy_context)
+    executor.add_node(node)
+    publisher = node.create_publisher(ActionChunk, "/test/action_chunk", 10)
+    paths, statuses = [], []
+    node.create_subscription(Marker, topics.node_topic(DRIVER, topics.PLANNED_PATH), paths.append, LATCHED_QOS)
+    node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, lambda m: statuses.append(m.status[0]), RELIABLE)
+    try:
+        description = wait_for_messages(rclpy_context, topics.ROBOT_DESCRIPTION, String, qos=LATCHED_QOS)[0]
+        static = wait_for_messages(rclpy_context, topics.TF_STATIC, TFMessage, qos=LATCHED_QOS)[0]
+        before = wait_for_messages(rclpy_context, topics.node_topic(DRIVER, topics.TOOL_POSE), PoseStamped,
+                                   qos=RELIABLE)[0]
+        diagnostics(rclpy_context, lambda s: "idle" in s.message)
+
+        deadline = time.monotonic() + 2.5  # +y and closed, at the policy's pace
+        while time.monotonic() < deadline:
+            publisher.publish(chunk([[0.0, 1.0, 0.0, 1.0]] * 8))
+            executor.spin_once(timeout_sec=0.1)
+        # no more chunks: the arm stops (stale input) and the joints hold
+        idle = diagnostics(rclpy_context, lambda s: "idle" in s.message)
+        joints_a, joints_b = wait_for_messages(rclpy_context, topics.JOINT_STATES, JointState, count=2)
+        after = wait_for_messages(rclpy_context, topics.node_topic(DRIVER, topics.TOOL_POSE), PoseStamped,
+                                  qos=RELIABLE)[0]
+        tf = wait_for_messages(rclpy_context, topics.TF, TFMessage, qos=RELIABLE)[0]
+
+        executor.spin_once(timeout_sec=0.1)
+        stopped = call(node, executor, f"{DRIVER}/{topics.STOP_SERVICE}")
+        recovered = call(node, executor, f"{DRIVER}/{topics.RECOVER_SERVICE}")
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        _, err = stop_process(driver)
+    assert driver.returncode == 0, err
+    assert "<robot" in description.data and 'name="shoulder_pan_joint"' in description.data
+    assert [(t.header.frame_id, t.child_frame_id) for t in static.transforms] == [("world", "base_link")]
+    assert any(s.message == "tracking" and s.hardware_id == "simulated" for s in statuses)
+    drawn = [m for m in paths if m.action == Marker.ADD]
+    assert drawn and len(drawn[-1].points) >= 2 and drawn[-1].header.frame_id == "base_link"
+    assert paths[-1].action == Marker.DELETE  # the stale stop dropped the trajectory
+    assert idle.level == DiagnosticStatus.OK and {v.key: v.value for v in idle.values}["control_rate_hz"] == "125"
+    assert list(joints_a.name) == [*ARM_JOINTS, GRIPPER_JOINT]
+    np.testing.assert_allclose(joints_a.position[:6], joints_b.position[:6])  # holding still
+    moved = after.pose.position.y - before.pose.position.y
+    assert moved > 0.03 and abs(after.pose.position.x - before.pose.position.x) < 0.01
+    frames = {t.child_frame_id for t in tf.transforms}
+    assert {"tool0", "tcp", "wrist_3_link", "camera_link"} <= frames
+    assert {t.header.frame_id for t in tf.transforms} == {"base_link"}
+    assert stopped.success and recovered.success and recovered.message.startswith("nothing to recover")
+    assert "no action chunk for" in err
+
+
+def test_an_unreachable_robot_is_reported_not_fatal(rclpy_context) -> None:
+    from support.ur_controller_sim import free_loopback_host
+
+    host = free_loopback_host()  # nothing listens there
+    driver = start_node("fedvla_ros", "ur3_driver", name="ur3_driver",
+                        parameters={"backend": "ur_rtde", "robot_ip": host, "reconnect_period_s": 0.5})
+    try:
+        status = diagnostics(rclpy_context, lambda s: s.message == "disconnected", timeout_s=30.0)
+        assert driver.poll() is None
+    finally:
+        _, err = stop_process(driver)
+    assert status.level == DiagnosticStatus.ERROR and status.hardware_id == host
+    assert f"cannot connect to the UR controller at {host}" in err
+
+
+@pytest.mark.parametrize(("parameters", "message"), [
+    ({"ur_type": "ur5"}, "ur3_driver: error: ur_type: unknown UR model 'ur5' (allowed: ur3, ur3e)"),
+    ({"backend": "ur_rtde", "gripper_output": "tool:7"},
+     "ur3_driver: error: gripper_output: 'tool:7' is not a digital output (allowed: 'standard:0'..'standard:7', "
+     "'configurable:0'..'configurable:7', 'tool:0', 'tool:1' or 'none')"),
+    ({"velocity_scale": 3.0}, "ur3_driver: error: velocity_scale:"),
+])
+def test_bad_settings_exit_2_with_one_line(parameters, message) -> None:
+    process = start_node("fedvla_ros", "ur3_driver", name="ur3_driver_bad", parameters=parameters)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 2, err
+    assert err.strip().splitlines()[-1].startswith(message)
