@@ -46,8 +46,12 @@ def test_find_executable_searches_ament_prefixes(tmp_path) -> None:
 
 
 def _graph(tmp_path: Path, script: str) -> Graph:
+    return Graph(_raw_graph(tmp_path, script), tmp_path)
+
+
+def _raw_graph(tmp_path: Path, script: str) -> dict:
     _fake_install(tmp_path, "demo_pkg", "talker", script)
-    raw = {
+    return {
         "arguments": {"launch_rviz": {"type": "bool", "default": True, "description": "rviz"}},
         "nodes": {
             "talker": {"package": "demo_pkg", "executable": "talker", "name": "talker"},
@@ -55,7 +59,6 @@ def _graph(tmp_path: Path, script: str) -> Graph:
         },
         "profiles": {"demo": {"description": "d", "nodes": ["talker", "rviz"]}},
     }
-    return Graph(raw, tmp_path)
 
 
 def test_runner_prefixes_output_skips_optional_nodes_and_stops_on_sigint(tmp_path) -> None:
@@ -71,6 +74,29 @@ def test_runner_prefixes_output_skips_optional_nodes_and_stops_on_sigint(tmp_pat
     assert runner.running[0].process.returncode == 0
     assert "[/talker] up ['--ros-args', '-r', '__node:=talker']" in out.getvalue()
     assert "[/talker] bye" in out.getvalue()
+
+
+def test_fedvla_launch_stops_its_nodes_on_sigterm(tmp_path) -> None:
+    """``timeout``, systemd and ``docker stop`` send SIGTERM: the nodes must not be orphaned."""
+    import signal
+    import subprocess
+    import time
+
+    script = ("import signal, sys, time\n"
+              "print('up', flush=True)\n"
+              "signal.signal(signal.SIGINT, lambda *a: (print('bye', flush=True), sys.exit(0)))\n"
+              "time.sleep(60)\n")
+    (tmp_path / "graph.yaml").write_text(yaml.safe_dump(_raw_graph(tmp_path, script)))
+    env = dict(os.environ, AMENT_PREFIX_PATH=str(tmp_path))
+    launch = subprocess.Popen([sys.executable, "-m", "fedvla.cli", "--config-dir", str(tmp_path), "launch", "demo",
+                               "--duration", "60"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    lines = []
+    while time.monotonic() < deadline and not any("up" in line for line in lines):
+        lines.append(launch.stdout.readline())
+    launch.send_signal(signal.SIGTERM)
+    out, _ = launch.communicate(timeout=30)
+    assert "[/talker] bye" in "".join(lines) + out  # the node got its SIGINT and exited cleanly
 
 
 def test_runner_reports_a_failing_node(tmp_path) -> None:
