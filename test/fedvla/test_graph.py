@@ -7,10 +7,12 @@ import yaml
 
 from fedvla.bag import RecorderConfig
 from fedvla.camera import CameraConfig
-from fedvla.config import config_fields
+from fedvla.config import config_fields, from_mapping
 from fedvla.federation.setup import FederationClientSettings, FederationServerSettings
 from fedvla.graph import Graph, GraphError
 from fedvla.iosp.runtime import SceneParserRuntimeConfig
+from fedvla.robot.pattern import MotionPatternConfig
+from fedvla.robot.runtime import DRIVER_CONFIG_CLASSES, driver_configs
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config"
@@ -22,6 +24,8 @@ NODE_PARAMETERS = {
     "fed_server": set(config_fields(FederationServerSettings)),
     "fed_client": set(config_fields(FederationClientSettings)) | {"exit_when_finished", "service_timeout_s"},
     "scene_parser": set(config_fields(SceneParserRuntimeConfig)),
+    "ur3_driver": {name for cls in DRIVER_CONFIG_CLASSES for name in config_fields(cls)},
+    "motion_pattern": set(config_fields(MotionPatternConfig)),
 }
 
 
@@ -77,6 +81,15 @@ def test_parameter_files_match_the_core_configs(graph, profile, tmp_path) -> Non
             FederationClientSettings(**{k: v for k, v in params.items() if k in config_fields(FederationClientSettings)})
         elif node.spec.executable == "scene_parser":
             SceneParserRuntimeConfig(**params)
+        elif node.spec.executable == "ur3_driver":
+            driver_configs(params)
+        elif node.spec.executable == "motion_pattern":
+            from_mapping(MotionPatternConfig, params)
+
+
+def test_driver_parameter_names_are_unique() -> None:
+    names = [name for cls in DRIVER_CONFIG_CLASSES for name in config_fields(cls)]
+    assert len(names) == len(set(names))
 
 
 def test_the_scene_parser_parses_every_camera_on_the_policys_patch_grid(graph) -> None:
@@ -107,9 +120,11 @@ def test_sim_profile_has_three_distinct_cameras(graph) -> None:
 def test_mock_hardware_swaps_the_realsense_for_a_simulated_camera(graph) -> None:
     real = [n for n in graph.resolve("real_robot", {"launch_rviz": "false"})]
     mock = [n for n in graph.resolve("real_robot", {"launch_rviz": "false", "use_mock_hardware": "true"})]
-    assert [n.spec.key for n in real] == ["camera_realsense"]
-    assert [n.spec.key for n in mock] == ["camera_realsense_mock"]
+    assert [n.spec.key for n in real] == ["camera_realsense", "ur3_driver"]
+    assert [n.spec.key for n in mock] == ["camera_realsense_mock", "ur3_driver_mock"]
     assert _parameters_for(mock[0], graph)["backend"] == "sim"
+    assert _parameters_for(real[1], graph)["backend"] == "ur_rtde" and _parameters_for(mock[1], graph)["backend"] == "sim"
+    assert real[1].parameter_values["robot_ip"] == "192.168.56.101"
     assert real[0].parameter_values == {"serial": ""}
 
 
@@ -159,12 +174,21 @@ def test_graph_validation_catches_mistakes(tmp_path) -> None:
         Graph(raw, CONFIG)
 
 
-def test_rviz_config_shows_the_stacks_camera_topics() -> None:
+def test_rviz_config_shows_the_stacks_camera_topics_and_the_robot() -> None:
     from fedvla import topics
 
     rviz = yaml.safe_load((CONFIG / "fedvla.rviz").read_text())
-    shown = {d["Topic"]["Value"] for d in rviz["Visualization Manager"]["Displays"] if "Topic" in d}
+    shown = {d[key]["Value"] for d in rviz["Visualization Manager"]["Displays"]
+             for key in ("Topic", "Description Topic") if key in d}
     graph = Graph.load(CONFIG)
     cameras = {n.spec.fully_qualified_name for p in ("real_robot", "sim")
                for n in graph.resolve(p) if n.spec.executable == "camera_node"}
     assert {topics.node_topic(c, topics.COLOR_IMAGE) for c in cameras} <= shown
+    # the robot (model from /robot_description, TF), its planned path and tool pose
+    classes = {d["Class"] for d in rviz["Visualization Manager"]["Displays"]}
+    assert {"rviz_default_plugins/RobotModel", "rviz_default_plugins/TF"} <= classes
+    drivers = {n.spec.fully_qualified_name for p in ("real_robot", "sim")
+               for n in graph.resolve(p) if n.spec.executable == "ur3_driver"}
+    assert drivers == {"/ur3_driver"}
+    assert {topics.ROBOT_DESCRIPTION, topics.node_topic("/ur3_driver", topics.PLANNED_PATH),
+            topics.node_topic("/ur3_driver", topics.TOOL_POSE)} <= shown

@@ -97,7 +97,8 @@ def test_ros2_launch_sim_is_seen_by_ros2_topic() -> None:
     try:
         expected = {topics.node_topic(c, rel) for c in ("/camera/corner", "/camera/top", "/camera/shoulder")
                     for rel in topics.CAMERA_TOPICS}
-        expected.add(topics.node_topic(topics.SCENE_PARSER_NODE, topics.PARSED_SCENE))
+        expected |= {topics.node_topic(topics.SCENE_PARSER_NODE, topics.PARSED_SCENE), topics.JOINT_STATES,
+                     topics.TF, topics.ROBOT_DESCRIPTION}
         deadline, listed = time.monotonic() + 60, set()
         while not expected <= listed and time.monotonic() < deadline:
             # --no-daemon: a test must not leave a ros2 daemon running behind it.
@@ -118,5 +119,5 @@ def test_ros2_launch_sim_is_seen_by_ros2_topic() -> None:
     assert launch.returncode == 0, out
     from fedvla.graph import Graph, find_config_dir
 
-    started = len(Graph.load(find_config_dir()).resolve("sim"))  # cameras and the scene parser
-    assert started == 4 and out.count("process has finished cleanly") == started, out
+    started = len(Graph.load(find_config_dir()).resolve("sim"))  # cameras, scene parser, arm driver, pattern
+    assert started == 6 and out.count("process has finished cleanly") == started, out

@@ -111,7 +111,26 @@ def expected_demo_topics(graph: Graph) -> list[str]:
                for n in nodes if n.spec.executable == "camera_node" for rel in topics.CAMERA_TOPICS]
     parses = [topics.node_topic(n.spec.fully_qualified_name, topics.PARSED_SCENE)
               for n in nodes if n.spec.executable == "scene_parser"]
-    return cameras + parses
+    arms = [t for n in nodes if n.spec.executable == "ur3_driver"
+            for t in (topics.JOINT_STATES, topics.node_topic(n.spec.fully_qualified_name, topics.TOOL_POSE))]
+    return cameras + parses + arms
+
+
+def arm_motion(bag: Path, driver: str = "/ur3_driver") -> tuple[float, float, int]:
+    """(tool path length in m, largest distance from the start in m, chunks refused) of a recording."""
+    import numpy as np
+
+    poses = [(m.pose.position.x, m.pose.position.y, m.pose.position.z)
+             for _, _, m in read_messages(bag, [topics.node_topic(driver, topics.TOOL_POSE)])]
+    if len(poses) < 2:
+        return 0.0, 0.0, 0
+    track = np.asarray(poses)
+    refused = 0
+    for _, _, array in read_messages(bag, [topics.DIAGNOSTICS]):
+        refused = max(refused, sum(int(v.value) for s in array.status for v in s.values
+                                   if v.key.startswith("refused_chunks.")))
+    return (float(np.linalg.norm(np.diff(track, axis=0), axis=1).sum()),
+            float(np.linalg.norm(track - track[0], axis=1).max()), refused)
 
 
 def print_scene_parses(bag: Path) -> None:
@@ -154,6 +173,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         console.print(f"[red]no messages on {', '.join(missing)}")
         return 1
     print_scene_parses(bag)
+    path_m, reach_m, refused = arm_motion(bag)
+    console.print(f"simulated UR3 under the arm runtime (ur3_driver, actions from motion_pattern): tool path "
+                  f"{path_m * 100:.1f} cm, up to {reach_m * 100:.1f} cm from its start, {refused} chunks refused")
+    if path_m < 0.01:
+        console.print("[red]the simulated arm did not move")
+        return 1
     console.print(f"[green]recorded {sum(recorded.values())} messages on {len(recorded)} topics: {bag}")
     if args.rounds == 0:
         return 0

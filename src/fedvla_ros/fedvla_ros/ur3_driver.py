@@ -14,8 +14,8 @@ line strip, latched); at 1 Hz ``/diagnostics`` (mode, fault, refused chunks, loo
 
 Services (std_srvs/Trigger): ``~/recover`` leaves a fault after the operator cleared its cause
 (unlocks a protective stop, restarts the control script); ``~/stop`` brakes and drops the trajectory.
-Parameters: the fields of ArmDriverConfig, SafetyConfig, RetargetConfig, ServoSettings and
-ControllerConfig (``fedvla.robot``).
+Parameters: the fields of ``fedvla.robot.runtime.DRIVER_CONFIG_CLASSES`` (driver, safety limits,
+retargeting, servoJ settings, chunk execution).
 """
 from __future__ import annotations
 
@@ -31,12 +31,10 @@ from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import Marker
 
 from fedvla import topics
-from fedvla.robot.backends import BackendError, ServoSettings
-from fedvla.robot.controller import ArmMode, ControllerConfig
+from fedvla.robot.backends import BackendError
+from fedvla.robot.controller import ArmMode
 from fedvla.robot.kinematics import GRIPPER_JOINT
-from fedvla.robot.retarget import RetargetConfig
-from fedvla.robot.runtime import ArmDriverConfig, ArmRuntime
-from fedvla.robot.safety import SafetyConfig
+from fedvla.robot.runtime import DRIVER_CONFIG_CLASSES, ArmRuntime
 from fedvla_interfaces.msg import ActionChunk
 from fedvla_ros.node_main import main_for
 from fedvla_ros.parameters import declare_config
@@ -71,9 +69,9 @@ def _matrix_from_pose(pose) -> np.ndarray:
 class Ur3DriverNode(Node):
     def __init__(self) -> None:
         super().__init__("ur3_driver")
-        driver = declare_config(self, ArmDriverConfig)
-        self.runtime = ArmRuntime(driver, declare_config(self, SafetyConfig), declare_config(self, RetargetConfig),
-                                  declare_config(self, ServoSettings), declare_config(self, ControllerConfig))
+        configs = [declare_config(self, cls) for cls in DRIVER_CONFIG_CLASSES]
+        self.runtime = ArmRuntime(*configs)
+        driver = configs[0]
         self.config, self.kinematics = driver, self.runtime.kinematics
         base = self.kinematics.base_frame
         self._base, self._gripper_limits = base, self._finger_limits()

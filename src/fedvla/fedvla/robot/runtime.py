@@ -12,11 +12,13 @@ import enum
 import logging
 import threading
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from fedvla import topics
-from fedvla.config import require, require_positive
+from fedvla.config import config_fields, from_mapping, require, require_positive
 from fedvla.robot.backends import ArmBackend, BackendError, ServoSettings, SimulatedArm
 from fedvla.robot.controller import ArmController, ArmMode, ControllerConfig
 from fedvla.robot.ik import IkConfig, IkSolver
@@ -74,6 +76,19 @@ class ArmSnapshot:
     refused: dict[str, int]
     cycles: int
     overruns: int  # control periods that took longer than the period
+
+
+# The driver node's parameters: the fields of these configs (no name appears twice), in the order
+# ArmRuntime takes them.
+DRIVER_CONFIG_CLASSES = (ArmDriverConfig, SafetyConfig, RetargetConfig, ServoSettings, ControllerConfig)
+
+
+def driver_configs(values: Mapping[str, Any]) -> tuple:
+    """Split flat parameters (a YAML file's, the node's) into the validated DRIVER_CONFIG_CLASSES."""
+    unknown = set(values) - {name for cls in DRIVER_CONFIG_CLASSES for name in config_fields(cls)}
+    require(not unknown, sorted(unknown)[0] if unknown else "", "is not a ur3_driver parameter")
+    return tuple(from_mapping(cls, {k: v for k, v in values.items() if k in config_fields(cls)})
+                 for cls in DRIVER_CONFIG_CLASSES)
 
 
 def make_backend(config: ArmDriverConfig) -> ArmBackend:
