@@ -1,5 +1,6 @@
-"""The README's main job (`fedvla demo`): the simulated stack, recorded to a rosbag2 directory,
-then federated rounds between simulated robots over ROS 2 services."""
+"""The README's main job (`fedvla demo`): the simulated stack (cameras, scene parser, the UR3 under
+the arm runtime), recorded to a rosbag2 directory, then federated rounds between simulated robots
+over ROS 2 services."""
 import json
 import subprocess
 import sys
@@ -49,3 +50,10 @@ def test_demo_records_every_camera_topic_then_federates(tmp_path) -> None:
     assert {p.camera_name for p in parses} == {"corner", "top", "shoulder"}
     assert all(p.instruction == "lock the door" and "door lock" in p.target_names for p in parses)
     assert "last scene parse per camera" in result.stdout
+    # The simulated UR3 followed the motion pattern through the arm runtime, nothing refused.
+    from fedvla.cli import arm_motion
+
+    path_m, reach_m, refused = arm_motion(output)
+    assert path_m > 0.05 and 0.02 < reach_m < 0.12 and refused == 0
+    assert summary.topic(topics.JOINT_STATES).count > 100
+    assert "simulated UR3 under the arm runtime" in result.stdout
