@@ -1,8 +1,8 @@
 """ur3_driver node: action chunks in, safe servoJ motion of a UR3 out (or of the simulated arm).
 
 Subscribes to ``action_topic`` (fedvla_interfaces/ActionChunk; default the policy's) and, when
-``object_pose_topic`` is set, to the object's pose (geometry_msgs/PoseStamped in ``base_link``) for
-object-frame actions. The control loop runs on its own thread at the controller's rate
+``object_pose_topic`` is set, to the object's pose (geometry_msgs/PoseStamped in ``base_link`` or
+any other link of the URDF, such as the camera's optical frame) for object-frame actions. The control loop runs on its own thread at the controller's rate
 (:class:`fedvla.robot.runtime.ArmRuntime`); every safety decision is the core's.
 
 Publishes, at ``state_rate_hz``: ``/joint_states`` (the six arm joints and the gripper's finger),
@@ -31,6 +31,7 @@ from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import Marker
 
 from fedvla import topics
+from fedvla.config import ConfigError
 from fedvla.robot.backends import BackendError
 from fedvla.robot.controller import ArmMode
 from fedvla.robot.kinematics import GRIPPER_JOINT
@@ -111,11 +112,10 @@ class Ur3DriverNode(Node):
         self.runtime.submit_chunk(actions, msg.step_period_s)  # refusals are logged by the core
 
     def _on_object_pose(self, msg: PoseStamped) -> None:
-        if msg.header.frame_id and msg.header.frame_id != self._base:
-            self.get_logger().error(f"object pose in {msg.header.frame_id!r}; expected {self._base!r}",
-                                    throttle_duration_sec=5.0)
-            return
-        self.runtime.set_object_pose(_matrix_from_pose(msg.pose))
+        try:
+            self.runtime.set_object_pose(_matrix_from_pose(msg.pose), msg.header.frame_id)
+        except ConfigError as err:
+            self.get_logger().error(f"object pose refused: {err}", throttle_duration_sec=5.0)
 
     def _on_recover(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         try:

@@ -203,3 +203,19 @@ def test_object_centric_retargeting_keeps_the_tool_to_object_relation() -> None:
     tool, closed = retarget.target(np.array([0.0, 0.0, 0.1, 1.0]), np.eye(4), object_b)
     np.testing.assert_allclose(tool[:3, 3], [0.2, -0.2, 0.15]) and closed
     np.testing.assert_allclose(tool[:3, :3], pin.rpy.rpyToMatrix(np.pi, 0, 0), atol=1e-12)  # tool down
+
+
+def test_object_poses_in_a_urdf_frame_are_moved_to_the_base_frame() -> None:
+    from fedvla.config import ConfigError
+    from fedvla.robot.runtime import ArmDriverConfig, ArmRuntime
+
+    runtime = ArmRuntime(ArmDriverConfig())
+    pose = np.eye(4)
+    pose[:3, 3] = (0.05, -0.02, 0.6)  # 60 cm in front of the camera
+    runtime.set_object_pose(pose, "camera_color_optical_frame")
+    camera = runtime.kinematics.link_poses(np.asarray(runtime.config.initial_joint_positions))["camera_color_optical_frame"]
+    np.testing.assert_allclose(runtime.controller.object_in_base, camera @ pose)
+    runtime.set_object_pose(pose, "base_link")
+    np.testing.assert_array_equal(runtime.controller.object_in_base, pose)
+    with pytest.raises(ConfigError, match="frame 'map' is not a link of ur3_gripper.urdf"):
+        runtime.set_object_pose(pose, "map")

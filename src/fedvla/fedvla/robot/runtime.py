@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fedvla import topics
-from fedvla.config import config_fields, from_mapping, require, require_positive
+from fedvla.config import ConfigError, config_fields, from_mapping, require, require_positive
 from fedvla.robot.backends import ArmBackend, BackendError, ServoSettings, SimulatedArm
 from fedvla.robot.controller import ArmController, ArmMode, ControllerConfig
 from fedvla.robot.ik import IkConfig, IkSolver
@@ -155,9 +155,19 @@ class ArmRuntime:
         with self._lock:
             return self.controller.submit_chunk(actions, step_period_s, time.monotonic())
 
-    def set_object_pose(self, object_in_base: np.ndarray | None) -> None:
+    def set_object_pose(self, object_pose: np.ndarray | None, frame: str = "") -> None:
+        """The object's 4x4 pose in ``frame`` (any link of the URDF, e.g. the camera's optical frame
+        of a scene parse; empty: the base frame), used by object-frame actions."""
         with self._lock:
-            self.controller.object_in_base = object_in_base
+            if object_pose is None or not frame or frame == self.kinematics.base_frame:
+                self.controller.object_in_base = object_pose
+                return
+            q = self.controller.measured_q
+            poses = self.kinematics.link_poses(q if q is not None else np.asarray(self.config.initial_joint_positions))
+            if frame not in poses:
+                raise ConfigError("object_pose_topic", f"frame {frame!r} is not a link of {self.kinematics.urdf_path.name}",
+                                  f"{self.kinematics.base_frame} or a link such as camera_color_optical_frame")
+            self.controller.object_in_base = poses[frame] @ object_pose
 
     def recover(self) -> str:
         with self._lock:
