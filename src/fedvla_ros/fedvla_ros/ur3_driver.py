@@ -45,14 +45,12 @@ _LEVELS = {ArmMode.IDLE: DiagnosticStatus.OK, ArmMode.TRACKING: DiagnosticStatus
            ArmMode.FAULT: DiagnosticStatus.ERROR, ArmMode.DISCONNECTED: DiagnosticStatus.ERROR}
 
 
-def _pose_fields(target, matrix: np.ndarray) -> None:
-    """Fill a geometry_msgs Pose or Transform from a 4x4 matrix."""
+def _fill_pose(position, orientation, matrix: np.ndarray) -> None:
+    """Fill a Point/Vector3 and a Quaternion message from a 4x4 matrix."""
     import pinocchio as pin
 
     quaternion = pin.Quaternion(matrix[:3, :3])
-    position = getattr(target, "position", None) or target.translation
     position.x, position.y, position.z = (float(v) for v in matrix[:3, 3])
-    orientation = getattr(target, "orientation", None) or target.rotation
     orientation.x, orientation.y, orientation.z, orientation.w = (
         float(quaternion.x), float(quaternion.y), float(quaternion.z), float(quaternion.w))
 
@@ -174,13 +172,13 @@ class Ur3DriverNode(Node):
                 continue
             transform = TransformStamped()
             transform.header.stamp, transform.header.frame_id, transform.child_frame_id = stamp, self._base, frame
-            _pose_fields(transform.transform, matrix)
+            _fill_pose(transform.transform.translation, transform.transform.rotation, matrix)
             transforms.append(transform)
         self._tf_pub.publish(TFMessage(transforms=transforms))
 
         tool = PoseStamped()
         tool.header.stamp, tool.header.frame_id = stamp, self._base
-        _pose_fields(tool.pose, self.kinematics.fk(q).homogeneous)
+        _fill_pose(tool.pose.position, tool.pose.orientation, self.kinematics.fk(q).homogeneous)
         self._tool_pub.publish(tool)
         self._publish_path(snapshot.planned_q, stamp)
 
