@@ -89,6 +89,7 @@ class ArmController:
         self.setpoint: np.ndarray | None = None
         self.velocity = np.zeros(6)
         self.measured_q: np.ndarray | None = None
+        self.gripper_closed = False  # as the robot last reported it
         self.trajectory: Trajectory | None = None
         self.object_in_base: np.ndarray | None = None
         self._last_chunk_s: float | None = None
@@ -169,7 +170,7 @@ class ArmController:
         except BackendError as err:
             self._disconnected(str(err))
             return
-        self.measured_q = state.q
+        self.measured_q, self.gripper_closed = state.q, state.gripper_closed
         problem = _stopped_reason(state)
         if problem is not None:
             if self.mode is not ArmMode.FAULT:

@@ -181,14 +181,8 @@ class ArmRuntime:
         with self._lock:
             c = self.controller
             trajectory = c.trajectory
-            gripper = False
-            if self.backend.is_connected and c.mode is not ArmMode.DISCONNECTED:
-                try:
-                    gripper = self.backend.read().gripper_closed
-                except BackendError:
-                    pass
             return ArmSnapshot(mode=c.mode, fault_reason=c.fault_reason,
                                measured_q=None if c.measured_q is None else c.measured_q.copy(),
-                               gripper_closed=gripper,
+                               gripper_closed=c.gripper_closed,
                                planned_q=None if trajectory is None else trajectory.waypoints.copy(),
                                refused=dict(c.refused), cycles=self._cycles, overruns=self._overruns)
