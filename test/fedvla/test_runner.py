@@ -61,8 +61,12 @@ def _raw_graph(tmp_path: Path, script: str) -> dict:
     }
 
 
+# What a node's main() does once constructed (fedvla_ros.node_main): tell the runner it is up.
+REPORT_UP = "from fedvla.readiness import report_ready; report_ready('/talker')\n"
+
+
 def test_runner_prefixes_output_skips_optional_nodes_and_stops_on_sigint(tmp_path) -> None:
-    script = ("import signal, sys, time\n"
+    script = ("import signal, sys, time\n" + REPORT_UP +
               "print('up', sys.argv[1:4], flush=True)\n"
               "signal.signal(signal.SIGINT, lambda *a: (print('bye', flush=True), sys.exit(0)))\n"
               "time.sleep(60)\n")
@@ -82,7 +86,7 @@ def test_fedvla_launch_stops_its_nodes_on_sigterm(tmp_path) -> None:
     import subprocess
     import time
 
-    script = ("import signal, sys, time\n"
+    script = ("import signal, sys, time\n" + REPORT_UP +
               "print('up', flush=True)\n"
               "signal.signal(signal.SIGINT, lambda *a: (print('bye', flush=True), sys.exit(0)))\n"
               "time.sleep(60)\n")
@@ -97,6 +101,34 @@ def test_fedvla_launch_stops_its_nodes_on_sigterm(tmp_path) -> None:
     launch.send_signal(signal.SIGTERM)
     out, _ = launch.communicate(timeout=30)
     assert "[/talker] bye" in "".join(lines) + out  # the node got its SIGINT and exited cleanly
+
+
+def test_duration_counts_from_the_moment_every_node_is_up(tmp_path) -> None:
+    """A node that takes a while to load its models still runs for the whole duration."""
+    script = ("import signal, sys, time\n"
+              "time.sleep(2.0)\n" + REPORT_UP +
+              "up = time.monotonic()\n"
+              "signal.signal(signal.SIGINT, lambda *a: (print(f'ran {time.monotonic() - up:.2f} s', flush=True), "
+              "sys.exit(0)))\n"
+              "time.sleep(60)\n")
+    out = io.StringIO()
+    ticks: list[float] = []
+    env = dict(os.environ, AMENT_PREFIX_PATH=str(tmp_path))
+    with ProfileRunner(_graph(tmp_path, script), "demo", env=env, output=out) as runner:
+        assert runner.not_up() == ["/talker"]
+        runner.wait(duration_s=1.0, on_tick=ticks.append, tick_s=0.05)
+        assert runner.not_up() == []
+    ran_s = float(out.getvalue().split("ran ")[1].split(" s")[0])
+    assert ran_s >= 1.0  # counted from "up", not from the start of the process (2 s earlier)
+    assert ticks[0] == 0.0 and ticks[-1] >= 1.0
+
+
+def test_runner_names_the_nodes_that_never_come_up(tmp_path) -> None:
+    env = dict(os.environ, AMENT_PREFIX_PATH=str(tmp_path))
+    with ProfileRunner(_graph(tmp_path, "import time; time.sleep(60)"), "demo", env=env,
+                       output=io.StringIO()) as runner:
+        with pytest.raises(RunnerError, match=r"^/talker not up after 0.5 s"):
+            runner.wait(duration_s=1.0, startup_timeout_s=0.5)
 
 
 def test_runner_reports_a_failing_node(tmp_path) -> None:

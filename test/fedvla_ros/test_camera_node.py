@@ -1,4 +1,6 @@
 """The camera node end to end: real processes, real DDS, the realsense-ros topic names."""
+import os
+
 import numpy as np
 import pytest
 
@@ -8,18 +10,22 @@ rclpy = pytest.importorskip("rclpy")
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from fedvla import topics  # noqa: E402
+from fedvla.readiness import READY_DIR_ENV, ready_marker  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
 
-def test_sim_camera_publishes_images_and_camera_info(rclpy_context) -> None:
+def test_sim_camera_publishes_images_and_camera_info(rclpy_context, tmp_path) -> None:
     process = start_node("fedvla_ros", "camera_node", name="front", namespace="cam_test",
                          parameters={"backend": "sim", "width": 80, "height": 60, "fps": 20.0,
-                                     "sim_task": "window-open-v3", "sim_camera": "topview"})
+                                     "sim_task": "window-open-v3", "sim_camera": "topview"},
+                         env=dict(os.environ, **{READY_DIR_ENV: str(tmp_path)}))
     try:
         color = wait_for_messages(rclpy_context, "/cam_test/front/" + topics.COLOR_IMAGE, Image, count=3)
         info = wait_for_messages(rclpy_context, "/cam_test/front/" + topics.COLOR_INFO, CameraInfo)[0]
         depth = wait_for_messages(rclpy_context, "/cam_test/front/" + topics.ALIGNED_DEPTH_IMAGE, Image)[0]
+        # Streaming, so it told the runner it is up, under its namespaced name.
+        assert [p.name for p in tmp_path.iterdir()] == [ready_marker(tmp_path, "/cam_test/front").name]
     finally:
         out, err = stop_process(process)
     assert process.returncode == 0, err
@@ -60,10 +66,12 @@ def test_bag_backend_replays_a_realsense_recording_on_ros_topics(rclpy_context, 
     ({"fps": "fast"}, "fps: must be a number, got 'fast' (allowed: a number > 0)"),
     ({"enable_depth": 3}, "enable_depth: wrong type 3 (allowed: a boolean (true/false), e.g. true)"),
 ])
-def test_invalid_parameters_exit_with_one_clear_line(parameters, expected) -> None:
-    process = start_node("fedvla_ros", "camera_node", name="bad", parameters=parameters)
+def test_invalid_parameters_exit_with_one_clear_line(parameters, expected, tmp_path) -> None:
+    process = start_node("fedvla_ros", "camera_node", name="bad", parameters=parameters,
+                         env=dict(os.environ, **{READY_DIR_ENV: str(tmp_path)}))
     out, err = process.communicate(timeout=60)
     assert process.returncode == 2
+    assert not any(tmp_path.iterdir())  # never reported itself up
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     assert lines[0].startswith("camera_node: error: " + expected)

@@ -35,7 +35,8 @@ def wait_for_messages(context: Any, topic: str, msg_type: type, count: int = 1,
 
 
 def start_node(package: str, executable: str, name: str, namespace: str = "",
-               parameters: dict[str, Any] | None = None, param_files: list[Path] | None = None) -> subprocess.Popen:
+               parameters: dict[str, Any] | None = None, param_files: list[Path] | None = None,
+               env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start an installed node executable the way ``fedvla launch`` does."""
     from fedvla.graph import NodeSpec, ResolvedNode
     from fedvla.runner import find_executable, node_command
@@ -46,7 +47,8 @@ def start_node(package: str, executable: str, name: str, namespace: str = "",
     spec = NodeSpec(key=name, package=package, executable=executable, name=name, namespace=namespace)
     node = ResolvedNode(spec=spec, parameter_files=tuple(param_files or ()),
                         parameter_values=dict(parameters or {}), arguments=())
-    return subprocess.Popen(node_command(exe, node), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(node_command(exe, node), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
 
 
 def stop_process(process: subprocess.Popen, timeout_s: float = 10.0) -> tuple[str, str]:

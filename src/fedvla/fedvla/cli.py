@@ -73,6 +73,12 @@ def run_profile(graph: Graph, profile: str, overrides: dict[str, str], duration_
             running = f"{len(runner.running)} nodes running"
 
             def tick(elapsed: float) -> None:
+                starting = runner.not_up()
+                if starting:
+                    progress.update(task, status=f"starting nodes: {len(runner.running) - len(starting)}/"
+                                    f"{len(runner.running)} up, waiting for {', '.join(starting[:3])}"
+                                    + (" ..." if len(starting) > 3 else ""))
+                    return
                 progress.update(task, completed=elapsed if duration_s and not until else None,
                                 status=status() if status else running)
 
@@ -351,11 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     launch = sub.add_parser("launch", help="start a profile's nodes (like ros2 launch)")
     launch.add_argument("profile")
     launch.add_argument("arguments", nargs="*", help="launch arguments, name:=value")
-    launch.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    launch.add_argument("--duration", type=float, default=None, help="stop after this many seconds, counted once every node is up")
     launch.set_defaults(func=cmd_launch)
     demo = sub.add_parser("demo", help="run the simulated stack and record it to a rosbag2")
-    demo.add_argument("--duration", type=float, default=30.0,
-                      help="seconds to run the sim profile (default 30: the scene parser needs ~10 s to load its models)")
+    demo.add_argument("--duration", type=float, default=20.0,
+                      help="seconds to record the sim profile, counted once every node is up (default 20)")
     demo.add_argument("--output", help="run directory: bag/ (rosbag2) and federation/ "
                       "(default runs/demo_<date>_<time>)")
     demo.add_argument("--rounds", type=int, default=3, help="federated rounds after the sim run (0: none)")

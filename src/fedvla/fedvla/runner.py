@@ -4,7 +4,10 @@ The same executables (``<prefix>/lib/<package>/<executable>``, where colcon inst
 ``ros2 run`` finds them), the same parameter files and the same argument bindings as
 ``ros2 launch fedvla_bringup <profile>.launch.py``: both read :mod:`fedvla.graph`.
 Output lines are prefixed with the node's name; Ctrl-C (or the end of ``duration_s``) sends
-SIGINT to every node, then SIGTERM and SIGKILL to those that do not stop.
+SIGINT to every node, then SIGTERM and SIGKILL to those that do not stop. ``duration_s`` counts
+from the moment every node has reported itself up (:mod:`fedvla.readiness`), not from the start
+of the processes: loading models and connecting devices can take tens of seconds on a busy
+machine, and a run that is meant to record 30 s of the stack must record 30 s of all of it.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,12 +27,14 @@ from typing import IO, Any
 
 from fedvla.graph import Graph, ResolvedNode
 from fedvla.paths import ament_prefixes
+from fedvla.readiness import READY_DIR_ENV, ready_marker
 
 log = logging.getLogger(__name__)
 
 # Nodes that only exist in a full ROS 2 install; on a pip-only machine they are skipped.
 OPTIONAL_PACKAGES = ("rviz2",)
 STOP_TIMEOUT_S = 10.0
+STARTUP_TIMEOUT_S = 300.0
 
 
 class RunnerError(RuntimeError):
@@ -94,6 +100,8 @@ class ProfileRunner:
         self.env = dict(os.environ if env is None else env)
         self.env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
         self.env["PYTHONUNBUFFERED"] = "1"
+        self._ready_dir = tempfile.TemporaryDirectory(prefix="fedvla-ready-")
+        self.env[READY_DIR_ENV] = self._ready_dir.name
         self.output = output  # None: whatever sys.stdout is when a line arrives (rich redirects it)
         self.running: list[RunningNode] = []
         self.skipped: list[str] = []
@@ -136,13 +144,28 @@ class ProfileRunner:
     def all_exited(self) -> bool:
         return all(r.process.poll() is not None for r in self.running)
 
+    def not_up(self) -> list[str]:
+        """Running nodes that have not reported themselves up yet (nodes of other projects, such as
+        RViz, cannot report and count as up once started; nodes that exited are not waited for)."""
+        return [r.label for r in self.running
+                if r.node.spec.package not in OPTIONAL_PACKAGES and r.process.poll() is None
+                and not ready_marker(self._ready_dir.name, r.label).exists()]
+
     def wait(self, duration_s: float | None = None, on_tick: Callable[[float], None] | None = None,
-             tick_s: float = 0.2, until: Callable[[], bool] | None = None) -> bool:
-        """Run until ``duration_s`` elapses, every node has exited, ``until()`` holds, or one node
-        fails (RunnerError). Returns whether ``until()`` held (False without ``until``)."""
+             tick_s: float = 0.2, until: Callable[[], bool] | None = None,
+             startup_timeout_s: float = STARTUP_TIMEOUT_S) -> bool:
+        """Run until ``duration_s`` has elapsed since every node came up, every node has exited,
+        ``until()`` holds, or one node fails or is not up within ``startup_timeout_s``
+        (RunnerError). ``on_tick`` gets the seconds since every node came up (0 until then).
+        Returns whether ``until()`` held (False without ``until``)."""
         start = time.monotonic()
+        up_since: float | None = None
         while True:
-            elapsed = time.monotonic() - start
+            now = time.monotonic()
+            waiting = self.not_up() if up_since is None else []
+            if up_since is None and not waiting:
+                up_since = now
+            elapsed = 0.0 if up_since is None else now - up_since
             if on_tick is not None:
                 on_tick(elapsed)
             failed = self.failed()
@@ -151,8 +174,10 @@ class ProfileRunner:
                 raise RunnerError(f"node {label} exited with status {code} (its output is above)")
             if until is not None and until():
                 return True
-            if self.all_exited() or (duration_s is not None and elapsed >= duration_s):
+            if self.all_exited() or (duration_s is not None and up_since is not None and elapsed >= duration_s):
                 return False
+            if waiting and now - start > startup_timeout_s:
+                raise RunnerError(f"{', '.join(waiting)} not up after {startup_timeout_s:g} s (its output is above)")
             time.sleep(tick_s)
 
     def stop(self) -> None:
@@ -173,6 +198,7 @@ class ProfileRunner:
             log.warning("%s did not stop on %s", ", ".join(r.label for r in alive), sig.name)
         for r in self.running:
             r.reader.join(timeout=2.0)
+        self._ready_dir.cleanup()
 
     def __enter__(self) -> ProfileRunner:
         self.start()

@@ -23,6 +23,7 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 from fedvla.config import ConfigError
+from fedvla.readiness import report_ready
 
 EXIT_BAD_CONFIG = 2
 EXIT_UNAVAILABLE = 1
@@ -100,6 +101,7 @@ def run_node(node_factory: Callable[[], Node], label: str, args: list[str] | Non
             return _fail(label, str(err).splitlines()[0], EXIT_BAD_CONFIG)
         except StartupError as err:
             return _fail(label, str(err), EXIT_UNAVAILABLE)
+        report_ready(node.get_fully_qualified_name())  # constructed: connected, models loaded
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         # Short waits: Python runs signal handlers only between them (rcl_wait blocks in C).
