@@ -8,6 +8,7 @@ import pytest
 from support.ros import start_node, stop_process, wait_for_messages
 
 rclpy = pytest.importorskip("rclpy")
+from geometry_msgs.msg import PointStamped  # noqa: E402
 from rclpy.qos import QoSProfile  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
@@ -34,7 +35,7 @@ def first_scene(context, predicate, timeout_s=60.0):
 
 def test_scene_parser_names_the_instructions_object_in_the_simulated_scene(rclpy_context) -> None:
     camera = start_node("fedvla_ros", "camera_node", name="corner", namespace="camera",
-                        parameters={"backend": "sim", "width": 128, "height": 128, "fps": 10.0, "enable_depth": False,
+                        parameters={"backend": "sim", "width": 128, "height": 128, "fps": 10.0, "enable_depth": True,
                                     "enable_segmentation": True, "sim_task": "door-lock-v3", "sim_camera": "corner",
                                     "sim_seed": 4})
     parser = start_node("fedvla_ros", "scene_parser", name="scene_parser",
@@ -43,8 +44,11 @@ def test_scene_parser_names_the_instructions_object_in_the_simulated_scene(rclpy
     try:
         scene = first_scene(rclpy_context, lambda s: s.camera_name == "corner")
         markers = wait_for_messages(rclpy_context, topics.node_topic(topics.SCENE_PARSER_NODE, topics.SCENE_MARKERS),
-                                    MarkerArray, qos=RELIABLE)[0]
+                                    MarkerArray, qos=RELIABLE)[0]  # boxes, labels and the target of one frame
         annotated = wait_for_messages(rclpy_context, "/scene_parser/corner/annotated_image", Image)[0]
+        target = wait_for_messages(rclpy_context, topics.node_topic(topics.SCENE_PARSER_NODE, topics.TARGET_POSITION),
+                                   PointStamped, qos=RELIABLE)[0]
+        info = wait_for_messages(rclpy_context, "/camera/corner/" + topics.COLOR_INFO, CameraInfo)[0]
         # A new instruction that names nothing in this scene: no target, the target slots empty.
         node = rclpy.create_node("instruction_pub", context=rclpy_context)
         publisher = node.create_publisher(String, topics.INSTRUCTION, 10)
@@ -70,6 +74,13 @@ def test_scene_parser_names_the_instructions_object_in_the_simulated_scene(rclpy
     boxes = [m for m in markers.markers if m.ns == "corner/boxes"]
     assert len(boxes) == len(scene.objects) and boxes[0].header.frame_id == "corner_color_optical_frame"
     assert (annotated.width, annotated.height, annotated.encoding) == (128, 128, "rgb8")
+    # The door lock located with the aligned depth: ahead of the camera, on the lock's pixels.
+    assert target.header.frame_id == "corner_color_optical_frame" and 0.3 < target.point.z < 3.0
+    k = np.array(info.k).reshape(3, 3)
+    u, v, _ = k @ [target.point.x, target.point.y, target.point.z] / target.point.z
+    assert lock.x_min <= u <= lock.x_max and lock.y_min <= v <= lock.y_max
+    (sphere,) = [m for m in markers.markers if m.ns == "corner/target_position"]
+    assert sphere.type == sphere.SPHERE and sphere.header.frame_id == "corner_color_optical_frame"
     assert changed is not None and list(changed.target_names) == []
     assert list(changed.group_token_indices[:8]) == [-1] * 8
     assert {o.group for o in changed.objects} <= {SceneObject.GROUP_SURROUNDING, SceneObject.GROUP_BACKGROUND}

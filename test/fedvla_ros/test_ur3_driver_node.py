@@ -135,3 +135,51 @@ def test_bad_settings_exit_2_with_one_line(parameters, message) -> None:
     _, err = process.communicate(timeout=60)
     assert process.returncode == 2, err
     assert err.strip().splitlines()[-1].startswith(message)
+
+
+def test_object_frame_actions_follow_the_located_object(rclpy_context) -> None:
+    """The scene parser's target position (PointStamped) is the object frame of ee_pose actions:
+    "10 cm above the object, 3 cm to its left" lands there wherever the object was located."""
+    from geometry_msgs.msg import PointStamped
+
+    driver = start_node("fedvla_ros", "ur3_driver", name="ur3_driver",
+                        parameters={"backend": "sim", "action_topic": "/test/action_chunk", "action_kind": "ee_pose",
+                                    "action_frame": "object", "object_position_topic": "/test/target_position",
+                                    # tool down, yawed as at the home pose: positions alone move it
+                                    "default_orientation_rpy": [np.pi, 0.0, -np.pi / 2],
+                                    "execute_steps": 20, "stale_timeout_s": 3.0})  # one 2 s chunk, all of it
+    node = rclpy.create_node("object_test", context=rclpy_context)
+    executor = SingleThreadedExecutor(context=rclpy_context)
+    executor.add_node(node)
+    chunks = node.create_publisher(ActionChunk, "/test/action_chunk", 10)
+    targets = node.create_publisher(PointStamped, "/test/target_position", 10)
+    tool_topic = topics.node_topic(DRIVER, topics.TOOL_POSE)
+    try:
+        start = wait_for_messages(rclpy_context, tool_topic, PoseStamped, qos=RELIABLE)[0].pose.position
+        located = np.array([start.x + 0.02, start.y - 0.03, start.z - 0.12])
+        bad = PointStamped(point=PointStamped().point.__class__(x=float("nan"), y=0.0, z=0.0))
+        bad.header.frame_id = "base_link"
+        target = PointStamped()
+        target.header.frame_id = "base_link"
+        target.point.x, target.point.y, target.point.z = (float(v) for v in located)
+        # From where the tool is, in the object's frame, to the goal: in 2 s (a jump is refused).
+        goal = np.array([0.0, 0.03, 0.1])
+        path = np.linspace(np.array([start.x, start.y, start.z]) - located, goal, 21)[1:]
+        steps = np.column_stack([path, -np.ones(len(path))])
+        for _ in range(3):
+            targets.publish(target)
+            targets.publish(bad)  # refused: the last good position stays
+            executor.spin_once(timeout_sec=0.1)
+        chunks.publish(ActionChunk(dimension_names=["x", "y", "z", "gripper"], horizon=len(steps),
+                                   actions=steps.ravel().tolist(), step_period_s=0.1))
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.1)
+        reached = wait_for_messages(rclpy_context, tool_topic, PoseStamped, qos=RELIABLE)[0].pose.position
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        _, err = stop_process(driver)
+    assert driver.returncode == 0, err
+    np.testing.assert_allclose([reached.x, reached.y, reached.z], located + goal, atol=0.005, err_msg=err)
+    assert "object position refused: object position" in err and "is not three finite coordinates" in err

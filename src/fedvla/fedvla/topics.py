@@ -33,10 +33,12 @@ INSTRUCTION = "/instruction"
 ACTION_CHUNK = "action_chunk"
 EXPERT_ACTIVATION = "expert_activation"
 # The scene parser (IOSP) publishes one ParsedScene per camera frame on its ~/parsed_scene, the
-# boxes as RViz markers on ~/markers, and an annotated image per camera.
+# boxes as RViz markers on ~/markers, an annotated image per camera, and the instruction's target
+# located with the aligned depth on ~/target_position (geometry_msgs/PointStamped, optical frame).
 SCENE_PARSER_NODE = "/scene_parser"
 PARSED_SCENE = "parsed_scene"
 SCENE_MARKERS = "markers"
+TARGET_POSITION = "target_position"
 
 
 def annotated_image_topic(camera: str) -> str:

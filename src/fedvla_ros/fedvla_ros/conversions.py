@@ -5,12 +5,13 @@ from collections.abc import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
-from geometry_msgs.msg import Point
+from geometry_msgs.msg import Point, PointStamped
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker
 
 from fedvla.camera import Frame, Intrinsics
+from fedvla.iosp.localize import TargetLocation
 from fedvla.iosp.parser import CameraParse
 from fedvla.iosp.types import ObjectGroup, ObjectLabel
 from fedvla.iosp.visualize import GROUP_COLORS, box_in_camera
@@ -116,6 +117,26 @@ def _color(group: ObjectGroup) -> ColorRGBA:
     return ColorRGBA(r=r / 255.0, g=g / 255.0, b=b / 255.0, a=1.0)
 
 
+def _duration(seconds: float) -> Duration:
+    return Duration(sec=int(seconds), nanosec=int((seconds % 1.0) * 1e9))
+
+
+def target_position_msg(location: TargetLocation, header: Header) -> PointStamped:
+    x, y, z = (float(v) for v in location.position)
+    return PointStamped(header=header, point=Point(x=x, y=y, z=z))
+
+
+def target_marker(location: TargetLocation, header: Header, camera: str, lifetime_s: float = 0.0) -> Marker:
+    """A sphere at the located target (namespace ``<camera>/target_position``), target red."""
+    x, y, z = (float(v) for v in location.position)
+    marker = Marker(header=header, ns=f"{camera}/target_position", id=0, type=Marker.SPHERE, action=Marker.ADD,
+                    color=_color(ObjectGroup.TARGET), lifetime=_duration(lifetime_s))
+    marker.pose.position = Point(x=x, y=y, z=z)
+    marker.pose.orientation.w = 1.0
+    marker.scale.x = marker.scale.y = marker.scale.z = 0.03
+    return marker
+
+
 def scene_markers(parse: CameraParse, header: Header, camera_matrix: np.ndarray, depth_m: float,
                   previous_count: int = 0, lifetime_s: float = 0.0) -> list[Marker]:
     """RViz markers of a parse in the camera's optical frame (``header.frame_id``): per object its
@@ -123,7 +144,7 @@ def scene_markers(parse: CameraParse, header: Header, camera_matrix: np.ndarray,
     ``depth_m`` ahead, coloured by group; DELETE markers for the ids a previous parse of this
     camera used beyond this one's ``len(parse.detections)``."""
     markers = []
-    lifetime = Duration(sec=int(lifetime_s), nanosec=int((lifetime_s % 1.0) * 1e9))
+    lifetime = _duration(lifetime_s)
     for index, (detection, group) in enumerate(zip(parse.detections, parse.groups)):
         corners = box_in_camera(detection.box, camera_matrix, depth_m)
         outline = Marker(header=header, ns=f"{parse.camera}/boxes", id=index, type=Marker.LINE_STRIP,

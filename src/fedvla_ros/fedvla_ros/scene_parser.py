@@ -13,15 +13,22 @@ publishes:
   optical frame, on the plane ``marker_depth_m`` ahead, coloured by group (target red,
   surrounding amber, background blue);
 * ``~/<camera>/annotated_image`` (sensor_msgs/Image): the image with boxes and the selected patch
-  tokens tinted by group; rendered only while someone subscribes.
+  tokens tinted by group; rendered only while someone subscribes;
+* ``~/target_position`` (geometry_msgs/PointStamped): with ``locate_target``, the instruction's
+  target located in 3-D with the camera's ``aligned_depth_to_color/image_raw`` frame of the same
+  stamp (:mod:`fedvla.iosp.localize`), in the camera's optical frame; also a sphere on
+  ``~/markers``. What the arm driver's ``object_position_topic`` consumes.
 
-Parameters: the fields of :class:`fedvla.iosp.runtime.SceneParserRuntimeConfig`.
+Parameters: the fields of :class:`fedvla.iosp.runtime.SceneParserRuntimeConfig` and
+:class:`fedvla.iosp.localize.TargetLocatorConfig`.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
+from geometry_msgs.msg import PointStamped
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
@@ -29,16 +36,19 @@ from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
 from fedvla import topics
+from fedvla.iosp.localize import TargetLocatorConfig, locate_target
+from fedvla.iosp.parser import CameraParse
 from fedvla.iosp.runtime import SceneParserRuntime, SceneParserRuntimeConfig
 from fedvla.iosp.visualize import annotate
 from fedvla_interfaces.msg import ObjectLabels, ParsedScene
 from fedvla_ros.conversions import (image_msg, image_to_array, labels_from_msg, objects_from_msg, parsed_scene_msg,
-                                    scene_markers)
+                                    scene_markers, target_marker, target_position_msg)
 from fedvla_ros.node_main import main_for
 from fedvla_ros.parameters import declare_config
 from fedvla_ros.qos import LATCHED_QOS
 
 LABEL_IMAGES_KEPT = 8  # per camera, by stamp: a label image may arrive a few frames before its colour image
+DEPTH_IMAGES_KEPT = 8  # likewise; the depth image may also come after the frame was parsed
 MISSING_LABELS_WARN_S = 2.0
 
 
@@ -46,10 +56,20 @@ def _stamp_key(msg) -> tuple[int, int]:
     return msg.header.stamp.sec, msg.header.stamp.nanosec
 
 
+@dataclass
+class _AwaitingDepth:
+    """A parsed frame whose depth image has not arrived yet."""
+
+    stamp: tuple[int, int]
+    parse: CameraParse
+    header: object
+
+
 class SceneParserNode(Node):
     def __init__(self) -> None:
         super().__init__("scene_parser")
         self.config = declare_config(self, SceneParserRuntimeConfig)
+        self.locator = declare_config(self, TargetLocatorConfig)
         self.runtime = SceneParserRuntime(self.config)
         self.instruction = self.config.instruction
         self._images: dict[str, Image] = {}
@@ -57,6 +77,8 @@ class SceneParserNode(Node):
         self._camera_matrix: dict[str, np.ndarray] = {}
         self._label_images: dict[str, OrderedDict[tuple[int, int], Image]] = {c: OrderedDict() for c in self.config.cameras}
         self._marker_counts: dict[str, int] = dict.fromkeys(self.config.cameras, 0)
+        self._depth_images: dict[str, OrderedDict[tuple[int, int], Image]] = {c: OrderedDict() for c in self.config.cameras}
+        self._awaiting_depth: dict[str, _AwaitingDepth] = {}
         self._annotated_pubs = {}
         for camera in self.config.cameras:
             node = f"/camera/{camera}"
@@ -69,11 +91,15 @@ class SceneParserNode(Node):
                                          lambda msg, c=camera: self._on_label_image(c, msg), qos_profile_sensor_data)
                 self.create_subscription(ObjectLabels, topics.node_topic(node, topics.SEGMENTATION_LABELS),
                                          lambda msg, c=camera: self._on_label_table(c, msg), LATCHED_QOS)
+            if self.locator.locate_target:
+                self.create_subscription(Image, topics.node_topic(node, topics.ALIGNED_DEPTH_IMAGE),
+                                         lambda msg, c=camera: self._on_depth_image(c, msg), qos_profile_sensor_data)
             self._annotated_pubs[camera] = self.create_publisher(
                 Image, topics.private_topic(topics.annotated_image_topic(camera)), qos_profile_sensor_data)
         self.create_subscription(String, topics.INSTRUCTION, self._on_instruction, 10)
         self._scene_pub = self.create_publisher(ParsedScene, topics.private_topic(topics.PARSED_SCENE), 10)
         self._marker_pub = self.create_publisher(MarkerArray, topics.private_topic(topics.SCENE_MARKERS), 10)
+        self._target_pub = self.create_publisher(PointStamped, topics.private_topic(topics.TARGET_POSITION), 10)
         self.create_timer(1.0 / self.config.rate_hz, self._parse_new_frames)
         self.get_logger().info(
             f"parsing {list(self.config.cameras)} at up to {self.config.rate_hz:g} Hz with the {self.config.detector.value} "
@@ -95,6 +121,37 @@ class SceneParserNode(Node):
         kept[_stamp_key(msg)] = msg
         while len(kept) > LABEL_IMAGES_KEPT:
             kept.popitem(last=False)
+
+    def _on_depth_image(self, camera: str, msg: Image) -> None:
+        kept = self._depth_images[camera]
+        kept[_stamp_key(msg)] = msg
+        while len(kept) > DEPTH_IMAGES_KEPT:
+            kept.popitem(last=False)
+        awaiting = self._awaiting_depth.get(camera)
+        if awaiting is not None and awaiting.stamp == _stamp_key(msg):
+            del self._awaiting_depth[camera]
+            markers = self._locate(camera, awaiting.parse, awaiting.header, msg)
+            if markers:
+                self._marker_pub.publish(MarkerArray(markers=markers))
+
+    def _locate(self, camera: str, parse: CameraParse, header, depth_msg: Image) -> list:
+        """Publish the target's position from the frame's depth image; its marker (or none)."""
+        matrix = self._camera_matrix.get(camera)
+        if matrix is None:
+            return []
+        try:
+            location = locate_target(parse, image_to_array(depth_msg), matrix, self.locator)
+        except ValueError as err:
+            self.get_logger().warn(f"{camera}: depth image: {err}", throttle_duration_sec=10.0)
+            return []
+        if location is None:
+            return []
+        self._target_pub.publish(target_position_msg(location, header))
+        return [target_marker(location, header, camera, self._marker_lifetime_s)]
+
+    @property
+    def _marker_lifetime_s(self) -> float:
+        return max(1.0, 3.0 / self.config.rate_hz)
 
     def _on_label_table(self, camera: str, msg: ObjectLabels) -> None:
         try:
@@ -134,13 +191,20 @@ class SceneParserNode(Node):
             image = np.zeros((0, 0, 3), np.uint8)  # the parser's defined output for a malformed image
         parse = self.runtime.parse(camera, image, self.instruction, labels)
         self._scene_pub.publish(parsed_scene_msg(parse, msg.header, self.config.selection_rule.value))
+        markers = []
         matrix = self._camera_matrix.get(camera)
         if matrix is not None:
             markers = scene_markers(parse, msg.header, matrix, self.config.marker_depth_m, self._marker_counts[camera],
-                                    lifetime_s=max(1.0, 3.0 / self.config.rate_hz))
+                                    lifetime_s=self._marker_lifetime_s)
             self._marker_counts[camera] = len(parse.detections)
-            if markers:
-                self._marker_pub.publish(MarkerArray(markers=markers))
+        if self.locator.locate_target and parse.detections:
+            depth_msg = self._depth_images[camera].get(_stamp_key(msg))
+            if depth_msg is not None:
+                markers += self._locate(camera, parse, msg.header, depth_msg)
+            else:  # its depth image is still on the way
+                self._awaiting_depth[camera] = _AwaitingDepth(_stamp_key(msg), parse, msg.header)
+        if markers:  # one array per frame: RViz shows a frame's boxes and target together
+            self._marker_pub.publish(MarkerArray(markers=markers))
         publisher = self._annotated_pubs[camera]
         if publisher.get_subscription_count() and image.size:
             publisher.publish(image_msg(annotate(image, parse), "rgb8", msg.header.stamp, msg.header.frame_id))

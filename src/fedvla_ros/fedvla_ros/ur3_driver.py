@@ -1,9 +1,12 @@
 """ur3_driver node: action chunks in, safe servoJ motion of a UR3 out (or of the simulated arm).
 
-Subscribes to ``action_topic`` (fedvla_interfaces/ActionChunk; default the policy's) and, when
-``object_pose_topic`` is set, to the object's pose (geometry_msgs/PoseStamped in ``base_link`` or
-any other link of the URDF, such as the camera's optical frame) for object-frame actions. The control loop runs on its own thread at the controller's rate
-(:class:`fedvla.robot.runtime.ArmRuntime`); every safety decision is the core's.
+Subscribes to ``action_topic`` (fedvla_interfaces/ActionChunk; default the policy's) and, for
+object-frame actions, to the object's pose: ``object_pose_topic`` (geometry_msgs/PoseStamped) or
+``object_position_topic`` (geometry_msgs/PointStamped, such as the scene parser's
+``~/target_position``; the object's axes are then parallel to ``base_link``), stamped in
+``base_link`` or any other link of the URDF, such as the camera's optical frame. The control loop
+runs on its own thread at the controller's rate (:class:`fedvla.robot.runtime.ArmRuntime`); every
+safety decision is the core's.
 
 Publishes, at ``state_rate_hz``: ``/joint_states`` (the six arm joints and the gripper's finger),
 ``~/tool_pose`` (PoseStamped, ``base_link``), ``/tf`` (every link of ``urdf/ur3_gripper.urdf`` from
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Point, PoseStamped, TransformStamped
+from geometry_msgs.msg import Point, PointStamped, PoseStamped, TransformStamped
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState
@@ -31,7 +34,6 @@ from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import Marker
 
 from fedvla import topics
-from fedvla.config import ConfigError
 from fedvla.robot.backends import BackendError
 from fedvla.robot.controller import ArmMode
 from fedvla.robot.kinematics import GRIPPER_JOINT
@@ -85,6 +87,8 @@ class Ur3DriverNode(Node):
         self.create_subscription(ActionChunk, driver.action_topic, self._on_chunk, 10)
         if driver.object_pose_topic:
             self.create_subscription(PoseStamped, driver.object_pose_topic, self._on_object_pose, 10)
+        if driver.object_position_topic:
+            self.create_subscription(PointStamped, driver.object_position_topic, self._on_object_position, 10)
         self.create_service(Trigger, topics.private_topic(topics.RECOVER_SERVICE), self._on_recover)
         self.create_service(Trigger, topics.private_topic(topics.STOP_SERVICE), self._on_stop)
         self.create_timer(1.0 / driver.state_rate_hz, self._publish_state)
@@ -112,8 +116,14 @@ class Ur3DriverNode(Node):
     def _on_object_pose(self, msg: PoseStamped) -> None:
         try:
             self.runtime.set_object_pose(_matrix_from_pose(msg.pose), msg.header.frame_id)
-        except ConfigError as err:
+        except ValueError as err:  # a frame that is not a URDF link, NaN
             self.get_logger().error(f"object pose refused: {err}", throttle_duration_sec=5.0)
+
+    def _on_object_position(self, msg: PointStamped) -> None:
+        try:
+            self.runtime.set_object_position(np.array([msg.point.x, msg.point.y, msg.point.z]), msg.header.frame_id)
+        except ValueError as err:
+            self.get_logger().error(f"object position refused: {err}", throttle_duration_sec=5.0)
 
     def _on_recover(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         try:

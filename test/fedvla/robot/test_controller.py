@@ -219,3 +219,23 @@ def test_object_poses_in_a_urdf_frame_are_moved_to_the_base_frame() -> None:
     np.testing.assert_array_equal(runtime.controller.object_in_base, pose)
     with pytest.raises(ConfigError, match="frame 'map' is not a link of ur3_gripper.urdf"):
         runtime.set_object_pose(pose, "map")
+    with pytest.raises(ValueError, match="not a finite 4x4"):
+        runtime.set_object_pose(np.full((4, 4), np.nan), "base_link")
+
+
+def test_a_located_position_becomes_an_object_frame_parallel_to_the_base() -> None:
+    from fedvla.config import ConfigError
+    from fedvla.robot.runtime import ArmDriverConfig, ArmRuntime
+
+    runtime = ArmRuntime(ArmDriverConfig())
+    camera = runtime.kinematics.link_poses(np.asarray(runtime.config.initial_joint_positions))["camera_color_optical_frame"]
+    runtime.set_object_position(np.array([0.05, -0.02, 0.6]), "camera_color_optical_frame")
+    expected = np.eye(4)
+    expected[:3, 3] = camera[:3, :3] @ [0.05, -0.02, 0.6] + camera[:3, 3]
+    np.testing.assert_allclose(runtime.controller.object_in_base, expected, atol=1e-12)
+    for bad in ([np.nan, 0.0, 0.5], [0.1, 0.2]):
+        with pytest.raises(ValueError, match="is not three finite coordinates"):
+            runtime.set_object_position(np.array(bad), "base_link")
+    np.testing.assert_allclose(runtime.controller.object_in_base, expected, atol=1e-12)  # refused: kept
+    with pytest.raises(ConfigError, match="object_position_topic: is set together with object_pose_topic"):
+        ArmDriverConfig(object_pose_topic="/a", object_position_topic="/b")

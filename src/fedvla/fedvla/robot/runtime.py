@@ -48,6 +48,9 @@ class ArmDriverConfig:
     initial_joint_positions: tuple[float, ...] = HOME_Q  # sim backend: where the arm starts, rad
     action_topic: str = topics.node_topic(topics.POLICY_NODE, topics.ACTION_CHUNK)  # where action chunks come from
     object_pose_topic: str = ""  # geometry_msgs/PoseStamped of the object (action_frame object); empty: none
+    # geometry_msgs/PointStamped of the object, e.g. the scene parser's ~/target_position: a position
+    # without orientation, so the object's axes are taken parallel to base_link; empty: none
+    object_position_topic: str = ""
     state_rate_hz: float = 50.0  # /joint_states, tool pose and /tf
     ik_restarts: int = 0  # random restarts when warm-started IK fails (0: fail fast, the chunk is refused)
 
@@ -58,6 +61,8 @@ class ArmDriverConfig:
                 f"has {len(self.initial_joint_positions)} values", "six joint angles in rad")
         require_positive(self.state_rate_hz, "state_rate_hz")
         require(self.ik_restarts >= 0, "ik_restarts", f"is negative ({self.ik_restarts})", "0 or more")
+        require(not (self.object_pose_topic and self.object_position_topic), "object_position_topic",
+                "is set together with object_pose_topic (two sources for one object)", "one of the two, the other empty")
 
     @property
     def control_rate_hz(self) -> float:
@@ -159,15 +164,34 @@ class ArmRuntime:
         """The object's 4x4 pose in ``frame`` (any link of the URDF, e.g. the camera's optical frame
         of a scene parse; empty: the base frame), used by object-frame actions."""
         with self._lock:
-            if object_pose is None or not frame or frame == self.kinematics.base_frame:
-                self.controller.object_in_base = object_pose
+            if object_pose is None:
+                self.controller.object_in_base = None
                 return
-            q = self.controller.measured_q
-            poses = self.kinematics.link_poses(q if q is not None else np.asarray(self.config.initial_joint_positions))
-            if frame not in poses:
-                raise ConfigError("object_pose_topic", f"frame {frame!r} is not a link of {self.kinematics.urdf_path.name}",
-                                  f"{self.kinematics.base_frame} or a link such as camera_color_optical_frame")
-            self.controller.object_in_base = poses[frame] @ object_pose
+            if np.shape(object_pose) != (4, 4) or not np.all(np.isfinite(object_pose)):
+                raise ValueError("object pose is not a finite 4x4 transform")
+            self.controller.object_in_base = self._frame_in_base(frame, "object_pose_topic") @ object_pose
+
+    def set_object_position(self, position: np.ndarray, frame: str = "") -> None:
+        """The object's position in ``frame`` (as :meth:`set_object_pose`); its axes are taken
+        parallel to the base frame: a located point says nothing about the object's orientation."""
+        if np.shape(position) != (3,) or not np.all(np.isfinite(position)):
+            raise ValueError(f"object position {position} is not three finite coordinates")
+        with self._lock:
+            pose = np.eye(4)
+            pose[:3, 3] = (self._frame_in_base(frame, "object_position_topic") @ np.append(position, 1.0))[:3]
+            self.controller.object_in_base = pose
+
+    def _frame_in_base(self, frame: str, parameter: str) -> np.ndarray:
+        """Pose of URDF link ``frame`` in the base frame at the arm's measured joints (it may be on
+        the arm, e.g. a wrist camera)."""
+        if not frame or frame == self.kinematics.base_frame:
+            return np.eye(4)
+        q = self.controller.measured_q
+        poses = self.kinematics.link_poses(q if q is not None else np.asarray(self.config.initial_joint_positions))
+        if frame not in poses:
+            raise ConfigError(parameter, f"frame {frame!r} is not a link of {self.kinematics.urdf_path.name}",
+                              f"{self.kinematics.base_frame} or a link such as camera_color_optical_frame")
+        return poses[frame]
 
     def recover(self) -> str:
         with self._lock:
