@@ -158,6 +158,34 @@ def test_a_dropped_connection_reconnects_without_stale_commands(sim, runtime):
     assert targets and np.all(np.abs(targets[0] - resumed_q) <= rt.guard.max_velocity * rt.arm.period_s + 1e-9)
 
 
+def test_a_link_that_drops_during_a_call_is_a_lost_connection(sim, runtime, core_warnings):
+    """ur_rtde can find the link gone inside servoJ (isConnected() said yes a moment before) and
+    raise RuntimeError from its own reconnect attempt: the controller must see a dropped link."""
+    rt = runtime()
+    rt.controller.step(rt.now())
+
+    class DroppingControl:
+        def __init__(self, control):
+            self._control = control
+
+        def __getattr__(self, name):
+            if name in ("servoJ", "servoStop", "kickWatchdog"):
+                def dropped(*args):
+                    raise RuntimeError("Timeout connecting to UR dashboard server.")
+                return dropped
+            return getattr(self._control, name)
+
+    rt.arm._control = DroppingControl(rt.arm._control)
+    with pytest.raises(BackendError, match="connection to the UR controller at .* is gone: Timeout connecting"):
+        rt.arm.servo_stop(5.0)
+    assert rt.submit(FORWARD) is None
+    # The next setpoint finds the link gone: the arm is lost (then reconnected at once, with new
+    # interfaces, since the fake controller is still there), not a crash of the control loop.
+    assert rt.run_until(lambda: any("lost the arm: the connection to the UR controller" in m for m in core_warnings))
+    assert rt.run_until(lambda: rt.controller.mode is ArmMode.IDLE)
+    assert not isinstance(rt.arm._control, DroppingControl)
+
+
 def test_a_protective_stop_is_a_fault_until_recovered(sim, runtime):
     rt = runtime()
     rt.controller.step(rt.now())

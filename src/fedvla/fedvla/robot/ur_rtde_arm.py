@@ -24,6 +24,7 @@ Choices, and why:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import socket
@@ -140,24 +141,29 @@ class UrRtdeArm(ArmBackend):
         self._require_connected()
         receive = self._receive
         bit = self.config.gripper_bit
-        gripper = (bool(receive.getDigitalOutState(bit)) == self.config.gripper_closed_level) if bit is not None else False
-        return ArmState(
-            q=np.asarray(receive.getActualQ(), dtype=np.float64),
-            qd=np.asarray(receive.getActualQd(), dtype=np.float64),
-            safety=_SAFETY_MODES.get(int(receive.getSafetyMode()), SafetyStatus.FAULT),
-            gripper_closed=gripper,
-            program_running=bool(self._control.isProgramRunning()) and receive.getRobotMode() == _ROBOT_MODE_RUNNING)
+        with self._link():
+            gripper = (bool(receive.getDigitalOutState(bit)) == self.config.gripper_closed_level) if bit is not None else False
+            return ArmState(
+                q=np.asarray(receive.getActualQ(), dtype=np.float64),
+                qd=np.asarray(receive.getActualQd(), dtype=np.float64),
+                safety=_SAFETY_MODES.get(int(receive.getSafetyMode()), SafetyStatus.FAULT),
+                gripper_closed=gripper,
+                program_running=bool(self._control.isProgramRunning()) and receive.getRobotMode() == _ROBOT_MODE_RUNNING)
 
     # Commands -----------------------------------------------------------------------------------------
     def servo_j(self, q: np.ndarray, settings: ServoSettings) -> None:
         self._require_connected()
-        if not self._control.servoJ([float(v) for v in q], settings.servo_speed, settings.servo_acceleration, self.period_s,
-                                    settings.lookahead_time_s, settings.gain):
+        with self._link():
+            accepted = self._control.servoJ([float(v) for v in q], settings.servo_speed, settings.servo_acceleration,
+                                            self.period_s, settings.lookahead_time_s, settings.gain)
+        if not accepted:
             raise CommandRefused("the UR controller refused servoJ (its control script is not running)")
 
     def servo_stop(self, deceleration: float) -> None:
         self._require_connected()
-        if not self._control.servoStop(float(deceleration)):
+        with self._link():
+            accepted = self._control.servoStop(float(deceleration))
+        if not accepted:
             raise CommandRefused("the UR controller refused servoStop (its control script is not running)")
 
     def set_gripper(self, closed: bool) -> None:
@@ -178,7 +184,8 @@ class UrRtdeArm(ArmBackend):
 
     def kick_watchdog(self) -> None:
         if self.config.watchdog_frequency_hz > 0 and self.is_connected:
-            self._control.kickWatchdog()
+            with self._link():
+                self._control.kickWatchdog()
 
     def resume(self) -> None:
         self._require_connected()
@@ -214,6 +221,15 @@ class UrRtdeArm(ArmBackend):
     def _require_connected(self) -> None:
         if not self.is_connected:
             raise BackendError(f"the connection to the UR controller at {self.config.robot_ip} is gone")
+
+    @contextlib.contextmanager
+    def _link(self):
+        """ur_rtde raises RuntimeError when the link drops during a call (after isConnected() said
+        yes; it may even try, and fail, to reconnect on its own): that is a lost connection."""
+        try:
+            yield
+        except RuntimeError as err:
+            raise BackendError(f"the connection to the UR controller at {self.config.robot_ip} is gone: {err}") from None
 
     def _dashboard_command(self, method: str) -> str:
         dashboard = self._dashboard.DashboardClient(self.config.robot_ip)
