@@ -1,5 +1,6 @@
 """The episode dataset format: write, read back, chunk, train."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,3 +80,45 @@ def test_a_dataset_trains_a_policy(tmp_path) -> None:
     policy.normalizer.fit(data.all_actions(), data.all_proprio())
     result = train_policy(policy, data, TrainConfig(epochs=2, batch_size=4), show_progress=False)
     assert result.num_samples == 18 and len(result.epoch_losses) == 2
+
+
+def test_iosp_selections_are_stored_per_step_and_served_with_the_samples(tmp_path) -> None:
+    from fedvla.data.episodes import check_policy_fits
+    from fedvla.model.config import PolicyConfig
+
+    rng = np.random.default_rng(3)
+    writer = EpisodeWriter(tmp_path / "ds", camera_names=CAMS, image_size=16, proprio_dim=3, action_dim=2,
+                           control_rate_hz=10.0, iosp_grid=(4, 4), iosp_tokens_per_group=2)
+    images, proprio, actions = _episode(rng, 5)
+    indices = rng.integers(0, 16, size=(5, len(CAMS), 3, 2))
+    valid = rng.random((5, len(CAMS), 3, 2)) > 0.3
+    writer.add_episode(images, proprio, actions, instruction="push", language=np.ones(4), iosp_indices=indices,
+                       iosp_valid=valid)
+    with pytest.raises(DatasetError, match="give iosp_indices and iosp_valid"):
+        writer.add_episode(images, proprio, actions, instruction="push", language=np.ones(4))
+    with pytest.raises(DatasetError, match="outside the 4x4 patch grid"):
+        writer.add_episode(images, proprio, actions, instruction="push", language=np.ones(4),
+                           iosp_indices=indices + 16, iosp_valid=valid)
+    meta = load_meta(tmp_path / "ds")
+    assert meta.iosp_grid == (4, 4) and meta.iosp_tokens_per_group == 2 and len(meta.episodes) == 1
+    sample = ChunkDataset(tmp_path / "ds", horizon=2, with_iosp=True)[3]
+    assert sample["iosp_indices"].tolist() == indices[3].tolist() and sample["iosp_valid"].tolist() == valid[3].tolist()
+    assert "iosp_indices" not in ChunkDataset(tmp_path / "ds", horizon=2)[3]
+    # A policy must select on the same grid (image size / encoder) with the same k.
+    tiny = Path(__file__).resolve().parents[3] / "config" / "model" / "tiny.yaml"
+    fits = PolicyConfig.from_yaml(tiny, camera_names=CAMS, image_size=16, proprio_dim=3, action_dim=2, iosp=True,
+                                  iosp_tokens_per_group=2)
+    import dataclasses
+
+    check_policy_fits(dataclasses.replace(meta, iosp_grid=fits.patch_grid), fits)  # (16 px: a 1x1 grid)
+    with pytest.raises(DatasetError, match=r"IOSP on a \(1, 1\) grid with k=2 vs the dataset's \(4, 4\)"):
+        check_policy_fits(meta, fits)
+    other = PolicyConfig.from_yaml(tiny, camera_names=CAMS, image_size=16, proprio_dim=3, action_dim=2, iosp=True,
+                                   iosp_tokens_per_group=3)
+    with pytest.raises(DatasetError, match="k=3 vs the dataset's"):
+        check_policy_fits(meta, other)
+    plain = EpisodeWriter(tmp_path / "plain", camera_names=CAMS, image_size=16, proprio_dim=3, action_dim=2,
+                          control_rate_hz=10.0)
+    plain.add_episode(images, proprio, actions, instruction="push", language=np.ones(4))
+    with pytest.raises(DatasetError, match="has no IOSP selections: record it with IOSP on"):
+        ChunkDataset(tmp_path / "plain", horizon=2, with_iosp=True)

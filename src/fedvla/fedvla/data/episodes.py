@@ -3,12 +3,17 @@
 On disk, a dataset is a directory::
 
     dataset.json                 camera names, image size, proprio/action sizes, control rate,
+                                 the IOSP patch grid and tokens per group (when recorded),
                                  and per episode: file, length, instruction
     episode_000000.safetensors   images (T, V, 3, H, W) uint8, proprio (T, P), actions (T, A),
-                                 language (D,) the instruction's sentence embedding
+                                 language (D,) the instruction's sentence embedding, and with
+                                 IOSP iosp_indices (T, V, 3, k) int64 / iosp_valid (T, V, 3, k)
+                                 bool: the scene parser's token selection per step and camera
 
 safetensors only (no pickle). The instruction's embedding is stored with the episode, so that
 training never needs the language model; the encoder that produced it is named in the metadata.
+IOSP selections are stored for the patch grid they were made on: a policy with another grid
+(image size, encoder) cannot use them (:func:`check_policy_fits`).
 
 :class:`ChunkDataset` serves training samples: the observation at step t and the action chunk
 ``a[t : t + horizon]``; past the end of an episode the chunk repeats the last action (the robot
@@ -50,6 +55,12 @@ class DatasetMeta:
     control_rate_hz: float
     language_encoder: str
     episodes: list[EpisodeInfo] = dataclasses.field(default_factory=list)
+    iosp_grid: tuple[int, int] | None = None  # (rows, cols) of the patch grid the selections index
+    iosp_tokens_per_group: int = 0  # k; 0: no IOSP selections recorded
+
+    @property
+    def has_iosp(self) -> bool:
+        return self.iosp_tokens_per_group > 0
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -63,6 +74,8 @@ class DatasetMeta:
             if data.pop("format_version", None) != FORMAT_VERSION:
                 raise DatasetError(f"{where}: dataset format is not version {FORMAT_VERSION}")
             data["episodes"] = [EpisodeInfo(**e) for e in data["episodes"]]
+            if data.get("iosp_grid") is not None:
+                data["iosp_grid"] = tuple(data["iosp_grid"])
             return cls(**data)
         except (json.JSONDecodeError, TypeError, KeyError) as err:
             raise DatasetError(f"{where} is malformed: {err}") from err
@@ -72,38 +85,60 @@ class EpisodeWriter:
     """Appends episodes to a dataset directory (created on first use)."""
 
     def __init__(self, directory: str | Path, *, camera_names: Sequence[str], image_size: int, proprio_dim: int,
-                 action_dim: int, control_rate_hz: float, language_encoder: str = "all-MiniLM-L6-v2") -> None:
+                 action_dim: int, control_rate_hz: float, language_encoder: str = "all-MiniLM-L6-v2",
+                 iosp_grid: tuple[int, int] | None = None, iosp_tokens_per_group: int = 0) -> None:
         self.directory = Path(directory)
         meta_path = self.directory / META_FILE
+        grid = tuple(iosp_grid) if iosp_tokens_per_group else None
         if meta_path.exists():
             self.meta = DatasetMeta.from_json(meta_path.read_text(), meta_path)
-            wanted = (list(camera_names), image_size, proprio_dim, action_dim)
-            have = (self.meta.camera_names, self.meta.image_size, self.meta.proprio_dim, self.meta.action_dim)
+            wanted = (list(camera_names), image_size, proprio_dim, action_dim, grid, iosp_tokens_per_group)
+            have = (self.meta.camera_names, self.meta.image_size, self.meta.proprio_dim, self.meta.action_dim,
+                    self.meta.iosp_grid, self.meta.iosp_tokens_per_group)
             if wanted != have:
                 raise DatasetError(f"{self.directory} holds episodes of another shape {have}, not {wanted}")
         else:
+            if iosp_tokens_per_group and (grid is None or len(grid) != 2 or min(grid) < 1):
+                raise DatasetError(f"IOSP selections need their patch grid (rows, cols), got {iosp_grid}")
             self.directory.mkdir(parents=True, exist_ok=True)
             self.meta = DatasetMeta(camera_names=list(camera_names), image_size=image_size, proprio_dim=proprio_dim,
                                     action_dim=action_dim, control_rate_hz=control_rate_hz,
-                                    language_encoder=language_encoder)
+                                    language_encoder=language_encoder, iosp_grid=grid,
+                                    iosp_tokens_per_group=iosp_tokens_per_group)
 
     def add_episode(self, images: np.ndarray, proprio: np.ndarray, actions: np.ndarray, instruction: str,
-                    language: np.ndarray) -> EpisodeInfo:
+                    language: np.ndarray, iosp_indices: np.ndarray | None = None,
+                    iosp_valid: np.ndarray | None = None) -> EpisodeInfo:
         m = self.meta
         steps = len(actions)
-        expected = {"images": (steps, len(m.camera_names), 3, m.image_size, m.image_size),
+        views, k = len(m.camera_names), m.iosp_tokens_per_group
+        expected = {"images": (steps, views, 3, m.image_size, m.image_size),
                     "proprio": (steps, m.proprio_dim), "actions": (steps, m.action_dim)}
-        for name, array in (("images", images), ("proprio", proprio), ("actions", actions)):
-            if tuple(array.shape) != expected[name]:
-                raise DatasetError(f"episode {name} has shape {tuple(array.shape)}, expected {expected[name]}")
+        arrays = {"images": images, "proprio": proprio, "actions": actions}
+        if m.has_iosp:
+            if iosp_indices is None or iosp_valid is None:
+                raise DatasetError("this dataset records IOSP selections: give iosp_indices and iosp_valid")
+            expected["iosp_indices"] = expected["iosp_valid"] = (steps, views, 3, k)
+            arrays.update(iosp_indices=iosp_indices, iosp_valid=iosp_valid)
+        elif iosp_indices is not None or iosp_valid is not None:
+            raise DatasetError("this dataset has no IOSP selections (iosp_tokens_per_group is 0)")
+        for name, array in arrays.items():
+            if tuple(np.shape(array)) != expected[name]:
+                raise DatasetError(f"episode {name} has shape {tuple(np.shape(array))}, expected {expected[name]}")
         if steps == 0:
             raise DatasetError("an episode needs at least one step")
         if images.dtype != np.uint8:
             raise DatasetError(f"episode images must be uint8, got {images.dtype}")
+        tensors = {"images": np.ascontiguousarray(images), "proprio": proprio.astype(np.float32),
+                   "actions": actions.astype(np.float32), "language": np.asarray(language, dtype=np.float32)}
+        if m.has_iosp:
+            patches = m.iosp_grid[0] * m.iosp_grid[1]
+            if np.any((iosp_indices < 0) | (iosp_indices >= patches)):
+                raise DatasetError(f"iosp_indices outside the {m.iosp_grid[0]}x{m.iosp_grid[1]} patch grid")
+            tensors["iosp_indices"] = np.ascontiguousarray(iosp_indices, dtype=np.int64)
+            tensors["iosp_valid"] = np.ascontiguousarray(iosp_valid, dtype=bool)
         info = EpisodeInfo(file=f"episode_{len(m.episodes):06d}.safetensors", length=steps, instruction=instruction)
-        save_file({"images": np.ascontiguousarray(images), "proprio": proprio.astype(np.float32),
-                   "actions": actions.astype(np.float32), "language": np.asarray(language, dtype=np.float32)},
-                  str(self.directory / info.file))
+        save_file(tensors, str(self.directory / info.file))
         m.episodes.append(info)
         # Rewrite the index after every episode: a crash loses at most the episode being written.
         tmp = self.directory / (META_FILE + ".tmp")
@@ -122,10 +157,16 @@ def load_meta(directory: str | Path) -> DatasetMeta:
 class ChunkDataset(Dataset):
     """(observation at t, action chunk from t) samples over all episodes of one dataset."""
 
-    def __init__(self, directory: str | Path, horizon: int, episodes: Sequence[int] | None = None) -> None:
+    def __init__(self, directory: str | Path, horizon: int, episodes: Sequence[int] | None = None,
+                 with_iosp: bool = False) -> None:
+        """``with_iosp``: samples carry the recorded IOSP selections (for an ``iosp: true`` policy)."""
         self.directory = Path(directory)
         self.meta = load_meta(self.directory)
+        if with_iosp and not self.meta.has_iosp:
+            raise DatasetError(f"{self.directory} has no IOSP selections: record it with IOSP on, or train a "
+                               "policy with iosp: false")
         self.horizon = horizon
+        self.with_iosp = with_iosp
         chosen = range(len(self.meta.episodes)) if episodes is None else episodes
         self.episodes = [{k: torch.from_numpy(v) for k, v in load_file(str(self.directory / self.meta.episodes[i].file)).items()}
                          for i in chosen]
@@ -138,11 +179,33 @@ class ChunkDataset(Dataset):
         e, t = self.index[i]
         ep = self.episodes[e]
         steps = torch.arange(t, t + self.horizon).clamp(max=len(ep["actions"]) - 1)
-        return {"images": ep["images"][t], "proprio": ep["proprio"][t], "language": ep["language"],
-                "actions": ep["actions"][steps]}
+        sample = {"images": ep["images"][t], "proprio": ep["proprio"][t], "language": ep["language"],
+                  "actions": ep["actions"][steps]}
+        if self.with_iosp:
+            sample["iosp_indices"], sample["iosp_valid"] = ep["iosp_indices"][t], ep["iosp_valid"][t]
+        return sample
 
     def all_actions(self) -> torch.Tensor:
         return torch.cat([ep["actions"] for ep in self.episodes])
 
     def all_proprio(self) -> torch.Tensor:
         return torch.cat([ep["proprio"] for ep in self.episodes])
+
+
+def check_policy_fits(meta: DatasetMeta, config) -> None:
+    """Raise DatasetError when a policy config (fedvla.model.config.PolicyConfig) cannot train on
+    the dataset: other cameras, image size, sizes, or IOSP selections made on another grid."""
+    problems = []
+    if list(config.camera_names) != list(meta.camera_names):
+        problems.append(f"cameras {list(config.camera_names)} vs the dataset's {meta.camera_names}")
+    for field in ("image_size", "proprio_dim", "action_dim"):
+        if getattr(config, field) != getattr(meta, field):
+            problems.append(f"{field} {getattr(config, field)} vs the dataset's {getattr(meta, field)}")
+    if config.iosp:
+        if not meta.has_iosp:
+            problems.append("the policy uses IOSP but the dataset has no IOSP selections")
+        elif (tuple(config.patch_grid), config.iosp_tokens_per_group) != (meta.iosp_grid, meta.iosp_tokens_per_group):
+            problems.append(f"IOSP on a {config.patch_grid} grid with k={config.iosp_tokens_per_group} vs the "
+                            f"dataset's {meta.iosp_grid} with k={meta.iosp_tokens_per_group}")
+    if problems:
+        raise DatasetError("the policy config does not fit the dataset: " + "; ".join(problems))

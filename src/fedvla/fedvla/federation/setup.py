@@ -21,7 +21,7 @@ import yaml
 from torch.utils.data import ConcatDataset, Dataset
 
 from fedvla.config import ConfigError, require
-from fedvla.data.episodes import ChunkDataset, load_meta
+from fedvla.data.episodes import ChunkDataset, check_policy_fits, load_meta
 from fedvla.data.synthetic import SquareReachDataset
 from fedvla.graph import find_config_dir
 from fedvla.federation.client import FederationClient, FederationClientConfig, ServerApi, trunk_spec
@@ -125,7 +125,8 @@ def client_dataset(settings: FederationClientSettings) -> tuple[PolicyConfig, Da
     meta = load_meta(settings.dataset)
     config = PolicyConfig.from_dict({**values, "proprio_dim": meta.proprio_dim, "action_dim": meta.action_dim,
                                      "camera_names": meta.camera_names, "image_size": meta.image_size}, where=where)
-    return config, ChunkDataset(settings.dataset, horizon=config.horizon)
+    check_policy_fits(meta, config)
+    return config, ChunkDataset(settings.dataset, horizon=config.horizon, with_iosp=config.iosp)
 
 
 def fit_normalizer(policy: Policy, dataset: Dataset) -> None:
