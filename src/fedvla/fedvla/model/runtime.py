@@ -45,6 +45,10 @@ class PolicyStep:
     expert_counts: np.ndarray  # (layers, experts) tokens processed in this step
     experts_per_token: float
     latency_s: float
+    # IOSP policies (token groups known): (layers, 3, experts) tokens of each group (target,
+    # surrounding, background) per expert, and (layers, 3) tokens per group; None otherwise.
+    group_expert_counts: np.ndarray | None = None
+    group_tokens: np.ndarray | None = None
 
 
 class PolicyRuntime:
@@ -112,5 +116,10 @@ class PolicyRuntime:
         chunk = self.policy.predict_action_chunk(obs)[0].cpu().numpy()
         counts = self.policy.expert_counts().cpu().numpy()
         tokens = self.model_config.num_tokens
+        groups = {}
+        if self.uses_iosp:
+            layers = self.policy.trunk.moe_layers
+            groups = {"group_expert_counts": np.stack([layer.group_counts.cpu().numpy() for layer in layers]),
+                      "group_tokens": np.stack([layer.group_tokens.cpu().numpy() for layer in layers])}
         return PolicyStep(chunk=chunk, expert_counts=counts, experts_per_token=float(counts.sum(1).mean() / tokens),
-                          latency_s=time.perf_counter() - start)
+                          latency_s=time.perf_counter() - start, **groups)
