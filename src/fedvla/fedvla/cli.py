@@ -329,6 +329,21 @@ def cmd_bench_ik(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from fedvla.sim.study import Study, load_scale
+
+    config_dir = Path(args.config_dir) if args.config_dir else find_config_dir()
+    scale = load_scale(config_dir, args.scale, rounds=args.rounds,
+                       methods=args.methods and tuple(args.methods), device=args.device)
+    output = Path(args.output or Path("runs") / f"study_{args.scale}").resolve()
+    console.rule(f"FedVLA simulation study, scale {scale.name}: {', '.join(scale.methods)} → {output}")
+    command = "fedvla " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("fedvla") else f"fedvla study --scale {args.scale}"
+    Study(config_dir, scale, output).run(command=command)
+    console.print(f"[green]tables: {output / 'results.md'}; plots: {output / 'success.png'}, "
+                  f"{output / 'validation_loss.png'}, {output / 'experts.png'}")
+    return 0
+
+
 def cmd_federation_credentials(args: argparse.Namespace) -> int:
     from fedvla.federation.report import generate_credentials
     from fedvla.federation.server import CLIENT_ID_PATTERN
@@ -409,6 +424,14 @@ def build_parser() -> argparse.ArgumentParser:
     transfer = bench.add_parser("transfer", help="federation upload/fetch throughput over ROS 2 services vs TCP "
                                 "(options: those of federation_bench; --help lists them)", add_help=False)
     transfer.set_defaults(func=cmd_bench_transfer, passes_options=True)
+    study = sub.add_parser("study", help="the simulation study: collect, train every method, evaluate closed "
+                           "loop, tables and plots (resumes an interrupted run)")
+    study.add_argument("--scale", default="smoke", help="config/study/scales/<scale>.yaml: smoke, cpu or paper")
+    study.add_argument("--output", help="study directory (default runs/study_<scale>)")
+    study.add_argument("--methods", nargs="+", help="only these methods (config/study/methods/<name>.yaml)")
+    study.add_argument("--rounds", type=int, help="override the scale's rounds")
+    study.add_argument("--device", help="torch device for training (default auto: CUDA when present)")
+    study.set_defaults(func=cmd_study)
     bag = sub.add_parser("bag", help="rosbag2 tools").add_subparsers(dest="bag_command", required=True)
     info = bag.add_parser("info", help="topics and message counts of a rosbag2 directory")
     info.add_argument("path")

@@ -1,0 +1,233 @@
+"""The simulation study (FedVLA §4.1, Tables 1 and 3, Figs. 5 and 6), end to end, resumable.
+
+``fedvla study --scale smoke|cpu|paper`` runs, under one output directory:
+
+1. ``data/<task>``: expert demonstrations (:mod:`fedvla.sim.collect`), one client per task;
+2. per method (``config/study/methods/<name>.yaml``: aggregation mode and model switches, the
+   same trainer and federation code for all): federated (or centralized) training through
+   :func:`fedvla.federation.simulation.run_simulation`, with the validation loss of every task's
+   policy (global trunk, that client's stems/head) after every round on held-out episodes;
+3. closed-loop evaluation of every task's final checkpoint (:mod:`fedvla.sim.evaluate`);
+4. the report (:mod:`fedvla.sim.report`): Markdown tables in the paper's layout next to the paper's
+   numbers, plots, and ``run.json`` (command, config hash, seeds, date, machine).
+
+A method whose ``result.json`` exists is not run again (delete it to rerun): a long study that was
+interrupted resumes where it stopped. Scales (``config/study/scales/<scale>.yaml``) set the data
+size, the model, the rounds × local epochs and the evaluation trials.
+
+Choices where the paper is silent (all config): the centralized upper bound trains the FedVLA
+model (IOSP + DGMoE) on the union of the data; "w/o DGMoE" keeps EDA, which with a dense FFN (one
+"expert" used by every token) weighs clients equally; validation holds out the last
+``validation_fraction`` of each task's episodes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedvla.config import ConfigError, from_mapping, require
+from fedvla.federation.simulation import CENTRALIZED_CLIENT, Mode, SimulationConfig, run_simulation
+from fedvla.sim.collect import CollectConfig, collect_study_data
+from fedvla.sim.evaluate import EvalConfig, evaluate_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(kw_only=True)
+class MethodConfig:
+    """One row of the paper's tables: how the clients' models are aggregated and which modules the
+    model has (``model`` overrides the scale's model config, e.g. ``iosp: false``)."""
+
+    name: str = ""
+    label: str = ""  # as the tables print it
+    mode: Mode = Mode.EDA
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.mode = Mode(self.mode) if not isinstance(self.mode, Mode) else self.mode
+        require(bool(self.name), "name", "is empty", "the method's file name")
+        self.label = self.label or self.name
+
+
+@dataclasses.dataclass(kw_only=True)
+class StudyScale:
+    name: str = ""
+    model_config: str = "hpt_small.yaml"  # under config/model/
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides for every method
+    collect: dict[str, Any] = dataclasses.field(default_factory=dict)  # CollectConfig fields
+    evaluate: dict[str, Any] = dataclasses.field(default_factory=dict)  # EvalConfig fields
+    rounds: int = 10
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    validation_fraction: float = 0.2
+    methods: tuple[str, ...] = ("centralized", "fedavg", "fedvla", "wo_iosp", "wo_dgmoe", "wo_eda")
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.methods = tuple(self.methods)
+        require(0.0 < self.validation_fraction < 1.0, "validation_fraction",
+                f"{self.validation_fraction} is outside (0, 1)", "e.g. 0.2")
+        require(bool(self.methods), "methods", "is empty", "method names under config/study/methods/")
+
+    def collect_config(self) -> CollectConfig:
+        return from_mapping(CollectConfig, {"seed": self.seed, **self.collect}, where=f"{self.name}.collect")
+
+    def eval_config(self) -> EvalConfig:
+        return from_mapping(EvalConfig, self.evaluate, where=f"{self.name}.evaluate")
+
+    def simulation_config(self, method: MethodConfig) -> SimulationConfig:
+        return SimulationConfig(mode=method.mode, rounds=self.rounds, local_epochs=self.local_epochs,
+                                batch_size=self.batch_size, lr=self.lr, seed=self.seed, device=self.device)
+
+
+def load_scale(config_dir: Path, scale: str, **overrides: Any) -> StudyScale:
+    path = config_dir / "study" / "scales" / f"{scale}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (config_dir / "study" / "scales").glob("*.yaml"))
+        raise ConfigError("scale", f"no study scale {scale!r}", ", ".join(known))
+    values = yaml.safe_load(path.read_text()) or {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return from_mapping(StudyScale, {"name": scale, **values}, where=path.name)
+
+
+def load_method(config_dir: Path, name: str) -> MethodConfig:
+    path = config_dir / "study" / "methods" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (config_dir / "study" / "methods").glob("*.yaml"))
+        raise ConfigError("methods", f"no study method {name!r}", ", ".join(known))
+    return from_mapping(MethodConfig, {"name": name, **(yaml.safe_load(path.read_text()) or {})}, where=path.name)
+
+
+def config_hash(scale: StudyScale, methods: list[MethodConfig]) -> str:
+    text = json.dumps({"scale": dataclasses.asdict(scale), "methods": [dataclasses.asdict(m) for m in methods]},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Study:
+    def __init__(self, config_dir: Path, scale: StudyScale, output: Path, *, show_progress: bool = True) -> None:
+        self.config_dir = Path(config_dir)
+        self.scale = scale
+        self.output = Path(output)
+        self.show_progress = show_progress
+        self.methods = [load_method(self.config_dir, name) for name in scale.methods]
+        self.collect = scale.collect_config()
+        self.evaluation = scale.eval_config()
+
+    # 1. data -------------------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.output / "data"
+
+    def ensure_data(self) -> None:
+        from fedvla.data.episodes import load_meta
+
+        missing = []
+        for task in self.collect.tasks:
+            try:
+                if len(load_meta(self.data_dir / task).episodes) >= self.collect.episodes_per_task:
+                    continue
+            except ValueError:
+                pass
+            missing.append(task)
+        if missing:
+            collect_study_data(dataclasses.replace(self.collect, tasks=tuple(missing)), self.data_dir,
+                               show_progress=self.show_progress)
+
+    # 2. training ------------------------------------------------------------------------------------
+    def model_config(self, method: MethodConfig):
+        from fedvla.data.episodes import load_meta
+        from fedvla.model.config import PolicyConfig
+
+        meta = load_meta(self.data_dir / self.collect.tasks[0])
+        values = {**self.scale.model, **method.model, "camera_names": meta.camera_names, "image_size": meta.image_size,
+                  "proprio_dim": meta.proprio_dim, "action_dim": meta.action_dim}
+        if values.get("iosp", False):
+            values.setdefault("iosp_tokens_per_group", meta.iosp_tokens_per_group)
+        return PolicyConfig.from_yaml(self.config_dir / "model" / self.scale.model_config, **values)
+
+    def split(self, task: str, model):
+        """(training, validation) datasets of one task for ``model`` (a PolicyConfig that must fit
+        the data): the last episodes are held out."""
+        from fedvla.data.episodes import ChunkDataset, check_policy_fits, load_meta
+
+        meta = load_meta(self.data_dir / task)
+        check_policy_fits(meta, model)
+        horizon, with_iosp = model.horizon, model.iosp
+        count = len(meta.episodes)
+        held_out = max(1, round(count * self.scale.validation_fraction))
+        if count - held_out < 1:
+            raise ConfigError("episodes_per_task", f"{task} has {count} episodes: none left to train on after "
+                              "holding out validation episodes", "at least 2")
+        train = ChunkDataset(self.data_dir / task, horizon, episodes=range(count - held_out), with_iosp=with_iosp)
+        validation = ChunkDataset(self.data_dir / task, horizon, episodes=range(count - held_out, count),
+                                  with_iosp=with_iosp)
+        return train, validation
+
+    def run_method(self, method: MethodConfig) -> dict:
+        from fedvla.model.train import evaluate_loss
+
+        directory = self.output / "methods" / method.name
+        result_path = directory / "result.json"
+        if result_path.is_file():
+            log.info("%s: done before (%s), not rerun", method.name, result_path)
+            return json.loads(result_path.read_text())
+        started = time.monotonic()
+        model = self.model_config(method)
+        datasets, validation = {}, {}
+        for task in self.collect.tasks:
+            train, validation[task] = self.split(task, model)
+            datasets[task] = (model, train)
+        curves: dict[str, list[float]] = {task: [] for task in self.collect.tasks}
+
+        def client_of(task: str, clients: dict):
+            return clients[CENTRALIZED_CLIENT] if CENTRALIZED_CLIENT in clients else clients[task]
+
+        def on_round(record, clients) -> None:
+            for client in {id(c): c for c in clients.values()}.values():
+                client.load_global_trunk()  # the model the round produced (the next round starts from it)
+            for task in self.collect.tasks:
+                curves[task].append(evaluate_loss(client_of(task, clients).policy, validation[task]))
+
+        training_dir = directory / "federation"
+        if training_dir.exists():  # an interrupted run: its server would only resume, without curves
+            import shutil
+
+            shutil.rmtree(training_dir)
+        simulation = run_simulation(self.scale.simulation_config(method), datasets, training_dir, on_round=on_round,
+                                    show_progress=self.show_progress)
+        trained_s = time.monotonic() - started
+        evaluations = {}
+        for task in self.collect.tasks:
+            client = client_of(task, simulation.clients)
+            checkpoint = client.save_final_checkpoint()
+            evaluations[task] = evaluate_checkpoint(checkpoint, task, self.evaluation).to_dict()
+            log.info("%s on %s: success %.1f%%", method.name, task, 100 * evaluations[task]["success_rate"])
+        result = {"method": dataclasses.asdict(method) | {"mode": method.mode.value}, "model": model.to_dict(),
+                  "validation_loss": curves, "evaluation": evaluations,
+                  "rounds": [dataclasses.asdict(r) for r in simulation.records],
+                  "train_seconds": trained_s, "seconds": time.monotonic() - started}
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = result_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(result_path)
+        return result
+
+    def run(self, command: str = "") -> dict[str, dict]:
+        from fedvla.sim.report import write_report
+
+        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.ensure_data()
+        results = {method.name: self.run_method(method) for method in self.methods}
+        write_report(self.output, self.scale, self.methods, results, command=command, started=started,
+                     config_hash=config_hash(self.scale, self.methods))
+        return results
