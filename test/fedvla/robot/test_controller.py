@@ -145,6 +145,20 @@ def test_a_stopped_control_program_is_a_fault_until_recovered(kinematics) -> Non
     assert len(servo_commands(arm)) > sent
 
 
+def test_a_protective_stop_seen_after_the_stopped_program_names_the_cause(kinematics) -> None:
+    """ur_rtde reports the program state and the safety mode over two streams: the stopped script
+    of a protective stop can arrive first. The fault reason must end up naming the stop."""
+    arm, _, controller = make(kinematics)
+    controller.submit_chunk(np.array([[1.0, 0, 0, 0]] * 4), 0.1, 0.0)
+    t = run(arm, controller, 0.0, 0.1)
+    arm.stop_program()
+    t = run(arm, controller, t, 0.05)
+    assert "control program stopped" in controller.fault_reason
+    arm.trigger(SafetyStatus.PROTECTIVE_STOP)
+    run(arm, controller, t, 0.05)
+    assert controller.mode is ArmMode.FAULT and "protective_stop" in controller.fault_reason
+
+
 def test_after_a_dropped_connection_no_old_command_is_sent(kinematics) -> None:
     arm, _, controller = make(kinematics)
     controller.submit_chunk(np.array([[1.0, 0, 0, 0]] * 4), 0.1, 0.0)

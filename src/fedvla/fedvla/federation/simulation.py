@@ -64,8 +64,11 @@ class SimulationResult:
 
 def run_simulation(config: SimulationConfig, datasets: Mapping[str, tuple[PolicyConfig, Dataset]],
                    state_dir: str | Path, *, on_round: Callable[[RoundRecord, dict[str, FederationClient]], None]
-                   | None = None, show_progress: bool = True) -> SimulationResult:
-    """Run ``config.rounds`` rounds; ``datasets`` maps a client name to its model config and data."""
+                   | None = None, on_start: Callable[[dict[str, FederationClient]], None] | None = None,
+                   show_progress: bool = True) -> SimulationResult:
+    """Run ``config.rounds`` rounds; ``datasets`` maps a client name to its model config and data.
+    ``on_start`` sees the clients before the first round (joined, holding the initial global trunk),
+    ``on_round`` after every round."""
     if not datasets:
         raise ConfigError("datasets", "no client dataset", "at least one")
     state_dir = Path(state_dir)
@@ -95,6 +98,11 @@ def run_simulation(config: SimulationConfig, datasets: Mapping[str, tuple[Policy
         client_config = FederationClientConfig(client_id=name, upload_dtype=config.upload_dtype,
                                                state_dir=str(state_dir / name), heartbeat_interval_s=3600.0)
         clients[name] = FederationClient(client_config, credentials[name], policy, dataset, train, proxy)
+    if on_start is not None:
+        for client in clients.values():
+            client.join()
+            client.load_global_trunk()
+        on_start(clients)
     with tqdm(total=config.rounds, desc=f"{config.mode.value} rounds", disable=not show_progress) as bar:
         def closed(record: RoundRecord) -> None:
             bar.update(1)

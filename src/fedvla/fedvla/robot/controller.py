@@ -175,6 +175,11 @@ class ArmController:
         if problem is not None:
             if self.mode is not ArmMode.FAULT:
                 self._fault(problem, send_stop=False)
+            elif state.safety is not SafetyStatus.NORMAL and problem != self.fault_reason:
+                # ur_rtde reads "program running" and the safety mode over two RTDE streams: a
+                # protective stop can show as a stopped program first. Name the actual cause.
+                self.fault_reason = problem
+                log.error("arm fault: %s; call recover once the cause is cleared", problem)
             return
         if self.mode is not ArmMode.TRACKING or self.trajectory is None or not self._stream(state, now_s):
             self._kick_watchdog()  # holding: nothing else tells the controller the driver is alive

@@ -116,9 +116,9 @@ def plot_validation(path: Path, results: dict[str, dict], methods, tasks: list[s
     for ax, task in zip(axes[0], tasks):
         for method in methods:
             curve = results[method.name]["validation_loss"][task]
-            ax.plot(np.arange(1, len(curve) + 1), curve, label=method.label)
+            ax.plot(np.arange(len(curve)), curve, label=method.label)  # 0: the initial model
         ax.set_title(TASK_LABELS.get(task, task))
-        ax.set_xlabel("round")
+        ax.set_xlabel("rounds completed")
         ax.set_yscale("log")
     axes[0][0].set_ylabel("validation loss (Huber, normalised)")
     axes[0][-1].legend(fontsize=7)
@@ -200,7 +200,7 @@ def write_report(output: Path, scale, methods, results: dict[str, dict], *, comm
         lines += ["", "The paper's Table 3 averages (its real-robot tasks): "
                   + ", ".join(f"{by_name[m].label} {PAPER_TABLE3_AVERAGE[m]:.1f}" for m in TABLE3_METHODS
                               if m in by_name) + ".", ""]
-    lines += ["## Validation loss (first → last round)", ""] + validation_table(results, methods, tasks) + [""]
+    lines += ["## Validation loss (initial model → last round)", ""] + validation_table(results, methods, tasks) + [""]
     experts = experts_table(results, methods, tasks)
     if len(experts) > 2:
         lines += ["## Experts per token by IOSP group (closed loop)", ""] + experts + [""]

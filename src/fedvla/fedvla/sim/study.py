@@ -192,19 +192,23 @@ class Study:
         def client_of(task: str, clients: dict):
             return clients[CENTRALIZED_CLIENT] if CENTRALIZED_CLIENT in clients else clients[task]
 
-        def on_round(record, clients) -> None:
-            for client in {id(c): c for c in clients.values()}.values():
-                client.load_global_trunk()  # the model the round produced (the next round starts from it)
+        def record_validation(clients) -> None:
             for task in self.collect.tasks:
                 curves[task].append(evaluate_loss(client_of(task, clients).policy, validation[task]))
+
+        def on_round(record, clients) -> None:
+            for client in clients.values():
+                client.load_global_trunk()  # the model the round produced (the next round starts from it)
+            record_validation(clients)
 
         training_dir = directory / "federation"
         if training_dir.exists():  # an interrupted run: its server would only resume, without curves
             import shutil
 
             shutil.rmtree(training_dir)
+        # The curves start with the initial model (before round 0), then one point per round.
         simulation = run_simulation(self.scale.simulation_config(method), datasets, training_dir, on_round=on_round,
-                                    show_progress=self.show_progress)
+                                    on_start=record_validation, show_progress=self.show_progress)
         trained_s = time.monotonic() - started
         evaluations = {}
         for task in self.collect.tasks:
