@@ -48,6 +48,12 @@ def test_expert_episodes_are_recorded_as_a_dataset(dataset) -> None:
     assert sample["iosp_valid"].shape == (3, 3, 4) and bool(sample["iosp_valid"][:, 0].any(dim=1).all())
 
 
+def test_an_interrupted_collection_resumes_with_the_missing_episodes(dataset) -> None:
+    config, result = dataset
+    again = collect_task(TASK, result.directory, config, language=np.ones(384, np.float32))
+    assert again.episodes == 0 and len(load_meta(result.directory).episodes) == 2  # complete: nothing added
+
+
 def test_the_study_cameras_are_the_sim_profiles_cameras() -> None:
     """config/camera_sim.yaml and the collector name the same Meta-World view per policy camera."""
     sim = yaml.safe_load((CONFIG / "camera_sim.yaml").read_text())

@@ -176,9 +176,10 @@ def collect_task(task: str, directory: str | Path, config: CollectConfig, langua
     rng = np.random.default_rng(config.seed)
     hand_home = np.asarray(env.hand_init_pos, dtype=np.float64).copy()
     kept = steps = failed = 0
-    attempt = len(writer.meta.episodes)  # resuming a directory continues with the next layouts
+    # Resuming an interrupted collection: keep its episodes, continue with the next layouts.
+    already = attempt = len(writer.meta.episodes)
     try:
-        while kept < config.episodes_per_task:
+        while already + kept < config.episodes_per_task:
             if failed >= config.max_attempts_per_episode * config.episodes_per_task:
                 raise RuntimeError(f"{task}: the expert failed on {failed} layouts (max_steps {config.max_steps} "
                                    "too small?)")
