@@ -107,8 +107,11 @@ def test_the_scene_parser_parses_every_camera_on_the_policys_patch_grid(graph) -
     assert set(sim["cameras"]) == set(policy.camera_names)
     assert (sim["patch_rows"], sim["patch_cols"]) == policy.patch_grid
     assert sim["tokens_per_group"] == policy.iosp_tokens_per_group
-    # The sim scene is door-lock-v3 (camera_sim.yaml): its instruction names the door lock.
-    assert {a.name: a for a in graph.profile("sim").arguments}["instruction"].default == "lock the door"
+    # The sim scene's task (camera_sim.yaml) gets the study's instruction for it.
+    from fedvla.sim.collect import TASK_INSTRUCTIONS
+
+    task = yaml.safe_load((CONFIG / "camera_sim.yaml").read_text())["/**"]["ros__parameters"]["sim_task"]
+    assert {a.name: a for a in graph.profile("sim").arguments}["instruction"].default == TASK_INSTRUCTIONS[task]
 
 
 def test_sim_profile_has_three_distinct_cameras(graph) -> None:

@@ -6,6 +6,7 @@ import pytest
 # Before anything imports mujoco: this module picks the headless GL backend (MUJOCO_GL).
 from fedvla.iosp.sim_detector import SimSegmentationDetector
 from fedvla.sim.metaworld_scene import make_metaworld_env
+from fedvla.sim.collect import TASK_INSTRUCTIONS
 
 from fedvla.iosp.parser import SceneParser, SceneParserConfig
 from fedvla.iosp.tokens import patch_coverage
@@ -14,12 +15,9 @@ from fedvla.iosp.types import ObjectGroup
 pytest.importorskip("metaworld")
 
 SEED = 4  # every task's object is visible from both cameras in this layout (test_sim_detector)
-TASKS = {
-    "door-lock-v3": ("lock the door", "door lock"),
-    "drawer-close-v3": ("push the drawer closed", "drawer"),
-    "sweep-into-v3": ("sweep the puck into the hole", "puck"),
-    "window-open-v3": ("slide the window open", "window"),
-}
+# The study's instruction per task, and the object it names.
+TASKS = {task: (TASK_INSTRUCTIONS[task], name) for task, name in (
+    ("door-lock-v3", "door lock"), ("drawer-close-v3", "drawer"), ("sweep-into-v3", "puck"), ("window-open-v3", "window"))}
 
 
 @pytest.fixture(scope="module", params=sorted(TASKS))
