@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import signal
 import sys
 import time
@@ -73,7 +74,7 @@ def run_profile(graph: Graph, profile: str, overrides: dict[str, str], duration_
             running = f"{len(runner.running)} nodes running"
 
             def tick(elapsed: float) -> None:
-                starting = runner.not_up()
+                starting = runner.waiting_for
                 if starting:
                     progress.update(task, status=f"starting nodes: {len(runner.running) - len(starting)}/"
                                     f"{len(runner.running)} up, waiting for {', '.join(starting[:3])}"
@@ -337,8 +338,7 @@ def cmd_study(args: argparse.Namespace) -> int:
                        methods=args.methods and tuple(args.methods), device=args.device)
     output = Path(args.output or Path("runs") / f"study_{args.scale}").resolve()
     console.rule(f"FedVLA simulation study, scale {scale.name}: {', '.join(scale.methods)} → {output}")
-    command = "fedvla " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("fedvla") else f"fedvla study --scale {args.scale}"
-    Study(config_dir, scale, output).run(command=command)
+    Study(config_dir, scale, output).run(command=shlex.join(["fedvla", *sys.argv[1:]]))
     console.print(f"[green]tables: {output / 'results.md'}; plots: {output / 'success.png'}, "
                   f"{output / 'validation_loss.png'}, {output / 'experts.png'}")
     return 0

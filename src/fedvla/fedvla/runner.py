@@ -105,6 +105,7 @@ class ProfileRunner:
         self.output = output  # None: whatever sys.stdout is when a line arrives (rich redirects it)
         self.running: list[RunningNode] = []
         self.skipped: list[str] = []
+        self.waiting_for: list[str] = []  # during wait(): the nodes not up yet (empty once all are)
         self._output_lock = threading.Lock()
 
     def start(self) -> None:
@@ -156,13 +157,14 @@ class ProfileRunner:
              startup_timeout_s: float = STARTUP_TIMEOUT_S) -> bool:
         """Run until ``duration_s`` has elapsed since every node came up, every node has exited,
         ``until()`` holds, or one node fails or is not up within ``startup_timeout_s``
-        (RunnerError). ``on_tick`` gets the seconds since every node came up (0 until then).
+        (RunnerError). ``on_tick`` gets the seconds since every node came up (0 until then, while
+        :attr:`waiting_for` names the nodes still starting).
         Returns whether ``until()`` held (False without ``until``)."""
         start = time.monotonic()
         up_since: float | None = None
         while True:
             now = time.monotonic()
-            waiting = self.not_up() if up_since is None else []
+            waiting = self.waiting_for = self.not_up() if up_since is None else []
             if up_since is None and not waiting:
                 up_since = now
             elapsed = 0.0 if up_since is None else now - up_since

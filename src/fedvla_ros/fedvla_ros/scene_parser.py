@@ -47,13 +47,20 @@ from fedvla_ros.node_main import main_for
 from fedvla_ros.parameters import declare_config
 from fedvla_ros.qos import LATCHED_QOS
 
-LABEL_IMAGES_KEPT = 8  # per camera, by stamp: a label image may arrive a few frames before its colour image
-DEPTH_IMAGES_KEPT = 8  # likewise; the depth image may also come after the frame was parsed
+# Label and depth images kept per camera, by stamp: one may arrive a few frames before its colour
+# image (a depth image also after the frame was parsed).
+FRAMES_KEPT = 8
 MISSING_LABELS_WARN_S = 2.0
 
 
 def _stamp_key(msg) -> tuple[int, int]:
     return msg.header.stamp.sec, msg.header.stamp.nanosec
+
+
+def _keep_by_stamp(kept: OrderedDict, msg) -> None:
+    kept[_stamp_key(msg)] = msg
+    while len(kept) > FRAMES_KEPT:
+        kept.popitem(last=False)
 
 
 @dataclass
@@ -117,16 +124,10 @@ class SceneParserNode(Node):
         self._camera_matrix[camera] = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
 
     def _on_label_image(self, camera: str, msg: Image) -> None:
-        kept = self._label_images[camera]
-        kept[_stamp_key(msg)] = msg
-        while len(kept) > LABEL_IMAGES_KEPT:
-            kept.popitem(last=False)
+        _keep_by_stamp(self._label_images[camera], msg)
 
     def _on_depth_image(self, camera: str, msg: Image) -> None:
-        kept = self._depth_images[camera]
-        kept[_stamp_key(msg)] = msg
-        while len(kept) > DEPTH_IMAGES_KEPT:
-            kept.popitem(last=False)
+        _keep_by_stamp(self._depth_images[camera], msg)
         awaiting = self._awaiting_depth.get(camera)
         if awaiting is not None and awaiting.stamp == _stamp_key(msg):
             del self._awaiting_depth[camera]

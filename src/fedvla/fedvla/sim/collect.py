@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -250,8 +250,3 @@ def collect_study_data(config: CollectConfig, output: str | Path, *, language_mo
                      result.mean_length, result.failed_layouts, result.seconds)
         progress.update(bar, total=progress.tasks[0].completed)
     return results
-
-
-def task_datasets(output: str | Path, tasks: Mapping[str, object] | tuple[str, ...]) -> dict[str, Path]:
-    """The dataset directory of each task (as :func:`collect_study_data` writes them)."""
-    return {task: Path(output) / task for task in tasks}
