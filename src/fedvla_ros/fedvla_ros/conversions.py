@@ -11,6 +11,7 @@ from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker
 
 from fedvla.camera import Frame, Intrinsics
+from fedvla.data.images import image_from_message
 from fedvla.iosp.localize import TargetLocation
 from fedvla.iosp.parser import CameraParse
 from fedvla.iosp.types import ObjectGroup, ObjectLabel
@@ -56,16 +57,7 @@ def frame_messages(frame: Frame, stamp: Time, frame_id: str) -> tuple[Image, Cam
 
 def image_to_array(msg: Image) -> np.ndarray:
     """Inverse of :func:`image_msg` for rgb8/bgr8/16UC1/mono8 images; colour comes back as RGB."""
-    dtypes = {"rgb8": (np.uint8, 3), "bgr8": (np.uint8, 3), "mono8": (np.uint8, 1), "16UC1": (np.uint16, 1)}
-    if msg.encoding not in dtypes:
-        raise ValueError(f"unsupported image encoding {msg.encoding!r} (supported: {', '.join(dtypes)})")
-    dtype, channels = dtypes[msg.encoding]
-    flat = np.frombuffer(bytes(msg.data), dtype=dtype)
-    row = flat.reshape(msg.height, msg.step // np.dtype(dtype).itemsize)[:, : msg.width * channels]
-    if channels == 1:
-        return row
-    image = row.reshape(msg.height, msg.width, channels)
-    return image[..., ::-1] if msg.encoding == "bgr8" else image
+    return image_from_message(msg)
 
 
 def label_image_msg(labels: np.ndarray, stamp: Time, frame_id: str) -> Image:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fedvla.config import require, require_positive
+from fedvla.data.images import policy_images
 from fedvla.iosp.tokens import SelectedTokens
 from fedvla.model.checkpoint import CheckpointError, load_checkpoint
 
@@ -77,12 +77,7 @@ class PolicyRuntime:
         if len(images) != len(self.camera_names):
             raise ValueError(f"got {len(images)} images, the policy takes {len(self.camera_names)} "
                              f"({', '.join(self.camera_names)})")
-        size = self.model_config.image_size
-        batch = torch.from_numpy(np.stack([np.asarray(img, dtype=np.uint8) for img in images])).permute(0, 3, 1, 2)
-        if batch.shape[-2:] != (size, size):
-            batch = F.interpolate(batch.float(), size=(size, size), mode="bilinear", antialias=True,
-                                  align_corners=False).round().clamp(0, 255).to(torch.uint8)
-        return batch.unsqueeze(0).to(self.config.device)
+        return torch.from_numpy(policy_images(images, self.model_config.image_size)).unsqueeze(0).to(self.config.device)
 
     @property
     def uses_iosp(self) -> bool:

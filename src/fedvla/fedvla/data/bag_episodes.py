@@ -1,0 +1,387 @@
+"""Episodes ↔ rosbag2: a bag recorded on a robot is a training episode, and a dataset episode can
+be written out as a bag (to replay it, inspect it, or train elsewhere). No ROS installation
+needed (``rosbags``).
+
+A bag holds one episode on the stack's own topics, so a recording of the running stack
+(``record:=true``) is an episode as it is:
+
+=================================  ===============================  =================================
+``/camera/<name>/color/image_raw``  sensor_msgs/Image                one per policy camera (any size)
+``/joint_states``                   sensor_msgs/JointState           proprio: the named joints'
+                                                                     positions, or the first P
+``/instruction``                    std_msgs/String                  the task instruction
+``/policy/action_chunk``            fedvla_interfaces/ActionChunk    what the robot executed (a
+                                                                     demonstrator publishes horizon-1
+                                                                     chunks on the same topic)
+``/scene_parser/parsed_scene``      fedvla_interfaces/ParsedScene    IOSP selections (``iosp``)
+=================================  ===============================  =================================
+
+Sampling (documented choice): steps are taken at ``control_rate_hz`` on the bag's clock (the
+receive time the recorder stamped, as ``ros2 bag play`` uses), from the first moment every input
+has arrived. Each step takes the newest message of every input at or before it; the executed
+action is the element of the newest chunk that the executor was running then
+(``floor((t - t_chunk) / step_period_s)``). A step with an input older than ``max_input_age_s``
+or a chunk already used up is dropped and counted, never filled in. Exported episodes are written
+at exactly these instants, so export → import gives back the same arrays.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedvla import topics
+from fedvla.bag import BagError, BagWriter, TypeRegistry, read_messages, summarize_bag
+from fedvla.config import require, require_positive
+from fedvla.data.episodes import DatasetError, EpisodeWriter, load_meta
+from fedvla.data.images import image_from_message, policy_images
+from fedvla.iosp.tokens import SelectedTokens
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"
+STRING_TYPE = "std_msgs/msg/String"
+ACTION_CHUNK_TYPE = "fedvla_interfaces/msg/ActionChunk"
+PARSED_SCENE_TYPE = "fedvla_interfaces/msg/ParsedScene"
+_NS_PER_S = 1_000_000_000
+
+
+@dataclasses.dataclass(kw_only=True)
+class BagEpisodeConfig:
+    """Which topics of a bag make an episode, and how it is sampled (see the module docstring)."""
+
+    camera_names: tuple[str, ...]
+    proprio_dim: int
+    control_rate_hz: float = 10.0
+    proprio_joint_names: tuple[str, ...] = ()  # JointState names in proprio order; empty: the first proprio_dim
+    action_topic: str = topics.node_topic(topics.POLICY_NODE, topics.ACTION_CHUNK)
+    joint_states_topic: str = topics.JOINT_STATES
+    instruction_topic: str = topics.INSTRUCTION
+    parsed_scene_topic: str = topics.node_topic(topics.SCENE_PARSER_NODE, topics.PARSED_SCENE)
+    instruction: str = ""  # used when the bag has no instruction message
+    iosp: bool = False  # read IOSP selections from the parsed scenes
+    max_input_age_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.camera_names = tuple(self.camera_names)
+        self.proprio_joint_names = tuple(self.proprio_joint_names)
+        require(len(self.camera_names) > 0, "camera_names", "no camera given", "the policy's camera names")
+        require(len(set(self.camera_names)) == len(self.camera_names), "camera_names",
+                f"{list(self.camera_names)} names a camera twice", "distinct camera names")
+        require_positive(self.proprio_dim, "proprio_dim")
+        require_positive(self.control_rate_hz, "control_rate_hz")
+        require_positive(self.max_input_age_s, "max_input_age_s")
+        require(not self.proprio_joint_names or len(self.proprio_joint_names) == self.proprio_dim,
+                "proprio_joint_names", f"{len(self.proprio_joint_names)} names for proprio_dim={self.proprio_dim}",
+                "one joint name per proprio dimension, or none")
+
+    def camera_topic(self, name: str) -> str:
+        return topics.node_topic(f"/camera/{name}", topics.COLOR_IMAGE)
+
+    @property
+    def period_ns(self) -> int:
+        return round(_NS_PER_S / self.control_rate_hz)
+
+    def input_topics(self) -> list[str]:
+        names = [self.camera_topic(n) for n in self.camera_names] + [self.joint_states_topic]
+        return names + ([self.parsed_scene_topic] if self.iosp else [])
+
+
+@dataclasses.dataclass
+class BagStep:
+    """One sampled step: raw camera images (H, W, 3) in camera order, proprio, the instruction, the
+    executed action, and with IOSP one token selection per camera."""
+
+    stamp_ns: int
+    images: list[np.ndarray]
+    proprio: np.ndarray
+    instruction: str
+    action: np.ndarray
+    selections: list[SelectedTokens] | None = None
+
+
+@dataclasses.dataclass
+class BagSampling:
+    """Counts of one pass over a bag: steps kept, steps dropped per reason."""
+
+    steps: int = 0
+    dropped: Counter = dataclasses.field(default_factory=Counter)
+
+    def describe(self) -> str:
+        dropped = ", ".join(f"{n} ({reason})" for reason, n in self.dropped.most_common())
+        return f"{self.steps} steps" + (f"; dropped {dropped}" if dropped else "")
+
+
+def _proprio(msg: Any, config: BagEpisodeConfig) -> np.ndarray:
+    if config.proprio_joint_names:
+        index = {n: i for i, n in enumerate(msg.name)}
+        missing = [n for n in config.proprio_joint_names if n not in index]
+        if missing:
+            raise DatasetError(f"{config.joint_states_topic} has no joints {missing} (it has {list(msg.name)}): "
+                               "set proprio_joint_names to the recorded names")
+        return np.array([msg.position[index[n]] for n in config.proprio_joint_names], dtype=np.float32)
+    if len(msg.position) < config.proprio_dim:
+        raise DatasetError(f"{config.joint_states_topic} has {len(msg.position)} positions, proprio_dim is "
+                           f"{config.proprio_dim}")
+    return np.asarray(msg.position[: config.proprio_dim], dtype=np.float32)
+
+
+class _Latest:
+    """The newest message of every input, with its bag time, and the step it samples to."""
+
+    def __init__(self, config: BagEpisodeConfig) -> None:
+        self.config = config
+        self.by_topic: dict[str, tuple[int, Any]] = {}
+        self.scenes: dict[str, tuple[int, Any]] = {}
+        self.instruction = config.instruction
+
+    def update(self, topic: str, stamp_ns: int, msg: Any) -> None:
+        if topic == self.config.instruction_topic:
+            self.instruction = msg.data
+        elif topic == self.config.parsed_scene_topic:
+            self.scenes[msg.camera_name] = (stamp_ns, msg)
+        else:
+            self.by_topic[topic] = (stamp_ns, msg)
+
+    def complete(self) -> bool:
+        c = self.config
+        have = all(t in self.by_topic for t in c.input_topics() if t != c.parsed_scene_topic)
+        have = have and c.action_topic in self.by_topic and bool(self.instruction)
+        return have and (not c.iosp or all(n in self.scenes for n in c.camera_names))
+
+    def sample(self, t_ns: int) -> tuple[BagStep | None, str]:
+        """The step at ``t_ns``, or None and why it is dropped."""
+        c = self.config
+        max_age = round(c.max_input_age_s * _NS_PER_S)
+        named = [(f"camera {n}", self.by_topic[c.camera_topic(n)]) for n in c.camera_names]
+        named.append(("joint states", self.by_topic[c.joint_states_topic]))
+        if c.iosp:
+            named += [(f"scene parse of {n}", self.scenes[n]) for n in c.camera_names]
+        for what, (stamp, _) in named:
+            if t_ns - stamp > max_age:
+                return None, f"stale {what}"
+        chunk_stamp, chunk = self.by_topic[c.action_topic]
+        dim = len(chunk.actions) // max(chunk.horizon, 1)
+        if chunk.horizon < 1 or dim * chunk.horizon != len(chunk.actions):
+            return None, "malformed action chunk"
+        j = int((t_ns - chunk_stamp) / (chunk.step_period_s * _NS_PER_S) + 1e-6) if chunk.step_period_s > 0 else 0
+        if j >= chunk.horizon:
+            return None, "action chunk used up"
+        action = np.asarray(chunk.actions, dtype=np.float32).reshape(chunk.horizon, dim)[j]
+        selections = None
+        if c.iosp:
+            selections = []
+            for name in c.camera_names:
+                scene = self.scenes[name][1]
+                selections.append(SelectedTokens.from_flat(scene.group_token_indices, scene.tokens_per_group))
+        images = [image_from_message(self.by_topic[c.camera_topic(n)][1]) for n in c.camera_names]
+        proprio = _proprio(self.by_topic[c.joint_states_topic][1], c)
+        return BagStep(stamp_ns=t_ns, images=images, proprio=proprio, instruction=self.instruction, action=action,
+                       selections=selections), ""
+
+
+def read_bag_steps(path: str | Path, config: BagEpisodeConfig, sampling: BagSampling | None = None,
+                   registry: TypeRegistry | None = None) -> Iterator[BagStep]:
+    """The bag's steps, sampled as the module docstring says; ``sampling`` collects the counts."""
+    path = Path(path)
+    summary = summarize_bag(path)
+    recorded = {t.name for t in summary.topics}
+    required = config.input_topics() + [config.action_topic]
+    missing = [t for t in required if t not in recorded]
+    if missing:
+        raise DatasetError(f"{path} has no {', '.join(missing)} (it has {', '.join(sorted(recorded))}); check the "
+                           "camera names and topics of the bag episode config")
+    sampling = sampling if sampling is not None else BagSampling()
+    latest = _Latest(config)
+    wanted = required + [config.instruction_topic]
+    next_t: int | None = None
+    last_ns = 0
+    for topic, stamp_ns, msg in read_messages(path, wanted, registry=registry):
+        last_ns = stamp_ns
+        if next_t is not None:
+            while next_t < stamp_ns:  # every input at or before next_t has been seen
+                yield from _emit(latest, next_t, sampling)
+                next_t += config.period_ns
+        latest.update(topic, stamp_ns, msg)
+        if next_t is None and latest.complete():
+            next_t = stamp_ns
+    if next_t is None:
+        raise DatasetError(f"{path}: never had every input at once (cameras, joint states, an action chunk, an "
+                           "instruction" + (", scene parses" if config.iosp else "") + "); give `instruction` if the "
+                           "bag has none")
+    if next_t == last_ns:
+        yield from _emit(latest, next_t, sampling)  # a step at the very last message's time
+
+
+def _emit(latest: _Latest, t_ns: int, sampling: BagSampling) -> Iterator[BagStep]:
+    step, why = latest.sample(t_ns)
+    if step is None:
+        sampling.dropped[why] += 1
+        return
+    sampling.steps += 1
+    yield step
+
+
+@dataclasses.dataclass
+class ImportedEpisode:
+    bag: Path
+    file: str
+    sampling: BagSampling
+
+
+def import_bag(path: str | Path, writer: EpisodeWriter, config: BagEpisodeConfig, encoder) -> ImportedEpisode:
+    """Append the bag's episode to a dataset. ``encoder``: the instruction encoder whose embedding is
+    stored with the episode (fedvla.model.language)."""
+    meta = writer.meta
+    if list(config.camera_names) != meta.camera_names or config.proprio_dim != meta.proprio_dim:
+        raise DatasetError(f"the bag config has cameras {list(config.camera_names)} and proprio_dim "
+                           f"{config.proprio_dim}; the dataset {meta.camera_names} and {meta.proprio_dim}")
+    if config.iosp != meta.has_iosp:
+        raise DatasetError(f"the dataset {'records' if meta.has_iosp else 'has no'} IOSP selections; import with "
+                           f"iosp={meta.has_iosp}")
+    sampling = BagSampling()
+    images, proprio, actions, indices, valid, instructions = [], [], [], [], [], set()
+    for step in read_bag_steps(path, config, sampling):
+        if len(step.action) != meta.action_dim:
+            raise DatasetError(f"{path}: actions have {len(step.action)} dimensions, the dataset {meta.action_dim}")
+        images.append(policy_images(step.images, meta.image_size))
+        proprio.append(step.proprio)
+        actions.append(step.action)
+        instructions.add(step.instruction)
+        if step.selections is not None:
+            for selection in step.selections:
+                if selection.indices.shape[1] != meta.iosp_tokens_per_group:
+                    raise DatasetError(f"{path}: scene parses select {selection.indices.shape[1]} tokens per group, "
+                                       f"the dataset {meta.iosp_tokens_per_group}")
+            indices.append(np.stack([s.indices for s in step.selections]))
+            valid.append(np.stack([s.valid for s in step.selections]))
+    if not actions:
+        raise DatasetError(f"{path}: no complete step ({sampling.describe()})")
+    if len(instructions) > 1:
+        raise DatasetError(f"{path}: the instruction changes within the bag ({sorted(instructions)}); one bag is one "
+                           "episode of one task: split it")
+    instruction = instructions.pop()
+    extra = {"iosp_indices": np.stack(indices), "iosp_valid": np.stack(valid)} if meta.has_iosp else {}
+    info = writer.add_episode(np.stack(images), np.stack(proprio), np.stack(actions), instruction=instruction,
+                              language=encoder.encode(instruction), **extra)
+    return ImportedEpisode(bag=Path(path), file=info.file, sampling=sampling)
+
+
+def find_bags(paths: Sequence[str | Path]) -> list[Path]:
+    """Bag directories among ``paths``: each path is a bag (has metadata.yaml) or a directory of bags."""
+    bags: list[Path] = []
+    for path in map(Path, paths):
+        if (path / "metadata.yaml").is_file():
+            bags.append(path)
+        elif path.is_dir():
+            found = sorted(p.parent for p in path.glob("*/metadata.yaml"))
+            if not found:
+                raise DatasetError(f"{path} is neither a rosbag2 directory nor a directory of them")
+            bags.extend(found)
+        else:
+            raise DatasetError(f"{path} does not exist")
+    return bags
+
+
+# --- export -----------------------------------------------------------------------------------
+
+class _MessageFactory:
+    """rosbags message objects of the types an episode bag holds, serialized to CDR."""
+
+    def __init__(self, registry: TypeRegistry) -> None:
+        self.registry = registry
+        for msgtype in (IMAGE_TYPE, JOINT_STATE_TYPE, STRING_TYPE, ACTION_CHUNK_TYPE, PARSED_SCENE_TYPE):
+            registry.ensure(msgtype)
+        self.types = registry.typestore.types
+
+    def header(self, stamp_ns: int, frame_id: str = "") -> Any:
+        time = self.types["builtin_interfaces/msg/Time"](sec=stamp_ns // _NS_PER_S, nanosec=stamp_ns % _NS_PER_S)
+        return self.types["std_msgs/msg/Header"](stamp=time, frame_id=frame_id)
+
+    def cdr(self, msg: Any) -> bytes:
+        return bytes(self.registry.typestore.serialize_cdr(msg, msg.__msgtype__))
+
+    def image(self, rgb_chw: np.ndarray, stamp_ns: int, frame_id: str) -> bytes:
+        hwc = np.ascontiguousarray(np.transpose(rgb_chw, (1, 2, 0)))
+        return self.cdr(self.types[IMAGE_TYPE](
+            header=self.header(stamp_ns, frame_id), height=hwc.shape[0], width=hwc.shape[1], encoding="rgb8",
+            is_bigendian=0, step=hwc.shape[1] * 3, data=hwc.reshape(-1)))
+
+    def joint_state(self, names: Sequence[str], positions: np.ndarray, stamp_ns: int) -> bytes:
+        empty = np.zeros(0, dtype=np.float64)
+        return self.cdr(self.types[JOINT_STATE_TYPE](
+            header=self.header(stamp_ns), name=list(names), position=np.ascontiguousarray(positions, dtype=np.float64),
+            velocity=empty, effort=empty))
+
+    def string(self, text: str) -> bytes:
+        return self.cdr(self.types[STRING_TYPE](data=text))
+
+    def action_chunk(self, action: np.ndarray, stamp_ns: int, period_s: float) -> bytes:
+        return self.cdr(self.types[ACTION_CHUNK_TYPE](
+            header=self.header(stamp_ns), dimension_names=[f"action_{i}" for i in range(len(action))], horizon=1,
+            actions=np.ascontiguousarray(action, dtype=np.float32), step_period_s=period_s))
+
+    def parsed_scene(self, camera: str, instruction: str, grid: tuple[int, int], k: int, indices: np.ndarray,
+                     valid: np.ndarray, stamp_ns: int) -> bytes:
+        flat = SelectedTokens(indices=indices, valid=valid, scores=np.zeros(indices.shape, np.float32)).flat_indices()
+        return self.cdr(self.types[PARSED_SCENE_TYPE](
+            header=self.header(stamp_ns), camera_name=camera, instruction=instruction, target_names=[], objects=[],
+            token_selection_rule="recorded", patch_rows=grid[0], patch_cols=grid[1], tokens_per_group=k,
+            group_token_indices=flat))
+
+
+def export_episode(dataset: str | Path, episode: int, bag_path: str | Path, *, start_ns: int = 0,
+                   proprio_joint_names: Sequence[str] = (), storage: str = "sqlite3",
+                   registry: TypeRegistry | None = None) -> Path:
+    """Write one dataset episode as a bag on the stack's topics, step n at ``start_ns + n·period``
+    (the instants the importer samples), the instruction once at the start."""
+    from safetensors.numpy import load_file
+
+    meta = load_meta(dataset)
+    require(0 <= episode < len(meta.episodes), "episode", f"{episode} is not an episode of {dataset}",
+            f"0 ... {len(meta.episodes) - 1}")
+    info = meta.episodes[episode]
+    arrays = load_file(str(Path(dataset) / info.file))
+    names = list(proprio_joint_names) or [f"proprio_{i}" for i in range(meta.proprio_dim)]
+    require(len(names) == meta.proprio_dim, "proprio_joint_names", f"{len(names)} names for {meta.proprio_dim} "
+            "proprio dimensions", "one name per dimension")
+    config = BagEpisodeConfig(camera_names=meta.camera_names, proprio_dim=meta.proprio_dim,
+                              control_rate_hz=meta.control_rate_hz)
+    period_s = config.period_ns / _NS_PER_S
+    with BagWriter(bag_path, storage, registry) as writer:
+        make = _MessageFactory(writer.registry)
+        camera_topics = [config.camera_topic(n) for n in meta.camera_names]
+        for topic in camera_topics:
+            writer.add_topic(topic, IMAGE_TYPE)
+        writer.add_topic(config.joint_states_topic, JOINT_STATE_TYPE)
+        writer.add_topic(config.instruction_topic, STRING_TYPE)
+        writer.add_topic(config.action_topic, ACTION_CHUNK_TYPE)
+        if meta.has_iosp:
+            writer.add_topic(config.parsed_scene_topic, PARSED_SCENE_TYPE)
+        writer.write(config.instruction_topic, start_ns, make.string(info.instruction))
+        for t in range(info.length):
+            stamp = start_ns + t * config.period_ns
+            for v, (name, topic) in enumerate(zip(meta.camera_names, camera_topics)):
+                writer.write(topic, stamp, make.image(arrays["images"][t, v], stamp, f"{name}_color_optical_frame"))
+                if meta.has_iosp:
+                    writer.write(config.parsed_scene_topic, stamp, make.parsed_scene(
+                        name, info.instruction, meta.iosp_grid, meta.iosp_tokens_per_group,
+                        arrays["iosp_indices"][t, v], arrays["iosp_valid"][t, v], stamp))
+            writer.write(config.joint_states_topic, stamp, make.joint_state(names, arrays["proprio"][t], stamp))
+            writer.write(config.action_topic, stamp, make.action_chunk(arrays["actions"][t], stamp, period_s))
+    return Path(bag_path)
+
+
+def dataset_bag_config(dataset: str | Path, **overrides: Any) -> BagEpisodeConfig:
+    """The bag config that reads episodes into ``dataset``'s shape (cameras, proprio, rate, IOSP)."""
+    meta = load_meta(dataset)
+    fields = dict(camera_names=meta.camera_names, proprio_dim=meta.proprio_dim,
+                  control_rate_hz=meta.control_rate_hz, iosp=meta.has_iosp)
+    return BagEpisodeConfig(**{**fields, **overrides})
+
+
+__all__ = ["BagEpisodeConfig", "BagStep", "BagSampling", "BagError", "read_bag_steps", "import_bag", "find_bags",
+           "export_episode", "dataset_bag_config", "ImportedEpisode"]

@@ -1,0 +1,50 @@
+"""Image decoding and the policy's image preprocessing, shared by the policy runtime, the policy
+node and the rosbag importer (so a bag becomes exactly the pixels the robot's policy would see).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# sensor_msgs/Image encodings this stack reads: dtype and channels.
+IMAGE_ENCODINGS = {"rgb8": (np.uint8, 3), "bgr8": (np.uint8, 3), "mono8": (np.uint8, 1), "16UC1": (np.uint16, 1)}
+
+
+def decode_image(encoding: str, height: int, width: int, step: int, data: bytes | np.ndarray) -> np.ndarray:
+    """The pixels of a sensor_msgs/Image (any object with its fields: rclpy's or rosbags'), colour as
+    RGB (H, W, 3), single-channel as (H, W); rows padded to ``step`` bytes are cropped."""
+    if encoding not in IMAGE_ENCODINGS:
+        raise ValueError(f"unsupported image encoding {encoding!r} (supported: {', '.join(IMAGE_ENCODINGS)})")
+    dtype, channels = IMAGE_ENCODINGS[encoding]
+    itemsize = np.dtype(dtype).itemsize
+    flat = np.frombuffer(bytes(data), dtype=dtype)
+    if step < width * channels * itemsize or flat.size * itemsize != step * height:
+        raise ValueError(f"{encoding} image of {width}x{height} with step {step} cannot hold {flat.size * itemsize} "
+                         "bytes of data")
+    rows = flat.reshape(height, step // itemsize)[:, : width * channels]
+    if channels == 1:
+        return rows
+    image = rows.reshape(height, width, channels)
+    return image[..., ::-1] if encoding == "bgr8" else image
+
+
+def image_from_message(msg) -> np.ndarray:
+    """:func:`decode_image` of a sensor_msgs/Image message object."""
+    return decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+
+
+def policy_images(images: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """(V, 3, size, size) uint8 from V RGB images (H, W, 3) of any size: what a policy trained on
+    ``size``-pixel square images sees. Other sizes are resized (bilinear, antialiased); the aspect
+    ratio is not kept, as in training data recorded the same way."""
+    out = np.empty((len(images), 3, size, size), dtype=np.uint8)
+    for i, img in enumerate(images):  # one at a time: cameras may differ in size
+        chw = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)  # a copy: decoded images are read-only
+        if chw.shape[-2:] != (size, size):
+            chw = F.interpolate(chw[None].float(), size=(size, size), mode="bilinear", antialias=True,
+                                align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+        out[i] = chw.numpy()
+    return out
