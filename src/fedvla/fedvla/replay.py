@@ -116,15 +116,15 @@ def recorded_future(actions_by_stamp: dict[int, np.ndarray], t_ns: int, horizon:
     return out
 
 
-def replay_bag(bag: str | Path, runtime, *, control_rate_hz: float | None = None, every: int = 1,
+def replay_bag(bag: str | Path, runtime, *, control_rate_hz: float = 0.0, every: int = 1,
                max_input_age_s: float = 0.5, instruction: str = "",
-               on_step: Callable[[int], None] | None = None) -> tuple[ReplayRecord, BagSampling]:
-    """Run ``runtime`` (a PolicyRuntime) on every ``every``-th sampled step of the bag, at
-    ``control_rate_hz`` (default: the runtime's rate)."""
+               on_step: Callable[[int, BagSampling], None] | None = None) -> tuple[ReplayRecord, BagSampling]:
+    """Run ``runtime`` (a PolicyRuntime) on every ``every``-th sampled step of the bag, sampled at
+    ``control_rate_hz`` (default: the rate the recorded action chunks were executed at)."""
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
     config = BagEpisodeConfig(camera_names=runtime.camera_names, proprio_dim=runtime.model_config.proprio_dim,
-                              control_rate_hz=control_rate_hz or runtime.config.rate_hz,
+                              control_rate_hz=control_rate_hz,
                               proprio_joint_names=runtime.config.proprio_joint_names, iosp=runtime.uses_iosp,
                               max_input_age_s=max_input_age_s, instruction=instruction)
     sampling = BagSampling()
@@ -139,11 +139,11 @@ def replay_bag(bag: str | Path, runtime, *, control_rate_hz: float | None = None
                                  f"{len(step.action)}")
             predictions.append((step.stamp_ns, result))
         if on_step is not None:
-            on_step(n)
+            on_step(n, sampling)
     record = ReplayRecord()
     for stamp, result in predictions:
         horizon, dim = result.chunk.shape
-        record.add(stamp, result.chunk, recorded_future(actions, stamp, horizon, config.period_ns, dim),
+        record.add(stamp, result.chunk, recorded_future(actions, stamp, horizon, sampling.period_ns, dim),
                    result.latency_s, result.experts_per_token)
     return record, sampling
 

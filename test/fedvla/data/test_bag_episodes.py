@@ -104,7 +104,7 @@ def _recorded_bag(path, *, camera_gap_ms=(), instruction: str | None = "open the
 
 
 def _config(**changes) -> BagEpisodeConfig:
-    fields = dict(camera_names=CAMS, proprio_dim=3, control_rate_hz=10.0,
+    fields = dict(camera_names=CAMS, proprio_dim=3,  # sampled at the chunks' step period: 10 Hz
                   proprio_joint_names=("shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint"))
     return BagEpisodeConfig(**{**fields, **changes})
 
@@ -116,7 +116,7 @@ def test_a_recorded_bag_is_sampled_at_the_control_rate_with_the_executed_chunk_s
     # every input is in once the first chunk arrives (3 ms): a step every 100 ms from there to the
     # last message (the chunk of 1003 ms)
     assert [s.stamp_ns // MS for s in steps] == [3 + 100 * n for n in range(11)]
-    assert sampling.steps == 11 and not sampling.dropped
+    assert sampling.steps == 11 and not sampling.dropped and sampling.rate_hz == 10.0
     first, later = steps[0], steps[3]  # 3 ms: chunk from 3 ms, step 0; 303 ms: chunk from 203 ms, step 1
     np.testing.assert_allclose(first.action, [0.0, 0.0])
     np.testing.assert_allclose(later.action, [0.2 + 1, -1])

@@ -16,7 +16,8 @@ A bag holds one episode on the stack's own topics, so a recording of the running
 ``/scene_parser/parsed_scene``      fedvla_interfaces/ParsedScene    IOSP selections (``iosp``)
 =================================  ===============================  =================================
 
-Sampling (documented choice): steps are taken at ``control_rate_hz`` on the bag's clock (the
+Sampling (documented choice): steps are taken at ``control_rate_hz`` (by default the step period
+of the recorded action chunks: the rate the robot executed them at) on the bag's clock (the
 receive time the recorder stamped, as ``ros2 bag play`` uses), from the first moment every input
 has arrived. Each step takes the newest message of every input at or before it; the executed
 action is the element of the newest chunk that the executor was running then
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ import numpy as np
 from fedvla import topics
 from fedvla.bag import BagError, BagWriter, TypeRegistry, read_messages, summarize_bag
 from fedvla.config import require, require_positive
-from fedvla.data.episodes import DatasetError, EpisodeWriter, load_meta
+from fedvla.data.episodes import META_FILE, DatasetError, EpisodeWriter, load_meta
 from fedvla.data.images import image_from_message, policy_images
 from fedvla.iosp.tokens import SelectedTokens
 
@@ -55,7 +56,7 @@ class BagEpisodeConfig:
 
     camera_names: tuple[str, ...]
     proprio_dim: int
-    control_rate_hz: float = 10.0
+    control_rate_hz: float = 0.0  # 0: 1 / step_period_s of the recorded action chunks
     proprio_joint_names: tuple[str, ...] = ()  # JointState names in proprio order; empty: the first proprio_dim
     action_topic: str = topics.node_topic(topics.POLICY_NODE, topics.ACTION_CHUNK)
     joint_states_topic: str = topics.JOINT_STATES
@@ -72,7 +73,8 @@ class BagEpisodeConfig:
         require(len(set(self.camera_names)) == len(self.camera_names), "camera_names",
                 f"{list(self.camera_names)} names a camera twice", "distinct camera names")
         require_positive(self.proprio_dim, "proprio_dim")
-        require_positive(self.control_rate_hz, "control_rate_hz")
+        require(self.control_rate_hz >= 0, "control_rate_hz", f"{self.control_rate_hz} is negative",
+                "a rate in Hz, or 0 for the recorded chunks' step period")
         require_positive(self.max_input_age_s, "max_input_age_s")
         require(not self.proprio_joint_names or len(self.proprio_joint_names) == self.proprio_dim,
                 "proprio_joint_names", f"{len(self.proprio_joint_names)} names for proprio_dim={self.proprio_dim}",
@@ -80,10 +82,6 @@ class BagEpisodeConfig:
 
     def camera_topic(self, name: str) -> str:
         return topics.node_topic(f"/camera/{name}", topics.COLOR_IMAGE)
-
-    @property
-    def period_ns(self) -> int:
-        return round(_NS_PER_S / self.control_rate_hz)
 
     def input_topics(self) -> list[str]:
         names = [self.camera_topic(n) for n in self.camera_names] + [self.joint_states_topic]
@@ -101,6 +99,7 @@ class BagStep:
     instruction: str
     action: np.ndarray
     selections: list[SelectedTokens] | None = None
+    iosp_grid: tuple[int, int] | None = None  # the patch grid of the selections
 
 
 @dataclasses.dataclass
@@ -109,10 +108,15 @@ class BagSampling:
 
     steps: int = 0
     dropped: Counter = dataclasses.field(default_factory=Counter)
+    period_ns: int = 0  # the sampling period used
+
+    @property
+    def rate_hz(self) -> float:
+        return _NS_PER_S / self.period_ns if self.period_ns else 0.0
 
     def describe(self) -> str:
         dropped = ", ".join(f"{n} ({reason})" for reason, n in self.dropped.most_common())
-        return f"{self.steps} steps" + (f"; dropped {dropped}" if dropped else "")
+        return f"{self.steps} steps at {self.rate_hz:g} Hz" + (f"; dropped {dropped}" if dropped else "")
 
 
 def _proprio(msg: Any, config: BagEpisodeConfig) -> np.ndarray:
@@ -171,16 +175,23 @@ class _Latest:
         if j >= chunk.horizon:
             return None, "action chunk used up"
         action = np.asarray(chunk.actions, dtype=np.float32).reshape(chunk.horizon, dim)[j]
-        selections = None
+        selections, grid = None, None
         if c.iosp:
-            selections = []
+            selections, grids = [], set()
             for name in c.camera_names:
                 scene = self.scenes[name][1]
-                selections.append(SelectedTokens.from_flat(scene.group_token_indices, scene.tokens_per_group))
+                try:
+                    selections.append(SelectedTokens.from_flat(scene.group_token_indices, scene.tokens_per_group))
+                except ValueError:
+                    return None, f"malformed scene parse of {name}"
+                grids.add((int(scene.patch_rows), int(scene.patch_cols)))
+            if len(grids) > 1:
+                return None, "scene parses on different patch grids"
+            grid = grids.pop()
         images = [image_from_message(self.by_topic[c.camera_topic(n)][1]) for n in c.camera_names]
         proprio = _proprio(self.by_topic[c.joint_states_topic][1], c)
         return BagStep(stamp_ns=t_ns, images=images, proprio=proprio, instruction=self.instruction, action=action,
-                       selections=selections), ""
+                       selections=selections, iosp_grid=grid), ""
 
 
 def read_bag_steps(path: str | Path, config: BagEpisodeConfig, sampling: BagSampling | None = None,
@@ -204,16 +215,26 @@ def read_bag_steps(path: str | Path, config: BagEpisodeConfig, sampling: BagSamp
         if next_t is not None:
             while next_t < stamp_ns:  # every input at or before next_t has been seen
                 yield from _emit(latest, next_t, sampling)
-                next_t += config.period_ns
+                next_t += sampling.period_ns
         latest.update(topic, stamp_ns, msg)
         if next_t is None and latest.complete():
             next_t = stamp_ns
+            sampling.period_ns = _period_ns(config, latest.by_topic[config.action_topic][1], path)
     if next_t is None:
         raise DatasetError(f"{path}: never had every input at once (cameras, joint states, an action chunk, an "
                            "instruction" + (", scene parses" if config.iosp else "") + "); give `instruction` if the "
                            "bag has none")
     if next_t == last_ns:
         yield from _emit(latest, next_t, sampling)  # a step at the very last message's time
+
+
+def _period_ns(config: BagEpisodeConfig, chunk: Any, path: Path) -> int:
+    if config.control_rate_hz > 0:
+        return round(_NS_PER_S / config.control_rate_hz)
+    if not chunk.step_period_s > 0:
+        raise DatasetError(f"{path}: the action chunks on {config.action_topic} have no step period: give the "
+                           "control rate")
+    return round(chunk.step_period_s * _NS_PER_S)
 
 
 def _emit(latest: _Latest, t_ns: int, sampling: BagSampling) -> Iterator[BagStep]:
@@ -252,10 +273,10 @@ def import_bag(path: str | Path, writer: EpisodeWriter, config: BagEpisodeConfig
         actions.append(step.action)
         instructions.add(step.instruction)
         if step.selections is not None:
-            for selection in step.selections:
-                if selection.indices.shape[1] != meta.iosp_tokens_per_group:
-                    raise DatasetError(f"{path}: scene parses select {selection.indices.shape[1]} tokens per group, "
-                                       f"the dataset {meta.iosp_tokens_per_group}")
+            k = step.selections[0].indices.shape[1]
+            if (k, step.iosp_grid) != (meta.iosp_tokens_per_group, meta.iosp_grid):
+                raise DatasetError(f"{path}: scene parses select {k} tokens per group on a {step.iosp_grid} patch grid, "
+                                   f"the dataset {meta.iosp_tokens_per_group} on {meta.iosp_grid}")
             indices.append(np.stack([s.indices for s in step.selections]))
             valid.append(np.stack([s.valid for s in step.selections]))
     if not actions:
@@ -268,6 +289,39 @@ def import_bag(path: str | Path, writer: EpisodeWriter, config: BagEpisodeConfig
     info = writer.add_episode(np.stack(images), np.stack(proprio), np.stack(actions), instruction=instruction,
                               language=encoder.encode(instruction), **extra)
     return ImportedEpisode(bag=Path(path), file=info.file, sampling=sampling)
+
+
+def import_bags(bags: Sequence[str | Path], output: str | Path, config: BagEpisodeConfig, encoder, *,
+                image_size: int = 0, on_episode: Callable[[ImportedEpisode], None] | None = None) -> list[ImportedEpisode]:
+    """Append one episode per bag to the dataset at ``output``. A new dataset takes ``image_size``,
+    and its action size and IOSP grid from the first bag; an existing one keeps its own."""
+    output = Path(output)
+    if not bags:
+        raise DatasetError("no bag to import")
+    if (output / META_FILE).is_file():
+        meta = load_meta(output)
+        writer = EpisodeWriter(output, camera_names=meta.camera_names, image_size=meta.image_size,
+                               proprio_dim=meta.proprio_dim, action_dim=meta.action_dim,
+                               control_rate_hz=meta.control_rate_hz, language_encoder=meta.language_encoder,
+                               iosp_grid=meta.iosp_grid, iosp_tokens_per_group=meta.iosp_tokens_per_group)
+    else:
+        require(image_size > 0, "image_size", "a new dataset needs its image size", "the policy's image size, e.g. 128")
+        sampling = BagSampling()
+        first = next(read_bag_steps(bags[0], config, sampling), None)
+        if first is None:
+            raise DatasetError(f"{bags[0]}: no complete step to learn the action size from")
+        k = first.selections[0].indices.shape[1] if first.selections else 0
+        writer = EpisodeWriter(output, camera_names=config.camera_names, image_size=image_size,
+                               proprio_dim=config.proprio_dim, action_dim=len(first.action),
+                               control_rate_hz=sampling.rate_hz, iosp_grid=first.iosp_grid,
+                               iosp_tokens_per_group=k)
+        config = dataclasses.replace(config, control_rate_hz=sampling.rate_hz)  # every bag on the same clock
+    imported = []
+    for bag in bags:
+        imported.append(import_bag(bag, writer, config, encoder))
+        if on_episode is not None:
+            on_episode(imported[-1])
+    return imported
 
 
 def find_bags(paths: Sequence[str | Path]) -> list[Path]:
@@ -350,7 +404,7 @@ def export_episode(dataset: str | Path, episode: int, bag_path: str | Path, *, s
             "proprio dimensions", "one name per dimension")
     config = BagEpisodeConfig(camera_names=meta.camera_names, proprio_dim=meta.proprio_dim,
                               control_rate_hz=meta.control_rate_hz)
-    period_s = config.period_ns / _NS_PER_S
+    period_ns = round(_NS_PER_S / meta.control_rate_hz)
     with BagWriter(bag_path, storage, registry) as writer:
         make = _MessageFactory(writer.registry)
         camera_topics = [config.camera_topic(n) for n in meta.camera_names]
@@ -363,7 +417,7 @@ def export_episode(dataset: str | Path, episode: int, bag_path: str | Path, *, s
             writer.add_topic(config.parsed_scene_topic, PARSED_SCENE_TYPE)
         writer.write(config.instruction_topic, start_ns, make.string(info.instruction))
         for t in range(info.length):
-            stamp = start_ns + t * config.period_ns
+            stamp = start_ns + t * period_ns
             for v, (name, topic) in enumerate(zip(meta.camera_names, camera_topics)):
                 writer.write(topic, stamp, make.image(arrays["images"][t, v], stamp, f"{name}_color_optical_frame"))
                 if meta.has_iosp:
@@ -371,7 +425,7 @@ def export_episode(dataset: str | Path, episode: int, bag_path: str | Path, *, s
                         name, info.instruction, meta.iosp_grid, meta.iosp_tokens_per_group,
                         arrays["iosp_indices"][t, v], arrays["iosp_valid"][t, v], stamp))
             writer.write(config.joint_states_topic, stamp, make.joint_state(names, arrays["proprio"][t], stamp))
-            writer.write(config.action_topic, stamp, make.action_chunk(arrays["actions"][t], stamp, period_s))
+            writer.write(config.action_topic, stamp, make.action_chunk(arrays["actions"][t], stamp, period_ns / _NS_PER_S))
     return Path(bag_path)
 
 
@@ -383,5 +437,17 @@ def dataset_bag_config(dataset: str | Path, **overrides: Any) -> BagEpisodeConfi
     return BagEpisodeConfig(**{**fields, **overrides})
 
 
-__all__ = ["BagEpisodeConfig", "BagStep", "BagSampling", "BagError", "read_bag_steps", "import_bag", "find_bags",
-           "export_episode", "dataset_bag_config", "ImportedEpisode"]
+def export_dataset(dataset: str | Path, output: str | Path, episodes: Sequence[int] | None = None, *,
+                   on_episode: Callable[[Path], None] | None = None, **options: Any) -> list[Path]:
+    """One bag per episode under ``output`` (``episode_000000``, ...); ``options`` as :func:`export_episode`."""
+    chosen = range(len(load_meta(dataset).episodes)) if episodes is None else episodes
+    bags = []
+    for episode in chosen:
+        bags.append(export_episode(dataset, episode, Path(output) / f"episode_{episode:06d}", **options))
+        if on_episode is not None:
+            on_episode(bags[-1])
+    return bags
+
+
+__all__ = ["BagEpisodeConfig", "BagStep", "BagSampling", "BagError", "read_bag_steps", "import_bag", "import_bags",
+           "find_bags", "export_episode", "export_dataset", "dataset_bag_config", "ImportedEpisode"]
