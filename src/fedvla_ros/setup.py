@@ -17,6 +17,8 @@ setup(
         "console_scripts": [
             "camera_node = fedvla_ros.camera_node:main",
             "bag_recorder = fedvla_ros.bag_recorder:main",
+            "bag_player = fedvla_ros.bag_player:main",
+            "replay_evaluator = fedvla_ros.replay_evaluator:main",
             "policy_node = fedvla_ros.policy_node:main",
             "scene_parser = fedvla_ros.scene_parser:main",
             "fed_server = fedvla_ros.fed_server:main",

@@ -49,6 +49,47 @@ class RecorderConfig:
         return Path("runs") / time.strftime("bag_%Y%m%d_%H%M%S")
 
 
+@dataclasses.dataclass(kw_only=True)
+class PlayerConfig:
+    """Settings of the bag player (``ros2 bag play`` for machines without rosbag2); field names are
+    the ``bag_player`` node's parameters.
+
+    The recorded outputs of the nodes a replay runs again (by default the policy's action chunks
+    and expert activations) are published under ``recorded_prefix``, so that the live node and the
+    recording never share a topic."""
+
+    bag_path: str = ""
+    rate: float = 1.0  # playback speed: 2.0 plays twice as fast
+    topics: tuple[str, ...] = ()  # empty: every recorded topic but exclude_topics
+    exclude_topics: tuple[str, ...] = ("/rosout", "/parameter_events", "/clock")
+    recorded_prefix: str = "/replay/recorded"
+    republish_recorded: tuple[str, ...] = ("/policy/action_chunk", "/policy/expert_activation")
+    latched_topics: tuple[str, ...] = ("/instruction", "/robot_description", "/tf_static")
+    publish_clock: bool = True  # rosgraph_msgs/Clock on /clock at bag time, for use_sim_time nodes
+    clock_period_s: float = 0.01
+    wait_for_subscribers: tuple[str, ...] = ()  # output topics that need a subscriber before playing
+    startup_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        for name in ("topics", "exclude_topics", "republish_recorded", "latched_topics", "wait_for_subscribers"):
+            setattr(self, name, tuple(getattr(self, name)))
+        require(bool(self.bag_path), "bag_path", "no bag given", "a rosbag2 directory (bag:=...)")
+        require(Path(self.bag_path).expanduser().is_dir(), "bag_path", f"{self.bag_path} is not a directory",
+                "a rosbag2 directory (with metadata.yaml)")
+        require_positive(self.rate, "rate")
+        require_positive(self.clock_period_s, "clock_period_s")
+        require_positive(self.startup_timeout_s, "startup_timeout_s")
+        require(self.recorded_prefix.startswith("/"), "recorded_prefix", f"{self.recorded_prefix!r} is relative",
+                "an absolute namespace such as /replay/recorded")
+
+    def plays(self, topic: str) -> bool:
+        return topic not in self.exclude_topics and (not self.topics or topic in self.topics)
+
+    def output_topic(self, topic: str) -> str:
+        """Where a recorded topic is published again."""
+        return self.recorded_prefix.rstrip("/") + topic if topic in self.republish_recorded else topic
+
+
 class TypeRegistry:
     """A ``rosbags`` type store that learns unknown message types from installed .msg files."""
 
@@ -182,6 +223,16 @@ def summarize_bag(path: str | Path) -> BagSummary:
                               duration_s=reader.duration / 1e9 if reader.message_count else 0.0, topics=topics)
     except Exception as err:  # rosbags raises several types for missing/corrupt bags
         raise BagError(f"cannot read the rosbag2 directory {path}: {err}") from err
+
+
+def read_raw_messages(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[tuple[str, int, bytes]]:
+    """Yield ``(topic, stamp_ns, serialized CDR)`` in time order, without deserializing."""
+    from rosbags.rosbag2 import Reader
+
+    with Reader(Path(path)) as reader:
+        connections = [c for c in reader.connections if topics is None or c.topic in topics]
+        for connection, stamp_ns, raw in reader.messages(connections=connections):
+            yield connection.topic, stamp_ns, bytes(raw)
 
 
 def read_messages(path: str | Path, topics: Sequence[str] | None = None,

@@ -15,7 +15,8 @@ File layout::
                           #   ({parameter: argument}, or a string template such as
                           #   "{run_dir}/robot_a" built from arguments), remappings? ([[from, to]]),
                           #   arguments? (command-line arguments; "{config}" = the config dir),
-                          #   if? / unless? (a boolean argument that switches the node)}
+                          #   if? / unless? (a boolean argument that switches the node),
+                          #   ends_launch? (true: when this node exits, the whole launch ends)}
     profiles:             # profile -> {description, nodes: [keys], argument_defaults?}
 """
 from __future__ import annotations
@@ -74,6 +75,7 @@ class NodeSpec:
     arguments: tuple[str, ...] = ()
     if_argument: str = ""
     unless_argument: str = ""
+    ends_launch: bool = False  # its exit ends the launch (a node that finishes a job, e.g. a report)
 
     @property
     def fully_qualified_name(self) -> str:
@@ -188,7 +190,7 @@ class Graph:
     def _parse_node(self, key: str, spec: Mapping[str, Any]) -> NodeSpec:
         where = f"nodes.{key}"
         known = {"package", "executable", "name", "namespace", "parameters", "argument_parameters",
-                 "remappings", "arguments", "if", "unless"}
+                 "remappings", "arguments", "if", "unless", "ends_launch"}
         unknown = sorted(set(spec) - known)
         if unknown:
             raise GraphError(f"{where}.{unknown[0]}", "unknown key", ", ".join(sorted(known)))
@@ -211,6 +213,7 @@ class Graph:
             arguments=tuple(str(a) for a in spec.get("arguments", [])),
             if_argument=spec.get("if", ""),
             unless_argument=spec.get("unless", ""),
+            ends_launch=parse_bool(spec.get("ends_launch", False), f"{where}.ends_launch"),
         )
         for arg in _arguments_of(node):
             if arg not in self.arguments:

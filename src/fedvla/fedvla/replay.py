@@ -23,7 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fedvla.data.bag_episodes import BagEpisodeConfig, BagSampling, read_bag_steps
+import bisect
+import time
+
+from fedvla import topics
+from fedvla.config import require, require_positive
+from fedvla.data.bag_episodes import BagEpisodeConfig, BagSampling, executed_action, read_bag_steps
 
 REPORT_FILE = "replay.md"
 METRICS_FILE = "replay.json"
@@ -146,6 +151,70 @@ def replay_bag(bag: str | Path, runtime, *, control_rate_hz: float = 0.0, every:
         record.add(stamp, result.chunk, recorded_future(actions, stamp, horizon, sampling.period_ns, dim),
                    result.latency_s, result.experts_per_token)
     return record, sampling
+
+
+@dataclasses.dataclass(kw_only=True)
+class ReplayEvaluatorConfig:
+    """Settings of the replay profile's evaluator node (its parameters)."""
+
+    output_dir: str = ""  # empty: runs/replay_<date>_<time>
+    predicted_topic: str = topics.node_topic(topics.POLICY_NODE, topics.ACTION_CHUNK)
+    recorded_topic: str = "/replay/recorded" + topics.node_topic(topics.POLICY_NODE, topics.ACTION_CHUNK)
+    done_topic: str = "/bag_player/done"
+    settle_s: float = 2.0  # wall time to wait for the last predictions once the bag is out
+    bag_path: str = ""  # for the report only
+    checkpoint_path: str = ""  # for the report only
+
+    def __post_init__(self) -> None:
+        require_positive(self.settle_s, "settle_s")
+        require(self.predicted_topic != self.recorded_topic, "recorded_topic",
+                "is the predicted topic: the live policy and the recording would mix",
+                "the player's recorded_prefix + the policy's action topic")
+
+    def resolved_output_dir(self) -> Path:
+        return Path(self.output_dir or Path("runs") / time.strftime("replay_%Y%m%d_%H%M%S")).expanduser()
+
+
+class LiveReplay:
+    """A :class:`ReplayRecord` from action chunks seen on topics while a bag plays (the replay
+    profile's evaluator node): the recorded chunks as the bag holds them, the live policy's
+    predictions stamped with the (simulated) bag time of their inputs. Prediction step h is
+    compared with the recorded action executed at ``stamp + h · step_period``."""
+
+    def __init__(self) -> None:
+        self._recorded: list[tuple[int, np.ndarray, float]] = []  # (stamp, (H, A), step period s), by stamp
+        self._predicted: list[tuple[int, np.ndarray, float, float]] = []
+
+    def add_recorded(self, stamp_ns: int, actions: np.ndarray, step_period_s: float) -> None:
+        bisect.insort(self._recorded, (int(stamp_ns), np.asarray(actions), float(step_period_s)),
+                      key=lambda r: r[0])
+
+    def add_predicted(self, stamp_ns: int, actions: np.ndarray, step_period_s: float,
+                      compute_time_s: float = float("nan")) -> None:
+        self._predicted.append((int(stamp_ns), np.asarray(actions), float(step_period_s), float(compute_time_s)))
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        return len(self._recorded), len(self._predicted)
+
+    def recorded_at(self, t_ns: int) -> np.ndarray | None:
+        i = bisect.bisect_right(self._recorded, t_ns, key=lambda r: r[0]) - 1
+        if i < 0:
+            return None
+        stamp, actions, period = self._recorded[i]
+        return executed_action(stamp, actions, period, t_ns)
+
+    def record(self) -> ReplayRecord:
+        record = ReplayRecord()
+        for stamp, chunk, period, compute_s in sorted(self._predicted, key=lambda p: p[0]):
+            recorded = np.full(chunk.shape, np.nan)
+            for h in range(chunk.shape[0]):
+                action = self.recorded_at(stamp + round(h * period * 1e9))
+                if action is not None and action.shape == chunk.shape[1:]:
+                    recorded[h] = action
+            if np.isfinite(recorded[0]).all():  # predictions before the first recorded action are not compared
+                record.add(stamp, chunk, recorded, compute_s)
+        return record
 
 
 def write_replay_report(output: str | Path, record: ReplayRecord, *, title: str, details: dict) -> ReplayMetrics:

@@ -145,6 +145,10 @@ class ProfileRunner:
     def all_exited(self) -> bool:
         return all(r.process.poll() is not None for r in self.running)
 
+    def finished(self) -> list[str]:
+        """Nodes marked ``ends_launch`` that have exited (their exit ends the run)."""
+        return [r.label for r in self.running if r.node.spec.ends_launch and r.process.poll() is not None]
+
     def not_up(self) -> list[str]:
         """Running nodes that have not reported themselves up yet (nodes of other projects, such as
         RViz, cannot report and count as up once started; nodes that exited are not waited for)."""
@@ -155,8 +159,8 @@ class ProfileRunner:
     def wait(self, duration_s: float | None = None, on_tick: Callable[[float], None] | None = None,
              tick_s: float = 0.2, until: Callable[[], bool] | None = None,
              startup_timeout_s: float = STARTUP_TIMEOUT_S) -> bool:
-        """Run until ``duration_s`` has elapsed since every node came up, every node has exited,
-        ``until()`` holds, or one node fails or is not up within ``startup_timeout_s``
+        """Run until ``duration_s`` has elapsed since every node came up, every node (or one marked
+        ``ends_launch``) has exited, ``until()`` holds, or one node fails or is not up within ``startup_timeout_s``
         (RunnerError). ``on_tick`` gets the seconds since every node came up (0 until then, while
         :attr:`waiting_for` names the nodes still starting).
         Returns whether ``until()`` held (False without ``until``)."""
@@ -176,7 +180,7 @@ class ProfileRunner:
                 raise RunnerError(f"node {label} exited with status {code} (its output is above)")
             if until is not None and until():
                 return True
-            if self.all_exited() or (duration_s is not None and up_since is not None and elapsed >= duration_s):
+            if self.all_exited() or self.finished() or (duration_s is not None and up_since is not None and elapsed >= duration_s):
                 return False
             if waiting and now - start > startup_timeout_s:
                 raise RunnerError(f"{', '.join(waiting)} not up after {startup_timeout_s:g} s (its output is above)")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, LogInfo
+from launch.actions import DeclareLaunchArgument, LogInfo, Shutdown
 from launch.conditions import IfCondition, UnlessCondition
 from launch.substitutions import LaunchConfiguration, TextSubstitution
 from launch_ros.actions import Node
@@ -59,6 +59,7 @@ def node_action(node: NodeSpec, graph: Graph, arg_types: dict[str, str]) -> Node
         condition=condition,
         output="screen",
         emulate_tty=True,
+        on_exit=Shutdown(reason=f"{node.fully_qualified_name} finished") if node.ends_launch else None,
     )
 
 

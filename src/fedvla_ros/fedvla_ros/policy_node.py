@@ -116,7 +116,8 @@ class PolicyNode(Node):
         stamp = self.get_clock().now().to_msg()
         horizon, action_dim = step.chunk.shape
         chunk = ActionChunk(dimension_names=[f"action_{i}" for i in range(action_dim)], horizon=horizon,
-                            actions=step.chunk.astype(np.float32).ravel().tolist(), step_period_s=1.0 / self.config.rate_hz)
+                            actions=step.chunk.astype(np.float32).ravel().tolist(), step_period_s=1.0 / self.config.rate_hz,
+                            compute_time_s=step.latency_s)
         chunk.header.stamp = stamp
         self._chunk_pub.publish(chunk)
         layers, experts = step.expert_counts.shape

@@ -84,7 +84,7 @@ def _recorded_bag(path, *, camera_gap_ms=(), instruction: str | None = "open the
         if any(lo <= t < hi for lo, hi in camera_gap_ms):
             continue
         for v, topic in enumerate(cams.values()):
-            image = np.full((3, 32, 48), (t // 33 + 50 * v) % 256, np.uint8)
+            image = np.full((32, 48, 3), (t // 33 + 50 * v) % 256, np.uint8)
             events.append((t + 1, topic, make.image(image, t * MS, "cam")))
     joints = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint",
               "wrist_3_joint"]
@@ -95,7 +95,7 @@ def _recorded_bag(path, *, camera_gap_ms=(), instruction: str | None = "open the
         # chunk issued at t: step j of it is the action t/1000 + j
         chunk = np.stack([[t / 1000 + j, -j] for j in range(horizon)]).astype(np.float32)
         msg = make.types[ACTION_CHUNK_TYPE](header=make.header(t * MS), dimension_names=["a", "b"], horizon=horizon,
-                                            actions=chunk.reshape(-1), step_period_s=0.1)
+                                            actions=chunk.reshape(-1), step_period_s=0.1, compute_time_s=0.0)
         events.append((t + 3, "/policy/action_chunk", make.cdr(msg)))
     for stamp_ms, topic, cdr in sorted(events, key=lambda e: e[0]):
         writer.write(topic, stamp_ms * MS, cdr)

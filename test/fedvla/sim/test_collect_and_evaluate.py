@@ -114,7 +114,8 @@ def test_a_checkpoint_is_evaluated_through_the_policy_runtime(dataset, tmp_path)
     policy = seeded_policy(config)
     fit_normalizer(policy, ChunkDataset(result.directory, horizon=config.horizon, with_iosp=True))
     save_checkpoint(policy, tmp_path / "ckpt")
-    evaluation = evaluate_checkpoint(tmp_path / "ckpt", TASK, EvalConfig(trials=2, repeats=2, max_steps=8))
+    evaluation = evaluate_checkpoint(tmp_path / "ckpt", TASK, EvalConfig(trials=2, repeats=2, max_steps=8,
+                                                                         record_trials=1), bag_dir=tmp_path / "bags")
     assert evaluation.successes.shape == (2, 2) and evaluation.steps.shape == (2, 2)
     assert 0.0 <= evaluation.success_rate <= 1.0 and len(evaluation.repeat_rates) == 2
     # 8 steps, replanning every execute_steps (2): 4 policy steps per trial.
@@ -122,6 +123,26 @@ def test_a_checkpoint_is_evaluated_through_the_policy_runtime(dataset, tmp_path)
     assert evaluation.group_expert_counts.shape == (3, config.num_experts)
     assert evaluation.group_tokens[0] > 0  # target tokens reached the trunk
     assert evaluation.to_dict()["successes"] == evaluation.successes.astype(int).tolist()
+
+    # The recorded trial, replayed open loop through the same checkpoint, gives back the chunks the
+    # policy issued in closed loop: at every replanning step, for the steps it executed.
+    from fedvla.bag import summarize_bag
+    from fedvla.model.runtime import PolicyRuntime, PolicyRuntimeConfig
+    from fedvla.replay import replay_bag
+
+    (bag,) = sorted((tmp_path / "bags").iterdir())
+    assert bag.name == f"{TASK}_trial_0"
+    summary = summarize_bag(bag)
+    assert summary.topic("/camera/top/color/image_raw").count == 8 and summary.topic("/policy/action_chunk").count == 4
+    assert summary.topic("/scene_parser/parsed_scene").count == 8 * 3
+    runtime = PolicyRuntime(PolicyRuntimeConfig(checkpoint_path=str(tmp_path / "ckpt")))
+    record, sampling = replay_bag(bag, runtime)
+    assert sampling.steps == 8 and sampling.rate_hz == pytest.approx(80.0) and len(record) == 8
+    for n in range(0, 8, config.execute_steps):
+        np.testing.assert_allclose(record.predicted[n][:config.execute_steps],
+                                   record.recorded[n][:config.execute_steps], atol=1e-5)
+    # between replanning steps the policy sees new views, so its chunk differs from the one executed
+    assert not np.allclose(record.predicted[1][0], record.recorded[1][0], atol=1e-5)
 
 
 def test_bad_study_settings_are_named() -> None:

@@ -119,6 +119,21 @@ class BagSampling:
         return f"{self.steps} steps at {self.rate_hz:g} Hz" + (f"; dropped {dropped}" if dropped else "")
 
 
+def chunk_actions(msg: Any) -> np.ndarray:
+    """(horizon, A) float32 actions of a fedvla_interfaces/ActionChunk (rclpy's or rosbags')."""
+    values = np.asarray(msg.actions, dtype=np.float32)
+    if msg.horizon < 1 or values.size % msg.horizon:
+        raise ValueError(f"an action chunk of horizon {msg.horizon} cannot hold {values.size} values")
+    return values.reshape(msg.horizon, -1)
+
+
+def executed_action(chunk_stamp_ns: int, actions: np.ndarray, step_period_s: float, t_ns: int) -> np.ndarray | None:
+    """The step of a chunk (issued at ``chunk_stamp_ns``) that an executor running it at
+    ``step_period_s`` per step is executing at ``t_ns``; None once the chunk is used up."""
+    j = int((t_ns - chunk_stamp_ns) / (step_period_s * _NS_PER_S) + 1e-6) if step_period_s > 0 else 0
+    return actions[j] if 0 <= j < len(actions) else None
+
+
 def _proprio(msg: Any, config: BagEpisodeConfig) -> np.ndarray:
     if config.proprio_joint_names:
         index = {n: i for i, n in enumerate(msg.name)}
@@ -168,13 +183,13 @@ class _Latest:
             if t_ns - stamp > max_age:
                 return None, f"stale {what}"
         chunk_stamp, chunk = self.by_topic[c.action_topic]
-        dim = len(chunk.actions) // max(chunk.horizon, 1)
-        if chunk.horizon < 1 or dim * chunk.horizon != len(chunk.actions):
+        try:
+            actions = chunk_actions(chunk)
+        except ValueError:
             return None, "malformed action chunk"
-        j = int((t_ns - chunk_stamp) / (chunk.step_period_s * _NS_PER_S) + 1e-6) if chunk.step_period_s > 0 else 0
-        if j >= chunk.horizon:
+        action = executed_action(chunk_stamp, actions, chunk.step_period_s, t_ns)
+        if action is None:
             return None, "action chunk used up"
-        action = np.asarray(chunk.actions, dtype=np.float32).reshape(chunk.horizon, dim)[j]
         selections, grid = None, None
         if c.iosp:
             selections, grids = [], set()
@@ -358,8 +373,8 @@ class _MessageFactory:
     def cdr(self, msg: Any) -> bytes:
         return bytes(self.registry.typestore.serialize_cdr(msg, msg.__msgtype__))
 
-    def image(self, rgb_chw: np.ndarray, stamp_ns: int, frame_id: str) -> bytes:
-        hwc = np.ascontiguousarray(np.transpose(rgb_chw, (1, 2, 0)))
+    def image(self, rgb: np.ndarray, stamp_ns: int, frame_id: str) -> bytes:
+        hwc = np.ascontiguousarray(rgb, dtype=np.uint8)
         return self.cdr(self.types[IMAGE_TYPE](
             header=self.header(stamp_ns, frame_id), height=hwc.shape[0], width=hwc.shape[1], encoding="rgb8",
             is_bigendian=0, step=hwc.shape[1] * 3, data=hwc.reshape(-1)))
@@ -373,25 +388,83 @@ class _MessageFactory:
     def string(self, text: str) -> bytes:
         return self.cdr(self.types[STRING_TYPE](data=text))
 
-    def action_chunk(self, action: np.ndarray, stamp_ns: int, period_s: float) -> bytes:
+    def action_chunk(self, chunk: np.ndarray, stamp_ns: int, period_s: float) -> bytes:
         return self.cdr(self.types[ACTION_CHUNK_TYPE](
-            header=self.header(stamp_ns), dimension_names=[f"action_{i}" for i in range(len(action))], horizon=1,
-            actions=np.ascontiguousarray(action, dtype=np.float32), step_period_s=period_s))
+            header=self.header(stamp_ns), dimension_names=[f"action_{i}" for i in range(chunk.shape[1])],
+            horizon=chunk.shape[0], actions=np.ascontiguousarray(chunk, dtype=np.float32).reshape(-1),
+            step_period_s=period_s, compute_time_s=0.0))
 
-    def parsed_scene(self, camera: str, instruction: str, grid: tuple[int, int], k: int, indices: np.ndarray,
-                     valid: np.ndarray, stamp_ns: int) -> bytes:
-        flat = SelectedTokens(indices=indices, valid=valid, scores=np.zeros(indices.shape, np.float32)).flat_indices()
+    def parsed_scene(self, camera: str, instruction: str, grid: tuple[int, int], selection: SelectedTokens,
+                     stamp_ns: int) -> bytes:
         return self.cdr(self.types[PARSED_SCENE_TYPE](
             header=self.header(stamp_ns), camera_name=camera, instruction=instruction, target_names=[], objects=[],
-            token_selection_rule="recorded", patch_rows=grid[0], patch_cols=grid[1], tokens_per_group=k,
-            group_token_indices=flat))
+            token_selection_rule="recorded", patch_rows=grid[0], patch_cols=grid[1],
+            tokens_per_group=selection.indices.shape[1], group_token_indices=selection.flat_indices()))
+
+
+class EpisodeBagWriter:
+    """Writes an episode as it happens (a closed-loop rollout, or a stored episode) to a bag on the
+    stack's topics: step n at ``start_ns + n·period``, the instants the importer samples. A chunk
+    is written at the step it was issued (horizon-1 chunks for demonstrations)."""
+
+    def __init__(self, path: str | Path, *, camera_names: Sequence[str], control_rate_hz: float, instruction: str,
+                 proprio_joint_names: Sequence[str], start_ns: int = 0, storage: str = "sqlite3",
+                 iosp: bool = False, registry: TypeRegistry | None = None) -> None:
+        self.config = BagEpisodeConfig(camera_names=tuple(camera_names), proprio_dim=len(proprio_joint_names),
+                                       control_rate_hz=control_rate_hz, iosp=iosp)
+        self.period_ns = round(_NS_PER_S / control_rate_hz)
+        self.start_ns, self.instruction = start_ns, instruction
+        self.joint_names = list(proprio_joint_names)
+        self.steps = 0
+        self._writer = BagWriter(path, storage, registry)
+        self._make = _MessageFactory(self._writer.registry)
+        self._camera_topics = [self.config.camera_topic(n) for n in self.config.camera_names]
+        for topic in self._camera_topics:
+            self._writer.add_topic(topic, IMAGE_TYPE)
+        for topic, msgtype in ((self.config.joint_states_topic, JOINT_STATE_TYPE),
+                               (self.config.instruction_topic, STRING_TYPE),
+                               (self.config.action_topic, ACTION_CHUNK_TYPE)):
+            self._writer.add_topic(topic, msgtype)
+        if iosp:
+            self._writer.add_topic(self.config.parsed_scene_topic, PARSED_SCENE_TYPE)
+        self._writer.write(self.config.instruction_topic, start_ns, self._make.string(instruction))
+
+    @property
+    def path(self) -> Path:
+        return self._writer.path
+
+    def add_step(self, images: Sequence[np.ndarray], proprio: np.ndarray, chunk: np.ndarray | None = None,
+                 selections: Sequence[SelectedTokens] | None = None, iosp_grid: tuple[int, int] | None = None) -> None:
+        """One control step: RGB images (H, W, 3) per camera, proprio, the chunk issued at this step
+        (H, A) if any, and with IOSP the selection per camera on ``iosp_grid``."""
+        stamp = self.start_ns + self.steps * self.period_ns
+        make, write = self._make, self._writer.write
+        for v, (name, topic) in enumerate(zip(self.config.camera_names, self._camera_topics)):
+            write(topic, stamp, make.image(images[v], stamp, f"{name}_color_optical_frame"))
+            if self.config.iosp:
+                write(self.config.parsed_scene_topic, stamp, make.parsed_scene(
+                    name, self.instruction, iosp_grid, selections[v], stamp))
+        write(self.config.joint_states_topic, stamp, make.joint_state(self.joint_names, proprio, stamp))
+        if chunk is not None:
+            write(self.config.action_topic, stamp, make.action_chunk(np.atleast_2d(chunk), stamp,
+                                                                     self.period_ns / _NS_PER_S))
+        self.steps += 1
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def __enter__(self) -> EpisodeBagWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def export_episode(dataset: str | Path, episode: int, bag_path: str | Path, *, start_ns: int = 0,
                    proprio_joint_names: Sequence[str] = (), storage: str = "sqlite3",
                    registry: TypeRegistry | None = None) -> Path:
-    """Write one dataset episode as a bag on the stack's topics, step n at ``start_ns + n·period``
-    (the instants the importer samples), the instruction once at the start."""
+    """Write one dataset episode as a bag (:class:`EpisodeBagWriter`): each stored action as the
+    horizon-1 chunk of its step, the instruction once at the start."""
     from safetensors.numpy import load_file
 
     meta = load_meta(dataset)
@@ -402,30 +475,17 @@ def export_episode(dataset: str | Path, episode: int, bag_path: str | Path, *, s
     names = list(proprio_joint_names) or [f"proprio_{i}" for i in range(meta.proprio_dim)]
     require(len(names) == meta.proprio_dim, "proprio_joint_names", f"{len(names)} names for {meta.proprio_dim} "
             "proprio dimensions", "one name per dimension")
-    config = BagEpisodeConfig(camera_names=meta.camera_names, proprio_dim=meta.proprio_dim,
-                              control_rate_hz=meta.control_rate_hz)
-    period_ns = round(_NS_PER_S / meta.control_rate_hz)
-    with BagWriter(bag_path, storage, registry) as writer:
-        make = _MessageFactory(writer.registry)
-        camera_topics = [config.camera_topic(n) for n in meta.camera_names]
-        for topic in camera_topics:
-            writer.add_topic(topic, IMAGE_TYPE)
-        writer.add_topic(config.joint_states_topic, JOINT_STATE_TYPE)
-        writer.add_topic(config.instruction_topic, STRING_TYPE)
-        writer.add_topic(config.action_topic, ACTION_CHUNK_TYPE)
-        if meta.has_iosp:
-            writer.add_topic(config.parsed_scene_topic, PARSED_SCENE_TYPE)
-        writer.write(config.instruction_topic, start_ns, make.string(info.instruction))
+    with EpisodeBagWriter(bag_path, camera_names=meta.camera_names, control_rate_hz=meta.control_rate_hz,
+                          instruction=info.instruction, proprio_joint_names=names, start_ns=start_ns, storage=storage,
+                          iosp=meta.has_iosp, registry=registry) as writer:
         for t in range(info.length):
-            stamp = start_ns + t * period_ns
-            for v, (name, topic) in enumerate(zip(meta.camera_names, camera_topics)):
-                writer.write(topic, stamp, make.image(arrays["images"][t, v], stamp, f"{name}_color_optical_frame"))
-                if meta.has_iosp:
-                    writer.write(config.parsed_scene_topic, stamp, make.parsed_scene(
-                        name, info.instruction, meta.iosp_grid, meta.iosp_tokens_per_group,
-                        arrays["iosp_indices"][t, v], arrays["iosp_valid"][t, v], stamp))
-            writer.write(config.joint_states_topic, stamp, make.joint_state(names, arrays["proprio"][t], stamp))
-            writer.write(config.action_topic, stamp, make.action_chunk(arrays["actions"][t], stamp, period_ns / _NS_PER_S))
+            selections = None
+            if meta.has_iosp:
+                selections = [SelectedTokens(indices=arrays["iosp_indices"][t, v], valid=arrays["iosp_valid"][t, v],
+                                             scores=np.zeros(arrays["iosp_valid"][t, v].shape, np.float32))
+                              for v in range(len(meta.camera_names))]
+            writer.add_step(list(np.transpose(arrays["images"][t], (0, 2, 3, 1))), arrays["proprio"][t],
+                            arrays["actions"][t], selections, meta.iosp_grid)
     return Path(bag_path)
 
 
@@ -450,4 +510,4 @@ def export_dataset(dataset: str | Path, output: str | Path, episodes: Sequence[i
 
 
 __all__ = ["BagEpisodeConfig", "BagStep", "BagSampling", "BagError", "read_bag_steps", "import_bag", "import_bags",
-           "find_bags", "export_episode", "export_dataset", "dataset_bag_config", "ImportedEpisode"]
+           "find_bags", "EpisodeBagWriter", "export_episode", "export_dataset", "dataset_bag_config", "ImportedEpisode"]

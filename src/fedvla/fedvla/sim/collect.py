@@ -49,6 +49,7 @@ TASK_INSTRUCTIONS = {
 # keeps the two in sync).
 STUDY_CAMERAS = {"corner": "corner", "top": "topview", "shoulder": "corner2"}
 PROPRIO_DIM = 4  # hand x, y, z and gripper opening: Meta-World observation[:4]
+PROPRIO_NAMES = ("hand_x", "hand_y", "hand_z", "gripper_opening")  # their JointState names in bags
 ACTION_DIM = 4  # dx, dy, dz (hand motion, ~1 cm per unit) and gripper effort
 
 
@@ -151,6 +152,11 @@ def metaworld_benchmark(task: str, seed: int):
     return benchmark.train_classes[task](), benchmark.train_tasks
 
 
+def control_rate_hz(env) -> float:
+    """Meta-World's control rate: one action per ``frame_skip`` physics steps (80 Hz for v3)."""
+    return 1.0 / (env.unwrapped.frame_skip * env.unwrapped.model.opt.timestep)
+
+
 def start_episode(env, layouts, index: int, rng: np.random.Generator, hand_home: np.ndarray,
                   hand_noise_m: float) -> np.ndarray:
     """Reset ``env`` to layout ``index`` (cycling) with the hand's start moved by the noise."""
@@ -170,7 +176,7 @@ def collect_task(task: str, directory: str | Path, config: CollectConfig, langua
     recorder = EpisodeRecorder(env, task, config)
     writer = EpisodeWriter(directory, camera_names=config.cameras, image_size=config.image_size,
                            proprio_dim=PROPRIO_DIM, action_dim=ACTION_DIM,
-                           control_rate_hz=1.0 / (env.unwrapped.frame_skip * env.unwrapped.model.opt.timestep),
+                           control_rate_hz=control_rate_hz(env),
                            iosp_grid=config.iosp_grid if config.iosp else None,
                            iosp_tokens_per_group=config.iosp_tokens_per_group if config.iosp else 0)
     rng = np.random.default_rng(config.seed)

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from fedvla.config import require
+from fedvla.data.bag_episodes import EpisodeBagWriter
 from fedvla.model.runtime import PolicyRuntime, PolicyRuntimeConfig
-from fedvla.sim.collect import (PROPRIO_DIM, STUDY_CAMERAS, TASK_INSTRUCTIONS, CollectConfig, EpisodeRecorder,
-                                metaworld_benchmark, start_episode)
+from fedvla.sim.collect import (PROPRIO_DIM, PROPRIO_NAMES, STUDY_CAMERAS, TASK_INSTRUCTIONS, CollectConfig,
+                                EpisodeRecorder, control_rate_hz, metaworld_benchmark, start_episode)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -33,6 +34,7 @@ class EvalConfig:
     seed: int = 1000  # layouts: MT1 seed + repeat; keep it apart from the collection seed
     hand_init_noise_m: float = 0.05
     device: str = "cpu"
+    record_trials: int = 0  # the first n trials of repeat 0 are also written as rosbag2 episodes
 
     def __post_init__(self) -> None:
         require(self.trials >= 1, "trials", f"must be at least 1, got {self.trials}")
@@ -88,17 +90,24 @@ class ClosedLoopStats:
 
 def run_closed_loop(env, runtime: PolicyRuntime, recorder: EpisodeRecorder, observation: np.ndarray,
                     instruction: str, max_steps: int, stats: ClosedLoopStats,
-                    on_step: Callable[[], None] | None = None) -> tuple[bool, int]:
-    """(success, steps) of one trial: replan every ``execute_steps`` actions."""
+                    on_step: Callable[[], None] | None = None, bag: EpisodeBagWriter | None = None) -> tuple[bool, int]:
+    """(success, steps) of one trial: replan every ``execute_steps`` actions. With ``bag``, every
+    step's views, proprio, scene parse and the chunk issued are recorded, as the robot's recorder
+    would see them."""
     execute = runtime.model_config.execute_steps
     queue: list[np.ndarray] = []
     for step in range(max_steps):
-        if not queue:
+        views = selections = chunk = None
+        if not queue or bag is not None:
             views = recorder.images()
-            result = runtime.step(views, observation[:PROPRIO_DIM], instruction,
-                                  recorder.selections(views, instruction))
+            selections = recorder.selections(views, instruction)
+        if not queue:
+            result = runtime.step(views, observation[:PROPRIO_DIM], instruction, selections)
             stats.add(result)
+            chunk = result.chunk
             queue = list(result.chunk[:execute])
+        if bag is not None:
+            bag.add_step(views, observation[:PROPRIO_DIM], chunk, selections, runtime.model_config.patch_grid)
         observation, _, _, truncated, info = env.step(np.clip(queue.pop(0), -1.0, 1.0))
         if on_step is not None:
             on_step()
@@ -110,8 +119,11 @@ def run_closed_loop(env, runtime: PolicyRuntime, recorder: EpisodeRecorder, obse
 
 
 def evaluate_checkpoint(checkpoint: str | Path, task: str, config: EvalConfig,
-                        on_step: Callable[[], None] | None = None) -> TaskEvaluation:
-    """Success of one policy checkpoint on one task over ``repeats`` × ``trials`` trials."""
+                        on_step: Callable[[], None] | None = None, bag_dir: str | Path | None = None) -> TaskEvaluation:
+    """Success of one policy checkpoint on one task over ``repeats`` × ``trials`` trials; the first
+    ``config.record_trials`` trials are recorded to ``bag_dir/<task>_trial_<n>``."""
+    require(not config.record_trials or bag_dir is not None, "bag_dir", "record_trials needs a directory",
+            "a directory for the recorded bags")
     runtime = PolicyRuntime(PolicyRuntimeConfig(checkpoint_path=str(checkpoint), device=config.device))
     model = runtime.model_config
     unknown = [c for c in model.camera_names if c not in STUDY_CAMERAS]
@@ -132,8 +144,17 @@ def evaluate_checkpoint(checkpoint: str | Path, task: str, config: EvalConfig,
             for trial in range(config.trials):
                 observation = start_episode(env, layouts, trial, rng, hand_home, config.hand_init_noise_m)
                 runtime.policy.reset()
-                successes[repeat, trial], steps[repeat, trial] = run_closed_loop(
-                    env, runtime, recorder, observation, instruction, config.max_steps, stats, on_step)
+                bag = None
+                if repeat == 0 and trial < config.record_trials:
+                    bag = EpisodeBagWriter(Path(bag_dir) / f"{task}_trial_{trial}", camera_names=model.camera_names,
+                                           control_rate_hz=control_rate_hz(env), instruction=instruction,
+                                           proprio_joint_names=PROPRIO_NAMES, iosp=model.iosp)
+                try:
+                    successes[repeat, trial], steps[repeat, trial] = run_closed_loop(
+                        env, runtime, recorder, observation, instruction, config.max_steps, stats, on_step, bag)
+                finally:
+                    if bag is not None:
+                        bag.close()
         finally:
             recorder.close()
             env.close()
