@@ -5,18 +5,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedvla.bag import RecorderConfig
+from fedvla.bag import PlayerConfig, RecorderConfig
 from fedvla.camera import CameraConfig
 from fedvla.config import config_fields, from_mapping
 from fedvla.federation.setup import FederationClientSettings, FederationServerSettings
 from fedvla.graph import Graph, GraphError
 from fedvla.iosp.runtime import SceneParserRuntimeConfig
+from fedvla.model.runtime import PolicyRuntimeConfig
+from fedvla.replay import ReplayEvaluatorConfig
 from fedvla.robot.pattern import MotionPatternConfig
 from fedvla.robot.runtime import DRIVER_CONFIG_CLASSES, driver_configs
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config"
-PROFILES = ["real_robot", "sim", "replay", "federation"]
+PROFILES = ["real_robot", "sim", "replay", "camera_replay", "federation"]
 # Node parameters beyond the core config's fields (one-to-one otherwise).
 NODE_PARAMETERS = {
     "camera_node": set(config_fields(CameraConfig)) | {"optical_frame_id"},
@@ -26,6 +28,9 @@ NODE_PARAMETERS = {
     "scene_parser": set(config_fields(SceneParserRuntimeConfig)),
     "ur3_driver": {name for cls in DRIVER_CONFIG_CLASSES for name in config_fields(cls)},
     "motion_pattern": set(config_fields(MotionPatternConfig)),
+    "bag_player": set(config_fields(PlayerConfig)),
+    "policy_node": set(config_fields(PolicyRuntimeConfig)) | {"use_sim_time"},
+    "replay_evaluator": set(config_fields(ReplayEvaluatorConfig)) | {"use_sim_time"},
 }
 
 
@@ -61,10 +66,14 @@ def _parameters_for(node, graph) -> dict:
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_parameter_files_match_the_core_configs(graph, profile, tmp_path) -> None:
-    recording = tmp_path / "recording.db3"
-    recording.write_bytes(b"")
-    overrides = {"bag": str(recording)} | ({"parse_scene": "true", "detector_weights": "yolov8n.yaml"}
-                                           if profile == "real_robot" else {})
+    overrides = {}
+    if profile == "camera_replay":  # a RealSense recording file
+        overrides["bag"] = str(tmp_path / "recording.db3")
+        (tmp_path / "recording.db3").write_bytes(b"")
+    elif profile == "replay":  # a rosbag2 directory and a checkpoint
+        overrides |= {"bag": str(tmp_path), "checkpoint": str(tmp_path)}
+    elif profile == "real_robot":
+        overrides |= {"parse_scene": "true", "detector_weights": "yolov8n.yaml"}
     for node in graph.resolve(profile, overrides):
         if node.spec.package != "fedvla_ros":
             continue
@@ -85,6 +94,12 @@ def test_parameter_files_match_the_core_configs(graph, profile, tmp_path) -> Non
             driver_configs(params)
         elif node.spec.executable == "motion_pattern":
             from_mapping(MotionPatternConfig, params)
+        elif node.spec.executable == "bag_player":
+            from_mapping(PlayerConfig, params)
+        elif node.spec.executable == "policy_node":
+            from_mapping(PolicyRuntimeConfig, {k: v for k, v in params.items() if k != "use_sim_time"})
+        elif node.spec.executable == "replay_evaluator":
+            from_mapping(ReplayEvaluatorConfig, {k: v for k, v in params.items() if k != "use_sim_time"})
 
 
 def test_driver_parameter_names_are_unique() -> None:
@@ -132,7 +147,7 @@ def test_mock_hardware_swaps_the_realsense_for_a_simulated_camera(graph) -> None
 
 
 def test_arguments_bind_to_parameters_with_their_types(graph) -> None:
-    (camera, recorder) = graph.resolve("replay", {"bag": "/data/run.db3", "record": "true",
+    (camera, recorder) = graph.resolve("camera_replay", {"bag": "/data/run.db3", "record": "true",
                                                   "record_path": "/tmp/out", "record_storage": "mcap"})
     assert camera.parameter_values == {"bag_path": "/data/run.db3"}
     assert recorder.parameter_values == {"output_path": "/tmp/out", "storage": "mcap"}
@@ -151,7 +166,7 @@ def test_template_bindings_build_per_node_paths(graph) -> None:
 
 
 @pytest.mark.parametrize(("profile", "overrides", "message"), [
-    ("nope", {}, "profile: unknown profile 'nope' (allowed: real_robot, sim, replay, federation)"),
+    ("nope", {}, "profile: unknown profile 'nope' (allowed: real_robot, sim, replay, camera_replay, federation)"),
     ("sim", {"ur_type": "ur10"}, "ur_type: invalid value 'ur10' (allowed: ur3, ur3e)"),
     ("sim", {"launch_rviz": "maybe"}, "launch_rviz: invalid value 'maybe' (allowed: true, false)"),
     ("sim", {"robotip": "1.2.3.4"}, "robotip: unknown launch argument"),

@@ -3,12 +3,13 @@ import io
 import os
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from fedvla.graph import Graph, NodeSpec, ResolvedNode
+from fedvla.graph import Graph, GraphError, NodeSpec, ResolvedNode
 from fedvla.runner import ProfileRunner, RunnerError, find_executable, node_command, parameter_literal
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
@@ -121,6 +122,26 @@ def test_duration_counts_from_the_moment_every_node_is_up(tmp_path) -> None:
     ran_s = float(out.getvalue().split("ran ")[1].split(" s")[0])
     assert ran_s >= 1.0  # counted from "up", not from the start of the process (2 s earlier)
     assert ticks[0] == 0.0 and ticks[-1] >= 1.0
+
+
+def test_a_node_marked_ends_launch_ends_the_run_when_it_exits(tmp_path) -> None:
+    """Like launch's on_exit=Shutdown(): the replay evaluator finishes, the replay is over."""
+    raw = _raw_graph(tmp_path, "import time\n" + REPORT_UP + "time.sleep(60)\n")
+    _fake_install(tmp_path, "demo_pkg", "reporter", "import time\nfrom fedvla.readiness import report_ready\n"
+                  "report_ready('/reporter')\ntime.sleep(1.0)\nprint('report written', flush=True)\n")
+    raw["nodes"]["reporter"] = {"package": "demo_pkg", "executable": "reporter", "name": "reporter",
+                                "ends_launch": True}
+    raw["profiles"]["demo"]["nodes"].append("reporter")
+    out = io.StringIO()
+    env = dict(os.environ, AMENT_PREFIX_PATH=str(tmp_path))
+    started = time.monotonic()
+    with ProfileRunner(Graph(raw, tmp_path), "demo", env=env, output=out) as runner:
+        assert runner.wait(duration_s=30.0) is False
+        assert runner.finished() == ["/reporter"]
+    assert time.monotonic() - started < 20.0 and "[/reporter] report written" in out.getvalue()
+    with pytest.raises(GraphError, match="ends_launch: 'soon' is not a boolean"):
+        raw["nodes"]["reporter"]["ends_launch"] = "soon"
+        Graph(raw, tmp_path)
 
 
 def test_runner_names_the_nodes_that_never_come_up(tmp_path) -> None:

@@ -70,12 +70,12 @@ def realsense_recording(tmp_path_factory):
 
 
 @launch_pytest.fixture
-def replay_launch(realsense_recording):
-    return include("replay.launch.py", bag=str(realsense_recording[0]), launch_rviz="false")
+def camera_replay_launch(realsense_recording):
+    return include("camera_replay.launch.py", bag=str(realsense_recording[0]), launch_rviz="false")
 
 
-@pytest.mark.launch(fixture=replay_launch)
-def test_replay_launch_plays_the_recording(rclpy_context, realsense_recording) -> None:
+@pytest.mark.launch(fixture=camera_replay_launch)
+def test_camera_replay_launch_plays_the_recording(rclpy_context, realsense_recording) -> None:
     images = wait_for_messages(rclpy_context, "/camera/camera/" + topics.COLOR_IMAGE, Image, count=3)
     injected = {f.rgb.tobytes() for f in realsense_recording[1]}
     assert all(bytes(m.data) in injected for m in images)
