@@ -273,6 +273,7 @@ def plot_replay(path: Path, record: ReplayRecord, metrics: ReplayMetrics) -> Non
     ax = axes[-1][0]
     by_step = [np.nan if v is None else v for v in metrics.chunk_mae_by_step]
     ax.bar(np.arange(metrics.horizon), by_step, color="C0")
+    ax.set_xticks(np.arange(metrics.horizon))
     ax.set_xlabel("step within the predicted chunk")
     ax.set_ylabel("MAE")
     fig.suptitle(f"Open-loop replay: first-action MAE {np.nanmean(metrics.first_action_mae):.3f}, chunk MAE "

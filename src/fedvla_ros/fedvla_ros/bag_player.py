@@ -30,7 +30,7 @@ class BagPlayer(Node):
             self.summary = summarize_bag(self.config.bag_path)
         except BagError as err:
             raise StartupError(str(err)) from err
-        self._publishers = {}
+        self._outputs = {}
         for topic in self.summary.topics:
             if not self.config.plays(topic.name):
                 continue
@@ -40,12 +40,12 @@ class BagPlayer(Node):
                 self.get_logger().warn(f"not playing {topic.name}: {topic.msgtype} is not installed")
                 continue
             qos = LATCHED if topic.name in self.config.latched_topics else QoSProfile(depth=100)
-            self._publishers[topic.name] = self.create_publisher(cls, self.config.output_topic(topic.name), qos)
+            self._outputs[topic.name] = self.create_publisher(cls, self.config.output_topic(topic.name), qos)
         missing = [t for t in self.config.wait_for_subscribers
-                   if t not in {self.config.output_topic(n) for n in self._publishers}]
+                   if t not in {self.config.output_topic(n) for n in self._outputs}]
         if missing:
             raise StartupError(f"wait_for_subscribers names {missing}, which this bag does not play "
-                               f"(it plays {sorted(self.config.output_topic(n) for n in self._publishers)})")
+                               f"(it plays {sorted(self.config.output_topic(n) for n in self._outputs)})")
         self._clock = self.create_publisher(Clock, "/clock", 10) if self.config.publish_clock else None
         self._done = self.create_publisher(Bool, "~/done", LATCHED)
         self._done.publish(Bool(data=False))
@@ -53,7 +53,7 @@ class BagPlayer(Node):
         self._thread = threading.Thread(target=self._play, daemon=True)
         self._thread.start()
         self.get_logger().info(f"playing {self.config.bag_path} ({self.summary.duration_s:.1f} s, "
-                               f"{len(self._publishers)} topics) at {self.config.rate:g}x")
+                               f"{len(self._outputs)} topics) at {self.config.rate:g}x")
 
     def _publish_clock(self, stamp_ns: int) -> None:
         if self._clock is not None:
@@ -62,7 +62,7 @@ class BagPlayer(Node):
             self._clock.publish(msg)
 
     def _wait_for_subscribers(self) -> bool:
-        outputs = {self.config.output_topic(n): p for n, p in self._publishers.items()}
+        outputs = {self.config.output_topic(n): p for n, p in self._outputs.items()}
         deadline = time.monotonic() + self.config.startup_timeout_s
         while not self._stop.is_set():
             waiting = [t for t in self.config.wait_for_subscribers if outputs[t].get_subscription_count() == 0]
@@ -81,20 +81,27 @@ class BagPlayer(Node):
         if not self._wait_for_subscribers():
             return
         rate, period = self.config.rate, self.config.clock_period_s
-        first_ns = wall_start = None
+        first_ns = wall_start = group_ns = None
         published = 0
-        for topic, stamp_ns, raw in read_raw_messages(self.config.bag_path, list(self._publishers)):
+        for topic, stamp_ns, raw in read_raw_messages(self.config.bag_path, list(self._outputs)):
             if first_ns is None:
-                first_ns, wall_start = stamp_ns, time.monotonic()
-            target = wall_start + (stamp_ns - first_ns) / 1e9 / rate
-            while (now := time.monotonic()) < target:  # /clock keeps ticking through gaps
-                if self._stop.is_set():
-                    return
-                self._publish_clock(first_ns + round((now - wall_start) * rate * 1e9))
-                time.sleep(min(period, target - now))
-            self._publish_clock(stamp_ns)
-            self._publishers[topic].publish(raw)
+                first_ns, group_ns, wall_start = stamp_ns, stamp_ns, time.monotonic()
+            if stamp_ns > group_ns:
+                # /clock reaches a stamp only once every message of that stamp is out, so that a
+                # node's timer firing at it sees them (as far as delivery order allows).
+                self._publish_clock(group_ns)
+                target = wall_start + (stamp_ns - first_ns) / 1e9 / rate
+                while (now := time.monotonic()) < target:  # /clock keeps ticking through gaps
+                    if self._stop.is_set():
+                        return
+                    time.sleep(min(period, target - now))
+                    self._publish_clock(min(first_ns + round((time.monotonic() - wall_start) * rate * 1e9),
+                                            stamp_ns - 1))
+                group_ns = stamp_ns
+            self._outputs[topic].publish(raw)
             published += 1
+        if group_ns is not None:
+            self._publish_clock(group_ns)
         self._done.publish(Bool(data=True))
         self.get_logger().info(f"played {published} messages of {self.config.bag_path}")
 

@@ -91,7 +91,10 @@ class PolicyNode(Node):
         return np.asarray(msg.position[:dim], dtype=np.float32)
 
     def _step(self) -> None:
-        now, max_age = self._now_s(), self.config.max_input_age_s
+        # The chunk is stamped with the time of the observation it answers, not of its publication:
+        # step h of it is meant for stamp + h · step_period (what a replay compares it with).
+        tick = self.get_clock().now()
+        now, max_age = tick.nanoseconds / 1e9, self.config.max_input_age_s
         stale = [n for n in self.runtime.camera_names if n not in self._images or now - self._images[n][1] > max_age]
         if self._joints is None or now - self._joints[1] > max_age:
             stale.append("joint_states")
@@ -113,7 +116,7 @@ class PolicyNode(Node):
         except ValueError as err:
             self.get_logger().error(str(err), throttle_duration_sec=5.0)
             return
-        stamp = self.get_clock().now().to_msg()
+        stamp = tick.to_msg()
         horizon, action_dim = step.chunk.shape
         chunk = ActionChunk(dimension_names=[f"action_{i}" for i in range(action_dim)], horizon=horizon,
                             actions=step.chunk.astype(np.float32).ravel().tolist(), step_period_s=1.0 / self.config.rate_hz,
