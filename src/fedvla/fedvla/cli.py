@@ -2,8 +2,10 @@
 
     fedvla profiles                          list the launch profiles and their arguments
     fedvla launch sim [name:=value ...]      start a profile's nodes (like ros2 launch)
-    fedvla demo                              the main job: run the simulated stack, record it,
-                                             then federated rounds between simulated robots
+    fedvla demo                              the main job: the simulated stack recorded to a bag,
+                                             federated rounds over ROS 2, a short simulation study
+                                             (collect, federate, closed loop, recorded trials)
+                                             and a replay of a recorded trial through the policy
     fedvla bag info PATH                     topics, types and message counts of a rosbag2
     fedvla bag export DATASET OUT            one rosbag2 per dataset episode (the stack's topics)
     fedvla bag import BAG... --output DS     bags (robot recordings) as dataset episodes
@@ -168,11 +170,14 @@ def print_scene_parses(bag: Path) -> None:
     console.print(table)
 
 
+DEMO_PARTS = 4
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     graph = Graph.load(args.config_dir or find_config_dir())
     output = Path(args.output or Path("runs") / time.strftime("demo_%Y%m%d_%H%M%S")).resolve()
     bag = output / "bag"
-    console.rule("FedVLA-ROS demo 1/2: simulated stack (sim profile), recorded to rosbag2")
+    console.rule(f"FedVLA-ROS demo 1/{DEMO_PARTS}: simulated stack (sim profile), recorded to rosbag2")
     console.print(f"profile sim for {args.duration:g} s → {bag}")
     run_profile(graph, "sim", {"record": "true", "record_path": str(bag), "launch_rviz": "false"},
                 args.duration, "sim profile")
@@ -191,16 +196,69 @@ def cmd_demo(args: argparse.Namespace) -> int:
         console.print("[red]the simulated arm did not move")
         return 1
     console.print(f"[green]recorded {sum(recorded.values())} messages on {len(recorded)} topics: {bag}")
-    if args.rounds == 0:
+    if args.rounds and demo_federation(graph, output / "federation", args.rounds, args.federation_timeout):
+        return 1
+    if args.study_scale == "none":
         return 0
-    return demo_federation(graph, output / "federation", args.rounds, args.federation_timeout)
+    study_dir = output / "study"
+    results = demo_study(graph.config_dir, args.study_scale, study_dir)
+    return demo_replay(graph, results, output / "replay", study_dir)
+
+
+def demo_study(config_dir: Path, scale_name: str, directory: Path) -> dict:
+    """Collect → federate (FedAvg, FedVLA) → closed-loop evaluation with recorded trials → tables."""
+    from fedvla.sim.study import Study, load_scale
+
+    scale = load_scale(config_dir, scale_name)
+    console.rule(f"FedVLA-ROS demo 3/{DEMO_PARTS}: simulation study (scale {scale_name}): collect, federate "
+                 f"{' and '.join(scale.methods)}, evaluate in closed loop")
+    results = Study(config_dir, scale, directory).run(command=shlex.join(["fedvla", *sys.argv[1:]]))
+    table = Table(title="closed-loop success (%) per task")
+    tasks = list(scale.collect_config().tasks)
+    for column in ("method", *tasks, "experts/token"):
+        table.add_column(column, justify="right")
+    for name, result in results.items():
+        evaluations = [result["evaluation"][t] for t in tasks]
+        table.add_row(name, *(f"{100 * e['success_rate']:.0f}" for e in evaluations),
+                      f"{sum(e['experts_per_token'] for e in evaluations) / len(evaluations):.2f}")
+    console.print(table)
+    return results
+
+
+def demo_replay(graph: Graph, results: dict, directory: Path, study_dir: Path) -> int:
+    """A recorded closed-loop trial of FedVLA's policy, replayed through the ROS graph (replay profile)."""
+    from fedvla.data.bag_episodes import BagEpisodeConfig, BagSampling, read_bag_steps
+    from fedvla.replay import METRICS_FILE, PLOT_FILE, REPORT_FILE
+
+    method = "fedvla" if "fedvla" in results else next(iter(results))
+    task, evaluation = next(iter(results[method]["evaluation"].items()))
+    if not evaluation.get("bags"):
+        console.print(f"[red]the study recorded no closed-loop trial of {method} (evaluate.record_trials)")
+        return 1
+    bag, checkpoint = evaluation["bags"][0], evaluation["checkpoint"]
+    console.rule(f"FedVLA-ROS demo 4/{DEMO_PARTS}: replay of a recorded closed-loop trial ({method}, {task}) "
+                 "through bag_player → policy → replay_evaluator")
+    print_bag_summary(summarize_bag(bag))
+    sampling = BagSampling()  # the rate the trial ran at: the policy runs at it in the replay
+    next(read_bag_steps(bag, BagEpisodeConfig(camera_names=results[method]["model"]["camera_names"],
+                                              proprio_dim=results[method]["model"]["proprio_dim"]), sampling))
+    run_profile(graph, "replay", {"bag": bag, "checkpoint": checkpoint, "replay_output": str(directory),
+                                  "policy_rate": f"{sampling.rate_hz:g}", "replay_rate": "0.25"},
+                None, "replay profile")
+    if not (directory / METRICS_FILE).is_file():
+        console.print("[red]the replay wrote no report (its output is above)")
+        return 1
+    console.print(f"[green]tables: {study_dir / 'results.md'}; plots: {study_dir / 'success.png'}, "
+                  f"{study_dir / 'validation_loss.png'}, {study_dir / 'experts.png'}")
+    console.print(f"[green]replay report: {directory / REPORT_FILE}; plot: {directory / PLOT_FILE}")
+    return 0
 
 
 def demo_federation(graph: Graph, directory: Path, rounds: int, timeout_s: float) -> int:
     """Federated rounds between fed_server and three simulated robots (the federation profile)."""
     from fedvla.federation.report import FederationProgress, print_federation_report
 
-    console.rule(f"FedVLA-ROS demo 2/2: {rounds} federated rounds, fed_server + 3 robots (federation profile)")
+    console.rule(f"FedVLA-ROS demo 2/{DEMO_PARTS}: {rounds} federated rounds, fed_server + 3 robots (federation profile)")
     if directory.exists():
         raise ConfigError("--output", f"{directory} exists (a finished federation would only resume)",
                           "a new output directory")
@@ -471,6 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rounds", type=int, default=3, help="federated rounds after the sim run (0: none)")
     demo.add_argument("--federation-timeout", type=float, default=600.0,
                       help="seconds the federated rounds may take (default 600)")
+    demo.add_argument("--study-scale", default="demo", help="scale of the short simulation study "
+                      "(config/study/scales/; default demo, none: skip the study and the replay)")
     demo.set_defaults(func=cmd_demo)
     bench = sub.add_parser("bench", help="benchmarks that print figures").add_subparsers(
         dest="bench_command", required=True)

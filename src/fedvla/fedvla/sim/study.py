@@ -214,7 +214,9 @@ class Study:
         for task in self.collect.tasks:
             client = client_of(task, simulation.clients)
             checkpoint = client.save_final_checkpoint()
-            evaluations[task] = evaluate_checkpoint(checkpoint, task, self.evaluation).to_dict()
+            bags = directory / "bags"  # closed-loop trials recorded as rosbag2 (EvalConfig.record_trials)
+            evaluations[task] = evaluate_checkpoint(checkpoint, task, self.evaluation, bag_dir=bags).to_dict()
+            evaluations[task]["bags"] = sorted(str(p) for p in bags.glob(f"{task}_trial_*"))
             log.info("%s on %s: success %.1f%%", method.name, task, 100 * evaluations[task]["success_rate"])
         result = {"method": dataclasses.asdict(method) | {"mode": method.mode.value}, "model": model.to_dict(),
                   "validation_loss": curves, "evaluation": evaluations,
