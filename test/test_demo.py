@@ -3,6 +3,7 @@ the arm runtime), recorded to a rosbag2 directory, then federated rounds between
 over ROS 2 services, the short simulation study (collect, federate, closed loop with recorded
 trials, tables and plots) and the replay of a recorded trial through the ROS graph."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,8 @@ def test_demo_records_every_camera_topic_federates_evaluates_and_replays(tmp_pat
     fedvla_cli = Path(sys.prefix) / "bin" / "fedvla"
     run = tmp_path / "demo"
     result = subprocess.run([str(fedvla_cli), "demo", "--duration", "20", "--rounds", "2", "--output", str(run)],
-                            capture_output=True, text=True, timeout=900)
+                            capture_output=True, text=True, timeout=900,
+                            env=dict(os.environ, COLUMNS="250"))  # paths printed on one line
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
     # The short study: FedAvg and FedVLA evaluated in closed loop on three tasks, one trial of each
     # recorded; the tables and plots, and the replay report, where the demo says they are.
