@@ -73,6 +73,36 @@ def test_a_finished_method_is_not_run_again(smoke) -> None:
     assert (output / "methods" / "fedvla" / "result.json").stat().st_mtime_ns == before
 
 
+def test_an_interrupted_method_resumes_after_its_last_closed_round(smoke, tmp_path, monkeypatch) -> None:
+    import shutil
+
+    import fedvla.sim.study as study_module
+
+    scale, output, _ = smoke
+    shutil.copytree(output / "data", tmp_path / "data")  # the demonstrations are kept; only training is redone
+    real_run_simulation = study_module.run_simulation
+
+    def stopped_after_two_rounds(config, datasets, state_dir, *, on_round, **kwargs):
+        def on_round_then_stop(record, clients):
+            on_round(record, clients)
+            if record.round == 1:
+                raise KeyboardInterrupt  # Ctrl-C, or the end of a session
+        return real_run_simulation(config, datasets, state_dir, on_round=on_round_then_stop, **kwargs)
+
+    study = Study(CONFIG, load_scale(CONFIG, "smoke", methods=("fedvla",)), tmp_path, show_progress=False)
+    monkeypatch.setattr(study_module, "run_simulation", stopped_after_two_rounds)
+    with pytest.raises(KeyboardInterrupt):
+        study.run_method(study.methods[0])
+    curves = json.loads((tmp_path / "methods" / "fedvla" / "curves.json").read_text())
+    assert all(len(c) == 3 for c in curves.values())  # the initial model, rounds 0 and 1
+
+    monkeypatch.setattr(study_module, "run_simulation", real_run_simulation)
+    result = study.run_method(study.methods[0])
+    assert [r["round"] for r in result["rounds"]] == [0, 1, 2]
+    for task, curve in result["validation_loss"].items():
+        assert len(curve) == scale.rounds + 1 and curve[:3] == curves[task]
+
+
 def test_unknown_scales_and_methods_are_named() -> None:
     with pytest.raises(ConfigError, match="scale: no study scale 'huge' .*cpu.*smoke"):
         load_scale(CONFIG, "huge")

@@ -103,12 +103,15 @@ def run_simulation(config: SimulationConfig, datasets: Mapping[str, tuple[Policy
             client.join()
             client.load_global_trunk()
         on_start(clients)
-    with tqdm(total=config.rounds, desc=f"{config.mode.value} rounds", disable=not show_progress) as bar:
+    # A state_dir of an interrupted run resumes: the server from its state, every client from its
+    # checkpoint; the bar and the result count the rounds of both runs.
+    with tqdm(total=config.rounds, initial=len(server.history), desc=f"{config.mode.value} rounds",
+              disable=not show_progress) as bar:
         def closed(record: RoundRecord) -> None:
             bar.update(1)
             if on_round is not None:
                 on_round(record, clients)
-        records = run_until_finished(server, list(clients.values()), on_round=closed)
+        run_until_finished(server, list(clients.values()), on_round=closed)
     for client in clients.values():
         client.load_global_trunk()
-    return SimulationResult(records=records, clients=clients)
+    return SimulationResult(records=list(server.history), clients=clients)

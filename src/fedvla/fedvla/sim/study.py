@@ -89,6 +89,12 @@ class StudyScale:
                                 batch_size=self.batch_size, lr=self.lr, seed=self.seed, device=self.device)
 
 
+def _closed_rounds(training_dir: Path) -> int:
+    """Rounds the federation server in ``training_dir`` has closed (0 before it exists)."""
+    state = training_dir / "server" / "state.json"
+    return len(json.loads(state.read_text())["history"]) if state.is_file() else 0
+
+
 def load_scale(config_dir: Path, scale: str, **overrides: Any) -> StudyScale:
     path = config_dir / "study" / "scales" / f"{scale}.yaml"
     if not path.is_file():
@@ -187,7 +193,17 @@ class Study:
         for task in self.collect.tasks:
             train, validation[task] = self.split(task, model)
             datasets[task] = (model, train)
+        training_dir, curves_path = directory / "federation", directory / "curves.json"
         curves: dict[str, list[float]] = {task: [] for task in self.collect.tasks}
+        if training_dir.exists() and curves_path.is_file():
+            # An interrupted run resumes after its last closed round (server state, client
+            # checkpoints and the validation curves so far are on disk).
+            curves = json.loads(curves_path.read_text())
+            log.info("%s: resuming after round %d", method.name, _closed_rounds(training_dir) - 1)
+        elif training_dir.exists():  # interrupted before its first curve point: start again
+            import shutil
+
+            shutil.rmtree(training_dir)
 
         def client_of(task: str, clients: dict):
             return clients[CENTRALIZED_CLIENT] if CENTRALIZED_CLIENT in clients else clients[task]
@@ -195,20 +211,24 @@ class Study:
         def record_validation(clients) -> None:
             for task in self.collect.tasks:
                 curves[task].append(evaluate_loss(client_of(task, clients).policy, validation[task]))
+            directory.mkdir(parents=True, exist_ok=True)
+            tmp = curves_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(curves))
+            tmp.replace(curves_path)
+
+        def on_start(clients) -> None:
+            # The curves start with the initial model (before round 0), then one point per round;
+            # a run stopped between closing a round and validating it misses that round's point.
+            if len(next(iter(curves.values()))) < _closed_rounds(training_dir) + 1:
+                record_validation(clients)
 
         def on_round(record, clients) -> None:
             for client in clients.values():
                 client.load_global_trunk()  # the model the round produced (the next round starts from it)
             record_validation(clients)
 
-        training_dir = directory / "federation"
-        if training_dir.exists():  # an interrupted run: its server would only resume, without curves
-            import shutil
-
-            shutil.rmtree(training_dir)
-        # The curves start with the initial model (before round 0), then one point per round.
         simulation = run_simulation(self.scale.simulation_config(method), datasets, training_dir, on_round=on_round,
-                                    on_start=record_validation, show_progress=self.show_progress)
+                                    on_start=on_start, show_progress=self.show_progress)
         trained_s = time.monotonic() - started
         evaluations = {}
         for task in self.collect.tasks:
