@@ -329,7 +329,6 @@ def cmd_bag_import(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from fedvla.bag import summarize_bag
     from fedvla.model.runtime import PolicyRuntime, PolicyRuntimeConfig
     from fedvla.replay import METRICS_FILE, PLOT_FILE, REPORT_FILE, replay_bag, write_replay_report
 
