@@ -15,6 +15,7 @@
     fedvla bench federation                  EDA aggregation time, bytes uploaded per round
     fedvla bench transfer                    federation throughput over ROS 2 services vs TCP
     fedvla bench iosp                        scene-parsing latency per frame (offline defaults)
+    fedvla bench secagg                      secure EDA (SecAgg) vs plaintext per round, 4 and 16 clients
     fedvla bench ik                          IK time per solve (tracking) and convergence from home
     fedvla federation credentials ID ...     a credentials file with fresh secrets
     fedvla federation report DIR             the round table of a federation directory
@@ -427,6 +428,30 @@ def cmd_bench_federation(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_secagg(args: argparse.Namespace) -> int:
+    import torch
+
+    from fedvla.federation.bench import bench_secure_aggregation
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config_dir = Path(args.config_dir) if args.config_dir else find_config_dir()
+    model = str(config_dir / "model" / f"{args.model_config}.yaml")
+    figures = bench_secure_aggregation(model, args.clients, dropped=args.dropped)
+    table = Table(title=f"secure EDA (SecAgg) vs plaintext EDA per round: {args.model_config} trunk "
+                  f"({figures[0].trunk_parameters / 1e6:.2f} M parameters), {args.dropped} client(s) dropped "
+                  "after sharing keys, threshold n/2 + 1")
+    for column in ("clients", "plaintext EDA (s)", "secure: per client (s)", "secure: server (s)",
+                   "server overhead", "upload MB (secure / plain)", "max |error|"):
+        table.add_column(column, justify="right")
+    for f in figures:
+        table.add_row(str(f.clients), f"{f.plaintext_s:.3f}", f"{f.client_s:.3f}", f"{f.server_s:.3f}",
+                      f"{f.server_s / f.plaintext_s:.1f}x", f"{f.upload_bytes / 1e6:.1f} / {f.plaintext_upload_bytes / 1e6:.1f}",
+                      f"{f.max_error:.1e}")
+    console.print(table)
+    return 0
+
+
 def cmd_bench_transfer(args: argparse.Namespace) -> int:
     """The ROS-service transfer benchmark lives with the nodes (it needs rclpy): run it."""
     import subprocess
@@ -563,6 +588,12 @@ def build_parser() -> argparse.ArgumentParser:
     fed_bench.add_argument("--repeats", type=int, default=3)
     fed_bench.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     fed_bench.set_defaults(func=cmd_bench_federation)
+    secagg_bench = bench.add_parser("secagg", help="secure aggregation (SecAgg) vs plaintext EDA per round")
+    secagg_bench.add_argument("--model-config", default="hpt_small", help="config/model/<name>.yaml (default hpt_small)")
+    secagg_bench.add_argument("--clients", type=int, nargs="+", default=[4, 16])
+    secagg_bench.add_argument("--dropped", type=int, default=1, help="clients that vanish after sharing keys")
+    secagg_bench.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    secagg_bench.set_defaults(func=cmd_bench_secagg)
     iosp_bench = bench.add_parser("iosp", help="IOSP latency per frame with the offline defaults")
     iosp_bench.add_argument("--task", default="drawer-close-v3")
     iosp_bench.add_argument("--instruction", default="push the drawer closed")

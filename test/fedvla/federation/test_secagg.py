@@ -7,32 +7,15 @@ from scipy import stats
 
 from fedvla.federation.eda import aggregate_trunks, expert_driven_weights
 from fedvla.federation.secagg import (SecAggClient, SecAggError, SecAggRound, SecAggServer, decode_fixed_point,
-                                      encode_fixed_point, shamir_combine, shamir_split, vector_to_trunk,
+                                      encode_fixed_point, shamir_combine, shamir_split, simulate_round, vector_to_trunk,
                                       weighted_trunk_vector)
 
 CLIENTS = ("robot_a", "robot_b", "robot_c", "robot_d")
 
 
-def _run_round(inputs: dict[str, np.ndarray], threshold: int, *, drop_before_upload=(), silent_in_unmask=()):
-    length = len(next(iter(inputs.values())))
-    round_ = SecAggRound(round_index=7, participants=tuple(inputs), threshold=threshold, length=length)
-    server = SecAggServer(round_)
-    clients = {c: SecAggClient(c, round_) for c in inputs}
-    for client in clients.values():
-        server.register_keys(client.public_keys())
-    roster = server.roster()
-    for name, client in clients.items():
-        server.route_shares(name, client.share_keys(roster))
-    for name, client in clients.items():
-        client.receive_shares(server.shares_for(name))
-    alive = sorted(server.share_senders)
-    for name, client in clients.items():
-        if name not in drop_before_upload:
-            server.receive_masked(name, client.masked_input(inputs[name], alive))
-    uploaded, dropped = sorted(server.masked), sorted(server.share_senders - set(server.masked))
-    responses = {name: client.unmask_shares(uploaded, dropped) for name, client in clients.items()
-                 if name in uploaded and name not in silent_in_unmask}
-    return server, clients, server.aggregate(responses)
+def _run_round(inputs, threshold, **options):
+    result = simulate_round(inputs, threshold, round_index=7, **options)
+    return result.server, result.total
 
 
 def test_primitives_round_trip() -> None:
@@ -63,7 +46,7 @@ def test_the_secure_aggregate_is_plaintext_eda_within_the_quantisation_bound() -
     plain = aggregate_trunks(trunks, weights, layer_of)
     inputs = {c: weighted_trunk_vector(trunks[i], weights[:, i], weights.mean(axis=0)[i], layer_of)
               for i, c in enumerate(CLIENTS)}
-    _, _, total = _run_round(inputs, threshold=3)
+    _, total = _run_round(inputs, threshold=3)
     secure = vector_to_trunk(total, trunks[0])
     bound = len(CLIENTS) * 2.0 ** -25 + 1e-6  # quantisation, plus float32 storage of the trunk
     for name, tensor in plain.items():
@@ -92,7 +75,7 @@ def test_dropouts_before_upload_and_during_unmasking_are_recovered() -> None:
     inputs = {c: rng.normal(size=64) for c in CLIENTS}
     # robot_d shared its keys (the others masked with it) and then vanished; robot_c uploaded but
     # does not answer the unmasking: 2 responses meet the threshold of 2.
-    server, _, total = _run_round(inputs, threshold=2, drop_before_upload=("robot_d",), silent_in_unmask=("robot_c",))
+    server, total = _run_round(inputs, threshold=2, drop_before_upload=("robot_d",), silent_in_unmask=("robot_c",))
     expected = sum(inputs[c] for c in ("robot_a", "robot_b", "robot_c"))
     np.testing.assert_allclose(total, expected, atol=3 * 2.0 ** -25)
     assert sorted(server.masked) == ["robot_a", "robot_b", "robot_c"]
@@ -137,3 +120,15 @@ def test_malformed_and_out_of_turn_messages_are_refused() -> None:
         clients["robot_b"].unmask_shares(["robot_a"], [])
     with pytest.raises(SecAggError, match="input of 3 values"):
         clients["robot_c"].masked_input(np.ones(3), list(clients))
+
+
+def test_the_benchmark_runs_secure_eda_on_a_real_trunk() -> None:
+    from pathlib import Path
+
+    from fedvla.federation.bench import bench_secure_aggregation
+
+    tiny = Path(__file__).resolve().parents[3] / "config" / "model" / "tiny.yaml"
+    (figures,) = bench_secure_aggregation(str(tiny), [4], dropped=1)
+    assert figures.clients == 4 and figures.trunk_parameters > 1000
+    assert figures.max_error < 4 * 2.0 ** -25 + 1e-6  # plaintext EDA over the 3 survivors
+    assert figures.upload_bytes == 2 * figures.plaintext_upload_bytes

@@ -81,3 +81,58 @@ def upload_size(model_config: str, proprio_dim: int = 7, action_dim: int = 7) ->
     return UploadSize(model_config=model_config, model_parameters=model_parameters,
                       trunk_parameters=spec.num_parameters, full_model_fp32_bytes=4 * model_parameters,
                       upload_bytes={d.value: len(encode_update(update, spec, d, base=update.trunk)) for d in WireDtype})
+
+
+@dataclasses.dataclass
+class SecureRoundFigures:
+    clients: int
+    dropped: int
+    trunk_parameters: int
+    plaintext_s: float  # EDA weights + weighted sum of the float trunks
+    client_s: float  # median over clients: keys, shares, weighting + masking, unmasking
+    server_s: float  # routing, checks, unmasking (incl. the dropped clients' pairwise masks)
+    upload_bytes: int  # one masked trunk (uint64 per parameter)
+    plaintext_upload_bytes: int  # one float32 trunk
+    max_error: float  # |secure - plaintext EDA| over the trunk
+
+
+def bench_secure_aggregation(model_config: str, client_counts: list[int], *, dropped: int = 1,
+                             proprio_dim: int = 7, action_dim: int = 7) -> list[SecureRoundFigures]:
+    """Per-round cost of secure EDA against plaintext EDA with a real trunk (``model_config``):
+    ``dropped`` clients share keys and then vanish before uploading."""
+    from fedvla.federation.secagg import simulate_round, weighted_trunk_vector
+
+    policy = trunk_policy(model_config, 0, proprio_dim=proprio_dim, action_dim=action_dim)
+    spec = trunk_spec(policy)
+    base = {k: v.float() for k, v in policy.trunk.state_dict().items() if v.is_floating_point()}
+    parameters = sum(v.numel() for v in base.values())
+    rng = np.random.default_rng(0)
+    figures = []
+    for clients in client_counts:
+        names = [f"robot_{i:02d}" for i in range(clients)]
+        trunks = [{k: v + 0.01 * i for k, v in base.items()} for i in range(clients)]
+        counts = rng.integers(0, 1000, size=(clients, spec.num_layers, spec.num_experts))
+        survivors = clients - dropped
+        start = time.perf_counter()
+        weights = expert_driven_weights(counts[:survivors])
+        plain = aggregate_trunks(trunks[:survivors], weights, Trunk.layer_of)
+        plaintext_s = time.perf_counter() - start
+        # Weights are computed from the counts before the masked round; the dropped clients get a
+        # zero weight vector here (they would have been weighted had they uploaded).
+        columns = np.zeros((spec.num_layers, clients))
+        columns[:, :survivors] = weights
+        inputs = {}
+        weighting_s = {}
+        for i, name in enumerate(names):
+            t = time.perf_counter()
+            inputs[name] = weighted_trunk_vector(trunks[i], columns[:, i], columns.mean(axis=0)[i], Trunk.layer_of)
+            weighting_s[name] = time.perf_counter() - t
+        threshold = clients // 2 + 1
+        result = simulate_round(inputs, threshold, drop_before_upload=names[survivors:])
+        flat_plain = np.concatenate([plain[k].double().numpy().reshape(-1) for k in base])
+        figures.append(SecureRoundFigures(
+            clients=clients, dropped=dropped, trunk_parameters=parameters, plaintext_s=plaintext_s,
+            client_s=statistics.median(result.client_seconds[n] + weighting_s[n] for n in names[:survivors]),
+            server_s=result.server_seconds, upload_bytes=8 * parameters, plaintext_upload_bytes=4 * parameters,
+            max_error=float(np.abs(result.total - flat_plain).max())))
+    return figures

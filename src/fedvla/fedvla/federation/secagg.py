@@ -229,13 +229,12 @@ class SecAggClient:
         if values.size != self.round.length:
             raise SecAggError(f"input of {values.size} values, the round aggregates {self.round.length}")
         y = encode_fixed_point(values, self.round.frac_bits)
-        with np.errstate(over="ignore"):
-            y = y + expand_mask(self._self_seed, self.round.length, self.round.context("self", self.id))
-            for peer in alive:
-                if peer == self.id:
-                    continue
+        # In place: uint64 arithmetic wraps, which is the ring's addition.
+        np.add(y, expand_mask(self._self_seed, self.round.length, self.round.context("self", self.id)), out=y)
+        for peer in alive:
+            if peer != self.id:
                 mask = expand_mask(self._pair_seed(peer), self.round.length, self.round.context("pair"))
-                y = y + mask if self.id < peer else y - mask
+                (np.add if self.id < peer else np.subtract)(y, mask, out=y)
         return y
 
     def unmask_shares(self, uploaded: Sequence[str], dropped: Sequence[str]) -> dict[str, tuple[str, int]]:
@@ -308,21 +307,20 @@ class SecAggServer:
         if len(responses) < self.round.threshold:
             raise SecAggError(f"{len(responses)} unmasking responses, {self.round.threshold} needed")
         length, context = self.round.length, self.round.context
-        with np.errstate(over="ignore"):
-            total = np.zeros(length, dtype=np.uint64)
+        total = np.zeros(length, dtype=np.uint64)
+        for client_id in uploaded:
+            np.add(total, self.masked[client_id], out=total)
+        for client_id in uploaded:
+            seed = self._rebuild(client_id, "self", responses)
+            np.subtract(total, expand_mask(seed, length, context("self", client_id)), out=total)
+        for gone in dropped:
+            key = X25519PrivateKey.from_private_bytes(self._rebuild(gone, "mask_key", responses))
             for client_id in uploaded:
-                total = total + self.masked[client_id]
-            for client_id in uploaded:
-                seed = self._rebuild(client_id, "self", responses)
-                total = total - expand_mask(seed, length, context("self", client_id))
-            for gone in dropped:
-                key = X25519PrivateKey.from_private_bytes(self._rebuild(gone, "mask_key", responses))
-                for client_id in uploaded:
-                    a, b = sorted((gone, client_id))
-                    seed = _agree(key, self.keys[client_id].mask_key, context("pair", a, b))
-                    mask = expand_mask(seed, length, context("pair"))
-                    # client_id added the mask if it sorts first, else subtracted it: undo that
-                    total = total - mask if client_id < gone else total + mask
+                a, b = sorted((gone, client_id))
+                mask = expand_mask(_agree(key, self.keys[client_id].mask_key, context("pair", a, b)), length,
+                                   context("pair"))
+                # client_id added the mask if it sorts first, else subtracted it: undo that
+                (np.subtract if client_id < gone else np.add)(total, mask, out=total)
         return decode_fixed_point(total, self.round.frac_bits)
 
     def _rebuild(self, owner: str, kind: str, responses: Mapping[str, Mapping[str, tuple[str, int]]]) -> bytes:
@@ -359,3 +357,54 @@ def vector_to_trunk(vector: np.ndarray, template: Mapping[str, "torch.Tensor"]) 
     if offset != len(vector):
         raise SecAggError(f"the aggregate has {len(vector)} values, the trunk {offset}")
     return out
+
+
+@dataclasses.dataclass
+class SimulatedRound:
+    total: np.ndarray  # the float sum the server recovered
+    server: SecAggServer
+    client_seconds: dict[str, float]  # each client's own work: keys, shares, masking, unmasking
+    server_seconds: float  # routing, checks and the unmasking
+
+
+def simulate_round(inputs: Mapping[str, np.ndarray], threshold: int, *, round_index: int = 0,
+                   drop_before_upload: Sequence[str] = (), silent_in_unmask: Sequence[str] = (),
+                   frac_bits: int = DEFAULT_FRAC_BITS) -> SimulatedRound:
+    """One round with every message passed in process (tests, benchmarks): ``drop_before_upload``
+    clients share their keys and then vanish; ``silent_in_unmask`` ones upload but never answer."""
+    import time
+
+    length = len(next(iter(inputs.values())))
+    round_ = SecAggRound(round_index=round_index, participants=tuple(inputs), threshold=threshold, length=length,
+                         frac_bits=frac_bits)
+    spent = {name: 0.0 for name in inputs}
+    server_s = 0.0
+
+    def timed(name, fn, *args):
+        nonlocal server_s
+        start = time.perf_counter()
+        result = fn(*args)
+        if name is None:
+            server_s += time.perf_counter() - start
+        else:
+            spent[name] += time.perf_counter() - start
+        return result
+
+    server = SecAggServer(round_)
+    clients = {name: timed(name, SecAggClient, name, round_) for name in inputs}
+    for name, client in clients.items():
+        timed(None, server.register_keys, timed(name, client.public_keys))
+    roster = server.roster()
+    for name, client in clients.items():
+        timed(None, server.route_shares, name, timed(name, client.share_keys, roster))
+    for name, client in clients.items():
+        client.receive_shares(server.shares_for(name))
+    alive = sorted(server.share_senders)
+    for name, client in clients.items():
+        if name not in drop_before_upload:
+            timed(None, server.receive_masked, name, timed(name, client.masked_input, inputs[name], alive))
+    uploaded, dropped = sorted(server.masked), sorted(server.share_senders - set(server.masked))
+    responses = {name: timed(name, client.unmask_shares, uploaded, dropped) for name, client in clients.items()
+                 if name in uploaded and name not in silent_in_unmask}
+    total = timed(None, server.aggregate, responses)
+    return SimulatedRound(total=total, server=server, client_seconds=spent, server_seconds=server_s)
