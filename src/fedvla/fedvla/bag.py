@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from fedvla.config import require, require_positive
-from fedvla.paths import ament_prefixes
+from fedvla.paths import ament_prefixes, run_directory
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ class RecorderConfig:
     def resolved_output_path(self) -> Path:
         if self.output_path:
             return Path(self.output_path).expanduser()
-        return Path("runs") / time.strftime("bag_%Y%m%d_%H%M%S")
+        return run_directory("bag")
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -27,7 +27,6 @@ import logging
 import shlex
 import signal
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from fedvla import topics
 from fedvla.bag import BagError, BagSummary, read_messages, summarize_bag
 from fedvla.config import ConfigError
 from fedvla.graph import Graph, find_config_dir
+from fedvla.paths import run_directory
 from fedvla.runner import ProfileRunner, RunnerError
 
 console = Console()
@@ -176,7 +176,7 @@ DEMO_PARTS = 4
 
 def cmd_demo(args: argparse.Namespace) -> int:
     graph = Graph.load(args.config_dir or find_config_dir())
-    output = Path(args.output or Path("runs") / time.strftime("demo_%Y%m%d_%H%M%S")).resolve()
+    output = Path(args.output or run_directory("demo")).resolve()
     bag = output / "bag"
     console.rule(f"FedVLA-ROS demo 1/{DEMO_PARTS}: simulated stack (sim profile), recorded to rosbag2")
     console.print(f"profile sim for {args.duration:g} s → {bag}")
@@ -335,7 +335,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     runtime = PolicyRuntime(PolicyRuntimeConfig(checkpoint_path=args.checkpoint, device=args.device,
                                                 proprio_joint_names=tuple(args.proprio_joint_names or ())))
-    output = Path(args.output or Path("runs") / time.strftime("replay_%Y%m%d_%H%M%S")).resolve()
+    output = Path(args.output or run_directory("replay")).resolve()
     duration_s = summarize_bag(args.bag).duration_s
     with _progress() as progress:
         bar = progress.add_task("replaying through the policy", total=None)

@@ -12,3 +12,10 @@ def ament_prefixes(env: Mapping[str, str] | None = None) -> list[Path]:
     env = os.environ if env is None else env
     entries = [p for p in env.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p] + [sys.prefix]
     return [Path(p) for p in dict.fromkeys(entries)]
+
+
+def run_directory(kind: str) -> Path:
+    """The default output of a run: ``runs/<kind>_<date>_<time>`` in the working directory."""
+    import time
+
+    return Path("runs") / time.strftime(f"{kind}_%Y%m%d_%H%M%S")

@@ -16,6 +16,7 @@ The ROS graph's ``replay`` profile (bag player → policy node → replay evalua
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 from collections.abc import Callable
@@ -23,12 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-import bisect
-import time
-
 from fedvla import topics
 from fedvla.config import require, require_positive
 from fedvla.data.bag_episodes import BagEpisodeConfig, BagSampling, executed_action, read_bag_steps
+from fedvla.paths import run_directory
 
 REPORT_FILE = "replay.md"
 METRICS_FILE = "replay.json"
@@ -172,7 +171,7 @@ class ReplayEvaluatorConfig:
                 "the player's recorded_prefix + the policy's action topic")
 
     def resolved_output_dir(self) -> Path:
-        return Path(self.output_dir or Path("runs") / time.strftime("replay_%Y%m%d_%H%M%S")).expanduser()
+        return Path(self.output_dir or run_directory("replay")).expanduser()
 
 
 class LiveReplay:

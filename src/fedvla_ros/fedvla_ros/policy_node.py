@@ -20,7 +20,7 @@ from std_msgs.msg import String
 
 from fedvla import topics
 from fedvla.model.checkpoint import CheckpointError
-from fedvla.model.runtime import PolicyRuntime, PolicyRuntimeConfig
+from fedvla.model.runtime import PolicyRuntime, PolicyRuntimeConfig, proprio_from_joint_state
 from fedvla.iosp.tokens import SelectedTokens
 from fedvla_interfaces.msg import ActionChunk, ExpertActivation, ParsedScene
 from fedvla_ros.conversions import image_to_array
@@ -79,16 +79,11 @@ class PolicyNode(Node):
         self.instruction = msg.data
 
     def _proprio(self, msg: JointState) -> np.ndarray:
-        dim = self.runtime.model_config.proprio_dim
-        if self.config.proprio_joint_names:
-            index = {n: i for i, n in enumerate(msg.name)}
-            missing = [n for n in self.config.proprio_joint_names if n not in index]
-            if missing:
-                raise ValueError(f"joint_states has no {missing} (it has {list(msg.name)})")
-            return np.array([msg.position[index[n]] for n in self.config.proprio_joint_names], dtype=np.float32)
-        if len(msg.position) < dim:
-            raise ValueError(f"joint_states has {len(msg.position)} positions, the policy needs {dim}")
-        return np.asarray(msg.position[:dim], dtype=np.float32)
+        try:
+            return proprio_from_joint_state(msg.name, msg.position, self.config.proprio_joint_names,
+                                            self.runtime.model_config.proprio_dim)
+        except ValueError as err:
+            raise ValueError(f"{topics.JOINT_STATES} {err}") from None
 
     def _step(self) -> None:
         # The chunk is stamped with the time of the observation it answers, not of its publication:

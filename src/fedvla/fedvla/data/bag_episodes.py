@@ -41,6 +41,7 @@ from fedvla.config import require, require_positive
 from fedvla.data.episodes import META_FILE, DatasetError, EpisodeWriter, load_meta
 from fedvla.data.images import image_from_message, policy_images
 from fedvla.iosp.tokens import SelectedTokens
+from fedvla.model.runtime import proprio_from_joint_state
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"
@@ -135,17 +136,10 @@ def executed_action(chunk_stamp_ns: int, actions: np.ndarray, step_period_s: flo
 
 
 def _proprio(msg: Any, config: BagEpisodeConfig) -> np.ndarray:
-    if config.proprio_joint_names:
-        index = {n: i for i, n in enumerate(msg.name)}
-        missing = [n for n in config.proprio_joint_names if n not in index]
-        if missing:
-            raise DatasetError(f"{config.joint_states_topic} has no joints {missing} (it has {list(msg.name)}): "
-                               "set proprio_joint_names to the recorded names")
-        return np.array([msg.position[index[n]] for n in config.proprio_joint_names], dtype=np.float32)
-    if len(msg.position) < config.proprio_dim:
-        raise DatasetError(f"{config.joint_states_topic} has {len(msg.position)} positions, proprio_dim is "
-                           f"{config.proprio_dim}")
-    return np.asarray(msg.position[: config.proprio_dim], dtype=np.float32)
+    try:
+        return proprio_from_joint_state(msg.name, msg.position, config.proprio_joint_names, config.proprio_dim)
+    except ValueError as err:
+        raise DatasetError(f"{config.joint_states_topic} {err}") from None
 
 
 class _Latest:

@@ -39,6 +39,23 @@ class PolicyRuntimeConfig:
         self.proprio_joint_names = tuple(self.proprio_joint_names)
 
 
+def proprio_from_joint_state(names: Sequence[str], positions: Sequence[float], joint_names: Sequence[str],
+                             proprio_dim: int) -> np.ndarray:
+    """The policy's proprio from a sensor_msgs/JointState's names and positions: the positions of
+    ``joint_names`` in that order, or without names the first ``proprio_dim`` (ValueError if the
+    message lacks them). Shared by the policy node and the bag importer."""
+    if joint_names:
+        index = {n: i for i, n in enumerate(names)}
+        missing = [n for n in joint_names if n not in index]
+        if missing:
+            raise ValueError(f"has no joints {missing} (it has {list(names)}): set proprio_joint_names to the "
+                             "recorded names")
+        return np.array([positions[index[n]] for n in joint_names], dtype=np.float32)
+    if len(positions) < proprio_dim:
+        raise ValueError(f"has {len(positions)} positions, the policy needs {proprio_dim}")
+    return np.asarray(positions[:proprio_dim], dtype=np.float32)
+
+
 @dataclasses.dataclass
 class PolicyStep:
     chunk: np.ndarray  # (horizon, action_dim), robot units
