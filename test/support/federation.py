@@ -6,13 +6,59 @@
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 
 import torch
 from safetensors.torch import save as safetensors_save
 
+from fedvla.data.synthetic import SquareReachDataset
+from fedvla.federation.client import FederationClient, FederationClientConfig, trunk_spec
+from fedvla.federation.server import FederationServer, FederationServerConfig
 from fedvla.federation.wire import TrunkUpdate, encode_update, sha256_hex, sign, sign_upload
+from fedvla.model.checkpoint import seeded_policy
+from fedvla.model.config import PolicyConfig
+from fedvla.model.train import TrainConfig
+from fedvla.model.trunk import Trunk
 
 SECRETS = {f"robot_{i}": f"secret-of-robot-{i}-0123456789" for i in range(3)}
+
+
+TINY = Path(__file__).resolve().parents[2] / "config" / "model" / "tiny.yaml"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def tiny_config() -> PolicyConfig:
+    return PolicyConfig.from_yaml(TINY, image_size=32, language_dim=8)
+
+
+def make_server(state_dir: Path, clock=None, **options) -> FederationServer:
+    policy = seeded_policy(tiny_config(), 0)
+    settings = {"rounds": 2, "quorum": 2, "chunk_size": 4096, "state_dir": str(state_dir), **options}
+    return FederationServer(FederationServerConfig(**settings), trunk_spec(policy), policy.trunk.state_dict(),
+                            SECRETS, Trunk.layer_of, clock=clock or FakeClock())
+
+
+def make_client(server, index: int, state_dir: Path, **options) -> FederationClient:
+    config = tiny_config()
+    policy = seeded_policy(config, 100 + index)
+    data = SquareReachDataset(config, 16, seed=index)
+    policy.normalizer.fit(data.actions, data.proprio)
+    client_config = FederationClientConfig(client_id=f"robot_{index}", state_dir=str(state_dir / f"robot_{index}"),
+                                           heartbeat_interval_s=60, **options)
+    return FederationClient(client_config, SECRETS[f"robot_{index}"], policy, data,
+                            TrainConfig(epochs=1, batch_size=8, seed=index), server)
+
+
+def join_all(server: FederationServer) -> None:
+    for client_id, secret in SECRETS.items():
+        assert server.join(client_id, server.spec.trunk_hash, sign(secret, "join", client_id, 0, server.spec.trunk_hash)).ok
 
 
 def random_update(server, client_id: str, seed: int = 0, **changes) -> TrunkUpdate:

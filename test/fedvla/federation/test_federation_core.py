@@ -4,63 +4,22 @@ from __future__ import annotations
 
 import json
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from fedvla.federation.client import (FederationClient, FederationClientConfig, InProcessServer,
-                                      run_until_finished, trunk_spec)
+from fedvla.federation.client import InProcessServer, run_until_finished, trunk_spec
 from fedvla.federation.eda import aggregate_trunks, expert_driven_weights
 from fedvla.federation.server import FederationServer, FederationServerConfig, load_credentials
 from fedvla.federation.wire import (WireDtype, WireError, decode_trunk, decode_update, encode_update, sha256_hex,
                                     sign, sign_upload)
 from fedvla.config import ConfigError
-from fedvla.data.synthetic import SquareReachDataset
 from fedvla.model.checkpoint import seeded_policy
 from fedvla.model.config import PolicyConfig
-from fedvla.model.train import TrainConfig
 from fedvla.model.trunk import Trunk
-from support.federation import SECRETS, fault_cases, random_update, upload
-
-TINY = Path(__file__).resolve().parents[3] / "config" / "model" / "tiny.yaml"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def tiny_config() -> PolicyConfig:
-    return PolicyConfig.from_yaml(TINY, image_size=32, language_dim=8)
-
-
-def make_server(state_dir: Path, clock=None, **options) -> FederationServer:
-    policy = seeded_policy(tiny_config(), 0)
-    settings = {"rounds": 2, "quorum": 2, "chunk_size": 4096, "state_dir": str(state_dir), **options}
-    return FederationServer(FederationServerConfig(**settings), trunk_spec(policy), policy.trunk.state_dict(),
-                            SECRETS, Trunk.layer_of, clock=clock or FakeClock())
-
-
-def make_client(server, index: int, state_dir: Path, **options) -> FederationClient:
-    config = tiny_config()
-    policy = seeded_policy(config, 100 + index)
-    data = SquareReachDataset(config, 16, seed=index)
-    policy.normalizer.fit(data.actions, data.proprio)
-    client_config = FederationClientConfig(client_id=f"robot_{index}", state_dir=str(state_dir / f"robot_{index}"),
-                                           heartbeat_interval_s=60, **options)
-    return FederationClient(client_config, SECRETS[f"robot_{index}"], policy, data,
-                            TrainConfig(epochs=1, batch_size=8, seed=index), server)
-
-
-def join_all(server: FederationServer) -> None:
-    for client_id, secret in SECRETS.items():
-        assert server.join(client_id, server.spec.trunk_hash, sign(secret, "join", client_id, 0, server.spec.trunk_hash)).ok
-
+from support.federation import (SECRETS, TINY, FakeClock, fault_cases, join_all, make_client, make_server,
+                                random_update, upload)
 
 def test_round_aggregates_uploaded_trunks_with_eda(tmp_path):
     server = make_server(tmp_path / "server")

@@ -57,10 +57,10 @@ def test_one_masked_upload_is_indistinguishable_from_random() -> None:
     length = 20_000
     trunk = np.full(length, 0.125)  # as structured as an input can be
     round_ = SecAggRound(round_index=1, participants=CLIENTS[:3], threshold=2, length=length)
-    clients = {c: SecAggClient(c, round_) for c in CLIENTS[:3]}
+    clients = {c: SecAggClient(c, round_.round_index) for c in CLIENTS[:3]}
     roster = {c: client.public_keys() for c, client in clients.items()}
     for client in clients.values():
-        client.share_keys(roster)
+        client.share_keys(round_, roster)
     masked = clients["robot_a"].masked_input(trunk, list(clients))
     uniform = masked.astype(np.float64) / 2.0**64
     assert stats.kstest(uniform, "uniform").pvalue > 1e-3
@@ -88,14 +88,14 @@ def test_malformed_and_out_of_turn_messages_are_refused() -> None:
     length = 16
     round_ = SecAggRound(round_index=2, participants=CLIENTS[:3], threshold=2, length=length)
     server = SecAggServer(round_)
-    clients = {c: SecAggClient(c, round_) for c in CLIENTS[:3]}
+    clients = {c: SecAggClient(c, round_.round_index) for c in CLIENTS[:3]}
     for client in clients.values():
         server.register_keys(client.public_keys())
     with pytest.raises(SecAggError, match="robot_a: uploaded a masked input without having shared its keys"):
         server.receive_masked("robot_a", np.zeros(length, np.uint64))
     roster = server.roster()
     for name, client in clients.items():
-        server.route_shares(name, client.share_keys(roster))
+        server.route_shares(name, client.share_keys(round_, roster))
     for name, client in clients.items():
         client.receive_shares(server.shares_for(name))
     with pytest.raises(SecAggError, match=r"uint64 of shape \(16,\), got uint64 \(15,\)"):

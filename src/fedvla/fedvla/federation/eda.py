@@ -53,6 +53,16 @@ def fedavg_weights(num_samples: Sequence[int]) -> np.ndarray:
     return n / n.sum()
 
 
+def non_layer_weights(layer_weights: np.ndarray, num_samples: Sequence[int] | None,
+                      rule: NonLayerRule) -> np.ndarray:
+    """The weights (C,) of trunk parameters outside the MoE layers, by ``rule``."""
+    if rule is NonLayerRule.SAMPLE_COUNT:
+        if num_samples is None:
+            raise ValueError("non_layer_rule sample_count needs num_samples")
+        return fedavg_weights(num_samples)
+    return np.asarray(layer_weights, dtype=np.float64).mean(axis=0)
+
+
 def aggregate_trunks(trunks: Sequence[Mapping[str, torch.Tensor]], layer_weights: np.ndarray,
                      layer_of: Callable[[str], int | None], *, num_samples: Sequence[int] | None = None,
                      non_layer_rule: NonLayerRule = NonLayerRule.MEAN_OF_LAYERS) -> dict[str, torch.Tensor]:
@@ -69,12 +79,7 @@ def aggregate_trunks(trunks: Sequence[Mapping[str, torch.Tensor]], layer_weights
     weights = np.asarray(layer_weights, dtype=np.float64)
     if weights.shape[1] != len(trunks):
         raise ValueError(f"layer_weights has {weights.shape[1]} clients, got {len(trunks)} trunks")
-    if non_layer_rule is NonLayerRule.SAMPLE_COUNT:
-        if num_samples is None:
-            raise ValueError("non_layer_rule sample_count needs num_samples")
-        outside = fedavg_weights(num_samples)
-    else:
-        outside = weights.mean(axis=0)
+    outside = non_layer_weights(weights, num_samples, non_layer_rule)
     result = {}
     for name in keys:
         layer = layer_of(name)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes, serialization
@@ -42,6 +43,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+if TYPE_CHECKING:
+    import torch
 
 # Shamir's field: the Mersenne prime 2^521 - 1 holds any 32-byte secret.
 FIELD_PRIME = 2**521 - 1
@@ -161,10 +165,14 @@ class SecAggRound:
 
 
 class SecAggClient:
-    def __init__(self, client_id: str, round_: SecAggRound) -> None:
-        if client_id not in round_.participants:
-            raise SecAggError(f"{client_id} is not a participant of round {round_.round_index}")
-        self.id, self.round = client_id, round_
+    """One client's side of one round. Keys are drawn at construction (they travel with the
+    client's expert counts, before the participants are known); the round's participants and
+    threshold arrive with the roster (:meth:`share_keys`). Secrets live only in this object: a
+    client that restarts mid-round is a dropout, which the protocol recovers from."""
+
+    def __init__(self, client_id: str, round_index: int) -> None:
+        self.id, self.round_index = client_id, round_index
+        self.round: SecAggRound | None = None
         self._cipher = X25519PrivateKey.generate()
         self._mask = X25519PrivateKey.generate()
         self._self_seed = secrets.token_bytes(SEED_BYTES)
@@ -179,11 +187,15 @@ class SecAggClient:
         info = self.round.context("share", sender, receiver)
         return _agree(self._cipher, self._roster[peer].cipher_key, info)
 
-    def share_keys(self, roster: Mapping[str, PublicKeys]) -> dict[str, bytes]:
+    def share_keys(self, round_: SecAggRound, roster: Mapping[str, PublicKeys]) -> dict[str, bytes]:
         """Step 2: encrypted shares of (b_i, s_i secret key) for every other participant."""
-        if set(roster) != set(self.round.participants):
+        if round_.round_index != self.round_index or self.id not in round_.participants:
+            raise SecAggError(f"{self.id} is not a participant of round {round_.round_index}")
+        if set(roster) != set(round_.participants):
             raise SecAggError("the roster does not list exactly the round's participants")
-        self._roster = dict(roster)
+        if roster[self.id] != self.public_keys():
+            raise SecAggError("the roster carries other keys for this client than it advertised")
+        self.round, self._roster = round_, dict(roster)
         # Every participant holds a share, we too (as in SecAgg): t survivors can rebuild our seed.
         points = [self.round.point(p) for p in self.round.participants]
         b_shares = shamir_split(self._self_seed, self.round.threshold, points)
@@ -225,6 +237,8 @@ class SecAggClient:
     def masked_input(self, values: np.ndarray, alive: Sequence[str]) -> np.ndarray:
         """Step 3: ``values`` (the weighted trunk, flat) under the self mask and the pairwise masks
         with every ``alive`` peer (those whose shares reached us)."""
+        if self.round is None:
+            raise SecAggError("masked input before the roster: call share_keys first")
         values = np.asarray(values, dtype=np.float64).reshape(-1)
         if values.size != self.round.length:
             raise SecAggError(f"input of {values.size} values, the round aggregates {self.round.length}")
@@ -240,6 +254,8 @@ class SecAggClient:
     def unmask_shares(self, uploaded: Sequence[str], dropped: Sequence[str]) -> dict[str, tuple[str, int]]:
         """Step 4: per peer, our share of its self-mask seed (it uploaded) or of its mask key (it
         dropped). A server that asks for both for one peer could unmask it: refused."""
+        if self.round is None:
+            raise SecAggError("unmasking before the roster: call share_keys first")
         if set(uploaded) & set(dropped):
             raise SecAggError(f"{sorted(set(uploaded) & set(dropped))} listed as both uploaded and dropped")
         out = {}
@@ -391,12 +407,12 @@ def simulate_round(inputs: Mapping[str, np.ndarray], threshold: int, *, round_in
         return result
 
     server = SecAggServer(round_)
-    clients = {name: timed(name, SecAggClient, name, round_) for name in inputs}
+    clients = {name: timed(name, SecAggClient, name, round_index) for name in inputs}
     for name, client in clients.items():
         timed(None, server.register_keys, timed(name, client.public_keys))
     roster = server.roster()
     for name, client in clients.items():
-        timed(None, server.route_shares, name, timed(name, client.share_keys, roster))
+        timed(None, server.route_shares, name, timed(name, client.share_keys, round_, roster))
     for name, client in clients.items():
         client.receive_shares(server.shares_for(name))
     alive = sorted(server.share_senders)

@@ -20,6 +20,11 @@ did not upload are recorded as dropped. Closing aggregates with EDA (or FedAvg),
 global trunk and the round record, and opens round r+1. Uploads for a closed round are refused
 with ``round_closed``.
 
+With ``secure_aggregation`` the server never sees a client's trunk: steps 4 carry a *masked*
+weighted trunk, after three short exchanges on the ``secure`` request (expert counts and keys,
+roster and encrypted shares, unmasking); :mod:`fedvla.federation.secure_round` describes the
+phases, what the server still learns, and how dropouts are recovered.
+
 Persistence (``state_dir``): ``state.json`` (round, accepted updates with their sha256, joined
 clients, per-round history, rejection counts), ``global/round_<r>.safetensors`` and
 ``updates/round_<r>/<client>.safetensors``. On start the server resumes from ``state.json`` and
@@ -46,7 +51,11 @@ import torch
 import yaml
 
 from fedvla.config import ConfigError, parse_enum, require, require_positive
-from fedvla.federation.eda import NonLayerRule, aggregate_trunks, expert_driven_weights, fedavg_weights
+from fedvla.federation.eda import (NonLayerRule, aggregate_trunks, expert_driven_weights, fedavg_weights,
+                                   non_layer_weights)
+from fedvla.federation.secagg import DEFAULT_FRAC_BITS, vector_to_trunk
+from fedvla.federation.secure_round import (SecureOp, SecurePhase, SecureRound, SecureRoundError, decode_masked,
+                                            dump_payload, load_payload, ordered_trunk, parse_report, renormalize)
 from fedvla.federation.state import atomic_write_bytes, atomic_write_json, read_json
 from fedvla.federation.wire import (RejectReason, TrunkSpec, TrunkUpdate, WireDtype, WireError, decode_trunk,
                                     decode_update, encode_trunk, sha256_hex, verify)
@@ -79,6 +88,10 @@ class FederationServerConfig:
     max_num_samples: int = 10**9
     keep_update_rounds: int = 2  # update files kept on disk for the last N closed rounds
     state_dir: str = "federation_state"
+    secure_aggregation: bool = False  # SecAgg: the server learns only the aggregate (secure_round.py)
+    secagg_threshold: float = 0.6  # Shamir threshold as a fraction of a round's participants (>= 2 of them)
+    secagg_frac_bits: int = DEFAULT_FRAC_BITS  # fixed-point fraction bits of the masked trunks
+    phase_timeout_s: float = 120.0  # secure rounds: longest wait in each phase after the training one
 
     def __post_init__(self) -> None:
         self.aggregation = parse_enum(Aggregation, self.aggregation, "aggregation")
@@ -88,7 +101,13 @@ class FederationServerConfig:
                 "float32, bfloat16, float16")
         require(self.rounds >= 1, "rounds", f"must be at least 1, got {self.rounds}", "an integer >= 1")
         require(self.quorum >= 1, "quorum", f"must be at least 1, got {self.quorum}", "an integer >= 1")
-        for name in ("round_timeout_s", "liveness_timeout_s", "upload_timeout_s"):
+        require(0.5 <= self.secagg_threshold <= 1.0, "secagg_threshold", f"{self.secagg_threshold} is outside "
+                "0.5 ... 1", "a fraction > 0.5 keeps the server blind even if it lies about dropouts")
+        require(8 <= self.secagg_frac_bits <= 40, "secagg_frac_bits", f"{self.secagg_frac_bits}", "8 ... 40")
+        if self.secure_aggregation:
+            require(self.quorum >= 2, "quorum", "secure aggregation needs at least 2 participants (one client's "
+                    "sum is its own trunk)", "an integer >= 2")
+        for name in ("round_timeout_s", "liveness_timeout_s", "upload_timeout_s", "phase_timeout_s"):
             require_positive(getattr(self, name), name)
         require(self.chunk_size >= 1024, "chunk_size", f"{self.chunk_size} is too small", ">= 1024 bytes")
         require(self.max_fetch_bytes >= self.chunk_size, "max_fetch_bytes", "must be >= chunk_size")
@@ -145,6 +164,8 @@ class ServerStatus:
     global_size: int
     global_sha256: str
     chunk_size: int
+    phase: str = ""  # secure rounds: a SecurePhase value; "" for plain rounds
+    attempt: int = 0  # secure rounds: restarts of this round after too many dropouts
 
 
 @dataclasses.dataclass
@@ -159,6 +180,8 @@ class RoundRecord:
     aggregation: str
     closed_by: str  # "all_live_uploaded" | "timeout"
     duration_s: float
+    secure: bool = False  # aggregated under secure aggregation (the server never saw one trunk)
+    attempts: int = 1  # secure rounds: attempts it took
 
 
 @dataclasses.dataclass
@@ -196,10 +219,13 @@ class FederationServer:
         self._last_seen: dict[str, float] = {}
         self.round = 0
         self.finished = False
+        self.secure: SecureRound | None = None
+        self.aborted_attempts: list[dict] = []
         if not self._resume():
             self._install_global(0, {k: v.detach().float().cpu() for k, v in initial_trunk.items()})
+            self._open_secure_round(0)
             self._save_state()
-        self._round_started = clock()
+        self._round_started = self._phase_started = clock()
 
     # -- persistence ----------------------------------------------------------------------------
     def _global_path(self, round_index: int) -> Path:
@@ -207,6 +233,17 @@ class FederationServer:
 
     def _update_path(self, round_index: int, client_id: str) -> Path:
         return self.state_dir / "updates" / f"round_{round_index:05d}" / f"{client_id}.safetensors"
+
+    def _masked_path(self, round_index: int, attempt: int, client_id: str) -> Path:
+        return self.state_dir / "updates" / f"round_{round_index:05d}" / f"{client_id}.attempt{attempt}.masked"
+
+    def _open_secure_round(self, attempt: int) -> None:
+        if self.config.secure_aggregation and not self.finished:
+            self.secure = SecureRound(round_index=self.round, attempt=attempt, length=self.spec.num_parameters,
+                                      frac_bits=self.config.secagg_frac_bits,
+                                      threshold_fraction=self.config.secagg_threshold)
+        else:
+            self.secure = None
 
     def _install_global(self, round_index: int, trunk: dict[str, torch.Tensor]) -> None:
         atomic_write_bytes(self._global_path(round_index), encode_trunk(trunk, self.spec, round_index))
@@ -226,7 +263,9 @@ class FederationServer:
         atomic_write_json(self.state_dir / "state.json", {
             "version": STATE_VERSION, "trunk_hash": self.spec.trunk_hash, "round": self.round,
             "finished": self.finished, "joined": sorted(self.joined), "accepted": self.accepted,
-            "history": [dataclasses.asdict(r) for r in self.history], "rejections": dict(self.rejections)})
+            "history": [dataclasses.asdict(r) for r in self.history], "rejections": dict(self.rejections),
+            "secure": self.secure.to_state() if self.secure is not None else None,
+            "aborted_attempts": self.aborted_attempts})
 
     def _resume(self) -> bool:
         state = read_json(self.state_dir / "state.json")
@@ -250,6 +289,14 @@ class FederationServer:
         self.joined = set(state["joined"])
         self.history = [RoundRecord(**r) for r in state["history"]]
         self.rejections = Counter(state["rejections"])
+        self.aborted_attempts = list(state.get("aborted_attempts", []))
+        if bool(state.get("secure")) != (self.config.secure_aggregation and not self.finished):
+            raise ConfigError("secure_aggregation", f"{where} was written with secure_aggregation "
+                              f"{'on' if state.get('secure') else 'off'}", "the setting the federation started with")
+        if state.get("secure"):
+            secure_state = state["secure"]
+            self.secure = SecureRound.from_state(secure_state, lambda client: decode_masked(self._masked_path(
+                round_index, int(secure_state["attempt"]), client).read_bytes(), self.spec)[1])
         for client_id, info in state["accepted"].items():
             blob = self._update_path(round_index, client_id).read_bytes()
             if sha256_hex(blob) != info["sha256"]:
@@ -301,10 +348,12 @@ class FederationServer:
     def status(self) -> ServerStatus:
         now = self.clock()
         live = sorted(c for c in self.joined if now - self._last_seen.get(c, -math.inf) <= self.config.liveness_timeout_s)
+        secure = self.secure
         return ServerStatus(round=self.round, rounds=self.config.rounds, finished=self.finished,
-                            accepted=sorted(self.accepted), live_clients=live, joined=sorted(self.joined),
-                            global_size=len(self._broadcast), global_sha256=self._broadcast_sha256,
-                            chunk_size=self.config.chunk_size)
+                            accepted=secure.done() if secure else sorted(self.accepted), live_clients=live,
+                            joined=sorted(self.joined), global_size=len(self._broadcast),
+                            global_sha256=self._broadcast_sha256, chunk_size=self.config.chunk_size,
+                            phase=secure.phase.value if secure else "", attempt=secure.attempt if secure else 0)
 
     def fetch(self, client_id: str, round_index: int, offset: int, length: int, signature: str) -> Reply:
         if (denied := self._authenticate(client_id, signature, "fetch", round_index)) is not None:
@@ -336,12 +385,12 @@ class FederationServer:
             return self._reject(RejectReason.NOT_JOINED, "join the federation first", client_id)
         if (denied := self._check_round(client_id, round_index)) is not None:
             return denied
-        if client_id in self.accepted:
-            return self._reject(RejectReason.DUPLICATE, f"an update of {client_id} for round {round_index} was "
-                                "already accepted", client_id)
-        if not 0 < size <= self.spec.max_blob_bytes():
+        if (denied := self._check_not_uploaded(client_id, round_index)) is not None:
+            return denied
+        largest = self._largest_upload()
+        if not 0 < size <= largest:
             reason = RejectReason.TOO_LARGE if size > 0 else RejectReason.BAD_SIZE
-            return self._reject(reason, f"declared size {size}, allowed 1..{self.spec.max_blob_bytes()}", client_id)
+            return self._reject(reason, f"declared size {size}, allowed 1..{largest}", client_id)
         if not re.fullmatch(r"[0-9a-f]{64}", sha256 or ""):
             return self._reject(RejectReason.BAD_CHECKSUM, "sha256 must be 64 lowercase hex digits", client_id)
         self._expire_uploads()
@@ -394,13 +443,14 @@ class FederationServer:
         del self._uploads[upload_id]
         if (denied := self._check_round(client_id, upload.round)) is not None:
             return denied
-        if client_id in self.accepted:
-            return self._reject(RejectReason.DUPLICATE, f"an update of {client_id} for round {upload.round} was "
-                                "already accepted", client_id)
+        if (denied := self._check_not_uploaded(client_id, upload.round)) is not None:
+            return denied
         blob = bytes(upload.buffer)
         if sha256_hex(blob) != upload.sha256:
             return self._reject(RejectReason.BAD_CHECKSUM, "the assembled upload's sha256 differs from the signed "
                                 "one", client_id)
+        if self.secure is not None:
+            return self._commit_masked(client_id, blob)
         try:
             update = decode_update(blob, self.spec, base=self._broadcast_trunk,
                                    max_num_samples=self.config.max_num_samples)
@@ -420,6 +470,91 @@ class FederationServer:
                  update.num_samples)
         return Reply(ok=True, round=self.round)
 
+    def _check_not_uploaded(self, client_id: str, round_index: int) -> Reply | None:
+        if self.secure is not None:
+            if self.secure.phase is not SecurePhase.MASKED:
+                return self._reject(RejectReason.WRONG_ROUND, f"round {round_index} aggregates securely and is in "
+                                    f"phase {self.secure.phase.value!r}: masked uploads are taken in phase 'masked'",
+                                    client_id)
+            if client_id in self.secure.server.masked:
+                return self._reject(RejectReason.DUPLICATE, f"a masked upload of {client_id} for round "
+                                    f"{round_index} was already accepted", client_id)
+        elif client_id in self.accepted:
+            return self._reject(RejectReason.DUPLICATE, f"an update of {client_id} for round {round_index} was "
+                                "already accepted", client_id)
+        return None
+
+    def _largest_upload(self) -> int:
+        if self.secure is not None:  # uint64 per parameter + the safetensors header
+            return 8 * self.spec.num_parameters + 64 * 1024
+        return self.spec.max_blob_bytes()
+
+    def _commit_masked(self, client_id: str, blob: bytes) -> Reply:
+        secure = self.secure
+        try:
+            metadata, vector = decode_masked(blob, self.spec)
+        except WireError as err:
+            return self._reject(err.reason, err.detail, client_id)
+        if metadata.get("client_id") != client_id:
+            return self._reject(RejectReason.WRONG_SENDER, f"the blob says client {metadata.get('client_id')!r}",
+                                client_id)
+        if metadata.get("round") != str(secure.round_index) or metadata.get("attempt") != str(secure.attempt):
+            return self._reject(RejectReason.WRONG_ROUND, f"the blob is for round {metadata.get('round')} attempt "
+                                f"{metadata.get('attempt')}, now {secure.round_index} attempt {secure.attempt}",
+                                client_id)
+        try:
+            secure.masked(client_id, vector)
+        except SecureRoundError as err:
+            return self._reject(err.reason, err.detail, client_id)
+        atomic_write_bytes(self._masked_path(secure.round_index, secure.attempt, client_id), blob)
+        self._save_state()
+        log.info("accepted round %d masked upload from %s (%d bytes)", self.round, client_id, len(blob))
+        return Reply(ok=True, round=self.round)
+
+    def secure_request(self, op: str, client_id: str, round_index: int, attempt: int, payload: bytes,
+                       signature: str) -> Reply:
+        """The small messages of a secure round (:class:`SecureOp`); the answer's ``data`` is JSON."""
+        digest = f"{attempt}:{sha256_hex(payload)}"
+        if (denied := self._authenticate(client_id, signature, f"secure-{op}"[:40], round_index, digest)) is not None:
+            return denied
+        if client_id not in self.joined:
+            return self._reject(RejectReason.NOT_JOINED, "join the federation first", client_id)
+        if self.secure is None and not self.finished:
+            return self._reject(RejectReason.WRONG_FORMAT, "this federation does not aggregate securely: upload "
+                                "trunk updates", client_id)
+        if (denied := self._check_round(client_id, round_index)) is not None:
+            return denied
+        secure = self.secure
+        if attempt != secure.attempt:
+            return self._reject(RejectReason.WRONG_ROUND, f"attempt {attempt}, round {round_index} is at attempt "
+                                f"{secure.attempt}: report again", client_id)
+        try:
+            kind = SecureOp(op)
+        except ValueError:
+            return self._reject(RejectReason.MALFORMED, f"op {op[:32]!r} is not one of "
+                                f"{', '.join(o.value for o in SecureOp)}", client_id)
+        try:
+            body = load_payload(payload) if kind in (SecureOp.REPORT, SecureOp.SHARES, SecureOp.UNMASK) else {}
+            answer: dict | None = None
+            if kind is SecureOp.REPORT:
+                secure.report(client_id, parse_report(body, self.spec, self.config.max_num_samples))
+            elif kind is SecureOp.ROSTER:
+                answer = secure.roster(client_id)
+            elif kind is SecureOp.SHARES:
+                secure.shares(client_id, body)
+            elif kind is SecureOp.INBOX:
+                answer = secure.inbox(client_id)
+            elif kind is SecureOp.UNMASK_REQUEST:
+                answer = secure.unmask_request(client_id)
+            else:
+                secure.unmask(client_id, body)
+        except (WireError, SecureRoundError) as err:
+            return self._reject(err.reason, err.detail, client_id)
+        if answer is None:  # it changed the round's state: durable before acknowledged
+            self._save_state()
+            log.info("round %d attempt %d: %s from %s", self.round, secure.attempt, kind.value, client_id)
+        return Reply(ok=True, round=self.round, data=dump_payload(answer) if answer is not None else b"")
+
     def _expire_uploads(self) -> None:
         now = self.clock()
         for upload_id, upload in list(self._uploads.items()):
@@ -432,6 +567,8 @@ class FederationServer:
     def tick(self) -> RoundRecord | None:
         """Close the round when its condition holds (call periodically); returns the closed round."""
         self._expire_uploads()
+        if self.secure is not None:
+            return self._tick_secure()
         if self.finished or len(self.accepted) < self.config.quorum:
             return None
         status = self.status()
@@ -441,29 +578,99 @@ class FederationServer:
             return None
         return self._close_round("timeout" if waiting_for else "all_live_uploaded", elapsed)
 
-    def _close_round(self, closed_by: str, elapsed: float) -> RoundRecord:
-        clients = sorted(self._updates)
-        updates = [self._updates[c] for c in clients]
-        num_samples = [u.num_samples for u in updates]
+    def _layer_weights(self, counts: np.ndarray, num_samples: list[int]) -> np.ndarray:
+        """(L, C) aggregation weights from the clients' counts (C, L, K) or sample counts."""
         if self.config.aggregation is Aggregation.EDA:
-            weights = expert_driven_weights(torch.stack([u.expert_counts for u in updates]).numpy())
+            return expert_driven_weights(counts)
+        return np.tile(fedavg_weights(num_samples), (self.spec.num_layers, 1))
+
+    def _tick_secure(self) -> RoundRecord | None:
+        secure, now = self.secure, self.clock()
+        live = set(self.status().live_clients)
+        if secure.phase is SecurePhase.REPORT:
+            if len(secure.reports) < self.config.quorum:
+                return None
+            waiting = [c for c in live if c not in secure.reports]
+            if waiting and now - self._round_started < self.config.round_timeout_s:
+                return None
+            reporters = sorted(secure.reports)
+            counts = np.asarray([secure.reports[c]["counts"] for c in reporters])
+            num_samples = [secure.reports[c]["num_samples"] for c in reporters]
+            weights = self._layer_weights(counts, num_samples)
+            secure.fix_participants(weights, non_layer_weights(weights, num_samples, self.config.non_layer_rule))
+            self._phase_started = now
+            self._save_state()
+            log.info("round %d attempt %d: %d participant(s) (%s), threshold %d", self.round, secure.attempt,
+                     len(reporters), ", ".join(reporters), secure.threshold)
+            return None
+        waiting = [c for c in secure.expected() if c in live]
+        if waiting and now - self._phase_started < self.config.phase_timeout_s:
+            return None
+        if secure.phase is SecurePhase.UNMASK:
+            if len(secure.unmask_answers) >= secure.threshold:
+                return self._close_round("timeout" if waiting else "all_live_uploaded", now - self._round_started)
+            return self._abort_secure(f"{len(secure.unmask_answers)} unmasking answer(s), {secure.threshold} needed")
+        phase = secure.phase.value
+        if not secure.advance():
+            return self._abort_secure(f"too few participants left after phase {phase!r} "
+                                      f"(threshold {secure.threshold})")
+        self._phase_started = now
+        self._save_state()
+        return None
+
+    def _abort_secure(self, why: str) -> None:
+        secure = self.secure
+        log.warning("round %d attempt %d aborted in phase %s: %s; the round restarts", self.round, secure.attempt,
+                    secure.phase.value, why)
+        self.aborted_attempts.append({"round": self.round, "attempt": secure.attempt, "phase": secure.phase.value,
+                                      "why": why})
+        self._open_secure_round(secure.attempt + 1)
+        self._uploads = {}
+        self._save_state()
+        self._round_started = self._phase_started = self.clock()
+        return None
+
+    def _secure_aggregate(self) -> tuple[dict[str, torch.Tensor], list[str], list[int], np.ndarray]:
+        secure = self.secure
+        total = secure.aggregate()
+        layer_totals, non_layer_total = secure.uploader_weights()
+        template = ordered_trunk(self.global_trunk, self.spec)
+        previous = np.concatenate([t.double().numpy().reshape(-1) for t in template.values()])
+        flat = renormalize(total, self.spec, self.layer_of, layer_totals, non_layer_total, previous)
+        clients = secure.uploaded()
+        columns = [secure.participants.index(c) for c in clients]
+        weights = np.asarray(secure.weights)[:, columns]
+        weights = weights / np.where(layer_totals > 0, layer_totals, 1.0)[:, None]
+        return (vector_to_trunk(flat, template), clients, [secure.reports[c]["num_samples"] for c in clients],
+                weights)
+
+    def _close_round(self, closed_by: str, elapsed: float) -> RoundRecord:
+        if self.secure is not None:
+            trunk, clients, num_samples, weights = self._secure_aggregate()
+            attempts = self.secure.attempt + 1
         else:
-            weights = np.tile(fedavg_weights(num_samples), (self.spec.num_layers, 1))
-        trunk = aggregate_trunks([u.trunk for u in updates], weights, self.layer_of, num_samples=num_samples,
-                                 non_layer_rule=self.config.non_layer_rule)
+            clients = sorted(self._updates)
+            updates = [self._updates[c] for c in clients]
+            num_samples = [u.num_samples for u in updates]
+            weights = self._layer_weights(torch.stack([u.expert_counts for u in updates]).numpy(), num_samples)
+            trunk = aggregate_trunks([u.trunk for u in updates], weights, self.layer_of, num_samples=num_samples,
+                                     non_layer_rule=self.config.non_layer_rule)
+            attempts = 1
         record = RoundRecord(round=self.round, clients=clients,
-                             dropped=sorted(c for c in self.joined if c not in self.accepted), num_samples=num_samples,
+                             dropped=sorted(c for c in self.joined if c not in clients), num_samples=num_samples,
                              layer_weights=np.round(weights, 6).tolist(), aggregation=self.config.aggregation.value,
-                             closed_by=closed_by, duration_s=round(elapsed, 3))
+                             closed_by=closed_by, duration_s=round(elapsed, 3), secure=self.secure is not None,
+                             attempts=attempts)
         closed = self.round
         self._install_global(closed + 1, trunk)
         self.history.append(record)
         self.accepted, self._updates = {}, {}
         self._uploads = {k: u for k, u in self._uploads.items() if u.round > closed}
         self.finished = self.round >= self.config.rounds
+        self._open_secure_round(0)
         self._save_state()
         self._prune(closed)
-        self._round_started = self.clock()
+        self._round_started = self._phase_started = self.clock()
         log.info("round %d closed (%s): %s%s; %s", closed, closed_by,
                  ", ".join(f"{c} {w:.3f}" for c, w in zip(clients, weights.mean(axis=0))),
                  f"; dropped {', '.join(record.dropped)}" if record.dropped else "",
