@@ -150,3 +150,44 @@ def test_fault_suite_over_ros_services(rclpy_context, tmp_path, credentials):
     finally:
         out, err = stop_process(server)
     assert err.count("rejected ") >= len(cases)
+
+
+def test_secure_aggregation_over_ros_with_a_client_killed_mid_round(rclpy_context, tmp_path, credentials):
+    """Three client processes under secure aggregation; robot_2 is killed once the first round has
+    fixed its participants: the round completes from the survivors (recovering robot_2's masks if
+    it had shared), the second runs with two, and the server never stores a plain trunk."""
+    state = tmp_path / "server"
+    server = start_node("fedvla_ros", "fed_server", "fed_server", parameters=server_params(
+        credentials, state, rounds=2, secure_aggregation=True, phase_timeout_s=20.0))
+    clients = {
+        client_id: start_node("fedvla_ros", "fed_client", f"fed_{client_id}", parameters={
+            "model_config": TINY, "credentials_file": credentials, "client_id": client_id,
+            "state_dir": str(tmp_path / client_id), "synthetic_samples": 32, "local_epochs": 1, "batch_size": 16,
+            "heartbeat_interval_s": 0.5, "poll_period_s": 0.2, "service_timeout_s": 5.0,
+            "count_privacy": "normalized"})
+        for client_id in SECRETS}
+    try:
+        with SpinningNode(rclpy_context, "federation_observer") as node:
+            api = RosServerApi(node, timeout_s=5.0)
+            wait_until(lambda: (s := safe_status(api)) and s.round == 0 and s.phase in ("shares", "masked", "unmask"),
+                       "round 0 to fix its participants")
+            clients["robot_2"].send_signal(signal.SIGKILL)
+            clients["robot_2"].wait()
+            wait_until(lambda: (s := safe_status(api)) and s.finished, "the secure federation to finish", timeout_s=150)
+        for client_id in ("robot_0", "robot_1"):
+            out, err = clients[client_id].communicate(timeout=60)
+            assert clients[client_id].returncode == 0, err[-2000:]
+            assert (tmp_path / client_id / "final" / "model.safetensors").is_file()
+    finally:
+        for process in clients.values():
+            stop_process(process)
+        out, err = stop_process(server)
+    persisted = json.loads((state / "state.json").read_text())
+    history = persisted["history"]
+    assert [r["round"] for r in history] == [0, 1] and all(r["secure"] for r in history), history
+    assert "robot_0" in history[0]["clients"] and "robot_1" in history[0]["clients"]
+    assert history[1]["clients"] == ["robot_0", "robot_1"] and history[1]["dropped"] == ["robot_2"]
+    assert not list((state / "updates").rglob("*.safetensors")), "a plain trunk update was stored"
+    assert "under secure aggregation" in err
+    # (a request racing a phase change is refused as wrong_round/round_closed and retried; nothing else)
+    assert not set(persisted["rejections"]) - {"wrong_round", "round_closed"}, persisted["rejections"]

@@ -431,7 +431,7 @@ def cmd_bench_federation(args: argparse.Namespace) -> int:
 def cmd_bench_secagg(args: argparse.Namespace) -> int:
     import torch
 
-    from fedvla.federation.bench import bench_secure_aggregation
+    from fedvla.federation.bench import bench_count_privacy, bench_secure_aggregation
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -448,6 +448,15 @@ def cmd_bench_secagg(args: argparse.Namespace) -> int:
         table.add_row(str(f.clients), f"{f.plaintext_s:.3f}", f"{f.client_s:.3f}", f"{f.server_s:.3f}",
                       f"{f.server_s / f.plaintext_s:.1f}x", f"{f.upload_bytes / 1e6:.1f} / {f.plaintext_upload_bytes / 1e6:.1f}",
                       f"{f.max_error:.1e}")
+    console.print(table)
+    num_layers, num_experts = figures[0].num_layers, figures[0].num_experts
+    privacy = bench_count_privacy(num_layers, num_experts, args.clients[0], [0.01, 0.05, 0.2])
+    table = Table(title=f"what count_privacy costs EDA: weight error vs exact counts ({args.clients[0]} non-iid "
+                  f"clients, {num_layers} layers x {num_experts} experts, 200 draws)")
+    for column in ("count_privacy", "noise std", "mean |Δw|", "max |Δw|"):
+        table.add_column(column, justify="right")
+    for f in privacy:
+        table.add_row(f.privacy, f"{f.noise_std:g}", f"{f.mean_weight_error:.1e}", f"{f.max_weight_error:.1e}")
     console.print(table)
     return 0
 

@@ -23,8 +23,8 @@ from fedvla.federation.client import FederationError
 from fedvla.federation.server import Reply, ServerStatus
 from fedvla.federation.setup import FederationClientSettings, build_client
 from fedvla.federation.wire import WireError
-from fedvla_interfaces.srv import (FederationFetch, FederationHeartbeat, FederationJoin, FederationStatus,
-                                  FederationUpload)
+from fedvla_interfaces.srv import (FederationFetch, FederationHeartbeat, FederationJoin, FederationSecure,
+                                  FederationStatus, FederationUpload)
 from fedvla_ros.fed_server import OPTIONAL_REPLY_FIELDS, SERVICE_QOS
 from fedvla_ros.node_main import NodeExit, main_for
 from fedvla_ros.parameters import declare, declare_config
@@ -46,6 +46,7 @@ class RosServerApi:
         self._status = node.create_client(FederationStatus, topics.FEDERATION_STATUS, qos_profile=SERVICE_QOS)
         self._fetch = node.create_client(FederationFetch, topics.FEDERATION_FETCH, qos_profile=SERVICE_QOS)
         self._upload = node.create_client(FederationUpload, topics.FEDERATION_UPLOAD, qos_profile=SERVICE_QOS)
+        self._secure = node.create_client(FederationSecure, topics.FEDERATION_SECURE, qos_profile=SERVICE_QOS)
 
     def _send(self, client, request):
         if not client.wait_for_service(timeout_sec=self.timeout_s):
@@ -85,7 +86,7 @@ class RosServerApi:
         r = self._call(self._status, FederationStatus.Request())
         return ServerStatus(round=r.round, rounds=r.rounds, finished=r.finished, accepted=list(r.accepted),
                             live_clients=list(r.live_clients), joined=list(r.joined), global_size=r.global_size,
-                            global_sha256=r.global_sha256, chunk_size=r.chunk_size)
+                            global_sha256=r.global_sha256, chunk_size=r.chunk_size, phase=r.phase, attempt=r.attempt)
 
     def fetch(self, client_id: str, round_index: int, offset: int, length: int, signature: str) -> Reply:
         return self._reply(self._call(self._fetch, FederationFetch.Request(
@@ -114,6 +115,11 @@ class RosServerApi:
         while pending:
             replies.append(self._reply(self._wait(pending.popleft(), self._upload.srv_name)))
         return replies
+
+    def secure_request(self, op: str, client_id: str, round_index: int, attempt: int, payload: bytes,
+                       signature: str) -> Reply:
+        return self._reply(self._call(self._secure, FederationSecure.Request(
+            op=op, client_id=client_id, round=round_index, attempt=attempt, payload=payload, signature=signature)))
 
     def commit_upload(self, upload_id: str) -> Reply:
         return self._reply(self._call(self._upload, FederationUpload.Request(

@@ -3,7 +3,8 @@ services.
 
 Services (fedvla_interfaces/srv): ``/federation/join``, ``/federation/heartbeat``,
 ``/federation/status``, ``/federation/fetch`` (global trunk, by byte range) and
-``/federation/upload`` (BEGIN / CHUNK / COMMIT). Topic ``/federation/round``
+``/federation/upload`` (BEGIN / CHUNK / COMMIT), and ``/federation/secure`` (the small messages
+of a secure-aggregation round, when ``secure_aggregation`` is on). Topic ``/federation/round``
 (fedvla_interfaces/FederationRound): ``started`` when a round opens (or resumes), ``closed`` once
 per aggregated round with its EDA weights, ``finished`` after the last round, ``status`` every
 ``tick_period_s``·4. Parameters: the fields of
@@ -25,8 +26,8 @@ from fedvla import topics
 from fedvla.federation.server import Reply, RoundRecord
 from fedvla.federation.setup import FederationServerSettings, build_server
 from fedvla_interfaces.msg import FederationRound
-from fedvla_interfaces.srv import (FederationFetch, FederationHeartbeat, FederationJoin, FederationStatus,
-                                  FederationUpload)
+from fedvla_interfaces.srv import (FederationFetch, FederationHeartbeat, FederationJoin, FederationSecure,
+                                  FederationStatus, FederationUpload)
 from fedvla_ros.node_main import main_for
 from fedvla_ros.parameters import declare_config
 
@@ -61,6 +62,7 @@ class FederationServerNode(Node):
         self.create_service(FederationStatus, topics.FEDERATION_STATUS, self._status, qos_profile=SERVICE_QOS)
         self.create_service(FederationFetch, topics.FEDERATION_FETCH, self._fetch, qos_profile=SERVICE_QOS)
         self.create_service(FederationUpload, topics.FEDERATION_UPLOAD, self._upload, qos_profile=SERVICE_QOS)
+        self.create_service(FederationSecure, topics.FEDERATION_SECURE, self._secure, qos_profile=SERVICE_QOS)
         self._round_pub = self.create_publisher(FederationRound, topics.FEDERATION_ROUND, 10)
         self._ticks = 0
         self._announced_finish = self.server.finished
@@ -68,7 +70,8 @@ class FederationServerNode(Node):
         spec = self.server.spec
         self.get_logger().info(
             f"federation of {spec.num_parameters / 1e6:.2f} M trunk parameters ({spec.num_layers} MoE layers × "
-            f"{spec.num_experts} experts, trunk hash {spec.trunk_hash}), {self.settings.aggregation.value}, "
+            f"{spec.num_experts} experts, trunk hash {spec.trunk_hash}), {self.settings.aggregation.value}"
+            f"{' under secure aggregation' if self.settings.secure_aggregation else ''}, "
             f"round {self.server.round}/{self.settings.rounds}, quorum {self.settings.quorum}, "
             f"state in {self.settings.state_dir}")
 
@@ -83,12 +86,18 @@ class FederationServerNode(Node):
         response.round, response.rounds, response.finished = status.round, status.rounds, status.finished
         response.accepted, response.live_clients, response.joined = status.accepted, status.live_clients, status.joined
         response.global_size, response.global_sha256 = status.global_size, status.global_sha256
-        response.chunk_size = status.chunk_size
+        response.chunk_size, response.phase, response.attempt = status.chunk_size, status.phase, status.attempt
         return response
 
     def _fetch(self, request, response):
         reply = self.server.fetch(request.client_id, request.round, request.offset, request.length, request.signature)
         response.data = reply.data  # bytes: rclpy copies them as one block
+        return _fill(response, reply)
+
+    def _secure(self, request, response):
+        reply = self.server.secure_request(request.op, request.client_id, request.round, request.attempt,
+                                           bytes(request.payload), request.signature)
+        response.data = reply.data
         return _fill(response, reply)
 
     def _upload(self, request, response):

@@ -132,3 +132,12 @@ def test_the_benchmark_runs_secure_eda_on_a_real_trunk() -> None:
     assert figures.clients == 4 and figures.trunk_parameters > 1000
     assert figures.max_error < 4 * 2.0 ** -25 + 1e-6  # plaintext EDA over the 3 survivors
     assert figures.upload_bytes == 2 * figures.plaintext_upload_bytes
+
+
+def test_count_privacy_benchmark_orders_the_settings_by_their_cost() -> None:
+    from fedvla.federation.bench import bench_count_privacy
+
+    figures = bench_count_privacy(num_layers=2, num_experts=8, clients=4, noise_levels=[0.01, 0.2], trials=20)
+    by_setting = {(f.privacy, f.noise_std): f for f in figures}
+    assert by_setting[("normalized", 0.0)].max_weight_error < 1e-12  # free for EDA
+    assert 0 < by_setting[("noisy", 0.01)].mean_weight_error < by_setting[("noisy", 0.2)].mean_weight_error
