@@ -63,3 +63,13 @@ def test_centralized_refuses_clients_with_different_spaces(tmp_path) -> None:
     data["other"] = (other, SquareReachDataset(other, 8))
     with pytest.raises(ConfigError, match="one observation/action space"):
         run_simulation(SimulationConfig(mode="centralized", rounds=1), data, tmp_path, show_progress=False)
+
+
+def test_server_options_reach_the_server_secure_and_private_by_config(tmp_path) -> None:
+    config = SimulationConfig(mode=Mode.EDA, rounds=2, batch_size=8, server_options={
+        "secure_aggregation": True, "dp_clip_norm": 1.0, "dp_noise_multiplier": 0.5})
+    result = run_simulation(config, datasets(), tmp_path, show_progress=False)
+    assert all(r.secure for r in result.records)
+    assert 0 < result.records[0].dp_epsilon < result.records[1].dp_epsilon
+    with pytest.raises(ConfigError, match="unknown option"):
+        SimulationConfig(server_options={"dp_noise": 1.0})

@@ -110,3 +110,20 @@ def test_unknown_scales_and_methods_are_named() -> None:
         load_method(CONFIG, "fedprox")
     with pytest.raises(ConfigError, match="validation_fraction"):
         load_scale(CONFIG, "smoke", validation_fraction=1.5)
+
+
+def test_a_private_method_reports_success_against_its_epsilon(smoke, tmp_path) -> None:
+    import shutil
+
+    _, output, _ = smoke
+    shutil.copytree(output / "data", tmp_path / "data")
+    shutil.copytree(output / "methods" / "fedvla", tmp_path / "methods" / "fedvla")  # finished: not rerun
+    scale = load_scale(CONFIG, "smoke", methods=("fedvla", "fedvla_dp_strong"))
+    results = Study(CONFIG, scale, tmp_path, show_progress=False).run(command="fedvla study --scale smoke")
+    epsilons = [r["dp_epsilon"] for r in results["fedvla_dp_strong"]["rounds"]]
+    assert 0 < epsilons[0] < epsilons[-1]  # composed over the rounds
+    assert all(r["dp_epsilon"] == 0 for r in results["fedvla"]["rounds"])
+    report = (tmp_path / "results.md").read_text()
+    section = report.split("## Client-level differential privacy: success vs ε")[1].split("##")[0]
+    assert "| FedVLA + DP (z = 1) | 1 | 4 | " in section and "| FedVLA (Ours) | 0 | 0 | inf | " in section
+    assert (tmp_path / "privacy.png").stat().st_size > 1000

@@ -33,8 +33,9 @@ from torch.utils.data import Dataset
 
 from fedvla.config import require, require_positive, parse_enum
 from fedvla.federation.secagg import SecAggClient, SecAggError, weighted_trunk_vector
-from fedvla.federation.secure_round import (SecureOp, SecurePhase, client_weights_payload, dump_payload,
-                                            encode_masked, load_payload, ordered_trunk, unmask_payload)
+from fedvla.federation.privacy import clip_update
+from fedvla.federation.secure_round import (ClientRoster, SecureOp, SecurePhase, dump_payload, encode_masked,
+                                            load_payload, ordered_trunk, parse_roster, unmask_payload)
 from fedvla.federation.server import CLIENT_ID_PATTERN, Reply, ServerStatus
 from fedvla.federation.state import atomic_write_json, read_json
 from fedvla.federation.wire import (RejectReason, TrunkSpec, TrunkUpdate, WireDtype, WireError, decode_trunk,
@@ -140,14 +141,14 @@ class _SecureSession:
     secagg: SecAggClient
     shared: bool = False
     uploaded: bool = False
-    layer_weights: np.ndarray | None = None
-    non_layer_weight: float = 0.0
+    roster: ClientRoster | None = None
 
 
 @dataclasses.dataclass
 class _TrainedRound:
     round: int
     trunk: dict[str, torch.Tensor]
+    global_trunk: dict[str, torch.Tensor]  # what it trained from (DP clips the change from it)
     train: TrainResult
     fetch_bytes: int
     started: float
@@ -304,7 +305,7 @@ class FederationClient:
         save_checkpoint(self.policy, self.checkpoint_dir, metadata={"round": status.round})
         trained = _TrainedRound(round=status.round, trunk={k: v.detach().clone() for k, v in
                                                            self.policy.trunk.state_dict().items()},
-                                train=result, fetch_bytes=fetched, started=start)
+                                global_trunk=global_trunk, train=result, fetch_bytes=fetched, started=start)
         return trained, global_trunk
 
     def _finish_round(self, trained: _TrainedRound) -> RoundReport:
@@ -356,16 +357,18 @@ class FederationClient:
         if session is None or self._trained is None:
             return None  # restarted or too late for this attempt: wait for the next one
         if phase is SecurePhase.SHARES and not session.shared:
-            round_, keys, session.layer_weights, session.non_layer_weight = client_weights_payload(
-                self._secure(SecureOp.ROSTER, status), self.spec, self.client_id)
-            shares = session.secagg.share_keys(round_, keys)
+            session.roster = parse_roster(self._secure(SecureOp.ROSTER, status), self.spec, self.client_id)
+            shares = session.secagg.share_keys(session.roster.round, session.roster.keys)
             self._secure(SecureOp.SHARES, status, {"shares": {peer: blob.hex() for peer, blob in shares.items()}})
             session.shared = True
         elif phase is SecurePhase.MASKED and session.shared and not session.uploaded:
             inbox = self._secure(SecureOp.INBOX, status)
             session.secagg.receive_shares({sender: bytes.fromhex(blob) for sender, blob in inbox["shares"].items()})
-            vector = weighted_trunk_vector(ordered_trunk(self._trained.trunk, self.spec), session.layer_weights,
-                                           session.non_layer_weight, Trunk.layer_of)
+            roster, trunk = session.roster, self._trained.trunk
+            if roster.clip_norm > 0:
+                trunk, _ = clip_update(trunk, self._trained.global_trunk, roster.clip_norm)
+            vector = weighted_trunk_vector(ordered_trunk(trunk, self.spec), roster.layer_weights,
+                                           roster.non_layer_weight, Trunk.layer_of)
             masked = session.secagg.masked_input(vector, inbox["alive"])
             blob = encode_masked(masked, self.spec, self.client_id, status.round, status.attempt)
             self.upload(blob, status.round)

@@ -175,6 +175,7 @@ class SecureRound:
     length: int
     frac_bits: int
     threshold_fraction: float
+    clip_norm: float = 0.0  # DP: participants clip their update to this norm before weighting (0: off)
     phase: SecurePhase = SecurePhase.REPORT
     reports: dict[str, dict] = dataclasses.field(default_factory=dict)
     participants: tuple[str, ...] = ()
@@ -219,7 +220,7 @@ class SecureRound:
                 "threshold": self.threshold, "length": self.length, "frac_bits": self.frac_bits,
                 "keys": {name: [self.reports[name]["cipher_key"], self.reports[name]["mask_key"]]
                          for name in self.participants},
-                "layer_weights": [row[column] for row in self.weights],
+                "layer_weights": [row[column] for row in self.weights], "clip_norm": self.clip_norm,
                 "non_layer_weight": self.non_layer_weights[column]}
 
     def shares(self, client_id: str, payload: Mapping) -> None:
@@ -343,6 +344,7 @@ class SecureRound:
     def to_state(self) -> dict:
         state = {"round": self.round_index, "attempt": self.attempt, "phase": self.phase.value,
                  "length": self.length, "frac_bits": self.frac_bits, "threshold_fraction": self.threshold_fraction,
+                 "clip_norm": self.clip_norm,
                  "reports": self.reports, "participants": list(self.participants), "weights": self.weights,
                  "non_layer_weights": self.non_layer_weights, "unmask_answers": self.unmask_answers}
         if self.server is not None:
@@ -357,7 +359,7 @@ class SecureRound:
         """Rebuild from :meth:`to_state`; ``load_masked(client)`` reads a persisted masked upload."""
         out = cls(round_index=int(state["round"]), attempt=int(state["attempt"]), length=int(state["length"]),
                   frac_bits=int(state["frac_bits"]), threshold_fraction=float(state["threshold_fraction"]),
-                  reports=dict(state["reports"]))
+                  clip_norm=float(state.get("clip_norm", 0.0)), reports=dict(state["reports"]))
         if state["phase"] != SecurePhase.REPORT.value:
             out.fix_participants(np.asarray(state["weights"]), np.asarray(state["non_layer_weights"]))
             if tuple(state["participants"]) != out.participants:
@@ -373,9 +375,19 @@ class SecureRound:
         return out
 
 
-def client_weights_payload(roster: Mapping, spec: TrunkSpec, client_id: str) -> tuple[SecAggRound, dict[str, PublicKeys], np.ndarray, float]:
-    """Parse a roster on the client: the round, the peers' keys, this client's layer weights and
-    non-layer weight. Raises :class:`WireError` on anything inconsistent."""
+@dataclasses.dataclass
+class ClientRoster:
+    """A roster as one participant reads it."""
+
+    round: SecAggRound
+    keys: dict[str, PublicKeys]
+    layer_weights: np.ndarray  # (L,): this client's w_{l,i}
+    non_layer_weight: float
+    clip_norm: float  # DP clipping of the update before weighting (0: none)
+
+
+def parse_roster(roster: Mapping, spec: TrunkSpec, client_id: str) -> ClientRoster:
+    """Parse a roster on the client. Raises :class:`WireError` on anything inconsistent."""
     try:
         participants = tuple(str(p) for p in roster["participants"])
         round_ = SecAggRound(round_index=int(roster["round"]), participants=participants,
@@ -385,6 +397,7 @@ def client_weights_payload(roster: Mapping, spec: TrunkSpec, client_id: str) -> 
                 for name, pair in roster["keys"].items()}
         layer_weights = np.asarray(roster["layer_weights"], dtype=np.float64)
         non_layer = float(roster["non_layer_weight"])
+        clip_norm = float(roster.get("clip_norm", 0.0))
     except (KeyError, TypeError, ValueError, SecAggError) as err:
         raise WireError(RejectReason.MALFORMED, f"the roster is malformed: {err}") from None
     if client_id not in participants or round_.length != spec.num_parameters:
@@ -392,7 +405,10 @@ def client_weights_payload(roster: Mapping, spec: TrunkSpec, client_id: str) -> 
     if layer_weights.shape != (spec.num_layers,) or not np.isfinite(layer_weights).all() or not np.isfinite(non_layer):
         raise WireError(RejectReason.MALFORMED, f"layer weights of shape {layer_weights.shape}, expected "
                         f"({spec.num_layers},)")
-    return round_, keys, layer_weights, non_layer
+    if not (np.isfinite(clip_norm) and clip_norm >= 0):
+        raise WireError(RejectReason.MALFORMED, f"clip norm {clip_norm}")
+    return ClientRoster(round=round_, keys=keys, layer_weights=layer_weights, non_layer_weight=non_layer,
+                        clip_norm=clip_norm)
 
 
 def unmask_payload(shares: Mapping[str, tuple[str, int]]) -> dict:

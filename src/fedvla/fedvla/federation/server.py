@@ -25,6 +25,10 @@ weighted trunk, after three short exchanges on the ``secure`` request (expert co
 roster and encrypted shares, unmasking); :mod:`fedvla.federation.secure_round` describes the
 phases, what the server still learns, and how dropouts are recovered.
 
+With ``dp_noise_multiplier`` > 0 the rounds are client-level differentially private (updates
+clipped to ``dp_clip_norm``, Gaussian noise on the aggregate, ε by an RDP accountant after every
+round): :mod:`fedvla.federation.privacy`.
+
 Persistence (``state_dir``): ``state.json`` (round, accepted updates with their sha256, joined
 clients, per-round history, rejection counts), ``global/round_<r>.safetensors`` and
 ``updates/round_<r>/<client>.safetensors``. On start the server resumes from ``state.json`` and
@@ -53,6 +57,7 @@ import yaml
 from fedvla.config import ConfigError, parse_enum, require, require_positive
 from fedvla.federation.eda import (NonLayerRule, aggregate_trunks, expert_driven_weights, fedavg_weights,
                                    non_layer_weights)
+from fedvla.federation.privacy import PrivacyAccountant, add_gaussian_noise, clip_update
 from fedvla.federation.secagg import DEFAULT_FRAC_BITS, vector_to_trunk
 from fedvla.federation.secure_round import (SecureOp, SecurePhase, SecureRound, SecureRoundError, decode_masked,
                                             dump_payload, load_payload, ordered_trunk, parse_report, renormalize)
@@ -92,6 +97,9 @@ class FederationServerConfig:
     secagg_threshold: float = 0.6  # Shamir threshold as a fraction of a round's participants (>= 2 of them)
     secagg_frac_bits: int = DEFAULT_FRAC_BITS  # fixed-point fraction bits of the masked trunks
     phase_timeout_s: float = 120.0  # secure rounds: longest wait in each phase after the training one
+    dp_clip_norm: float = 0.0  # > 0: clip each client's round update to this L2 norm (privacy.py)
+    dp_noise_multiplier: float = 0.0  # > 0: client-level DP, Gaussian noise z·C·w_max on the aggregate
+    dp_delta: float = 1e-5  # the δ of the reported (ε, δ)
 
     def __post_init__(self) -> None:
         self.aggregation = parse_enum(Aggregation, self.aggregation, "aggregation")
@@ -103,6 +111,12 @@ class FederationServerConfig:
         require(self.quorum >= 1, "quorum", f"must be at least 1, got {self.quorum}", "an integer >= 1")
         require(0.5 <= self.secagg_threshold <= 1.0, "secagg_threshold", f"{self.secagg_threshold} is outside "
                 "0.5 ... 1", "a fraction > 0.5 keeps the server blind even if it lies about dropouts")
+        require(self.dp_clip_norm >= 0 and self.dp_noise_multiplier >= 0, "dp_clip_norm",
+                "dp_clip_norm and dp_noise_multiplier must be >= 0", "0 (off) or a positive value")
+        require(self.dp_noise_multiplier == 0 or self.dp_clip_norm > 0, "dp_clip_norm",
+                "differential privacy (dp_noise_multiplier > 0) needs a clip norm", "a positive L2 norm, e.g. the "
+                "median update norm of a round without DP")
+        require(0 < self.dp_delta < 1, "dp_delta", f"{self.dp_delta}", "0 < δ < 1, below 1/number of clients")
         require(8 <= self.secagg_frac_bits <= 40, "secagg_frac_bits", f"{self.secagg_frac_bits}", "8 ... 40")
         if self.secure_aggregation:
             require(self.quorum >= 2, "quorum", "secure aggregation needs at least 2 participants (one client's "
@@ -182,6 +196,8 @@ class RoundRecord:
     duration_s: float
     secure: bool = False  # aggregated under secure aggregation (the server never saw one trunk)
     attempts: int = 1  # secure rounds: attempts it took
+    clipped: int = 0  # updates the DP clipping shortened (plain rounds; secure clients clip their own)
+    dp_epsilon: float = 0.0  # ε of all rounds so far, at dp_delta (0 without DP noise)
 
 
 @dataclasses.dataclass
@@ -221,6 +237,10 @@ class FederationServer:
         self.finished = False
         self.secure: SecureRound | None = None
         self.aborted_attempts: list[dict] = []
+        self.accountant: PrivacyAccountant | None = None
+        self.noise_generator: torch.Generator | None = None  # None: seeded from the OS (tests seed one)
+        if config.dp_noise_multiplier > 0:
+            self.accountant = PrivacyAccountant()
         if not self._resume():
             self._install_global(0, {k: v.detach().float().cpu() for k, v in initial_trunk.items()})
             self._open_secure_round(0)
@@ -241,7 +261,8 @@ class FederationServer:
         if self.config.secure_aggregation and not self.finished:
             self.secure = SecureRound(round_index=self.round, attempt=attempt, length=self.spec.num_parameters,
                                       frac_bits=self.config.secagg_frac_bits,
-                                      threshold_fraction=self.config.secagg_threshold)
+                                      threshold_fraction=self.config.secagg_threshold,
+                                      clip_norm=self.config.dp_clip_norm)
         else:
             self.secure = None
 
@@ -265,7 +286,8 @@ class FederationServer:
             "finished": self.finished, "joined": sorted(self.joined), "accepted": self.accepted,
             "history": [dataclasses.asdict(r) for r in self.history], "rejections": dict(self.rejections),
             "secure": self.secure.to_state() if self.secure is not None else None,
-            "aborted_attempts": self.aborted_attempts})
+            "aborted_attempts": self.aborted_attempts,
+            "dp_accountant": self.accountant.history if self.accountant is not None else None})
 
     def _resume(self) -> bool:
         state = read_json(self.state_dir / "state.json")
@@ -290,6 +312,8 @@ class FederationServer:
         self.history = [RoundRecord(**r) for r in state["history"]]
         self.rejections = Counter(state["rejections"])
         self.aborted_attempts = list(state.get("aborted_attempts", []))
+        if self.accountant is not None:
+            self.accountant = PrivacyAccountant(state.get("dp_accountant") or [])
         if bool(state.get("secure")) != (self.config.secure_aggregation and not self.finished):
             raise ConfigError("secure_aggregation", f"{where} was written with secure_aggregation "
                               f"{'on' if state.get('secure') else 'off'}", "the setting the federation started with")
@@ -630,7 +654,7 @@ class FederationServer:
         self._round_started = self._phase_started = self.clock()
         return None
 
-    def _secure_aggregate(self) -> tuple[dict[str, torch.Tensor], list[str], list[int], np.ndarray]:
+    def _secure_aggregate(self) -> tuple[dict[str, torch.Tensor], list[str], list[int], np.ndarray, float]:
         secure = self.secure
         total = secure.aggregate()
         layer_totals, non_layer_total = secure.uploader_weights()
@@ -641,26 +665,45 @@ class FederationServer:
         columns = [secure.participants.index(c) for c in clients]
         weights = np.asarray(secure.weights)[:, columns]
         weights = weights / np.where(layer_totals > 0, layer_totals, 1.0)[:, None]
+        outside = np.asarray(secure.non_layer_weights)[columns] / max(non_layer_total, 1e-12)
         return (vector_to_trunk(flat, template), clients, [secure.reports[c]["num_samples"] for c in clients],
-                weights)
+                weights, float(max(weights.max(), outside.max())))
+
+    def _with_dp_noise(self, trunk: dict[str, torch.Tensor], max_weight: float) -> tuple[dict[str, torch.Tensor], float]:
+        """The aggregate plus the DP noise of this round, and ε so far (privacy.py)."""
+        if self.accountant is None:
+            return trunk, 0.0
+        z, clip = self.config.dp_noise_multiplier, self.config.dp_clip_norm
+        noisy = add_gaussian_noise(trunk, z * clip * max_weight, self.noise_generator)
+        self.accountant.step(z)
+        return noisy, self.accountant.epsilon(self.config.dp_delta)
 
     def _close_round(self, closed_by: str, elapsed: float) -> RoundRecord:
+        clipped = 0
         if self.secure is not None:
-            trunk, clients, num_samples, weights = self._secure_aggregate()
+            trunk, clients, num_samples, weights, max_weight = self._secure_aggregate()
             attempts = self.secure.attempt + 1
         else:
             clients = sorted(self._updates)
             updates = [self._updates[c] for c in clients]
             num_samples = [u.num_samples for u in updates]
             weights = self._layer_weights(torch.stack([u.expert_counts for u in updates]).numpy(), num_samples)
-            trunk = aggregate_trunks([u.trunk for u in updates], weights, self.layer_of, num_samples=num_samples,
+            trunks = [u.trunk for u in updates]
+            if self.config.dp_clip_norm > 0:  # against the trunk the clients trained from
+                clipped_trunks = [clip_update(t, self._broadcast_trunk, self.config.dp_clip_norm) for t in trunks]
+                clipped = sum(norm > self.config.dp_clip_norm for _, norm in clipped_trunks)
+                trunks = [t for t, _ in clipped_trunks]
+            trunk = aggregate_trunks(trunks, weights, self.layer_of, num_samples=num_samples,
                                      non_layer_rule=self.config.non_layer_rule)
+            outside = non_layer_weights(weights, num_samples, self.config.non_layer_rule)
+            max_weight = float(max(weights.max(), outside.max()))
             attempts = 1
+        trunk, epsilon = self._with_dp_noise(trunk, max_weight)
         record = RoundRecord(round=self.round, clients=clients,
                              dropped=sorted(c for c in self.joined if c not in clients), num_samples=num_samples,
                              layer_weights=np.round(weights, 6).tolist(), aggregation=self.config.aggregation.value,
                              closed_by=closed_by, duration_s=round(elapsed, 3), secure=self.secure is not None,
-                             attempts=attempts)
+                             attempts=attempts, clipped=int(clipped), dp_epsilon=round(epsilon, 4))
         closed = self.round
         self._install_global(closed + 1, trunk)
         self.history.append(record)

@@ -49,11 +49,18 @@ class SimulationConfig:
     seed: int = 0
     upload_dtype: WireDtype = WireDtype.FLOAT32
     device: str = "auto"
+    # FederationServerConfig fields beyond the mode, e.g. {dp_noise_multiplier: 1.0, dp_clip_norm: 4.0}
+    # or {secure_aggregation: true}
+    server_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.mode = parse_enum(Mode, self.mode, "mode")
         self.upload_dtype = parse_enum(WireDtype, self.upload_dtype, "upload_dtype")
         require(self.rounds >= 1, "rounds", f"must be at least 1, got {self.rounds}", "an integer >= 1")
+        fixed = {"rounds", "quorum", "aggregation", "state_dir"}
+        known = {f.name for f in dataclasses.fields(FederationServerConfig)} - fixed
+        unknown = sorted(set(self.server_options) - known)
+        require(not unknown, "server_options", f"unknown option(s) {unknown}", ", ".join(sorted(known)))
 
 
 @dataclasses.dataclass
@@ -86,7 +93,7 @@ def run_simulation(config: SimulationConfig, datasets: Mapping[str, tuple[Policy
     server_policy = seeded_policy(next(iter(datasets.values()))[0], config.seed)
     server = FederationServer(
         FederationServerConfig(rounds=config.rounds, quorum=len(datasets), aggregation=aggregation,
-                               state_dir=str(state_dir / "server")),
+                               state_dir=str(state_dir / "server"), **config.server_options),
         trunk_spec(server_policy), server_policy.trunk.state_dict(), credentials, Trunk.layer_of)
     proxy = InProcessServer(server)
     clients = {}

@@ -83,6 +83,59 @@ def experts_table(results: dict[str, dict], methods, tasks: list[str]) -> list[s
     return lines
 
 
+def _average_success(result: dict, tasks: list[str]) -> float:
+    return float(np.mean([_success(result["evaluation"][t])[0] for t in tasks]))
+
+
+def privacy_rows(results: dict[str, dict], methods, tasks: list[str]) -> list[tuple]:
+    """(method, z, C, ε, average success %, mean final validation loss) for the methods with DP
+    noise and the non-private methods of the same aggregation (their reference, ε = ∞)."""
+    private = [m for m in methods if m.federation.get("dp_noise_multiplier", 0) > 0]
+    modes = {m.mode for m in private}
+    rows = []
+    for method in methods:
+        if method in private or (method.mode in modes and not method.federation.get("dp_noise_multiplier")):
+            result = results[method.name]
+            epsilon = result["rounds"][-1].get("dp_epsilon", 0.0) if method in private else float("inf")
+            loss = float(np.mean([result["validation_loss"][t][-1] for t in tasks]))
+            rows.append((method, method.federation.get("dp_noise_multiplier", 0.0),
+                         method.federation.get("dp_clip_norm", 0.0), epsilon, _average_success(result, tasks), loss))
+    return rows if private else []
+
+
+def privacy_table(rows: list[tuple], delta: float) -> list[str]:
+    lines = [f"| Method | noise multiplier z | clip norm C | ε (δ = {delta:g}) | Avg. Success | final val. loss |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for method, z, clip, epsilon, success, loss in sorted(rows, key=lambda r: -r[3]):
+        lines.append(f"| {method.label} | {z:g} | {clip:g} | {epsilon:.3g} | {success:.1f} | {loss:.4f} |")
+    return lines
+
+
+def plot_privacy(path: Path, rows: list[tuple]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    finite = [r for r in rows if np.isfinite(r[3])]
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    ax.plot([r[3] for r in finite], [r[4] for r in finite], "o-", label="client-level DP")
+    for r in finite:
+        ax.annotate(f"z={r[1]:g}", (r[3], r[4]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for r in rows:
+        if not np.isfinite(r[3]):
+            ax.axhline(r[4], linestyle="--", color="grey", label=f"{r[0].label} (no DP)")
+    ax.set_xscale("log")
+    ax.set_xlabel("ε (whole run)")
+    ax.set_ylabel("average success (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7)
+    ax.set_title("Success vs privacy budget")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_success(path: Path, results: dict[str, dict], methods, tasks: list[str]) -> None:
     import matplotlib
 
@@ -200,6 +253,12 @@ def write_report(output: Path, scale, methods, results: dict[str, dict], *, comm
         lines += ["", "The paper's Table 3 averages (its real-robot tasks): "
                   + ", ".join(f"{by_name[m].label} {PAPER_TABLE3_AVERAGE[m]:.1f}" for m in TABLE3_METHODS
                               if m in by_name) + ".", ""]
+    privacy = privacy_rows(results, methods, tasks)
+    if privacy:
+        delta = next(m.federation.get("dp_delta", 1e-5) for m, z, *_ in privacy if z > 0)
+        plot_privacy(output / "privacy.png", privacy)
+        lines += ["## Client-level differential privacy: success vs ε", ""] + privacy_table(privacy, delta)
+        lines += ["", "![privacy](privacy.png)", ""]
     lines += ["## Validation loss (initial model → last round)", ""] + validation_table(results, methods, tasks) + [""]
     experts = experts_table(results, methods, tasks)
     if len(experts) > 2:

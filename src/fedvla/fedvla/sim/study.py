@@ -49,6 +49,8 @@ class MethodConfig:
     label: str = ""  # as the tables print it
     mode: Mode = Mode.EDA
     model: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # federation server options (SimulationConfig.server_options), e.g. client-level DP
+    federation: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.mode = Mode(self.mode) if not isinstance(self.mode, Mode) else self.mode
@@ -86,7 +88,8 @@ class StudyScale:
 
     def simulation_config(self, method: MethodConfig) -> SimulationConfig:
         return SimulationConfig(mode=method.mode, rounds=self.rounds, local_epochs=self.local_epochs,
-                                batch_size=self.batch_size, lr=self.lr, seed=self.seed, device=self.device)
+                                batch_size=self.batch_size, lr=self.lr, seed=self.seed, device=self.device,
+                                server_options=dict(method.federation))
 
 
 def _closed_rounds(training_dir: Path) -> int:
@@ -114,8 +117,9 @@ def load_method(config_dir: Path, name: str) -> MethodConfig:
 
 
 def config_hash(scale: StudyScale, methods: list[MethodConfig]) -> str:
-    text = json.dumps({"scale": dataclasses.asdict(scale), "methods": [dataclasses.asdict(m) for m in methods]},
-                      sort_keys=True, default=str)
+    # Fields at their empty default are left out, so adding an option keeps earlier runs' hashes.
+    described = [{k: v for k, v in dataclasses.asdict(m).items() if not (k == "federation" and not v)} for m in methods]
+    text = json.dumps({"scale": dataclasses.asdict(scale), "methods": described}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
