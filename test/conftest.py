@@ -52,6 +52,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "hardware" in item.keywords and os.environ.get("FEDVLA_HARDWARE") != "1":
             item.add_marker(skip_hw)
+    # Long soaks run only when asked for (test/run -m soak); the default run has their short versions.
+    if "soak" not in (config.getoption("markexpr") or ""):
+        deselected = [item for item in items if "soak" in item.keywords]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if "soak" not in item.keywords]
 
 
 class _Collect(logging.Handler):

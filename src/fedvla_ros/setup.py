@@ -24,6 +24,7 @@ setup(
             "fed_server = fedvla_ros.fed_server:main",
             "fed_client = fedvla_ros.fed_client:main",
             "federation_bench = fedvla_ros.federation_bench:main",
+            "federation_soak = fedvla_ros.federation_soak:main",
             "ur3_driver = fedvla_ros.ur3_driver:main",
             "motion_pattern = fedvla_ros.motion_pattern:main",
         ],

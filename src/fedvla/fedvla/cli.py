@@ -17,6 +17,8 @@
     fedvla bench iosp                        scene-parsing latency per frame (offline defaults)
     fedvla bench secagg                      secure EDA (SecAgg) vs plaintext per round, 4 and 16 clients
     fedvla bench ik                          IK time per solve (tracking) and convergence from home
+    fedvla soak [--rounds 50 --clients 4]    long federation with client kills, a server restart,
+                                             duplicated and delayed uploads: figures and checks
     fedvla federation credentials ID ...     a credentials file with fresh secrets
     fedvla federation report DIR             the round table of a federation directory
 """
@@ -461,16 +463,24 @@ def cmd_bench_secagg(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_transfer(args: argparse.Namespace) -> int:
-    """The ROS-service transfer benchmark lives with the nodes (it needs rclpy): run it."""
+def _run_ros_tool(executable_name: str, command: str, arguments: list[str]) -> int:
+    """Tools that live with the nodes (they need rclpy) run as their installed executables."""
     import subprocess
 
     from fedvla.runner import find_executable
 
-    executable = find_executable("fedvla_ros", "federation_bench")
+    executable = find_executable("fedvla_ros", executable_name)
     if executable is None:
-        raise ConfigError("bench transfer", "fedvla_ros/federation_bench is not installed", "run .ci/setup first")
-    return subprocess.call([str(executable), *args.bench_arguments])
+        raise ConfigError(command, f"fedvla_ros/{executable_name} is not installed", "run .ci/setup first")
+    return subprocess.call([str(executable), *arguments])
+
+
+def cmd_bench_transfer(args: argparse.Namespace) -> int:
+    return _run_ros_tool("federation_bench", "bench transfer", args.bench_arguments)
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    return _run_ros_tool("federation_soak", "soak", args.bench_arguments)
 
 
 def cmd_bench_iosp(args: argparse.Namespace) -> int:
@@ -612,6 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
     transfer = bench.add_parser("transfer", help="federation upload/fetch throughput over ROS 2 services vs TCP "
                                 "(options: those of federation_bench; --help lists them)", add_help=False)
     transfer.set_defaults(func=cmd_bench_transfer, passes_options=True)
+    soak = sub.add_parser("soak", help="soak and fault test of the federation on localhost (options: those of "
+                          "federation_soak; --help lists them)", add_help=False)
+    soak.set_defaults(func=cmd_soak, passes_options=True)
     study = sub.add_parser("study", help="the simulation study: collect, train every method, evaluate closed "
                            "loop, tables and plots (resumes an interrupted run)")
     study.add_argument("--scale", default="smoke", help="config/study/scales/<scale>.yaml: smoke, cpu or paper")
