@@ -57,7 +57,12 @@ def print_federation_report(console: Console, directory: Path, server_subdir: st
     for record in state["history"]:
         weights = np.asarray(record["layer_weights"]).mean(axis=0)
         clients = ", ".join(f"{c} {w:.3f}" for c, w in zip(record["clients"], weights))
-        table.add_row(str(record["round"]), record["aggregation"], clients, ", ".join(record["dropped"]) or "-",
+        aggregation = record["aggregation"] + (" + secagg" if record.get("secure") else "")
+        if record.get("attempts", 1) > 1:
+            aggregation += f" ({record['attempts']} attempts)"
+        if record.get("dp_epsilon"):
+            aggregation += f", ε {record['dp_epsilon']:.3g}"
+        table.add_row(str(record["round"]), aggregation, clients, ", ".join(record["dropped"]) or "-",
                       record["closed_by"], f"{record['duration_s']:.1f}")
     console.print(table)
     rejected = state.get("rejections") or {}
