@@ -50,6 +50,22 @@ def wait_until(predicate, what: str, timeout_s: float = 90.0, period_s: float = 
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def start_clients(tmp_path: Path, credentials: str, epochs: dict[str, int], **extra) -> dict:
+    """One fed_client process per client id in SECRETS, on synthetic data."""
+    return {client_id: start_node("fedvla_ros", "fed_client", f"fed_{client_id}", parameters={
+        "model_config": TINY, "credentials_file": credentials, "client_id": client_id,
+        "state_dir": str(tmp_path / client_id), "synthetic_samples": 32, "local_epochs": epochs[client_id],
+        "batch_size": 16, "heartbeat_interval_s": 0.5, "poll_period_s": 0.2, "service_timeout_s": 5.0, **extra})
+        for client_id in SECRETS}
+
+
+def assert_finished_with_final_checkpoints(clients: dict, tmp_path: Path, survivors=("robot_0", "robot_1")) -> None:
+    for client_id in survivors:
+        out, err = clients[client_id].communicate(timeout=60)
+        assert clients[client_id].returncode == 0, err[-2000:]
+        assert (tmp_path / client_id / "final" / "model.safetensors").is_file()
+
+
 def safe_status(api: RosServerApi):
     try:
         return api.status()
@@ -61,12 +77,7 @@ def test_three_clients_three_rounds_with_a_client_and_the_server_killed(rclpy_co
     state = tmp_path / "server"
     server = start_node("fedvla_ros", "fed_server", "fed_server", parameters=server_params(credentials, state))
     epochs = {"robot_0": 1, "robot_1": 8, "robot_2": 200}  # robot_1 slower than robot_0; robot_2 never finishes
-    clients = {
-        client_id: start_node("fedvla_ros", "fed_client", f"fed_{client_id}", parameters={
-            "model_config": TINY, "credentials_file": credentials, "client_id": client_id,
-            "state_dir": str(tmp_path / client_id), "synthetic_samples": 32, "local_epochs": epochs[client_id],
-            "batch_size": 16, "heartbeat_interval_s": 0.5, "poll_period_s": 0.2, "service_timeout_s": 5.0})
-        for client_id in SECRETS}
+    clients = start_clients(tmp_path, credentials, epochs)
     try:
         with SpinningNode(rclpy_context, "federation_observer") as node:
             events = []
@@ -90,10 +101,7 @@ def test_three_clients_three_rounds_with_a_client_and_the_server_killed(rclpy_co
             wait_until(lambda: ("finished", 3) in events, "the finished event")
         # Round events on the topic, the restarted server's included.
         assert {("closed", 0), ("closed", 1), ("closed", 2), ("started", 1), ("started", 2)} <= set(events)
-        for client_id in ("robot_0", "robot_1"):
-            out, err = clients[client_id].communicate(timeout=60)
-            assert clients[client_id].returncode == 0, err[-2000:]
-            assert (tmp_path / client_id / "final" / "model.safetensors").is_file()
+        assert_finished_with_final_checkpoints(clients, tmp_path)
     finally:
         for process in clients.values():
             stop_process(process)
@@ -159,13 +167,7 @@ def test_secure_aggregation_over_ros_with_a_client_killed_mid_round(rclpy_contex
     state = tmp_path / "server"
     server = start_node("fedvla_ros", "fed_server", "fed_server", parameters=server_params(
         credentials, state, rounds=2, secure_aggregation=True, phase_timeout_s=20.0))
-    clients = {
-        client_id: start_node("fedvla_ros", "fed_client", f"fed_{client_id}", parameters={
-            "model_config": TINY, "credentials_file": credentials, "client_id": client_id,
-            "state_dir": str(tmp_path / client_id), "synthetic_samples": 32, "local_epochs": 1, "batch_size": 16,
-            "heartbeat_interval_s": 0.5, "poll_period_s": 0.2, "service_timeout_s": 5.0,
-            "count_privacy": "normalized"})
-        for client_id in SECRETS}
+    clients = start_clients(tmp_path, credentials, dict.fromkeys(SECRETS, 1), count_privacy="normalized")
     try:
         with SpinningNode(rclpy_context, "federation_observer") as node:
             api = RosServerApi(node, timeout_s=5.0)
@@ -174,10 +176,7 @@ def test_secure_aggregation_over_ros_with_a_client_killed_mid_round(rclpy_contex
             clients["robot_2"].send_signal(signal.SIGKILL)
             clients["robot_2"].wait()
             wait_until(lambda: (s := safe_status(api)) and s.finished, "the secure federation to finish", timeout_s=150)
-        for client_id in ("robot_0", "robot_1"):
-            out, err = clients[client_id].communicate(timeout=60)
-            assert clients[client_id].returncode == 0, err[-2000:]
-            assert (tmp_path / client_id / "final" / "model.safetensors").is_file()
+        assert_finished_with_final_checkpoints(clients, tmp_path)
     finally:
         for process in clients.values():
             stop_process(process)
