@@ -191,7 +191,7 @@ def plot_experts(path: Path, result: dict, tasks: list[str], label: str) -> bool
     tasks = [t for t in tasks if result["evaluation"][t].get("group_tokens") is not None]
     if not tasks:
         return False
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.8 * len(tasks), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         evaluation = result["evaluation"][task]
         counts = np.asarray(evaluation["group_expert_counts"], dtype=float)  # (3, K)
@@ -202,13 +202,15 @@ def plot_experts(path: Path, result: dict, tasks: list[str], label: str) -> bool
             ax.bar(np.arange(3) + (k - (experts - 1) / 2) * width, counts[:, k], width, label=f"expert {k + 1}")
         density = np.divide(counts.sum(1), tokens, out=np.zeros(3), where=tokens > 0)
         right = ax.twinx()
-        right.plot(np.arange(3), density, "ko-")
-        right.axhline(counts.sum() / max(tokens.sum(), 1), color="k", linestyle="--", linewidth=0.8)
+        right.plot(np.arange(3), density, "ko-", label="experts/token")
+        right.axhline(counts.sum() / max(tokens.sum(), 1), color="k", linestyle="--", linewidth=0.8,
+                      label="experts/token, all groups")
         right.set_ylabel("experts per token")
-        ax.set_xticks(np.arange(3), GROUPS)
+        ax.set_xticks(np.arange(3), GROUPS, fontsize=8)
         ax.set_ylabel("activations")
         ax.set_title(f"{label}: {TASK_LABELS.get(task, task)}")
-    axes[0][0].legend(fontsize=6, ncol=2)
+    axes[0][0].legend(fontsize=6, ncol=2, loc="upper left")
+    right.legend(fontsize=6, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
