@@ -204,8 +204,7 @@ class SecureRound:
         self.phase = SecurePhase.SHARES
 
     def secagg_round(self) -> SecAggRound:
-        return SecAggRound(round_index=self.round_index, participants=self.participants,
-                           threshold=threshold_for(len(self.participants), self.threshold_fraction),
+        return SecAggRound(round_index=self.round_index, participants=self.participants, threshold=self.threshold,
                            length=self.length, frac_bits=self.frac_bits)
 
     @property
