@@ -101,13 +101,14 @@ class Soak:
         self._restarts: list[tuple[float, str]] = []  # (when, client) pending restarts
 
     # -- processes ------------------------------------------------------------------------------
-    def _command(self, exe: Path, name: str, parameters: dict) -> list[str]:
-        from fedvla.runner import parameter_literal
+    @staticmethod
+    def _command(exe: Path, executable: str, name: str, parameters: dict) -> list[str]:
+        """The command line ``fedvla launch`` uses for a node (fedvla.runner.node_command)."""
+        from fedvla.graph import NodeSpec, ResolvedNode
+        from fedvla.runner import node_command
 
-        cmd = [str(exe), "--ros-args", "-r", f"__node:={name}"]
-        for key, value in parameters.items():
-            cmd += ["-p", f"{key}:={parameter_literal(value)}"]
-        return cmd
+        spec = NodeSpec(key=name, package="fedvla_ros", executable=executable, name=name)
+        return node_command(exe, ResolvedNode(spec=spec, parameter_files=(), parameter_values=parameters, arguments=()))
 
     def start_server(self) -> None:
         self.server_starts += 1
@@ -117,7 +118,7 @@ class Soak:
                   "tick_period_s": 0.2, "chunk_size": 16384, "secure_aggregation": self.config.secure,
                   "phase_timeout_s": 10.0}
         log = open(self.logs / f"server.{self.server_starts}.log", "w")
-        self.server = subprocess.Popen(self._command(self.server_exe, "fed_server", params), stdout=log,
+        self.server = subprocess.Popen(self._command(self.server_exe, "fed_server", "fed_server", params), stdout=log,
                                        stderr=subprocess.STDOUT)
 
     def start_client(self, client_id: str) -> None:
@@ -127,7 +128,7 @@ class Soak:
                   "local_epochs": 1, "batch_size": 16, "heartbeat_interval_s": 0.5, "poll_period_s": 0.2,
                   "service_timeout_s": 3.0, "seed": int(client_id.split("_")[-1])}
         log = open(self.logs / f"{client_id}.{self.client_starts[client_id]}.log", "w")
-        self.clients[client_id] = subprocess.Popen(self._command(self.client_exe, f"fed_{client_id}", params),
+        self.clients[client_id] = subprocess.Popen(self._command(self.client_exe, "fed_client", f"fed_{client_id}", params),
                                                    stdout=log, stderr=subprocess.STDOUT)
 
     @staticmethod
