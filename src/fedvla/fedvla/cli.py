@@ -370,7 +370,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_bench_policy(args: argparse.Namespace) -> int:
     import torch
 
-    from fedvla.model.bench import run_policy_bench
+    from fedvla.model.bench import matmul_gflops, run_policy_bench, trunk_ratio_floor
     from fedvla.model.config import PolicyConfig
     from fedvla.model.moe import FeedForwardKind
 
@@ -382,7 +382,7 @@ def cmd_bench_policy(args: argparse.Namespace) -> int:
     console.print(f"policy bench: {model_config} ({config.num_blocks} blocks, width {config.embed_dim}, "
                   f"{config.num_experts} experts, {len(config.camera_names)} cameras {config.image_size}px, "
                   f"batch 1), torch threads {torch.get_num_threads()}, {args.repeats} repeats")
-    figures = run_policy_bench(config, kinds, repeats=args.repeats, train_epochs=args.train_epochs)
+    figures = run_policy_bench(config, kinds, repeats=args.repeats, train_epochs=args.train_epochs, batch=args.batch)
     table = Table(title="policy step and trunk latency (CPU unless CUDA is present)")
     for column in ("feed-forward", "step median (ms)", "step p90 (ms)", "trunk median (ms)",
                    "experts/token untrained", "experts/token trained"):
@@ -391,10 +391,38 @@ def cmd_bench_policy(args: argparse.Namespace) -> int:
         table.add_row(f.kind.value, f"{f.step_median_ms:.2f}", f"{f.step_p90_ms:.2f}", f"{f.trunk_median_ms:.2f}",
                       f"{f.experts_per_token_untrained:.3f}", f"{f.experts_per_token:.3f}")
     console.print(table)
+    throughput = matmul_gflops()
+    table = Table(title="where a step's time goes (batch 1, median ms)",
+                  caption="attn: the trunk's attention and norms; ffn: its feed-forward layers; head: head and "
+                          "the rest; GFLOP: one step's work")
+    for column in ("kind", "stems", "attn", "ffn", "head", "GFLOP", "GFLOP/s",
+                   f"trunk B={args.batch}"):
+        table.add_column(column, justify="right")
+    for f in figures:
+        head = f.step_median_ms - f.stems_median_ms - f.trunk_median_ms
+        table.add_row(f.kind.value, f"{f.stems_median_ms:.2f}", f"{f.trunk_rest_ms:.2f}", f"{f.feed_forward_median_ms:.2f}",
+                      f"{head:.2f}", f"{f.step_gflop:.3f}", f"{f.step_gflop / f.step_median_ms * 1000:.1f}",
+                      f"{f.trunk_batch_median_ms:.1f}" if f.trunk_batch_ms else "-")
+    console.print(table)
+    console.print(f"this machine's float32 matmul throughput (1024x1024, {torch.get_num_threads()} threads): "
+                  f"{throughput:.0f} GFLOP/s")
     by_kind = {f.kind: f for f in figures}
+    if FeedForwardKind.DENSE in by_kind:
+        dense = by_kind[FeedForwardKind.DENSE]
+        console.print(f"dense step {dense.step_median_ms:.2f} ms is the floor for every MoE kind on this machine "
+                      f"(each does at least the dense FFN's work per token, plus routing; step target <= 8 ms); "
+                      f"its arithmetic alone would take {dense.step_gflop / throughput * 1000:.2f} ms at the matmul "
+                      f"throughput")
     if FeedForwardKind.DGMOE in by_kind and FeedForwardKind.TOPK in by_kind:
-        ratio = by_kind[FeedForwardKind.DGMOE].trunk_median_ms / by_kind[FeedForwardKind.TOPK].trunk_median_ms
-        console.print(f"trunk time DGMoE / top-2: {ratio:.2f} (target <= 0.7)")
+        dgmoe, topk = by_kind[FeedForwardKind.DGMOE], by_kind[FeedForwardKind.TOPK]
+        console.print(f"trunk time DGMoE / top-2: {dgmoe.trunk_median_ms / topk.trunk_median_ms:.2f} (target <= 0.7)"
+                      + (f"; at batch {args.batch}: {dgmoe.trunk_batch_median_ms / topk.trunk_batch_median_ms:.2f}"
+                         if dgmoe.trunk_batch_ms and topk.trunk_batch_ms else ""))
+        console.print(f"feed-forward time DGMoE / top-2 at batch 1: "
+                      f"{dgmoe.feed_forward_median_ms / topk.feed_forward_median_ms:.2f}; expert pairs per token "
+                      f"{dgmoe.experts_per_token:.2f} / {topk.experts_per_token:.2f} = "
+                      f"{dgmoe.experts_per_token / topk.experts_per_token:.2f}; trunk ratio floor if feed-forward time "
+                      f"scaled with pairs (attention and norms unchanged): {trunk_ratio_floor(dgmoe, topk):.2f}")
     return 0
 
 
@@ -586,6 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
     policy_bench.add_argument("--train-epochs", type=int, default=10,
                               help="epochs of DGMoE training on the synthetic task before timing (0: untrained)")
     policy_bench.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    policy_bench.add_argument("--batch", type=int, default=32,
+                              help="the training-size batch the trunk is also timed at (0: skip)")
     policy_bench.set_defaults(func=cmd_bench_policy)
     ik_bench = bench.add_parser("ik", help="IK time per solve while tracking, convergence from home")
     ik_bench.add_argument("--targets", type=int, default=500)

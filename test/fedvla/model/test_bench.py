@@ -14,3 +14,6 @@ def test_bench_prints_a_row_per_kind_and_the_ratio() -> None:
     for kind in ("dense", "topk", "adamoe", "dgmoe"):
         assert f"│ {kind}" in result.stdout or f"{kind} │" in result.stdout, result.stdout
     assert "trunk time DGMoE / top-2:" in result.stdout
+    for figure in ("where a step's time goes", "matmul throughput", "is the floor for every MoE kind",
+                   "trunk ratio floor"):
+        assert figure in result.stdout, result.stdout

@@ -183,3 +183,19 @@ def test_batched_inference_with_a_dominant_expert_overflows_it_exactly() -> None
     with torch.no_grad():
         batched = dispatch_batched(x, gates, active, StackedExperts().get(layer.experts))
         torch.testing.assert_close(batched, dispatch(x, gates, active, layer.experts), rtol=1e-5, atol=1e-6)
+
+
+def test_batched_inference_skips_the_padded_batch_when_two_experts_take_every_token() -> None:
+    from fedvla.model.moe import StackedExperts, choose_capacity, dispatch, dispatch_batched
+
+    torch.manual_seed(4)
+    layer = DGMoE(D, K, H).eval()
+    x = torch.randn(1, 40, D)
+    active = torch.zeros(1, 40, K, dtype=torch.bool)
+    active[..., 2] = True  # what a trained router often does: one or two experts per layer
+    active[0, :5, 6] = True
+    gates = active.float() * 0.7
+    assert choose_capacity(active.reshape(-1, K).sum(0).tolist()) == 0
+    with torch.no_grad():
+        batched = dispatch_batched(x, gates, active, StackedExperts().get(layer.experts))
+        torch.testing.assert_close(batched, dispatch(x, gates, active, layer.experts), rtol=1e-5, atol=1e-6)

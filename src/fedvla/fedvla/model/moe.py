@@ -140,23 +140,30 @@ class StackedExperts:
 
 
 # Batched inference runs every expert on a (K, capacity) padded batch; the tokens of an expert
-# beyond the capacity run through that expert alone. The capacity minimises padded rows plus this
-# many token-rows of cost per extra expert call (its fixed overhead, measured on CPU at batch 1).
+# beyond the capacity run through that expert alone. Costs are in token-rows: an extra expert call
+# costs OVERFLOW_CALL_COST_ROWS (its fixed overhead, measured on CPU at batch 1) and the padded
+# batch itself PADDED_BATCH_COST_ROWS (its two batched matmuls and the indexing that fills and
+# reads them), so a layer whose tokens almost all go to one or two experts skips the padded batch.
 OVERFLOW_CALL_COST_ROWS = 24
+PADDED_BATCH_COST_ROWS = 24
 
 
-def choose_capacity(counts: list[int], call_cost_rows: int = OVERFLOW_CALL_COST_ROWS) -> int:
+def choose_capacity(counts: list[int], call_cost_rows: int = OVERFLOW_CALL_COST_ROWS,
+                    batch_cost_rows: int = PADDED_BATCH_COST_ROWS) -> int:
     """The per-expert batch capacity: the largest count when the load is even; the count of a
     less loaded expert when one or two experts take most tokens (they overflow instead of making
-    every expert pad to their size, which a learned DGMoE router often does)."""
+    every expert pad to their size, which a learned DGMoE router often does); 0 (no padded
+    batch: each active expert runs once on its own tokens) when that is cheapest."""
     ranked = sorted(counts, reverse=True)
     num = len(ranked)
 
     def cost(j: int) -> int:
         cap = ranked[j]
-        return num * cap + sum(c - cap for c in ranked[:j]) + call_cost_rows * j
+        return num * cap + sum(c - cap for c in ranked[:j]) + call_cost_rows * j + batch_cost_rows
 
-    return ranked[min(range(num), key=cost)]
+    best = min(range(num), key=cost)
+    per_expert = sum(ranked) + call_cost_rows * sum(1 for c in ranked if c)
+    return 0 if per_expert <= cost(best) else ranked[best]
 
 
 @dataclasses.dataclass
@@ -193,6 +200,8 @@ def _experts_batched(r: Routing, stacked: StackedExperts) -> Tensor:
     counts = r.counts.tolist()
     capacity = choose_capacity(counts)
     gathered = r.flat_x.index_select(0, r.token_index)
+    if capacity == 0:
+        return _experts_beyond(gathered.new_empty(pairs, dim), gathered, counts, 0, stacked)
     starts = torch.cumsum(r.counts, 0) - r.counts
     slot = torch.arange(pairs, device=r.flat_x.device) - starts[r.expert_index]
     padded = r.flat_x.new_zeros(num_experts, capacity, dim)
@@ -206,6 +215,12 @@ def _experts_batched(r: Routing, stacked: StackedExperts) -> Tensor:
     out = torch.baddbmm(stacked.b2, hidden, stacked.w2)
     result = gathered.new_empty(pairs, dim)
     result[batched] = out[r.expert_index[batched], slot[batched]]
+    return _experts_beyond(result, gathered, counts, capacity, stacked)
+
+
+def _experts_beyond(result: Tensor, gathered: Tensor, counts: list[int], capacity: int,
+                    stacked: StackedExperts) -> Tensor:
+    """Fill ``result`` with each expert's output on its pairs beyond ``capacity``."""
     start = 0
     for expert, count in enumerate(counts):
         if count > capacity:
