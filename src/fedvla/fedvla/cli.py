@@ -612,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     policy_bench.add_argument("--kinds", nargs="+", default=["dense", "topk", "adamoe", "dgmoe"])
     policy_bench.add_argument("--repeats", type=int, default=50)
     policy_bench.add_argument("--train-epochs", type=int, default=10,
-                              help="epochs of DGMoE training on the synthetic task before timing (0: untrained)")
+                              help="epochs of training (every kind) on the synthetic task before timing (0: untrained)")
     policy_bench.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     policy_bench.add_argument("--batch", type=int, default=32,
                               help="the training-size batch the trunk is also timed at (0: skip)")
