@@ -29,13 +29,12 @@ class KindFigures:
     kind: FeedForwardKind
     step_ms: list[float]
     trunk_ms: list[float]
-    experts_per_token: float  # after training (DGMoE), over a batch of the data
+    experts_per_token: float  # after the bench's training, over a batch of the data
     experts_per_token_untrained: float
     stems_ms: list[float] = dataclasses.field(default_factory=list)
     feed_forward_ms: list[float] = dataclasses.field(default_factory=list)  # the trunk's MoE layers, per call
     step_gflop: float = float("nan")  # floating-point work of one step (multiply-adds count 2)
-    batch: int = 0  # the large batch of trunk_batch_ms
-    trunk_batch_ms: list[float] = dataclasses.field(default_factory=list)
+    trunk_batch_ms: list[float] = dataclasses.field(default_factory=list)  # the trunk at the bench's large batch
 
     @property
     def stems_median_ms(self) -> float:
@@ -188,7 +187,7 @@ def bench_kind(base: PolicyConfig, kind: FeedForwardKind, *, repeats: int, warmu
     step_gflop = count_gflop(policy, lambda: policy.predict_action_chunk(obs))
     return KindFigures(kind=kind, step_ms=step_ms, trunk_ms=trunk_ms, experts_per_token=experts_per_token(policy, data),
                        experts_per_token_untrained=untrained, stems_ms=stems_ms, feed_forward_ms=feed_forward_ms,
-                       step_gflop=step_gflop, batch=batch, trunk_batch_ms=trunk_batch_ms)
+                       step_gflop=step_gflop, trunk_batch_ms=trunk_batch_ms)
 
 
 def run_policy_bench(config: PolicyConfig, kinds: list[FeedForwardKind], *, repeats: int = 50, warmup: int = 5,
