@@ -14,7 +14,8 @@ from safetensors.torch import save as safetensors_save
 from fedvla.data.synthetic import SquareReachDataset
 from fedvla.federation.client import FederationClient, FederationClientConfig, trunk_spec
 from fedvla.federation.server import FederationServer, FederationServerConfig
-from fedvla.federation.wire import TrunkUpdate, encode_update, sha256_hex, sign, sign_upload
+from fedvla.federation.wire import (SCALE_PREFIX, TrunkUpdate, WireDtype, encode_update, sha256_hex, sign,
+                                    sign_upload)
 from fedvla.model.checkpoint import seeded_policy
 from fedvla.model.config import PolicyConfig
 from fedvla.model.train import TrainConfig
@@ -151,6 +152,7 @@ def fault_cases(server, replay_blob: bytes):
         ("unknown dtype", "wrong_dtype", lambda: upload(server, "robot_0", _blob_with(server, metadata={"dtype": "int8"}))),
         ("NaN weights", "not_finite", lambda: upload(server, "robot_0", _blob_with(server, tensors={f"trunk.{first}": torch.full(shape, float("nan"))}))),
         ("infinite weights", "not_finite", lambda: upload(server, "robot_0", _blob_with(server, tensors={f"trunk.{first}": torch.full(shape, float("inf"))}))),
+        ("int8 delta with a huge scale", "out_of_range", lambda: upload(server, "robot_0", huge_scale_delta(server))),
         ("negative counts", "bad_counts", lambda: upload(server, "robot_0", _blob_with(server, tensors={"expert_counts": -torch.ones(server.spec.num_layers, server.spec.num_experts, dtype=torch.int64)}))),
         ("counts wrong shape", "bad_counts", lambda: upload(server, "robot_0", _blob_with(server, tensors={"expert_counts": torch.ones(3, 3, dtype=torch.int64)}))),
         ("float counts", "bad_counts", lambda: upload(server, "robot_0", _blob_with(server, tensors={"expert_counts": torch.ones(server.spec.num_layers, server.spec.num_experts)}))),
@@ -161,6 +163,24 @@ def fault_cases(server, replay_blob: bytes):
         ("forged join", "bad_signature", lambda: server.join("robot_2", server.spec.trunk_hash, "0" * 64)),
         ("fetch with a bad signature", "bad_signature", lambda: server.fetch("robot_0", server.round, 0, 10, "0" * 64)),
     ]
+
+
+def huge_scale_delta(server, client_id: str = "robot_0", scale: float = 3e38) -> bytes:
+    """A valid int8_delta update of ``client_id`` whose first scale is finite but huge: rebuilt as
+    base + q·scale it would overflow to ±inf."""
+    import json
+
+    from safetensors.torch import load as safetensors_load
+
+    base = server.global_trunk  # what a float32 broadcast sends
+    local = {k: v + 0.01 for k, v in base.items()}
+    blob = encode_update(random_update(server, client_id, trunk=local), server.spec, WireDtype.INT8_DELTA, base=base)
+    tensors = safetensors_load(blob)
+    first = SCALE_PREFIX + next(iter(server.spec.shapes))
+    tensors[first] = torch.full_like(tensors[first], scale)
+    header_length = int.from_bytes(blob[:8], "little")
+    metadata = json.loads(blob[8: 8 + header_length])["__metadata__"]
+    return safetensors_save(tensors, metadata=metadata)
 
 
 def _chunk_call(server, index: int, twice: bool = False):

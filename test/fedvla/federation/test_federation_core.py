@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedvla.federation.client import InProcessServer, run_until_finished, trunk_spec
+from fedvla.federation.client import run_until_finished, trunk_spec
 from fedvla.federation.eda import aggregate_trunks, expert_driven_weights
 from fedvla.federation.server import FederationServer, FederationServerConfig, load_credentials
 from fedvla.federation.wire import (WireDtype, WireError, decode_trunk, decode_update, encode_update, sha256_hex,
@@ -18,8 +18,8 @@ from fedvla.config import ConfigError
 from fedvla.model.checkpoint import seeded_policy
 from fedvla.model.config import PolicyConfig
 from fedvla.model.trunk import Trunk
-from support.federation import (SECRETS, TINY, FakeClock, fault_cases, join_all, make_client, make_server,
-                                random_update, upload)
+from support.federation import (SECRETS, TINY, FakeClock, fault_cases, huge_scale_delta, join_all, make_client,
+                                make_server, random_update, upload)
 
 def test_round_aggregates_uploaded_trunks_with_eda(tmp_path):
     server = make_server(tmp_path / "server")
@@ -87,7 +87,7 @@ def test_clients_train_and_federate_in_process(tmp_path):
     server = make_server(tmp_path / "server")
     # One client of each upload format: they all aggregate together.
     dtypes = ("float32", "bfloat16", "int8_delta")
-    clients = [make_client(InProcessServer(server), i, tmp_path, upload_dtype=d) for i, d in enumerate(dtypes)]
+    clients = [make_client(server, i, tmp_path, upload_dtype=d) for i, d in enumerate(dtypes)]
     records = run_until_finished(server, clients)
     assert [r.round for r in records] == [0, 1] and server.finished
     for record in records:
@@ -152,11 +152,10 @@ def test_round_timeout_closes_with_quorum_but_not_below(tmp_path):
 
 def test_client_restarted_after_upload_does_not_upload_again(tmp_path):
     server = make_server(tmp_path / "server", quorum=3)
-    proxy = InProcessServer(server)
-    client = make_client(proxy, 0, tmp_path)
+    client = make_client(server, 0, tmp_path)
     report = client.step()
     assert report is not None and report.round == 0 and report.upload_bytes > 0
-    restarted = make_client(proxy, 0, tmp_path)
+    restarted = make_client(server, 0, tmp_path)
     assert restarted.last_uploaded_round == 0 and restarted.step() is None
     assert server.rejections.get("duplicate_upload", 0) == 0
 
@@ -209,3 +208,85 @@ def test_fault_suite_rejects_each_bad_upload_with_its_reason(tmp_path):
     assert all(torch.equal(before[k], server.global_trunk[k]) for k in before)
     assert json.loads((tmp_path / "server/state.json").read_text())["accepted"] == state_before
     assert sum(server.rejections.values()) >= len(cases)
+
+
+def test_int8_delta_with_a_huge_scale_is_refused_and_the_state_dir_restarts(tmp_path):
+    """A finite scale of 3e38 would rebuild to ±inf: refused before it counts, the round closes
+    with finite weights, and a server restarted from its state_dir resumes it."""
+    server = make_server(tmp_path / "server")
+    join_all(server)
+    reply = upload(server, "robot_0", huge_scale_delta(server))
+    assert reply.reason == "out_of_range" and "scale." in reply.detail
+    assert "robot_0" not in server.accepted
+    for i, client_id in enumerate(SECRETS):
+        assert upload(server, client_id, encode_update(random_update(server, client_id, seed=i), server.spec)).ok
+    assert server.tick() is not None
+    assert all(bool(torch.isfinite(v).all()) for v in server.global_trunk.values())
+    resumed = make_server(tmp_path / "server")
+    assert resumed.round == 1 and resumed.rejections["out_of_range"] == 1
+    assert all(torch.equal(resumed.global_trunk[k], v) for k, v in server.global_trunk.items())
+
+
+def test_a_non_finite_aggregate_is_never_installed_or_persisted(tmp_path, monkeypatch):
+    import fedvla.federation.server as server_module
+
+    server = make_server(tmp_path / "server")
+    join_all(server)
+    before = {k: v.clone() for k, v in server.global_trunk.items()}
+    for i, client_id in enumerate(SECRETS):
+        assert upload(server, client_id, encode_update(random_update(server, client_id, seed=i), server.spec)).ok
+    real = server_module.aggregate_trunks
+    monkeypatch.setattr(server_module, "aggregate_trunks",
+                        lambda *a, **k: {n: torch.full_like(t, float("inf")) for n, t in real(*a, **k).items()})
+    assert server.tick() is None
+    assert server.round == 0 and not (tmp_path / "server/global/round_00001.safetensors").exists()
+    assert all(torch.equal(before[k], server.global_trunk[k]) for k in before)
+    assert server.status().accepted == [] and server.rejections["not_finite"] == 3
+    monkeypatch.setattr(server_module, "aggregate_trunks", real)
+    # The clients' updates were set aside: a client trains and uploads again, and the round closes.
+    client = make_client(server, 0, tmp_path)
+    client.last_uploaded_round = 0  # it had uploaded to round 0
+    assert client.step() is not None and "robot_0" in server.accepted
+    resumed = make_server(tmp_path / "server")
+    assert resumed.round == 0 and sorted(resumed.accepted) == ["robot_0"]
+
+
+def test_the_server_refuses_client_ids_that_are_not_file_names(tmp_path):
+    policy = seeded_policy(PolicyConfig.from_yaml(TINY, image_size=32, language_dim=8), 0)
+    for client_id in ("../../x", "a/b", "robot.0", ""):
+        with pytest.raises(ConfigError, match="client id"):
+            FederationServer(FederationServerConfig(state_dir=str(tmp_path / "server")), trunk_spec(policy),
+                             policy.trunk.state_dict(), {client_id: "0123456789abcdef0123"}, Trunk.layer_of)
+    assert not (tmp_path / "server").exists() and not (tmp_path / "x").exists()
+
+
+def test_concurrent_requests_acknowledge_each_client_once_and_persist_all(tmp_path):
+    """Transports call the server from several threads: every client's upload is acknowledged once,
+    whatever the interleaving, and state.json lists every acknowledged client."""
+    import threading
+
+    server = make_server(tmp_path / "server", rounds=3, quorum=3)
+    join_all(server)
+    for round_index in range(3):
+        blobs = {c: encode_update(random_update(server, c, seed=10 * round_index + i), server.spec)
+                 for i, c in enumerate(SECRETS)}
+        calls = [c for c in SECRETS for _ in range(4)]  # each client's upload sent four times at once
+        barrier, replies = threading.Barrier(len(calls)), []
+
+        def send(client_id):
+            barrier.wait()
+            replies.append((client_id, upload(server, client_id, blobs[client_id])))
+            server.status()
+
+        threads = [threading.Thread(target=send, args=(c,)) for c in calls]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        acknowledged = sorted(c for c, r in replies if r.ok)
+        assert acknowledged == sorted(SECRETS), acknowledged
+        # (a second begin_upload of a client replaces its first, whose chunks then find it gone)
+        assert {r.reason for _, r in replies if not r.ok} <= {"duplicate_upload", "unknown_upload"}
+        persisted = json.loads((tmp_path / "server/state.json").read_text())["accepted"]
+        assert sorted(persisted) == acknowledged
+        assert server.tick() is not None and server.round == round_index + 1

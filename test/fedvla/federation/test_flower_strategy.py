@@ -282,21 +282,16 @@ def test_run_simulation_matches_direct_aggregation(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     monkeypatch.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # opts in to Ray's future default, quietly
     simulation_results.clear()
-    started = time.monotonic()
-    # Ray is started here rather than by flwr so that a sandbox where it cannot start is told
-    # apart from a failing simulation. flwr reuses a running Ray; like flwr, hand the workers this
-    # process's sys.path, so that they can import this module (the ClientApp is pickled by name).
-    try:
-        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}})
-    except Exception as error:  # noqa: BLE001 - any failure to start Ray means no simulation here
-        pytest.skip(f"Ray could not start here: {error!r}")
+    # Ray is started here, with a small footprint; flwr reuses a running Ray. Like flwr, hand the
+    # workers this process's sys.path, so that they can import this module (the ClientApp is
+    # pickled by name). A Ray that cannot start fails the test: only a missing ray skips it.
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}})
     try:
         run_simulation(simulation_server, simulation_client, num_supernodes=3,
                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
     finally:
         ray.shutdown()
-    elapsed = time.monotonic() - started
 
     assert "arrays" in simulation_results, "the ServerApp did not finish"
     expected = seeded_trunk(INITIAL_SEED)
@@ -308,4 +303,3 @@ def test_run_simulation_matches_direct_aggregation(monkeypatch: pytest.MonkeyPat
     reports = simulation_results["reports"]
     assert sorted(reports) == list(range(1, ROUNDS + 1))
     assert all(len(r.node_ids) == 3 and r.dropped == [] for r in reports.values())
-    assert elapsed < 120, f"the simulation took {elapsed:.0f} s"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedvla.config import ConfigError
-from fedvla.federation.client import InProcessServer, run_until_finished
+from fedvla.federation.client import run_until_finished
 from fedvla.federation.eda import aggregate_trunks, expert_driven_weights
 from fedvla.federation.privacy import PrivacyAccountant, clip_update, update_norm
 from fedvla.federation.wire import encode_update
@@ -61,8 +61,7 @@ def test_secure_rounds_clip_on_the_client_and_add_noise_after_unmasking(tmp_path
     server = make_server(tmp_path / "server", rounds=1, secure_aggregation=True, dp_clip_norm=clip,
                          dp_noise_multiplier=z)
     server.noise_generator = torch.Generator().manual_seed(2)
-    proxy = InProcessServer(server)
-    clients = [make_client(proxy, i, tmp_path / "clients") for i in range(3)]
+    clients = [make_client(server, i, tmp_path / "clients") for i in range(3)]
     for client in clients:
         client.step()  # train and report
     server.tick()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedvla.config import ConfigError
-from fedvla.federation.client import CountPrivacy, InProcessServer, private_counts, run_until_finished
+from fedvla.federation.client import CountPrivacy, private_counts, run_until_finished
 from fedvla.federation.eda import aggregate_trunks, expert_driven_weights
 from fedvla.federation.secure_round import dump_payload, encode_masked
 from fedvla.federation.wire import encode_update, sha256_hex, sign
@@ -18,8 +18,7 @@ ATOL = 3 * 2.0**-25 + 1e-6  # fixed point (n clients · 2^-25) + float32 roundin
 
 
 def _clients(server, tmp_path, **options):
-    proxy = InProcessServer(server)
-    return [make_client(proxy, i, tmp_path / "clients", **options) for i in range(3)]
+    return [make_client(server, i, tmp_path / "clients", **options) for i in range(3)]
 
 
 def _trained_trunks(clients) -> dict[str, dict]:
@@ -121,9 +120,8 @@ def test_server_restarted_mid_secure_round_resumes_its_phase(tmp_path):
     del server
     resumed = make_server(tmp_path / "server", **options)
     assert resumed.status().phase == "masked" and resumed.status().accepted == ["robot_0", "robot_1"]
-    proxy = InProcessServer(resumed)
     for client in clients:
-        client.server = proxy
+        client.server = resumed
     run_until_finished(resumed, clients)
     for name, value in _plain_eda(trained, counts).items():
         torch.testing.assert_close(resumed.global_trunk[name], value, rtol=0, atol=ATOL)

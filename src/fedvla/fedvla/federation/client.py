@@ -2,8 +2,8 @@
 trunk, trains locally, and uploads trunk + expert counts (FedVLA Algorithm 1, client side).
 
 Transport-free: it talks to anything with the :class:`ServerApi` methods — the
-:class:`fedvla.federation.server.FederationServer` itself (in-process simulations, through
-:class:`InProcessServer`) or the ``fed_client`` node's ROS service proxy.
+:class:`fedvla.federation.server.FederationServer` itself (in-process simulations; it serializes
+requests from threads) or the ``fed_client`` node's ROS service proxy.
 
 When the server aggregates securely (its status names a ``phase``), a round is the exchange of
 :mod:`fedvla.federation.secure_round`: the client trains once, reports its expert counts (under
@@ -58,22 +58,6 @@ class ServerApi(Protocol):
     def commit_upload(self, upload_id: str) -> Reply: ...
     def secure_request(self, op: str, client_id: str, round_index: int, attempt: int, payload: bytes,
                        signature: str) -> Reply: ...
-
-
-class InProcessServer:
-    """A :class:`FederationServer` behind a lock, so clients in threads can share it."""
-
-    def __init__(self, server) -> None:
-        self.server = server
-        self.lock = threading.RLock()
-
-    def __getattr__(self, name: str):
-        method = getattr(self.server, name)
-
-        def locked(*args, **kwargs):
-            with self.lock:
-                return method(*args, **kwargs)
-        return locked
 
 
 class FederationError(RuntimeError):
@@ -389,8 +373,11 @@ class FederationClient:
             self.join()
         status = self.server.status()
         secure = bool(status.phase)
-        if (status.finished or status.round <= self.last_uploaded_round
-                or (not secure and self.client_id in status.accepted)):
+        # A plain round that lists no update of ours although we uploaded to it was set aside by the
+        # server (its aggregate was unusable): train again.
+        uploaded_here = status.round < self.last_uploaded_round or (
+            status.round == self.last_uploaded_round and (secure or self.client_id in status.accepted))
+        if status.finished or uploaded_here or (not secure and self.client_id in status.accepted):
             self.server.heartbeat(self.client_id, self._sign("heartbeat"))
             return None
         try:

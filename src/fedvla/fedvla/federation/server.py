@@ -44,10 +44,12 @@ import math
 import re
 import secrets as secrets_module
 import shutil
+import threading
 import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping
+from functools import wraps
 from pathlib import Path
 
 import numpy as np
@@ -139,13 +141,19 @@ def load_credentials(path: str | Path) -> dict[str, str]:
     clients = data.get("clients") if isinstance(data, dict) else None
     if not isinstance(clients, dict) or not clients:
         raise ConfigError("credentials_file", f"{path} has no 'clients' map", "clients: {robot_a: <secret>}")
+    return validate_credentials({str(k): v for k, v in clients.items()}, "credentials_file", f" in {path}")
+
+
+def validate_credentials(credentials: Mapping[str, str], field: str = "credentials",
+                         where: str = "") -> dict[str, str]:
+    """Client ids name files under ``state_dir`` (``updates/round_r/<id>.safetensors``): only
+    letters, digits, ``_`` and ``-``, so no id can reach outside it; secrets long enough to sign."""
     out = {}
-    for client_id, secret in clients.items():
-        client_id = str(client_id)
-        require(bool(CLIENT_ID_PATTERN.match(client_id)), "credentials_file",
-                f"client id {client_id!r} in {path}", "letters, digits, '_' and '-', at most 64")
-        require(isinstance(secret, str) and len(secret) >= MIN_SECRET_LENGTH, "credentials_file",
-                f"the secret of {client_id!r} is shorter than {MIN_SECRET_LENGTH} characters",
+    for client_id, secret in credentials.items():
+        require(isinstance(client_id, str) and bool(CLIENT_ID_PATTERN.match(client_id)), field,
+                f"client id {client_id!r}{where}", "letters, digits, '_' and '-', at most 64")
+        require(isinstance(secret, str) and len(secret) >= MIN_SECRET_LENGTH, field,
+                f"the secret of {client_id!r}{where} is shorter than {MIN_SECRET_LENGTH} characters",
                 "e.g. python -c 'import secrets; print(secrets.token_hex(32))'")
         out[client_id] = secret
     return out
@@ -216,13 +224,31 @@ class _Upload:
         return len(self.received)
 
 
+def _serialized(method):
+    """Run a request under the server's lock: transports call from several threads (a ROS
+    executor's, simulated clients'), and a request reads and writes the round's state as a whole."""
+    @wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
+class NonFiniteAggregate(RuntimeError):
+    """An aggregate with NaN or infinite weights: never installed, never persisted."""
+
+
 class FederationServer:
+    """Every public request is serialized by a lock inside the server, so transports may call it
+    from any thread."""
+
     def __init__(self, config: FederationServerConfig, spec: TrunkSpec, initial_trunk: Mapping[str, torch.Tensor],
                  credentials: Mapping[str, str], layer_of: Callable[[str], int | None], *,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        self._lock = threading.RLock()
         self.config = config
         self.spec = spec
-        self.credentials = dict(credentials)
+        self.credentials = validate_credentials(credentials)
         self.layer_of = layer_of
         self.clock = clock
         self.state_dir = Path(config.state_dir)
@@ -267,6 +293,10 @@ class FederationServer:
             self.secure = None
 
     def _install_global(self, round_index: int, trunk: dict[str, torch.Tensor]) -> None:
+        bad = [name for name, t in trunk.items() if not bool(torch.isfinite(t).all())]
+        if bad:
+            raise NonFiniteAggregate(f"the global trunk of round {round_index} has NaN or infinite values in "
+                                     f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
         atomic_write_bytes(self._global_path(round_index), encode_trunk(trunk, self.spec, round_index))
         self._set_global(round_index, trunk)
 
@@ -351,6 +381,7 @@ class FederationServer:
         self._last_seen[client_id] = self.clock()
         return None
 
+    @_serialized
     def join(self, client_id: str, trunk_hash: str, signature: str) -> Reply:
         if (denied := self._authenticate(client_id, signature, "join", 0, trunk_hash)) is not None:
             return denied
@@ -363,12 +394,14 @@ class FederationServer:
             log.info("client %s joined (round %d)", client_id, self.round)
         return Reply(ok=True, round=self.round, chunk_size=self.config.chunk_size)
 
+    @_serialized
     def heartbeat(self, client_id: str, signature: str) -> Reply:
         """A client is alive (clients call it while they train, so the server waits for them)."""
         if (denied := self._authenticate(client_id, signature, "heartbeat", 0)) is not None:
             return denied
         return Reply(ok=True, round=self.round)
 
+    @_serialized
     def status(self) -> ServerStatus:
         now = self.clock()
         live = sorted(c for c in self.joined if now - self._last_seen.get(c, -math.inf) <= self.config.liveness_timeout_s)
@@ -379,6 +412,7 @@ class FederationServer:
                             global_sha256=self._broadcast_sha256, chunk_size=self.config.chunk_size,
                             phase=secure.phase.value if secure else "", attempt=secure.attempt if secure else 0)
 
+    @_serialized
     def fetch(self, client_id: str, round_index: int, offset: int, length: int, signature: str) -> Reply:
         if (denied := self._authenticate(client_id, signature, "fetch", round_index)) is not None:
             return denied
@@ -402,6 +436,7 @@ class FederationServer:
                                 f"{self.round})", client_id)
         return None
 
+    @_serialized
     def begin_upload(self, client_id: str, round_index: int, size: int, sha256: str, signature: str) -> Reply:
         if (denied := self._authenticate(client_id, signature, "upload", round_index, sha256)) is not None:
             return denied
@@ -431,6 +466,7 @@ class FederationServer:
                                            received=np.zeros(num_chunks, dtype=bool), last_activity=self.clock())
         return Reply(ok=True, round=self.round, upload_id=upload_id, chunk_size=chunk_size, num_chunks=num_chunks)
 
+    @_serialized
     def upload_chunk(self, upload_id: str, index: int, data: bytes | memoryview, crc32: int) -> Reply:
         upload = self._uploads.get(upload_id)
         if upload is None:
@@ -455,6 +491,7 @@ class FederationServer:
         self._last_seen[upload.client_id] = upload.last_activity
         return Reply(ok=True, round=self.round, upload_id=upload_id)
 
+    @_serialized
     def commit_upload(self, upload_id: str) -> Reply:
         upload = self._uploads.get(upload_id)
         if upload is None:
@@ -535,6 +572,7 @@ class FederationServer:
         log.info("accepted round %d masked upload from %s (%d bytes)", self.round, client_id, len(blob))
         return Reply(ok=True, round=self.round)
 
+    @_serialized
     def secure_request(self, op: str, client_id: str, round_index: int, attempt: int, payload: bytes,
                        signature: str) -> Reply:
         """The small messages of a secure round (:class:`SecureOp`); the answer's ``data`` is JSON."""
@@ -588,6 +626,7 @@ class FederationServer:
                 del self._uploads[upload_id]
 
     # -- rounds ---------------------------------------------------------------------------------
+    @_serialized
     def tick(self) -> RoundRecord | None:
         """Close the round when its condition holds (call periodically); returns the closed round."""
         self._expire_uploads()
@@ -699,13 +738,16 @@ class FederationServer:
             max_weight = float(max(weights.max(), outside.max()))
             attempts = 1
         trunk, epsilon = self._with_dp_noise(trunk, max_weight)
-        record = RoundRecord(round=self.round, clients=clients,
+        closed = self.round
+        try:
+            self._install_global(closed + 1, trunk)
+        except NonFiniteAggregate as err:
+            return self._discard_round(str(err), clients)
+        record = RoundRecord(round=closed, clients=clients,
                              dropped=sorted(c for c in self.joined if c not in clients), num_samples=num_samples,
                              layer_weights=np.round(weights, 6).tolist(), aggregation=self.config.aggregation.value,
                              closed_by=closed_by, duration_s=round(elapsed, 3), secure=self.secure is not None,
                              attempts=attempts, clipped=int(clipped), dp_epsilon=round(epsilon, 4))
-        closed = self.round
-        self._install_global(closed + 1, trunk)
         self.history.append(record)
         self.accepted, self._updates = {}, {}
         self._uploads = {k: u for k, u in self._uploads.items() if u.round > closed}
@@ -719,6 +761,20 @@ class FederationServer:
                  f"; dropped {', '.join(record.dropped)}" if record.dropped else "",
                  "federation finished" if self.finished else f"round {self.round} open")
         return record
+
+    def _discard_round(self, why: str, clients: list[str]) -> None:
+        """The round's aggregate is unusable (validated updates make this all but impossible): keep
+        the previous global trunk, and set the round's updates aside so that their clients train again
+        (their files stay on disk)."""
+        log.error("round %d not closed: %s; the updates of %s are set aside and the round stays open",
+                  self.round, why, ", ".join(clients))
+        self.rejections[RejectReason.NOT_FINITE.value] += len(clients)
+        if self.secure is not None:
+            return self._abort_secure(why)
+        self.accepted, self._updates = {}, {}
+        self._save_state()
+        self._round_started = self.clock()
+        return None
 
     def _prune(self, closed: int) -> None:
         stale = closed - self.config.keep_update_rounds

@@ -20,7 +20,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from tqdm.auto import tqdm
 
 from fedvla.config import ConfigError, parse_enum, require
-from fedvla.federation.client import (FederationClient, FederationClientConfig, InProcessServer, run_until_finished,
+from fedvla.federation.client import (FederationClient, FederationClientConfig, run_until_finished,
                                      trunk_spec)
 from fedvla.federation.server import Aggregation, FederationServer, FederationServerConfig, RoundRecord
 from fedvla.federation.setup import fit_normalizer
@@ -95,7 +95,6 @@ def run_simulation(config: SimulationConfig, datasets: Mapping[str, tuple[Policy
         FederationServerConfig(rounds=config.rounds, quorum=len(datasets), aggregation=aggregation,
                                state_dir=str(state_dir / "server"), **config.server_options),
         trunk_spec(server_policy), server_policy.trunk.state_dict(), credentials, Trunk.layer_of)
-    proxy = InProcessServer(server)
     clients = {}
     for index, (name, (model_config, dataset)) in enumerate(datasets.items()):
         policy = seeded_policy(model_config, config.seed + 1 + index)
@@ -104,7 +103,7 @@ def run_simulation(config: SimulationConfig, datasets: Mapping[str, tuple[Policy
                             seed=config.seed + index, device=config.device)
         client_config = FederationClientConfig(client_id=name, upload_dtype=config.upload_dtype,
                                                state_dir=str(state_dir / name), heartbeat_interval_s=3600.0)
-        clients[name] = FederationClient(client_config, credentials[name], policy, dataset, train, proxy)
+        clients[name] = FederationClient(client_config, credentials[name], policy, dataset, train, server)
     if on_start is not None:
         for client in clients.values():
             client.join()

@@ -24,7 +24,8 @@ L×K). Sending bf16/fp16 halves the bytes; the server upcasts to fp32 before agg
 ``scale.<name> = max|Δ_row| / 127`` (float32) and round-to-nearest; the server rebuilds ``θ_global
 + q·scale``. Error per element ≤ ``max|Δ_row| / 254``: a quarter of the fp32 bytes, for an error
 that shrinks with the update itself (and deterministic, so a resumed server rebuilds the same
-update). Chosen because an MoE trunk is most of the model, so sending only the trunk in bf16
+update). A scale that allows a change of more than ``MAX_DELTA_RATIO`` times ``max(1, max|θ_global|)``
+is refused (``out_of_range``), and so is a rebuilt tensor that is not finite. Chosen because an MoE trunk is most of the model, so sending only the trunk in bf16
 saves about half of a full fp32 model's bytes, and int8 deltas about three quarters.
 
 Integrity and authentication: the sender signs ``sha256(blob)`` with HMAC-SHA256 under its
@@ -51,6 +52,10 @@ TRUNK_FORMAT, UPDATE_FORMAT = "fedvla-trunk", "fedvla-update"
 COUNTS_KEY = "expert_counts"
 PARAM_PREFIX = "trunk."
 SCALE_PREFIX = "scale."
+# int8_delta: the largest change one update may make to a tensor, as a multiple of max(1, the
+# tensor's largest magnitude). A round of training moves weights by a small fraction of themselves;
+# 1000x is far beyond any real update and far below float32 overflow.
+MAX_DELTA_RATIO = 1000.0
 
 
 class WireDtype(str, enum.Enum):
@@ -97,6 +102,7 @@ class RejectReason(str, enum.Enum):
     WRONG_SHAPE = "wrong_shape"
     WRONG_DTYPE = "wrong_dtype"
     NOT_FINITE = "not_finite"
+    OUT_OF_RANGE = "out_of_range"
     BAD_COUNTS = "bad_counts"
     BAD_NUM_SAMPLES = "bad_num_samples"
     TOO_MANY_UPLOADS = "too_many_uploads"
@@ -282,7 +288,18 @@ def _check_trunk(tensors: dict[str, torch.Tensor], metadata: Mapping[str, str], 
                             f"{None if scale is None else (scale.dtype, tuple(scale.shape))}")
         if not bool(torch.isfinite(scale).all()) or bool((scale < 0).any()):
             raise WireError(RejectReason.NOT_FINITE, f"{SCALE_PREFIX}{name} must be finite and non-negative")
-        rebuilt[name] = base[name].float() + dequantize_delta(trunk[name], scale)
+        base_tensor = base[name].float()
+        # A finite but huge scale (3e38) overflows base + q·scale to ±inf: bound the change by the
+        # base's own magnitude first, then check what was rebuilt.
+        largest_change = 127.0 * float(scale.max()) if scale.numel() else 0.0
+        allowed = MAX_DELTA_RATIO * max(1.0, float(base_tensor.abs().max()) if base_tensor.numel() else 0.0)
+        if largest_change > allowed:
+            raise WireError(RejectReason.OUT_OF_RANGE, f"{SCALE_PREFIX}{name} allows changes up to "
+                            f"{largest_change:.3g}, more than {MAX_DELTA_RATIO:g} x the weights' largest magnitude "
+                            f"({allowed:.3g})")
+        rebuilt[name] = base_tensor + dequantize_delta(trunk[name], scale)
+        if not bool(torch.isfinite(rebuilt[name]).all()):
+            raise WireError(RejectReason.NOT_FINITE, f"{name} rebuilt from its int8 delta has NaN or infinite values")
     return rebuilt
 
 
