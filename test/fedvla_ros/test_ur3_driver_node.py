@@ -17,13 +17,13 @@ from rclpy.qos import QoSProfile  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
-from tf2_msgs.msg import TFMessage  # noqa: E402
 from visualization_msgs.msg import Marker  # noqa: E402
 
 from fedvla import topics  # noqa: E402
 from fedvla.robot.kinematics import ARM_JOINTS, GRIPPER_JOINT  # noqa: E402
 from fedvla_interfaces.msg import ActionChunk  # noqa: E402
 from fedvla_ros.qos import LATCHED_QOS  # noqa: E402
+from fedvla_ros.ur3_driver import TF_UNAVAILABLE, TFMessage  # noqa: E402  (None without a ROS 2 install)
 
 pytestmark = pytest.mark.ros
 DRIVER = "/ur3_driver"
@@ -66,7 +66,7 @@ def test_chunks_move_the_simulated_arm_and_the_state_is_published(rclpy_context)
     node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, lambda m: statuses.append(m.status[0]), RELIABLE)
     try:
         description = wait_for_messages(rclpy_context, topics.ROBOT_DESCRIPTION, String, qos=LATCHED_QOS)[0]
-        static = wait_for_messages(rclpy_context, topics.TF_STATIC, TFMessage, qos=LATCHED_QOS)[0]
+        static = wait_for_messages(rclpy_context, topics.TF_STATIC, TFMessage, qos=LATCHED_QOS)[0] if TFMessage else None
         before = wait_for_messages(rclpy_context, topics.node_topic(DRIVER, topics.TOOL_POSE), PoseStamped,
                                    qos=RELIABLE)[0]
         diagnostics(rclpy_context, lambda s: "idle" in s.message)
@@ -80,7 +80,7 @@ def test_chunks_move_the_simulated_arm_and_the_state_is_published(rclpy_context)
         joints_a, joints_b = wait_for_messages(rclpy_context, topics.JOINT_STATES, JointState, count=2)
         after = wait_for_messages(rclpy_context, topics.node_topic(DRIVER, topics.TOOL_POSE), PoseStamped,
                                   qos=RELIABLE)[0]
-        tf = wait_for_messages(rclpy_context, topics.TF, TFMessage, qos=RELIABLE)[0]
+        tf = wait_for_messages(rclpy_context, topics.TF, TFMessage, qos=RELIABLE)[0] if TFMessage else None
 
         executor.spin_once(timeout_sec=0.1)
         stopped = call(node, executor, f"{DRIVER}/{topics.STOP_SERVICE}")
@@ -91,7 +91,6 @@ def test_chunks_move_the_simulated_arm_and_the_state_is_published(rclpy_context)
         _, err = stop_process(driver)
     assert driver.returncode == 0, err
     assert "<robot" in description.data and 'name="shoulder_pan_joint"' in description.data
-    assert [(t.header.frame_id, t.child_frame_id) for t in static.transforms] == [("world", "base_link")]
     assert any(s.message == "tracking" and s.hardware_id == "simulated" for s in statuses)
     drawn = [m for m in paths if m.action == Marker.ADD]
     assert drawn and len(drawn[-1].points) >= 2 and drawn[-1].header.frame_id == "base_link"
@@ -101,9 +100,14 @@ def test_chunks_move_the_simulated_arm_and_the_state_is_published(rclpy_context)
     np.testing.assert_allclose(joints_a.position[:6], joints_b.position[:6])  # holding still
     moved = after.pose.position.y - before.pose.position.y
     assert moved > 0.03 and abs(after.pose.position.x - before.pose.position.x) < 0.01
-    frames = {t.child_frame_id for t in tf.transforms}
-    assert {"tool0", "tcp", "wrist_3_link", "camera_link"} <= frames
-    assert {t.header.frame_id for t in tf.transforms} == {"base_link"}
+    if TFMessage is None:  # a pip-only install (no ../shared/vendor): said once, and the rest is published
+        assert err.count(TF_UNAVAILABLE) == 1
+    else:
+        assert [(t.header.frame_id, t.child_frame_id) for t in static.transforms] == [("world", "base_link")]
+        frames = {t.child_frame_id for t in tf.transforms}
+        assert {"tool0", "tcp", "wrist_3_link", "camera_link"} <= frames
+        assert {t.header.frame_id for t in tf.transforms} == {"base_link"}
+        assert TF_UNAVAILABLE not in err
     assert stopped.success and recovered.success and recovered.message.startswith("nothing to recover")
     assert "no action chunk for" in err
 

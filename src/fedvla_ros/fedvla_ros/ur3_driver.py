@@ -13,7 +13,9 @@ Publishes, at ``state_rate_hz``: ``/joint_states`` (the six arm joints and the g
 our own forward kinematics: the pip-only install has no robot_state_publisher; a full ROS install
 gets the same tree) and ``~/planned_path`` (the tool path of the trajectory being executed, an RViz
 line strip, latched); at 1 Hz ``/diagnostics`` (mode, fault, refused chunks, loop overruns); once, latched,
-``/robot_description`` and ``/tf_static`` (world → base_link).
+``/robot_description`` and ``/tf_static`` (world → base_link). ``/tf`` and ``/tf_static`` go out only where
+``tf2_msgs`` is importable (any ROS 2 install): it is not on PyPI, so a pip-only install publishes the rest
+and says so once at startup.
 
 Services (std_srvs/Trigger): ``~/recover`` leaves a fault after the operator cleared its cause
 (unlocks a protective stop, restarts the control script); ``~/stop`` brakes and drops the trajectory.
@@ -30,7 +32,6 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 from std_msgs.msg import ColorRGBA, String
 from std_srvs.srv import Trigger
-from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import Marker
 
 from fedvla import topics
@@ -42,6 +43,13 @@ from fedvla_interfaces.msg import ActionChunk
 from fedvla_ros.node_main import main_for
 from fedvla_ros.parameters import declare_config
 from fedvla_ros.qos import LATCHED_QOS
+
+try:  # not on PyPI: comes with a ROS 2 install (and ../shared/vendor on our machines)
+    from tf2_msgs.msg import TFMessage
+except ImportError:
+    TFMessage = None
+TF_UNAVAILABLE = ("TF is not published: /tf and /tf_static need tf2_msgs, which comes with a ROS 2 install "
+                  "(not on PyPI); /joint_states and /robot_description are published")
 
 _LEVELS = {ArmMode.IDLE: DiagnosticStatus.OK, ArmMode.TRACKING: DiagnosticStatus.OK,
            ArmMode.FAULT: DiagnosticStatus.ERROR, ArmMode.DISCONNECTED: DiagnosticStatus.ERROR}
@@ -79,7 +87,9 @@ class Ur3DriverNode(Node):
 
         self._joints_pub = self.create_publisher(JointState, topics.JOINT_STATES, qos_profile_sensor_data)
         self._tool_pub = self.create_publisher(PoseStamped, topics.private_topic(topics.TOOL_POSE), 10)
-        self._tf_pub = self.create_publisher(TFMessage, topics.TF, 100)
+        self._tf_pub = None if TFMessage is None else self.create_publisher(TFMessage, topics.TF, 100)
+        if self._tf_pub is None:
+            self.get_logger().warning(TF_UNAVAILABLE)
         self._path_pub = self.create_publisher(Marker, topics.private_topic(topics.PLANNED_PATH), LATCHED_QOS)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10)
         self._publish_latched()
@@ -155,13 +165,16 @@ class Ur3DriverNode(Node):
     def _publish_latched(self) -> None:
         description = self.create_publisher(String, topics.ROBOT_DESCRIPTION, LATCHED_QOS)
         description.publish(String(data=self.kinematics.urdf_path.read_text()))
+        self._latched = [description]
+        if TFMessage is None:
+            return
         static = self.create_publisher(TFMessage, topics.TF_STATIC, LATCHED_QOS)
         world = TransformStamped()
         world.header.stamp = self.get_clock().now().to_msg()
         world.header.frame_id, world.child_frame_id = "world", self._base
         world.transform.rotation.w = 1.0
         static.publish(TFMessage(transforms=[world]))
-        self._latched = (description, static)
+        self._latched.append(static)
 
     def _publish_state(self) -> None:
         snapshot = self.runtime.snapshot()
@@ -175,6 +188,16 @@ class Ur3DriverNode(Node):
         joints.header.stamp = stamp
         self._joints_pub.publish(joints)
 
+        self._publish_tf(q, stamp)
+        tool = PoseStamped()
+        tool.header.stamp, tool.header.frame_id = stamp, self._base
+        _fill_pose(tool.pose.position, tool.pose.orientation, self.kinematics.fk(q).homogeneous)
+        self._tool_pub.publish(tool)
+        self._publish_path(snapshot.planned_q, stamp)
+
+    def _publish_tf(self, q: np.ndarray, stamp) -> None:
+        if self._tf_pub is None:
+            return
         poses = self.kinematics.link_poses(q)
         transforms = []
         for frame, matrix in poses.items():
@@ -185,12 +208,6 @@ class Ur3DriverNode(Node):
             _fill_pose(transform.transform.translation, transform.transform.rotation, matrix)
             transforms.append(transform)
         self._tf_pub.publish(TFMessage(transforms=transforms))
-
-        tool = PoseStamped()
-        tool.header.stamp, tool.header.frame_id = stamp, self._base
-        _fill_pose(tool.pose.position, tool.pose.orientation, self.kinematics.fk(q).homogeneous)
-        self._tool_pub.publish(tool)
-        self._publish_path(snapshot.planned_q, stamp)
 
     def _publish_path(self, planned_q: np.ndarray | None, stamp) -> None:
         if planned_q is self._last_path or (planned_q is not None and self._last_path is not None
