@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fedvla.config import ConfigError
 from fedvla.model.config import ImageEncoderKind, PolicyConfig
 from fedvla.model.moe import DGMoE
 
@@ -50,7 +51,7 @@ class ResNet18Encoder(nn.Module):
 
         resnet = torchvision.models.resnet18(weights=None)
         if weights_path:
-            resnet.load_state_dict(_load_state_dict(weights_path), strict=False)
+            load_backbone_weights(resnet, _load_state_dict(weights_path), weights_path)
         self.features = nn.Sequential(*list(resnet.children())[:-2])
         self.project = nn.Linear(512, dim)
 
@@ -59,11 +60,34 @@ class ResNet18Encoder(nn.Module):
 
 
 def _load_state_dict(path: str) -> dict[str, Tensor]:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    import pickle
 
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as err:
+        raise ConfigError("image_encoder_weights", f"cannot read {path}: {err}",
+                          "a ResNet-18 state dict (.pth or .safetensors)") from None
+
+
+def load_backbone_weights(resnet: nn.Module, weights: dict[str, Tensor], path: str) -> None:
+    """Load a torchvision ResNet-18 state dict, refusing any other file: every backbone tensor
+    must be there with its shape. Only the ImageNet classifier (``fc.*``, which the encoder drops)
+    may be missing."""
+    expected = resnet.state_dict()
+    missing = sorted(k for k in expected if k not in weights and not k.startswith("fc."))
+    unexpected = sorted(k for k in weights if k not in expected)
+    wrong_shape = sorted(k for k in weights if k in expected and tuple(weights[k].shape) != tuple(expected[k].shape))
+    problems = [f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
+                for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape))
+                if keys]
+    if problems:
+        raise ConfigError("image_encoder_weights", f"{path} is not a ResNet-18 state dict: {'; '.join(problems)}",
+                          "torchvision's resnet18 weights (e.g. ResNet18_Weights.IMAGENET1K_V1), .pth or .safetensors")
+    resnet.load_state_dict(weights, strict=False)  # checked above; fc.* may be absent
 
 
 # ImageNet statistics: what torchvision's encoders expect (and a sane scale for the small CNN).
