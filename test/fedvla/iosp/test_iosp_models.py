@@ -29,14 +29,58 @@ def test_yolov8_from_its_yaml_runs_offline(no_network) -> None:
     with pytest.raises(ConfigError, match="2 names for a model with 80 classes"):
         YoloDetector("yolov8n.yaml", class_names=["cup", "drawer"])
     image = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
-    detections = detector.detect(image)
-    assert isinstance(detections, list)
+    detections = detector.detect(image)  # random weights: whatever comes out is well formed
     for d in detections:
         assert isinstance(d, Detection) and d.name in detector.names.values()
         x0, y0, x1, y1 = d.box
         assert 0 <= x0 <= x1 <= 640 and 0 <= y0 <= y1 <= 480 and 0 <= d.score <= 1
     with pytest.raises(ValueError, match="RGB uint8"):
         detector.detect(image.astype(np.float32))
+
+
+def _plant(detector, planted: list[tuple[tuple[float, float, float, float], int, float]]) -> None:
+    """Replace the detection head's decoded output by ``planted`` (box xywh in input pixels, class,
+    probability) and nothing else, so that what ``detect`` returns is known exactly."""
+    import torch
+
+    # The predictor runs its own (fused) copy of the model, built on the first detect().
+    head = next(m for m in detector.model.predictor.model.model.modules() if type(m).__name__ == "Detect")
+
+    def hook(module, inputs, output):
+        decoded, raw = output
+        y = torch.zeros_like(decoded)
+        for anchor, (box, cls, probability) in enumerate(planted):
+            y[:, :4, anchor] = torch.tensor(box)
+            y[:, 4 + cls, anchor] = probability
+        return y, raw
+
+    head.register_forward_hook(hook)
+
+
+def test_yolo_detections_map_classes_and_boxes_and_honour_the_confidence(no_network) -> None:
+    """Two planted detections (the head's output replaced): the class index maps to its name, the box
+    comes back in image pixels, and only the one above ``confidence`` is returned."""
+    from fedvla.iosp.models import YoloDetector
+
+    names = [f"object {i}" for i in range(80)]
+    image = np.zeros((320, 320, 3), dtype=np.uint8)  # the input size: no letterbox scaling
+    strict = YoloDetector("yolov8n.yaml", class_names=names, confidence=0.5, image_size=320,
+                          background_classes={"object 7"})
+    loose = YoloDetector("yolov8n.yaml", class_names=names, confidence=0.1, image_size=320,
+                         background_classes={"object 7"})
+    for detector in (strict, loose):
+        detector.detect(image)  # builds the predictor
+        _plant(detector, [((160.0, 100.0, 64.0, 32.0), 3, 0.9), ((60.0, 250.0, 40.0, 20.0), 7, 0.3)])
+
+    (only,) = strict.detect(image)
+    assert only.name == "object 3" and only.foreground and only.mask is None
+    np.testing.assert_allclose(only.box, (128.0, 84.0, 192.0, 116.0), atol=0.5)
+    assert only.score == pytest.approx(0.9, abs=1e-3)
+    both = sorted(loose.detect(image), key=lambda d: -d.score)
+    assert [d.name for d in both] == ["object 3", "object 7"]
+    assert not both[1].foreground  # a background class by configuration
+    np.testing.assert_allclose(both[1].box, (40.0, 240.0, 80.0, 260.0), atol=0.5)
+    assert both[1].score == pytest.approx(0.3, abs=1e-3)
 
 
 def test_yolo_weights_are_checked_before_loading() -> None:
