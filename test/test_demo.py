@@ -17,6 +17,7 @@ from fedvla.bag import read_messages, summarize_bag
 pytestmark = pytest.mark.ros
 
 
+@pytest.mark.timeout(1000)  # its subprocess may take 900 s; pytest.ini's 300 s would cut it short
 def test_demo_records_every_camera_topic_federates_evaluates_and_replays(tmp_path) -> None:
     fedvla_cli = Path(sys.prefix) / "bin" / "fedvla"
     run = tmp_path / "demo"

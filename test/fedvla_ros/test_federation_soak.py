@@ -40,6 +40,7 @@ def _check(figures: dict, rounds: int) -> None:
     assert (figures["server_rss_mb"]["max"] or 0) > 0
 
 
+@pytest.mark.timeout(700)  # pytest.ini's 300 s would cut the soak's 600 s short
 def test_short_soak_with_kills_a_server_restart_and_bad_uploads(tmp_path):
     figures = _soak(tmp_path, "--rounds", "6", "--clients", "4", "--kill-probability", "0.5",
                     "--stale-probability", "1.0", "--duplicate-probability", "1.0", timeout_s=600)
@@ -49,6 +50,7 @@ def test_short_soak_with_kills_a_server_restart_and_bad_uploads(tmp_path):
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3700)
 def test_fifty_round_soak(tmp_path):
     figures = _soak(tmp_path, "--rounds", "50", "--clients", "4", timeout_s=3600)
     _check(figures, 50)

@@ -40,6 +40,7 @@ def check_report(output: Path) -> dict:
     return saved
 
 
+@pytest.mark.timeout(480)  # its subprocess may take 380 s; pytest.ini's 300 s would cut it short
 def test_fedvla_launch_replay_writes_the_report_and_ends(recording, tmp_path) -> None:
     checkpoint, bag = recording
     cli = Path(sys.prefix) / "bin" / "fedvla"

@@ -123,6 +123,7 @@ def test_ros2_launch_sim_is_seen_by_ros2_topic() -> None:
     assert started == 6 and out.count("process has finished cleanly") == started, out
 
 
+@pytest.mark.timeout(400)  # training the checkpoint, then a launch of up to 240 s
 def test_ros2_launch_replay_reports_and_ends_by_itself(tmp_path) -> None:
     """The README's offline evaluation: ros2 launch fedvla_bringup replay.launch.py bag:=... checkpoint:=..."""
     import json

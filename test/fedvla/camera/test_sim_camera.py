@@ -72,6 +72,7 @@ def test_unknown_task_or_camera_is_a_clear_error(field, value, message) -> None:
     assert message in str(err.value)
 
 
+@pytest.mark.timeout(400)  # its subprocess may take 300 s; pytest.ini's 300 s would cut it short
 def test_a_process_can_render_then_train() -> None:
     """Rendering loads Mesa's LLVM; building an optimizer afterwards imports triton's (torch's
     CUDA build): the scene renderer orders them so that the process survives."""

@@ -3,9 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 CONFIG = Path(__file__).resolve().parents[3] / "config" / "model" / "tiny.yaml"
 
 
+@pytest.mark.timeout(700)  # its subprocess may take 600 s; pytest.ini's 300 s would cut it short
 def test_bench_prints_a_row_per_kind_and_the_ratio() -> None:
     fedvla_cli = Path(sys.prefix) / "bin" / "fedvla"
     result = subprocess.run([str(fedvla_cli), "bench", "policy", "--model-config", str(CONFIG), "--repeats", "3",
