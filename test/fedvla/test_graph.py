@@ -9,7 +9,7 @@ from fedvla.bag import PlayerConfig, RecorderConfig
 from fedvla.camera import CameraConfig
 from fedvla.config import config_fields, from_mapping
 from fedvla.federation.setup import FederationClientSettings, FederationServerSettings
-from fedvla.graph import Graph, GraphError
+from fedvla.graph import Graph, GraphError, template_parts
 from fedvla.iosp.runtime import SceneParserRuntimeConfig
 from fedvla.model.runtime import PolicyRuntimeConfig
 from fedvla.replay import ReplayEvaluatorConfig
@@ -51,7 +51,16 @@ def test_ur_driver_argument_conventions(graph) -> None:
     assert {"robot_ip", "ur_type", "use_mock_hardware", "launch_rviz"} <= set(args)
     assert args["use_mock_hardware"].default == "false" and args["launch_rviz"].default == "true"
     sim = {a.name: a for a in graph.profile("sim").arguments}
-    assert sim["use_mock_hardware"].default == "true" and sim["launch_rviz"].default == "false"
+    assert "use_mock_hardware" not in sim and sim["launch_rviz"].default == "false"  # sim is all simulated
+
+
+def test_a_profile_declares_only_the_arguments_its_nodes_read(graph) -> None:
+    for name in graph.profile_names:
+        profile = graph.profile(name)
+        read = {a for node in profile.nodes for _, binding in node.argument_parameters
+                for is_arg, a in template_parts(binding) if is_arg}
+        read |= {a for node in profile.nodes for a in (node.if_argument, node.unless_argument) if a}
+        assert {a.name for a in profile.arguments} == read, name
 
 
 def _parameters_for(node, graph) -> dict:
@@ -171,6 +180,10 @@ def test_template_bindings_build_per_node_paths(graph) -> None:
     ("sim", {"ur_type": "ur10"}, "ur_type: invalid value 'ur10' (allowed: ur3, ur3e)"),
     ("sim", {"launch_rviz": "maybe"}, "launch_rviz: invalid value 'maybe' (allowed: true, false)"),
     ("sim", {"robotip": "1.2.3.4"}, "robotip: unknown launch argument"),
+    ("replay", {"record": "true"}, "record: the replay profile does not use this argument (no node of it reads it; "
+                                   "profiles that do: real_robot, sim, camera_replay, federation)"),
+    ("sim", {"use_mock_hardware": "true"}, "use_mock_hardware: the sim profile does not use this argument"),
+    ("federation", {"launch_rviz": "true"}, "launch_rviz: the federation profile does not use this argument"),
 ])
 def test_bad_profiles_and_arguments_are_clear_errors(graph, profile, overrides, message) -> None:
     with pytest.raises(GraphError) as err:
@@ -186,6 +199,10 @@ def test_graph_validation_catches_mistakes(tmp_path) -> None:
     raw = yaml.safe_load((CONFIG / "graph.yaml").read_text())
     raw["profiles"]["sim"]["nodes"].append("camera_typo")
     with pytest.raises(GraphError, match="unknown node 'camera_typo'"):
+        Graph(raw, CONFIG)
+    raw = yaml.safe_load((CONFIG / "graph.yaml").read_text())
+    raw["profiles"]["federation"]["argument_defaults"] = {"launch_rviz": False}  # no RViz in that profile
+    with pytest.raises(GraphError, match="profiles.federation.argument_defaults: 'launch_rviz' is read by no node"):
         Graph(raw, CONFIG)
     raw = yaml.safe_load((CONFIG / "graph.yaml").read_text())
     raw["nodes"]["recorder"]["parameters"] = ["missing.yaml"]

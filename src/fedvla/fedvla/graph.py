@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -155,8 +155,14 @@ class Graph:
             if arg not in self.arguments:
                 raise GraphError(f"profiles.{name}", f"uses undeclared launch argument {arg!r}",
                                  ", ".join(self.arguments))
+        unused_defaults = sorted(set(defaults) - used)
+        if unused_defaults:
+            raise GraphError(f"profiles.{name}.argument_defaults", f"{unused_defaults[0]!r} is read by no node of "
+                             "the profile", ", ".join(a for a in self.arguments if a in used))
         arguments = []
-        for arg in self.arguments.values():
+        for arg in self.arguments.values():  # the graph's order; only the arguments the profile's nodes read
+            if arg.name not in used:
+                continue
             if arg.name in defaults:
                 arg.parse(defaults[arg.name])
                 arg = dataclasses.replace(arg, default=defaults[arg.name])
@@ -169,9 +175,7 @@ class Graph:
         profile = self.profile(profile_name)
         by_name = {a.name: a for a in profile.arguments}
         overrides = dict(overrides or {})
-        unknown = sorted(set(overrides) - set(by_name))
-        if unknown:
-            raise GraphError(unknown[0], "unknown launch argument", ", ".join(by_name))
+        self.check_argument_names(profile, overrides)
         values = {name: arg.parse(overrides.get(name, arg.default)) for name, arg in by_name.items()}
         resolved = []
         for node in profile.nodes:
@@ -186,6 +190,19 @@ class Graph:
                 arguments=tuple(node.command_line_arguments(self.config_dir)),
             ))
         return resolved
+
+    def check_argument_names(self, profile: Profile, names: Iterable[str], *, unknown_too: bool = True) -> None:
+        """Refuse arguments the profile does not use: silently ignoring ``record:=true`` where nothing
+        records would be a lie. ``unknown_too``: also names that no profile uses (typos)."""
+        declared = {a.name for a in profile.arguments}
+        allowed = ", ".join(sorted(declared)) or "none"
+        for name in sorted(set(names) - declared):
+            if name in self.arguments:
+                users = [p for p in self._profiles_raw if name in {a.name for a in self.profile(p).arguments}]
+                raise GraphError(name, f"the {profile.name} profile does not use this argument (no node of it reads "
+                                 f"it; profiles that do: {', '.join(users)})", allowed)
+            if unknown_too:
+                raise GraphError(name, "unknown launch argument", allowed)
 
     def _parse_node(self, key: str, spec: Mapping[str, Any]) -> NodeSpec:
         where = f"nodes.{key}"
