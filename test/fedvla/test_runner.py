@@ -104,6 +104,49 @@ def test_fedvla_launch_stops_its_nodes_on_sigterm(tmp_path) -> None:
     assert "[/talker] bye" in "".join(lines) + out  # the node got its SIGINT and exited cleanly
 
 
+def test_nodes_end_when_fedvla_launch_dies(tmp_path) -> None:
+    """SIGKILL leaves the runner no chance to stop its nodes: each node asked the kernel for a
+    SIGTERM when its parent dies (what fedvla_ros.node_main does), and handles it."""
+    import signal
+    import subprocess
+
+    marker = tmp_path / "node_stopped"
+    script = ("import signal, sys, time\n"
+              "from fedvla.supervision import exit_with_parent\n"
+              f"signal.signal(signal.SIGTERM, lambda *a: (open({str(marker)!r}, 'w').write('bye'), sys.exit(0)))\n"
+              "assert exit_with_parent()\n" + REPORT_UP +
+              "print('up', flush=True)\n"
+              "time.sleep(60)\n")
+    (tmp_path / "graph.yaml").write_text(yaml.safe_dump(_raw_graph(tmp_path, script)))
+    env = dict(os.environ, AMENT_PREFIX_PATH=str(tmp_path))
+    launch = subprocess.Popen([sys.executable, "-m", "fedvla.cli", "--config-dir", str(tmp_path), "launch", "demo",
+                               "--duration", "60"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    lines = []
+    while time.monotonic() < deadline and not any("up" in line for line in lines):
+        lines.append(launch.stdout.readline())
+    launch.send_signal(signal.SIGKILL)
+    launch.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.exists(), "".join(lines)
+
+
+def test_a_node_whose_launch_is_already_gone_does_not_start() -> None:
+    import subprocess
+
+    from fedvla.supervision import PARENT_PID_ENV, with_parent_pid
+
+    assert with_parent_pid({})[PARENT_PID_ENV] == str(os.getpid())
+    # In a child of its own: the death signal it asks for is a setting of the process that asks.
+    check = ("import os; from fedvla.supervision import PARENT_PID_ENV as K, exit_with_parent as e\n"
+             "print(e({K: str(os.getppid())}), e({K: str(os.getpid())}), e({}))")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
+    # its parent; a pid that is not its parent (that parent has died since); not said (ros2 run)
+    assert result.stdout.split() == ["True", "False", "True"], result.stderr
+
+
 def test_duration_counts_from_the_moment_every_node_is_up(tmp_path) -> None:
     """A node that takes a while to load its models still runs for the whole duration."""
     script = ("import signal, sys, time\n"

@@ -140,3 +140,102 @@ def test_ros2_launch_replay_reports_and_ends_by_itself(tmp_path) -> None:
     assert "predictions compared" in output  # the evaluator finished; its exit ended the launch
     metrics = json.loads((report / "replay.json").read_text())["metrics"]
     assert metrics["steps"] >= 5 and metrics["latency_ms"]["median"] > 0
+
+
+def _node_processes() -> list:
+    """This test run's node processes (our executables, in this run's ROS domain)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = " ".join(process.info["cmdline"] or [])
+            if ("/lib/fedvla_ros/" in cmdline and process.status() != psutil.STATUS_ZOMBIE  # exited, not reaped
+                    and process.environ().get("ROS_DOMAIN_ID") == os.environ["ROS_DOMAIN_ID"]):
+                found.append((process, cmdline))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _gone_within(timeout_s: float) -> list:
+    deadline = time.monotonic() + timeout_s
+    while (left := _node_processes()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+@pytest.mark.timeout(200)
+def test_a_launch_that_fails_part_way_leaves_no_node_behind(tmp_path) -> None:
+    """The real-robot profile (mock hardware) plus a node whose package does not exist: launch
+    raises while the camera and the arm driver are starting. Whether launch then ends by itself or
+    is sent SIGTERM, no node of it survives; the arm driver least of all."""
+    ros2_cli = Path(sys.prefix) / "bin" / "ros2"
+    if not ros2_cli.exists():
+        pytest.skip(f"the ros2 CLI is not installed: {VENDOR_REASON}")
+    assert _node_processes() == []
+    broken = tmp_path / "broken.launch.py"
+    broken.write_text(
+        "from launch_ros.actions import Node\n"
+        "from fedvla_bringup.graph_launch import profile_launch_description\n\n\n"
+        "def generate_launch_description():\n"
+        "    description = profile_launch_description('real_robot')\n"
+        "    description.add_action(Node(package='fedvla_no_such_package', executable='nothing', name='broken'))\n"
+        "    return description\n")
+    launch = subprocess.Popen([str(ros2_cli), "launch", str(broken), "use_mock_hardware:=true", "launch_rviz:=false"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and launch.poll() is None and len(_node_processes()) < 2:
+            time.sleep(0.2)
+        if launch.poll() is None:
+            launch.send_signal(signal.SIGTERM)  # as a timeout or systemd would end it
+        output, _ = launch.communicate(timeout=60)
+        left = _gone_within(30.0)
+    finally:
+        for process, _ in _node_processes():
+            process.kill()
+    assert "fedvla_no_such_package" in output, output[-3000:]  # the launch did hit the error
+    assert left == [], f"nodes outlived their launch: {[cmdline[:120] for _, cmdline in left]}\n{output[-3000:]}"
+
+
+@pytest.mark.timeout(200)
+def test_ros2_launch_refuses_an_argument_its_profile_does_not_use() -> None:
+    result = ros2("launch", "fedvla_bringup", "replay.launch.py", "record:=true", "bag:=/nope", timeout_s=120)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert "fedvla replay: record: the replay profile does not use this argument" in output, output[-3000:]
+    assert "process started" not in output  # refused before any node started
+
+
+@pytest.mark.timeout(200)
+def test_a_missing_rviz_is_one_warning_and_the_robot_runs() -> None:
+    """No RViz here (no full ROS 2 install): real_robot with its default launch_rviz:=true warns once,
+    starts the camera and the driver, and stops them on SIGINT like any launch."""
+    from fedvla_bringup.graph_launch import package_installed
+
+    if package_installed("rviz2"):
+        pytest.skip("rviz2 is installed here: nothing to warn about")
+    ros2_cli = Path(sys.prefix) / "bin" / "ros2"
+    if not ros2_cli.exists():
+        pytest.skip(f"the ros2 CLI is not installed: {VENDOR_REASON}")
+    launch = subprocess.Popen([str(ros2_cli), "launch", "fedvla_bringup", "real_robot.launch.py",
+                               "use_mock_hardware:=true"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and launch.poll() is None and len(_node_processes()) < 2:
+            time.sleep(0.2)
+        time.sleep(2.0)
+        running = launch.poll() is None
+        os.killpg(launch.pid, signal.SIGINT)
+        output, _ = launch.communicate(timeout=60)
+        left = _gone_within(30.0)
+    finally:
+        for process, _ in _node_processes():
+            process.kill()
+    assert running, output[-3000:]
+    assert "Caught exception" not in output, output[-3000:]
+    assert output.count("/rviz2 does not start: rviz2 is not installed") == 1, output[-3000:]
+    assert "launch_rviz:=false silences this" in output
+    assert left == []

@@ -28,6 +28,7 @@ from typing import IO, Any
 from fedvla.graph import Graph, ResolvedNode
 from fedvla.paths import ament_prefixes
 from fedvla.readiness import READY_DIR_ENV, ready_marker
+from fedvla.supervision import with_parent_pid
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class ProfileRunner:
         self.graph = graph
         self.profile = profile
         self.nodes = graph.resolve(profile, overrides)
-        self.env = dict(os.environ if env is None else env)
+        self.env = with_parent_pid(os.environ if env is None else env)  # nodes exit if this process dies
         self.env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
         self.env["PYTHONUNBUFFERED"] = "1"
         self._ready_dir = tempfile.TemporaryDirectory(prefix="fedvla-ready-")

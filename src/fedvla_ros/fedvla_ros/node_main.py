@@ -3,7 +3,9 @@
 A node that cannot start because of its parameters (unknown backend, negative fps, a bag file
 that does not exist, a parameter of the wrong type) prints ``<node>: error: <parameter>: <what
 is wrong> (allowed: ...)`` and exits with status 2, never a traceback. Hardware that cannot be
-reached (no camera, no robot) exits with status 1 and one line saying what to check.
+reached (no camera, no robot) exits with status 1 and one line saying what to check. A node
+never outlives the process that started it (:mod:`fedvla.supervision`): its parent's death is a
+SIGTERM, handled like Ctrl-C.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from rclpy.signals import SignalHandlerOptions
 
 from fedvla.config import ConfigError
 from fedvla.readiness import report_ready
+from fedvla.supervision import exit_with_parent
 
 EXIT_BAD_CONFIG = 2
 EXIT_UNAVAILABLE = 1
@@ -89,6 +92,9 @@ def run_node(node_factory: Callable[[], Node], label: str, args: list[str] | Non
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+    if not exit_with_parent():  # its launch died while it started: nobody would ever stop it
+        rclpy.try_shutdown()
+        return _fail(label, "the launch that started this node has ended; not starting", EXIT_UNAVAILABLE)
     _forward_core_logging(label)
     node: Node | None = None
     status = 0
