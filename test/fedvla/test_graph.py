@@ -167,10 +167,13 @@ def test_arguments_bind_to_parameters_with_their_types(graph) -> None:
 
 def test_template_bindings_build_per_node_paths(graph) -> None:
     nodes = {n.spec.fully_qualified_name: n for n in graph.resolve("federation", {"federation_dir": "/data/fl",
-                                                                                  "rounds": "7"})}
+                                                                                  "rounds": "7",
+                                                                                  "robot_b_dataset": "/data/b"})}
     assert nodes["/fed_server"].parameter_values == {"state_dir": "/data/fl/server", "rounds": 7, "aggregation": "eda",
                                                       "secure_aggregation": False}
-    assert nodes["/robot_b/fed_client"].parameter_values == {"client_id": "robot_b", "state_dir": "/data/fl/robot_b"}
+    assert nodes["/robot_b/fed_client"].parameter_values == {"client_id": "robot_b", "state_dir": "/data/fl/robot_b",
+                                                            "dataset": "/data/b"}
+    assert nodes["/robot_a/fed_client"].parameter_values["dataset"] == "synthetic"  # bright-square images
     clients = [n for n in nodes.values() if n.spec.executable == "fed_client"]
     assert len({n.parameter_values["client_id"] for n in clients}) == len(clients) == 3
 
