@@ -81,16 +81,11 @@ def test_runner_prefixes_output_skips_optional_nodes_and_stops_on_sigint(tmp_pat
     assert "[/talker] bye" in out.getvalue()
 
 
-def test_fedvla_launch_stops_its_nodes_on_sigterm(tmp_path) -> None:
-    """``timeout``, systemd and ``docker stop`` send SIGTERM: the nodes must not be orphaned."""
-    import signal
+def _fedvla_launch_until_up(tmp_path: Path, script: str):
+    """``fedvla launch demo`` in a process of its own, its node running ``script``; returns once
+    the node printed 'up' (with the lines read so far)."""
     import subprocess
-    import time
 
-    script = ("import signal, sys, time\n" + REPORT_UP +
-              "print('up', flush=True)\n"
-              "signal.signal(signal.SIGINT, lambda *a: (print('bye', flush=True), sys.exit(0)))\n"
-              "time.sleep(60)\n")
     (tmp_path / "graph.yaml").write_text(yaml.safe_dump(_raw_graph(tmp_path, script)))
     env = dict(os.environ, AMENT_PREFIX_PATH=str(tmp_path))
     launch = subprocess.Popen([sys.executable, "-m", "fedvla.cli", "--config-dir", str(tmp_path), "launch", "demo",
@@ -99,6 +94,18 @@ def test_fedvla_launch_stops_its_nodes_on_sigterm(tmp_path) -> None:
     lines = []
     while time.monotonic() < deadline and not any("up" in line for line in lines):
         lines.append(launch.stdout.readline())
+    return launch, lines
+
+
+def test_fedvla_launch_stops_its_nodes_on_sigterm(tmp_path) -> None:
+    """``timeout``, systemd and ``docker stop`` send SIGTERM: the nodes must not be orphaned."""
+    import signal
+
+    script = ("import signal, sys, time\n"
+              "signal.signal(signal.SIGINT, lambda *a: (print('bye', flush=True), sys.exit(0)))\n" + REPORT_UP +
+              "print('up', flush=True)\n"  # only once it handles SIGINT: the test signals right after
+              "time.sleep(60)\n")
+    launch, lines = _fedvla_launch_until_up(tmp_path, script)
     launch.send_signal(signal.SIGTERM)
     out, _ = launch.communicate(timeout=30)
     assert "[/talker] bye" in "".join(lines) + out  # the node got its SIGINT and exited cleanly
@@ -108,7 +115,6 @@ def test_nodes_end_when_fedvla_launch_dies(tmp_path) -> None:
     """SIGKILL leaves the runner no chance to stop its nodes: each node asked the kernel for a
     SIGTERM when its parent dies (what fedvla_ros.node_main does), and handles it."""
     import signal
-    import subprocess
 
     marker = tmp_path / "node_stopped"
     script = ("import signal, sys, time\n"
@@ -117,14 +123,7 @@ def test_nodes_end_when_fedvla_launch_dies(tmp_path) -> None:
               "assert exit_with_parent()\n" + REPORT_UP +
               "print('up', flush=True)\n"
               "time.sleep(60)\n")
-    (tmp_path / "graph.yaml").write_text(yaml.safe_dump(_raw_graph(tmp_path, script)))
-    env = dict(os.environ, AMENT_PREFIX_PATH=str(tmp_path))
-    launch = subprocess.Popen([sys.executable, "-m", "fedvla.cli", "--config-dir", str(tmp_path), "launch", "demo",
-                               "--duration", "60"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 30
-    lines = []
-    while time.monotonic() < deadline and not any("up" in line for line in lines):
-        lines.append(launch.stdout.readline())
+    launch, lines = _fedvla_launch_until_up(tmp_path, script)
     launch.send_signal(signal.SIGKILL)
     launch.communicate(timeout=30)
     deadline = time.monotonic() + 10

@@ -99,7 +99,7 @@ def test_ros2_launch_sim_is_seen_by_ros2_topic() -> None:
                     for rel in topics.CAMERA_TOPICS}
         expected |= {topics.node_topic(topics.SCENE_PARSER_NODE, topics.PARSED_SCENE), topics.JOINT_STATES,
                      topics.TF, topics.ROBOT_DESCRIPTION}
-        deadline, listed = time.monotonic() + 60, set()
+        deadline, listed = time.monotonic() + 120, set()  # the scene parser loads its models: slow on a busy machine
         while not expected <= listed and time.monotonic() < deadline:
             # --no-daemon: a test must not leave a ros2 daemon running behind it.
             listed = set(ros2("topic", "list", "--no-daemon", "--spin-time", "1").stdout.split())
