@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from fedvla.config import config_fields
-from fedvla.federation.server import load_credentials
+from fedvla.federation.protocol import load_credentials
 from fedvla.federation.setup import FederationClientSettings, FederationServerSettings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -564,7 +564,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 def cmd_federation_credentials(args: argparse.Namespace) -> int:
     from fedvla.federation.report import generate_credentials
-    from fedvla.federation.server import CLIENT_ID_PATTERN
+    from fedvla.federation.protocol import CLIENT_ID_PATTERN
 
     bad = [c for c in args.client_ids if not CLIENT_ID_PATTERN.match(c)]
     if bad:

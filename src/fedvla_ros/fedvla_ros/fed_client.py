@@ -20,7 +20,7 @@ from rclpy.node import Node
 from fedvla import topics
 from fedvla.config import ConfigError
 from fedvla.federation.client import FederationError
-from fedvla.federation.server import Reply, ServerStatus
+from fedvla.federation.protocol import Reply, ServerStatus
 from fedvla.federation.setup import FederationClientSettings, build_client
 from fedvla.federation.wire import WireError
 from fedvla_interfaces.srv import (FederationFetch, FederationHeartbeat, FederationJoin, FederationSecure,

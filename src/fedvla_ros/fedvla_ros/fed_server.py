@@ -23,7 +23,8 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from fedvla import topics
-from fedvla.federation.server import Reply, RoundRecord
+from fedvla.federation.protocol import Reply
+from fedvla.federation.server import RoundRecord
 from fedvla.federation.setup import FederationServerSettings, build_server
 from fedvla_interfaces.msg import FederationRound
 from fedvla_interfaces.srv import (FederationFetch, FederationHeartbeat, FederationJoin, FederationSecure,

@@ -11,7 +11,8 @@ import torch
 
 from fedvla.federation.client import run_until_finished, trunk_spec
 from fedvla.federation.eda import aggregate_trunks, expert_driven_weights
-from fedvla.federation.server import FederationServer, FederationServerConfig, load_credentials
+from fedvla.federation.protocol import load_credentials
+from fedvla.federation.server import FederationServer, FederationServerConfig
 from fedvla.federation.wire import (WireDtype, WireError, decode_trunk, decode_update, encode_update, sha256_hex,
                                     sign, sign_upload)
 from fedvla.config import ConfigError
@@ -228,21 +229,21 @@ def test_int8_delta_with_a_huge_scale_is_refused_and_the_state_dir_restarts(tmp_
 
 
 def test_a_non_finite_aggregate_is_never_installed_or_persisted(tmp_path, monkeypatch):
-    import fedvla.federation.server as server_module
+    from fedvla.federation.aggregator import Aggregator
 
     server = make_server(tmp_path / "server")
     join_all(server)
     before = {k: v.clone() for k, v in server.global_trunk.items()}
     for i, client_id in enumerate(SECRETS):
         assert upload(server, client_id, encode_update(random_update(server, client_id, seed=i), server.spec)).ok
-    real = server_module.aggregate_trunks
-    monkeypatch.setattr(server_module, "aggregate_trunks",
+    real = Aggregator.combine
+    monkeypatch.setattr(Aggregator, "combine",
                         lambda *a, **k: {n: torch.full_like(t, float("inf")) for n, t in real(*a, **k).items()})
     assert server.tick() is None
     assert server.round == 0 and not (tmp_path / "server/global/round_00001.safetensors").exists()
     assert all(torch.equal(before[k], server.global_trunk[k]) for k in before)
     assert server.status().accepted == [] and server.rejections["not_finite"] == 3
-    monkeypatch.setattr(server_module, "aggregate_trunks", real)
+    monkeypatch.setattr(Aggregator, "combine", real)
     # The clients' updates were set aside: a client trains and uploads again, and the round closes.
     client = make_client(server, 0, tmp_path)
     client.last_uploaded_round = 0  # it had uploaded to round 0

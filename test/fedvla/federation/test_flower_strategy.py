@@ -266,11 +266,13 @@ simulation_server = ServerApp()
 @simulation_server.main()
 def simulation_main(grid: Grid, context: Context) -> None:
     strategy = ExpertDrivenAggregation(min_available_nodes=3, min_train_nodes=3, fraction_evaluate=0.0)
-    result = strategy.start(grid, ArrayRecord(seeded_trunk(INITIAL_SEED)), num_rounds=ROUNDS, timeout=60)
+    result = strategy.start(grid, ArrayRecord(seeded_trunk(INITIAL_SEED)), num_rounds=ROUNDS,
+                            timeout=240)  # a wait for replies: Ray workers start slowly on a busy machine
     simulation_results["arrays"] = result.arrays
     simulation_results["reports"] = strategy.reports
 
 
+@pytest.mark.timeout(600)  # Ray's start and three ClientApps' imports, on a busy machine
 def test_run_simulation_matches_direct_aggregation(monkeypatch: pytest.MonkeyPatch) -> None:
     ray = pytest.importorskip("ray", reason="flwr[simulation] (ray) is not installed")
     from flwr.simulation import run_simulation

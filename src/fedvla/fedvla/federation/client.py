@@ -34,11 +34,11 @@ from torch.utils.data import Dataset
 from fedvla.config import require, require_positive, parse_enum
 from fedvla.federation.secagg import SecAggClient, SecAggError, weighted_trunk_vector
 from fedvla.federation.privacy import clip_update
+from fedvla.federation.protocol import CLIENT_ID_PATTERN, RejectReason, Reply, ServerStatus
 from fedvla.federation.secure_round import (ClientRoster, SecureOp, SecurePhase, dump_payload, encode_masked,
                                             load_payload, ordered_trunk, parse_roster, unmask_payload)
-from fedvla.federation.server import CLIENT_ID_PATTERN, Reply, ServerStatus
 from fedvla.federation.state import atomic_write_json, read_json
-from fedvla.federation.wire import (RejectReason, TrunkSpec, TrunkUpdate, WireDtype, WireError, decode_trunk,
+from fedvla.federation.wire import (TrunkSpec, TrunkUpdate, WireDtype, WireError, decode_trunk,
                                     encode_update, sha256_hex, sign, sign_upload)
 from fedvla.model.checkpoint import load_checkpoint, save_checkpoint
 from fedvla.model.policy import Policy

@@ -94,8 +94,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, MetricRec
 from flwr.serverapp.grid import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedvla.federation.eda import NonLayerRule, aggregate_trunks, expert_driven_weights, fedavg_weights
-from fedvla.federation.server import Aggregation
+from fedvla.federation.aggregator import Aggregation, Aggregator
+from fedvla.federation.eda import NonLayerRule
 from fedvla.model.trunk import Trunk
 
 log = logging.getLogger("fedvla.federation.flower")
@@ -248,14 +248,21 @@ class ExpertDrivenAggregation(FedAvg):
                  non_layer_rule: NonLayerRule | str = NonLayerRule.MEAN_OF_LAYERS,
                  metricrecord_key: str = METRICS_RECORD_KEY, **fedavg_options) -> None:
         super().__init__(**fedavg_options)
-        self.aggregation = Aggregation(aggregation)
+        self.aggregator = Aggregator(Aggregation(aggregation), NonLayerRule(non_layer_rule))
         self.layer_of = layer_of
-        self.non_layer_rule = NonLayerRule(non_layer_rule)
         self.metricrecord_key = metricrecord_key
         self.reports: dict[int, RoundReport] = {}
         # Names and shapes of the global trunk sent by the last configure_train: the reference
         # replies are checked against (None until the strategy has sent one).
         self._sent_layout: tuple[tuple[str, tuple[int, ...]], ...] | None = None
+
+    @property
+    def aggregation(self) -> Aggregation:
+        return self.aggregator.aggregation
+
+    @property
+    def non_layer_rule(self) -> NonLayerRule:
+        return self.aggregator.non_layer_rule
 
     def summary(self) -> None:
         super().summary()
@@ -281,15 +288,12 @@ class ExpertDrivenAggregation(FedAvg):
         node_ids = [node_id for node_id, _ in accepted]
         parsed = [reply for _, reply in accepted]
         num_samples = [reply.num_samples for reply in parsed]
-        if self.aggregation is Aggregation.EDA:
-            layer_weights = expert_driven_weights(np.stack([reply.expert_counts for reply in parsed]))
-        else:
-            layers = self._num_layers(parsed[0].trunk) or 1  # a trunk without MoE layers: one row
-            layer_weights = np.tile(fedavg_weights(num_samples), (layers, 1))
-        order = list(parsed[0].trunk)  # aggregate_trunks wants every trunk in one name order
+        counts = np.stack([reply.expert_counts for reply in parsed]) if self.aggregation is Aggregation.EDA else None
+        layers = self._num_layers(parsed[0].trunk) or 1  # FedAvg: a trunk without MoE layers is one row
+        layer_weights = self.aggregator.layer_weights(counts, num_samples, layers)
+        order = list(parsed[0].trunk)  # the aggregate wants every trunk in one name order
         trunks = [OrderedDict((name, reply.trunk[name]) for name in order) for reply in parsed]
-        mixed = aggregate_trunks(trunks, layer_weights, self.layer_of, num_samples=num_samples,
-                                 non_layer_rule=self.non_layer_rule)
+        mixed = self.aggregator.combine(trunks, layer_weights, self.layer_of, num_samples)
         self.reports[server_round] = RoundReport(server_round, node_ids, layer_weights, dropped)
         log.info("round %d: %s over nodes %s (%d dropped); layer weights %s", server_round,
                  self.aggregation.value, node_ids, len(dropped), np.round(layer_weights, 4).tolist())

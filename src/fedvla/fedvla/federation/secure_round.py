@@ -52,7 +52,8 @@ from safetensors.numpy import load as safetensors_load
 from safetensors.numpy import save as safetensors_save
 
 from fedvla.federation.secagg import PublicKeys, SecAggError, SecAggRound, SecAggServer
-from fedvla.federation.wire import WIRE_VERSION, RejectReason, TrunkSpec, WireError
+from fedvla.federation.protocol import RejectReason
+from fedvla.federation.wire import WIRE_VERSION, TrunkSpec, WireError
 
 MASKED_FORMAT = "fedvla-masked"
 MASKED_KEY = "masked"

@@ -38,7 +38,6 @@ restarts them).
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 import math
 import re
@@ -54,29 +53,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from fedvla.config import ConfigError, parse_enum, require, require_positive
-from fedvla.federation.eda import (NonLayerRule, aggregate_trunks, expert_driven_weights, fedavg_weights,
-                                   non_layer_weights)
+from fedvla.federation.aggregator import Aggregation, Aggregator
+from fedvla.federation.eda import NonLayerRule
 from fedvla.federation.privacy import PrivacyAccountant, add_gaussian_noise, clip_update
 from fedvla.federation.secagg import DEFAULT_FRAC_BITS, vector_to_trunk
 from fedvla.federation.secure_round import (SecureOp, SecurePhase, SecureRound, SecureRoundError, decode_masked,
                                             dump_payload, load_payload, ordered_trunk, parse_report, renormalize)
 from fedvla.federation.state import atomic_write_bytes, atomic_write_json, read_json
-from fedvla.federation.wire import (RejectReason, TrunkSpec, TrunkUpdate, WireDtype, WireError, decode_trunk,
-                                    decode_update, encode_trunk, sha256_hex, verify)
+from fedvla.federation.protocol import RejectReason, Reply, ServerStatus, validate_credentials
+from fedvla.federation.wire import (TrunkSpec, TrunkUpdate, WireDtype, WireError, decode_trunk, decode_update,
+                                    encode_trunk, sha256_hex, verify)
 
 log = logging.getLogger("fedvla.federation.server")
 
 STATE_VERSION = 1
-CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")  # also a file name: no paths, no dots
-MIN_SECRET_LENGTH = 16
-
-
-class Aggregation(str, enum.Enum):
-    EDA = "eda"  # Expert-Driven Aggregation (FedVLA Algorithm 2)
-    FEDAVG = "fedavg"  # sample-count weighted (also the "w/o EDA" ablation)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -128,66 +120,6 @@ class FederationServerConfig:
         require(self.chunk_size >= 1024, "chunk_size", f"{self.chunk_size} is too small", ">= 1024 bytes")
         require(self.max_fetch_bytes >= self.chunk_size, "max_fetch_bytes", "must be >= chunk_size")
         require(bool(self.state_dir), "state_dir", "must name a directory", "a path")
-
-
-def load_credentials(path: str | Path) -> dict[str, str]:
-    """``clients: {client_id: secret}`` from a YAML file (keep it out of version control)."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError("credentials_file", f"{path} does not exist",
-                          "a YAML file with 'clients: {id: secret}'") from None
-    clients = data.get("clients") if isinstance(data, dict) else None
-    if not isinstance(clients, dict) or not clients:
-        raise ConfigError("credentials_file", f"{path} has no 'clients' map", "clients: {robot_a: <secret>}")
-    return validate_credentials({str(k): v for k, v in clients.items()}, "credentials_file", f" in {path}")
-
-
-def validate_credentials(credentials: Mapping[str, str], field: str = "credentials",
-                         where: str = "") -> dict[str, str]:
-    """Client ids name files under ``state_dir`` (``updates/round_r/<id>.safetensors``): only
-    letters, digits, ``_`` and ``-``, so no id can reach outside it; secrets long enough to sign."""
-    out = {}
-    for client_id, secret in credentials.items():
-        require(isinstance(client_id, str) and bool(CLIENT_ID_PATTERN.match(client_id)), field,
-                f"client id {client_id!r}{where}", "letters, digits, '_' and '-', at most 64")
-        require(isinstance(secret, str) and len(secret) >= MIN_SECRET_LENGTH, field,
-                f"the secret of {client_id!r}{where} is shorter than {MIN_SECRET_LENGTH} characters",
-                "e.g. python -c 'import secrets; print(secrets.token_hex(32))'")
-        out[client_id] = secret
-    return out
-
-
-@dataclasses.dataclass
-class Reply:
-    """Every request's answer: ``ok`` or a reason (a :class:`RejectReason` value) and a detail."""
-
-    ok: bool
-    reason: str = ""
-    detail: str = ""
-    round: int = 0
-    upload_id: str = ""
-    chunk_size: int = 0
-    num_chunks: int = 0
-    data: bytes = b""
-    total_size: int = 0
-    sha256: str = ""
-
-
-@dataclasses.dataclass
-class ServerStatus:
-    round: int
-    rounds: int
-    finished: bool
-    accepted: list[str]
-    live_clients: list[str]
-    joined: list[str]
-    global_size: int
-    global_sha256: str
-    chunk_size: int
-    phase: str = ""  # secure rounds: a SecurePhase value; "" for plain rounds
-    attempt: int = 0  # secure rounds: restarts of this round after too many dropouts
 
 
 @dataclasses.dataclass
@@ -249,6 +181,7 @@ class FederationServer:
         self.config = config
         self.spec = spec
         self.credentials = validate_credentials(credentials)
+        self.aggregator = Aggregator(config.aggregation, config.non_layer_rule)
         self.layer_of = layer_of
         self.clock = clock
         self.state_dir = Path(config.state_dir)
@@ -641,12 +574,6 @@ class FederationServer:
             return None
         return self._close_round("timeout" if waiting_for else "all_live_uploaded", elapsed)
 
-    def _layer_weights(self, counts: np.ndarray, num_samples: list[int]) -> np.ndarray:
-        """(L, C) aggregation weights from the clients' counts (C, L, K) or sample counts."""
-        if self.config.aggregation is Aggregation.EDA:
-            return expert_driven_weights(counts)
-        return np.tile(fedavg_weights(num_samples), (self.spec.num_layers, 1))
-
     def _tick_secure(self) -> RoundRecord | None:
         secure, now = self.secure, self.clock()
         live = set(self.status().live_clients)
@@ -659,8 +586,8 @@ class FederationServer:
             reporters = sorted(secure.reports)
             counts = np.asarray([secure.reports[c]["counts"] for c in reporters])
             num_samples = [secure.reports[c]["num_samples"] for c in reporters]
-            weights = self._layer_weights(counts, num_samples)
-            secure.fix_participants(weights, non_layer_weights(weights, num_samples, self.config.non_layer_rule))
+            weights = self.aggregator.layer_weights(counts, num_samples, self.spec.num_layers)
+            secure.fix_participants(weights, self.aggregator.non_layer_weights(weights, num_samples))
             self._phase_started = now
             self._save_state()
             log.info("round %d attempt %d: %d participant(s) (%s), threshold %d", self.round, secure.attempt,
@@ -726,15 +653,15 @@ class FederationServer:
             clients = sorted(self._updates)
             updates = [self._updates[c] for c in clients]
             num_samples = [u.num_samples for u in updates]
-            weights = self._layer_weights(torch.stack([u.expert_counts for u in updates]).numpy(), num_samples)
+            weights = self.aggregator.layer_weights(torch.stack([u.expert_counts for u in updates]).numpy(),
+                                                    num_samples, self.spec.num_layers)
             trunks = [u.trunk for u in updates]
             if self.config.dp_clip_norm > 0:  # against the trunk the clients trained from
                 clipped_trunks = [clip_update(t, self._broadcast_trunk, self.config.dp_clip_norm) for t in trunks]
                 clipped = sum(norm > self.config.dp_clip_norm for _, norm in clipped_trunks)
                 trunks = [t for t, _ in clipped_trunks]
-            trunk = aggregate_trunks(trunks, weights, self.layer_of, num_samples=num_samples,
-                                     non_layer_rule=self.config.non_layer_rule)
-            outside = non_layer_weights(weights, num_samples, self.config.non_layer_rule)
+            trunk = self.aggregator.combine(trunks, weights, self.layer_of, num_samples)
+            outside = self.aggregator.non_layer_weights(weights, num_samples)
             max_weight = float(max(weights.max(), outside.max()))
             attempts = 1
         trunk, epsilon = self._with_dp_noise(trunk, max_weight)

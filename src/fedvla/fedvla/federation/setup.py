@@ -25,7 +25,8 @@ from fedvla.data.episodes import ChunkDataset, check_policy_fits, load_meta
 from fedvla.data.synthetic import SquareReachDataset
 from fedvla.graph import find_config_dir
 from fedvla.federation.client import FederationClient, FederationClientConfig, ServerApi, trunk_spec
-from fedvla.federation.server import FederationServer, FederationServerConfig, load_credentials
+from fedvla.federation.protocol import load_credentials
+from fedvla.federation.server import FederationServer, FederationServerConfig
 from fedvla.model.checkpoint import load_checkpoint, seeded_policy
 from fedvla.model.config import PolicyConfig
 from fedvla.model.policy import Policy

@@ -47,6 +47,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
+from fedvla.federation.protocol import RejectReason
+
 WIRE_VERSION = "1"
 TRUNK_FORMAT, UPDATE_FORMAT = "fedvla-trunk", "fedvla-update"
 COUNTS_KEY = "expert_counts"
@@ -72,40 +74,6 @@ class WireDtype(str, enum.Enum):
     @property
     def is_delta(self) -> bool:
         return self is WireDtype.INT8_DELTA
-
-
-class RejectReason(str, enum.Enum):
-    """Why an upload (or a request) was refused; stable strings, logged and returned to clients."""
-
-    UNKNOWN_CLIENT = "unknown_client"
-    BAD_SIGNATURE = "bad_signature"
-    NOT_JOINED = "not_joined"
-    WRONG_ROUND = "wrong_round"
-    ROUND_CLOSED = "round_closed"
-    FEDERATION_FINISHED = "federation_finished"
-    DUPLICATE = "duplicate_upload"
-    TOO_LARGE = "too_large"
-    BAD_SIZE = "bad_size"
-    UNKNOWN_UPLOAD = "unknown_upload"
-    BAD_CHUNK_INDEX = "bad_chunk_index"
-    DUPLICATE_CHUNK = "duplicate_chunk"
-    BAD_CHUNK_SIZE = "bad_chunk_size"
-    BAD_CHUNK_CHECKSUM = "bad_chunk_checksum"
-    MISSING_CHUNKS = "missing_chunks"
-    BAD_CHECKSUM = "bad_checksum"
-    MALFORMED = "malformed"
-    WRONG_FORMAT = "wrong_format"
-    WRONG_VERSION = "wrong_version"
-    WRONG_MODEL = "wrong_model"
-    WRONG_SENDER = "wrong_sender"
-    WRONG_PARAMETERS = "wrong_parameters"
-    WRONG_SHAPE = "wrong_shape"
-    WRONG_DTYPE = "wrong_dtype"
-    NOT_FINITE = "not_finite"
-    OUT_OF_RANGE = "out_of_range"
-    BAD_COUNTS = "bad_counts"
-    BAD_NUM_SAMPLES = "bad_num_samples"
-    TOO_MANY_UPLOADS = "too_many_uploads"
 
 
 class WireError(ValueError):
