@@ -40,12 +40,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import re
-import secrets as secrets_module
 import shutil
 import threading
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping
 from functools import wraps
@@ -58,11 +55,12 @@ from fedvla.config import ConfigError, parse_enum, require, require_positive
 from fedvla.federation.aggregator import Aggregation, Aggregator
 from fedvla.federation.eda import NonLayerRule
 from fedvla.federation.privacy import PrivacyAccountant, add_gaussian_noise, clip_update
+from fedvla.federation.protocol import RejectReason, Reply, ServerStatus, validate_credentials
 from fedvla.federation.secagg import DEFAULT_FRAC_BITS, vector_to_trunk
 from fedvla.federation.secure_round import (SecureOp, SecurePhase, SecureRound, SecureRoundError, decode_masked,
                                             dump_payload, load_payload, ordered_trunk, parse_report, renormalize)
 from fedvla.federation.state import atomic_write_bytes, atomic_write_json, read_json
-from fedvla.federation.protocol import RejectReason, Reply, ServerStatus, validate_credentials
+from fedvla.federation.uploads import UploadRefused, Uploads
 from fedvla.federation.wire import (TrunkSpec, TrunkUpdate, WireDtype, WireError, decode_trunk, decode_update,
                                     encode_trunk, sha256_hex, verify)
 
@@ -140,22 +138,6 @@ class RoundRecord:
     dp_epsilon: float = 0.0  # ε of all rounds so far, at dp_delta (0 without DP noise)
 
 
-@dataclasses.dataclass
-class _Upload:
-    client_id: str
-    round: int
-    size: int
-    sha256: str
-    chunk_size: int
-    buffer: bytearray
-    received: np.ndarray  # (num_chunks,) bool
-    last_activity: float
-
-    @property
-    def num_chunks(self) -> int:
-        return len(self.received)
-
-
 def _serialized(method):
     """Run a request under the server's lock: transports call from several threads (a ROS
     executor's, simulated clients'), and a request reads and writes the round's state as a whole."""
@@ -190,7 +172,7 @@ class FederationServer:
         self.joined: set[str] = set()
         self.accepted: dict[str, dict] = {}  # client → {"sha256", "num_samples"} for the current round
         self._updates: dict[str, TrunkUpdate] = {}
-        self._uploads: dict[str, _Upload] = {}
+        self.uploads = Uploads(config.chunk_size, config.max_open_uploads, config.upload_timeout_s, clock)
         self._last_seen: dict[str, float] = {}
         self.round = 0
         self.finished = False
@@ -379,70 +361,37 @@ class FederationServer:
             return denied
         if (denied := self._check_not_uploaded(client_id, round_index)) is not None:
             return denied
-        largest = self._largest_upload()
-        if not 0 < size <= largest:
-            reason = RejectReason.TOO_LARGE if size > 0 else RejectReason.BAD_SIZE
-            return self._reject(reason, f"declared size {size}, allowed 1..{largest}", client_id)
-        if not re.fullmatch(r"[0-9a-f]{64}", sha256 or ""):
-            return self._reject(RejectReason.BAD_CHECKSUM, "sha256 must be 64 lowercase hex digits", client_id)
-        self._expire_uploads()
-        # One open upload per client: a restarted client's new upload replaces its old one.
-        for upload_id in [u for u, up in self._uploads.items() if up.client_id == client_id]:
-            del self._uploads[upload_id]
-        if len(self._uploads) >= self.config.max_open_uploads:
-            return self._reject(RejectReason.TOO_MANY_UPLOADS, f"{len(self._uploads)} uploads are open", client_id)
-        chunk_size = self.config.chunk_size
-        num_chunks = -(-size // chunk_size)
-        upload_id = secrets_module.token_hex(12)
-        self._uploads[upload_id] = _Upload(client_id=client_id, round=round_index, size=size, sha256=sha256,
-                                           chunk_size=chunk_size, buffer=bytearray(size),
-                                           received=np.zeros(num_chunks, dtype=bool), last_activity=self.clock())
-        return Reply(ok=True, round=self.round, upload_id=upload_id, chunk_size=chunk_size, num_chunks=num_chunks)
+        try:
+            upload_id, upload = self.uploads.open(client_id, round_index, size, sha256, self._largest_upload())
+        except UploadRefused as err:
+            return self._reject(err.reason, err.detail, err.client_id)
+        return Reply(ok=True, round=self.round, upload_id=upload_id, chunk_size=upload.chunk_size,
+                     num_chunks=upload.num_chunks)
 
     @_serialized
     def upload_chunk(self, upload_id: str, index: int, data: bytes | memoryview, crc32: int) -> Reply:
-        upload = self._uploads.get(upload_id)
-        if upload is None:
-            return self._reject(RejectReason.UNKNOWN_UPLOAD, f"upload {upload_id[:32]!r} is unknown or expired: "
-                                "begin a new upload")
-        if not 0 <= index < upload.num_chunks:
-            return self._reject(RejectReason.BAD_CHUNK_INDEX, f"chunk {index} of 0..{upload.num_chunks - 1}",
-                                upload.client_id)
-        if upload.received[index]:
-            return self._reject(RejectReason.DUPLICATE_CHUNK, f"chunk {index} was already received", upload.client_id)
-        start = index * upload.chunk_size
-        expected = min(upload.chunk_size, upload.size - start)
-        if len(data) != expected:
-            return self._reject(RejectReason.BAD_CHUNK_SIZE, f"chunk {index} has {len(data)} bytes, expected "
-                                f"{expected}", upload.client_id)
-        if zlib.crc32(data) != crc32:
-            return self._reject(RejectReason.BAD_CHUNK_CHECKSUM, f"chunk {index} crc32 mismatch: resend it",
-                                upload.client_id)
-        upload.buffer[start: start + expected] = data
-        upload.received[index] = True
-        upload.last_activity = self.clock()
+        try:
+            upload = self.uploads.add_chunk(upload_id, index, data, crc32)
+        except UploadRefused as err:
+            return self._reject(err.reason, err.detail, err.client_id)
         self._last_seen[upload.client_id] = upload.last_activity
         return Reply(ok=True, round=self.round, upload_id=upload_id)
 
     @_serialized
     def commit_upload(self, upload_id: str) -> Reply:
-        upload = self._uploads.get(upload_id)
-        if upload is None:
-            return self._reject(RejectReason.UNKNOWN_UPLOAD, f"upload {upload_id[:32]!r} is unknown or expired")
+        try:
+            upload = self.uploads.complete(upload_id)
+        except UploadRefused as err:
+            return self._reject(err.reason, err.detail, err.client_id)
         client_id = upload.client_id
-        if not upload.received.all():
-            missing = np.flatnonzero(~upload.received)
-            return self._reject(RejectReason.MISSING_CHUNKS, f"{len(missing)} chunk(s) missing, first "
-                                f"{missing[:5].tolist()}", client_id)
-        del self._uploads[upload_id]
         if (denied := self._check_round(client_id, upload.round)) is not None:
             return denied
         if (denied := self._check_not_uploaded(client_id, upload.round)) is not None:
             return denied
-        blob = bytes(upload.buffer)
-        if sha256_hex(blob) != upload.sha256:
-            return self._reject(RejectReason.BAD_CHECKSUM, "the assembled upload's sha256 differs from the signed "
-                                "one", client_id)
+        try:
+            blob = self.uploads.blob(upload)
+        except UploadRefused as err:
+            return self._reject(err.reason, err.detail, client_id)
         if self.secure is not None:
             return self._commit_masked(client_id, blob)
         try:
@@ -550,19 +499,11 @@ class FederationServer:
             log.info("round %d attempt %d: %s from %s", self.round, secure.attempt, kind.value, client_id)
         return Reply(ok=True, round=self.round, data=dump_payload(answer) if answer is not None else b"")
 
-    def _expire_uploads(self) -> None:
-        now = self.clock()
-        for upload_id, upload in list(self._uploads.items()):
-            if now - upload.last_activity > self.config.upload_timeout_s:
-                log.warning("discarding %s's stalled upload (no chunk for %.0f s)", upload.client_id,
-                            now - upload.last_activity)
-                del self._uploads[upload_id]
-
     # -- rounds ---------------------------------------------------------------------------------
     @_serialized
     def tick(self) -> RoundRecord | None:
         """Close the round when its condition holds (call periodically); returns the closed round."""
-        self._expire_uploads()
+        self.uploads.expire()
         if self.secure is not None:
             return self._tick_secure()
         if self.finished or len(self.accepted) < self.config.quorum:
@@ -615,7 +556,7 @@ class FederationServer:
         self.aborted_attempts.append({"round": self.round, "attempt": secure.attempt, "phase": secure.phase.value,
                                       "why": why})
         self._open_secure_round(secure.attempt + 1)
-        self._uploads = {}
+        self.uploads.discard()
         self._save_state()
         self._round_started = self._phase_started = self.clock()
         return None
@@ -677,7 +618,7 @@ class FederationServer:
                              attempts=attempts, clipped=int(clipped), dp_epsilon=round(epsilon, 4))
         self.history.append(record)
         self.accepted, self._updates = {}, {}
-        self._uploads = {k: u for k, u in self._uploads.items() if u.round > closed}
+        self.uploads.discard(lambda upload: upload.round <= closed)
         self.finished = self.round >= self.config.rounds
         self._open_secure_round(0)
         self._save_state()
