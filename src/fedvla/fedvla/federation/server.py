@@ -40,13 +40,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import shutil
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from functools import wraps
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,14 +57,13 @@ from fedvla.federation.protocol import RejectReason, Reply, ServerStatus, valida
 from fedvla.federation.secagg import DEFAULT_FRAC_BITS, vector_to_trunk
 from fedvla.federation.secure_round import (SecureOp, SecurePhase, SecureRound, SecureRoundError, decode_masked,
                                             dump_payload, load_payload, ordered_trunk, parse_report, renormalize)
-from fedvla.federation.state import atomic_write_bytes, atomic_write_json, read_json
+from fedvla.federation.store import ServerStore
 from fedvla.federation.uploads import UploadRefused, Uploads
 from fedvla.federation.wire import (TrunkSpec, TrunkUpdate, WireDtype, WireError, decode_trunk, decode_update,
                                     encode_trunk, sha256_hex, verify)
 
 log = logging.getLogger("fedvla.federation.server")
 
-STATE_VERSION = 1
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -166,7 +163,7 @@ class FederationServer:
         self.aggregator = Aggregator(config.aggregation, config.non_layer_rule)
         self.layer_of = layer_of
         self.clock = clock
-        self.state_dir = Path(config.state_dir)
+        self.store = ServerStore(config.state_dir, spec)
         self.rejections: Counter[str] = Counter()
         self.history: list[RoundRecord] = []
         self.joined: set[str] = set()
@@ -188,16 +185,7 @@ class FederationServer:
             self._save_state()
         self._round_started = self._phase_started = clock()
 
-    # -- persistence ----------------------------------------------------------------------------
-    def _global_path(self, round_index: int) -> Path:
-        return self.state_dir / "global" / f"round_{round_index:05d}.safetensors"
-
-    def _update_path(self, round_index: int, client_id: str) -> Path:
-        return self.state_dir / "updates" / f"round_{round_index:05d}" / f"{client_id}.safetensors"
-
-    def _masked_path(self, round_index: int, attempt: int, client_id: str) -> Path:
-        return self.state_dir / "updates" / f"round_{round_index:05d}" / f"{client_id}.attempt{attempt}.masked"
-
+    # -- persistence (store.py) ------------------------------------------------------------------
     def _open_secure_round(self, attempt: int) -> None:
         if self.config.secure_aggregation and not self.finished:
             self.secure = SecureRound(round_index=self.round, attempt=attempt, length=self.spec.num_parameters,
@@ -212,7 +200,7 @@ class FederationServer:
         if bad:
             raise NonFiniteAggregate(f"the global trunk of round {round_index} has NaN or infinite values in "
                                      f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
-        atomic_write_bytes(self._global_path(round_index), encode_trunk(trunk, self.spec, round_index))
+        self.store.write_global(round_index, trunk)
         self._set_global(round_index, trunk)
 
     def _set_global(self, round_index: int, trunk: dict[str, torch.Tensor]) -> None:
@@ -226,32 +214,20 @@ class FederationServer:
                                  else decode_trunk(self._broadcast, self.spec)[1])
 
     def _save_state(self) -> None:
-        atomic_write_json(self.state_dir / "state.json", {
-            "version": STATE_VERSION, "trunk_hash": self.spec.trunk_hash, "round": self.round,
-            "finished": self.finished, "joined": sorted(self.joined), "accepted": self.accepted,
+        self.store.save_state({
+            "round": self.round, "finished": self.finished, "joined": sorted(self.joined), "accepted": self.accepted,
             "history": [dataclasses.asdict(r) for r in self.history], "rejections": dict(self.rejections),
             "secure": self.secure.to_state() if self.secure is not None else None,
             "aborted_attempts": self.aborted_attempts,
             "dp_accountant": self.accountant.history if self.accountant is not None else None})
 
     def _resume(self) -> bool:
-        state = read_json(self.state_dir / "state.json")
+        state = self.store.load_state()
         if state is None:
             return False
-        where = self.state_dir / "state.json"
-        if state.get("version") != STATE_VERSION or state.get("trunk_hash") != self.spec.trunk_hash:
-            raise ConfigError("state_dir", f"{where} belongs to another federation (trunk hash "
-                              f"{state.get('trunk_hash')!r}, this model's is {self.spec.trunk_hash!r})",
-                              "an empty directory, or the state_dir of this model's federation")
+        where = self.store.state_path
         round_index = int(state["round"])
-        try:
-            blob_round, trunk = decode_trunk(self._global_path(round_index).read_bytes(), self.spec)
-        except (OSError, WireError) as err:
-            raise ConfigError("state_dir", f"the global trunk of round {round_index} is unreadable: {err}",
-                              "restore the directory from a backup") from None
-        if blob_round != round_index:
-            raise ConfigError("state_dir", f"global trunk file says round {blob_round}, state says {round_index}")
-        self._set_global(round_index, trunk)
+        self._set_global(round_index, self.store.read_global(round_index))
         self.finished = bool(state["finished"])
         self.joined = set(state["joined"])
         self.history = [RoundRecord(**r) for r in state["history"]]
@@ -264,13 +240,10 @@ class FederationServer:
                               f"{'on' if state.get('secure') else 'off'}", "the setting the federation started with")
         if state.get("secure"):
             secure_state = state["secure"]
-            self.secure = SecureRound.from_state(secure_state, lambda client: decode_masked(self._masked_path(
-                round_index, int(secure_state["attempt"]), client).read_bytes(), self.spec)[1])
+            self.secure = SecureRound.from_state(secure_state, lambda client: decode_masked(self.store.read_masked(
+                round_index, int(secure_state["attempt"]), client), self.spec)[1])
         for client_id, info in state["accepted"].items():
-            blob = self._update_path(round_index, client_id).read_bytes()
-            if sha256_hex(blob) != info["sha256"]:
-                raise ConfigError("state_dir", f"the accepted update of {client_id} in round {round_index} "
-                                  "does not match its recorded sha256", "restore the directory from a backup")
+            blob = self.store.read_update(round_index, client_id, info["sha256"])
             self._updates[client_id] = decode_update(blob, self.spec, base=self._broadcast_trunk,
                                                      max_num_samples=self.config.max_num_samples)
             self.accepted[client_id] = info
@@ -405,7 +378,7 @@ class FederationServer:
             return self._reject(RejectReason.WRONG_ROUND, f"the blob says round {update.round}, the upload was "
                                 f"signed for round {upload.round}", client_id)
         # Durable before acknowledged: the file, then the state that lists it.
-        atomic_write_bytes(self._update_path(self.round, client_id), blob)
+        self.store.write_update(self.round, client_id, blob)
         self.accepted[client_id] = {"sha256": upload.sha256, "num_samples": update.num_samples}
         self._updates[client_id] = update
         self._save_state()
@@ -449,7 +422,7 @@ class FederationServer:
             secure.masked(client_id, vector)
         except SecureRoundError as err:
             return self._reject(err.reason, err.detail, client_id)
-        atomic_write_bytes(self._masked_path(secure.round_index, secure.attempt, client_id), blob)
+        self.store.write_masked(secure.round_index, secure.attempt, client_id, blob)
         self._save_state()
         log.info("accepted round %d masked upload from %s (%d bytes)", self.round, client_id, len(blob))
         return Reply(ok=True, round=self.round)
@@ -622,7 +595,7 @@ class FederationServer:
         self.finished = self.round >= self.config.rounds
         self._open_secure_round(0)
         self._save_state()
-        self._prune(closed)
+        self.store.prune(closed, self.config.keep_update_rounds)
         self._round_started = self._phase_started = self.clock()
         log.info("round %d closed (%s): %s%s; %s", closed, closed_by,
                  ", ".join(f"{c} {w:.3f}" for c, w in zip(clients, weights.mean(axis=0))),
@@ -643,9 +616,3 @@ class FederationServer:
         self._save_state()
         self._round_started = self.clock()
         return None
-
-    def _prune(self, closed: int) -> None:
-        stale = closed - self.config.keep_update_rounds
-        if stale >= 0:
-            shutil.rmtree(self.state_dir / "updates" / f"round_{stale:05d}", ignore_errors=True)
-            self._global_path(stale).unlink(missing_ok=True)
