@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedvla import topics as names  # (`topics` is also a field name here)
 from fedvla.config import require, require_positive
 from fedvla.paths import ament_prefixes, run_directory
 
@@ -31,7 +32,7 @@ class RecorderConfig:
 
     output_path: str = ""  # empty: runs/bag_<date>_<time> in the working directory
     storage: str = "sqlite3"
-    exclude_topics: tuple[str, ...] = ("/rosout", "/parameter_events")
+    exclude_topics: tuple[str, ...] = (names.ROSOUT, names.PARAMETER_EVENTS)
     discovery_period_s: float = 0.5
 
     def __post_init__(self) -> None:
@@ -60,10 +61,11 @@ class PlayerConfig:
     bag_path: str = ""
     rate: float = 1.0  # playback speed: 2.0 plays twice as fast
     topics: tuple[str, ...] = ()  # empty: every recorded topic but exclude_topics
-    exclude_topics: tuple[str, ...] = ("/rosout", "/parameter_events", "/clock")
-    recorded_prefix: str = "/replay/recorded"
-    republish_recorded: tuple[str, ...] = ("/policy/action_chunk", "/policy/expert_activation")
-    latched_topics: tuple[str, ...] = ("/instruction", "/robot_description", "/tf_static")
+    exclude_topics: tuple[str, ...] = (names.ROSOUT, names.PARAMETER_EVENTS, names.CLOCK)
+    recorded_prefix: str = names.REPLAY_RECORDED_PREFIX
+    republish_recorded: tuple[str, ...] = (names.node_topic(names.POLICY_NODE, names.ACTION_CHUNK),
+                                           names.node_topic(names.POLICY_NODE, names.EXPERT_ACTIVATION))
+    latched_topics: tuple[str, ...] = (names.INSTRUCTION, names.ROBOT_DESCRIPTION, names.TF_STATIC)
     publish_clock: bool = True  # rosgraph_msgs/Clock on /clock at bag time, for use_sim_time nodes
     clock_period_s: float = 0.01
     wait_for_subscribers: tuple[str, ...] = ()  # output topics that need a subscriber before playing

@@ -132,7 +132,7 @@ def expected_demo_topics(graph: Graph) -> list[str]:
     return cameras + parses + arms
 
 
-def arm_motion(bag: Path, driver: str = "/ur3_driver") -> tuple[float, float, int]:
+def arm_motion(bag: Path, driver: str = topics.UR3_DRIVER_NODE) -> tuple[float, float, int]:
     """(tool path length in m, largest distance from the start in m, chunks refused) of a recording."""
     import numpy as np
 

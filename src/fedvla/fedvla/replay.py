@@ -158,8 +158,8 @@ class ReplayEvaluatorConfig:
 
     output_dir: str = ""  # empty: runs/replay_<date>_<time>
     predicted_topic: str = topics.node_topic(topics.POLICY_NODE, topics.ACTION_CHUNK)
-    recorded_topic: str = "/replay/recorded" + topics.node_topic(topics.POLICY_NODE, topics.ACTION_CHUNK)
-    done_topic: str = "/bag_player/done"
+    recorded_topic: str = topics.recorded_topic(topics.node_topic(topics.POLICY_NODE, topics.ACTION_CHUNK))
+    done_topic: str = topics.node_topic(topics.BAG_PLAYER_NODE, topics.PLAYER_DONE)
     settle_s: float = 2.0  # wall time to wait for the last predictions once the bag is out
     bag_path: str = ""  # for the report only
     checkpoint_path: str = ""  # for the report only

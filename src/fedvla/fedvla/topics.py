@@ -16,6 +16,20 @@ SEGMENTATION_IMAGE = "segmentation/image_raw"
 SEGMENTATION_LABELS = "segmentation/labels"
 
 
+CAMERA_NAMESPACE = "/camera"
+
+
+def camera_node(name: str) -> str:
+    """The fully qualified name of camera ``name`` (realsense-ros: a node ``name`` in namespace
+    ``camera``; the real D435i is ``/camera/camera``)."""
+    return f"{CAMERA_NAMESPACE}/{name}"
+
+
+def camera_topic(name: str, relative: str) -> str:
+    """Absolute topic of camera ``name``: ``camera_topic("corner", COLOR_IMAGE)``."""
+    return node_topic(camera_node(name), relative)
+
+
 def private_topic(relative: str) -> str:
     """The name a node uses for one of its own topics (``~/color/image_raw``)."""
     return f"~/{relative}"
@@ -55,6 +69,24 @@ TOOL_POSE = "tool_pose"
 PLANNED_PATH = "planned_path"
 RECOVER_SERVICE = "recover"
 STOP_SERVICE = "stop"
+UR3_DRIVER_NODE = "/ur3_driver"
+
+# ROS's own topics: the log, parameter events, simulated time.
+ROSOUT = "/rosout"
+PARAMETER_EVENTS = "/parameter_events"
+CLOCK = "/clock"
+
+# Replay: the bag player republishes a recording's own outputs of the policy under this prefix (so
+# the live policy node and the recording do not share topics), and says on its ~/done when the
+# recording has been played (std_msgs/Bool, latched); the replay evaluator listens to both.
+BAG_PLAYER_NODE = "/bag_player"
+REPLAY_RECORDED_PREFIX = "/replay/recorded"
+PLAYER_DONE = "done"
+
+
+def recorded_topic(topic: str) -> str:
+    """Where the bag player republishes a recorded ``topic`` of the policy."""
+    return REPLAY_RECORDED_PREFIX + topic
 
 # Federation (absolute: one server per ROS domain, clients in any namespace reach it).
 FEDERATION_JOIN = "/federation/join"

@@ -14,6 +14,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile
 from rosgraph_msgs.msg import Clock
 from std_msgs.msg import Bool
 
+from fedvla import topics
 from fedvla.bag import BagError, PlayerConfig, read_raw_messages, summarize_bag
 from fedvla_ros.bag_recorder import message_class
 from fedvla_ros.node_main import StartupError, main_for
@@ -46,8 +47,8 @@ class BagPlayer(Node):
         if missing:
             raise StartupError(f"wait_for_subscribers names {missing}, which this bag does not play "
                                f"(it plays {sorted(self.config.output_topic(n) for n in self._outputs)})")
-        self._clock = self.create_publisher(Clock, "/clock", 10) if self.config.publish_clock else None
-        self._done = self.create_publisher(Bool, "~/done", LATCHED)
+        self._clock = self.create_publisher(Clock, topics.CLOCK, 10) if self.config.publish_clock else None
+        self._done = self.create_publisher(Bool, topics.private_topic(topics.PLAYER_DONE), LATCHED)
         self._done.publish(Bool(data=False))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._play, daemon=True)

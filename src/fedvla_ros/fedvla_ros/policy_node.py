@@ -40,7 +40,7 @@ class PolicyNode(Node):
         self._images: dict[str, tuple[Image, float]] = {}
         self._joints: tuple[JointState, float] | None = None
         for name in self.runtime.camera_names:
-            topic = topics.node_topic(f"/camera/{name}", topics.COLOR_IMAGE)
+            topic = topics.camera_topic(name, topics.COLOR_IMAGE)
             self.create_subscription(Image, topic, lambda msg, n=name: self._on_image(n, msg), qos_profile_sensor_data)
         self.create_subscription(JointState, topics.JOINT_STATES, self._on_joints, qos_profile_sensor_data)
         self.create_subscription(String, topics.INSTRUCTION, self._on_instruction, 10)

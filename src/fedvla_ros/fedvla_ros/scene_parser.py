@@ -88,7 +88,7 @@ class SceneParserNode(Node):
         self._awaiting_depth: dict[str, _AwaitingDepth] = {}
         self._annotated_pubs = {}
         for camera in self.config.cameras:
-            node = f"/camera/{camera}"
+            node = topics.camera_node(camera)
             self.create_subscription(Image, topics.node_topic(node, topics.COLOR_IMAGE),
                                      lambda msg, c=camera: self._on_image(c, msg), qos_profile_sensor_data)
             self.create_subscription(CameraInfo, topics.node_topic(node, topics.COLOR_INFO),

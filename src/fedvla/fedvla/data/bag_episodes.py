@@ -82,7 +82,7 @@ class BagEpisodeConfig:
                 "one joint name per proprio dimension, or none")
 
     def camera_topic(self, name: str) -> str:
-        return topics.node_topic(f"/camera/{name}", topics.COLOR_IMAGE)
+        return topics.camera_topic(name, topics.COLOR_IMAGE)
 
     def input_topics(self) -> list[str]:
         names = [self.camera_topic(n) for n in self.camera_names] + [self.joint_states_topic]
