@@ -16,7 +16,7 @@ from std_msgs.msg import Bool
 
 from fedvla import topics
 from fedvla.bag import BagError, PlayerConfig, read_raw_messages, summarize_bag
-from fedvla_ros.bag_recorder import message_class
+from fedvla_ros.conversions import message_class
 from fedvla_ros.node_main import StartupError, main_for
 from fedvla_ros.parameters import declare_config
 

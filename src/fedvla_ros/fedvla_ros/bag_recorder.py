@@ -5,19 +5,13 @@ as received (serialized CDR), stamped with their receive time. Parameters: the f
 """
 from __future__ import annotations
 
-import importlib
-
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from fedvla.bag import BagError, BagWriter, RecorderConfig
+from fedvla_ros.conversions import message_class
 from fedvla_ros.node_main import StartupError, main_for
 from fedvla_ros.parameters import declare_config
-
-
-def message_class(msgtype: str) -> type:
-    package, kind, name = msgtype.split("/")
-    return getattr(importlib.import_module(f"{package}.{kind}"), name)
 
 
 class BagRecorder(Node):

@@ -1,6 +1,7 @@
 """Core dataclasses ↔ ROS messages, in one place."""
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +18,12 @@ from fedvla.iosp.parser import CameraParse
 from fedvla.iosp.types import ObjectGroup, ObjectLabel
 from fedvla.iosp.visualize import GROUP_COLORS, box_in_camera
 from fedvla_interfaces.msg import ObjectLabels, ParsedScene, SceneObject
+
+
+def message_class(msgtype: str) -> type:
+    """The installed message class of a type name such as ``sensor_msgs/msg/Image``."""
+    package, kind, name = msgtype.split("/")
+    return getattr(importlib.import_module(f"{package}.{kind}"), name)
 
 
 def image_msg(array: np.ndarray, encoding: str, stamp: Time, frame_id: str) -> Image:
