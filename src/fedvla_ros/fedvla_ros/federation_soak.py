@@ -148,6 +148,7 @@ class Soak:
         self.rss: list[tuple[float, int, int, float]] = []  # (t, round, server start, MB)
         self._restarts: list[tuple[float, str]] = []  # (when, client) pending restarts
         self.stall: dict | None = None  # the round that stayed open too long, when one did
+        self.transport = None  # fedvla.dds.TransportChoice, set by run()
 
     def rng(self, fault: str, round_index: int) -> random.Random:
         """The generator of one fault in one round: the same plan for a seed, whatever the timing."""
@@ -261,6 +262,10 @@ class Soak:
         from fedvla.federation.client import FederationClient, FederationClientConfig
         from fedvla_ros.fed_client import RosServerApi, ServiceTimeout
 
+        from fedvla.dds import federation_transport_environment
+
+        # The federation's DDS transport (fedvla.dds), for this process and the nodes it starts.
+        self.transport = federation_transport_environment()
         spec, policy = self._spec_and_policy()
         started = time.monotonic()
         self.start_server()
@@ -401,6 +406,7 @@ class Soak:
             harness[key] = harness.get(key, 0) + 1
         return {
             "config": dataclasses.asdict(self.config), "finished": finished, "seconds": round(seconds, 1),
+            "dds": self.transport.summary if self.transport is not None else None,
             "rounds_completed": len(history), "rounds_requested": self.config.rounds,
             "accepted_updates": len(persisted),
             "accepted_per_client": {c: sum(1 for cc, _ in persisted if cc == c) for c in [*self.client_ids, LAGGARD]},
@@ -469,6 +475,7 @@ def print_figures(figures: dict) -> None:
         ("slowest rounds (round: s)", ", ".join(f"{r}: {d:.1f}" for r, d in figures["slowest_rounds"]) or "none"),
         ("most service timeouts in a row", ", ".join(f"{c} {n}" for c, n in figures["max_consecutive_timeouts"].items())),
         ("liveness", "ok" if figures["liveness"]["ok"] else "FAILED"),
+        ("DDS transport", figures["dds"] or "?"),
     ]
     if figures["config"]["secure"]:
         rows.append(("aborted secure attempts", str(figures["aborted_secure_attempts"])))
