@@ -46,20 +46,21 @@ def _check(figures: dict, rounds: int) -> None:
     assert (figures["server_rss_mb"]["max"] or 0) > 0
 
 
-# A client killed in every round, restarted 1 s later (seeded: the same plan each run). Before the
-# UDPv4-only transport this stalled in 3 of 3 runs (see results/soak/README.md).
+# A client killed in every round, restarted 1 s later (seeded: the same plan each run). With the
+# shared-memory transport (the fix bypassed) this 20-round run stalled in 2 of 3 runs (rounds 10
+# and 17; a 12-round version in 1 of 3); with UDPv4 only it passes (results/soak/README.md).
 CLOSE_KILLS = ("--kill-probability", "1.0", "--restart-delay-s", "1.0", "--round-timeout-s", "30",
                "--liveness-margin-s", "20", "--seed", "0")
 
 
 def test_short_soak_with_kills_every_round_a_server_restart_and_bad_uploads(tmp_path):
-    figures = _soak(tmp_path, "--rounds", "12", "--clients", "4", *CLOSE_KILLS, "--stale-probability", "1.0",
+    figures = _soak(tmp_path, "--rounds", "20", "--clients", "4", *CLOSE_KILLS, "--stale-probability", "1.0",
                     "--duplicate-probability", "1.0", timeout_s=600)
-    _check(figures, 12)
-    assert figures["client_kills"] == 11  # rounds 1..11 (deterministic plan)
+    _check(figures, 20)
+    assert figures["client_kills"] == 19  # one in each of rounds 1..19 (deterministic plan)
     assert figures["harness_requests"].get("stale replay: round_closed", 0) >= 1
     assert "UDPv4 only" in figures["dds"]
-    assert max(figures["max_consecutive_timeouts"].values()) <= 10
+    assert max(figures["max_consecutive_timeouts"].values(), default=0) <= 10
     assert (tmp_path / "soak.png").stat().st_size > 1000
 
 
@@ -75,9 +76,11 @@ def test_fifty_round_soak(tmp_path):
 @pytest.mark.parametrize("chunk_mib", [1, 16])
 def test_soak_with_kills_against_large_upload_chunks(tmp_path, chunk_mib):
     """HPT-Small-sized updates in 1 MiB and 16 MiB chunks (what bench transfer sends), kills every round."""
-    figures = _soak(tmp_path, "--rounds", "12", "--clients", "4", *CLOSE_KILLS, "--model-config",
-                    "model/hpt_small.yaml", "--chunk-size", str(chunk_mib << 20), timeout_s=2300)
-    _check(figures, 12)
+    figures = _soak(tmp_path, "--rounds", "8", "--clients", "4", *CLOSE_KILLS, "--model-config",
+                    "model/hpt_small.yaml", "--chunk-size", str(chunk_mib << 20),
+                    "--round-timeout-s", "120", "--liveness-margin-s", "60",  # HPT-Small trains for tens of s
+                    timeout_s=2300)
+    _check(figures, 8)
 
 
 @pytest.mark.soak
