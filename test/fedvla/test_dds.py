@@ -47,6 +47,12 @@ def test_a_users_own_profile_and_other_rmws_are_left_alone():
     assert dds.PROFILE_ENV in env
 
 
+def test_a_child_process_recognises_the_profile_its_parent_chose():
+    _, env = _apply(ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    choice, child = _apply(**env)
+    assert child == env and choice.changed == {} and "UDPv4 only" in choice.summary and "parent" in choice.summary
+
+
 def test_localhost_with_static_peers_cannot_be_translated_and_says_so():
     given = {dds.RANGE_ENV: "LOCALHOST", dds.STATIC_PEERS_ENV: "10.0.0.2"}
     choice, env = _apply(**given)

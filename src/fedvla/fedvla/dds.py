@@ -92,7 +92,11 @@ def federation_transport_environment(env: MutableMapping[str, str] | None = None
         return TransportChoice(None, {}, f"DDS: {rmw} (its own transport settings; the federation's Fast DDS "
                                          "profile does not apply)")
     if env.get(PROFILE_ENV):
-        return TransportChoice(None, {}, f"DDS: Fast DDS profile {env[PROFILE_ENV]} (set by the user; it must keep "
+        given = Path(env[PROFILE_ENV])
+        if given.name in (Path(NETWORK_PROFILE).name, Path(LOCALHOST_PROFILE).name):  # from a parent process
+            return TransportChoice(None, {}, f"DDS: Fast DDS over UDPv4 only (no shared memory: {given.name}, "
+                                             "set by the parent process)")
+        return TransportChoice(None, {}, f"DDS: Fast DDS profile {given} (set by the user; it must keep "
                                          "SHM off for the federation, see README 'Federation')")
     discovery = env.get(RANGE_ENV, "").strip().upper()
     localhost = discovery == "LOCALHOST" or (not discovery and env.get(LOCALHOST_ONLY_ENV) == "1")
