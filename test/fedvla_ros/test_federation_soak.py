@@ -79,6 +79,7 @@ def test_soak_with_kills_against_large_upload_chunks(tmp_path, chunk_mib):
     figures = _soak(tmp_path, "--rounds", "8", "--clients", "4", *CLOSE_KILLS, "--model-config",
                     "model/hpt_small.yaml", "--chunk-size", str(chunk_mib << 20),
                     "--round-timeout-s", "120", "--liveness-margin-s", "60",  # HPT-Small trains for tens of s
+                    "--service-timeout-s", "30",  # fed_client's default: a 16 MiB chunk may take seconds
                     timeout_s=2300)
     _check(figures, 8)
 
