@@ -19,6 +19,7 @@ from rclpy.node import Node
 
 from fedvla import topics
 from fedvla.config import ConfigError
+from fedvla.dds import federation_transport_environment
 from fedvla.federation.client import FederationError
 from fedvla.federation.protocol import Reply, ServerStatus
 from fedvla.federation.setup import FederationClientSettings, build_client
@@ -183,4 +184,5 @@ class FederationClientNode(Node):
         super().destroy_node()
 
 
-main = main_for(FederationClientNode, "fed_client")
+# UDPv4 only, no shared memory: a killed peer must not stall the federation (issue 19, fedvla.dds).
+main = main_for(FederationClientNode, "fed_client", before_init=federation_transport_environment)

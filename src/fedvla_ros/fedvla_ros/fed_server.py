@@ -23,6 +23,7 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from fedvla import topics
+from fedvla.dds import federation_transport_environment
 from fedvla.federation.protocol import Reply
 from fedvla.federation.server import RoundRecord
 from fedvla.federation.setup import FederationServerSettings, build_server
@@ -148,4 +149,5 @@ class FederationServerNode(Node):
                                    "trunk until stopped")
 
 
-main = main_for(FederationServerNode, "fed_server")
+# UDPv4 only, no shared memory: a killed peer must not stall the federation (issue 19, fedvla.dds).
+main = main_for(FederationServerNode, "fed_server", before_init=federation_transport_environment)

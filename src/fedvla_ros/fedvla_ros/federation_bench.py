@@ -161,12 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--secret", help=argparse.SUPPRESS)
     parser.add_argument("--state-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from fedvla.dds import federation_transport_environment
+
+    # The federation's transport (fedvla.dds) for this process and, inherited, the server and uploaders.
+    transport = federation_transport_environment()
     if args.uploader:
         return uploader(args)
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
+    console.print(transport.summary)
     rows = []
     with tempfile.TemporaryDirectory(prefix="fedvla_transfer_") as tmp:
         for mib in args.chunk_mib:

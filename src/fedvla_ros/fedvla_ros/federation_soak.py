@@ -14,12 +14,23 @@ tiny model) run a long federation while this harness injects faults, seeded:
   stalls for a random time, then finishes: accepted if its round is still open, refused
   otherwise (``round_closed`` or ``unknown_upload`` once the server discarded the stalled upload).
 
+The fault plan of a round (kill or not, which client, stale replay, delayed upload, duplicate) is
+drawn from its own generator seeded with ``(seed, fault, round)``, so a seed gives the same plan
+however fast the rounds go.
+
+**Liveness** is checked while it runs and afterwards: a round open for longer than the server's
+``round_timeout_s`` plus ``liveness_margin_s`` ends the soak at once (a stalled transport does not
+heal by waiting, and nothing else in the domain must be what unblocks it), and a client that
+logs more than ``max_consecutive_timeouts`` service timeouts in a row (no other line between
+them) fails it too.
+
 Afterwards it prints and writes (``soak.json``, ``soak.png``): rounds completed, updates accepted
 per client, rejections by reason (the server's persisted counters and what the harness saw),
-kills and restarts, the server's resident memory over the run (growth per round, fitted after
-the first rounds), and the check that **every update a client saw acknowledged is in the
-persisted state** (each client logs ``round r: ...`` after its upload was acknowledged). Exit
-status 1 when that check or the round count fails.
+kills and restarts, the slowest rounds, the longest run of service timeouts per client, the
+server's resident memory over the run (growth per round, fitted after the first rounds), and the
+check that **every update a client saw acknowledged is in the persisted state** (each client logs
+``round r: ...`` after its upload was acknowledged). Exit status 1 when that check, the round
+count or liveness fails.
 """
 from __future__ import annotations
 
@@ -38,7 +49,25 @@ import zlib
 from pathlib import Path
 
 ACKED_LINE = re.compile(r"\]: round (\d+): loss")
+# fed_client's line for a request fed_server did not answer within service_timeout_s
+TIMEOUT_LINE = re.compile(r"\]: (/\S+): no answer in [\d.]+ s; retrying")
+LOG_LINE = re.compile(r"^\[(DEBUG|INFO|WARN|ERROR|FATAL)\]")
 LAGGARD = "laggard"
+SLOWEST_SHOWN = 5
+
+
+def timeout_streak(text: str) -> tuple[int, str]:
+    """The longest run of consecutive service-timeout lines in one client log (any other log line
+    of the node ends a run), and the service of that run's last timeout."""
+    best, best_service, run = 0, "", 0
+    for line in text.splitlines():
+        if (m := TIMEOUT_LINE.search(line)) is not None:
+            run += 1
+            if run > best:
+                best, best_service = run, m.group(1)
+        elif LOG_LINE.match(line):
+            run = 0
+    return best, best_service
 
 
 @dataclasses.dataclass
@@ -55,14 +84,34 @@ class SoakConfig:
     stall_max_s: float = 6.0
     secure: bool = False
     model_config: str = "model/tiny.yaml"
+    chunk_size: int = 16384  # the server's upload chunk (a fetch asks for 4 of them)
+    round_timeout_s: float = 60.0  # the server's round_timeout_s
+    liveness_margin_s: float = 30.0  # a round open longer than round_timeout_s + this fails the soak
+    max_consecutive_timeouts: int = 10  # more service timeouts in a row in one client fails the soak
+    service_timeout_s: float = 3.0  # the clients' service_timeout_s
     timeout_s: float = 3600.0
     output: str = ""
 
     def __post_init__(self) -> None:
         if self.clients < 2 or self.rounds < 2:
             raise SystemExit("soak: at least 2 clients and 2 rounds")
+        for name in ("round_timeout_s", "liveness_margin_s", "service_timeout_s", "restart_delay_s"):
+            if getattr(self, name) <= 0:
+                raise SystemExit(f"soak: --{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.max_consecutive_timeouts < 1:
+            raise SystemExit(f"soak: --max-consecutive-timeouts must be >= 1, got {self.max_consecutive_timeouts}")
+        if self.chunk_size < 1024:
+            raise SystemExit(f"soak: --chunk-size must be >= 1024 bytes, got {self.chunk_size}")
+        for name in ("kill_probability", "duplicate_probability", "stale_probability", "delayed_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise SystemExit(f"soak: --{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
         if self.server_restart_round < 0:
             self.server_restart_round = self.rounds // 2
+
+    @property
+    def round_limit_s(self) -> float:
+        """The longest a round may stay open before the soak calls the federation stalled."""
+        return self.round_timeout_s + self.liveness_margin_s
 
 
 def _rss_mb(pid: int) -> float | None:
@@ -80,7 +129,6 @@ class Soak:
         from fedvla.runner import find_executable
 
         self.config, self.work = config, work
-        self.rng = random.Random(config.seed)
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.client_ids = [f"robot_{i}" for i in range(config.clients)]
@@ -99,6 +147,12 @@ class Soak:
         self.injected: list[dict] = []  # harness-made requests and the server's answers
         self.rss: list[tuple[float, int, int, float]] = []  # (t, round, server start, MB)
         self._restarts: list[tuple[float, str]] = []  # (when, client) pending restarts
+        self.stall: dict | None = None  # the round that stayed open too long, when one did
+        self.transport = None  # fedvla.dds.TransportChoice, set by run()
+
+    def rng(self, fault: str, round_index: int) -> random.Random:
+        """The generator of one fault in one round: the same plan for a seed, whatever the timing."""
+        return random.Random(f"{self.config.seed}:{fault}:{round_index}")
 
     # -- processes ------------------------------------------------------------------------------
     @staticmethod
@@ -114,9 +168,10 @@ class Soak:
         self.server_starts += 1
         params = {"model_config": self.config.model_config, "credentials_file": str(self.credentials),
                   "state_dir": str(self.state), "rounds": self.config.rounds, "quorum": 2,
-                  "liveness_timeout_s": 3.0, "round_timeout_s": 60.0, "upload_timeout_s": 20.0,
-                  "tick_period_s": 0.2, "chunk_size": 16384, "secure_aggregation": self.config.secure,
-                  "phase_timeout_s": 10.0}
+                  "liveness_timeout_s": 3.0, "round_timeout_s": self.config.round_timeout_s,
+                  "upload_timeout_s": 20.0, "tick_period_s": 0.2, "chunk_size": self.config.chunk_size,
+                  "max_fetch_bytes": max(4 * self.config.chunk_size, 64 << 20),
+                  "secure_aggregation": self.config.secure, "phase_timeout_s": 10.0}
         log = open(self.logs / f"server.{self.server_starts}.log", "w")
         self.server = subprocess.Popen(self._command(self.server_exe, "fed_server", "fed_server", params), stdout=log,
                                        stderr=subprocess.STDOUT)
@@ -126,7 +181,7 @@ class Soak:
         params = {"model_config": self.config.model_config, "credentials_file": str(self.credentials),
                   "client_id": client_id, "state_dir": str(self.work / client_id), "synthetic_samples": 32,
                   "local_epochs": 1, "batch_size": 16, "heartbeat_interval_s": 0.5, "poll_period_s": 0.2,
-                  "service_timeout_s": 3.0, "seed": int(client_id.split("_")[-1])}
+                  "service_timeout_s": self.config.service_timeout_s, "seed": int(client_id.split("_")[-1])}
         log = open(self.logs / f"{client_id}.{self.client_starts[client_id]}.log", "w")
         self.clients[client_id] = subprocess.Popen(self._command(self.client_exe, "fed_client", f"fed_{client_id}", params),
                                                    stdout=log, stderr=subprocess.STDOUT)
@@ -159,16 +214,25 @@ class Soak:
         if not files:
             return
         blob = files[-1].read_bytes()
-        begun = api.begin_upload(client_id, signed_round, len(blob), sha256_hex(blob),
-                                 sign_upload(self.secrets[client_id], client_id, signed_round, blob))
-        if begun.ok:
-            view = memoryview(blob)
-            send_chunks(api, begun.upload_id, [(i, view[i * begun.chunk_size:(i + 1) * begun.chunk_size])
-                                               for i in range(begun.num_chunks)])
-            begun = api.commit_upload(begun.upload_id)
+        from fedvla_ros.fed_client import ServiceTimeout
+
+        try:
+            begun = api.begin_upload(client_id, signed_round, len(blob), sha256_hex(blob),
+                                     sign_upload(self.secrets[client_id], client_id, signed_round, blob))
+            if begun.ok:
+                view = memoryview(blob)
+                send_chunks(api, begun.upload_id, [(i, view[i * begun.chunk_size:(i + 1) * begun.chunk_size])
+                                                   for i in range(begun.num_chunks)])
+                begun = api.commit_upload(begun.upload_id)
+        except ServiceTimeout as err:
+            # A slow answer to an injected request (a busy server taking large chunks) is not a
+            # fault of the federation: the liveness checks judge the clients' own requests.
+            self.injected.append({"kind": kind, "client": client_id, "round": signed_round, "ok": False,
+                                  "reason": f"transport: {type(err).__name__}"})
+            return
         self._record(kind, client_id, signed_round, begun)
 
-    def _laggard_upload(self, api, client, spec, status) -> None:
+    def _laggard_upload(self, api, client, spec, status, rng: random.Random) -> None:
         """Begin, half the chunks, stall, the rest, commit (in a thread: the harness goes on)."""
         import torch
 
@@ -177,7 +241,7 @@ class Soak:
 
         try:
             trunk, _ = client.fetch_global(status)
-            g = torch.Generator().manual_seed(self.rng.randrange(2**31))
+            g = torch.Generator().manual_seed(rng.randrange(2**31))
             local = {k: v + 1e-3 * torch.randn(v.shape, generator=g) for k, v in trunk.items()}
             update = TrunkUpdate(client_id=LAGGARD, round=status.round, trunk=local,
                                  expert_counts=torch.ones(spec.num_layers, spec.num_experts, dtype=torch.int64),
@@ -190,7 +254,7 @@ class Soak:
                 chunks = [(i, view[i * begun.chunk_size:(i + 1) * begun.chunk_size]) for i in range(begun.num_chunks)]
                 half = len(chunks) // 2
                 send_chunks(api, begun.upload_id, chunks[:half])
-                time.sleep(self.rng.uniform(0.0, self.config.stall_max_s))
+                time.sleep(rng.uniform(0.0, self.config.stall_max_s))
                 replies = send_chunks(api, begun.upload_id, chunks[half:])
                 failed = next((r for r in replies if not r.ok), None)
                 begun = failed or api.commit_upload(begun.upload_id)
@@ -207,6 +271,10 @@ class Soak:
         from fedvla.federation.client import FederationClient, FederationClientConfig
         from fedvla_ros.fed_client import RosServerApi, ServiceTimeout
 
+        from fedvla.dds import federation_transport_environment
+
+        # The federation's DDS transport (fedvla.dds), for this process and the nodes it starts.
+        self.transport = federation_transport_environment()
         spec, policy = self._spec_and_policy()
         started = time.monotonic()
         self.start_server()
@@ -217,7 +285,7 @@ class Soak:
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         threading.Thread(target=executor.spin, daemon=True).start()
-        api = RosServerApi(node, timeout_s=3.0)
+        api = RosServerApi(node, timeout_s=self.config.service_timeout_s)
         laggard = FederationClient(FederationClientConfig(client_id=LAGGARD, state_dir=str(self.work / LAGGARD)),
                                    self.secrets[LAGGARD], policy, [], None, api)
         faults_done: set[tuple[str, int]] = set()
@@ -225,10 +293,15 @@ class Soak:
         laggard_thread: threading.Thread | None = None
         finished = False
         last_round = -1
+        round_seen_at = started  # when the harness first saw the current round open
         try:
             while time.monotonic() - started < self.config.timeout_s:
                 time.sleep(0.25)
                 now = time.monotonic()
+                if now - round_seen_at > self.config.round_limit_s:
+                    self.stall = {"round": last_round, "open_s": round(now - round_seen_at, 1),
+                                  "t": round(now - started, 1)}
+                    break
                 if self.server is not None and (mb := _rss_mb(self.server.pid)) is not None:
                     self.rss.append((now - started, max(last_round, 0), self.server_starts, mb))
                 for when, client_id in list(self._restarts):
@@ -244,28 +317,31 @@ class Soak:
                     break
                 r = status.round
                 if r != last_round:
-                    last_round = r
-                    if r > 0 and self.rng.random() < self.config.kill_probability:
-                        live = [c for c, p in self.clients.items() if p is not None and p.poll() is None]
+                    last_round, round_seen_at = r, now
+                    kill = self.rng("kill", r)
+                    if r > 0 and kill.random() < self.config.kill_probability:
+                        live = [c for c in self.client_ids if (p := self.clients.get(c)) is not None and p.poll() is None]
                         if live:
-                            victim = self.rng.choice(live)
+                            victim = kill.choice(live)
                             self._kill(self.clients[victim])
                             self.clients[victim] = None
                             self.kills.append({"client": victim, "round": r, "t": round(now - started, 2)})
                             self._restarts.append((now + self.config.restart_delay_s, victim))
-                    if r > 0 and not self.config.secure and self.rng.random() < self.config.stale_probability:
+                    if r > 0 and not self.config.secure and self.rng("stale", r).random() < self.config.stale_probability:
                         previous = sorted((self.state / "updates" / f"round_{r - 1:05d}").glob("robot_*"))
                         if previous:
                             self._resend(api, "stale replay", previous[0].stem.split(".")[0], r - 1, r - 1)
                     if not self.config.secure and not laggard.joined:
                         laggard.join()
+                    delayed = self.rng("delayed", r)
                     if (not self.config.secure and (laggard_thread is None or not laggard_thread.is_alive())
-                            and self.rng.random() < self.config.delayed_probability):
+                            and delayed.random() < self.config.delayed_probability):
                         laggard_thread = threading.Thread(target=self._laggard_upload,
-                                                          args=(api, laggard, spec, status), daemon=True)
+                                                          args=(api, laggard, spec, status, delayed), daemon=True)
                         laggard_thread.start()
                 accepted = [c for c in status.accepted if c in self.client_ids]
-                if accepted and ("duplicate", r) not in faults_done and self.rng.random() < self.config.duplicate_probability:
+                if (accepted and ("duplicate", r) not in faults_done
+                        and self.rng("duplicate", r).random() < self.config.duplicate_probability):
                     faults_done.add(("duplicate", r))
                     self._resend(api, "duplicate", accepted[0], r, r)
                 if not server_restarted and r >= self.config.server_restart_round and status.accepted:
@@ -275,7 +351,7 @@ class Soak:
                     time.sleep(1.0)
                     self.start_server()
             # Clients exit by themselves once the federation finished (they write their final checkpoint).
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + (60 if finished else 0)
             for process in self.clients.values():
                 if process is not None:
                     try:
@@ -316,12 +392,30 @@ class Soak:
         settled = [(r, mb) for r, mb in longest if r >= min((r for r, _ in longest), default=0) + 5]
         slope = float(np.polyfit([r for r, _ in settled], [mb for _, mb in settled], 1)[0]) if len(
             {r for r, _ in settled}) >= 3 else float("nan")
+        durations = [r["duration_s"] for r in history]
+        slowest = sorted(((r["round"], r["duration_s"]) for r in history), key=lambda x: -x[1])[:SLOWEST_SHOWN]
+        streaks = {}
+        for log in sorted(self.logs.glob("robot_*.log")):
+            n, service = timeout_streak(log.read_text(errors="replace"))
+            client_id = log.name.split(".")[0]
+            if n > streaks.get(client_id, (0, ""))[0]:
+                streaks[client_id] = (n, service)
+        problems = []
+        if self.stall is not None:
+            problems.append(f"round {self.stall['round']} was still open after {self.stall['open_s']:g} s "
+                            f"(round_timeout_s {self.config.round_timeout_s:g} + margin "
+                            f"{self.config.liveness_margin_s:g} s): the soak stopped there, at t={self.stall['t']:g} s")
+        problems += [f"round {r} took {d:g} s (round_timeout_s {self.config.round_timeout_s:g} + margin "
+                     f"{self.config.liveness_margin_s:g} s)" for r, d in slowest if d > self.config.round_limit_s]
+        problems += [f"{c} saw {n} service timeouts in a row ({service}; at most {self.config.max_consecutive_timeouts})"
+                     for c, (n, service) in sorted(streaks.items()) if n > self.config.max_consecutive_timeouts]
         harness = {}
         for item in self.injected:
             key = f"{item['kind']}: {'accepted' if item['ok'] else item['reason']}"
             harness[key] = harness.get(key, 0) + 1
         return {
             "config": dataclasses.asdict(self.config), "finished": finished, "seconds": round(seconds, 1),
+            "dds": self.transport.summary if self.transport is not None else None,
             "rounds_completed": len(history), "rounds_requested": self.config.rounds,
             "accepted_updates": len(persisted),
             "accepted_per_client": {c: sum(1 for cc, _ in persisted if cc == c) for c in [*self.client_ids, LAGGARD]},
@@ -335,7 +429,10 @@ class Soak:
                               "max": round(max(mb for *_, mb in self.rss), 1) if self.rss else None,
                               "growth_mb_per_round": round(slope, 3)},
             "rss_samples": [[round(t, 2), r, s, round(mb, 1)] for t, r, s, mb in self.rss],
-            "round_durations_s": [r["duration_s"] for r in history], "kills": self.kills,
+            "round_durations_s": durations, "kills": self.kills,
+            "slowest_rounds": [[r, d] for r, d in slowest],
+            "max_consecutive_timeouts": {c: n for c, (n, _) in sorted(streaks.items())},
+            "liveness": {"ok": not problems, "problems": problems, "round_limit_s": self.config.round_limit_s},
         }
 
 
@@ -384,12 +481,19 @@ def print_figures(figures: dict) -> None:
         ("injected requests → answers", ", ".join(f"{k} ×{v}" for k, v in sorted(figures["harness_requests"].items())) or "none"),
         ("server RSS MB first / last / max", f"{rss['first']} / {rss['last']} / {rss['max']}"),
         ("server RSS growth (MB per round)", f"{rss['growth_mb_per_round']}"),
+        ("slowest rounds (round: s)", ", ".join(f"{r}: {d:.1f}" for r, d in figures["slowest_rounds"]) or "none"),
+        ("most service timeouts in a row", ", ".join(f"{c} {n}" for c, n in figures["max_consecutive_timeouts"].items())),
+        ("liveness", "ok" if figures["liveness"]["ok"] else "FAILED"),
+        ("DDS transport", figures["dds"] or "?"),
     ]
     if figures["config"]["secure"]:
         rows.append(("aborted secure attempts", str(figures["aborted_secure_attempts"])))
     for name, value in rows:
         table.add_row(name, value)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for problem in figures["liveness"]["problems"]:
+        console.print(f"[bold red]liveness:[/] {problem}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -411,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
         print_figures(figures)
         if config.output:
             print(f"figures: {output / 'soak.json'}, plot: {output / 'soak.png'}, logs: {output / 'logs'}")
-    ok = figures["finished"] and figures["rounds_completed"] == config.rounds and not figures["acknowledged_missing_from_state"]
+    ok = (figures["finished"] and figures["rounds_completed"] == config.rounds
+          and not figures["acknowledged_missing_from_state"] and figures["liveness"]["ok"])
     return 0 if ok else 1
 
 

@@ -25,6 +25,7 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 from fedvla.config import ConfigError
+from fedvla.dds import TransportChoice
 from fedvla.readiness import report_ready
 from fedvla.supervision import exit_with_parent
 
@@ -86,7 +87,16 @@ def _forward_core_logging(label: str) -> None:
         core.propagate = False
 
 
-def run_node(node_factory: Callable[[], Node], label: str, args: list[str] | None = None) -> int:
+def run_node(node_factory: Callable[[], Node], label: str, args: list[str] | None = None,
+             before_init: Callable[[], TransportChoice] | None = None) -> int:
+    """``before_init`` sets up the process's environment for rclpy (the federation nodes' DDS
+    transport, :mod:`fedvla.dds`); its summary goes to the node's log."""
+    transport = None
+    if before_init is not None:
+        try:
+            transport = before_init()
+        except FileNotFoundError as err:
+            return _fail(label, str(err), EXIT_UNAVAILABLE)
     # SIGINT/SIGTERM become KeyboardInterrupt, so the node is destroyed (devices released,
     # files closed, last log lines published) before the ROS context shuts down.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
@@ -96,6 +106,9 @@ def run_node(node_factory: Callable[[], Node], label: str, args: list[str] | Non
         rclpy.try_shutdown()
         return _fail(label, "the launch that started this node has ended; not starting", EXIT_UNAVAILABLE)
     _forward_core_logging(label)
+    if transport is not None:
+        logger = rclpy.logging.get_logger(label)
+        (logger.warning if transport.warning else logger.info)(transport.summary)
     node: Node | None = None
     status = 0
     try:
@@ -130,10 +143,11 @@ def run_node(node_factory: Callable[[], Node], label: str, args: list[str] | Non
     return status
 
 
-def main_for(node_factory: Callable[[], Node], label: str) -> Callable[[], None]:
+def main_for(node_factory: Callable[[], Node], label: str,
+             before_init: Callable[[], TransportChoice] | None = None) -> Callable[[], None]:
     """Build a console-script ``main`` for a node class."""
 
     def main(args: list[str] | None = None) -> None:
-        sys.exit(run_node(node_factory, label, args))
+        sys.exit(run_node(node_factory, label, args, before_init))
 
     return main
