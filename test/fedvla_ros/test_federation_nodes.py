@@ -20,7 +20,7 @@ from fedvla.federation.client import trunk_spec  # noqa: E402
 from fedvla.federation.setup import trunk_policy  # noqa: E402
 from fedvla.federation.wire import encode_update, sign  # noqa: E402
 from fedvla_interfaces.msg import FederationRound  # noqa: E402
-from fedvla_ros.fed_client import RosServerApi  # noqa: E402
+from fedvla_ros.federation_transport import RosServerApi  # noqa: E402
 from support.federation import upload  # noqa: E402
 
 pytestmark = pytest.mark.ros

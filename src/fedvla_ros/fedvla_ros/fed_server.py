@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from fedvla import topics
 from fedvla.dds import federation_transport_environment
@@ -30,28 +29,12 @@ from fedvla.federation.setup import FederationServerSettings, build_server
 from fedvla_interfaces.msg import FederationRound
 from fedvla_interfaces.srv import (FederationFetch, FederationHeartbeat, FederationJoin, FederationSecure,
                                   FederationStatus, FederationUpload)
+from fedvla_ros.federation_transport import fill_response, fill_status
 from fedvla_ros.node_main import main_for
 from fedvla_ros.parameters import declare_config
+from fedvla_ros.qos import SERVICE_QOS
 
 STATUS_EVERY_TICKS = 4
-# Requests waiting for the server: with the default depth (10) a busy server silently drops the
-# oldest, and their clients wait for an answer that never comes. 64 covers 16 clients with 4
-# chunks in flight each (requests are held only while queued).
-SERVICE_QOS = QoSProfile(depth=64, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-
-
-# The :class:`Reply` fields some federation service responses carry (all carry ok, reason,
-# detail, round); fed_client reads them back with the same list.
-OPTIONAL_REPLY_FIELDS = ("upload_id", "chunk_size", "num_chunks", "total_size", "sha256")
-
-
-def _fill(response, reply: Reply):
-    """Copy the fields a service response has from a core :class:`Reply`."""
-    response.ok, response.reason, response.detail, response.round = reply.ok, reply.reason, reply.detail, reply.round
-    for name in OPTIONAL_REPLY_FIELDS:
-        if hasattr(response, name):
-            setattr(response, name, getattr(reply, name))
-    return response
 
 
 class FederationServerNode(Node):
@@ -78,29 +61,24 @@ class FederationServerNode(Node):
             f"state in {self.settings.state_dir}")
 
     def _join(self, request, response):
-        return _fill(response, self.server.join(request.client_id, request.trunk_hash, request.signature))
+        return fill_response(response, self.server.join(request.client_id, request.trunk_hash, request.signature))
 
     def _heartbeat(self, request, response):
-        return _fill(response, self.server.heartbeat(request.client_id, request.signature))
+        return fill_response(response, self.server.heartbeat(request.client_id, request.signature))
 
     def _status(self, request, response):
-        status = self.server.status()
-        response.round, response.rounds, response.finished = status.round, status.rounds, status.finished
-        response.accepted, response.live_clients, response.joined = status.accepted, status.live_clients, status.joined
-        response.global_size, response.global_sha256 = status.global_size, status.global_sha256
-        response.chunk_size, response.phase, response.attempt = status.chunk_size, status.phase, status.attempt
-        return response
+        return fill_status(response, self.server.status())
 
     def _fetch(self, request, response):
         reply = self.server.fetch(request.client_id, request.round, request.offset, request.length, request.signature)
         response.data = reply.data  # bytes: rclpy copies them as one block
-        return _fill(response, reply)
+        return fill_response(response, reply)
 
     def _secure(self, request, response):
         reply = self.server.secure_request(request.op, request.client_id, request.round, request.attempt,
                                            bytes(request.payload), request.signature)
         response.data = reply.data
-        return _fill(response, reply)
+        return fill_response(response, reply)
 
     def _upload(self, request, response):
         if request.op == FederationUpload.Request.BEGIN:
@@ -112,7 +90,7 @@ class FederationServerNode(Node):
             reply = self.server.commit_upload(request.upload_id)
         else:
             reply = Reply(ok=False, reason="bad_op", detail=f"op {request.op} (BEGIN=0, CHUNK=1, COMMIT=2)")
-        return _fill(response, reply)
+        return fill_response(response, reply)
 
     def _publish(self, event: str, record: RoundRecord | None = None) -> None:
         msg = FederationRound()

@@ -64,7 +64,7 @@ def uploader(args: argparse.Namespace) -> int:
     from fedvla.federation.client import FederationClient, FederationClientConfig, send_chunks, trunk_spec
     from fedvla.federation.setup import trunk_policy
     from fedvla.federation.wire import TrunkUpdate, encode_update, sha256_hex, sign_upload
-    from fedvla_ros.fed_client import RosServerApi
+    from fedvla_ros.federation_transport import RosServerApi
 
     rclpy.init()
     node = rclpy.create_node(f"bench_{args.client_id}")

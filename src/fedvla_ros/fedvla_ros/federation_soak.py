@@ -214,7 +214,7 @@ class Soak:
         if not files:
             return
         blob = files[-1].read_bytes()
-        from fedvla_ros.fed_client import ServiceTimeout
+        from fedvla_ros.federation_transport import ServiceTimeout
 
         try:
             begun = api.begin_upload(client_id, signed_round, len(blob), sha256_hex(blob),
@@ -269,7 +269,7 @@ class Soak:
         from rclpy.executors import SingleThreadedExecutor
 
         from fedvla.federation.client import FederationClient, FederationClientConfig
-        from fedvla_ros.fed_client import RosServerApi, ServiceTimeout
+        from fedvla_ros.federation_transport import RosServerApi, ServiceTimeout
 
         from fedvla.dds import federation_transport_environment
 

@@ -1,7 +1,12 @@
 """QoS profiles shared by publishers and subscribers (they must match to connect)."""
 from __future__ import annotations
 
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 # A fixed fact (a camera's label table), delivered to late joiners too, like a ROS 1 latched topic.
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+# Requests waiting for the federation server: with the default depth (10) a busy server silently
+# drops the oldest, and their clients wait for an answer that never comes. 64 covers 16 clients
+# with 4 chunks in flight each (requests are held only while queued).
+SERVICE_QOS = QoSProfile(depth=64, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
