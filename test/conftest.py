@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedvla.ros_domain import isolate_ros_environment
+from support.ros_domain import isolate_ros_environment
 
 REPO = Path(__file__).resolve().parents[1]
 VENDOR = REPO.parent / "shared" / "vendor"

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.ros
 # A stand-in for a second, concurrent test run: it isolates itself exactly like conftest.py.
 PUBLISHER = r'''
 import os, sys, time
-from fedvla.ros_domain import isolate_ros_environment
+from support.ros_domain import isolate_ros_environment
 if sys.argv[1] == "own":
     isolate_ros_environment()
 import rclpy
@@ -32,7 +32,9 @@ while time.monotonic() < end:
 
 
 def _publisher(mode: str) -> tuple[subprocess.Popen, int]:
-    process = subprocess.Popen([sys.executable, "-c", PUBLISHER, mode], stdout=subprocess.PIPE, text=True)
+    test_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the child imports support/
+    process = subprocess.Popen([sys.executable, "-c", PUBLISHER, mode], stdout=subprocess.PIPE, text=True,
+                               env=dict(os.environ, PYTHONPATH=test_dir))
     return process, int(process.stdout.readline())
 
 
