@@ -20,7 +20,9 @@ from fedvla.federation.client import trunk_spec  # noqa: E402
 from fedvla.federation.setup import trunk_policy  # noqa: E402
 from fedvla.federation.wire import encode_update, sign  # noqa: E402
 from fedvla_interfaces.msg import FederationRound  # noqa: E402
+from fedvla.topics import FEDERATION_ROUND  # noqa: E402
 from fedvla_ros.federation_transport import RosServerApi  # noqa: E402
+from fedvla_ros.qos import ROUND_EVENTS_QOS  # noqa: E402
 from support.federation import upload  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -81,7 +83,9 @@ def test_three_clients_three_rounds_with_a_client_and_the_server_killed(rclpy_co
     try:
         with SpinningNode(rclpy_context, "federation_observer") as node:
             events = []
-            node.create_subscription(FederationRound, "/federation/round", lambda m: events.append((m.event, m.round)), 50)
+            # Transient-local, as published: the restarted server may close round 1 before discovery ends.
+            node.create_subscription(FederationRound, FEDERATION_ROUND, lambda m: events.append((m.event, m.round)),
+                                     ROUND_EVENTS_QOS)
             api = RosServerApi(node, timeout_s=5.0)
             # Round 0: robot_0 and robot_1 upload; robot_2 is still training when it is killed.
             wait_until(lambda: (s := safe_status(api)) and sorted(s.accepted) == ["robot_0", "robot_1"],

@@ -7,7 +7,7 @@ Services (fedvla_interfaces/srv): ``/federation/join``, ``/federation/heartbeat`
 of a secure-aggregation round, when ``secure_aggregation`` is on). Topic ``/federation/round``
 (fedvla_interfaces/FederationRound): ``started`` when a round opens (or resumes), ``closed`` once
 per aggregated round with its EDA weights, ``finished`` after the last round, ``status`` every
-``tick_period_s``·4. Parameters: the fields of
+``tick_period_s``·4; transient-local, so a late subscriber gets the recent history. Parameters: the fields of
 :class:`fedvla.federation.setup.FederationServerSettings`.
 
 Security: requests are HMAC-signed per client (credentials_file). In a full ROS install, run the
@@ -32,7 +32,7 @@ from fedvla_interfaces.srv import (FederationFetch, FederationHeartbeat, Federat
 from fedvla_ros.federation_transport import fill_response, fill_status
 from fedvla_ros.node_main import main_for
 from fedvla_ros.parameters import declare_config
-from fedvla_ros.qos import SERVICE_QOS
+from fedvla_ros.qos import ROUND_EVENTS_QOS, SERVICE_QOS
 
 STATUS_EVERY_TICKS = 4
 
@@ -48,7 +48,7 @@ class FederationServerNode(Node):
         self.create_service(FederationFetch, topics.FEDERATION_FETCH, self._fetch, qos_profile=SERVICE_QOS)
         self.create_service(FederationUpload, topics.FEDERATION_UPLOAD, self._upload, qos_profile=SERVICE_QOS)
         self.create_service(FederationSecure, topics.FEDERATION_SECURE, self._secure, qos_profile=SERVICE_QOS)
-        self._round_pub = self.create_publisher(FederationRound, topics.FEDERATION_ROUND, 10)
+        self._round_pub = self.create_publisher(FederationRound, topics.FEDERATION_ROUND, ROUND_EVENTS_QOS)
         self._ticks = 0
         self._announced_finish = self.server.finished
         self.create_timer(self.settings.tick_period_s, self._tick)

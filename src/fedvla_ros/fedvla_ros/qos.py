@@ -10,3 +10,9 @@ LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durabi
 # drops the oldest, and their clients wait for an answer that never comes. 64 covers 16 clients
 # with 4 chunks in flight each (requests are held only while queued).
 SERVICE_QOS = QoSProfile(depth=64, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+
+# The server's round events: a monitor that joins late (or a restarted server's first events, sent
+# before subscribers have discovered it) still gets the recent history. 100 samples hold ~200 s of
+# periodic status at the default tick, and every started/closed event within it.
+ROUND_EVENTS_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                              durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
