@@ -24,7 +24,7 @@ from rclpy.node import Node
 from fedvla import topics
 from fedvla.dds import federation_transport_environment
 from fedvla.federation.protocol import Reply
-from fedvla.federation.server import RoundRecord
+from fedvla.federation.rounds import RoundRecord
 from fedvla.federation.setup import FederationServerSettings, build_server
 from fedvla_interfaces.msg import FederationRound
 from fedvla_interfaces.srv import (FederationFetch, FederationHeartbeat, FederationJoin, FederationSecure,

@@ -25,6 +25,17 @@ class Aggregation(str, enum.Enum):
     FEDAVG = "fedavg"  # sample-count weighted (also the "w/o EDA" ablation)
 
 
+@dataclasses.dataclass
+class RoundAggregate:
+    """A closed round's new global trunk and the weights that made it."""
+
+    trunk: dict[str, torch.Tensor]
+    clients: list[str]  # in the column order of weights
+    num_samples: list[int]
+    weights: np.ndarray  # (L, C) layer weights
+    largest_weight: float  # the DP sensitivity scale (Aggregator.largest_weight)
+
+
 @dataclasses.dataclass(frozen=True)
 class Aggregator:
     aggregation: Aggregation = Aggregation.EDA
@@ -50,3 +61,15 @@ class Aggregator:
         """The aggregate trunk under ``weights`` (L, C)."""
         return aggregate_trunks(trunks, weights, layer_of, num_samples=list(num_samples),
                                 non_layer_rule=self.non_layer_rule)
+
+    def aggregate(self, trunks: Sequence[Mapping[str, torch.Tensor]], counts: np.ndarray | None,
+                  num_samples: Sequence[int], num_layers: int,
+                  layer_of: Callable[[str], int | None]) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+        """The aggregate trunk and its (L, C) layer weights: :meth:`layer_weights`, then :meth:`combine`."""
+        weights = self.layer_weights(counts, num_samples, num_layers)
+        return self.combine(trunks, weights, layer_of, num_samples), weights
+
+    def largest_weight(self, weights: np.ndarray, num_samples: Sequence[int]) -> float:
+        """The largest weight any client's parameters get, in or outside the layers: the sensitivity
+        of the aggregate to one clipped update, which scales the DP noise (privacy.py)."""
+        return float(max(weights.max(), self.non_layer_weights(weights, num_samples).max()))

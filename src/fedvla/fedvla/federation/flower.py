@@ -290,10 +290,9 @@ class ExpertDrivenAggregation(FedAvg):
         num_samples = [reply.num_samples for reply in parsed]
         counts = np.stack([reply.expert_counts for reply in parsed]) if self.aggregation is Aggregation.EDA else None
         layers = self._num_layers(parsed[0].trunk) or 1  # FedAvg: a trunk without MoE layers is one row
-        layer_weights = self.aggregator.layer_weights(counts, num_samples, layers)
         order = list(parsed[0].trunk)  # the aggregate wants every trunk in one name order
         trunks = [OrderedDict((name, reply.trunk[name]) for name in order) for reply in parsed]
-        mixed = self.aggregator.combine(trunks, layer_weights, self.layer_of, num_samples)
+        mixed, layer_weights = self.aggregator.aggregate(trunks, counts, num_samples, layers, self.layer_of)
         self.reports[server_round] = RoundReport(server_round, node_ids, layer_weights, dropped)
         log.info("round %d: %s over nodes %s (%d dropped); layer weights %s", server_round,
                  self.aggregation.value, node_ids, len(dropped), np.round(layer_weights, 4).tolist())

@@ -51,7 +51,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as safetensors_load
 from safetensors.numpy import save as safetensors_save
 
-from fedvla.federation.secagg import PublicKeys, SecAggError, SecAggRound, SecAggServer
+from fedvla.federation.secagg import PublicKeys, SecAggError, SecAggRound, SecAggServer, vector_to_trunk
+from fedvla.federation.aggregator import RoundAggregate
 from fedvla.federation.protocol import RejectReason
 from fedvla.federation.wire import WIRE_VERSION, TrunkSpec, WireError
 
@@ -438,3 +439,21 @@ def renormalize(total: np.ndarray, spec: TrunkSpec, layer_of: Callable[[str], in
             out[block] = fallback[block]
         offset += size
     return out
+
+
+def aggregate_trunk(secure: SecureRound, previous: Mapping, spec: TrunkSpec,
+                    layer_of: Callable[[str], int | None]) -> RoundAggregate:
+    """The unmasked sum of a finished round as a trunk, each block divided by the weight that
+    went into it (``previous``, the round's global trunk, fills blocks no uploader weighted)."""
+    total = secure.aggregate()
+    layer_totals, non_layer_total = secure.uploader_weights()
+    template = ordered_trunk(previous, spec)
+    flat_previous = np.concatenate([t.double().numpy().reshape(-1) for t in template.values()])
+    flat = renormalize(total, spec, layer_of, layer_totals, non_layer_total, flat_previous)
+    clients = secure.uploaded()
+    columns = [secure.participants.index(c) for c in clients]
+    weights = np.asarray(secure.weights)[:, columns]
+    weights = weights / np.where(layer_totals > 0, layer_totals, 1.0)[:, None]
+    outside = np.asarray(secure.non_layer_weights)[columns] / max(non_layer_total, 1e-12)
+    return RoundAggregate(vector_to_trunk(flat, template), clients, [secure.reports[c]["num_samples"] for c in clients],
+                           weights, float(max(weights.max(), outside.max())))

@@ -1,6 +1,7 @@
-"""The federation server: round state machine, chunked authenticated uploads, aggregation and
-crash-safe persistence. Transport-free: the ``fed_server`` ROS node (and the in-process
-transport used by simulations and tests) call these methods.
+"""The federation server: authenticated requests, carried out on the round state machine
+(:mod:`.rounds`), chunked uploads (:mod:`.uploads`), aggregation (:mod:`.aggregator`) and
+crash-safe persistence (:mod:`.store`). Transport-free: the ``fed_server`` ROS node (and the
+in-process transport used by simulations and tests) call these methods.
 
 Protocol, per round r (every request names the client and is HMAC-signed with its secret):
 
@@ -14,11 +15,9 @@ Protocol, per round r (every request names the client and is HMAC-signed with it
    (:func:`fedvla.federation.wire.decode_update`). Accepted updates are written to disk before the
    reply, so an acknowledged update is never lost.
 
-A round closes when at least ``quorum`` updates are in and either every live client (one heard
-from within ``liveness_timeout_s``) has uploaded or ``round_timeout_s`` has passed; clients that
-did not upload are recorded as dropped. Closing aggregates with EDA (or FedAvg), persists the new
-global trunk and the round record, and opens round r+1. Uploads for a closed round are refused
-with ``round_closed``.
+A round closes as :mod:`fedvla.federation.rounds` decides (quorum, every live client or the round
+timeout); closing aggregates with EDA (or FedAvg), persists the new global trunk and the round
+record, and opens round r+1. Uploads for a closed round are refused with ``round_closed``.
 
 With ``secure_aggregation`` the server never sees a client's trunk: steps 4 carry a *masked*
 weighted trunk, after three short exchanges on the ``secure`` request (expert counts and keys,
@@ -50,13 +49,14 @@ import numpy as np
 import torch
 
 from fedvla.config import ConfigError, parse_enum, require, require_positive
-from fedvla.federation.aggregator import Aggregation, Aggregator
+from fedvla.federation.aggregator import Aggregation, Aggregator, RoundAggregate
 from fedvla.federation.eda import NonLayerRule
 from fedvla.federation.privacy import PrivacyAccountant, add_gaussian_noise, clip_update
 from fedvla.federation.protocol import RejectReason, Reply, ServerStatus, validate_credentials
-from fedvla.federation.secagg import DEFAULT_FRAC_BITS, vector_to_trunk
-from fedvla.federation.secure_round import (SecureOp, SecurePhase, SecureRound, SecureRoundError, decode_masked,
-                                            dump_payload, load_payload, ordered_trunk, parse_report, renormalize)
+from fedvla.federation.rounds import RoundLimits, RoundRecord, RoundTimer, Step, plain_decision, secure_decision
+from fedvla.federation.secagg import DEFAULT_FRAC_BITS
+from fedvla.federation.secure_round import (SecureOp, SecurePhase, SecureRound, SecureRoundError,
+                                            aggregate_trunk, decode_masked, dump_payload, load_payload, parse_report)
 from fedvla.federation.store import ServerStore
 from fedvla.federation.uploads import UploadRefused, Uploads
 from fedvla.federation.wire import (TrunkSpec, TrunkUpdate, WireDtype, WireError, decode_trunk, decode_update,
@@ -117,24 +117,6 @@ class FederationServerConfig:
         require(bool(self.state_dir), "state_dir", "must name a directory", "a path")
 
 
-@dataclasses.dataclass
-class RoundRecord:
-    """What one closed round did (persisted; published on the round topic)."""
-
-    round: int
-    clients: list[str]
-    dropped: list[str]
-    num_samples: list[int]
-    layer_weights: list[list[float]]  # (L, C) in ``clients`` order
-    aggregation: str
-    closed_by: str  # "all_live_uploaded" | "timeout"
-    duration_s: float
-    secure: bool = False  # aggregated under secure aggregation (the server never saw one trunk)
-    attempts: int = 1  # secure rounds: attempts it took
-    clipped: int = 0  # updates the DP clipping shortened (plain rounds; secure clients clip their own)
-    dp_epsilon: float = 0.0  # ε of all rounds so far, at dp_delta (0 without DP noise)
-
-
 def _serialized(method):
     """Run a request under the server's lock: transports call from several threads (a ROS
     executor's, simulated clients'), and a request reads and writes the round's state as a whole."""
@@ -183,7 +165,11 @@ class FederationServer:
             self._install_global(0, {k: v.detach().float().cpu() for k, v in initial_trunk.items()})
             self._open_secure_round(0)
             self._save_state()
-        self._round_started = self._phase_started = clock()
+        self.timer = RoundTimer.starting(clock())
+
+    @property
+    def limits(self) -> RoundLimits:
+        return RoundLimits(self.config.quorum, self.config.round_timeout_s, self.config.phase_timeout_s)
 
     # -- persistence (store.py) ------------------------------------------------------------------
     def _open_secure_round(self, attempt: int) -> None:
@@ -472,55 +458,46 @@ class FederationServer:
             log.info("round %d attempt %d: %s from %s", self.round, secure.attempt, kind.value, client_id)
         return Reply(ok=True, round=self.round, data=dump_payload(answer) if answer is not None else b"")
 
-    # -- rounds ---------------------------------------------------------------------------------
+    # -- rounds (the decisions: rounds.py) ---------------------------------------------------------
     @_serialized
     def tick(self) -> RoundRecord | None:
-        """Close the round when its condition holds (call periodically); returns the closed round."""
+        """Carry out what the round state machine decides now (call periodically); returns the
+        round it closed, if it closed one."""
         self.uploads.expire()
-        if self.secure is not None:
-            return self._tick_secure()
-        if self.finished or len(self.accepted) < self.config.quorum:
+        if self.finished:
             return None
-        status = self.status()
-        waiting_for = [c for c in status.live_clients if c not in self.accepted]
-        elapsed = self.clock() - self._round_started
-        if waiting_for and elapsed < self.config.round_timeout_s:
-            return None
-        return self._close_round("timeout" if waiting_for else "all_live_uploaded", elapsed)
-
-    def _tick_secure(self) -> RoundRecord | None:
-        secure, now = self.secure, self.clock()
-        live = set(self.status().live_clients)
-        if secure.phase is SecurePhase.REPORT:
-            if len(secure.reports) < self.config.quorum:
-                return None
-            waiting = [c for c in live if c not in secure.reports]
-            if waiting and now - self._round_started < self.config.round_timeout_s:
-                return None
-            reporters = sorted(secure.reports)
-            counts = np.asarray([secure.reports[c]["counts"] for c in reporters])
-            num_samples = [secure.reports[c]["num_samples"] for c in reporters]
-            weights = self.aggregator.layer_weights(counts, num_samples, self.spec.num_layers)
-            secure.fix_participants(weights, self.aggregator.non_layer_weights(weights, num_samples))
-            self._phase_started = now
-            self._save_state()
-            log.info("round %d attempt %d: %d participant(s) (%s), threshold %d", self.round, secure.attempt,
-                     len(reporters), ", ".join(reporters), secure.threshold)
-            return None
-        waiting = [c for c in secure.expected() if c in live]
-        if waiting and now - self._phase_started < self.config.phase_timeout_s:
-            return None
-        if secure.phase is SecurePhase.UNMASK:
-            if len(secure.unmask_answers) >= secure.threshold:
-                return self._close_round("timeout" if waiting else "all_live_uploaded", now - self._round_started)
-            return self._abort_secure(f"{len(secure.unmask_answers)} unmasking answer(s), {secure.threshold} needed")
-        phase = secure.phase.value
-        if not secure.advance():
-            return self._abort_secure(f"too few participants left after phase {phase!r} "
-                                      f"(threshold {secure.threshold})")
-        self._phase_started = now
-        self._save_state()
+        now, live = self.clock(), self.status().live_clients
+        if self.secure is None:
+            decision = plain_decision(self.accepted, live, self.limits, self.timer, now)
+        else:
+            decision = secure_decision(self.secure, live, self.limits, self.timer, now)
+        if decision.step is Step.CLOSE:
+            return self._close_round(decision.closed_by, now - self.timer.round_started)
+        if decision.step is Step.FIX_PARTICIPANTS:
+            self._fix_participants(now)
+        elif decision.step is Step.ADVANCE:
+            phase = self.secure.phase.value
+            if not self.secure.advance():
+                self._abort_secure(f"too few participants left after phase {phase!r} "
+                                   f"(threshold {self.secure.threshold})")
+            else:
+                self.timer.phase_started = now
+                self._save_state()
+        elif decision.step is Step.ABORT:
+            self._abort_secure(decision.why)
         return None
+
+    def _fix_participants(self, now: float) -> None:
+        secure = self.secure
+        reporters = sorted(secure.reports)
+        counts = np.asarray([secure.reports[c]["counts"] for c in reporters])
+        num_samples = [secure.reports[c]["num_samples"] for c in reporters]
+        weights = self.aggregator.layer_weights(counts, num_samples, self.spec.num_layers)
+        secure.fix_participants(weights, self.aggregator.non_layer_weights(weights, num_samples))
+        self.timer.phase_started = now
+        self._save_state()
+        log.info("round %d attempt %d: %d participant(s) (%s), threshold %d", self.round, secure.attempt,
+                 len(reporters), ", ".join(reporters), secure.threshold)
 
     def _abort_secure(self, why: str) -> None:
         secure = self.secure
@@ -531,23 +508,23 @@ class FederationServer:
         self._open_secure_round(secure.attempt + 1)
         self.uploads.discard()
         self._save_state()
-        self._round_started = self._phase_started = self.clock()
-        return None
+        self.timer.restart(self.clock())
 
-    def _secure_aggregate(self) -> tuple[dict[str, torch.Tensor], list[str], list[int], np.ndarray, float]:
-        secure = self.secure
-        total = secure.aggregate()
-        layer_totals, non_layer_total = secure.uploader_weights()
-        template = ordered_trunk(self.global_trunk, self.spec)
-        previous = np.concatenate([t.double().numpy().reshape(-1) for t in template.values()])
-        flat = renormalize(total, self.spec, self.layer_of, layer_totals, non_layer_total, previous)
-        clients = secure.uploaded()
-        columns = [secure.participants.index(c) for c in clients]
-        weights = np.asarray(secure.weights)[:, columns]
-        weights = weights / np.where(layer_totals > 0, layer_totals, 1.0)[:, None]
-        outside = np.asarray(secure.non_layer_weights)[columns] / max(non_layer_total, 1e-12)
-        return (vector_to_trunk(flat, template), clients, [secure.reports[c]["num_samples"] for c in clients],
-                weights, float(max(weights.max(), outside.max())))
+    def _plain_aggregate(self) -> tuple[int]:
+        """The round's aggregate from its plaintext updates (clipped first under DP), and how many
+        updates the clipping shortened."""
+        clients = sorted(self._updates)
+        updates = [self._updates[c] for c in clients]
+        num_samples = [u.num_samples for u in updates]
+        trunks, clipped = [u.trunk for u in updates], 0
+        if self.config.dp_clip_norm > 0:  # against the trunk the clients trained from
+            clipped_trunks = [clip_update(t, self._broadcast_trunk, self.config.dp_clip_norm) for t in trunks]
+            clipped = sum(norm > self.config.dp_clip_norm for _, norm in clipped_trunks)
+            trunks = [t for t, _ in clipped_trunks]
+        counts = torch.stack([u.expert_counts for u in updates]).numpy()
+        trunk, weights = self.aggregator.aggregate(trunks, counts, num_samples, self.spec.num_layers, self.layer_of)
+        return RoundAggregate(trunk, clients, num_samples, weights,
+                               self.aggregator.largest_weight(weights, num_samples)), int(clipped)
 
     def _with_dp_noise(self, trunk: dict[str, torch.Tensor], max_weight: float) -> tuple[dict[str, torch.Tensor], float]:
         """The aggregate plus the DP noise of this round, and ε so far (privacy.py)."""
@@ -558,37 +535,24 @@ class FederationServer:
         self.accountant.step(z)
         return noisy, self.accountant.epsilon(self.config.dp_delta)
 
-    def _close_round(self, closed_by: str, elapsed: float) -> RoundRecord:
-        clipped = 0
+    def _close_round(self, closed_by: str, elapsed: float) -> RoundRecord | None:
         if self.secure is not None:
-            trunk, clients, num_samples, weights, max_weight = self._secure_aggregate()
+            result, clipped = aggregate_trunk(self.secure, self.global_trunk, self.spec, self.layer_of), 0
             attempts = self.secure.attempt + 1
         else:
-            clients = sorted(self._updates)
-            updates = [self._updates[c] for c in clients]
-            num_samples = [u.num_samples for u in updates]
-            weights = self.aggregator.layer_weights(torch.stack([u.expert_counts for u in updates]).numpy(),
-                                                    num_samples, self.spec.num_layers)
-            trunks = [u.trunk for u in updates]
-            if self.config.dp_clip_norm > 0:  # against the trunk the clients trained from
-                clipped_trunks = [clip_update(t, self._broadcast_trunk, self.config.dp_clip_norm) for t in trunks]
-                clipped = sum(norm > self.config.dp_clip_norm for _, norm in clipped_trunks)
-                trunks = [t for t, _ in clipped_trunks]
-            trunk = self.aggregator.combine(trunks, weights, self.layer_of, num_samples)
-            outside = self.aggregator.non_layer_weights(weights, num_samples)
-            max_weight = float(max(weights.max(), outside.max()))
-            attempts = 1
-        trunk, epsilon = self._with_dp_noise(trunk, max_weight)
+            (result, clipped), attempts = self._plain_aggregate(), 1
+        clients, weights = result.clients, result.weights
+        trunk, epsilon = self._with_dp_noise(result.trunk, result.largest_weight)
         closed = self.round
         try:
             self._install_global(closed + 1, trunk)
         except NonFiniteAggregate as err:
             return self._discard_round(str(err), clients)
         record = RoundRecord(round=closed, clients=clients,
-                             dropped=sorted(c for c in self.joined if c not in clients), num_samples=num_samples,
+                             dropped=sorted(c for c in self.joined if c not in clients), num_samples=result.num_samples,
                              layer_weights=np.round(weights, 6).tolist(), aggregation=self.config.aggregation.value,
                              closed_by=closed_by, duration_s=round(elapsed, 3), secure=self.secure is not None,
-                             attempts=attempts, clipped=int(clipped), dp_epsilon=round(epsilon, 4))
+                             attempts=attempts, clipped=clipped, dp_epsilon=round(epsilon, 4))
         self.history.append(record)
         self.accepted, self._updates = {}, {}
         self.uploads.discard(lambda upload: upload.round <= closed)
@@ -596,7 +560,7 @@ class FederationServer:
         self._open_secure_round(0)
         self._save_state()
         self.store.prune(closed, self.config.keep_update_rounds)
-        self._round_started = self._phase_started = self.clock()
+        self.timer.restart(self.clock())
         log.info("round %d closed (%s): %s%s; %s", closed, closed_by,
                  ", ".join(f"{c} {w:.3f}" for c, w in zip(clients, weights.mean(axis=0))),
                  f"; dropped {', '.join(record.dropped)}" if record.dropped else "",
@@ -611,8 +575,9 @@ class FederationServer:
                   self.round, why, ", ".join(clients))
         self.rejections[RejectReason.NOT_FINITE.value] += len(clients)
         if self.secure is not None:
-            return self._abort_secure(why)
+            self._abort_secure(why)
+            return None
         self.accepted, self._updates = {}, {}
         self._save_state()
-        self._round_started = self.clock()
+        self.timer.round_started = self.clock()
         return None
