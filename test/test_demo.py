@@ -67,9 +67,9 @@ def test_demo_records_every_camera_topic_federates_evaluates_and_replays(tmp_pat
     assert all(p.instruction == "lock the door" and "door lock" in p.target_names for p in parses)
     assert "last scene parse per camera" in result.stdout
     # The simulated UR3 followed the motion pattern through the arm runtime, nothing refused.
-    from fedvla.cli import arm_motion
+    from fedvla.app.recording import arm_motion
 
-    path_m, reach_m, refused = arm_motion(output)
-    assert path_m > 0.05 and 0.02 < reach_m < 0.12 and refused == 0
+    motion = arm_motion(output)
+    assert motion.path_m > 0.05 and 0.02 < motion.reach_m < 0.12 and motion.refused_chunks == 0
     assert summary.topic(topics.JOINT_STATES).count > 100
     assert "simulated UR3 under the arm runtime" in result.stdout

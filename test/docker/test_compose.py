@@ -8,7 +8,7 @@ import yaml
 
 from fedvla.config import config_fields
 from fedvla.federation.protocol import load_credentials
-from fedvla.federation.setup import FederationClientSettings, FederationServerSettings
+from fedvla.app.federation import FederationClientSettings, FederationServerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())

@@ -8,10 +8,10 @@ import yaml
 from fedvla.bag import PlayerConfig, RecorderConfig
 from fedvla.camera import CameraConfig
 from fedvla.config import config_fields, from_mapping
-from fedvla.federation.setup import FederationClientSettings, FederationServerSettings
+from fedvla.app.federation import FederationClientSettings, FederationServerSettings
 from fedvla.graph import Graph, GraphError, template_parts
 from fedvla.iosp.runtime import SceneParserRuntimeConfig
-from fedvla.model.runtime import PolicyRuntimeConfig
+from fedvla.app.policy_runtime import PolicyRuntimeConfig
 from fedvla.replay import ReplayEvaluatorConfig
 from fedvla.robot.pattern import MotionPatternConfig
 from fedvla.robot.runtime import DRIVER_CONFIG_CLASSES, driver_configs

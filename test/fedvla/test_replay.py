@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from fedvla.data.bag_episodes import export_episode
+from fedvla.data.bag_export import export_episode
 from fedvla.data.episodes import EpisodeWriter
 from fedvla.replay import ReplayRecord, replay_bag, replay_metrics, write_replay_report
 
@@ -87,7 +87,7 @@ def test_a_trained_checkpoint_replays_into_a_report(tmp_path) -> None:
     from fedvla.data.synthetic import SquareReachDataset
     from fedvla.model.checkpoint import save_checkpoint, seeded_policy
     from fedvla.model.config import PolicyConfig
-    from fedvla.model.runtime import PolicyRuntime, PolicyRuntimeConfig
+    from fedvla.app.policy_runtime import PolicyRuntime, PolicyRuntimeConfig
 
     tiny = PolicyConfig.from_yaml(CONFIG_DIR / "model" / "tiny.yaml", camera_names=list(CAMS), image_size=32,
                                   proprio_dim=3, action_dim=2)

@@ -53,15 +53,17 @@ def test_a_parse_becomes_a_parsed_scene_and_markers_coloured_by_group() -> None:
     from std_msgs.msg import Header
     from visualization_msgs.msg import Marker
 
+    from fedvla.data.messages import parse_parsed_scene, parsed_scene_fields
     from fedvla.iosp.parser import SceneParser, SceneParserConfig
     from fedvla.iosp.types import Detection
-    from fedvla_ros.conversions import parsed_scene_msg, scene_markers
+    from fedvla_interfaces.msg import ParsedScene, SceneObject
+    from fedvla_ros.conversions import scene_markers
 
     scene = [Detection("drawer", (0, 0, 16, 16)), Detection("table", (0, 48, 64, 64), foreground=False)]
     parser = SceneParser(SceneParserConfig(tokens_per_group=2, patch_rows=4, patch_cols=4), {"top": lambda _: scene})
     parse = parser.parse("top", np.zeros((64, 64, 3), np.uint8), "open the drawer")
     header = Header(stamp=Time(sec=5), frame_id="top_color_optical_frame")
-    msg = parsed_scene_msg(parse, header, "box_mask")
+    msg = ParsedScene(header=header, **parsed_scene_fields(parse, "box_mask", SceneObject))
     assert (msg.camera_name, msg.instruction, list(msg.target_names)) == ("top", "open the drawer", ["drawer"])
     assert (msg.patch_rows, msg.patch_cols, msg.tokens_per_group, msg.token_selection_rule) == (4, 4, 2, "box_mask")
     assert list(msg.group_token_indices) == [0, -1, -1, -1, 12, 13]
@@ -69,6 +71,9 @@ def test_a_parse_becomes_a_parsed_scene_and_markers_coloured_by_group() -> None:
     assert (drawer.class_name, drawer.group, drawer.track_id, drawer.x_max) == ("drawer", 0, 0, 16.0)  # the tracker's id
     assert list(drawer.selected_token_indices) == [0] and list(table.selected_token_indices) == [12, 13]
     assert table.group == table.GROUP_BACKGROUND
+    back = parse_parsed_scene(msg)  # the rclpy message parses back to the parse's content
+    assert np.array_equal(back.selection.flat_indices(), parse.selection.flat_indices())
+    assert [o.name for o in back.objects] == ["drawer", "table"] and back.grid == (4, 4)
     K = np.array([[50.0, 0, 31.5], [0, 50.0, 31.5], [0, 0, 1]])
     markers = scene_markers(parse, header, K, 1.0, previous_count=4)
     adds = [m for m in markers if m.action == Marker.ADD]

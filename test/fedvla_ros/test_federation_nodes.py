@@ -17,7 +17,7 @@ from support.ros import SpinningNode, start_node, stop_process
 
 rclpy = pytest.importorskip("rclpy")
 from fedvla.federation.client import trunk_spec  # noqa: E402
-from fedvla.federation.setup import trunk_policy  # noqa: E402
+from fedvla.app.federation import trunk_policy  # noqa: E402
 from fedvla.federation.wire import encode_update, sign  # noqa: E402
 from fedvla_interfaces.msg import FederationRound  # noqa: E402
 from fedvla.topics import FEDERATION_ROUND  # noqa: E402

@@ -1,4 +1,4 @@
-"""The federation soak (fedvla_ros/federation_soak): fed_server and four fed_client processes with
+"""The federation soak (fedvla_ros/tools/federation_soak.py): fed_server and four fed_client processes with
 clients killed and restarted, one server restart, duplicated, stale and delayed uploads; every
 update a client saw acknowledged must be in the persisted state, and the federation must stay live
 (no round open past round_timeout_s + margin, no client with a long run of service timeouts).

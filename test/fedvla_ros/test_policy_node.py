@@ -13,7 +13,7 @@ from std_msgs.msg import String  # noqa: E402
 from fedvla.data.synthetic import SquareReachDataset  # noqa: E402
 from fedvla.model.checkpoint import save_checkpoint, seeded_policy  # noqa: E402
 from fedvla.model.config import PolicyConfig  # noqa: E402
-from fedvla.model.runtime import PolicyRuntime, PolicyRuntimeConfig  # noqa: E402
+from fedvla.app.policy_runtime import PolicyRuntime, PolicyRuntimeConfig  # noqa: E402
 from fedvla_interfaces.msg import ActionChunk, ExpertActivation, ParsedScene  # noqa: E402
 from fedvla_ros.conversions import image_msg  # noqa: E402
 
@@ -92,7 +92,7 @@ def test_policy_node_publishes_the_runtimes_action_chunk(rclpy_context, checkpoi
 def test_an_iosp_policy_uses_the_scene_parsers_token_selection(rclpy_context, tmp_path) -> None:
     from pathlib import Path
 
-    from fedvla.iosp.tokens import SelectedTokens
+    from fedvla.iosp.types import SelectedTokens
 
     tiny = PolicyConfig.from_yaml(Path(__file__).resolve().parents[2] / "config" / "model" / "tiny.yaml",
                                   camera_names=list(CAMERAS), image_size=64, iosp=True, iosp_tokens_per_group=2)

@@ -1,8 +1,8 @@
 """Offline (open-loop) evaluation of a policy on a recorded rosbag2 episode.
 
 The bag's camera images, joint states, instruction (and scene parses, for an IOSP policy) are
-sampled at the policy's rate exactly as the dataset importer does (:mod:`fedvla.data.bag_episodes`),
-each step goes through :class:`fedvla.model.runtime.PolicyRuntime` (the policy node's code), and
+sampled at the policy's rate exactly as the dataset importer does (:mod:`fedvla.data.bag_import`),
+each step goes through :class:`fedvla.app.policy_runtime.PolicyRuntime` (the policy node's code), and
 the predicted chunk is compared with the actions the robot executed at the same instants:
 
 * first-action error per action dimension (MAE, RMSE, and MAE ÷ the recorded action's std, so that
@@ -26,7 +26,7 @@ import numpy as np
 
 from fedvla import topics
 from fedvla.config import require, require_positive
-from fedvla.data.bag_episodes import BagEpisodeConfig, BagSampling, executed_action, read_bag_steps
+from fedvla.data.bag_import import BagEpisodeConfig, BagSampling, executed_action, read_bag_steps
 from fedvla.paths import run_directory
 
 REPORT_FILE = "replay.md"

@@ -6,24 +6,30 @@ from collections.abc import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
-from geometry_msgs.msg import Point, PointStamped
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point, PointStamped, TransformStamped
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker
 
 from fedvla.camera import Frame, Intrinsics
-from fedvla.data.images import image_from_message
+from fedvla.data.observations import image_from_message
 from fedvla.iosp.localize import TargetLocation
 from fedvla.iosp.parser import CameraParse
 from fedvla.iosp.types import ObjectGroup, ObjectLabel
 from fedvla.iosp.visualize import GROUP_COLORS, box_in_camera
-from fedvla_interfaces.msg import ObjectLabels, ParsedScene, SceneObject
+from fedvla_interfaces.msg import ObjectLabels
 
 
 def message_class(msgtype: str) -> type:
     """The installed message class of a type name such as ``sensor_msgs/msg/Image``."""
     package, kind, name = msgtype.split("/")
     return getattr(importlib.import_module(f"{package}.{kind}"), name)
+
+
+def stamp_ns(header: Header) -> int:
+    """A header's stamp in integer nanoseconds (exact: the key that matches images of one frame)."""
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
 
 def image_msg(array: np.ndarray, encoding: str, stamp: Time, frame_id: str) -> Image:
@@ -95,22 +101,6 @@ def objects_from_msg(msg: ObjectLabels) -> list[ObjectLabel]:
     return [ObjectLabel(name, bool(fg)) for name, fg in zip(msg.names, msg.foreground)]
 
 
-def parsed_scene_msg(parse: CameraParse, header: Header, rule: str) -> ParsedScene:
-    """A scene parse as the ParsedScene message (``rule``: the token selection rule's name)."""
-    objects = []
-    for detection, group, tokens in zip(parse.detections, parse.groups, parse.object_tokens, strict=True):
-        x0, y0, x1, y1 = detection.box
-        objects.append(SceneObject(class_name=detection.name, group=int(group), score=float(detection.score),
-                                   track_id=int(detection.track_id), x_min=float(x0), y_min=float(y0),
-                                   x_max=float(x1), y_max=float(y1),
-                                   selected_token_indices=[int(i) for i in tokens]))
-    rows, cols = parse.grid
-    return ParsedScene(header=header, camera_name=parse.camera, instruction=parse.instruction,
-                       target_names=[t.name for t in parse.targets], objects=objects, token_selection_rule=rule,
-                       patch_rows=int(rows), patch_cols=int(cols), tokens_per_group=int(parse.selection.indices.shape[1]),
-                       group_token_indices=parse.selection.flat_indices().tolist())
-
-
 def _color(group: ObjectGroup) -> ColorRGBA:
     r, g, b = GROUP_COLORS[group]
     return ColorRGBA(r=r / 255.0, g=g / 255.0, b=b / 255.0, a=1.0)
@@ -161,3 +151,63 @@ def scene_markers(parse: CameraParse, header: Header, camera_matrix: np.ndarray,
         markers += [Marker(header=header, ns=f"{parse.camera}/{kind}", id=index, action=Marker.DELETE)
                     for kind in ("boxes", "labels")]
     return markers
+
+
+# --- the arm -------------------------------------------------------------------------------------
+
+def fill_pose(position, orientation, matrix: np.ndarray) -> None:
+    """Fill a Point/Vector3 and a Quaternion message from a 4x4 homogeneous matrix."""
+    import pinocchio as pin
+
+    quaternion = pin.Quaternion(np.asarray(matrix)[:3, :3])
+    position.x, position.y, position.z = (float(v) for v in np.asarray(matrix)[:3, 3])
+    orientation.x, orientation.y, orientation.z, orientation.w = (
+        float(quaternion.x), float(quaternion.y), float(quaternion.z), float(quaternion.w))
+
+
+def matrix_from_pose(pose) -> np.ndarray:
+    """The 4x4 homogeneous matrix of a geometry_msgs/Pose (its quaternion normalised)."""
+    import pinocchio as pin
+
+    q = pose.orientation
+    matrix = np.eye(4)
+    matrix[:3, :3] = pin.Quaternion(q.w, q.x, q.y, q.z).normalized().toRotationMatrix()
+    matrix[:3, 3] = (pose.position.x, pose.position.y, pose.position.z)
+    return matrix
+
+
+def transforms(poses: dict[str, np.ndarray], parent: str, stamp: Time) -> list[TransformStamped]:
+    """One TransformStamped per frame of ``poses`` (4x4 in ``parent``), the parent itself left out."""
+    out = []
+    for frame, matrix in poses.items():
+        if frame == parent:
+            continue
+        transform = TransformStamped()
+        transform.header.stamp, transform.header.frame_id, transform.child_frame_id = stamp, parent, frame
+        fill_pose(transform.transform.translation, transform.transform.rotation, matrix)
+        out.append(transform)
+    return out
+
+
+def path_marker(points: np.ndarray | None, frame_id: str, stamp: Time) -> Marker:
+    """A green line strip through ``points`` (n, 3) in ``frame_id``; None deletes the strip."""
+    marker = Marker(ns="planned_path", id=0, type=Marker.LINE_STRIP)
+    marker.header.stamp, marker.header.frame_id = stamp, frame_id
+    if points is None:
+        marker.action = Marker.DELETE
+        return marker
+    marker.action, marker.scale.x = Marker.ADD, 0.005
+    marker.color = ColorRGBA(r=0.1, g=0.9, b=0.3, a=1.0)
+    marker.pose.orientation.w = 1.0
+    marker.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in points]
+    return marker
+
+
+def diagnostics_msg(name: str, hardware_id: str, healthy: bool, message: str, values: dict[str, str],
+                    stamp: Time) -> DiagnosticArray:
+    status = DiagnosticStatus(level=DiagnosticStatus.OK if healthy else DiagnosticStatus.ERROR, name=name,
+                              hardware_id=hardware_id, message=message,
+                              values=[KeyValue(key=k, value=v) for k, v in values.items()])
+    array = DiagnosticArray(status=[status])
+    array.header.stamp = stamp
+    return array

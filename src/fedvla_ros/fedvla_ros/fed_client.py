@@ -6,7 +6,7 @@ spinning in the main thread, so service responses arrive while the worker waits 
 After the last round the node writes ``<state_dir>/final`` (the final global trunk with this
 robot's own stems, head and normaliser — a checkpoint for the policy node) and exits when
 ``exit_when_finished``. Parameters: the fields of
-:class:`fedvla.federation.setup.FederationClientSettings`, plus ``exit_when_finished`` and
+:class:`fedvla.app.federation.FederationClientSettings`, plus ``exit_when_finished`` and
 ``service_timeout_s`` (a request unanswered for this long — the server is down or restarting —
 is retried from the next poll).
 """
@@ -19,7 +19,7 @@ from rclpy.node import Node
 from fedvla.config import ConfigError
 from fedvla.dds import federation_transport_environment
 from fedvla.federation.client import FederationError
-from fedvla.federation.setup import FederationClientSettings, build_client
+from fedvla.app.federation import FederationClientSettings, build_client
 from fedvla.federation.wire import WireError
 from fedvla_ros.federation_transport import RosServerApi, ServiceTimeout
 from fedvla_ros.node_main import NodeExit, main_for

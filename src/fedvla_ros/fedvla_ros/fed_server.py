@@ -8,7 +8,7 @@ of a secure-aggregation round, when ``secure_aggregation`` is on). Topic ``/fede
 (fedvla_interfaces/FederationRound): ``started`` when a round opens (or resumes), ``closed`` once
 per aggregated round with its EDA weights, ``finished`` after the last round, ``status`` every
 ``tick_period_s``·4; transient-local, so a late subscriber gets the recent history. Parameters: the fields of
-:class:`fedvla.federation.setup.FederationServerSettings`.
+:class:`fedvla.app.federation.FederationServerSettings`.
 
 Security: requests are HMAC-signed per client (credentials_file). In a full ROS install, run the
 server and each robot in its own SROS2 enclave (``ros2 security create_enclave``
@@ -18,14 +18,13 @@ stays as the application-level check of who sent an update.
 """
 from __future__ import annotations
 
-import numpy as np
 from rclpy.node import Node
 
 from fedvla import topics
 from fedvla.dds import federation_transport_environment
 from fedvla.federation.protocol import Reply
-from fedvla.federation.rounds import RoundRecord
-from fedvla.federation.setup import FederationServerSettings, build_server
+from fedvla.federation.rounds import RoundEvent, RoundEventKind, RoundRecord, round_event_fields
+from fedvla.app.federation import FederationServerSettings, build_server
 from fedvla_interfaces.msg import FederationRound
 from fedvla_interfaces.srv import (FederationFetch, FederationHeartbeat, FederationJoin, FederationSecure,
                                   FederationStatus, FederationUpload)
@@ -92,37 +91,28 @@ class FederationServerNode(Node):
             reply = Reply(ok=False, reason="bad_op", detail=f"op {request.op} (BEGIN=0, CHUNK=1, COMMIT=2)")
         return fill_response(response, reply)
 
-    def _publish(self, event: str, record: RoundRecord | None = None) -> None:
-        msg = FederationRound()
+    def _publish(self, kind: RoundEventKind, record: RoundRecord | None = None) -> None:
+        clients = record.clients if record is not None else self.server.status().accepted
+        event = RoundEvent(kind, record.round if record is not None else self.server.round, self.settings.rounds,
+                           self.server.finished, self.settings.aggregation.value, clients, record)
+        msg = FederationRound(**round_event_fields(event))
         msg.header.stamp = self.get_clock().now().to_msg()
-        msg.event = event
-        msg.round, msg.rounds, msg.finished = self.server.round, self.settings.rounds, self.server.finished
-        msg.aggregation = self.settings.aggregation.value
-        if record is not None:
-            msg.round, msg.closed_by, msg.duration_s = record.round, record.closed_by, record.duration_s
-            msg.clients, msg.dropped, msg.num_samples = record.clients, record.dropped, record.num_samples
-            weights = np.asarray(record.layer_weights, dtype=np.float64)
-            msg.num_layers = weights.shape[0]
-            msg.layer_weights = weights.ravel().tolist()
-        else:
-            status = self.server.status()
-            msg.clients = status.accepted
         self._round_pub.publish(msg)
 
     def _tick(self) -> None:
         record = self.server.tick()  # (the core logs the closed round)
         if record is not None:
-            self._publish("closed", record)
+            self._publish(RoundEventKind.CLOSED, record)
             if not self.server.finished:
-                self._publish("started")
+                self._publish(RoundEventKind.STARTED)
         self._ticks += 1
         if self._ticks == 1 and not self.server.finished:
-            self._publish("started")  # the round this server opened or resumed
+            self._publish(RoundEventKind.STARTED)  # the round this server opened or resumed
         if self._ticks % STATUS_EVERY_TICKS == 0:
-            self._publish("status")
+            self._publish(RoundEventKind.STATUS)
         if self.server.finished and not self._announced_finish:
             self._announced_finish = True
-            self._publish("finished")
+            self._publish(RoundEventKind.FINISHED)
             self.get_logger().info(f"federation finished after {self.settings.rounds} rounds; serving the final "
                                    "trunk until stopped")
 

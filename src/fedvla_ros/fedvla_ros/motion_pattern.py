@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from rclpy.node import Node
 
 from fedvla import topics
+from fedvla.data.messages import action_chunk_fields
 from fedvla.robot.pattern import ACTION_NAMES, MotionPatternConfig, circle_chunk
 from fedvla_interfaces.msg import ActionChunk
 from fedvla_ros.node_main import main_for
@@ -27,8 +27,7 @@ class MotionPatternNode(Node):
 
     def _publish(self) -> None:
         actions = circle_chunk(time.monotonic() - self._started, self.config)
-        chunk = ActionChunk(dimension_names=list(ACTION_NAMES), horizon=len(actions),
-                            actions=actions.astype(np.float32).ravel().tolist(), step_period_s=self.config.step_period_s)
+        chunk = ActionChunk(**action_chunk_fields(actions, self.config.step_period_s, dimension_names=ACTION_NAMES))
         chunk.header.stamp = self.get_clock().now().to_msg()
         self._publisher.publish(chunk)
 

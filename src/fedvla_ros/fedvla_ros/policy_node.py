@@ -8,7 +8,7 @@ and ``~/expert_activation`` (per-layer expert token counts of that step). A chec
 with IOSP also waits for ``/scene_parser/parsed_scene`` (one ParsedScene per camera): the parse
 runs in the scene_parser node by default, so RViz, bags and the policy share one parse and the
 policy's timer never waits on detection. Parameters: the fields of
-:class:`fedvla.model.runtime.PolicyRuntimeConfig`.
+:class:`fedvla.app.policy_runtime.PolicyRuntimeConfig`.
 """
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
 from fedvla import topics
+from fedvla.app.policy_runtime import PolicyRuntime, PolicyRuntimeConfig
+from fedvla.data.messages import action_chunk_fields, expert_activation_fields, parse_parsed_scene
+from fedvla.data.observations import proprio_from_joint_state
 from fedvla.model.checkpoint import CheckpointError
-from fedvla.model.runtime import PolicyRuntime, PolicyRuntimeConfig, proprio_from_joint_state
-from fedvla.iosp.tokens import SelectedTokens
+from fedvla.iosp.types import SelectedTokens
 from fedvla_interfaces.msg import ActionChunk, ExpertActivation, ParsedScene
 from fedvla_ros.conversions import image_to_array
 from fedvla_ros.node_main import StartupError, main_for
@@ -44,7 +46,7 @@ class PolicyNode(Node):
             self.create_subscription(Image, topic, lambda msg, n=name: self._on_image(n, msg), qos_profile_sensor_data)
         self.create_subscription(JointState, topics.JOINT_STATES, self._on_joints, qos_profile_sensor_data)
         self.create_subscription(String, topics.INSTRUCTION, self._on_instruction, 10)
-        self._scenes: dict[str, tuple[ParsedScene, float]] = {}
+        self._scenes: dict[str, tuple[SelectedTokens, float]] = {}  # per camera, with its arrival time
         if self.runtime.uses_iosp:
             # IOSP runs in the scene_parser node (one parse shared by the policy, RViz and bags).
             topic = topics.node_topic(topics.SCENE_PARSER_NODE, topics.PARSED_SCENE)
@@ -63,12 +65,17 @@ class PolicyNode(Node):
 
     def _on_scene(self, msg: ParsedScene) -> None:
         grid, k = self.runtime.model_config.patch_grid, self.runtime.model_config.iosp_tokens_per_group
-        if (msg.patch_rows, msg.patch_cols) != grid or msg.tokens_per_group != k:
-            self.get_logger().error(f"scene parse of {msg.camera_name!r} selects {msg.tokens_per_group} tokens on a "
-                                    f"{msg.patch_rows}x{msg.patch_cols} grid; the policy needs {k} on {grid[0]}x{grid[1]}",
+        try:
+            scene = parse_parsed_scene(msg)
+        except ValueError as err:
+            self.get_logger().error(f"scene parse of {msg.camera_name!r} refused: {err}", throttle_duration_sec=5.0)
+            return
+        if scene.grid != tuple(grid) or scene.selection.indices.shape[1] != k:
+            self.get_logger().error(f"scene parse of {scene.camera!r} selects {msg.tokens_per_group} tokens on a "
+                                    f"{scene.grid[0]}x{scene.grid[1]} grid; the policy needs {k} on {grid[0]}x{grid[1]}",
                                     throttle_duration_sec=5.0)
             return
-        self._scenes[msg.camera_name] = (msg, self._now_s())
+        self._scenes[scene.camera] = (scene.selection, self._now_s())
 
     def _on_joints(self, msg: JointState) -> None:
         self._joints = (msg, self._now_s())
@@ -104,24 +111,16 @@ class PolicyNode(Node):
             images = [image_to_array(self._images[n][0]) for n in self.runtime.camera_names]
             selections = None
             if self.runtime.uses_iosp:
-                k = self.runtime.model_config.iosp_tokens_per_group
-                selections = [SelectedTokens.from_flat(self._scenes[n][0].group_token_indices, k)
-                              for n in self.runtime.camera_names]
+                selections = [self._scenes[n][0] for n in self.runtime.camera_names]
             step = self.runtime.step(images, self._proprio(self._joints[0]), self.instruction, selections)
         except ValueError as err:
             self.get_logger().error(str(err), throttle_duration_sec=5.0)
             return
         stamp = tick.to_msg()
-        horizon, action_dim = step.chunk.shape
-        chunk = ActionChunk(dimension_names=[f"action_{i}" for i in range(action_dim)], horizon=horizon,
-                            actions=step.chunk.astype(np.float32).ravel().tolist(), step_period_s=1.0 / self.config.rate_hz,
-                            compute_time_s=step.latency_s)
+        chunk = ActionChunk(**action_chunk_fields(step.chunk, 1.0 / self.config.rate_hz, compute_time_s=step.latency_s))
         chunk.header.stamp = stamp
         self._chunk_pub.publish(chunk)
-        layers, experts = step.expert_counts.shape
-        activation = ExpertActivation(num_layers=layers, num_experts=experts,
-                                      counts=step.expert_counts.astype(np.uint32).ravel().tolist(),
-                                      experts_per_token=step.experts_per_token)
+        activation = ExpertActivation(**expert_activation_fields(step.expert_counts, step.experts_per_token))
         activation.header.stamp = stamp
         self._experts_pub.publish(activation)
 

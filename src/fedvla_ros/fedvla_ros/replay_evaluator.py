@@ -12,15 +12,12 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile
 from std_msgs.msg import Bool
 
-from fedvla.data.bag_episodes import chunk_actions
+from fedvla.data.messages import parse_action_chunk
 from fedvla.replay import PLOT_FILE, REPORT_FILE, LiveReplay, ReplayEvaluatorConfig, write_replay_report
 from fedvla_interfaces.msg import ActionChunk
+from fedvla_ros.conversions import stamp_ns
 from fedvla_ros.node_main import NodeExit, main_for
 from fedvla_ros.parameters import declare_config
-
-
-def _stamp_ns(msg: ActionChunk) -> int:
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
 class ReplayEvaluator(Node):
@@ -46,13 +43,15 @@ class ReplayEvaluator(Node):
 
     def _on_predicted(self, msg: ActionChunk) -> None:
         try:
-            self.replay.add_predicted(_stamp_ns(msg), chunk_actions(msg), msg.step_period_s, msg.compute_time_s)
+            chunk = parse_action_chunk(msg)
+            self.replay.add_predicted(stamp_ns(msg.header), chunk.actions, chunk.step_period_s, chunk.compute_time_s)
         except ValueError as err:
             self.get_logger().error(f"predicted chunk refused: {err}", throttle_duration_sec=5.0)
 
     def _on_recorded(self, msg: ActionChunk) -> None:
         try:
-            self.replay.add_recorded(_stamp_ns(msg), chunk_actions(msg), msg.step_period_s)
+            chunk = parse_action_chunk(msg)
+            self.replay.add_recorded(stamp_ns(msg.header), chunk.actions, chunk.step_period_s)
         except ValueError as err:
             self.get_logger().error(f"recorded chunk refused: {err}", throttle_duration_sec=5.0)
 

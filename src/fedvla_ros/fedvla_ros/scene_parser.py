@@ -24,9 +24,6 @@ Parameters: the fields of :class:`fedvla.iosp.runtime.SceneParserRuntimeConfig` 
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
-
 import numpy as np
 from geometry_msgs.msg import PointStamped
 from rclpy.node import Node
@@ -36,40 +33,20 @@ from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
 from fedvla import topics
+from fedvla.data.messages import parsed_scene_fields
+from fedvla.iosp.frames import FrameSync
 from fedvla.iosp.localize import TargetLocatorConfig, locate_target
 from fedvla.iosp.parser import CameraParse
 from fedvla.iosp.runtime import SceneParserRuntime, SceneParserRuntimeConfig
 from fedvla.iosp.visualize import annotate
-from fedvla_interfaces.msg import ObjectLabels, ParsedScene
-from fedvla_ros.conversions import (image_msg, image_to_array, labels_from_msg, objects_from_msg, parsed_scene_msg,
-                                    scene_markers, target_marker, target_position_msg)
+from fedvla_interfaces.msg import ObjectLabels, ParsedScene, SceneObject
+from fedvla_ros.conversions import (image_msg, image_to_array, labels_from_msg, objects_from_msg, scene_markers,
+                                    stamp_ns, target_marker, target_position_msg)
 from fedvla_ros.node_main import main_for
 from fedvla_ros.parameters import declare_config
 from fedvla_ros.qos import LATCHED_QOS
 
-# Label and depth images kept per camera, by stamp: one may arrive a few frames before its colour
-# image (a depth image also after the frame was parsed).
-FRAMES_KEPT = 8
 MISSING_LABELS_WARN_S = 2.0
-
-
-def _stamp_key(msg) -> tuple[int, int]:
-    return msg.header.stamp.sec, msg.header.stamp.nanosec
-
-
-def _keep_by_stamp(kept: OrderedDict, msg) -> None:
-    kept[_stamp_key(msg)] = msg
-    while len(kept) > FRAMES_KEPT:
-        kept.popitem(last=False)
-
-
-@dataclass
-class _AwaitingDepth:
-    """A parsed frame whose depth image has not arrived yet."""
-
-    stamp: tuple[int, int]
-    parse: CameraParse
-    header: object
 
 
 class SceneParserNode(Node):
@@ -79,13 +56,9 @@ class SceneParserNode(Node):
         self.locator = declare_config(self, TargetLocatorConfig)
         self.runtime = SceneParserRuntime(self.config)
         self.instruction = self.config.instruction
-        self._images: dict[str, Image] = {}
-        self._received_s: dict[str, float] = {}
+        self.frames = FrameSync(self.config.cameras, needs_labels=self.runtime.needs_labels)
         self._camera_matrix: dict[str, np.ndarray] = {}
-        self._label_images: dict[str, OrderedDict[tuple[int, int], Image]] = {c: OrderedDict() for c in self.config.cameras}
         self._marker_counts: dict[str, int] = dict.fromkeys(self.config.cameras, 0)
-        self._depth_images: dict[str, OrderedDict[tuple[int, int], Image]] = {c: OrderedDict() for c in self.config.cameras}
-        self._awaiting_depth: dict[str, _AwaitingDepth] = {}
         self._annotated_pubs = {}
         for camera in self.config.cameras:
             node = topics.camera_node(camera)
@@ -117,21 +90,19 @@ class SceneParserNode(Node):
         return self.get_clock().now().nanoseconds / 1e9
 
     def _on_image(self, camera: str, msg: Image) -> None:
-        self._images[camera] = msg
-        self._received_s[camera] = self._now_s()
+        self.frames.add_image(camera, stamp_ns(msg.header), msg, self._now_s())
 
     def _on_info(self, camera: str, msg: CameraInfo) -> None:
         self._camera_matrix[camera] = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
 
     def _on_label_image(self, camera: str, msg: Image) -> None:
-        _keep_by_stamp(self._label_images[camera], msg)
+        self.frames.add_labels(camera, stamp_ns(msg.header), msg)
 
     def _on_depth_image(self, camera: str, msg: Image) -> None:
-        _keep_by_stamp(self._depth_images[camera], msg)
-        awaiting = self._awaiting_depth.get(camera)
-        if awaiting is not None and awaiting.stamp == _stamp_key(msg):
-            del self._awaiting_depth[camera]
-            markers = self._locate(camera, awaiting.parse, awaiting.header, msg)
+        awaiting = self.frames.add_depth(camera, stamp_ns(msg.header), msg)
+        if awaiting is not None:
+            parse, header = awaiting.parsed
+            markers = self._locate(camera, parse, header, msg)
             if markers:
                 self._marker_pub.publish(MarkerArray(markers=markers))
 
@@ -167,22 +138,16 @@ class SceneParserNode(Node):
 
     def _parse_new_frames(self) -> None:
         for camera in self.config.cameras:
-            msg = self._images.get(camera)
-            if msg is None:
+            table_missing = self.runtime.needs_labels and not self.runtime.has_objects(camera)
+            ready = None if table_missing else self.frames.take(camera)
+            if ready is None:
+                if self.frames.waiting_for_labels_s(camera, self._now_s()) > MISSING_LABELS_WARN_S:
+                    self.get_logger().warn(f"{camera}: no segmentation labels for its frames: start its camera node "
+                                           "with enable_segmentation:=true (sim backend), or use detector:=yolo",
+                                           throttle_duration_sec=10.0)
                 continue
-            labels = None
-            if self.runtime.needs_labels:
-                label_msg = self._label_images[camera].get(_stamp_key(msg))
-                if label_msg is None or not self.runtime.has_objects(camera):
-                    if self._now_s() - self._received_s[camera] > MISSING_LABELS_WARN_S:
-                        self.get_logger().warn(
-                            f"{camera}: no segmentation labels for its frames: start its camera node with "
-                            "enable_segmentation:=true (sim backend), or use detector:=yolo",
-                            throttle_duration_sec=10.0)
-                    continue
-                labels = labels_from_msg(label_msg)
-            del self._images[camera]
-            self._publish(camera, msg, labels)
+            frame, label_msg = ready
+            self._publish(camera, frame.image, None if label_msg is None else labels_from_msg(label_msg))
 
     def _publish(self, camera: str, msg: Image, labels: np.ndarray | None) -> None:
         try:
@@ -191,7 +156,8 @@ class SceneParserNode(Node):
             self.get_logger().warn(f"{camera}: {err}", throttle_duration_sec=10.0)
             image = np.zeros((0, 0, 3), np.uint8)  # the parser's defined output for a malformed image
         parse = self.runtime.parse(camera, image, self.instruction, labels)
-        self._scene_pub.publish(parsed_scene_msg(parse, msg.header, self.config.selection_rule.value))
+        self._scene_pub.publish(ParsedScene(header=msg.header, **parsed_scene_fields(
+            parse, self.config.selection_rule.value, SceneObject)))
         markers = []
         matrix = self._camera_matrix.get(camera)
         if matrix is not None:
@@ -199,11 +165,11 @@ class SceneParserNode(Node):
                                     lifetime_s=self._marker_lifetime_s)
             self._marker_counts[camera] = len(parse.detections)
         if self.locator.locate_target and parse.detections:
-            depth_msg = self._depth_images[camera].get(_stamp_key(msg))
+            depth_msg = self.frames.depth(camera, stamp_ns(msg.header))
             if depth_msg is not None:
                 markers += self._locate(camera, parse, msg.header, depth_msg)
             else:  # its depth image is still on the way
-                self._awaiting_depth[camera] = _AwaitingDepth(_stamp_key(msg), parse, msg.header)
+                self.frames.await_depth(camera, stamp_ns(msg.header), (parse, msg.header))
         if markers:  # one array per frame: RViz shows a frame's boxes and target together
             self._marker_pub.publish(MarkerArray(markers=markers))
         publisher = self._annotated_pubs[camera]

@@ -25,21 +25,21 @@ retargeting, servoJ settings, chunk execution).
 from __future__ import annotations
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Point, PointStamped, PoseStamped, TransformStamped
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PointStamped, PoseStamped
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState
-from std_msgs.msg import ColorRGBA, String
+from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker
 
 from fedvla import topics
+from fedvla.data.messages import parse_action_chunk
 from fedvla.robot.backends import BackendError
-from fedvla.robot.controller import ArmMode
-from fedvla.robot.kinematics import GRIPPER_JOINT
 from fedvla.robot.runtime import DRIVER_CONFIG_CLASSES, ArmRuntime
 from fedvla_interfaces.msg import ActionChunk
+from fedvla_ros.conversions import diagnostics_msg, fill_pose, matrix_from_pose, path_marker, transforms
 from fedvla_ros.node_main import main_for
 from fedvla_ros.parameters import declare_config
 from fedvla_ros.qos import LATCHED_QOS
@@ -51,29 +51,6 @@ except ImportError:
 TF_UNAVAILABLE = ("TF is not published: /tf and /tf_static need tf2_msgs, which comes with a ROS 2 install "
                   "(not on PyPI); /joint_states and /robot_description are published")
 
-_LEVELS = {ArmMode.IDLE: DiagnosticStatus.OK, ArmMode.TRACKING: DiagnosticStatus.OK,
-           ArmMode.FAULT: DiagnosticStatus.ERROR, ArmMode.DISCONNECTED: DiagnosticStatus.ERROR}
-
-
-def _fill_pose(position, orientation, matrix: np.ndarray) -> None:
-    """Fill a Point/Vector3 and a Quaternion message from a 4x4 matrix."""
-    import pinocchio as pin
-
-    quaternion = pin.Quaternion(matrix[:3, :3])
-    position.x, position.y, position.z = (float(v) for v in matrix[:3, 3])
-    orientation.x, orientation.y, orientation.z, orientation.w = (
-        float(quaternion.x), float(quaternion.y), float(quaternion.z), float(quaternion.w))
-
-
-def _matrix_from_pose(pose) -> np.ndarray:
-    import pinocchio as pin
-
-    q = pose.orientation
-    matrix = np.eye(4)
-    matrix[:3, :3] = pin.Quaternion(q.w, q.x, q.y, q.z).normalized().toRotationMatrix()
-    matrix[:3, 3] = (pose.position.x, pose.position.y, pose.position.z)
-    return matrix
-
 
 class Ur3DriverNode(Node):
     def __init__(self) -> None:
@@ -82,8 +59,7 @@ class Ur3DriverNode(Node):
         self.runtime = ArmRuntime(*configs)
         driver = configs[0]
         self.config, self.kinematics = driver, self.runtime.kinematics
-        base = self.kinematics.base_frame
-        self._base, self._gripper_limits = base, self._finger_limits()
+        self._base = self.kinematics.base_frame
 
         self._joints_pub = self.create_publisher(JointState, topics.JOINT_STATES, qos_profile_sensor_data)
         self._tool_pub = self.create_publisher(PoseStamped, topics.private_topic(topics.TOOL_POSE), 10)
@@ -115,17 +91,16 @@ class Ur3DriverNode(Node):
 
     # Inputs ---------------------------------------------------------------------------------------
     def _on_chunk(self, msg: ActionChunk) -> None:
-        width = len(msg.dimension_names)
-        if width == 0 or len(msg.actions) != msg.horizon * width:
-            self.get_logger().error(f"action chunk refused: {len(msg.actions)} values for horizon {msg.horizon} x "
-                                    f"{width} dimensions", throttle_duration_sec=5.0)
+        try:
+            chunk = parse_action_chunk(msg)
+        except ValueError as err:
+            self.get_logger().error(f"action chunk refused: {err}", throttle_duration_sec=5.0)
             return
-        actions = np.asarray(msg.actions, dtype=np.float64).reshape(msg.horizon, width)
-        self.runtime.submit_chunk(actions, msg.step_period_s)  # refusals are logged by the core
+        self.runtime.submit_chunk(chunk.actions.astype(np.float64), chunk.step_period_s)  # the core logs refusals
 
     def _on_object_pose(self, msg: PoseStamped) -> None:
         try:
-            self.runtime.set_object_pose(_matrix_from_pose(msg.pose), msg.header.frame_id)
+            self.runtime.set_object_pose(matrix_from_pose(msg.pose), msg.header.frame_id)
         except ValueError as err:  # a frame that is not a URDF link, NaN
             self.get_logger().error(f"object pose refused: {err}", throttle_duration_sec=5.0)
 
@@ -136,32 +111,22 @@ class Ur3DriverNode(Node):
             self.get_logger().error(f"object position refused: {err}", throttle_duration_sec=5.0)
 
     def _on_recover(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        try:
-            response.message = self.runtime.recover()
-            response.success = True
-        except BackendError as err:
-            response.success, response.message = False, str(err)
+        self._trigger(response, self.runtime.recover)
         self.get_logger().info(f"recover: {response.message}")
         return response
 
     def _on_stop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        return self._trigger(response, lambda: self.runtime.stop() or "stopped")
+
+    @staticmethod
+    def _trigger(response: Trigger.Response, action) -> Trigger.Response:
         try:
-            self.runtime.stop()
-            response.success, response.message = True, "stopped"
+            response.success, response.message = True, action()
         except BackendError as err:
             response.success, response.message = False, str(err)
         return response
 
     # Outputs --------------------------------------------------------------------------------------
-    def _finger_limits(self) -> tuple[float, float]:
-        import xml.etree.ElementTree as ElementTree
-
-        for joint in ElementTree.parse(self.kinematics.urdf_path).getroot().iter("joint"):
-            if joint.get("name") == GRIPPER_JOINT and joint.find("limit") is not None:
-                limit = joint.find("limit")
-                return float(limit.get("lower", 0.0)), float(limit.get("upper", 0.0))
-        return 0.0, 0.0
-
     def _publish_latched(self) -> None:
         description = self.create_publisher(String, topics.ROBOT_DESCRIPTION, LATCHED_QOS)
         description.publish(String(data=self.kinematics.urdf_path.read_text()))
@@ -169,11 +134,7 @@ class Ur3DriverNode(Node):
         if TFMessage is None:
             return
         static = self.create_publisher(TFMessage, topics.TF_STATIC, LATCHED_QOS)
-        world = TransformStamped()
-        world.header.stamp = self.get_clock().now().to_msg()
-        world.header.frame_id, world.child_frame_id = "world", self._base
-        world.transform.rotation.w = 1.0
-        static.publish(TFMessage(transforms=[world]))
+        static.publish(TFMessage(transforms=transforms({self._base: np.eye(4)}, "world", self.get_clock().now().to_msg())))
         self._latched.append(static)
 
     def _publish_state(self) -> None:
@@ -182,62 +143,36 @@ class Ur3DriverNode(Node):
             return
         stamp = self.get_clock().now().to_msg()
         q = snapshot.measured_q
-        lower, upper = self._gripper_limits
-        joints = JointState(name=[*self.kinematics.joint_names, GRIPPER_JOINT],
-                            position=[*map(float, q), lower if snapshot.gripper_closed else upper])
+        names, positions = self.runtime.joint_state(snapshot)
+        joints = JointState(name=names, position=positions)
         joints.header.stamp = stamp
         self._joints_pub.publish(joints)
 
         self._publish_tf(q, stamp)
         tool = PoseStamped()
         tool.header.stamp, tool.header.frame_id = stamp, self._base
-        _fill_pose(tool.pose.position, tool.pose.orientation, self.kinematics.fk(q).homogeneous)
+        fill_pose(tool.pose.position, tool.pose.orientation, self.kinematics.fk(q).homogeneous)
         self._tool_pub.publish(tool)
         self._publish_path(snapshot.planned_q, stamp)
 
     def _publish_tf(self, q: np.ndarray, stamp) -> None:
-        if self._tf_pub is None:
-            return
-        poses = self.kinematics.link_poses(q)
-        transforms = []
-        for frame, matrix in poses.items():
-            if frame == self._base:
-                continue
-            transform = TransformStamped()
-            transform.header.stamp, transform.header.frame_id, transform.child_frame_id = stamp, self._base, frame
-            _fill_pose(transform.transform.translation, transform.transform.rotation, matrix)
-            transforms.append(transform)
-        self._tf_pub.publish(TFMessage(transforms=transforms))
+        if self._tf_pub is not None:
+            self._tf_pub.publish(TFMessage(transforms=transforms(self.kinematics.link_poses(q), self._base, stamp)))
 
     def _publish_path(self, planned_q: np.ndarray | None, stamp) -> None:
         if planned_q is self._last_path or (planned_q is not None and self._last_path is not None
                                              and np.array_equal(planned_q, self._last_path)):
             return
         self._last_path = planned_q
-        marker = Marker(ns="planned_path", id=0, type=Marker.LINE_STRIP)
-        marker.header.stamp, marker.header.frame_id = stamp, self._base
-        if planned_q is None:
-            marker.action = Marker.DELETE
-        else:
-            marker.action, marker.scale.x = Marker.ADD, 0.005
-            marker.color = ColorRGBA(r=0.1, g=0.9, b=0.3, a=1.0)
-            marker.pose.orientation.w = 1.0
-            marker.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2]))
-                             for p in (self.kinematics.fk(qi).translation for qi in planned_q)]
-        self._path_pub.publish(marker)
+        points = None if planned_q is None else self.kinematics.tool_path(planned_q)
+        self._path_pub.publish(path_marker(points, self._base, stamp))
 
     def _publish_diagnostics(self) -> None:
         s = self.runtime.snapshot()
-        status = DiagnosticStatus(level=_LEVELS[s.mode], name="ur3_driver: arm", hardware_id=(
-            self.config.robot_ip if self.config.backend.value == "ur_rtde" else "simulated"),
-            message=s.mode.value + (f": {s.fault_reason}" if s.fault_reason else ""))
-        values = {"mode": s.mode.value, "control_rate_hz": f"{self.config.control_rate_hz:g}",
-                  "control_cycles": str(s.cycles), "control_overruns": str(s.overruns),
-                  **{f"refused_chunks.{reason}": str(n) for reason, n in sorted(s.refused.items())}}
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self._diagnostics_pub.publish(array)
+        hardware = self.config.robot_ip if self.config.backend.value == "ur_rtde" else "simulated"
+        self._diagnostics_pub.publish(diagnostics_msg("ur3_driver: arm", hardware, s.healthy, s.status_message(),
+                                                      s.diagnostic_values(self.config.control_rate_hz),
+                                                      self.get_clock().now().to_msg()))
 
 
 main = main_for(Ur3DriverNode, "ur3_driver")

@@ -5,9 +5,10 @@ import pytest
 from safetensors.numpy import load_file
 
 from fedvla.bag import BagWriter, summarize_bag
-from fedvla.data.bag_episodes import (ACTION_CHUNK_TYPE, IMAGE_TYPE, JOINT_STATE_TYPE, STRING_TYPE, BagEpisodeConfig,
-                                      BagSampling, _MessageFactory, dataset_bag_config, export_episode, find_bags,
-                                      import_bag, read_bag_steps)
+from fedvla.data.bag_export import BagMessageFactory, export_episode
+from fedvla.data.bag_import import (IMAGE_TYPE, JOINT_STATE_TYPE, STRING_TYPE, BagEpisodeConfig, BagSampling,
+                                    dataset_bag_config, find_bags, import_bag, read_bag_steps)
+from fedvla.data.messages import ACTION_CHUNK_TYPE, action_chunk_fields
 from fedvla.data.episodes import DatasetError, EpisodeWriter, load_meta
 
 CAMS = ["corner", "top"]
@@ -70,7 +71,7 @@ def _recorded_bag(path, *, camera_gap_ms=(), instruction: str | None = "open the
     """Like a recording of the running stack: cameras at 30 Hz (48 x 32 px), joint states at 100 Hz
     with 6 named joints, policy chunks at 5 Hz of ``horizon`` steps of 0.1 s each, over 1 s."""
     writer = BagWriter(path)
-    make = _MessageFactory(writer.registry)
+    make = BagMessageFactory(writer.registry)
     cams = {name: f"/camera/{name}/color/image_raw" for name in CAMS}
     for topic in cams.values():
         writer.add_topic(topic, IMAGE_TYPE)
@@ -94,8 +95,8 @@ def _recorded_bag(path, *, camera_gap_ms=(), instruction: str | None = "open the
     for t in range(0, 1001, 200):
         # chunk issued at t: step j of it is the action t/1000 + j
         chunk = np.stack([[t / 1000 + j, -j] for j in range(horizon)]).astype(np.float32)
-        msg = make.types[ACTION_CHUNK_TYPE](header=make.header(t * MS), dimension_names=["a", "b"], horizon=horizon,
-                                            actions=chunk.reshape(-1), step_period_s=0.1, compute_time_s=0.0)
+        msg = make.types[ACTION_CHUNK_TYPE](header=make.header(t * MS),
+                                            **action_chunk_fields(chunk, 0.1, dimension_names=["a", "b"]))
         events.append((t + 3, "/policy/action_chunk", make.cdr(msg)))
     for stamp_ms, topic, cdr in sorted(events, key=lambda e: e[0]):
         writer.write(topic, stamp_ms * MS, cdr)

@@ -8,7 +8,7 @@ from torch.utils.data import ConcatDataset
 
 from fedvla.config import ConfigError
 from fedvla.data.synthetic import SquareReachDataset
-from fedvla.federation.setup import fit_normalizer
+from fedvla.data.episodes import fit_normalizer
 from fedvla.federation.simulation import CENTRALIZED_CLIENT, Mode, SimulationConfig, run_simulation
 from fedvla.model.checkpoint import seeded_policy
 from fedvla.model.config import PolicyConfig

@@ -125,7 +125,7 @@ def test_malformed_and_out_of_turn_messages_are_refused() -> None:
 def test_the_benchmark_runs_secure_eda_on_a_real_trunk() -> None:
     from pathlib import Path
 
-    from fedvla.federation.bench import bench_secure_aggregation
+    from fedvla.bench.federation import bench_secure_aggregation
 
     tiny = Path(__file__).resolve().parents[3] / "config" / "model" / "tiny.yaml"
     (figures,) = bench_secure_aggregation(str(tiny), [4], dropped=1)
@@ -135,7 +135,7 @@ def test_the_benchmark_runs_secure_eda_on_a_real_trunk() -> None:
 
 
 def test_count_privacy_benchmark_orders_the_settings_by_their_cost() -> None:
-    from fedvla.federation.bench import bench_count_privacy
+    from fedvla.bench.federation import bench_count_privacy
 
     figures = bench_count_privacy(num_layers=2, num_experts=8, clients=4, noise_levels=[0.01, 0.2], trials=20)
     by_setting = {(f.privacy, f.noise_std): f for f in figures}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 # Before anything imports mujoco: this module picks the headless GL backend (MUJOCO_GL).
-from fedvla.iosp.sim_detector import SimSegmentationDetector
+from fedvla.sim.detector import SimSegmentationDetector
 from fedvla.sim.metaworld_scene import make_metaworld_env
 from fedvla.sim.collect import TASK_INSTRUCTIONS
 

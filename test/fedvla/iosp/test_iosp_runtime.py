@@ -6,7 +6,8 @@ import pytest
 from fedvla.config import ConfigError
 from fedvla.iosp.parser import SceneParser, SceneParserConfig
 from fedvla.iosp.runtime import DetectorKind, SceneParserRuntime, SceneParserRuntimeConfig
-from fedvla.iosp.tokens import SelectedTokens, tokens_on_objects
+from fedvla.iosp.tokens import tokens_on_objects
+from fedvla.iosp.types import SelectedTokens
 from fedvla.iosp.types import Detection, ObjectGroup, ObjectLabel, detections_from_labels
 from fedvla.iosp.visualize import GROUP_COLORS, annotate, box_in_camera
 

@@ -81,7 +81,7 @@ def test_similarity_rule_takes_the_patches_closest_to_the_group_text() -> None:
 
 
 def test_flat_layout_round_trips_with_empty_slots() -> None:
-    from fedvla.iosp.tokens import SelectedTokens
+    from fedvla.iosp.types import SelectedTokens
 
     detections = [square("drawer", 8, 8, 16)]
     selected = select_by_overlap(detections, [ObjectGroup.TARGET], (64, 64), (8, 8), TokenSelectionConfig(tokens_per_group=6))

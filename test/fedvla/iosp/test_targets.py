@@ -6,8 +6,8 @@ import socket
 import pytest
 
 from fedvla.config import ConfigError
-from fedvla.iosp.targets import (MatchRule, TargetConfig, TargetExtractor, noun_phrases,
-                                 shared_instruction_encoder)
+from fedvla.iosp.phrases import noun_phrases
+from fedvla.iosp.targets import MatchRule, TargetConfig, TargetExtractor, shared_instruction_encoder
 
 SCENE = ["door lock", "door", "drawer", "puck", "hole", "window", "table", "robot arm", "gripper", "cup", "bowl"]
 

@@ -75,7 +75,7 @@ def test_the_closed_loop_succeeds_with_an_expert_behind_the_runtime() -> None:
             execute_steps = 1
 
         def step(self, images, proprio, instruction, selections):
-            from fedvla.model.runtime import PolicyStep
+            from fedvla.app.policy_runtime import PolicyStep
 
             observed.update(images=len(images), proprio=np.asarray(proprio), instruction=instruction)
             action = expert.get_action(observed["observation"])
@@ -105,7 +105,7 @@ def test_the_closed_loop_succeeds_with_an_expert_behind_the_runtime() -> None:
 
 
 def test_a_checkpoint_is_evaluated_through_the_policy_runtime(dataset, tmp_path) -> None:
-    from fedvla.federation.setup import fit_normalizer
+    from fedvla.data.episodes import fit_normalizer
     from fedvla.model.checkpoint import save_checkpoint, seeded_policy
     from fedvla.model.config import PolicyConfig
 
@@ -127,7 +127,7 @@ def test_a_checkpoint_is_evaluated_through_the_policy_runtime(dataset, tmp_path)
     # The recorded trial, replayed open loop through the same checkpoint, gives back the chunks the
     # policy issued in closed loop: at every replanning step, for the steps it executed.
     from fedvla.bag import summarize_bag
-    from fedvla.model.runtime import PolicyRuntime, PolicyRuntimeConfig
+    from fedvla.app.policy_runtime import PolicyRuntime, PolicyRuntimeConfig
     from fedvla.replay import replay_bag
 
     (bag,) = sorted((tmp_path / "bags").iterdir())

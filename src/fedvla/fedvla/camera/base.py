@@ -9,6 +9,7 @@ touches an if/elif chain.
 from __future__ import annotations
 
 import abc
+import importlib
 import dataclasses
 import enum
 from collections.abc import Callable
@@ -153,6 +154,15 @@ class Camera(abc.ABC):
 
 _REGISTRY: dict[CameraBackend, Callable[[CameraConfig], Camera]] = {}
 
+# The module that registers each backend, imported when a camera of that backend is made: the
+# interface does not depend on its implementations (the simulator's camera lives in fedvla.sim,
+# a layer above), and each SDK (pyrealsense2, mujoco) loads only when it is used.
+BACKEND_MODULES = {
+    CameraBackend.REALSENSE: "fedvla.camera.realsense",
+    CameraBackend.REALSENSE_BAG: "fedvla.camera.realsense",
+    CameraBackend.SIM: "fedvla.sim.camera",
+}
+
 
 def register_camera(*backends: CameraBackend) -> Callable[[type[Camera]], type[Camera]]:
     def decorate(cls: type[Camera]) -> type[Camera]:
@@ -165,13 +175,11 @@ def register_camera(*backends: CameraBackend) -> Callable[[type[Camera]], type[C
 
 def make_camera(config: CameraConfig) -> Camera:
     """Build (but do not connect) the camera for ``config.backend``."""
-    # Implementations register on import; importing them here keeps SDK imports lazy
-    # (each module imports its SDK only when a camera connects).
-    from fedvla.camera import realsense, sim  # noqa: F401
-
+    if config.backend not in _REGISTRY and config.backend in BACKEND_MODULES:
+        importlib.import_module(BACKEND_MODULES[config.backend])
     try:
         factory = _REGISTRY[config.backend]
     except KeyError:
         raise ConfigError("backend", f"no camera registered for {config.backend.value!r}",
-                          ", ".join(b.value for b in _REGISTRY)) from None
+                          ", ".join(b.value for b in BACKEND_MODULES)) from None
     return factory(config)

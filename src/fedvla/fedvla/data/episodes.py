@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
+
+from fedvla.model.policy import Policy
 
 FORMAT_VERSION = 1
 META_FILE = "dataset.json"
@@ -209,3 +211,19 @@ def check_policy_fits(meta: DatasetMeta, config) -> None:
                             f"dataset's {meta.iosp_grid} with k={meta.iosp_tokens_per_group}")
     if problems:
         raise DatasetError("the policy config does not fit the dataset: " + "; ".join(problems))
+
+
+def fit_normalizer(policy: Policy, dataset: Dataset) -> None:
+    """Fit the policy's action/proprio normaliser on every sample of ``dataset``."""
+    def tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(ds, ConcatDataset):
+            parts = [tensors(d) for d in ds.datasets]
+            return torch.cat([a.reshape(-1, a.shape[-1]) for a, _ in parts]), torch.cat([p for _, p in parts])
+        if hasattr(ds, "all_actions"):
+            return ds.all_actions(), ds.all_proprio()
+        if hasattr(ds, "actions") and hasattr(ds, "proprio"):
+            return ds.actions, ds.proprio
+        raise TypeError(f"cannot read actions/proprio from a {type(ds).__name__}")
+
+    actions, proprio = tensors(dataset)
+    policy.normalizer.fit(actions, proprio)

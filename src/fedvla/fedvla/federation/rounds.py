@@ -16,6 +16,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Collection
+from typing import Any
+
+import numpy as np
 
 from fedvla.federation.secure_round import SecurePhase, SecureRound
 
@@ -39,6 +42,55 @@ class RoundRecord:
     attempts: int = 1  # secure rounds: attempts it took
     clipped: int = 0  # updates the DP clipping shortened (plain rounds; secure clients clip their own)
     dp_epsilon: float = 0.0  # ε of all rounds so far, at dp_delta (0 without DP noise)
+
+
+class RoundEventKind(str, enum.Enum):
+    STARTED = "started"  # a round opened, or a restarted server resumed it
+    CLOSED = "closed"  # a round was aggregated (its record comes with the event)
+    STATUS = "status"  # periodic: who has uploaded so far
+    FINISHED = "finished"  # the last round closed
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundEvent:
+    """One fedvla_interfaces/FederationRound message: what the server publishes on the round topic."""
+
+    kind: RoundEventKind
+    round: int
+    rounds: int
+    finished: bool
+    aggregation: str
+    clients: list[str]  # closed: the aggregated clients; otherwise those accepted so far
+    record: RoundRecord | None = None  # closed only (``secure``/``attempts``/DP figures are not in the message)
+
+
+def round_event_fields(event: RoundEvent) -> dict[str, Any]:
+    """FederationRound fields (all but the header)."""
+    record = event.record
+    weights = np.asarray(record.layer_weights if record else np.zeros((0, 0)), dtype=np.float64)
+    return {"event": event.kind.value, "round": int(event.round), "rounds": int(event.rounds),
+            "finished": bool(event.finished), "aggregation": event.aggregation,
+            "closed_by": record.closed_by if record else "", "clients": list(event.clients),
+            "dropped": list(record.dropped) if record else [],
+            "num_samples": np.asarray(record.num_samples if record else [], dtype=np.uint32),
+            "num_layers": int(weights.shape[0]), "layer_weights": weights.reshape(-1),
+            "duration_s": float(record.duration_s) if record else 0.0}
+
+
+def parse_round_event(msg: Any) -> RoundEvent:
+    kind = RoundEventKind(msg.event)  # ValueError names an unknown event
+    clients = list(msg.clients)
+    record = None
+    if kind is RoundEventKind.CLOSED:
+        weights = np.asarray(msg.layer_weights, dtype=np.float64)
+        if weights.size != msg.num_layers * len(clients) or len(msg.num_samples) != len(clients):
+            raise ValueError(f"a closed round of {len(clients)} clients carries {weights.size} weights for "
+                             f"{msg.num_layers} layers and {len(msg.num_samples)} sample counts")
+        record = RoundRecord(round=int(msg.round), clients=clients, dropped=list(msg.dropped),
+                             num_samples=[int(n) for n in msg.num_samples],
+                             layer_weights=weights.reshape(msg.num_layers, len(clients)).tolist(),
+                             aggregation=msg.aggregation, closed_by=msg.closed_by, duration_s=float(msg.duration_s))
+    return RoundEvent(kind, int(msg.round), int(msg.rounds), bool(msg.finished), msg.aggregation, clients, record)
 
 
 class Step(enum.Enum):

@@ -20,12 +20,12 @@ from torch.utils.data import ConcatDataset, Dataset
 from tqdm.auto import tqdm
 
 from fedvla.config import ConfigError, parse_enum, require
+from fedvla.data.episodes import fit_normalizer
 from fedvla.federation.client import (FederationClient, FederationClientConfig, run_until_finished,
                                      trunk_spec)
 from fedvla.federation.aggregator import Aggregation
 from fedvla.federation.rounds import RoundRecord
 from fedvla.federation.server import FederationServer, FederationServerConfig
-from fedvla.federation.setup import fit_normalizer
 from fedvla.federation.wire import WireDtype
 from fedvla.model.checkpoint import seeded_policy
 from fedvla.model.config import PolicyConfig

@@ -17,15 +17,16 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from fedvla.config import ConfigError, require
 from fedvla.iosp.targets import TargetConfig, TargetExtractor, TargetMatch
-from fedvla.iosp.tokens import (NUM_GROUPS, SelectedTokens, SelectionRule, TokenSelectionConfig, group_detections,
-                                select_by_overlap, select_by_similarity, tokens_on_objects)
+from fedvla.iosp.tokens import (SelectionRule, TokenSelectionConfig, group_detections, select_by_overlap,
+                                select_by_similarity, tokens_on_objects)
 from fedvla.iosp.tracking import CachedDetector
-from fedvla.iosp.types import Detection, ObjectGroup
+from fedvla.iosp.types import Detection, ObjectGroup, SelectedTokens
 
 log = logging.getLogger("fedvla.iosp")
 
@@ -63,13 +64,8 @@ def group_names(detections: list[Detection], groups: list[ObjectGroup], group: O
     return sorted({d.name for d, g in zip(detections, groups) if g is group})
 
 
-def empty_selection(k: int) -> SelectedTokens:
-    return SelectedTokens(indices=np.zeros((NUM_GROUPS, k), np.int64), valid=np.zeros((NUM_GROUPS, k), bool),
-                          scores=np.zeros((NUM_GROUPS, k), np.float32))
-
-
 class SceneParser:
-    def __init__(self, config: SceneParserConfig, detectors: Mapping[str, Callable[[np.ndarray], list[Detection]]],
+    def __init__(self, config: SceneParserConfig, detectors: Mapping[str, Callable[[Any], list[Detection]]],
                  *, extractor: TargetExtractor | None = None, clip=None) -> None:
         if not detectors:
             raise ConfigError("detectors", "no camera has a detector", "one detector per camera")
@@ -88,7 +84,9 @@ class SceneParser:
         for detector in self.detectors.values():
             detector.reset()
 
-    def parse(self, camera: str, image: np.ndarray, instruction: str) -> CameraParse:
+    def parse(self, camera: str, image: np.ndarray, instruction: str, *, detector_input: Any = None) -> CameraParse:
+        """One frame of one camera. The camera's detector reads ``detector_input`` where it is given
+        (a simulated frame's labels, :class:`fedvla.iosp.types.LabelledFrame`), else the image."""
         config = self.config
         grid = (config.patch_rows, config.patch_cols)
         if camera not in self.detectors:
@@ -96,10 +94,10 @@ class SceneParser:
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) == 0:
             log.warning("%s: malformed image (%s %s): empty scene parse", camera, image.dtype, image.shape)
-            return CameraParse(camera, instruction, [], [], [], empty_selection(config.tokens_per_group), grid, {}, [])
+            return CameraParse(camera, instruction, [], [], [], SelectedTokens.empty(config.tokens_per_group), grid, {}, [])
         timings = {}
         start = time.perf_counter()
-        detections = self.detectors[camera](image)
+        detections = self.detectors[camera](image if detector_input is None else detector_input)
         timings["detect"] = (time.perf_counter() - start) * 1e3
         start = time.perf_counter()
         vocabulary = list(dict.fromkeys(d.name for d in detections))

@@ -24,7 +24,7 @@ import numpy as np
 
 from fedvla.config import ConfigError, parse_enum, require, require_positive
 from fedvla.iosp.parser import CameraParse, SceneParser, SceneParserConfig
-from fedvla.iosp.types import COCO_BACKGROUND_CLASSES, Detection, ObjectLabel, detections_from_labels
+from fedvla.iosp.types import COCO_BACKGROUND_CLASSES, Detection, LabelledFrame, ObjectLabel, detections_from_labels
 
 log = logging.getLogger("fedvla.iosp")
 
@@ -75,9 +75,8 @@ class SceneParserRuntime:
     def __init__(self, config: SceneParserRuntimeConfig) -> None:
         self.config = config
         self._objects: dict[str, tuple[ObjectLabel, ...]] = {}
-        self._frame_labels: dict[str, np.ndarray | None] = {}
         if config.detector is DetectorKind.SIM:
-            detectors = {camera: (lambda _image, c=camera: self._labelled(c)) for camera in config.cameras}
+            detectors = {camera: (lambda frame, c=camera: self._detect_labelled(c, frame)) for camera in config.cameras}
         else:
             from fedvla.iosp.models import YoloDetector
 
@@ -106,19 +105,20 @@ class SceneParserRuntime:
             log.warning("%s: label image %s does not match the %s image: no detection", camera,
                         np.shape(labels), np.shape(image)[:2])
             labels = None
-        self._frame_labels[camera] = labels
-        try:
-            return self.parser.parse(camera, image, instruction)
-        finally:
-            self._frame_labels[camera] = None
+        frame = None
+        if self.needs_labels:
+            objects = self._objects.get(camera)
+            if labels is None or objects is None:
+                log.warning("%s: no label image or label table for this frame: no detection", camera)
+            else:
+                frame = LabelledFrame(labels, objects)
+        return self.parser.parse(camera, image, instruction, detector_input=frame)
 
-    def _labelled(self, camera: str) -> list[Detection]:
-        labels, objects = self._frame_labels.get(camera), self._objects.get(camera)
-        if labels is None or objects is None:
-            log.warning("%s: no label image or label table for this frame: no detection", camera)
+    def _detect_labelled(self, camera: str, frame: LabelledFrame | np.ndarray) -> list[Detection]:
+        if not isinstance(frame, LabelledFrame):  # (an image: this frame came without its labels)
             return []
         try:
-            return detections_from_labels(labels, objects, self.config.sim_min_pixels)
+            return detections_from_labels(frame.labels, frame.objects, self.config.sim_min_pixels)
         except ValueError as err:  # a label image that does not fit its table: report, never crash
             log.warning("%s: %s: no detection", camera, err)
             return []

@@ -30,10 +30,7 @@ from collections.abc import Collection, Sequence
 import numpy as np
 
 from fedvla.config import parse_enum, require
-from fedvla.iosp.types import Detection, ObjectGroup
-
-NUM_GROUPS = len(ObjectGroup)
-
+from fedvla.iosp.types import Detection, ObjectGroup, SelectedTokens
 
 class SelectionRule(str, enum.Enum):
     BOX_MASK = "box_mask"
@@ -50,35 +47,6 @@ class TokenSelectionConfig:
         self.selection_rule = parse_enum(SelectionRule, self.selection_rule, "selection_rule")
         require(self.tokens_per_group >= 1, "tokens_per_group", f"must be at least 1, got {self.tokens_per_group}")
         require(0.0 < self.min_coverage <= 1.0, "min_coverage", f"{self.min_coverage} is outside (0, 1]", "0 < x <= 1")
-
-
-@dataclasses.dataclass
-class SelectedTokens:
-    """Per group (rows: :class:`ObjectGroup` order), k patch indices (row-major in the grid), whether
-    each slot holds a real selection, and its score (coverage or cosine similarity)."""
-
-    indices: np.ndarray  # (3, k) int64
-    valid: np.ndarray  # (3, k) bool
-    scores: np.ndarray  # (3, k) float32
-
-    def flat_indices(self) -> np.ndarray:
-        """(3·k,) int32, row-major by group, -1 for empty slots (the ParsedScene message layout)."""
-        return np.where(self.valid, self.indices, -1).astype(np.int32).reshape(-1)
-
-    @classmethod
-    def from_flat(cls, flat: Sequence[int], tokens_per_group: int) -> SelectedTokens:
-        values = np.asarray(flat, dtype=np.int64)
-        if values.shape != (NUM_GROUPS * tokens_per_group,):
-            raise ValueError(f"expected {NUM_GROUPS} x {tokens_per_group} token indices, got {values.shape[0]}")
-        grid = values.reshape(NUM_GROUPS, tokens_per_group)
-        return cls(indices=np.maximum(grid, 0), valid=grid >= 0, scores=np.zeros(grid.shape, np.float32))
-
-    def group_of_patch(self, num_patches: int) -> np.ndarray:
-        """(num_patches,) int8: the group whose selection holds each patch, -1 for none."""
-        out = np.full(num_patches, -1, dtype=np.int8)
-        for group in range(NUM_GROUPS):
-            out[self.indices[group][self.valid[group]]] = group
-        return out
 
 
 def group_detections(detections: Sequence[Detection], target_names: Collection[str]) -> list[ObjectGroup]:
@@ -156,8 +124,7 @@ def select_by_overlap(detections: Sequence[Detection], groups: Sequence[ObjectGr
     """``box_mask`` rule: per group, the k patches its objects cover most (≥ ``min_coverage``)."""
     height, width = image_hw
     k = config.tokens_per_group
-    out = SelectedTokens(indices=np.zeros((NUM_GROUPS, k), np.int64), valid=np.zeros((NUM_GROUPS, k), bool),
-                         scores=np.zeros((NUM_GROUPS, k), np.float32))
+    out = SelectedTokens.empty(k)
     for group in ObjectGroup:
         members = [d for d, g in zip(detections, groups) if g is group]
         if not members:
@@ -178,8 +145,7 @@ def select_by_similarity(patch_embeddings: np.ndarray, group_text_embeddings: Se
     patches = np.asarray(patch_embeddings, dtype=np.float32)
     patches = patches / np.maximum(np.linalg.norm(patches, axis=1, keepdims=True), 1e-8)
     k = config.tokens_per_group
-    out = SelectedTokens(indices=np.zeros((NUM_GROUPS, k), np.int64), valid=np.zeros((NUM_GROUPS, k), bool),
-                         scores=np.zeros((NUM_GROUPS, k), np.float32))
+    out = SelectedTokens.empty(k)
     for group, text in zip(ObjectGroup, group_text_embeddings):
         if text is None:
             continue

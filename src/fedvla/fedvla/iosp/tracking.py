@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-
-import numpy as np
+from typing import Any
 
 from fedvla.iosp.types import Detection
 
@@ -57,15 +56,15 @@ class CachedDetector:
     """Calls ``detect`` on every ``every_n``-th frame (and the first), returns the tracked result
     of the last call in between. ``every_n`` = 1 detects every frame."""
 
-    detect: Callable[[np.ndarray], list[Detection]]
+    detect: Callable[[Any], list[Detection]]  # reads an image, or what the parser hands it instead
     every_n: int = 5
     tracker: IouTracker = dataclasses.field(default_factory=IouTracker)
     _frames: int = 0
     _last: list[Detection] | None = None
 
-    def __call__(self, image: np.ndarray) -> list[Detection]:
+    def __call__(self, frame: Any) -> list[Detection]:
         if self._last is None or self._frames % self.every_n == 0:
-            self._last = self.tracker.update(self.detect(image))
+            self._last = self.tracker.update(self.detect(frame))
         self._frames += 1
         return self._last
 

@@ -65,3 +65,49 @@ def detections_from_labels(labels: np.ndarray, objects: Sequence[ObjectLabel],
             name=obj.name, box=(float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)),
             score=1.0, mask=mask, foreground=obj.foreground, track_id=int(index)))
     return detections
+
+
+NUM_GROUPS = len(ObjectGroup)
+
+
+@dataclasses.dataclass
+class SelectedTokens:
+    """Per group (rows: :class:`ObjectGroup` order), k patch indices (row-major in the grid), whether
+    each slot holds a real selection, and its score (coverage or cosine similarity)."""
+
+    indices: np.ndarray  # (3, k) int64
+    valid: np.ndarray  # (3, k) bool
+    scores: np.ndarray  # (3, k) float32
+
+    @classmethod
+    def empty(cls, tokens_per_group: int) -> SelectedTokens:
+        """No token selected in any group (every slot invalid)."""
+        shape = (NUM_GROUPS, tokens_per_group)
+        return cls(indices=np.zeros(shape, np.int64), valid=np.zeros(shape, bool), scores=np.zeros(shape, np.float32))
+
+    def flat_indices(self) -> np.ndarray:
+        """(3·k,) int32, row-major by group, -1 for empty slots (the ParsedScene message layout)."""
+        return np.where(self.valid, self.indices, -1).astype(np.int32).reshape(-1)
+
+    @classmethod
+    def from_flat(cls, flat: Sequence[int], tokens_per_group: int) -> SelectedTokens:
+        values = np.asarray(flat, dtype=np.int64)
+        if values.shape != (NUM_GROUPS * tokens_per_group,):
+            raise ValueError(f"expected {NUM_GROUPS} x {tokens_per_group} token indices, got {values.shape[0]}")
+        grid = values.reshape(NUM_GROUPS, tokens_per_group)
+        return cls(indices=np.maximum(grid, 0), valid=grid >= 0, scores=np.zeros(grid.shape, np.float32))
+
+    def group_of_patch(self, num_patches: int) -> np.ndarray:
+        """(num_patches,) int8: the group whose selection holds each patch, -1 for none."""
+        out = np.full(num_patches, -1, dtype=np.int8)
+        for group in range(NUM_GROUPS):
+            out[self.indices[group][self.valid[group]]] = group
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledFrame:
+    """What the ``sim`` detector reads: a simulated camera frame's label image and its table."""
+
+    labels: np.ndarray  # (H, W) index into ``objects`` per pixel, -1 for none
+    objects: tuple[ObjectLabel, ...]

@@ -21,10 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from fedvla.config import ConfigError
+from fedvla.iosp.types import NUM_GROUPS  # target, surrounding, background
 from fedvla.model.config import ImageEncoderKind, PolicyConfig
 from fedvla.model.moe import DGMoE
 
-NUM_GROUPS = 3  # target, surrounding, background (fedvla.iosp.types.ObjectGroup)
 
 
 class ConvEncoder(nn.Module):

@@ -58,6 +58,11 @@ class ArmKinematics:
             raise ConfigError("urdf_path", f"{path.name} has no joint {missing[0]}", "a UR arm URDF")
         # Lock everything but the arm (the gripper moves by its own command), at the neutral pose.
         locked = [full.getJointId(n) for n in full.names[1:] if n not in ARM_JOINTS]
+        # The finger's travel, for the joint state of a gripper commanded open or closed.
+        self.gripper_limits = (0.0, 0.0)
+        if full.existJointName(GRIPPER_JOINT):
+            index = full.joints[full.getJointId(GRIPPER_JOINT)].idx_q
+            self.gripper_limits = (float(full.lowerPositionLimit[index]), float(full.upperPositionLimit[index]))
         self.model = pin.buildReducedModel(full, locked, pin.neutral(full))
         self.data = self.model.createData()
         self.urdf_path = path
@@ -90,6 +95,10 @@ class ArmKinematics:
         pin.updateFramePlacements(self.model, self.data)
         jacobian = pin.getFrameJacobian(self.model, self.data, self._tool_id, pin.ReferenceFrame.LOCAL)
         return self._world_to_base.actInv(self.data.oMf[self._tool_id]), jacobian
+
+    def tool_path(self, waypoints: np.ndarray) -> np.ndarray:
+        """(n, 3) tool positions in the base frame along joint waypoints (n, 6)."""
+        return np.array([self.fk(q).translation for q in waypoints]).reshape(-1, 3)
 
     def link_poses(self, q: np.ndarray) -> dict[str, np.ndarray]:
         """4x4 pose in the base frame of every link frame (for /tf and RViz)."""

@@ -22,7 +22,7 @@ from fedvla.config import ConfigError, config_fields, from_mapping, require, req
 from fedvla.robot.backends import ArmBackend, BackendError, ServoSettings, SimulatedArm
 from fedvla.robot.controller import ArmController, ArmMode, ControllerConfig
 from fedvla.robot.ik import IkConfig, IkSolver
-from fedvla.robot.kinematics import HOME_Q, ArmKinematics
+from fedvla.robot.kinematics import GRIPPER_JOINT, HOME_Q, ArmKinematics
 from fedvla.robot.retarget import RetargetConfig, Retargeter
 from fedvla.robot.safety import SafetyConfig, SafetyGuard
 
@@ -81,6 +81,19 @@ class ArmSnapshot:
     refused: dict[str, int]
     cycles: int
     overruns: int  # control periods that took longer than the period
+
+    @property
+    def healthy(self) -> bool:
+        return self.mode in (ArmMode.IDLE, ArmMode.TRACKING)
+
+    def status_message(self) -> str:
+        return self.mode.value + (f": {self.fault_reason}" if self.fault_reason else "")
+
+    def diagnostic_values(self, control_rate_hz: float) -> dict[str, str]:
+        """The driver's diagnostics as key/value strings (refused chunks counted per reason)."""
+        return {"mode": self.mode.value, "control_rate_hz": f"{control_rate_hz:g}", "control_cycles": str(self.cycles),
+                "control_overruns": str(self.overruns),
+                **{f"refused_chunks.{reason}": str(n) for reason, n in sorted(self.refused.items())}}
 
 
 # The driver node's parameters: the fields of these configs (no name appears twice), in the order
@@ -200,6 +213,13 @@ class ArmRuntime:
     def stop(self) -> None:
         with self._lock:
             self.controller.request_stop()
+
+    def joint_state(self, snapshot: ArmSnapshot) -> tuple[list[str], list[float]]:
+        """Joint names and positions to publish: the arm's measured joints, then the gripper's
+        finger at the end of its travel it was commanded to."""
+        lower, upper = self.kinematics.gripper_limits
+        finger = lower if snapshot.gripper_closed else upper
+        return [*self.kinematics.joint_names, GRIPPER_JOINT], [*map(float, snapshot.measured_q), finger]
 
     def snapshot(self) -> ArmSnapshot:
         with self._lock:

@@ -32,7 +32,7 @@ import numpy as np
 from fedvla.config import ConfigError, require
 from fedvla.data.episodes import EpisodeWriter
 from fedvla.iosp.parser import SceneParser, SceneParserConfig
-from fedvla.iosp.sim_detector import SimSegmentationDetector
+from fedvla.sim.detector import SimSegmentationDetector
 from fedvla.iosp.tokens import SelectionRule
 from fedvla.sim.metaworld_scene import PAPER_TASKS, SceneRenderer, meta_world_task_names
 
@@ -238,7 +238,7 @@ def collect_study_data(config: CollectConfig, output: str | Path, *, language_mo
     """One dataset per task under ``output/<task>``, with a progress bar over all steps."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fedvla.model.language import shared_instruction_encoder
+    from fedvla.language import shared_instruction_encoder
 
     encoder = shared_instruction_encoder(language_model_path)
     output = Path(output)

@@ -1,6 +1,6 @@
 """Closed-loop evaluation in Meta-World (FedVLA §4: 15 trials × 5 repeats per task, success 1/0).
 
-The policy runs through :class:`fedvla.model.runtime.PolicyRuntime` loaded from its checkpoint:
+The policy runs through :class:`fedvla.app.policy_runtime.PolicyRuntime` loaded from its checkpoint:
 the code the ``policy_node`` runs on the robot. Per step the simulated cameras render the policy's
 views, the scene parser (simulator segmentation as detector) selects the IOSP tokens when the
 policy uses them, and the policy's chunk is executed open-loop for ``execute_steps`` actions
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from fedvla.config import require
-from fedvla.data.bag_episodes import EpisodeBagWriter
-from fedvla.model.runtime import PolicyRuntime, PolicyRuntimeConfig
+from fedvla.data.bag_export import EpisodeBagWriter
+from fedvla.app.policy_runtime import PolicyRuntime, PolicyRuntimeConfig
 from fedvla.sim.collect import (PROPRIO_DIM, PROPRIO_NAMES, STUDY_CAMERAS, TASK_INSTRUCTIONS, CollectConfig,
                                 EpisodeRecorder, control_rate_hz, metaworld_benchmark, start_episode)
 

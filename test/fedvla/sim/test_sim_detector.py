@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 # Before anything imports mujoco: this module picks the headless GL backend (MUJOCO_GL).
-from fedvla.iosp.sim_detector import (
+from fedvla.sim.detector import (
     COMMON_RULES, NamingRule, SceneNaming, SimSegmentationDetector, name_element, scene_naming, scene_objects,
 )
 from fedvla.sim.metaworld_scene import CameraModel, PAPER_TASKS, SceneError, make_metaworld_env

@@ -5,7 +5,7 @@ scene built from ``sim_task`` and ``sim_seed`` (the seeded initial layout); a si
 steps the world elsewhere can push its joint state with :meth:`SimCamera.set_state`, the way
 a real camera observes a world it does not own. With ``enable_segmentation`` each frame also
 carries the object label of every pixel (MuJoCo's segmentation render, named by
-:mod:`fedvla.iosp.sim_detector`'s rules), as simulators' segmentation cameras publish it.
+:mod:`fedvla.sim.detector`'s rules), as simulators' segmentation cameras publish it.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from fedvla.camera.base import Camera, CameraBackend, CameraConfig, CameraError, Frame, Intrinsics, register_camera
-from fedvla.iosp.sim_detector import SimSegmentationDetector
+from fedvla.sim.detector import SimSegmentationDetector
 from fedvla.iosp.types import ObjectLabel
 from fedvla.sim.metaworld_scene import CameraModel, SceneError, SceneRenderer, make_metaworld_env
 

@@ -5,7 +5,7 @@ pytest.importorskip("metaworld")
 
 
 def test_iosp_bench_reports_each_setting_with_and_without_the_cache() -> None:
-    from fedvla.iosp.bench import bench_iosp
+    from fedvla.bench.iosp import bench_iosp
 
     figures = bench_iosp(frames=3, every_n=2)
     assert [(f.setting, f.cached) for f in figures] == [("640x480, 1 camera", False), ("640x480, 1 camera", True),

@@ -1,5 +1,6 @@
-"""Image decoding and the policy's image preprocessing, shared by the policy runtime, the policy
-node and the rosbag importer (so a bag becomes exactly the pixels the robot's policy would see).
+"""What the policy observes, from sensor messages: image decoding, the policy's image
+preprocessing and its proprio from a joint state. Shared by the policy runtime, the policy node and
+the rosbag importer, so a bag becomes exactly the inputs the robot's policy would see.
 """
 from __future__ import annotations
 
@@ -48,3 +49,20 @@ def policy_images(images: Sequence[np.ndarray], size: int) -> np.ndarray:
                                 align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
         out[i] = chw.numpy()
     return out
+
+
+def proprio_from_joint_state(names: Sequence[str], positions: Sequence[float], joint_names: Sequence[str],
+                             proprio_dim: int) -> np.ndarray:
+    """The policy's proprio from a sensor_msgs/JointState's names and positions: the positions of
+    ``joint_names`` in that order, or without names the first ``proprio_dim`` (ValueError if the
+    message lacks them). Shared by the policy node and the bag importer."""
+    if joint_names:
+        index = {n: i for i, n in enumerate(names)}
+        missing = [n for n in joint_names if n not in index]
+        if missing:
+            raise ValueError(f"has no joints {missing} (it has {list(names)}): set proprio_joint_names to the "
+                             "recorded names")
+        return np.array([positions[index[n]] for n in joint_names], dtype=np.float32)
+    if len(positions) < proprio_dim:
+        raise ValueError(f"has {len(positions)} positions, the policy needs {proprio_dim}")
+    return np.asarray(positions[:proprio_dim], dtype=np.float32)

@@ -14,7 +14,7 @@ import torch
 
 from fedvla.federation.client import trunk_spec
 from fedvla.federation.eda import aggregate_trunks, expert_driven_weights
-from fedvla.federation.setup import trunk_policy
+from fedvla.app.federation import trunk_policy
 from fedvla.federation.wire import TrunkUpdate, WireDtype, encode_update
 from fedvla.model.trunk import Trunk
 

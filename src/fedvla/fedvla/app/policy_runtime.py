@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from fedvla.config import require, require_positive
-from fedvla.data.images import policy_images
-from fedvla.iosp.tokens import SelectedTokens
+from fedvla.data.observations import policy_images
+from fedvla.iosp.types import SelectedTokens
 from fedvla.model.checkpoint import CheckpointError, load_checkpoint
 
 
@@ -39,23 +39,6 @@ class PolicyRuntimeConfig:
         self.proprio_joint_names = tuple(self.proprio_joint_names)
 
 
-def proprio_from_joint_state(names: Sequence[str], positions: Sequence[float], joint_names: Sequence[str],
-                             proprio_dim: int) -> np.ndarray:
-    """The policy's proprio from a sensor_msgs/JointState's names and positions: the positions of
-    ``joint_names`` in that order, or without names the first ``proprio_dim`` (ValueError if the
-    message lacks them). Shared by the policy node and the bag importer."""
-    if joint_names:
-        index = {n: i for i, n in enumerate(names)}
-        missing = [n for n in joint_names if n not in index]
-        if missing:
-            raise ValueError(f"has no joints {missing} (it has {list(names)}): set proprio_joint_names to the "
-                             "recorded names")
-        return np.array([positions[index[n]] for n in joint_names], dtype=np.float32)
-    if len(positions) < proprio_dim:
-        raise ValueError(f"has {len(positions)} positions, the policy needs {proprio_dim}")
-    return np.asarray(positions[:proprio_dim], dtype=np.float32)
-
-
 @dataclasses.dataclass
 class PolicyStep:
     chunk: np.ndarray  # (horizon, action_dim), robot units
@@ -79,7 +62,7 @@ class PolicyRuntime:
                                   f"checkpoint expects proprio_dim={self.model_config.proprio_dim}")
         self.encoder = None
         if self.model_config.language_dim:
-            from fedvla.model.language import shared_instruction_encoder
+            from fedvla.language import shared_instruction_encoder
 
             self.encoder = shared_instruction_encoder(config.language_model_path, config.device)
             if self.encoder.dim != self.model_config.language_dim:

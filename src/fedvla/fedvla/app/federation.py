@@ -16,12 +16,11 @@ import dataclasses
 import zlib
 from pathlib import Path
 
-import torch
 import yaml
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import Dataset
 
 from fedvla.config import ConfigError, require
-from fedvla.data.episodes import ChunkDataset, check_policy_fits, load_meta
+from fedvla.data.episodes import ChunkDataset, check_policy_fits, fit_normalizer, load_meta
 from fedvla.data.synthetic import SquareReachDataset
 from fedvla.graph import find_config_dir
 from fedvla.federation.client import FederationClient, FederationClientConfig, ServerApi, trunk_spec
@@ -128,22 +127,6 @@ def client_dataset(settings: FederationClientSettings) -> tuple[PolicyConfig, Da
                                      "camera_names": meta.camera_names, "image_size": meta.image_size}, where=where)
     check_policy_fits(meta, config)
     return config, ChunkDataset(settings.dataset, horizon=config.horizon, with_iosp=config.iosp)
-
-
-def fit_normalizer(policy: Policy, dataset: Dataset) -> None:
-    """Fit the policy's action/proprio normaliser on every sample of ``dataset``."""
-    def tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(ds, ConcatDataset):
-            parts = [tensors(d) for d in ds.datasets]
-            return torch.cat([a.reshape(-1, a.shape[-1]) for a, _ in parts]), torch.cat([p for _, p in parts])
-        if hasattr(ds, "all_actions"):
-            return ds.all_actions(), ds.all_proprio()
-        if hasattr(ds, "actions") and hasattr(ds, "proprio"):
-            return ds.actions, ds.proprio
-        raise TypeError(f"cannot read actions/proprio from a {type(ds).__name__}")
-
-    actions, proprio = tensors(dataset)
-    policy.normalizer.fit(actions, proprio)
 
 
 def build_client(settings: FederationClientSettings, server: ServerApi, *, show_progress: bool = False) -> FederationClient:

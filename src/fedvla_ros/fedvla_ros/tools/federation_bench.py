@@ -2,7 +2,7 @@
 
 One fed_server process and N uploader processes on localhost: each uploader joins, fetches the
 global trunk and uploads one update of the configured model (HPT-Base-like by default) through
-the same :class:`fedvla_ros.fed_client.RosServerApi` the fed_client node uses. Printed next to
+the same :class:`fedvla_ros.federation_transport.RosServerApi` the fed_client node uses. Printed next to
 it: the same bytes over plain loopback TCP (N concurrent streams) measured in the same run.
 """
 from __future__ import annotations
@@ -62,7 +62,7 @@ def uploader(args: argparse.Namespace) -> int:
     from rclpy.executors import SingleThreadedExecutor
 
     from fedvla.federation.client import FederationClient, FederationClientConfig, send_chunks, trunk_spec
-    from fedvla.federation.setup import trunk_policy
+    from fedvla.app.federation import trunk_policy
     from fedvla.federation.wire import TrunkUpdate, encode_update, sha256_hex, sign_upload
     from fedvla_ros.federation_transport import RosServerApi
 
@@ -124,7 +124,7 @@ def _run_round(args: argparse.Namespace, chunk_size: int, work: Path) -> dict:
                                "-p", f"max_fetch_bytes:={max(chunk_size, 64 << 20)}"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        uploaders = [subprocess.Popen([sys.executable, "-m", "fedvla_ros.federation_bench", "--uploader",
+        uploaders = [subprocess.Popen([sys.executable, "-m", "fedvla_ros.tools.federation_bench", "--uploader",
                                        "--client-id", cid, "--secret", secret, "--model-config", args.model_config,
                                        "--dtype", args.dtype, "--in-flight", str(args.in_flight),
                                        "--state-dir", str(work / f"{cid}_{chunk_size}")],

@@ -10,7 +10,7 @@ import statistics
 import time
 
 # Before anything imports mujoco: this module picks the headless GL backend (MUJOCO_GL).
-from fedvla.iosp.sim_detector import SimSegmentationDetector
+from fedvla.sim.detector import SimSegmentationDetector
 from fedvla.sim.metaworld_scene import make_metaworld_env
 
 from fedvla.iosp.parser import SceneParser, SceneParserConfig

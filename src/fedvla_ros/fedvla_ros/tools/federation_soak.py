@@ -195,7 +195,7 @@ class Soak:
     # -- faults ---------------------------------------------------------------------------------
     def _spec_and_policy(self):
         from fedvla.federation.client import trunk_spec
-        from fedvla.federation.setup import resolve_config_file, trunk_policy
+        from fedvla.app.federation import resolve_config_file, trunk_policy
 
         policy = trunk_policy(str(resolve_config_file(self.config.model_config, "model_config")), 0)
         return trunk_spec(policy), policy

@@ -1,6 +1,5 @@
-"""Episodes ↔ rosbag2: a bag recorded on a robot is a training episode, and a dataset episode can
-be written out as a bag (to replay it, inspect it, or train elsewhere). No ROS installation
-needed (``rosbags``).
+"""rosbag2 → episodes: a bag recorded on a robot is a training episode (:mod:`.bag_export` writes
+episodes back out as bags). No ROS installation needed (``rosbags``).
 
 A bag holds one episode on the stack's own topics, so a recording of the running stack
 (``record:=true``) is an episode as it is:
@@ -36,19 +35,17 @@ from typing import Any
 import numpy as np
 
 from fedvla import topics
-from fedvla.bag import BagError, BagWriter, TypeRegistry, read_messages, summarize_bag
+from fedvla.bag import TypeRegistry, read_messages, summarize_bag
 from fedvla.config import require, require_positive
 from fedvla.data.episodes import META_FILE, DatasetError, EpisodeWriter, load_meta
-from fedvla.data.images import image_from_message, policy_images
-from fedvla.iosp.tokens import SelectedTokens
-from fedvla.model.runtime import proprio_from_joint_state
+from fedvla.data.messages import parse_action_chunk, parse_parsed_scene
+from fedvla.data.observations import image_from_message, policy_images, proprio_from_joint_state
+from fedvla.iosp.types import SelectedTokens
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"
 STRING_TYPE = "std_msgs/msg/String"
-ACTION_CHUNK_TYPE = "fedvla_interfaces/msg/ActionChunk"
-PARSED_SCENE_TYPE = "fedvla_interfaces/msg/ParsedScene"
-_NS_PER_S = 1_000_000_000
+NS_PER_S = 1_000_000_000
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -113,25 +110,17 @@ class BagSampling:
 
     @property
     def rate_hz(self) -> float:
-        return _NS_PER_S / self.period_ns if self.period_ns else 0.0
+        return NS_PER_S / self.period_ns if self.period_ns else 0.0
 
     def describe(self) -> str:
         dropped = ", ".join(f"{n} ({reason})" for reason, n in self.dropped.most_common())
         return f"{self.steps} steps at {self.rate_hz:g} Hz" + (f"; dropped {dropped}" if dropped else "")
 
 
-def chunk_actions(msg: Any) -> np.ndarray:
-    """(horizon, A) float32 actions of a fedvla_interfaces/ActionChunk (rclpy's or rosbags')."""
-    values = np.asarray(msg.actions, dtype=np.float32)
-    if msg.horizon < 1 or values.size % msg.horizon:
-        raise ValueError(f"an action chunk of horizon {msg.horizon} cannot hold {values.size} values")
-    return values.reshape(msg.horizon, -1)
-
-
 def executed_action(chunk_stamp_ns: int, actions: np.ndarray, step_period_s: float, t_ns: int) -> np.ndarray | None:
     """The step of a chunk (issued at ``chunk_stamp_ns``) that an executor running it at
     ``step_period_s`` per step is executing at ``t_ns``; None once the chunk is used up."""
-    j = int((t_ns - chunk_stamp_ns) / (step_period_s * _NS_PER_S) + 1e-6) if step_period_s > 0 else 0
+    j = int((t_ns - chunk_stamp_ns) / (step_period_s * NS_PER_S) + 1e-6) if step_period_s > 0 else 0
     return actions[j] if 0 <= j < len(actions) else None
 
 
@@ -168,7 +157,7 @@ class _Latest:
     def sample(self, t_ns: int) -> tuple[BagStep | None, str]:
         """The step at ``t_ns``, or None and why it is dropped."""
         c = self.config
-        max_age = round(c.max_input_age_s * _NS_PER_S)
+        max_age = round(c.max_input_age_s * NS_PER_S)
         named = [(f"camera {n}", self.by_topic[c.camera_topic(n)]) for n in c.camera_names]
         named.append(("joint states", self.by_topic[c.joint_states_topic]))
         if c.iosp:
@@ -178,22 +167,22 @@ class _Latest:
                 return None, f"stale {what}"
         chunk_stamp, chunk = self.by_topic[c.action_topic]
         try:
-            actions = chunk_actions(chunk)
+            content = parse_action_chunk(chunk)
         except ValueError:
             return None, "malformed action chunk"
-        action = executed_action(chunk_stamp, actions, chunk.step_period_s, t_ns)
+        action = executed_action(chunk_stamp, content.actions, content.step_period_s, t_ns)
         if action is None:
             return None, "action chunk used up"
         selections, grid = None, None
         if c.iosp:
             selections, grids = [], set()
             for name in c.camera_names:
-                scene = self.scenes[name][1]
                 try:
-                    selections.append(SelectedTokens.from_flat(scene.group_token_indices, scene.tokens_per_group))
+                    scene = parse_parsed_scene(self.scenes[name][1])
                 except ValueError:
                     return None, f"malformed scene parse of {name}"
-                grids.add((int(scene.patch_rows), int(scene.patch_cols)))
+                selections.append(scene.selection)
+                grids.add(scene.grid)
             if len(grids) > 1:
                 return None, "scene parses on different patch grids"
             grid = grids.pop()
@@ -239,11 +228,11 @@ def read_bag_steps(path: str | Path, config: BagEpisodeConfig, sampling: BagSamp
 
 def _period_ns(config: BagEpisodeConfig, chunk: Any, path: Path) -> int:
     if config.control_rate_hz > 0:
-        return round(_NS_PER_S / config.control_rate_hz)
+        return round(NS_PER_S / config.control_rate_hz)
     if not chunk.step_period_s > 0:
         raise DatasetError(f"{path}: the action chunks on {config.action_topic} have no step period: give the "
                            "control rate")
-    return round(chunk.step_period_s * _NS_PER_S)
+    return round(chunk.step_period_s * NS_PER_S)
 
 
 def _emit(latest: _Latest, t_ns: int, sampling: BagSampling) -> Iterator[BagStep]:
@@ -264,7 +253,7 @@ class ImportedEpisode:
 
 def import_bag(path: str | Path, writer: EpisodeWriter, config: BagEpisodeConfig, encoder) -> ImportedEpisode:
     """Append the bag's episode to a dataset. ``encoder``: the instruction encoder whose embedding is
-    stored with the episode (fedvla.model.language)."""
+    stored with the episode (fedvla.language)."""
     meta = writer.meta
     if list(config.camera_names) != meta.camera_names or config.proprio_dim != meta.proprio_dim:
         raise DatasetError(f"the bag config has cameras {list(config.camera_names)} and proprio_dim "
@@ -349,159 +338,9 @@ def find_bags(paths: Sequence[str | Path]) -> list[Path]:
     return bags
 
 
-# --- export -----------------------------------------------------------------------------------
-
-class _MessageFactory:
-    """rosbags message objects of the types an episode bag holds, serialized to CDR."""
-
-    def __init__(self, registry: TypeRegistry) -> None:
-        self.registry = registry
-        for msgtype in (IMAGE_TYPE, JOINT_STATE_TYPE, STRING_TYPE, ACTION_CHUNK_TYPE, PARSED_SCENE_TYPE):
-            registry.ensure(msgtype)
-        self.types = registry.typestore.types
-
-    def header(self, stamp_ns: int, frame_id: str = "") -> Any:
-        time = self.types["builtin_interfaces/msg/Time"](sec=stamp_ns // _NS_PER_S, nanosec=stamp_ns % _NS_PER_S)
-        return self.types["std_msgs/msg/Header"](stamp=time, frame_id=frame_id)
-
-    def cdr(self, msg: Any) -> bytes:
-        return bytes(self.registry.typestore.serialize_cdr(msg, msg.__msgtype__))
-
-    def image(self, rgb: np.ndarray, stamp_ns: int, frame_id: str) -> bytes:
-        hwc = np.ascontiguousarray(rgb, dtype=np.uint8)
-        return self.cdr(self.types[IMAGE_TYPE](
-            header=self.header(stamp_ns, frame_id), height=hwc.shape[0], width=hwc.shape[1], encoding="rgb8",
-            is_bigendian=0, step=hwc.shape[1] * 3, data=hwc.reshape(-1)))
-
-    def joint_state(self, names: Sequence[str], positions: np.ndarray, stamp_ns: int) -> bytes:
-        empty = np.zeros(0, dtype=np.float64)
-        return self.cdr(self.types[JOINT_STATE_TYPE](
-            header=self.header(stamp_ns), name=list(names), position=np.ascontiguousarray(positions, dtype=np.float64),
-            velocity=empty, effort=empty))
-
-    def string(self, text: str) -> bytes:
-        return self.cdr(self.types[STRING_TYPE](data=text))
-
-    def action_chunk(self, chunk: np.ndarray, stamp_ns: int, period_s: float) -> bytes:
-        return self.cdr(self.types[ACTION_CHUNK_TYPE](
-            header=self.header(stamp_ns), dimension_names=[f"action_{i}" for i in range(chunk.shape[1])],
-            horizon=chunk.shape[0], actions=np.ascontiguousarray(chunk, dtype=np.float32).reshape(-1),
-            step_period_s=period_s, compute_time_s=0.0))
-
-    def parsed_scene(self, camera: str, instruction: str, grid: tuple[int, int], selection: SelectedTokens,
-                     stamp_ns: int) -> bytes:
-        return self.cdr(self.types[PARSED_SCENE_TYPE](
-            header=self.header(stamp_ns), camera_name=camera, instruction=instruction, target_names=[], objects=[],
-            token_selection_rule="recorded", patch_rows=grid[0], patch_cols=grid[1],
-            tokens_per_group=selection.indices.shape[1], group_token_indices=selection.flat_indices()))
-
-
-class EpisodeBagWriter:
-    """Writes an episode as it happens (a closed-loop rollout, or a stored episode) to a bag on the
-    stack's topics: step n at ``start_ns + n·period``, the instants the importer samples. A chunk
-    is written at the step it was issued (horizon-1 chunks for demonstrations)."""
-
-    def __init__(self, path: str | Path, *, camera_names: Sequence[str], control_rate_hz: float, instruction: str,
-                 proprio_joint_names: Sequence[str], start_ns: int = 0, storage: str = "sqlite3",
-                 iosp: bool = False, registry: TypeRegistry | None = None) -> None:
-        self.config = BagEpisodeConfig(camera_names=tuple(camera_names), proprio_dim=len(proprio_joint_names),
-                                       control_rate_hz=control_rate_hz, iosp=iosp)
-        self.period_ns = round(_NS_PER_S / control_rate_hz)
-        self.start_ns, self.instruction = start_ns, instruction
-        self.joint_names = list(proprio_joint_names)
-        self.steps = 0
-        self._writer = BagWriter(path, storage, registry)
-        self._make = _MessageFactory(self._writer.registry)
-        self._camera_topics = [self.config.camera_topic(n) for n in self.config.camera_names]
-        for topic in self._camera_topics:
-            self._writer.add_topic(topic, IMAGE_TYPE)
-        for topic, msgtype in ((self.config.joint_states_topic, JOINT_STATE_TYPE),
-                               (self.config.instruction_topic, STRING_TYPE),
-                               (self.config.action_topic, ACTION_CHUNK_TYPE)):
-            self._writer.add_topic(topic, msgtype)
-        if iosp:
-            self._writer.add_topic(self.config.parsed_scene_topic, PARSED_SCENE_TYPE)
-        self._writer.write(self.config.instruction_topic, start_ns, self._make.string(instruction))
-
-    @property
-    def path(self) -> Path:
-        return self._writer.path
-
-    def add_step(self, images: Sequence[np.ndarray], proprio: np.ndarray, chunk: np.ndarray | None = None,
-                 selections: Sequence[SelectedTokens] | None = None, iosp_grid: tuple[int, int] | None = None) -> None:
-        """One control step: RGB images (H, W, 3) per camera, proprio, the chunk issued at this step
-        (H, A) if any, and with IOSP the selection per camera on ``iosp_grid``."""
-        stamp = self.start_ns + self.steps * self.period_ns
-        make, write = self._make, self._writer.write
-        for v, (name, topic) in enumerate(zip(self.config.camera_names, self._camera_topics)):
-            write(topic, stamp, make.image(images[v], stamp, f"{name}_color_optical_frame"))
-            if self.config.iosp:
-                write(self.config.parsed_scene_topic, stamp, make.parsed_scene(
-                    name, self.instruction, iosp_grid, selections[v], stamp))
-        write(self.config.joint_states_topic, stamp, make.joint_state(self.joint_names, proprio, stamp))
-        if chunk is not None:
-            write(self.config.action_topic, stamp, make.action_chunk(np.atleast_2d(chunk), stamp,
-                                                                     self.period_ns / _NS_PER_S))
-        self.steps += 1
-
-    def close(self) -> None:
-        self._writer.close()
-
-    def __enter__(self) -> EpisodeBagWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def export_episode(dataset: str | Path, episode: int, bag_path: str | Path, *, start_ns: int = 0,
-                   proprio_joint_names: Sequence[str] = (), storage: str = "sqlite3",
-                   registry: TypeRegistry | None = None) -> Path:
-    """Write one dataset episode as a bag (:class:`EpisodeBagWriter`): each stored action as the
-    horizon-1 chunk of its step, the instruction once at the start."""
-    from safetensors.numpy import load_file
-
-    meta = load_meta(dataset)
-    require(0 <= episode < len(meta.episodes), "episode", f"{episode} is not an episode of {dataset}",
-            f"0 ... {len(meta.episodes) - 1}")
-    info = meta.episodes[episode]
-    arrays = load_file(str(Path(dataset) / info.file))
-    names = list(proprio_joint_names) or [f"proprio_{i}" for i in range(meta.proprio_dim)]
-    require(len(names) == meta.proprio_dim, "proprio_joint_names", f"{len(names)} names for {meta.proprio_dim} "
-            "proprio dimensions", "one name per dimension")
-    with EpisodeBagWriter(bag_path, camera_names=meta.camera_names, control_rate_hz=meta.control_rate_hz,
-                          instruction=info.instruction, proprio_joint_names=names, start_ns=start_ns, storage=storage,
-                          iosp=meta.has_iosp, registry=registry) as writer:
-        for t in range(info.length):
-            selections = None
-            if meta.has_iosp:
-                selections = [SelectedTokens(indices=arrays["iosp_indices"][t, v], valid=arrays["iosp_valid"][t, v],
-                                             scores=np.zeros(arrays["iosp_valid"][t, v].shape, np.float32))
-                              for v in range(len(meta.camera_names))]
-            writer.add_step(list(np.transpose(arrays["images"][t], (0, 2, 3, 1))), arrays["proprio"][t],
-                            arrays["actions"][t], selections, meta.iosp_grid)
-    return Path(bag_path)
-
-
 def dataset_bag_config(dataset: str | Path, **overrides: Any) -> BagEpisodeConfig:
     """The bag config that reads episodes into ``dataset``'s shape (cameras, proprio, rate, IOSP)."""
     meta = load_meta(dataset)
     fields = dict(camera_names=meta.camera_names, proprio_dim=meta.proprio_dim,
                   control_rate_hz=meta.control_rate_hz, iosp=meta.has_iosp)
     return BagEpisodeConfig(**{**fields, **overrides})
-
-
-def export_dataset(dataset: str | Path, output: str | Path, episodes: Sequence[int] | None = None, *,
-                   on_episode: Callable[[Path], None] | None = None, **options: Any) -> list[Path]:
-    """One bag per episode under ``output`` (``episode_000000``, ...); ``options`` as :func:`export_episode`."""
-    chosen = range(len(load_meta(dataset).episodes)) if episodes is None else episodes
-    bags = []
-    for episode in chosen:
-        bags.append(export_episode(dataset, episode, Path(output) / f"episode_{episode:06d}", **options))
-        if on_episode is not None:
-            on_episode(bags[-1])
-    return bags
-
-
-__all__ = ["BagEpisodeConfig", "BagStep", "BagSampling", "BagError", "read_bag_steps", "import_bag", "import_bags",
-           "find_bags", "EpisodeBagWriter", "export_episode", "export_dataset", "dataset_bag_config", "ImportedEpisode"]

@@ -92,7 +92,7 @@ def test_a_process_can_render_then_train() -> None:
 
 
 def test_segmentation_labels_every_pixel_like_the_oracle_detector() -> None:
-    from fedvla.iosp.sim_detector import SimSegmentationDetector
+    from fedvla.sim.detector import SimSegmentationDetector
     from fedvla.iosp.types import detections_from_labels
     from fedvla.sim.metaworld_scene import make_metaworld_env
 

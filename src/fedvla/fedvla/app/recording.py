@@ -1,0 +1,54 @@
+"""What a recording of the running stack shows: the topics a profile's nodes must have published,
+how the arm moved, and the last scene parse of each camera (the demo's checks, usable on any bag
+the sim or real_robot profile recorded)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from fedvla import topics
+from fedvla.bag import read_messages
+from fedvla.data.messages import ParsedSceneContent, parse_parsed_scene
+from fedvla.graph import Graph
+
+
+def expected_topics(graph: Graph, profile: str) -> list[str]:
+    """The camera topics of the profile's camera nodes, its scene parses, and its arm's joint
+    states and tool pose: what a recording of the profile must contain."""
+    nodes = graph.resolve(profile)
+    cameras = [topics.node_topic(n.spec.fully_qualified_name, rel)
+               for n in nodes if n.spec.executable == "camera_node" for rel in topics.CAMERA_TOPICS]
+    parses = [topics.node_topic(n.spec.fully_qualified_name, topics.PARSED_SCENE)
+              for n in nodes if n.spec.executable == "scene_parser"]
+    arms = [t for n in nodes if n.spec.executable == "ur3_driver"
+            for t in (topics.JOINT_STATES, topics.node_topic(n.spec.fully_qualified_name, topics.TOOL_POSE))]
+    return cameras + parses + arms
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmMotion:
+    path_m: float  # length of the tool's path
+    reach_m: float  # largest distance of the tool from where it started
+    refused_chunks: int  # action chunks the driver refused (its diagnostics' counters)
+
+
+def arm_motion(bag: str | Path, driver: str = topics.UR3_DRIVER_NODE) -> ArmMotion:
+    poses = [(m.pose.position.x, m.pose.position.y, m.pose.position.z)
+             for _, _, m in read_messages(bag, [topics.node_topic(driver, topics.TOOL_POSE)])]
+    if len(poses) < 2:
+        return ArmMotion(0.0, 0.0, 0)
+    track = np.asarray(poses)
+    refused = 0
+    for _, _, array in read_messages(bag, [topics.DIAGNOSTICS]):
+        refused = max(refused, sum(int(v.value) for s in array.status for v in s.values
+                                   if v.key.startswith("refused_chunks.")))
+    return ArmMotion(float(np.linalg.norm(np.diff(track, axis=0), axis=1).sum()),
+                     float(np.linalg.norm(track - track[0], axis=1).max()), refused)
+
+
+def last_scene_parses(bag: str | Path, parser: str = topics.SCENE_PARSER_NODE) -> list[ParsedSceneContent]:
+    """The last recorded scene parse of each camera, by camera name."""
+    last = {msg.camera_name: msg for _, _, msg in read_messages(bag, [topics.node_topic(parser, topics.PARSED_SCENE)])}
+    return [parse_parsed_scene(msg) for _, msg in sorted(last.items())]

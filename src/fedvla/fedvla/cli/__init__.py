@@ -1,0 +1,83 @@
+"""``fedvla``: the stack's command line for machines with or without the ROS 2 CLI.
+
+    fedvla profiles                          list the launch profiles and their arguments
+    fedvla launch sim [name:=value ...]      start a profile's nodes (like ros2 launch)
+    fedvla demo                              the main job: the simulated stack recorded to a bag,
+                                             federated rounds over ROS 2, a short simulation study
+                                             (collect, federate, closed loop, recorded trials)
+                                             and a replay of a recorded trial through the policy
+    fedvla bag info PATH                     topics, types and message counts of a rosbag2
+    fedvla bag export DATASET OUT            one rosbag2 per dataset episode (the stack's topics)
+    fedvla bag import BAG... --output DS     bags (robot recordings) as dataset episodes
+    fedvla replay BAG --checkpoint CKPT      open-loop replay through the policy: errors, latency,
+                                             report and plot
+    fedvla bench policy                      policy/trunk latency per MoE kind, experts per token
+    fedvla bench federation                  EDA aggregation time, bytes uploaded per round
+    fedvla bench transfer                    federation throughput over ROS 2 services vs TCP
+    fedvla bench iosp                        scene-parsing latency per frame (offline defaults)
+    fedvla bench secagg                      secure EDA (SecAgg) vs plaintext per round, 4 and 16 clients
+    fedvla bench ik                          IK time per solve (tracking) and convergence from home
+    fedvla soak [--rounds 50 --clients 4]    long federation with client kills, a server restart,
+                                             duplicated and delayed uploads: figures and checks
+    fedvla federation credentials ID ...     a credentials file with fresh secrets
+    fedvla federation report DIR             the round table of a federation directory
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from fedvla.bag import BagError
+from fedvla.cli import bag, bench, demo, federation, launch, study
+from fedvla.cli.common import console
+from fedvla.config import ConfigError
+from fedvla.runner import RunnerError
+
+COMMAND_GROUPS = (launch, demo, bench, federation, study, bag)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedvla", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-dir", help="config/ directory with graph.yaml (default: the installed one)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for group in COMMAND_GROUPS:
+        group.register(commands)
+    return parser
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that explain a bad input: printed as one line, never as a traceback. The dataset and
+    checkpoint errors count once their (torch-importing) modules are loaded."""
+    errors: list[type[Exception]] = [ConfigError, RunnerError, BagError]
+    for module, name in (("fedvla.data.episodes", "DatasetError"), ("fedvla.model.checkpoint", "CheckpointError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (timeout, systemd, docker stop) stops the nodes like Ctrl-C
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "passes_options", False):
+        args.bench_arguments = extra  # handed to the benchmark executable as they are
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except Exception as err:
+        if not isinstance(err, _user_errors()):
+            raise
+        console.print(f"[red]fedvla: error: {err}", highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""``fedvla bench ...`` and ``fedvla soak``: measurements that print figures (the work is in
+:mod:`fedvla.bench`; the ROS transfer and soak tools run as the fedvla_ros executables)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.table import Table
+
+from fedvla.cli.common import console
+from fedvla.config import ConfigError
+from fedvla.graph import find_config_dir
+
+
+def cmd_bench_policy(args: argparse.Namespace) -> int:
+    import torch
+
+    from fedvla.bench.model import matmul_gflops, run_policy_bench, trunk_ratio_floor
+    from fedvla.model.config import PolicyConfig
+    from fedvla.model.moe import FeedForwardKind
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_config = args.model_config or find_config_dir() / "model" / "hpt_small.yaml"
+    config = PolicyConfig.from_yaml(model_config, proprio_dim=args.proprio_dim, action_dim=args.action_dim)
+    kinds = [FeedForwardKind(k) for k in args.kinds]
+    console.print(f"policy bench: {model_config} ({config.num_blocks} blocks, width {config.embed_dim}, "
+                  f"{config.num_experts} experts, {len(config.camera_names)} cameras {config.image_size}px, "
+                  f"batch 1), torch threads {torch.get_num_threads()}, {args.repeats} repeats")
+    figures = run_policy_bench(config, kinds, repeats=args.repeats, train_epochs=args.train_epochs, batch=args.batch)
+    table = Table(title="policy step and trunk latency (CPU unless CUDA is present)")
+    for column in ("feed-forward", "step median (ms)", "step p90 (ms)", "trunk median (ms)",
+                   "experts/token untrained", "experts/token trained"):
+        table.add_column(column, justify="right")
+    for f in figures:
+        table.add_row(f.kind.value, f"{f.step_median_ms:.2f}", f"{f.step_p90_ms:.2f}", f"{f.trunk_median_ms:.2f}",
+                      f"{f.experts_per_token_untrained:.3f}", f"{f.experts_per_token:.3f}")
+    console.print(table)
+    throughput = matmul_gflops()
+    table = Table(title="where a step's time goes (batch 1, median ms)",
+                  caption="attn: the trunk's attention and norms; ffn: its feed-forward layers; head: head and "
+                          "the rest; GFLOP: one step's work")
+    for column in ("kind", "stems", "attn", "ffn", "head", "GFLOP", "GFLOP/s",
+                   f"trunk B={args.batch}"):
+        table.add_column(column, justify="right")
+    for f in figures:
+        head = f.step_median_ms - f.stems_median_ms - f.trunk_median_ms
+        table.add_row(f.kind.value, f"{f.stems_median_ms:.2f}", f"{f.trunk_rest_ms:.2f}", f"{f.feed_forward_median_ms:.2f}",
+                      f"{head:.2f}", f"{f.step_gflop:.3f}", f"{f.step_gflop / f.step_median_ms * 1000:.1f}",
+                      f"{f.trunk_batch_median_ms:.1f}" if f.trunk_batch_ms else "-")
+    console.print(table)
+    console.print(f"this machine's float32 matmul throughput (1024x1024, {torch.get_num_threads()} threads): "
+                  f"{throughput:.0f} GFLOP/s")
+    by_kind = {f.kind: f for f in figures}
+    if FeedForwardKind.DENSE in by_kind:
+        dense = by_kind[FeedForwardKind.DENSE]
+        console.print(f"dense step {dense.step_median_ms:.2f} ms is the floor for every MoE kind on this machine "
+                      f"(each does at least the dense FFN's work per token, plus routing; step target <= 8 ms); "
+                      f"its arithmetic alone would take {dense.step_gflop / throughput * 1000:.2f} ms at the matmul "
+                      f"throughput")
+    if FeedForwardKind.DGMOE in by_kind and FeedForwardKind.TOPK in by_kind:
+        dgmoe, topk = by_kind[FeedForwardKind.DGMOE], by_kind[FeedForwardKind.TOPK]
+        console.print(f"trunk time DGMoE / top-2: {dgmoe.trunk_median_ms / topk.trunk_median_ms:.2f} (target <= 0.7)"
+                      + (f"; at batch {args.batch}: {dgmoe.trunk_batch_median_ms / topk.trunk_batch_median_ms:.2f}"
+                         if dgmoe.trunk_batch_ms and topk.trunk_batch_ms else ""))
+        console.print(f"feed-forward time DGMoE / top-2 at batch 1: "
+                      f"{dgmoe.feed_forward_median_ms / topk.feed_forward_median_ms:.2f}; expert pairs per token "
+                      f"{dgmoe.experts_per_token:.2f} / {topk.experts_per_token:.2f} = "
+                      f"{dgmoe.experts_per_token / topk.experts_per_token:.2f}; trunk ratio floor if feed-forward time "
+                      f"scaled with pairs (attention and norms unchanged): {trunk_ratio_floor(dgmoe, topk):.2f}")
+    return 0
+
+def cmd_bench_federation(args: argparse.Namespace) -> int:
+    import torch
+
+    from fedvla.bench.federation import bench_aggregation, upload_size
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config_dir = Path(args.config_dir) if args.config_dir else find_config_dir()
+    table = Table(title="bytes one client uploads per round (trunk + expert counts) vs the whole fp32 model")
+    for column in ("model", "model params", "trunk params", "full fp32 MB", "float32 MB", "bfloat16 MB",
+                   "int8_delta MB", "saving bf16", "saving int8_delta"):
+        table.add_column(column, justify="right")
+    for name in args.model_configs:
+        size = upload_size(str(config_dir / "model" / f"{name}.yaml"))
+        table.add_row(name, f"{size.model_parameters / 1e6:.2f} M", f"{size.trunk_parameters / 1e6:.2f} M",
+                      f"{size.full_model_fp32_bytes / 1e6:.1f}", f"{size.upload_bytes['float32'] / 1e6:.1f}",
+                      f"{size.upload_bytes['bfloat16'] / 1e6:.1f}", f"{size.upload_bytes['int8_delta'] / 1e6:.1f}",
+                      f"{100 * size.saving('bfloat16'):.0f} %", f"{100 * size.saving('int8_delta'):.0f} %")
+    console.print(table)
+    parameters = int(args.parameters)
+    console.print(f"EDA aggregation of a {parameters / 1e6:.0f} M-parameter trunk (16 layers × 8 experts), "
+                  f"torch threads {torch.get_num_threads()}")
+    figures = bench_aggregation(parameters, args.clients, repeats=args.repeats)
+    table = Table(title="EDA aggregation time (weights + weighted sum, fp32 trunks)")
+    for column in ("clients", "median (s)", "min (s)", "per client (s)"):
+        table.add_column(column, justify="right")
+    for f in figures:
+        table.add_row(str(f.clients), f"{f.median_s:.3f}", f"{min(f.seconds):.3f}", f"{f.median_s / f.clients:.3f}")
+    console.print(table)
+    return 0
+
+def cmd_bench_secagg(args: argparse.Namespace) -> int:
+    import torch
+
+    from fedvla.bench.federation import bench_count_privacy, bench_secure_aggregation
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config_dir = Path(args.config_dir) if args.config_dir else find_config_dir()
+    model = str(config_dir / "model" / f"{args.model_config}.yaml")
+    figures = bench_secure_aggregation(model, args.clients, dropped=args.dropped)
+    table = Table(title=f"secure EDA (SecAgg) vs plaintext EDA per round: {args.model_config} trunk "
+                  f"({figures[0].trunk_parameters / 1e6:.2f} M parameters), {args.dropped} client(s) dropped "
+                  "after sharing keys, threshold n/2 + 1")
+    for column in ("clients", "plaintext EDA (s)", "secure: per client (s)", "secure: server (s)",
+                   "server overhead", "upload MB (secure / plain)", "max |error|"):
+        table.add_column(column, justify="right")
+    for f in figures:
+        table.add_row(str(f.clients), f"{f.plaintext_s:.3f}", f"{f.client_s:.3f}", f"{f.server_s:.3f}",
+                      f"{f.server_s / f.plaintext_s:.1f}x", f"{f.upload_bytes / 1e6:.1f} / {f.plaintext_upload_bytes / 1e6:.1f}",
+                      f"{f.max_error:.1e}")
+    console.print(table)
+    num_layers, num_experts = figures[0].num_layers, figures[0].num_experts
+    privacy = bench_count_privacy(num_layers, num_experts, args.clients[0], [0.01, 0.05, 0.2])
+    table = Table(title=f"what count_privacy costs EDA: weight error vs exact counts ({args.clients[0]} non-iid "
+                  f"clients, {num_layers} layers x {num_experts} experts, 200 draws)")
+    for column in ("count_privacy", "noise std", "mean |Δw|", "max |Δw|"):
+        table.add_column(column, justify="right")
+    for f in privacy:
+        table.add_row(f.privacy, f"{f.noise_std:g}", f"{f.mean_weight_error:.1e}", f"{f.max_weight_error:.1e}")
+    console.print(table)
+    return 0
+
+def _run_ros_tool(executable_name: str, command: str, arguments: list[str]) -> int:
+    """Tools that live with the nodes (they need rclpy) run as their installed executables."""
+    import subprocess
+
+    from fedvla.runner import find_executable
+
+    executable = find_executable("fedvla_ros", executable_name)
+    if executable is None:
+        raise ConfigError(command, f"fedvla_ros/{executable_name} is not installed", "run .ci/setup first")
+    return subprocess.call([str(executable), *arguments])
+
+def cmd_bench_transfer(args: argparse.Namespace) -> int:
+    return _run_ros_tool("federation_bench", "bench transfer", args.bench_arguments)
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    return _run_ros_tool("federation_soak", "soak", args.bench_arguments)
+
+def cmd_bench_iosp(args: argparse.Namespace) -> int:
+    from fedvla.bench.iosp import bench_iosp
+
+    console.print(f"IOSP per frame, offline defaults (simulator segmentation, rule-based targets, box/mask "
+                  f"tokens), {args.task}, {args.frames} frames; cache: detector every {args.every_n} frames")
+    figures = bench_iosp(args.task, args.instruction, frames=args.frames, every_n=args.every_n)
+    table = Table(title="IOSP latency per frame (all cameras), CPU")
+    for column in ("setting", "cache", "detect (ms)", "group (ms)", "select (ms)", "total median (ms)",
+                   "total mean (ms)", "frames/s"):
+        table.add_column(column, justify="right")
+    for f in figures:
+        table.add_row(f.setting, "on" if f.cached else "off", f"{f.stage_ms['detect']:.2f}", f"{f.stage_ms['group']:.2f}",
+                      f"{f.stage_ms['select']:.2f}", f"{f.total_ms:.2f}", f"{f.total_mean_ms:.2f}", f"{f.rate_hz:.0f}")
+    console.print(table)
+    console.print("goal: >= 15 frames/s camera -> tokens")
+    return 0
+
+def cmd_bench_ik(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from fedvla.bench.robot import bench_ik
+
+    console.print(f"IK on the UR3 (urdf/ur3_gripper.urdf, tool frame tcp): {args.tracking_steps} tracking solves "
+                  f"({args.step:g} rad steps), {args.targets} random reachable targets from home")
+    figures = bench_ik(targets=args.targets, tracking_steps=args.tracking_steps, step_rad=args.step)
+    table = Table(title="damped least squares IK with posture prior (one CPU thread)")
+    for column in ("setting", "converged", "median (ms)", "p90 (ms)", "max (ms)", "median iterations"):
+        table.add_column(column, justify="right")
+    for f in figures:
+        table.add_row(f.setting, f"{f.converged}/{f.solves} ({100 * f.rate:.1f} %)", f"{f.percentile_ms(50):.3f}",
+                      f"{f.percentile_ms(90):.3f}", f"{max(f.milliseconds):.3f}", f"{np.median(f.iterations):.0f}")
+    console.print(table)
+    console.print("goals: median <= 1 ms when tracking; >= 99 % converged from home")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser("bench", help="benchmarks that print figures").add_subparsers(
+        dest="bench_command", required=True)
+    policy_bench = bench.add_parser("policy", help="policy step / trunk latency per feed-forward kind")
+    policy_bench.add_argument("--model-config", help="model config file (default: config/model/hpt_small.yaml)")
+    policy_bench.add_argument("--proprio-dim", type=int, default=4)
+    policy_bench.add_argument("--action-dim", type=int, default=4)
+    policy_bench.add_argument("--kinds", nargs="+", default=["dense", "topk", "adamoe", "dgmoe"])
+    policy_bench.add_argument("--repeats", type=int, default=50)
+    policy_bench.add_argument("--train-epochs", type=int, default=10,
+                              help="epochs of training (every kind) on the synthetic task before timing (0: untrained)")
+    policy_bench.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    policy_bench.add_argument("--batch", type=int, default=32,
+                              help="the training-size batch the trunk is also timed at (0: skip)")
+    policy_bench.set_defaults(func=cmd_bench_policy)
+    ik_bench = bench.add_parser("ik", help="IK time per solve while tracking, convergence from home")
+    ik_bench.add_argument("--targets", type=int, default=500)
+    ik_bench.add_argument("--tracking-steps", type=int, default=2000)
+    ik_bench.add_argument("--step", type=float, default=0.01, help="joint-space step between tracking targets (rad)")
+    ik_bench.set_defaults(func=cmd_bench_ik)
+    fed_bench = bench.add_parser("federation", help="EDA aggregation time and upload size")
+    fed_bench.add_argument("--parameters", type=float, default=50e6, help="trunk parameters (default 50e6)")
+    fed_bench.add_argument("--clients", type=int, nargs="+", default=[2, 4, 8, 16])
+    fed_bench.add_argument("--model-configs", nargs="+", default=["tiny", "hpt_small", "hpt_base"])
+    fed_bench.add_argument("--repeats", type=int, default=3)
+    fed_bench.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    fed_bench.set_defaults(func=cmd_bench_federation)
+    secagg_bench = bench.add_parser("secagg", help="secure aggregation (SecAgg) vs plaintext EDA per round")
+    secagg_bench.add_argument("--model-config", default="hpt_small", help="config/model/<name>.yaml (default hpt_small)")
+    secagg_bench.add_argument("--clients", type=int, nargs="+", default=[4, 16])
+    secagg_bench.add_argument("--dropped", type=int, default=1, help="clients that vanish after sharing keys")
+    secagg_bench.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    secagg_bench.set_defaults(func=cmd_bench_secagg)
+    iosp_bench = bench.add_parser("iosp", help="IOSP latency per frame with the offline defaults")
+    iosp_bench.add_argument("--task", default="drawer-close-v3")
+    iosp_bench.add_argument("--instruction", default="push the drawer closed")
+    iosp_bench.add_argument("--frames", type=int, default=30)
+    iosp_bench.add_argument("--every-n", type=int, default=5, help="detector period with the cache on")
+    iosp_bench.set_defaults(func=cmd_bench_iosp)
+    transfer = bench.add_parser("transfer", help="federation upload/fetch throughput over ROS 2 services vs TCP "
+                                "(options: those of federation_bench; --help lists them)", add_help=False)
+    transfer.set_defaults(func=cmd_bench_transfer, passes_options=True)
+    soak = commands.add_parser("soak", help="soak and fault test of the federation on localhost (options: those of "
+                          "federation_soak; --help lists them)", add_help=False)
+    soak.set_defaults(func=cmd_soak, passes_options=True)

@@ -1,0 +1,27 @@
+"""What every command shares: the console, progress bars, bag tables."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedvla.bag import BagSummary
+
+console = Console()
+
+
+def progress_bar() -> Progress:
+    """A counted progress bar (items done of a total) on the console."""
+    return Progress(TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console)
+
+
+def print_bag_summary(summary: BagSummary) -> None:
+    table = Table(title=f"{summary.path} ({summary.storage}, {summary.duration_s:.1f} s)")
+    table.add_column("topic")
+    table.add_column("type")
+    table.add_column("messages", justify="right")
+    table.add_column("rate (Hz)", justify="right")
+    for t in summary.topics:
+        table.add_row(t.name, t.msgtype, str(t.count), f"{t.rate_hz(summary.duration_s):.1f}")
+    console.print(table)

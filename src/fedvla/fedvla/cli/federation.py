@@ -1,0 +1,37 @@
+"""``fedvla federation credentials|report``: the federation's secrets file and its round table."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fedvla.cli.common import console
+from fedvla.config import ConfigError
+
+
+def cmd_federation_credentials(args: argparse.Namespace) -> int:
+    from fedvla.federation.report import generate_credentials
+    from fedvla.federation.protocol import CLIENT_ID_PATTERN
+
+    bad = [c for c in args.client_ids if not CLIENT_ID_PATTERN.match(c)]
+    if bad:
+        raise ConfigError("CLIENT_ID", f"{bad[0]!r} is not a valid client id", "letters, digits, '_' and '-', at most 64")
+    sys.stdout.write(generate_credentials(args.client_ids))
+    return 0
+
+def cmd_federation_report(args: argparse.Namespace) -> int:
+    from fedvla.federation.report import print_federation_report
+
+    print_federation_report(console, Path(args.directory))
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    federation = commands.add_parser("federation", help="federation tools").add_subparsers(
+        dest="federation_command", required=True)
+    credentials = federation.add_parser("credentials", help="print a credentials file with fresh secrets")
+    credentials.add_argument("client_ids", nargs="+", metavar="CLIENT_ID")
+    credentials.set_defaults(func=cmd_federation_credentials)
+    report = federation.add_parser("report", help="round table of a federation directory")
+    report.add_argument("directory", help="the federation_dir (with server/state.json)")
+    report.set_defaults(func=cmd_federation_report)

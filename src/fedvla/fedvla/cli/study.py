@@ -1,0 +1,36 @@
+"""``fedvla study``: the simulation study (collect, federate every method, evaluate in closed loop,
+tables and plots), resumed where an interrupted run stopped."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from fedvla.cli.common import console
+from fedvla.graph import find_config_dir
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from fedvla.sim.study import Study, load_scale
+
+    config_dir = Path(args.config_dir) if args.config_dir else find_config_dir()
+    scale = load_scale(config_dir, args.scale, rounds=args.rounds,
+                       methods=args.methods and tuple(args.methods), device=args.device)
+    output = Path(args.output or Path("runs") / f"study_{args.scale}").resolve()
+    console.rule(f"FedVLA simulation study, scale {scale.name}: {', '.join(scale.methods)} → {output}")
+    Study(config_dir, scale, output).run(command=shlex.join(["fedvla", *sys.argv[1:]]))
+    console.print(f"[green]tables: {output / 'results.md'}; plots: {output / 'success.png'}, "
+                  f"{output / 'validation_loss.png'}, {output / 'experts.png'}")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    study = commands.add_parser("study", help="the simulation study: collect, train every method, evaluate closed "
+                           "loop, tables and plots (resumes an interrupted run)")
+    study.add_argument("--scale", default="smoke", help="config/study/scales/<scale>.yaml: smoke, cpu or paper")
+    study.add_argument("--output", help="study directory (default runs/study_<scale>)")
+    study.add_argument("--methods", nargs="+", help="only these methods (config/study/methods/<name>.yaml)")
+    study.add_argument("--rounds", type=int, help="override the scale's rounds")
+    study.add_argument("--device", help="torch device for training (default auto: CUDA when present)")
+    study.set_defaults(func=cmd_study)
