@@ -151,8 +151,20 @@ def test_mock_hardware_swaps_the_realsense_for_a_simulated_camera(graph) -> None
     assert [n.spec.key for n in mock] == ["camera_realsense_mock", "ur3_driver_mock"]
     assert _parameters_for(mock[0], graph)["backend"] == "sim"
     assert _parameters_for(real[1], graph)["backend"] == "ur_rtde" and _parameters_for(mock[1], graph)["backend"] == "sim"
-    assert real[1].parameter_values["robot_ip"] == "192.168.56.101"
+    assert real[1].parameter_values["robot_ip"] == "192.168.56.101" and not real[1].parameter_values["execute_on_start"]
     assert real[0].parameter_values == {"serial": ""}
+
+
+def test_a_checkpoint_adds_the_policy_to_real_robot_and_the_arm_starts_in_dry_run(graph) -> None:
+    without = [n.spec.key for n in graph.resolve("real_robot", {"launch_rviz": "false"})]
+    nodes = {n.spec.key: n for n in graph.resolve("real_robot", {"launch_rviz": "false", "checkpoint": "/ckpt",
+                                                                  "instruction": "open the drawer"})}
+    assert "policy_robot" not in without and "policy_robot" in nodes
+    assert nodes["policy_robot"].parameter_values == {"checkpoint_path": "/ckpt", "instruction": "open the drawer"}
+    assert _parameters_for(nodes["policy_robot"], graph)["available_cameras"] == ["camera"]  # /camera/camera
+    assert nodes["ur3_driver"].parameter_values["execute_on_start"] is False  # dry run until ~/enable
+    sim_driver = next(n for n in graph.resolve("sim") if n.spec.key == "ur3_driver_sim")
+    assert sim_driver.parameter_values["execute_on_start"] is True  # unattended simulation
 
 
 def test_arguments_bind_to_parameters_with_their_types(graph) -> None:
@@ -196,8 +208,8 @@ def test_bad_profiles_and_arguments_are_clear_errors(graph, profile, overrides, 
 
 def test_graph_validation_catches_mistakes(tmp_path) -> None:
     raw = yaml.safe_load((CONFIG / "graph.yaml").read_text())
-    raw["nodes"]["camera_sim_top"]["if"] = "camera_serial"  # a string argument as a condition
-    with pytest.raises(GraphError, match="condition argument 'camera_serial' is not of type bool"):
+    raw["nodes"]["camera_sim_top"]["if"] = "rounds"  # a number as a condition
+    with pytest.raises(GraphError, match="condition argument 'rounds' is of type int"):
         Graph(raw, CONFIG)
     raw = yaml.safe_load((CONFIG / "graph.yaml").read_text())
     raw["profiles"]["sim"]["nodes"].append("camera_typo")

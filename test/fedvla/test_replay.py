@@ -85,7 +85,7 @@ def test_replay_aligns_each_chunk_with_the_recorded_actions(tmp_path) -> None:
 
 def test_a_trained_checkpoint_replays_into_a_report(tmp_path) -> None:
     from fedvla.data.synthetic import SquareReachDataset
-    from fedvla.model.checkpoint import save_checkpoint, seeded_policy
+    from fedvla.model.checkpoint import CheckpointError, save_checkpoint, seeded_policy
     from fedvla.model.config import PolicyConfig
     from fedvla.app.policy_runtime import PolicyRuntime, PolicyRuntimeConfig
 
@@ -102,6 +102,8 @@ def test_a_trained_checkpoint_replays_into_a_report(tmp_path) -> None:
     np.testing.assert_allclose(record.predicted[2], again.chunk, rtol=1e-5, atol=1e-6)
 
     metrics = write_replay_report(tmp_path / "report", record, title="Replay test", details={"bag": str(bag)})
+    with pytest.raises(CheckpointError, match=r"the checkpoint sees cameras \['corner', 'top'\]; this robot has \['camera'\]"):
+        PolicyRuntime(PolicyRuntimeConfig(checkpoint_path=str(tmp_path / "ckpt"), available_cameras=("camera",)))
     assert metrics.steps == 6 and metrics.horizon == tiny.horizon and metrics.latency_ms["median"] > 0
     report = (tmp_path / "report" / "replay.md").read_text()
     assert "| action_1 |" in report and "Latency per policy step" in report

@@ -1,4 +1,5 @@
-"""The ur3_driver node on the simulated arm: action chunks move the tool, state, TF, the robot
+"""The ur3_driver node on the simulated arm: in dry run chunks are planned and shown, nothing
+moves; once enabled, action chunks move the tool, state, TF, the robot
 description, the planned path and diagnostics are published, stale input stops the arm, the stop
 and recover services answer; an unreachable robot is reported, not fatal; bad settings exit 2."""
 import time
@@ -16,7 +17,7 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
-from std_srvs.srv import Trigger  # noqa: E402
+from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from visualization_msgs.msg import Marker  # noqa: E402
 
 from fedvla import topics  # noqa: E402
@@ -46,10 +47,10 @@ def diagnostics(context, predicate, timeout_s=20.0):
     raise AssertionError("no matching diagnostics")
 
 
-def call(node, executor, service, timeout_s=10.0):
-    client = node.create_client(Trigger, service)
+def call(node, executor, service, timeout_s=10.0, kind=Trigger, **request):
+    client = node.create_client(kind, service)
     assert client.wait_for_service(timeout_sec=timeout_s), f"{service} not available"
-    future = client.call_async(Trigger.Request())
+    future = client.call_async(kind.Request(**request))
     executor.spin_until_future_complete(future, timeout_sec=timeout_s)
     return future.result()
 
@@ -71,6 +72,17 @@ def test_chunks_move_the_simulated_arm_and_the_state_is_published(rclpy_context)
                                    qos=RELIABLE)[0]
         diagnostics(rclpy_context, lambda s: "idle" in s.message)
 
+        # Dry run (the default): chunks are planned and shown, the arm does not move.
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            publisher.publish(chunk([[0.0, 1.0, 0.0, 1.0]] * 8))
+            executor.spin_once(timeout_sec=0.1)
+        dry = diagnostics(rclpy_context, lambda s: True)
+        held = wait_for_messages(rclpy_context, topics.node_topic(DRIVER, topics.TOOL_POSE), PoseStamped,
+                                 qos=RELIABLE)[0]
+        planned_in_dry_run = [m for m in paths if m.action == Marker.ADD]
+        enabled = call(node, executor, f"{DRIVER}/{topics.ENABLE_SERVICE}", kind=SetBool, data=True)
+
         deadline = time.monotonic() + 2.5  # +y and closed, at the policy's pace
         while time.monotonic() < deadline:
             publisher.publish(chunk([[0.0, 1.0, 0.0, 1.0]] * 8))
@@ -90,6 +102,9 @@ def test_chunks_move_the_simulated_arm_and_the_state_is_published(rclpy_context)
         node.destroy_node()
         _, err = stop_process(driver)
     assert driver.returncode == 0, err
+    assert {v.key: v.value for v in dry.values}["execution"] == "dry run"
+    assert planned_in_dry_run and abs(held.pose.position.y - before.pose.position.y) < 1e-4  # shown, not moved
+    assert enabled.success and enabled.message.startswith("enabled")
     assert "<robot" in description.data and 'name="shoulder_pan_joint"' in description.data
     assert any(s.message == "tracking" and s.hardware_id == "simulated" for s in statuses)
     drawn = [m for m in paths if m.action == Marker.ADD]
@@ -133,6 +148,8 @@ def test_an_unreachable_robot_is_reported_not_fatal(rclpy_context) -> None:
      "ur3_driver: error: gripper_output: 'tool:7' is not a digital output (allowed: 'standard:0'..'standard:7', "
      "'configurable:0'..'configurable:7', 'tool:0', 'tool:1' or 'none')"),
     ({"velocity_scale": 3.0}, "ur3_driver: error: velocity_scale:"),
+    ({"operator_heartbeat_topic": "/deadman"}, "ur3_driver: error: operator_heartbeat_topic: an operator heartbeat "
+     "needs both its topic and operator_heartbeat_timeout_s"),
 ])
 def test_bad_settings_exit_2_with_one_line(parameters, message) -> None:
     process = start_node("fedvla_ros", "ur3_driver", name="ur3_driver_bad", parameters=parameters)
@@ -151,7 +168,8 @@ def test_object_frame_actions_follow_the_located_object(rclpy_context) -> None:
                                     "action_frame": "object", "object_position_topic": "/test/target_position",
                                     # tool down, yawed as at the home pose: positions alone move it
                                     "default_orientation_rpy": [np.pi, 0.0, -np.pi / 2],
-                                    "execute_steps": 20, "stale_timeout_s": 3.0})  # one 2 s chunk, all of it
+                                    "execute_steps": 20, "stale_timeout_s": 3.0,  # one 2 s chunk, all of it
+                                    "execute_on_start": True})
     node = rclpy.create_node("object_test", context=rclpy_context)
     executor = SingleThreadedExecutor(context=rclpy_context)
     executor.add_node(node)

@@ -15,7 +15,8 @@ File layout::
                           #   ({parameter: argument}, or a string template such as
                           #   "{run_dir}/robot_a" built from arguments), remappings? ([[from, to]]),
                           #   arguments? (command-line arguments; "{config}" = the config dir),
-                          #   if? / unless? (a boolean argument that switches the node),
+                          #   if? / unless? (an argument that switches the node: a bool, or a
+                          #   string, which is on when not empty, as ``checkpoint``),
                           #   ends_launch? (true: when this node exits, the whole launch ends)}
     profiles:             # profile -> {description, nodes: [keys], argument_defaults?}
 """
@@ -34,6 +35,7 @@ from fedvla.config import ConfigError
 GRAPH_FILE = "graph.yaml"
 _ARG_TYPES = {"string": str, "bool": bool, "int": int, "float": float}
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+CONDITION_TYPES = ("bool", "string")  # a string condition is on when not empty
 
 
 class GraphError(ConfigError):
@@ -236,8 +238,9 @@ class Graph:
             if arg not in self.arguments:
                 raise GraphError(where, f"uses undeclared launch argument {arg!r}", ", ".join(self.arguments))
         for arg in filter(None, (node.if_argument, node.unless_argument)):
-            if self.arguments[arg].type != "bool":
-                raise GraphError(where, f"condition argument {arg!r} is not of type bool", "a bool argument")
+            if self.arguments[arg].type not in CONDITION_TYPES:
+                raise GraphError(where, f"condition argument {arg!r} is of type {self.arguments[arg].type}",
+                                 "a bool argument, or a string one (on when not empty)")
         return node
 
 

@@ -68,6 +68,7 @@ DIAGNOSTICS = "/diagnostics"
 TOOL_POSE = "tool_pose"
 PLANNED_PATH = "planned_path"
 RECOVER_SERVICE = "recover"
+ENABLE_SERVICE = "enable"  # std_srvs/SetBool: execute chunks (true) or dry run (false)
 STOP_SERVICE = "stop"
 UR3_DRIVER_NODE = "/ur3_driver"
 

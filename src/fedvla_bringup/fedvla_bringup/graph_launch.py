@@ -21,7 +21,7 @@ from ament_index_python.packages import PackageNotFoundError, get_package_prefix
 from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, Shutdown
 from launch.conditions import IfCondition, UnlessCondition
-from launch.substitutions import LaunchConfiguration, TextSubstitution
+from launch.substitutions import LaunchConfiguration, NotEqualsSubstitution, TextSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
@@ -49,11 +49,18 @@ def _bound_parameter(binding: str, arg_types: dict[str, str]) -> ParameterValue:
     return ParameterValue(pieces, value_type=str)
 
 
-def _condition(node: NodeSpec) -> IfCondition | UnlessCondition | None:
+def _switch(argument: str, arg_types: dict[str, str]):
+    """"true"/"false" of a condition argument: a bool as it is, a string when not empty."""
+    if arg_types[argument] == "bool":
+        return LaunchConfiguration(argument)
+    return NotEqualsSubstitution(LaunchConfiguration(argument), "")
+
+
+def _condition(node: NodeSpec, arg_types: dict[str, str]) -> IfCondition | UnlessCondition | None:
     if node.if_argument:
-        return IfCondition(LaunchConfiguration(node.if_argument))
+        return IfCondition(_switch(node.if_argument, arg_types))
     if node.unless_argument:
-        return UnlessCondition(LaunchConfiguration(node.unless_argument))
+        return UnlessCondition(_switch(node.unless_argument, arg_types))
     return None
 
 
@@ -65,7 +72,7 @@ def package_installed(package: str) -> bool:
     return True
 
 
-def _warn_not_installed(node: NodeSpec) -> OpaqueFunction:
+def _warn_not_installed(node: NodeSpec, arg_types: dict[str, str]) -> OpaqueFunction:
     switch = f"; {node.if_argument}:=false silences this" if node.if_argument else ""
 
     def warn(context: LaunchContext) -> None:
@@ -73,17 +80,17 @@ def _warn_not_installed(node: NodeSpec) -> OpaqueFunction:
             f"{node.fully_qualified_name} does not start: {node.package} is not installed (it needs a full ROS 2 "
             f"install or the docker image); the rest of the profile runs{switch}")
 
-    return OpaqueFunction(function=warn, condition=_condition(node))
+    return OpaqueFunction(function=warn, condition=_condition(node, arg_types))
 
 
 def node_action(node: NodeSpec, graph: Graph, arg_types: dict[str, str]) -> Node | OpaqueFunction:
     if node.package in OPTIONAL_PACKAGES and not package_installed(node.package):
-        return _warn_not_installed(node)
+        return _warn_not_installed(node, arg_types)
     parameters: list = [str(graph.config_dir / f) for f in node.parameters]
     bound = {param: _bound_parameter(binding, arg_types) for param, binding in node.argument_parameters}
     if bound:
         parameters.append(bound)
-    condition = _condition(node)
+    condition = _condition(node, arg_types)
     return Node(
         package=node.package,
         executable=node.executable,

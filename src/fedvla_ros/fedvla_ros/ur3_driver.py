@@ -17,8 +17,12 @@ line strip, latched); at 1 Hz ``/diagnostics`` (mode, fault, refused chunks, loo
 ``tf2_msgs`` is importable (any ROS 2 install): it is not on PyPI, so a pip-only install publishes the rest
 and says so once at startup.
 
-Services (std_srvs/Trigger): ``~/recover`` leaves a fault after the operator cleared its cause
-(unlocks a protective stop, restarts the control script); ``~/stop`` brakes and drops the trajectory.
+Execution starts in dry run unless ``execute_on_start``: chunks are planned, checked and shown on
+``~/planned_path``, nothing moves. Services: ``~/enable`` (std_srvs/SetBool) starts execution
+(true) or brakes and returns to dry run (false); with ``operator_heartbeat_topic`` (std_msgs/Bool,
+a deadman switch) execution also stops once it is stale or released. ``~/recover``
+(std_srvs/Trigger) leaves a fault after the operator cleared its cause (unlocks a protective stop,
+restarts the control script); ``~/stop`` (Trigger) brakes and drops the trajectory.
 Parameters: the fields of ``fedvla.robot.runtime.DRIVER_CONFIG_CLASSES`` (driver, safety limits,
 retargeting, servoJ settings, chunk execution).
 """
@@ -30,13 +34,14 @@ from geometry_msgs.msg import PointStamped, PoseStamped
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState
-from std_msgs.msg import String
-from std_srvs.srv import Trigger
+from std_msgs.msg import Bool, String
+from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import Marker
 
 from fedvla import topics
 from fedvla.data.messages import parse_action_chunk
 from fedvla.robot.backends import BackendError
+from fedvla.robot.controller import ExecutionRefused
 from fedvla.robot.runtime import DRIVER_CONFIG_CLASSES, ArmRuntime
 from fedvla_interfaces.msg import ActionChunk
 from fedvla_ros.conversions import diagnostics_msg, fill_pose, matrix_from_pose, path_marker, transforms
@@ -77,13 +82,18 @@ class Ur3DriverNode(Node):
             self.create_subscription(PointStamped, driver.object_position_topic, self._on_object_position, 10)
         self.create_service(Trigger, topics.private_topic(topics.RECOVER_SERVICE), self._on_recover)
         self.create_service(Trigger, topics.private_topic(topics.STOP_SERVICE), self._on_stop)
+        self.create_service(SetBool, topics.private_topic(topics.ENABLE_SERVICE), self._on_enable)
+        if driver.operator_heartbeat_topic:
+            self.create_subscription(Bool, driver.operator_heartbeat_topic,
+                                     lambda msg: self.runtime.operator_heartbeat(bool(msg.data)), 10)
         self.create_timer(1.0 / driver.state_rate_hz, self._publish_state)
         self.create_timer(1.0, self._publish_diagnostics)
         self._last_path: np.ndarray | None = None
         self.runtime.start()
         where = driver.robot_ip if driver.backend.value == "ur_rtde" else "simulated arm"
         self.get_logger().info(f"{driver.ur_type} ({where}) at {driver.control_rate_hz:g} Hz; actions from "
-                               f"{driver.action_topic}")
+                               f"{driver.action_topic}; " + ("executing them" if self.runtime.controller.enabled else
+                               f"dry run: chunks are planned and shown, not executed, until {self.get_name()}/enable"))
 
     def destroy_node(self) -> None:
         self.runtime.close()
@@ -117,6 +127,15 @@ class Ur3DriverNode(Node):
 
     def _on_stop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         return self._trigger(response, lambda: self.runtime.stop() or "stopped")
+
+    def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        try:
+            response.message = self.runtime.enable() if request.data else self.runtime.disable()
+            response.success = True
+        except ExecutionRefused as err:
+            response.success, response.message = False, str(err)
+        self.get_logger().warning(f"enable {request.data}: {response.message}")
+        return response
 
     @staticmethod
     def _trigger(response: Trigger.Response, action) -> Trigger.Response:

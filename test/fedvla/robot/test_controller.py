@@ -8,7 +8,7 @@ import pytest
 pin = pytest.importorskip("pinocchio")
 
 from fedvla.robot.backends import BackendError, SafetyStatus, SimulatedArm  # noqa: E402
-from fedvla.robot.controller import ArmController, ArmMode, ControllerConfig  # noqa: E402
+from fedvla.robot.controller import ArmController, ArmMode, ControllerConfig, ExecutionRefused  # noqa: E402
 from fedvla.robot.ik import IkConfig, IkSolver  # noqa: E402
 from fedvla.robot.kinematics import HOME_Q, ArmKinematics  # noqa: E402
 from fedvla.robot.retarget import RetargetConfig, Retargeter, hand_in_object, robot_target  # noqa: E402
@@ -23,11 +23,13 @@ def kinematics():
     return ArmKinematics()
 
 
-def make(kinematics, **safety):
+def make(kinematics, execution: dict | None = None, **safety):
+    """Executing from the start unless ``execution`` says otherwise (ControllerConfig fields)."""
     arm = SimulatedArm(PERIOD, START)
     guard = SafetyGuard(kinematics, SafetyConfig(**safety))
+    config = ControllerConfig(**({"execute_steps": 4, "execute_on_start": True} | (execution or {})))
     controller = ArmController(arm, guard, IkSolver(kinematics, IkConfig(restarts=0)), Retargeter(RetargetConfig()),
-                               ControllerConfig(execute_steps=4))
+                               config)
     controller.step(0.0)  # connects
     assert controller.mode is ArmMode.IDLE
     return arm, guard, controller
@@ -70,6 +72,61 @@ def test_a_chunk_moves_the_tool_by_the_actions_steps(kinematics) -> None:
     np.testing.assert_allclose(moved, [0.04, 0.0, 0.0], atol=2e-4)
     np.testing.assert_allclose(kinematics.fk(arm.q).rotation, kinematics.fk(START).rotation, atol=1e-3)
     assert_within_limits(arm, guard, kinematics)
+
+
+def test_in_dry_run_chunks_are_planned_and_checked_but_nothing_moves(kinematics) -> None:
+    arm, _, controller = make(kinematics, execution={"execute_on_start": False}, stale_timeout_s=0.3)
+    chunk = np.array([[1.0, 0.0, 0.0, 1.0]] * 4)
+    assert controller.submit_chunk(chunk, 0.1, 0.0) is None
+    assert controller.trajectory is not None and controller.mode is ArmMode.IDLE  # planned, shown, held
+    assert controller.submit_chunk(np.array([[np.nan, 0, 0, 0]]), 0.1, 0.0) == Violation.NOT_FINITE  # still checked
+    t = run(arm, controller, 0.0, 0.2)
+    assert servo_commands(arm) == [] and np.allclose(arm.q, START) and not arm.gripper_closed
+    run(arm, controller, t, 0.2)
+    assert controller.trajectory is None  # a stale plan is no longer shown
+    # Enabled, the next chunk moves the arm; the plan made in dry run is not executed.
+    assert controller.submit_chunk(chunk, 0.1, 0.4) is None
+    assert controller.enable(0.4).startswith("enabled") and controller.trajectory is None
+    assert controller.submit_chunk(chunk, 0.1, 0.41) is None and controller.mode is ArmMode.TRACKING
+    run(arm, controller, 0.41, 0.2)
+    assert servo_commands(arm) and all(time >= 0.4 - 1e-9 for time, _ in servo_commands(arm))  # (the arm's clock)
+
+
+def test_revoking_enable_brakes_and_holds(kinematics) -> None:
+    arm, _, controller = make(kinematics, stale_timeout_s=5.0)
+    controller.submit_chunk(np.array([[2.0, 0.0, 0.0, -1.0]] * 4), 0.1, 0.0)
+    t = run(arm, controller, 0.0, 0.15)
+    assert controller.disable("operator").startswith("dry run")
+    stops = [time for time, kind, _ in arm.commands if kind == "servo_stop"]
+    streamed = len(servo_commands(arm))
+    assert len(stops) == 1 and controller.mode is ArmMode.IDLE and not controller.enabled
+    controller.submit_chunk(np.array([[2.0, 0.0, 0.0, -1.0]] * 4), 0.1, t)
+    run(arm, controller, t, 0.3)
+    assert len(servo_commands(arm)) == streamed and not np.any(arm.qd)  # planned, never sent
+
+
+def test_a_stale_operator_heartbeat_stops_execution_until_enabled_again(kinematics) -> None:
+    arm, _, controller = make(kinematics, execution={"execute_on_start": False, "operator_heartbeat_timeout_s": 0.1},
+                              stale_timeout_s=5.0)
+    with pytest.raises(ExecutionRefused, match="no operator heartbeat"):
+        controller.enable(0.0)
+    controller.operator_heartbeat(0.0, alive=True)
+    controller.enable(0.0)
+    controller.submit_chunk(np.array([[2.0, 0.0, 0.0, -1.0]] * 4), 0.1, 0.0)
+    t = 0.0
+    for _ in range(10):  # the operator holds the switch for 80 ms, then lets go of it
+        controller.operator_heartbeat(t, alive=True)
+        t = run(arm, controller, t, PERIOD)
+    assert controller.enabled and servo_commands(arm)
+    t = run(arm, controller, t, 0.15)
+    stops = [time for time, kind, _ in arm.commands if kind == "servo_stop"]
+    assert not controller.enabled and len(stops) == 1 and stops[0] <= 0.08 + 0.1 + 2 * PERIOD
+    controller.operator_heartbeat(t, alive=True)  # back, but execution waits for an explicit enable
+    controller.submit_chunk(np.array([[2.0, 0.0, 0.0, -1.0]] * 4), 0.1, t)
+    assert controller.mode is ArmMode.IDLE
+    controller.operator_heartbeat(t, alive=False)  # released: refused at once
+    with pytest.raises(ExecutionRefused):
+        controller.enable(t)
 
 
 @pytest.mark.parametrize(("action", "reason"), [

@@ -41,7 +41,7 @@ class Runtime:
         self.arm = UrRtdeArm(UrRtdeConfig(robot_ip=host, **arm))
         self.guard = SafetyGuard(kinematics, SafetyConfig())
         self.controller = ArmController(self.arm, self.guard, IkSolver(kinematics, IkConfig(restarts=0)),
-                                        Retargeter(RetargetConfig()), ControllerConfig(execute_steps=4,
+                                        Retargeter(RetargetConfig()), ControllerConfig(execute_steps=4, execute_on_start=True,
                                                                                        reconnect_period_s=0.2))
         self.started = time.monotonic()
 

@@ -26,6 +26,7 @@ class PolicyRuntimeConfig:
     proprio_joint_names: tuple[str, ...] = ()  # JointState names in proprio order; empty: the first ones
     max_input_age_s: float = 0.5  # older camera/proprio inputs are stale: no step
     expected_action_dim: int = 0  # 0: whatever the checkpoint predicts
+    available_cameras: tuple[str, ...] = ()  # the cameras this robot has (/camera/<name>/...); empty: no check
     language_model_path: str = ""  # sentence-transformers model; empty: the bundled MiniLM
     device: str = "cpu"
 
@@ -37,6 +38,7 @@ class PolicyRuntimeConfig:
         require_positive(self.max_input_age_s, "max_input_age_s")
         require(self.expected_action_dim >= 0, "expected_action_dim", "must not be negative", "0 or the robot's action size")
         self.proprio_joint_names = tuple(self.proprio_joint_names)
+        self.available_cameras = tuple(self.available_cameras)
 
 
 @dataclasses.dataclass
@@ -57,6 +59,11 @@ class PolicyRuntime:
         self.policy = load_checkpoint(Path(config.checkpoint_path).expanduser(),
                                       action_dim=config.expected_action_dim or None).to(config.device)
         self.model_config = self.policy.config
+        missing = [c for c in self.model_config.camera_names if c not in config.available_cameras]
+        if config.available_cameras and missing:
+            raise CheckpointError(f"the checkpoint sees cameras {list(self.model_config.camera_names)}; this robot has "
+                                  f"{list(config.available_cameras)} (no {', '.join(missing)}): use a checkpoint "
+                                  "trained with this robot's camera names")
         if self.config.proprio_joint_names and len(self.config.proprio_joint_names) != self.model_config.proprio_dim:
             raise CheckpointError(f"proprio_joint_names has {len(self.config.proprio_joint_names)} joints, the "
                                   f"checkpoint expects proprio_dim={self.model_config.proprio_dim}")

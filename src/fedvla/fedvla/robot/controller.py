@@ -19,6 +19,13 @@ per controller period (time is passed in, so tests run it on simulated time).
   driver's ``~/recover`` service): that unlocks a protective stop, restarts the program, and
   resynchronises on the measured joints. Emergency and safeguard stops are released on the robot
   first; recover() refuses while they last.
+* Dry run until enabled: a policy never moves the arm by surprise. Unless ``execute_on_start``,
+  chunks are planned and checked (and refused, and shown as the planned path) exactly as when
+  executing, but nothing is streamed: the arm holds. :meth:`enable` (the driver's ``~/enable``
+  service) starts execution with the next chunk; :meth:`disable` brakes with servoStop and holds.
+  With ``operator_heartbeat_timeout_s`` > 0 an operator's heartbeat (a deadman switch) must keep
+  arriving: once it is older than that, or reports released, execution is disabled the same way
+  and stays disabled until enabled again.
 * A dropped connection: ``DISCONNECTED``, reconnect attempts every ``reconnect_period_s``; after
   reconnecting the setpoint restarts from the measured joints and every chunk received before the
   drop is discarded, so no stale command is ever sent.
@@ -52,10 +59,14 @@ class ArmMode(str, enum.Enum):
 class ControllerConfig:
     execute_steps: int = 4  # actions of each chunk executed (the policy's execute_steps)
     reconnect_period_s: float = 1.0
+    execute_on_start: bool = False  # False: dry run (plan, check, show) until enable() (module docstring)
+    operator_heartbeat_timeout_s: float = 0.0  # > 0: execution needs an operator heartbeat this fresh
 
     def __post_init__(self) -> None:
         require(self.execute_steps >= 1, "execute_steps", f"must be at least 1, got {self.execute_steps}")
         require_positive(self.reconnect_period_s, "reconnect_period_s")
+        require(self.operator_heartbeat_timeout_s >= 0, "operator_heartbeat_timeout_s",
+                f"is negative ({self.operator_heartbeat_timeout_s})", "0 (no heartbeat) or a timeout in seconds")
 
 
 @dataclasses.dataclass
@@ -95,6 +106,8 @@ class ArmController:
         self._last_chunk_s: float | None = None
         self._stopped = True  # servoStop sent, nothing streaming
         self._next_reconnect_s = -np.inf
+        self.enabled = self.config.execute_on_start  # False: dry run
+        self._heartbeat_s: float | None = None  # when the operator's heartbeat last said "alive"
 
     # Inputs ---------------------------------------------------------------------------------
     def submit_chunk(self, actions: np.ndarray, step_period_s: float, received_s: float) -> Violation | str | None:
@@ -131,9 +144,42 @@ class ArmController:
             grippers.append(closed)
         self.trajectory = Trajectory(received_s, step_period_s, np.stack(waypoints), grippers)
         self._last_chunk_s = received_s
-        if self.mode is ArmMode.IDLE:
+        if self.mode is ArmMode.IDLE and self.enabled:
             self.mode = ArmMode.TRACKING
         return None
+
+    def enable(self, now_s: float) -> str:
+        """Start executing chunks (from the next one: a plan made in dry run is not executed).
+        Raises :class:`ExecutionRefused` while a required operator heartbeat is missing."""
+        if self.config.operator_heartbeat_timeout_s > 0 and not self._heartbeat_fresh(now_s):
+            raise ExecutionRefused(f"no operator heartbeat in the last {self.config.operator_heartbeat_timeout_s:g} s: "
+                                   "hold the deadman switch, then enable")
+        if self.enabled:
+            return "already enabled"
+        self.enabled, self.trajectory = True, None
+        log.info("execution enabled: the next action chunk moves the arm")
+        return "enabled: the next action chunk moves the arm"
+
+    def disable(self, why: str = "disabled") -> str:
+        """Stop executing: brake (servoStop), drop the trajectory, plan in dry run from now on."""
+        was = self.enabled
+        self.enabled = False
+        self.request_stop()
+        if was:
+            log.warning("execution disabled (%s): the arm holds; chunks are planned and shown, not executed", why)
+        return f"dry run ({why})"
+
+    def operator_heartbeat(self, now_s: float, alive: bool) -> None:
+        """The operator's deadman switch: pressed (alive) or released."""
+        if alive:
+            self._heartbeat_s = now_s
+        else:
+            self._heartbeat_s = None
+            if self.enabled:
+                self.disable("operator heartbeat released")
+
+    def _heartbeat_fresh(self, now_s: float) -> bool:
+        return self._heartbeat_s is not None and now_s - self._heartbeat_s <= self.config.operator_heartbeat_timeout_s
 
     def recover(self) -> str:
         """Leave FAULT after the operator fixed the cause: unlock a protective stop, resynchronise
@@ -181,6 +227,10 @@ class ArmController:
                 self.fault_reason = problem
                 log.error("arm fault: %s; call recover once the cause is cleared", problem)
             return
+        if self.enabled and self.config.operator_heartbeat_timeout_s > 0 and not self._heartbeat_fresh(now_s):
+            self.disable("operator heartbeat stale")
+        if not self.enabled:
+            self._drop_stale_plan(now_s)
         if self.mode is not ArmMode.TRACKING or self.trajectory is None or not self._stream(state, now_s):
             self._kick_watchdog()  # holding: nothing else tells the controller the driver is alive
 
@@ -210,6 +260,11 @@ class ArmController:
         except BackendError as err:
             self._disconnected(str(err))
         return True
+
+    def _drop_stale_plan(self, now_s: float) -> None:
+        """Dry run: a planned (shown) trajectory goes away once its chunk is stale, as it would stop."""
+        if self.trajectory is not None and now_s - self._last_chunk_s > self.guard.config.stale_timeout_s:
+            self.trajectory = None
 
     def _kick_watchdog(self) -> None:
         try:
@@ -268,6 +323,10 @@ class ArmController:
         self.mode = ArmMode.IDLE if problem is None else ArmMode.FAULT
         self.fault_reason = problem or ""
         log.info("arm connected (%s)", self.mode.value)
+
+
+class ExecutionRefused(RuntimeError):
+    """Execution cannot be enabled now (the reason says what is missing)."""
 
 
 def _stopped_reason(state: ArmState) -> str | None:

@@ -51,6 +51,9 @@ class ArmDriverConfig:
     # geometry_msgs/PointStamped of the object, e.g. the scene parser's ~/target_position: a position
     # without orientation, so the object's axes are taken parallel to base_link; empty: none
     object_position_topic: str = ""
+    # std_msgs/Bool of the operator's deadman switch (true: held); empty: none. Needs the
+    # controller's operator_heartbeat_timeout_s, and the other way round.
+    operator_heartbeat_topic: str = ""
     state_rate_hz: float = 50.0  # /joint_states, tool pose and /tf
     ik_restarts: int = 0  # random restarts when warm-started IK fails (0: fail fast, the chunk is refused)
 
@@ -81,6 +84,7 @@ class ArmSnapshot:
     refused: dict[str, int]
     cycles: int
     overruns: int  # control periods that took longer than the period
+    enabled: bool = False  # executing chunks (False: dry run)
 
     @property
     def healthy(self) -> bool:
@@ -91,7 +95,8 @@ class ArmSnapshot:
 
     def diagnostic_values(self, control_rate_hz: float) -> dict[str, str]:
         """The driver's diagnostics as key/value strings (refused chunks counted per reason)."""
-        return {"mode": self.mode.value, "control_rate_hz": f"{control_rate_hz:g}", "control_cycles": str(self.cycles),
+        return {"mode": self.mode.value, "execution": "enabled" if self.enabled else "dry run",
+                "control_rate_hz": f"{control_rate_hz:g}", "control_cycles": str(self.cycles),
                 "control_overruns": str(self.overruns),
                 **{f"refused_chunks.{reason}": str(n) for reason, n in sorted(self.refused.items())}}
 
@@ -127,12 +132,17 @@ class ArmRuntime:
                  retarget: RetargetConfig | None = None, servo: ServoSettings | None = None,
                  controller: ControllerConfig | None = None, backend: ArmBackend | None = None) -> None:
         self.config = driver
+        controller = controller or ControllerConfig()
+        if bool(driver.operator_heartbeat_topic) != (controller.operator_heartbeat_timeout_s > 0):
+            raise ConfigError("operator_heartbeat_topic", "an operator heartbeat needs both its topic and "
+                              f"operator_heartbeat_timeout_s (got {driver.operator_heartbeat_topic!r} and "
+                              f"{controller.operator_heartbeat_timeout_s:g} s)", "both set, or neither")
         self.kinematics = ArmKinematics(driver.urdf_path or None)
         self.backend = backend or make_backend(driver)
         guard = SafetyGuard(self.kinematics, safety or SafetyConfig())
         ik = IkSolver(self.kinematics, IkConfig(restarts=driver.ik_restarts))
         self.controller = ArmController(self.backend, guard, ik, Retargeter(retarget or RetargetConfig()),
-                                        controller or ControllerConfig(), servo or ServoSettings())
+                                        controller, servo or ServoSettings())
         self._lock = threading.Lock()
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
@@ -206,6 +216,19 @@ class ArmRuntime:
                               f"{self.kinematics.base_frame} or a link such as camera_color_optical_frame")
         return poses[frame]
 
+    def enable(self) -> str:
+        """Start executing chunks (the driver's ~/enable); ExecutionRefused says why not."""
+        with self._lock:
+            return self.controller.enable(time.monotonic())
+
+    def disable(self, why: str = "disabled by the operator") -> str:
+        with self._lock:
+            return self.controller.disable(why)
+
+    def operator_heartbeat(self, alive: bool) -> None:
+        with self._lock:
+            self.controller.operator_heartbeat(time.monotonic(), alive)
+
     def recover(self) -> str:
         with self._lock:
             return self.controller.recover()
@@ -229,4 +252,5 @@ class ArmRuntime:
                                measured_q=None if c.measured_q is None else c.measured_q.copy(),
                                gripper_closed=c.gripper_closed,
                                planned_q=None if trajectory is None else trajectory.waypoints.copy(),
-                               refused=dict(c.refused), cycles=self._cycles, overruns=self._overruns)
+                               refused=dict(c.refused), cycles=self._cycles, overruns=self._overruns,
+                               enabled=c.enabled)
