@@ -129,6 +129,29 @@ def test_no_node_file_imports_another_node_file() -> None:
     assert offenders == []
 
 
+def test_every_import_of_our_own_modules_resolves() -> None:
+    """Lazy imports (inside functions) run only when their command does: a module moved or
+    renamed must not leave one behind."""
+    import importlib.util
+
+    unresolved = []
+    for root, prefix in ((CORE, "fedvla"), (NODES, "fedvla_ros")):
+        for path in sorted(root.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                        and node.module.split(".")[0] in ("fedvla", "fedvla_ros")):
+                    continue
+                try:
+                    module = importlib.import_module(node.module)
+                except ImportError as err:
+                    unresolved.append(f"{path.relative_to(SRC)}: {node.module} ({err})")
+                    continue
+                for alias in node.names:
+                    if not hasattr(module, alias.name) and importlib.util.find_spec(f"{node.module}.{alias.name}") is None:
+                        unresolved.append(f"{path.relative_to(SRC)}: {node.module}.{alias.name}")
+    assert unresolved == []
+
+
 def test_the_checker_sees_an_upward_import(tmp_path) -> None:
     """The scan itself: a lazy upward import inside a function is found."""
     source = tmp_path / "m.py"

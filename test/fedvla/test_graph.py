@@ -163,6 +163,7 @@ def test_a_checkpoint_adds_the_policy_to_real_robot_and_the_arm_starts_in_dry_ru
     assert nodes["policy_robot"].parameter_values == {"checkpoint_path": "/ckpt", "instruction": "open the drawer"}
     assert _parameters_for(nodes["policy_robot"], graph)["available_cameras"] == ["camera"]  # /camera/camera
     assert nodes["ur3_driver"].parameter_values["execute_on_start"] is False  # dry run until ~/enable
+    assert nodes["ur3_driver"].parameter_values["checkpoint_path"] == "/ckpt"  # its action space is checked
     sim_driver = next(n for n in graph.resolve("sim") if n.spec.key == "ur3_driver_sim")
     assert sim_driver.parameter_values["execute_on_start"] is True  # unattended simulation
 

@@ -148,6 +148,8 @@ def test_an_unreachable_robot_is_reported_not_fatal(rclpy_context) -> None:
      "ur3_driver: error: gripper_output: 'tool:7' is not a digital output (allowed: 'standard:0'..'standard:7', "
      "'configurable:0'..'configurable:7', 'tool:0', 'tool:1' or 'none')"),
     ({"velocity_scale": 3.0}, "ur3_driver: error: velocity_scale:"),
+    ({"checkpoint_path": "/nonexistent/checkpoint"}, "ur3_driver: error: checkpoint_path: /nonexistent/checkpoint is "
+     "not a checkpoint: config.json is missing"),
     ({"operator_heartbeat_topic": "/deadman"}, "ur3_driver: error: operator_heartbeat_topic: an operator heartbeat "
      "needs both its topic and operator_heartbeat_timeout_s"),
 ])

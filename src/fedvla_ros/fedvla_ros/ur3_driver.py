@@ -39,6 +39,7 @@ from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import Marker
 
 from fedvla import topics
+from fedvla.app.arm import checked_action_space
 from fedvla.data.messages import parse_action_chunk
 from fedvla.robot.backends import BackendError
 from fedvla.robot.controller import ExecutionRefused
@@ -61,8 +62,11 @@ class Ur3DriverNode(Node):
     def __init__(self) -> None:
         super().__init__("ur3_driver")
         configs = [declare_config(self, cls) for cls in DRIVER_CONFIG_CLASSES]
+        driver, retarget = configs[0], configs[2]
+        if driver.checkpoint_path:  # before anything connects: a policy it would misread never runs
+            space = checked_action_space(driver.checkpoint_path, retarget)
+            self.get_logger().info(f"policy actions: {space.describe()}")
         self.runtime = ArmRuntime(*configs)
-        driver = configs[0]
         self.config, self.kinematics = driver, self.runtime.kinematics
         self._base = self.kinematics.base_frame
 

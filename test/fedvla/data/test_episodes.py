@@ -122,3 +122,23 @@ def test_iosp_selections_are_stored_per_step_and_served_with_the_samples(tmp_pat
     plain.add_episode(images, proprio, actions, instruction="push", language=np.ones(4))
     with pytest.raises(DatasetError, match="has no IOSP selections: record it with IOSP on"):
         ChunkDataset(tmp_path / "plain", horizon=2, with_iosp=True)
+
+
+def test_the_action_space_is_kept_with_the_data(tmp_path) -> None:
+    from torch.utils.data import ConcatDataset
+
+    from fedvla.data.episodes import dataset_action_space
+
+    space = {"kind": "ee_delta", "frame": "base", "action_dim": 2, "position_scale_m": 0.01, "rotation_scale_rad": 0.05}
+    rng = np.random.default_rng(4)
+    for name, recorded in (("a", space), ("b", space), ("unknown", None)):
+        EpisodeWriter(tmp_path / name, camera_names=CAMS, image_size=16, proprio_dim=3, action_dim=2,
+                      control_rate_hz=10.0, action_space=recorded).add_episode(*_episode(rng, 3), instruction="push",
+                                                                                language=np.ones(384))
+    assert load_meta(tmp_path / "a").action_space == space
+    a, b, unknown = (ChunkDataset(tmp_path / n, horizon=2) for n in ("a", "b", "unknown"))
+    assert dataset_action_space(a) == space and dataset_action_space(ConcatDataset([a, b])) == space
+    assert dataset_action_space(unknown) is None and dataset_action_space(ConcatDataset([a, unknown])) is None
+    with pytest.raises(DatasetError, match="holds actions of another space"):
+        EpisodeWriter(tmp_path / "a", camera_names=CAMS, image_size=16, proprio_dim=3, action_dim=2,
+                      control_rate_hz=10.0, action_space=space | {"frame": "object"})

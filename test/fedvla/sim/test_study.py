@@ -46,6 +46,16 @@ def test_the_methods_differ_only_where_their_config_says(smoke) -> None:
     assert all(r["clients"] == ["centralized"] for r in results["centralized"]["rounds"])
 
 
+def test_every_checkpoint_records_the_action_space_an_arm_driver_checks(smoke) -> None:
+    from fedvla.app.arm import checked_action_space
+    from fedvla.robot.retarget import RetargetConfig
+    from fedvla.sim.collect import METAWORLD_ACTION_SPACE
+
+    _, _, results = smoke
+    checkpoints = {e["checkpoint"] for r in results.values() for e in r["evaluation"].values()}
+    assert checkpoints and all(checked_action_space(c, RetargetConfig()) == METAWORLD_ACTION_SPACE for c in checkpoints)
+
+
 def test_the_report_has_the_papers_tables_plots_and_provenance(smoke) -> None:
     scale, output, results = smoke
     report = (output / "results.md").read_text()

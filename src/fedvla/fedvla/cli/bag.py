@@ -18,7 +18,7 @@ def cmd_bag_info(args: argparse.Namespace) -> int:
     return 0
 
 def cmd_bag_export(args: argparse.Namespace) -> int:
-    from fedvla.data.bag_episodes import export_dataset
+    from fedvla.data.bag_export import export_dataset
     from fedvla.data.episodes import load_meta
 
     meta = load_meta(args.dataset)
@@ -32,7 +32,7 @@ def cmd_bag_export(args: argparse.Namespace) -> int:
     return 0
 
 def cmd_bag_import(args: argparse.Namespace) -> int:
-    from fedvla.data.bag_episodes import BagEpisodeConfig, dataset_bag_config, find_bags, import_bags
+    from fedvla.data.bag_import import BagEpisodeConfig, dataset_bag_config, find_bags, import_bags
     from fedvla.data.episodes import META_FILE
     from fedvla.language import shared_instruction_encoder
 

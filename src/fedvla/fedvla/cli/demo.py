@@ -92,7 +92,7 @@ def demo_study(config_dir: Path, scale_name: str, directory: Path) -> dict:
 
 def demo_replay(graph: Graph, results: dict, directory: Path, study_dir: Path) -> int:
     """A recorded closed-loop trial of FedVLA's policy, replayed through the ROS graph (replay profile)."""
-    from fedvla.data.bag_episodes import BagEpisodeConfig, BagSampling, read_bag_steps
+    from fedvla.data.bag_import import BagEpisodeConfig, BagSampling, read_bag_steps
     from fedvla.replay import METRICS_FILE, PLOT_FILE, REPORT_FILE
 
     method = "fedvla" if "fedvla" in results else next(iter(results))

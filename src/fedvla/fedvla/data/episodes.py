@@ -59,6 +59,7 @@ class DatasetMeta:
     episodes: list[EpisodeInfo] = dataclasses.field(default_factory=list)
     iosp_grid: tuple[int, int] | None = None  # (rows, cols) of the patch grid the selections index
     iosp_tokens_per_group: int = 0  # k; 0: no IOSP selections recorded
+    action_space: dict | None = None  # fedvla.robot.retarget.ActionSpace.to_dict(); None: unknown
 
     @property
     def has_iosp(self) -> bool:
@@ -88,7 +89,10 @@ class EpisodeWriter:
 
     def __init__(self, directory: str | Path, *, camera_names: Sequence[str], image_size: int, proprio_dim: int,
                  action_dim: int, control_rate_hz: float, language_encoder: str = "all-MiniLM-L6-v2",
-                 iosp_grid: tuple[int, int] | None = None, iosp_tokens_per_group: int = 0) -> None:
+                 iosp_grid: tuple[int, int] | None = None, iosp_tokens_per_group: int = 0,
+                 action_space: dict | None = None) -> None:
+        """``action_space``: what the actions mean (:class:`fedvla.robot.retarget.ActionSpace`), kept
+        with the data and passed on to the checkpoints trained on it; None where unknown."""
         self.directory = Path(directory)
         meta_path = self.directory / META_FILE
         grid = tuple(iosp_grid) if iosp_tokens_per_group else None
@@ -99,6 +103,9 @@ class EpisodeWriter:
                     self.meta.iosp_grid, self.meta.iosp_tokens_per_group)
             if wanted != have:
                 raise DatasetError(f"{self.directory} holds episodes of another shape {have}, not {wanted}")
+            if action_space is not None and self.meta.action_space not in (None, action_space):
+                raise DatasetError(f"{self.directory} holds actions of another space ({self.meta.action_space}), "
+                                   f"not {action_space}")
         else:
             if iosp_tokens_per_group and (grid is None or len(grid) != 2 or min(grid) < 1):
                 raise DatasetError(f"IOSP selections need their patch grid (rows, cols), got {iosp_grid}")
@@ -106,7 +113,7 @@ class EpisodeWriter:
             self.meta = DatasetMeta(camera_names=list(camera_names), image_size=image_size, proprio_dim=proprio_dim,
                                     action_dim=action_dim, control_rate_hz=control_rate_hz,
                                     language_encoder=language_encoder, iosp_grid=grid,
-                                    iosp_tokens_per_group=iosp_tokens_per_group)
+                                    iosp_tokens_per_group=iosp_tokens_per_group, action_space=action_space)
 
     def add_episode(self, images: np.ndarray, proprio: np.ndarray, actions: np.ndarray, instruction: str,
                     language: np.ndarray, iosp_indices: np.ndarray | None = None,
@@ -211,6 +218,15 @@ def check_policy_fits(meta: DatasetMeta, config) -> None:
                             f"dataset's {meta.iosp_grid} with k={meta.iosp_tokens_per_group}")
     if problems:
         raise DatasetError("the policy config does not fit the dataset: " + "; ".join(problems))
+
+
+def dataset_action_space(dataset: Dataset) -> dict | None:
+    """The action space the episodes of ``dataset`` were recorded in (one for all of them), or None."""
+    if isinstance(dataset, ConcatDataset):
+        spaces = {json.dumps(dataset_action_space(d), sort_keys=True) for d in dataset.datasets}
+        return json.loads(spaces.pop()) if len(spaces) == 1 else None
+    meta = getattr(dataset, "meta", None)
+    return meta.action_space if isinstance(meta, DatasetMeta) else None
 
 
 def fit_normalizer(policy: Policy, dataset: Dataset) -> None:

@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fedvla.config import require, require_positive, parse_enum
+from fedvla.data.episodes import dataset_action_space
 from fedvla.federation.secagg import SecAggClient, SecAggError, weighted_trunk_vector
 from fedvla.federation.privacy import clip_update
 from fedvla.federation.protocol import CLIENT_ID_PATTERN, RejectReason, Reply, ServerStatus
@@ -190,6 +191,9 @@ class FederationClient:
             self.policy.load_state_dict(resumed.state_dict())
             log.info("%s resumed from %s (last uploaded round %d)", config.client_id, self.checkpoint_dir,
                      self.last_uploaded_round)
+        # What the actions mean, from the training data: the driver checks it before running the policy.
+        space = dataset_action_space(dataset)
+        self._data_metadata = {"action_space": space} if space is not None else {}
         self.joined = False
         self._trained: _TrainedRound | None = None
         self._session: _SecureSession | None = None
@@ -286,7 +290,7 @@ class FederationClient:
         with self._heartbeat():
             result = train_policy(self.policy, self.dataset, self.train_config, show_progress=self.show_progress,
                                   description=f"{self.client_id} round {status.round}")
-        save_checkpoint(self.policy, self.checkpoint_dir, metadata={"round": status.round})
+        save_checkpoint(self.policy, self.checkpoint_dir, metadata={"round": status.round, **self._data_metadata})
         trained = _TrainedRound(round=status.round, trunk={k: v.detach().clone() for k, v in
                                                            self.policy.trunk.state_dict().items()},
                                 global_trunk=global_trunk, train=result, fetch_bytes=fetched, started=start)
@@ -419,7 +423,8 @@ class FederationClient:
         policy node can run (``<state_dir>/final``)."""
         round_index = self.load_global_trunk()
         return save_checkpoint(self.policy, self.state_dir / "final",
-                               metadata={"federation_round": round_index, "client_id": self.client_id})
+                               metadata={"federation_round": round_index, "client_id": self.client_id,
+                                         **self._data_metadata})
 
 
 def run_until_finished(server, clients: list[FederationClient], *, max_polls: int = 10_000,

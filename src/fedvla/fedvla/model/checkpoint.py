@@ -17,8 +17,10 @@ from safetensors.torch import load_file, save_file
 from fedvla.model.config import PolicyConfig
 from fedvla.model.policy import Policy
 
+from fedvla.model.checkpoint_meta import CONFIG_FILE
+
 FORMAT_VERSION = 1
-CONFIG_FILE, MODEL_FILE, NORMALIZER_FILE = "config.json", "model.safetensors", "normalizer.safetensors"
+MODEL_FILE, NORMALIZER_FILE = "model.safetensors", "normalizer.safetensors"
 
 
 class CheckpointError(ValueError):

@@ -38,6 +38,37 @@ class ActionFrame(str, enum.Enum):
     OBJECT = "object"  # the target object's frame (its pose from the scene parse or the simulator)
 
 
+ACTION_SIZES = (4, 7)  # (xyz, gripper) or (xyz, rotation vector, gripper)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionSpace:
+    """What a policy's actions mean: stored with its training data and its checkpoints, so that a
+    driver can refuse, before anything moves, a policy whose actions it would misread."""
+
+    kind: ActionKind
+    frame: ActionFrame
+    action_dim: int
+    position_scale_m: float  # ee_delta: metres per action unit
+    rotation_scale_rad: float  # ee_delta with rotation: radians per action unit
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind.value, "frame": self.frame.value, "action_dim": self.action_dim,
+                "position_scale_m": self.position_scale_m, "rotation_scale_rad": self.rotation_scale_rad}
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str) -> ActionSpace:
+        try:
+            return cls(ActionKind(data["kind"]), ActionFrame(data["frame"]), int(data["action_dim"]),
+                       float(data["position_scale_m"]), float(data["rotation_scale_rad"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{where}: the action space {data!r} is malformed ({err})") from None
+
+    def describe(self) -> str:
+        scale = f", {self.position_scale_m:g} m per unit" if self.kind is ActionKind.EE_DELTA else ""
+        return f"{self.kind.value} in the {self.frame.value} frame, {self.action_dim} values{scale}"
+
+
 class RetargetError(ValueError):
     """The action cannot become a tool target (wrong size, not finite, no object pose)."""
 
@@ -58,6 +89,23 @@ class RetargetConfig:
         require_positive(self.rotation_scale_rad, "rotation_scale_rad")
         self.default_orientation_rpy = tuple(self.default_orientation_rpy)
         require(len(self.default_orientation_rpy) == 3, "default_orientation_rpy", "is (roll, pitch, yaw)", "3 numbers")
+
+
+def execution_problem(space: ActionSpace, config: RetargetConfig) -> str | None:
+    """Why a retargeter with ``config`` would misread actions of ``space`` (None: it reads them as meant)."""
+    if space.action_dim not in ACTION_SIZES:
+        return f"{space.action_dim} action values; the arm executes {' or '.join(map(str, ACTION_SIZES))}"
+    if (space.kind, space.frame) != (config.action_kind, config.action_frame):
+        return (f"the policy acts with {space.kind.value} in the {space.frame.value} frame; the driver is set to "
+                f"{config.action_kind.value} in the {config.action_frame.value} frame (action_kind, action_frame)")
+    if space.kind is ActionKind.EE_DELTA and not np.isclose(space.position_scale_m, config.position_scale_m):
+        return (f"the policy's position unit is {space.position_scale_m:g} m; the driver's position_scale_m is "
+                f"{config.position_scale_m:g}")
+    if space.kind is ActionKind.EE_DELTA and space.action_dim == 7 and not np.isclose(
+            space.rotation_scale_rad, config.rotation_scale_rad):
+        return (f"the policy's rotation unit is {space.rotation_scale_rad:g} rad; the driver's rotation_scale_rad "
+                f"is {config.rotation_scale_rad:g}")
+    return None
 
 
 def hand_in_object(object_in_world: np.ndarray, hand_in_world: np.ndarray) -> np.ndarray:
@@ -84,7 +132,7 @@ class Retargeter:
         current (or previously targeted) pose ``tool_in_base``."""
         pin, config = self._pin, self.config
         action = np.asarray(action, dtype=np.float64).reshape(-1)
-        if action.shape[0] not in (4, 7):
+        if action.shape[0] not in ACTION_SIZES:
             raise RetargetError(f"{config.action_kind.value} actions have 4 (xyz, gripper) or 7 (xyz, rotation vector, "
                                 f"gripper) values, got {action.shape[0]}")
         if not np.all(np.isfinite(action)):

@@ -47,6 +47,9 @@ class ArmDriverConfig:
     watchdog_frequency_hz: float = 10.0  # ur_rtde: the RTDE watchdog (0 disables)
     initial_joint_positions: tuple[float, ...] = HOME_Q  # sim backend: where the arm starts, rad
     action_topic: str = topics.node_topic(topics.POLICY_NODE, topics.ACTION_CHUNK)  # where action chunks come from
+    # The checkpoint of the policy whose chunks arrive: refused at startup unless its action space is
+    # the one the retargeting settings execute (fedvla.app.arm); empty: no policy to check.
+    checkpoint_path: str = ""
     object_pose_topic: str = ""  # geometry_msgs/PoseStamped of the object (action_frame object); empty: none
     # geometry_msgs/PointStamped of the object, e.g. the scene parser's ~/target_position: a position
     # without orientation, so the object's axes are taken parallel to base_link; empty: none

@@ -32,8 +32,9 @@ import numpy as np
 from fedvla.config import ConfigError, require
 from fedvla.data.episodes import EpisodeWriter
 from fedvla.iosp.parser import SceneParser, SceneParserConfig
-from fedvla.sim.detector import SimSegmentationDetector
 from fedvla.iosp.tokens import SelectionRule
+from fedvla.robot.retarget import ActionFrame, ActionKind, ActionSpace
+from fedvla.sim.detector import SimSegmentationDetector
 from fedvla.sim.metaworld_scene import PAPER_TASKS, SceneRenderer, meta_world_task_names
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ STUDY_CAMERAS = {"corner": "corner", "top": "topview", "shoulder": "corner2"}
 PROPRIO_DIM = 4  # hand x, y, z and gripper opening: Meta-World observation[:4]
 PROPRIO_NAMES = ("hand_x", "hand_y", "hand_z", "gripper_opening")  # their JointState names in bags
 ACTION_DIM = 4  # dx, dy, dz (hand motion, ~1 cm per unit) and gripper effort
+# Meta-World's actions in the arm runtime's terms: hand steps along the base axes, 1 cm per unit
+# (its action_scale), gripper effort > 0 closes.
+METAWORLD_ACTION_SPACE = ActionSpace(ActionKind.EE_DELTA, ActionFrame.BASE, ACTION_DIM, 0.01, 0.05)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -178,7 +182,8 @@ def collect_task(task: str, directory: str | Path, config: CollectConfig, langua
                            proprio_dim=PROPRIO_DIM, action_dim=ACTION_DIM,
                            control_rate_hz=control_rate_hz(env),
                            iosp_grid=config.iosp_grid if config.iosp else None,
-                           iosp_tokens_per_group=config.iosp_tokens_per_group if config.iosp else 0)
+                           iosp_tokens_per_group=config.iosp_tokens_per_group if config.iosp else 0,
+                           action_space=METAWORLD_ACTION_SPACE.to_dict())
     rng = np.random.default_rng(config.seed)
     hand_home = np.asarray(env.hand_init_pos, dtype=np.float64).copy()
     kept = steps = failed = 0
