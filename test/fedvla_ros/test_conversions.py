@@ -6,7 +6,7 @@ pytest.importorskip("sensor_msgs")
 from builtin_interfaces.msg import Time  # noqa: E402
 
 from fedvla.camera import Intrinsics  # noqa: E402
-from fedvla_ros.conversions import camera_info_msg, image_msg, image_to_array  # noqa: E402
+from fedvla_ros.conversions import camera_info_msg, camera_matrix, image_msg, image_to_array  # noqa: E402
 
 
 def test_images_round_trip_and_bgr_comes_back_as_rgb() -> None:
@@ -29,6 +29,10 @@ def test_camera_info_carries_k_and_p() -> None:
     assert list(info.k) == [600.0, 0.0, 320.5, 0.0, 601.0, 240.5, 0.0, 0.0, 1.0]
     assert list(info.p) == [600.0, 0.0, 320.5, 0.0, 0.0, 601.0, 240.5, 0.0, 0.0, 0.0, 1.0, 0.0]
     assert (info.width, info.height, info.header.frame_id) == (640, 480, "camera_color_optical_frame")
+    np.testing.assert_array_equal(camera_matrix(info), intr.K)  # and back
+    info.k = [0.0] * 9  # an uncalibrated camera
+    with pytest.raises(ValueError, match="camera info has no intrinsic matrix"):
+        camera_matrix(info)
 
 
 def test_label_images_and_tables_round_trip() -> None:

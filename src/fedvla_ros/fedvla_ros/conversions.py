@@ -60,6 +60,14 @@ def camera_info_msg(intrinsics: Intrinsics, stamp: Time, frame_id: str) -> Camer
     return msg
 
 
+def camera_matrix(msg: CameraInfo) -> np.ndarray:
+    """The 3x3 intrinsic matrix K of a camera info (the inverse of :func:`camera_info_msg`'s ``k``)."""
+    k = np.asarray(msg.k, dtype=np.float64)
+    if k.shape != (9,) or k[8] != 1.0:
+        raise ValueError(f"camera info has no intrinsic matrix (k = {k.tolist()})")
+    return k.reshape(3, 3)
+
+
 def frame_messages(frame: Frame, stamp: Time, frame_id: str) -> tuple[Image, CameraInfo, Image | None]:
     """Colour image, its camera info, and the aligned depth image (None without depth)."""
     color = image_msg(frame.rgb, "rgb8", stamp, frame_id)

@@ -40,8 +40,8 @@ from fedvla.iosp.parser import CameraParse
 from fedvla.iosp.runtime import SceneParserRuntime, SceneParserRuntimeConfig
 from fedvla.iosp.visualize import annotate
 from fedvla_interfaces.msg import ObjectLabels, ParsedScene, SceneObject
-from fedvla_ros.conversions import (image_msg, image_to_array, labels_from_msg, objects_from_msg, scene_markers,
-                                    stamp_ns, target_marker, target_position_msg)
+from fedvla_ros.conversions import (camera_matrix, image_msg, image_to_array, labels_from_msg, objects_from_msg,
+                                    scene_markers, stamp_ns, target_marker, target_position_msg)
 from fedvla_ros.node_main import main_for
 from fedvla_ros.parameters import declare_config
 from fedvla_ros.qos import LATCHED_QOS
@@ -93,7 +93,10 @@ class SceneParserNode(Node):
         self.frames.add_image(camera, stamp_ns(msg.header), msg, self._now_s())
 
     def _on_info(self, camera: str, msg: CameraInfo) -> None:
-        self._camera_matrix[camera] = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+        try:
+            self._camera_matrix[camera] = camera_matrix(msg)
+        except ValueError as err:
+            self.get_logger().error(f"{camera}: {err}", throttle_duration_sec=10.0)
 
     def _on_label_image(self, camera: str, msg: Image) -> None:
         self.frames.add_labels(camera, stamp_ns(msg.header), msg)
