@@ -79,17 +79,25 @@ class Ur3DriverNode(Node):
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10)
         self._publish_latched()
 
-        self.create_subscription(ActionChunk, driver.action_topic, self._on_chunk, 10)
-        if driver.object_pose_topic:
-            self.create_subscription(PoseStamped, driver.object_pose_topic, self._on_object_pose, 10)
+        runtime = self.runtime
+        self.create_subscription(ActionChunk, driver.action_topic,
+                                 lambda m: self._refusing("action chunk", lambda: self._submit(m)), 10)
+        if driver.object_pose_topic:  # (refused: a frame that is not a URDF link, NaN)
+            self.create_subscription(PoseStamped, driver.object_pose_topic, lambda m: self._refusing("object pose", (
+                lambda: runtime.set_object_pose(matrix_from_pose(m.pose), m.header.frame_id))), 10)
         if driver.object_position_topic:
-            self.create_subscription(PointStamped, driver.object_position_topic, self._on_object_position, 10)
-        self.create_service(Trigger, topics.private_topic(topics.RECOVER_SERVICE), self._on_recover)
-        self.create_service(Trigger, topics.private_topic(topics.STOP_SERVICE), self._on_stop)
-        self.create_service(SetBool, topics.private_topic(topics.ENABLE_SERVICE), self._on_enable)
+            self.create_subscription(PointStamped, driver.object_position_topic, lambda m: self._refusing(
+                "object position", lambda: runtime.set_object_position(np.array([m.point.x, m.point.y, m.point.z]),
+                                                                        m.header.frame_id)), 10)
         if driver.operator_heartbeat_topic:
             self.create_subscription(Bool, driver.operator_heartbeat_topic,
-                                     lambda msg: self.runtime.operator_heartbeat(bool(msg.data)), 10)
+                                     lambda msg: runtime.operator_heartbeat(bool(msg.data)), 10)
+        self.create_service(Trigger, topics.private_topic(topics.RECOVER_SERVICE),
+                            lambda _, response: self._answer("recover", response, runtime.recover))
+        self.create_service(Trigger, topics.private_topic(topics.STOP_SERVICE),
+                            lambda _, response: self._answer("stop", response, lambda: runtime.stop() or "stopped"))
+        self.create_service(SetBool, topics.private_topic(topics.ENABLE_SERVICE), lambda request, response: self._answer(
+            f"enable {request.data}", response, runtime.enable if request.data else runtime.disable))
         self.create_timer(1.0 / driver.state_rate_hz, self._publish_state)
         self.create_timer(1.0, self._publish_diagnostics)
         self._last_path: np.ndarray | None = None
@@ -104,49 +112,24 @@ class Ur3DriverNode(Node):
         super().destroy_node()
 
     # Inputs ---------------------------------------------------------------------------------------
-    def _on_chunk(self, msg: ActionChunk) -> None:
+    def _refusing(self, what: str, apply) -> None:
+        """Apply an input; a bad one is logged (throttled) and changes nothing (the core logs its own refusals)."""
         try:
-            chunk = parse_action_chunk(msg)
+            apply()
         except ValueError as err:
-            self.get_logger().error(f"action chunk refused: {err}", throttle_duration_sec=5.0)
-            return
-        self.runtime.submit_chunk(chunk.actions.astype(np.float64), chunk.step_period_s)  # the core logs refusals
+            self.get_logger().error(f"{what} refused: {err}", throttle_duration_sec=5.0)
 
-    def _on_object_pose(self, msg: PoseStamped) -> None:
-        try:
-            self.runtime.set_object_pose(matrix_from_pose(msg.pose), msg.header.frame_id)
-        except ValueError as err:  # a frame that is not a URDF link, NaN
-            self.get_logger().error(f"object pose refused: {err}", throttle_duration_sec=5.0)
+    def _submit(self, msg: ActionChunk) -> None:
+        chunk = parse_action_chunk(msg)
+        self.runtime.submit_chunk(chunk.actions.astype(np.float64), chunk.step_period_s)
 
-    def _on_object_position(self, msg: PointStamped) -> None:
-        try:
-            self.runtime.set_object_position(np.array([msg.point.x, msg.point.y, msg.point.z]), msg.header.frame_id)
-        except ValueError as err:
-            self.get_logger().error(f"object position refused: {err}", throttle_duration_sec=5.0)
-
-    def _on_recover(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        self._trigger(response, self.runtime.recover)
-        self.get_logger().info(f"recover: {response.message}")
-        return response
-
-    def _on_stop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        return self._trigger(response, lambda: self.runtime.stop() or "stopped")
-
-    def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
-        try:
-            response.message = self.runtime.enable() if request.data else self.runtime.disable()
-            response.success = True
-        except ExecutionRefused as err:
-            response.success, response.message = False, str(err)
-        self.get_logger().warning(f"enable {request.data}: {response.message}")
-        return response
-
-    @staticmethod
-    def _trigger(response: Trigger.Response, action) -> Trigger.Response:
+    def _answer(self, what: str, response, action):
+        """A service's answer: the action's message, or why it could not be done."""
         try:
             response.success, response.message = True, action()
-        except BackendError as err:
+        except (BackendError, ExecutionRefused) as err:
             response.success, response.message = False, str(err)
+        self.get_logger().info(f"{what}: {response.message}")
         return response
 
     # Outputs --------------------------------------------------------------------------------------

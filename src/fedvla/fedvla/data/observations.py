@@ -7,8 +7,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 # sensor_msgs/Image encodings this stack reads: dtype and channels.
 IMAGE_ENCODINGS = {"rgb8": (np.uint8, 3), "bgr8": (np.uint8, 3), "mono8": (np.uint8, 1), "16UC1": (np.uint16, 1)}
@@ -41,6 +39,9 @@ def policy_images(images: Sequence[np.ndarray], size: int) -> np.ndarray:
     """(V, 3, size, size) uint8 from V RGB images (H, W, 3) of any size: what a policy trained on
     ``size``-pixel square images sees. Other sizes are resized (bilinear, antialiased); the aspect
     ratio is not kept, as in training data recorded the same way."""
+    import torch  # here: the nodes that only decode images (driver, scene parser) start without torch
+    import torch.nn.functional as F
+
     out = np.empty((len(images), 3, size, size), dtype=np.uint8)
     for i, img in enumerate(images):  # one at a time: cameras may differ in size
         chw = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)  # a copy: decoded images are read-only
