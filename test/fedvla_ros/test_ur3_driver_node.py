@@ -38,13 +38,21 @@ def chunk(rows):
 
 
 def diagnostics(context, predicate, timeout_s=20.0):
+    """The first diagnostics status that matches, within ``timeout_s`` (the node may still be starting:
+    a 1 Hz topic with no message for a few seconds is not yet a failure)."""
     deadline = time.monotonic() + timeout_s
+    seen = []
     while time.monotonic() < deadline:
-        (array,) = wait_for_messages(context, topics.DIAGNOSTICS, DiagnosticArray, timeout_s=5.0, qos=RELIABLE)
+        try:
+            (array,) = wait_for_messages(context, topics.DIAGNOSTICS, DiagnosticArray,
+                                         timeout_s=max(0.5, min(5.0, deadline - time.monotonic())), qos=RELIABLE)
+        except AssertionError:
+            continue
         status = array.status[0]
         if predicate(status):
             return status
-    raise AssertionError("no matching diagnostics")
+        seen.append(status.message)
+    raise AssertionError(f"no matching diagnostics within {timeout_s} s (seen: {seen[-3:]})")
 
 
 def call(node, executor, service, timeout_s=10.0, kind=Trigger, **request):
