@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("fedvla.federation",),
     ("fedvla.app",),
     ("fedvla.sim",),
+    ("fedvla.twin",),
     ("fedvla.bench",),
     ("fedvla.replay", "fedvla.runner", "fedvla.cli"),
 ]

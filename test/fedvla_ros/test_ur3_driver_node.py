@@ -136,7 +136,7 @@ def test_chunks_move_the_simulated_arm_and_the_state_is_published(rclpy_context)
 
 
 def test_an_unreachable_robot_is_reported_not_fatal(rclpy_context) -> None:
-    from support.ur_controller_sim import free_loopback_host
+    from fedvla.twin.ur_controller import free_loopback_host
 
     host = free_loopback_host()  # nothing listens there
     driver = start_node("fedvla_ros", "ur3_driver", name="ur3_driver",

@@ -1,10 +1,10 @@
-"""The fake UR controller (``test/support/ur_controller_sim.py``) as fixtures: one controller process
+"""The fake UR controller (``fedvla.twin.ur_controller``) as fixtures: one controller process
 per module, a fresh controller per test on a loopback address of its own."""
 import gc
 
 import pytest
 
-from support.ur_controller_sim import E_SERIES, UrControllerSim, free_loopback_host
+from fedvla.twin.ur_controller import E_SERIES, UrControllerSim, free_loopback_host
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The real ur_rtde library (rtde_receive, rtde_control, rtde_io, dashboard_client) against the fake UR
-controller of ``test/support/ur_controller_sim.py``: state streams over RTDE and follows the fake;
+controller of ``fedvla.twin.ur_controller``: state streams over RTDE and follows the fake;
 servoJ setpoints arrive through the control script's input registers; a refused connection fails at
 once; a dropped connection is noticed and reconnects; a protective stop and the RTDE watchdog stop the
 script as on the robot.
@@ -23,7 +23,7 @@ rtde_control = pytest.importorskip("rtde_control", reason="ur_rtde is not instal
 rtde_io = pytest.importorskip("rtde_io", reason="ur_rtde is not installed")
 dashboard_client = pytest.importorskip("dashboard_client", reason="ur_rtde is not installed")
 
-from support.ur_controller_sim import (  # noqa: E402
+from fedvla.twin.ur_controller import (  # noqa: E402
     CB3, E_SERIES, Command, RuntimeState, SafetyMode, UrControllerSim)
 
 HOME = np.array([0.0, -1.2, 1.6, -1.97, -1.57, 0.0])  # the fake's initial joint positions

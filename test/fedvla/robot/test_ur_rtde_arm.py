@@ -1,5 +1,5 @@
 """The ur_rtde backend (real ur_rtde library) driven by the arm runtime against the fake UR controller
-(``test/support/ur_controller_sim.py``), in real time: setpoints reach the controller within limits,
+(``fedvla.twin.ur_controller``), in real time: setpoints reach the controller within limits,
 the gripper output follows the chunk, a refused connection and a dropped one are reported and
 recovered without stale commands, a protective stop and a tripped watchdog are faults until
 ``recover``."""
@@ -19,7 +19,7 @@ from fedvla.robot.kinematics import ArmKinematics  # noqa: E402
 from fedvla.robot.retarget import RetargetConfig, Retargeter  # noqa: E402
 from fedvla.robot.safety import SafetyConfig, SafetyGuard  # noqa: E402
 from fedvla.robot.ur_rtde_arm import UrRtdeArm, UrRtdeConfig  # noqa: E402
-from support.ur_controller_sim import CB3, UrControllerSim  # noqa: E402
+from fedvla.twin.ur_controller import CB3, UrControllerSim  # noqa: E402
 
 FORWARD = np.array([[1.0, 0, 0, 0]] * 4)  # +x tool deltas, gripper open
 GRASP = np.array([[0, 1.0, 0, 1.0]] * 4)  # +y tool deltas, gripper closed
@@ -113,7 +113,7 @@ def test_a_chunk_becomes_servoj_setpoints_and_gripper_output(sim, runtime):
     # stale input: the runtime stops the servo and sends nothing more
     rt.run(0.4)
     assert rt.controller.mode is ArmMode.IDLE
-    from support.ur_controller_sim import Command
+    from fedvla.twin.ur_controller import Command
     assert Command.SERVO_STOP in [command for command, _ in sim.commands]
     count = len(sim.servoj_targets)
     rt.run(0.2)
