@@ -143,6 +143,8 @@ class UrRtdeArm(ArmBackend):
         bit = self.config.gripper_bit
         with self._link():
             gripper = (bool(receive.getDigitalOutState(bit)) == self.config.gripper_closed_level) if bit is not None else False
+            if bit is not None and gripper != self._gripper_commanded:
+                self._gripper_commanded = None  # changed behind our back (pendant, cell reset): command it again
             return ArmState(
                 q=np.asarray(receive.getActualQ(), dtype=np.float64),
                 qd=np.asarray(receive.getActualQd(), dtype=np.float64),

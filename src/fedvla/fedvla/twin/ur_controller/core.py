@@ -61,7 +61,7 @@ class ControllerCore:
                  custom_script_duration: float = 0.05, protective_stop_unlock_delay: float = 0.0,
                  exclusive_inputs: bool = True, inputs_in_use: Iterable[str] = (),
                  unsupported_outputs: Iterable[str] = (), controller_frequency: float | None = None,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, plant: Any = None, gripper_bit: int = 16) -> None:
         self.host = host
         self._requested_ports = {"rtde": rtde_port, "dashboard": dashboard_port, "script": script_port,
                                  "secondary": secondary_port}
@@ -86,6 +86,11 @@ class ControllerCore:
         self.inputs_in_use = set(inputs_in_use)
         self.unsupported_outputs = set(unsupported_outputs)
         self.verbose = verbose
+        # The physics the joints move in (fedvla.twin.plant.MujocoPlant); None: they follow their
+        # targets kinematically. The gripper is wired to digital output bit ``gripper_bit`` (16: tool 0).
+        self.plant = plant
+        self.gripper_bit = gripper_bit
+        self.protective_stops: list[str] = []  # why each force-limit stop happened
 
         self.lock = threading.RLock()
         self._changed = threading.Condition(self.lock)  # notified after every controller cycle / input
@@ -324,6 +329,8 @@ class ControllerCore:
         """Place the arm at ``q`` (actual and target), at rest."""
         q = np.asarray(q, dtype=float)
         with self.lock:
+            if self.plant is not None:
+                self.plant.set_arm(q, self._gripper_closed())
             self.state.update(actual_q=q, target_q=q, actual_qd=np.zeros(6), target_qd=np.zeros(6))
             self._update_tcp()
 
@@ -781,6 +788,8 @@ class ControllerCore:
         if not moving:
             if self._motion is not None or self._servo_target is not None:
                 self._halt_motion()
+            if self.plant is not None:  # the brakes hold the arm; the world goes on
+                self._step_plant(np.array(raw["target_q"]))
             return
         dt = self.period * float(raw["speed_scaling"] or 0.0) if self._motion is not None else self.period
         new_q = q
@@ -805,11 +814,32 @@ class ControllerCore:
                     if m.notify_done and self.program is not None:
                         self.program.busy_until_done = False
                         self._write_int(self.program.offset, 2)
+        if self.plant is not None:
+            if self._servo_target is not None:
+                raw["target_qd"] = tuple(float(x) for x in (new_q - q) / self.period)
+            self._step_plant(new_q)
+            return
         qd = (new_q - q) / self.period
         raw["actual_q"] = tuple(float(x) for x in new_q)
         raw["actual_qd"] = tuple(float(x) for x in qd)
         if self._servo_target is not None:
             raw["target_qd"] = raw["actual_qd"]
+
+    def _gripper_closed(self) -> bool:
+        return bool(self.state._raw()["actual_digital_output_bits"] >> self.gripper_bit & 1)
+
+    def _step_plant(self, q_command: np.ndarray) -> None:
+        """One controller period of physics: the measured joints become ``actual_q``; a contact
+        force over the plant's limit is a protective stop."""
+        result = self.plant.step(q_command, self._gripper_closed(), self.period)
+        raw = self.state._raw()
+        raw["actual_q"] = tuple(float(x) for x in result.q)
+        raw["actual_qd"] = tuple(float(x) for x in result.qd)
+        if result.contact_force_n > self.plant.config.protective_stop_force_n:
+            why = f"{result.contact_force_n:.0f} N contact, {result.contact}"
+            self.protective_stops.append(why)
+            self._log("safety", f"protective stop: {why}")
+            self.safety_mode = SafetyMode.PROTECTIVE_STOP
 
     def _update_tcp(self) -> None:
         if self.robot_model is None:

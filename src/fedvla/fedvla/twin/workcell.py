@@ -1,0 +1,186 @@
+"""The workcell twin as one object, free of ROS: the MuJoCo scene of a task, the UR controller
+emulation serving RTDE, the dashboard and the script port on loopback with that scene as its plant,
+and the D435i's colour and aligned depth images.
+
+The controller runs as the UR3 of the paper does: a CB3 controller at 125 Hz (``ur_type:=ur3``).
+Physics advances one controller period per controller cycle, in the controller's thread, so the
+twin runs in real time while the machine keeps up (``fedvla bench twin`` measures how far it does).
+
+:meth:`Workcell.reset` is the operator resetting the cell between trials: a new layout from (task,
+seed), the arm back home with the gripper open. A running program is left running (as when an
+operator moves the arm in freedrive): the driver plans its next chunk from the measured joints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import numpy as np
+
+from fedvla.camera.base import Frame, Intrinsics
+from fedvla.config import ConfigError, require_positive
+from fedvla.robot.kinematics import HOME_Q
+from fedvla.twin.plant import MujocoPlant, PlantConfig
+from fedvla.twin.scene import CAMERA_NAME, SceneConfig, build_spec
+from fedvla.twin.tasks import Episode, TaskStatus, WorkcellTask, task_named
+from fedvla.twin.ur_controller import CB3, E_SERIES, ControllerCore
+
+DEPTH_SCALE_M = 0.001  # realsense-ros: 16UC1 depth in millimetres
+
+
+@dataclasses.dataclass(kw_only=True)
+class WorkcellConfig:
+    """The twin's robot side. Field names are also ``workcell_sim`` parameter names."""
+
+    task: str = "clean_up"
+    seed: int = 0
+    host: str = "127.0.0.1"  # where the controller listens (ur_rtde's ports are fixed: 30004, 29999, 30003)
+    ur_type: str = "ur3"  # ur3: CB3 at 125 Hz, as in the paper; ur3e: e-series at 500 Hz
+    protective_stop_force_n: float = PlantConfig.protective_stop_force_n
+    randomise_lighting: bool = True
+
+    def __post_init__(self) -> None:
+        task_named(self.task)
+        if self.ur_type not in ("ur3", "ur3e"):
+            raise ConfigError("ur_type", f"unknown UR type {self.ur_type!r}", "ur3 or ur3e")
+        require_positive(self.protective_stop_force_n, "protective_stop_force_n")
+
+
+def compile_task_model(task: WorkcellTask, scene: SceneConfig):
+    spec = build_spec(scene)
+    task.add_objects(spec)
+    return spec.compile()
+
+
+class Workcell:
+    def __init__(self, config: WorkcellConfig | None = None, scene: SceneConfig | None = None) -> None:
+        self.config = config or WorkcellConfig()
+        self.scene = scene or SceneConfig()
+        self.task = task_named(self.config.task)
+        self.plant = self._plant_for(self.task)
+        self.controller = ControllerCore(
+            host=self.config.host, urcontrol_version=CB3 if self.config.ur_type == "ur3" else E_SERIES,
+            robot_model="UR3" if self.config.ur_type == "ur3" else "UR3e", initial_q=HOME_Q, plant=self.plant)
+        self.episode = self._apply(self.task.episode(self.config.seed))
+        self._renderer = None
+        self._renderer_model = None
+        self._frame_number = 0
+        self._render_lock = threading.Lock()
+
+    # ---- life cycle ----
+    def start(self) -> Workcell:
+        """Serve the controller interfaces (OSError when a port is taken) and run the physics."""
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+        with self._render_lock:
+            if self._renderer is not None:
+                self._renderer.close()
+                self._renderer = None
+
+    # ---- episodes ----
+    def reset(self, task: str | None = None, seed: int | None = None) -> Episode:
+        """A new episode: ``task`` (default: the current one) laid out from ``seed``."""
+        new_task = task_named(task) if task else self.task
+        episode = new_task.episode(self.config.seed if seed is None else int(seed))
+        with self.controller.lock:
+            if new_task is not self.task:
+                self.task = new_task
+                self.plant = self._plant_for(new_task)
+                self.controller.plant = self.plant
+            self.episode = self._apply(episode)
+        return self.episode
+
+    def status(self) -> TaskStatus:
+        with self.plant.lock:
+            return self.task.status(self.plant.model, self.plant.data, self.episode)
+
+    @property
+    def sim_time_s(self) -> float:
+        return float(self.plant.data.time)
+
+    def _plant_for(self, task: WorkcellTask) -> MujocoPlant:
+        model = compile_task_model(task, self.scene)
+        graspable = {b for b in task.labels if model.body(b).jntnum or model.body(b).parentid != 0}
+        return MujocoPlant(model, graspable, PlantConfig(protective_stop_force_n=self.config.protective_stop_force_n))
+
+    def _apply(self, episode: Episode) -> Episode:
+        import mujoco
+
+        plant, model = self.plant, self.plant.model
+        rng = np.random.default_rng([episode.seed, 7])
+        with plant.lock:
+            mujoco.mj_resetData(model, plant.data)
+            for body_name, position in episode.positions.items():
+                body = model.body(body_name)
+                if body.jntnum[0] and model.jnt_type[body.jntadr[0]] == mujoco.mjtJoint.mjJNT_FREE:
+                    address = model.jnt_qposadr[body.jntadr[0]]
+                    plant.data.qpos[address:address + 3] = position
+                    plant.data.qpos[address + 3:address + 7] = (1, 0, 0, 0)
+                else:
+                    model.body_pos[body.id] = position
+            if self.config.randomise_lighting:  # brightness, tint and where the lights hang
+                model.light_diffuse[:] = np.clip(plant.nominal_light_diffuse * rng.uniform(0.6, 1.3, (model.nlight, 1))
+                                                 + rng.uniform(-0.05, 0.05, (model.nlight, 3)), 0, 1)
+                model.light_pos[:, :2] = plant.nominal_light_pos[:, :2] + rng.uniform(-0.15, 0.15, (model.nlight, 2))
+            mujoco.mj_forward(model, plant.data)
+        self.controller.state.update(actual_digital_output_bits=0)  # the gripper opens
+        self.controller.set_joint_positions(HOME_Q)
+        return episode
+
+    # ---- the camera ----
+    @property
+    def intrinsics(self) -> Intrinsics:
+        f = self.scene.focal_px
+        return Intrinsics(width=self.scene.image_width, height=self.scene.image_height, fx=f, fy=f,
+                          cx=(self.scene.image_width - 1) / 2, cy=(self.scene.image_height - 1) / 2)
+
+    def render(self, depth: bool = True, segmentation: bool = False) -> Frame:
+        """The D435i's colour image and (``depth``) aligned depth now, as one :class:`Frame`;
+        ``segmentation`` adds the MuJoCo body id of every pixel in ``labels`` (-1: none). Call it from
+        one thread: the OpenGL context belongs to the thread that made it."""
+        import mujoco
+
+        with self._render_lock:
+            plant = self.plant
+            if self._renderer is None or self._renderer_model is not plant.model:
+                if self._renderer is not None:
+                    self._renderer.close()
+                self._renderer = mujoco.Renderer(plant.model, self.scene.image_height, self.scene.image_width)
+                self._renderer_model = plant.model
+            renderer = self._renderer
+            with plant.lock:  # a consistent snapshot of the scene; drawing happens outside the lock
+                renderer.update_scene(plant.data, camera=CAMERA_NAME)
+                stamp = float(plant.data.time)
+            rgb = renderer.render().copy()
+            depth_mm = labels = None
+            if depth:
+                renderer.enable_depth_rendering()
+                metres = renderer.render()
+                renderer.disable_depth_rendering()
+                depth_mm = np.clip(np.nan_to_num(metres / DEPTH_SCALE_M), 0, 65535).astype(np.uint16)
+                depth_mm[metres > 10.0] = 0  # nothing there: realsense reports 0
+            if segmentation:
+                renderer.enable_segmentation_rendering()
+                seg = renderer.render()
+                renderer.disable_segmentation_rendering()
+                ids, types = seg[..., 0], seg[..., 1]
+                geom_body = plant.model.geom_bodyid
+                labels = np.where((types == mujoco.mjtObj.mjOBJ_GEOM) & (ids >= 0),
+                                  geom_body[np.clip(ids, 0, None)], -1).astype(np.int32)
+            self._frame_number += 1
+            return Frame(rgb=rgb, intrinsics=self.intrinsics, stamp_s=stamp, frame_number=self._frame_number,
+                         depth=depth_mm, depth_scale_m=DEPTH_SCALE_M, labels=labels)
+
+    def wait_sim_time(self, seconds: float, timeout_s: float | None = None) -> bool:
+        """Block until the physics has advanced ``seconds`` (False if ``timeout_s`` of wall time pass first)."""
+        target = self.sim_time_s + seconds
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else 10 * seconds + 5)
+        while self.sim_time_s < target:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
