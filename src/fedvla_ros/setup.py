@@ -27,6 +27,7 @@ setup(
             "federation_soak = fedvla_ros.tools.federation_soak:main",
             "ur3_driver = fedvla_ros.ur3_driver:main",
             "motion_pattern = fedvla_ros.motion_pattern:main",
+            "workcell_sim = fedvla_ros.workcell_sim:main",
         ],
     },
 )

@@ -15,10 +15,12 @@ from fedvla.app.policy_runtime import PolicyRuntimeConfig
 from fedvla.replay import ReplayEvaluatorConfig
 from fedvla.robot.pattern import MotionPatternConfig
 from fedvla.robot.runtime import DRIVER_CONFIG_CLASSES, driver_configs
+from fedvla.twin.scene import SceneConfig
+from fedvla.twin.workcell import WorkcellConfig
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config"
-PROFILES = ["real_robot", "sim", "replay", "camera_replay", "federation"]
+PROFILES = ["real_robot", "sim", "replay", "camera_replay", "federation", "twin"]
 # Node parameters beyond the core config's fields (one-to-one otherwise).
 NODE_PARAMETERS = {
     "camera_node": set(config_fields(CameraConfig)) | {"optical_frame_id"},
@@ -31,6 +33,8 @@ NODE_PARAMETERS = {
     "bag_player": set(config_fields(PlayerConfig)),
     "policy_node": set(config_fields(PolicyRuntimeConfig)) | {"use_sim_time"},
     "replay_evaluator": set(config_fields(ReplayEvaluatorConfig)) | {"use_sim_time"},
+    "workcell_sim": set(config_fields(WorkcellConfig)) | set(config_fields(SceneConfig))
+    | {"fps", "status_rate_hz", "optical_frame_id"},
 }
 
 
@@ -109,6 +113,23 @@ def test_parameter_files_match_the_core_configs(graph, profile, tmp_path) -> Non
             from_mapping(PolicyRuntimeConfig, {k: v for k, v in params.items() if k != "use_sim_time"})
         elif node.spec.executable == "replay_evaluator":
             from_mapping(ReplayEvaluatorConfig, {k: v for k, v in params.items() if k != "use_sim_time"})
+        elif node.spec.executable == "workcell_sim":
+            from_mapping(WorkcellConfig, {k: v for k, v in params.items() if k in config_fields(WorkcellConfig)})
+            from_mapping(SceneConfig, {k: v for k, v in params.items() if k in config_fields(SceneConfig)})
+
+
+def test_the_twin_runs_real_robot_against_workcell_sim(graph) -> None:
+    """The twin profile is real_robot plus the twin: same driver, on loopback; the twin is the camera."""
+    from fedvla.twin.tasks import TASKS
+
+    twin = {n.spec.key for n in graph.resolve("twin")}
+    real = {n.spec.key for n in graph.resolve("real_robot", {"launch_camera": "false", "launch_rviz": "false"})}
+    assert twin == real | {"workcell_sim"}
+    assert "camera_realsense" not in twin and "camera_realsense" in {n.spec.key for n in graph.resolve("real_robot")}
+    driver = next(n for n in graph.resolve("twin") if n.spec.key == "ur3_driver")
+    assert driver.parameter_values["robot_ip"] == "127.0.0.1"
+    task = next(a for a in graph.profile("twin").arguments if a.name == "task")
+    assert tuple(task.choices) == tuple(TASKS)  # one list of tasks
 
 
 def test_driver_parameter_names_are_unique() -> None:
@@ -192,12 +213,12 @@ def test_template_bindings_build_per_node_paths(graph) -> None:
 
 
 @pytest.mark.parametrize(("profile", "overrides", "message"), [
-    ("nope", {}, "profile: unknown profile 'nope' (allowed: real_robot, sim, replay, camera_replay, federation)"),
+    ("nope", {}, "profile: unknown profile 'nope' (allowed: real_robot, sim, twin, replay, camera_replay, federation)"),
     ("sim", {"ur_type": "ur10"}, "ur_type: invalid value 'ur10' (allowed: ur3, ur3e)"),
     ("sim", {"launch_rviz": "maybe"}, "launch_rviz: invalid value 'maybe' (allowed: true, false)"),
     ("sim", {"robotip": "1.2.3.4"}, "robotip: unknown launch argument"),
     ("replay", {"record": "true"}, "record: the replay profile does not use this argument (no node of it reads it; "
-                                   "profiles that do: real_robot, sim, camera_replay, federation)"),
+                                   "profiles that do: real_robot, sim, twin, camera_replay, federation)"),
     ("sim", {"use_mock_hardware": "true"}, "use_mock_hardware: the sim profile does not use this argument"),
     ("federation", {"launch_rviz": "true"}, "launch_rviz: the federation profile does not use this argument"),
 ])

@@ -16,9 +16,11 @@ File layout::
                           #   "{run_dir}/robot_a" built from arguments), remappings? ([[from, to]]),
                           #   arguments? (command-line arguments; "{config}" = the config dir),
                           #   if? / unless? (an argument that switches the node: a bool, or a
-                          #   string, which is on when not empty, as ``checkpoint``),
+                          #   string, which is on when not empty, as ``checkpoint``; with both,
+                          #   the node starts when the first is on and the second off),
                           #   ends_launch? (true: when this node exits, the whole launch ends)}
-    profiles:             # profile -> {description, nodes: [keys], argument_defaults?}
+    profiles:             # profile -> {description, nodes: [keys], includes? ([profiles] whose
+                          #   nodes it starts too, after its own), argument_defaults?}
 """
 from __future__ import annotations
 
@@ -147,10 +149,11 @@ class Graph:
         raw = self._profiles_raw.get(name)
         if raw is None:
             raise GraphError("profile", f"unknown profile {name!r}", ", ".join(self._profiles_raw))
-        unknown_nodes = [k for k in raw.get("nodes", []) if k not in self.nodes]
+        keys = self._node_keys(name, ())
+        unknown_nodes = [k for k in keys if k not in self.nodes]
         if unknown_nodes:
             raise GraphError(f"profiles.{name}.nodes", f"unknown node {unknown_nodes[0]!r}", ", ".join(self.nodes))
-        nodes = tuple(self.nodes[k] for k in raw.get("nodes", []))
+        nodes = tuple(self.nodes[k] for k in keys)
         defaults = {str(k): _yaml_text(v) for k, v in (raw.get("argument_defaults") or {}).items()}
         used = {a for n in nodes for a in _arguments_of(n)}
         for arg in list(defaults) + sorted(used):
@@ -171,6 +174,19 @@ class Graph:
             arguments.append(arg)
         return Profile(name=name, description=str(raw.get("description", "")), nodes=nodes,
                        arguments=tuple(arguments))
+
+    def _node_keys(self, name: str, chain: tuple[str, ...]) -> list[str]:
+        """The profile's own node keys, then those of the profiles it includes (each key once)."""
+        if name in chain:
+            raise GraphError(f"profiles.{chain[0]}.includes", f"includes itself ({' -> '.join((*chain, name))})",
+                             "profiles that do not include each other")
+        raw = self._profiles_raw.get(name)
+        if raw is None:
+            raise GraphError(f"profiles.{chain[-1]}.includes", f"unknown profile {name!r}", ", ".join(self._profiles_raw))
+        keys = list(raw.get("nodes", []))
+        for included in raw.get("includes", []) or []:
+            keys += [k for k in self._node_keys(included, (*chain, name)) if k not in keys]
+        return keys
 
     def resolve(self, profile_name: str, overrides: Mapping[str, str] | None = None) -> list[ResolvedNode]:
         """The nodes a profile starts with these ``name:=value`` overrides, conditions applied."""

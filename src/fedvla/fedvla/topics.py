@@ -72,6 +72,14 @@ ENABLE_SERVICE = "enable"  # std_srvs/SetBool: execute chunks (true) or dry run 
 STOP_SERVICE = "stop"
 UR3_DRIVER_NODE = "/ur3_driver"
 
+# The workcell twin (workcell_sim): its task's success check (fedvla_interfaces/TaskStatus, latched)
+# and the scene reset service (fedvla_interfaces/ResetScene), relative to the node. Its camera
+# publishes on the D435i's realsense-ros topics (camera_topic("camera", ...)).
+WORKCELL_NODE = "/workcell_sim"
+TASK_STATUS = "task_status"
+RESET_SCENE_SERVICE = "reset"
+TWIN_CAMERA = "camera"  # the real_robot profile's D435i, /camera/camera
+
 # ROS's own topics: the log, parameter events, simulated time.
 ROSOUT = "/rosout"
 PARAMETER_EVENTS = "/parameter_events"

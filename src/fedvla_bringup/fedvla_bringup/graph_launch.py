@@ -21,7 +21,8 @@ from ament_index_python.packages import PackageNotFoundError, get_package_prefix
 from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, Shutdown
 from launch.conditions import IfCondition, UnlessCondition
-from launch.substitutions import LaunchConfiguration, NotEqualsSubstitution, TextSubstitution
+from launch.substitutions import (AndSubstitution, LaunchConfiguration, NotEqualsSubstitution, NotSubstitution,
+                                  TextSubstitution)
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
@@ -57,6 +58,9 @@ def _switch(argument: str, arg_types: dict[str, str]):
 
 
 def _condition(node: NodeSpec, arg_types: dict[str, str]) -> IfCondition | UnlessCondition | None:
+    if node.if_argument and node.unless_argument:
+        return IfCondition(AndSubstitution(_switch(node.if_argument, arg_types),
+                                           NotSubstitution(_switch(node.unless_argument, arg_types))))
     if node.if_argument:
         return IfCondition(_switch(node.if_argument, arg_types))
     if node.unless_argument:

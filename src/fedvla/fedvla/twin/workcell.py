@@ -76,6 +76,9 @@ class Workcell:
 
     def stop(self) -> None:
         self.controller.stop()
+
+    def close_camera(self) -> None:
+        """Free the renderer; from the thread that rendered (its OpenGL context is that thread's)."""
         with self._render_lock:
             if self._renderer is not None:
                 self._renderer.close()

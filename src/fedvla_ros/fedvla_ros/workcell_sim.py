@@ -1,0 +1,128 @@
+"""workcell_sim: the MuJoCo twin of the paper's workcell, standing in for the robot and its camera
+(:mod:`fedvla.twin`). It serves what the hardware serves, so ``real_robot`` runs against it unchanged:
+
+* a UR3 controller on ``host`` (RTDE 30004, dashboard 29999, script 30003: ur_rtde's fixed ports),
+  whose joints move in MuJoCo;
+* the D435i's realsense-ros topics ``/camera/camera/color/image_raw``, ``.../color/camera_info``,
+  ``.../aligned_depth_to_color/image_raw`` and ``.../aligned_depth_to_color/camera_info`` in frame
+  ``camera_color_optical_frame``, at ``fps`` or as fast as rendering allows (the node logs the
+  rate it reaches);
+* ``~/reset`` (fedvla_interfaces/ResetScene: task, seed) and ``~/task_status``
+  (fedvla_interfaces/TaskStatus, latched, ``status_rate_hz``): the episode's success check.
+
+Parameters: the fields of :class:`fedvla.twin.workcell.WorkcellConfig` and
+:class:`fedvla.twin.scene.SceneConfig`, plus ``fps``, ``status_rate_hz`` and ``optical_frame_id``.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image
+
+from fedvla import topics
+from fedvla.config import ConfigError
+from fedvla.twin.scene import SceneConfig
+from fedvla.twin.workcell import Workcell, WorkcellConfig
+from fedvla_interfaces.msg import TaskStatus
+from fedvla_interfaces.srv import ResetScene
+from fedvla_ros.conversions import frame_messages
+from fedvla_ros.node_main import StartupError, main_for
+from fedvla_ros.parameters import declare, declare_config
+from fedvla_ros.qos import LATCHED_QOS
+
+
+class WorkcellSimNode(Node):
+    def __init__(self) -> None:
+        super().__init__("workcell_sim")
+        self.config = declare_config(self, WorkcellConfig)
+        self.scene = declare_config(self, SceneConfig)
+        self.fps = float(declare(self, "fps", 30.0, "camera frames per second to aim for (the D435i's 30)"))
+        status_rate = float(declare(self, "status_rate_hz", 10.0, "how often the success check is published"))
+        self.frame_id = declare(self, "optical_frame_id", "camera_color_optical_frame",
+                                "frame of the colour optical axis (realsense-ros; the URDF places it)")
+        camera = topics.camera_node(topics.TWIN_CAMERA)
+        qos = qos_profile_sensor_data
+        self._publishers = (
+            self.create_publisher(Image, topics.node_topic(camera, topics.COLOR_IMAGE), qos),
+            self.create_publisher(CameraInfo, topics.node_topic(camera, topics.COLOR_INFO), qos),
+            self.create_publisher(Image, topics.node_topic(camera, topics.ALIGNED_DEPTH_IMAGE), qos),
+            self.create_publisher(CameraInfo, topics.node_topic(camera, topics.ALIGNED_DEPTH_INFO), qos))
+        self._status_pub = self.create_publisher(TaskStatus, topics.private_topic(topics.TASK_STATUS), LATCHED_QOS)
+        self.workcell = Workcell(self.config, self.scene)
+        try:
+            self.workcell.start()
+        except OSError as err:
+            raise StartupError(f"cannot serve the UR controller ports on {self.config.host} ({err}): another "
+                               "workcell_sim, URSim or robot driver holds them; stop it or give another loopback "
+                               "address (robot_ip:=127.0.0.2)") from None
+        self.create_service(ResetScene, topics.private_topic(topics.RESET_SCENE_SERVICE), self._on_reset)
+        self.create_timer(1.0 / status_rate, self._publish_status)
+        self.frames_published = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._render_loop, name="render", daemon=True)
+        self._thread.start()
+        episode = self.workcell.episode
+        self.get_logger().info(
+            f"workcell twin: {self.workcell.task.title} (seed {episode.seed}), UR3 controller on "
+            f"{self.config.host} ({self.config.ur_type}, {self.workcell.controller.controller_frequency:g} Hz); "
+            f"instruction: {episode.instruction!r}")
+
+    def _on_reset(self, request: ResetScene.Request, response: ResetScene.Response) -> ResetScene.Response:
+        try:
+            episode = self.workcell.reset(request.task or None, request.seed)
+        except ConfigError as err:
+            response.success, response.message = False, str(err)
+            self.get_logger().error(f"reset refused: {err}")
+            return response
+        response.success, response.instruction = True, episode.instruction
+        response.message = f"{self.workcell.task.title}, seed {episode.seed}"
+        self.get_logger().info(f"reset: {response.message}; instruction {episode.instruction!r}")
+        self._publish_status()
+        return response
+
+    def _publish_status(self) -> None:
+        status, episode = self.workcell.status(), self.workcell.episode
+        msg = TaskStatus(task=episode.task, seed=episode.seed, instruction=episode.instruction,
+                         success=status.success, detail=status.detail, sim_time=self.workcell.sim_time_s)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = "base_link"
+        self._status_pub.publish(msg)
+
+    def _render_loop(self) -> None:
+        period = 1.0 / self.fps
+        next_time = time.monotonic()
+        window_start, window_frames = time.monotonic(), 0
+        try:
+            while not self._stop.is_set() and self.context.ok():
+                frame = self.workcell.render(depth=True)
+                color, info, depth = frame_messages(frame, self.get_clock().now().to_msg(), self.frame_id)
+                for publisher, message in zip(self._publishers, (color, info, depth, info)):
+                    publisher.publish(message)
+                self.frames_published += 1
+                window_frames += 1
+                if time.monotonic() - window_start >= 30.0:
+                    rate = window_frames / (time.monotonic() - window_start)
+                    level = self.get_logger().info if rate >= 0.9 * self.fps else self.get_logger().warn
+                    level(f"camera: {rate:.1f} frames/s (aim {self.fps:g}; rendering is the limit below it)")
+                    window_start, window_frames = time.monotonic(), 0
+                next_time = max(next_time + period, time.monotonic() - period)
+                self._stop.wait(max(0.0, next_time - time.monotonic()))
+        except Exception as err:  # a dead render thread must not leave a silent twin behind
+            if self.context.ok():
+                self.get_logger().fatal(f"rendering failed: {err!r}")
+                self.context.try_shutdown()
+        finally:
+            self.workcell.close_camera()
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)
+        self.workcell.stop()
+        super().destroy_node()
+
+
+main = main_for(WorkcellSimNode, "workcell_sim")
