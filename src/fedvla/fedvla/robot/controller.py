@@ -121,10 +121,7 @@ class ArmController:
         if not (np.isfinite(step_period_s) and step_period_s > 0):
             return self._refuse(Violation.NOT_FINITE)
         actions = actions[: self.config.execute_steps]
-        # Not streaming: plan from where the arm is, which may differ from the last setpoint (moved
-        # by hand in freedrive, or by an operator resetting the cell).
-        start = self.measured_q if self._stopped and self.measured_q is not None else self.setpoint
-        q, tool = start.copy(), self.kinematics.fk(start).homogeneous
+        q, tool = self.setpoint.copy(), self.kinematics.fk(self.setpoint).homogeneous
         waypoints, grippers = [q], []
         for action in actions:
             try:

@@ -45,6 +45,7 @@ _SAFETY_MODES = {
     6: SafetyStatus.EMERGENCY_STOP, 7: SafetyStatus.EMERGENCY_STOP,  # system / robot e-stop
 }  # anything else (RECOVERY, VIOLATION, FAULT, ...) is FAULT
 _ROBOT_MODE_RUNNING = 7
+GRIPPER_SETTLE_S = 0.2  # a gripper command shows in the digital outputs within a few controller cycles
 _GRIPPER_BANKS = {"standard": (0, 8), "configurable": (8, 8), "tool": (16, 2)}  # first bit, count
 
 
@@ -97,6 +98,7 @@ class UrRtdeArm(ArmBackend):
         self._rtde_receive, self._rtde_control, self._dashboard = _import_ur_rtde()
         self._receive = self._control = None
         self._gripper_commanded: bool | None = None
+        self._gripper_sent_s = 0.0
 
     # Connection --------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -143,7 +145,8 @@ class UrRtdeArm(ArmBackend):
         bit = self.config.gripper_bit
         with self._link():
             gripper = (bool(receive.getDigitalOutState(bit)) == self.config.gripper_closed_level) if bit is not None else False
-            if bit is not None and gripper != self._gripper_commanded:
+            if bit is not None and gripper != self._gripper_commanded \
+                    and time.monotonic() - self._gripper_sent_s > GRIPPER_SETTLE_S:
                 self._gripper_commanded = None  # changed behind our back (pendant, cell reset): command it again
             return ArmState(
                 q=np.asarray(receive.getActualQ(), dtype=np.float64),
@@ -183,6 +186,7 @@ class UrRtdeArm(ArmBackend):
             raise BackendError(f"cannot send the gripper command to {self.config.robot_ip}:"
                                f"{self.config.script_port}: {err}") from None
         self._gripper_commanded = bool(closed)
+        self._gripper_sent_s = time.monotonic()
 
     def kick_watchdog(self) -> None:
         if self.config.watchdog_frequency_hz > 0 and self.is_connected:

@@ -19,7 +19,7 @@ from fedvla.twin.scene import ARM_BODIES
 class PlantStep:
     q: np.ndarray  # (6,) rad, measured
     qd: np.ndarray  # (6,) rad/s
-    contact_force_n: float  # the largest normal force on the arm from anything it may not push
+    contact_force_n: float  # the largest total normal force on the arm from what it may not push
     contact: str  # "link <-> what" of that contact, "" if none
 
 
@@ -95,8 +95,10 @@ class MujocoPlant:
                              contact_force_n=worst, contact=where)
 
     def _arm_contact_force(self) -> tuple[float, str]:
+        """The total normal force on the arm from what it may not push (a box on the table touches
+        at several points: their sum is what the joints feel), and the pair that pushes hardest."""
         model, data = self.model, self.data
-        worst, where = 0.0, ""
+        total, worst, where = 0.0, 0.0, ""
         for i in range(data.ncon):
             contact = data.contact[i]
             b1, b2 = model.geom_bodyid[contact.geom1], model.geom_bodyid[contact.geom2]
@@ -107,7 +109,8 @@ class MujocoPlant:
             if self._finger_body[b1] and self._finger_body[b2]:
                 continue  # the fingers closing on nothing
             self._mujoco.mj_contactForce(model, data, i, self._force)
-            if abs(self._force[0]) > worst:
-                worst = abs(self._force[0])
-                where = f"{model.body(b1).name} <-> {model.body(b2).name}"
-        return worst, where
+            force = abs(self._force[0])
+            total += force
+            if force > worst:
+                worst, where = force, f"{model.body(b1).name} <-> {model.body(b2).name}"
+        return total, where

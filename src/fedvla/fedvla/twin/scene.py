@@ -138,7 +138,9 @@ def build_spec(config: SceneConfig):
             if body.name in FINGER_BODIES:
                 geom.friction = [config.finger_friction, 0.02, 0.0002]
                 geom.condim = 4
-    kp = {name: 400.0 if i < 3 else 150.0 for i, name in enumerate(ARM_JOINTS)}
+    # Stiff servos, as a UR's joint position control is: a 3 cm push into the table reaches the
+    # protective-stop force instead of sagging.
+    kp = dict(zip(ARM_JOINTS, (3000.0, 3000.0, 2000.0, 600.0, 600.0, 600.0)))
     for name in ARM_JOINTS:
         joint = joints[name]
         joint.armature = 0.05

@@ -7,8 +7,9 @@ Physics advances one controller period per controller cycle, in the controller's
 twin runs in real time while the machine keeps up (``fedvla bench twin`` measures how far it does).
 
 :meth:`Workcell.reset` is the operator resetting the cell between trials: a new layout from (task,
-seed), the arm back home with the gripper open. A running program is left running (as when an
-operator moves the arm in freedrive): the driver plans its next chunk from the measured joints.
+seed), the arm back home with the gripper open. Like an operator, it first stops the running
+program, so a connected driver reports the stop and resynchronises on the measured joints when it
+recovers (the driver's ``~/recover``), instead of steering back to where the arm was.
 """
 from __future__ import annotations
 
@@ -90,6 +91,7 @@ class Workcell:
         new_task = task_named(task) if task else self.task
         episode = new_task.episode(self.config.seed if seed is None else int(seed))
         with self.controller.lock:
+            self.controller.stop_program("the cell is being reset")
             if new_task is not self.task:
                 self.task = new_task
                 self.plant = self._plant_for(new_task)

@@ -341,9 +341,9 @@ class ControllerCore:
             offset = 24 if any(k == "input_int_register_24" for k in self._input_owner) else 0
             self._start_program(_Program("# started by the test\nrtde_cmd()\n", True, offset, _DEFAULT_REALTIME, 0.0))
 
-    def stop_program(self) -> None:
+    def stop_program(self, why: str = "stopped by the test") -> None:
         with self.lock:
-            self._end_program("stopped by the test")
+            self._end_program(why)
 
     def output_register(self, index: int, kind: str = "int") -> Any:
         return getattr(self.state, f"output_{kind}_register_{index}")
