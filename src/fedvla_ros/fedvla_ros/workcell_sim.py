@@ -45,7 +45,7 @@ class WorkcellSimNode(Node):
                                 "frame of the colour optical axis (realsense-ros; the URDF places it)")
         camera = topics.camera_node(topics.TWIN_CAMERA)
         qos = qos_profile_sensor_data
-        self._publishers = (
+        self._camera_pubs = (
             self.create_publisher(Image, topics.node_topic(camera, topics.COLOR_IMAGE), qos),
             self.create_publisher(CameraInfo, topics.node_topic(camera, topics.COLOR_INFO), qos),
             self.create_publisher(Image, topics.node_topic(camera, topics.ALIGNED_DEPTH_IMAGE), qos),
@@ -99,7 +99,7 @@ class WorkcellSimNode(Node):
             while not self._stop.is_set() and self.context.ok():
                 frame = self.workcell.render(depth=True)
                 color, info, depth = frame_messages(frame, self.get_clock().now().to_msg(), self.frame_id)
-                for publisher, message in zip(self._publishers, (color, info, depth, info)):
+                for publisher, message in zip(self._camera_pubs, (color, info, depth, info)):
                     publisher.publish(message)
                 self.frames_published += 1
                 window_frames += 1

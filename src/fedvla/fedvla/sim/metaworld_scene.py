@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 
-# MuJoCo picks its GL backend at import time; EGL renders headless without a display.
-os.environ.setdefault("MUJOCO_GL", "egl")
-if os.environ["MUJOCO_GL"] == "osmesa":
-    os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+from fedvla.rendering import use_headless_gl
+
+use_headless_gl()  # before mujoco is imported
 
 # The four tasks of the FedVLA simulation study (paper section 4.1).
 PAPER_TASKS = ("door-lock-v3", "drawer-close-v3", "sweep-into-v3", "window-open-v3")

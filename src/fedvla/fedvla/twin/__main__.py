@@ -6,10 +6,7 @@ prints ``ready <host>`` once it listens, then one status line per reset read fro
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 def main(argv: list[str] | None = None) -> int:
