@@ -233,7 +233,7 @@ class OpenDrawer(WorkcellTask):
 
     def status(self, model, data, episode):
         opened = float(data.joint("drawer_slide").qpos[0])
-        return TaskStatus(opened >= DRAWER_OPEN_M, f"drawer out {opened * 100:.1f} cm "
+        return TaskStatus(opened >= DRAWER_OPEN_M, f"drawer out {max(opened, 0.0) * 100:.1f} cm "
                                                    f"(open from {DRAWER_OPEN_M * 100:.0f} cm)")
 
 
