@@ -163,6 +163,12 @@ def build_spec(config: SceneConfig):
     spec.add_equality(type=mujoco.mjtEq.mjEQ_JOINT, name1=MIMIC_JOINT, name2=GRIPPER_JOINT,
                       data=[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0])
 
+    # The links' collision cylinders are coarse, and a UR controller does not stop on its own links
+    # touching: no contacts between the arm's own links.
+    for i, first in enumerate(ARM_BODIES):
+        for second in ARM_BODIES[i + 1:]:
+            spec.add_exclude(bodyname1=first, bodyname2=second)
+
     world = spec.worldbody
     world.add_geom(name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[2, 2, 0.1], pos=[0, 0, -0.75],
                    rgba=[0.35, 0.35, 0.38, 1])

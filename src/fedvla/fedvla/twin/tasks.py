@@ -155,7 +155,7 @@ class TrashCollection(WorkcellTask):
     name, title = "trash_collection", "Trash Collection"
     labels = {"paper": "crumpled paper", "bin": "trash bin", "can": "can", "cup": "cup"}
     BIN_INNER, BIN_HEIGHT, BIN_WALL = 0.075, 0.09, 0.006  # inner half width
-    PAPER_RADII = (0.022, 0.02, 0.019)
+    PAPER_RADII = (0.026, 0.024, 0.024)  # a ball of paper about 5 cm across
 
     def add_objects(self, spec) -> None:
         import mujoco
@@ -195,7 +195,8 @@ class OpenDrawer(WorkcellTask):
     name, title = "open_drawer", "Open Drawer"
     labels = {"cabinet": "cabinet", "drawer": "drawer", "drawer_handle": "drawer handle"}
     HALF = (0.1, 0.12, 0.055)  # the cabinet's half extents; its front faces the robot (-x)
-    HANDLE_Z, HANDLE_OUT = 0.075, 0.025
+    # The bar stands 6 cm off the front: room for the far finger of the open gripper (4.25 cm + 1 cm).
+    HANDLE_Z, HANDLE_OUT = 0.075, 0.06
 
     def add_objects(self, spec) -> None:
         import mujoco
@@ -211,12 +212,15 @@ class OpenDrawer(WorkcellTask):
         drawer = cabinet.add_body(name="drawer", pos=[0, 0, 0])
         drawer.add_joint(name="drawer_slide", type=mujoco.mjtJoint.mjJNT_SLIDE, axis=[-1, 0, 0],
                          range=[0, DRAWER_TRAVEL_M], damping=2.0, frictionloss=0.3)
-        inner = [hx - 2 * t, hy - 2 * t - 0.002]
+        # The drawer fits the cavity with 3 mm to spare on every side: the cabinet is fixed to the
+        # world, so MuJoCo does collide it with its child, the drawer.
+        gap = 0.003
         cream = [0.85, 0.8, 0.7, 1]
-        front_top = self.HANDLE_Z + 0.025
-        _geom(drawer, mujoco, "box", [t, hy - 0.004, front_top / 2 - 0.004], cream,
-              pos=[-hx + t, 0, front_top / 2 + 0.004], mass=0.2)
-        _geom(drawer, mujoco, "box", [inner[0], inner[1], t / 2], cream, pos=[0, 0, 2 * t + 0.001], mass=0.2)
+        bottom, top = 2 * t + gap, 2 * hz - 2 * t - gap
+        _geom(drawer, mujoco, "box", [t, hy - 2 * t - gap, (top - bottom) / 2], cream,
+              pos=[-hx + t, 0, (top + bottom) / 2], mass=0.2)
+        _geom(drawer, mujoco, "box", [hx - 2 * t - gap, hy - 2 * t - gap, t / 2], cream,
+              pos=[0, 0, bottom + t / 2], mass=0.2)
         handle = drawer.add_body(name="drawer_handle", pos=[-hx - self.HANDLE_OUT, 0, self.HANDLE_Z])
         steel = [0.75, 0.75, 0.78, 1]
         _geom(handle, mujoco, "capsule", [0.008, 0.045], steel, quat=[0.7071068, 0.7071068, 0, 0],
