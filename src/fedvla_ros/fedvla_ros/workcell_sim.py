@@ -85,8 +85,11 @@ class WorkcellSimNode(Node):
 
     def _publish_status(self) -> None:
         status, episode = self.workcell.status(), self.workcell.episode
+        objects = self.workcell.object_positions()
         msg = TaskStatus(task=episode.task, seed=episode.seed, instruction=episode.instruction,
-                         success=status.success, detail=status.detail, sim_time=self.workcell.sim_time_s)
+                         success=status.success, detail=status.detail, sim_time=self.workcell.sim_time_s,
+                         object_names=list(objects),
+                         object_positions=[float(v) for p in objects.values() for v in p])
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.header.frame_id = "base_link"
         self._status_pub.publish(msg)

@@ -165,9 +165,7 @@ class Expert:
 def expert_agent(workcell, config: ExpertConfig | None = None):
     """The expert as an in-process agent (:mod:`fedvla.twin.inprocess`): horizon-1 chunks at
     :data:`CONTROL_RATE_HZ`, planned on the objects' poses at the start of the episode."""
-    from fedvla.twin.inprocess import object_positions
-
-    expert = Expert(workcell.episode, object_positions(workcell), config)
+    expert = Expert(workcell.episode, workcell.object_positions(), config)
 
     def act(observation):
         if expert.done:

@@ -115,11 +115,6 @@ class TrialResult:
     fault: str = ""  # why the arm stopped, if it did
 
 
-def object_positions(workcell: Workcell) -> dict[str, np.ndarray]:
-    data = workcell.plant.data
-    return {body: data.body(body).xpos.copy() for body in workcell.task.labels}
-
-
 class InProcessTwin:
     """A :class:`Workcell` (not serving sockets) and the driver's runtime on it."""
 
@@ -152,15 +147,16 @@ class InProcessTwin:
         stops_before = len(self.arm.protective_stops)
         ticks_per_step = max(1, int(round(1.0 / (rate_hz * self.arm.period_s))))
         start_s, success_at, steps, after = self.time_s, None, 0, 0
-        for steps in range(1, max_steps + 1):
+        for step in range(max_steps):
             q = self.arm.read().q
-            observation = Observation(step=steps - 1, time_s=self.time_s - start_s, joint_positions=q,
+            observation = Observation(step=step, time_s=self.time_s - start_s, joint_positions=q,
                                       tool_position=self.kinematics.fk(q).translation.copy(),
-                                      gripper_closed=self.arm.gripper_closed, objects=object_positions(workcell),
+                                      gripper_closed=self.arm.gripper_closed, objects=workcell.object_positions(),
                                       instruction=episode.instruction)
             decision = agent(observation)
             if decision is None:
                 break
+            steps += 1  # control steps executed
             actions, step_period_s = decision
             controller.submit_chunk(np.asarray(actions, dtype=np.float64), step_period_s, self.time_s)
             for _ in range(ticks_per_step):

@@ -103,6 +103,11 @@ class Workcell:
         with self.plant.lock:
             return self.task.status(self.plant.model, self.plant.data, self.episode)
 
+    def object_positions(self) -> dict[str, np.ndarray]:
+        """The task's bodies -> their positions now (m, base_link): the twin's ground truth."""
+        with self.plant.lock:
+            return {body: self.plant.data.body(body).xpos.copy() for body in self.task.labels}
+
     @property
     def sim_time_s(self) -> float:
         return float(self.plant.data.time)
