@@ -12,9 +12,13 @@
 
 Parameters: the fields of :class:`fedvla.twin.workcell.WorkcellConfig` and
 :class:`fedvla.twin.scene.SceneConfig`, plus ``fps``, ``status_rate_hz`` and ``optical_frame_id``.
+
+The controller and the physics run in a child process (:mod:`fedvla.twin.process`), so that
+rendering and ROS never delay its 125 Hz cycle; this node renders snapshots of the physics.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -24,14 +28,20 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from fedvla import topics
 from fedvla.config import ConfigError
+from fedvla.twin.camera import TwinCamera
+from fedvla.twin.process import WorkcellProcess
 from fedvla.twin.scene import SceneConfig
-from fedvla.twin.workcell import Workcell, WorkcellConfig
+from fedvla.twin.tasks import task_named
+from fedvla.twin.workcell import WorkcellConfig
 from fedvla_interfaces.msg import TaskStatus
 from fedvla_interfaces.srv import ResetScene
 from fedvla_ros.conversions import frame_messages
 from fedvla_ros.node_main import StartupError, main_for
 from fedvla_ros.parameters import declare, declare_config
 from fedvla_ros.qos import LATCHED_QOS
+
+
+RENDER_NICENESS = 10
 
 
 class WorkcellSimNode(Node):
@@ -51,13 +61,14 @@ class WorkcellSimNode(Node):
             self.create_publisher(Image, topics.node_topic(camera, topics.ALIGNED_DEPTH_IMAGE), qos),
             self.create_publisher(CameraInfo, topics.node_topic(camera, topics.ALIGNED_DEPTH_INFO), qos))
         self._status_pub = self.create_publisher(TaskStatus, topics.private_topic(topics.TASK_STATUS), LATCHED_QOS)
-        self.workcell = Workcell(self.config, self.scene)
         try:
-            self.workcell.start()
+            self.workcell = WorkcellProcess(self.config, self.scene)
         except OSError as err:
             raise StartupError(f"cannot serve the UR controller ports on {self.config.host} ({err}): another "
                                "workcell_sim, URSim or robot driver holds them; stop it or give another loopback "
                                "address (robot_ip:=127.0.0.2)") from None
+        self.camera = TwinCamera(self.scene)
+        self._log_index = 0
         self.create_service(ResetScene, topics.private_topic(topics.RESET_SCENE_SERVICE), self._on_reset)
         self.create_timer(1.0 / status_rate, self._publish_status)
         self.frames_published = 0
@@ -66,9 +77,16 @@ class WorkcellSimNode(Node):
         self._thread.start()
         episode = self.workcell.episode
         self.get_logger().info(
-            f"workcell twin: {self.workcell.task.title} (seed {episode.seed}), UR3 controller on "
-            f"{self.config.host} ({self.config.ur_type}, {self.workcell.controller.controller_frequency:g} Hz); "
-            f"instruction: {episode.instruction!r}")
+            f"workcell twin: {task_named(episode.task).title} (seed {episode.seed}), UR3 controller on "
+            f"{self.config.host} ({self.config.ur_type}, {'125' if self.config.ur_type == 'ur3' else '500'} Hz, "
+            f"in its own process); instruction: {episode.instruction!r}")
+
+    def _controller_log(self, source: str, message: str) -> None:
+        """What a pendant would show: programs starting and stopping, safety events, the watchdog."""
+        if source == "safety" or "watchdog" in message:
+            self.get_logger().warn(f"controller: {message}")
+        elif source == "script" and message.startswith(("program started", "program stopped")):
+            self.get_logger().info(f"controller: {message}")
 
     def _on_reset(self, request: ResetScene.Request, response: ResetScene.Response) -> ResetScene.Response:
         try:
@@ -78,16 +96,23 @@ class WorkcellSimNode(Node):
             self.get_logger().error(f"reset refused: {err}")
             return response
         response.success, response.instruction = True, episode.instruction
-        response.message = f"{self.workcell.task.title}, seed {episode.seed}"
+        response.message = f"{task_named(episode.task).title}, seed {episode.seed}"
         self.get_logger().info(f"reset: {response.message}; instruction {episode.instruction!r}")
         self._publish_status()
         return response
 
     def _publish_status(self) -> None:
-        status, episode = self.workcell.status(), self.workcell.episode
+        if not self.workcell.alive:
+            self.get_logger().fatal("the workcell process died: the twin stops")
+            self.context.try_shutdown()
+            return
+        self._log_index, lines = self.workcell.log_since(self._log_index)
+        for source, message in lines:
+            self._controller_log(source, message)
+        status, episode, state = self.workcell.status(), self.workcell.episode, self.workcell.scene_state()
         objects = self.workcell.object_positions()
         msg = TaskStatus(task=episode.task, seed=episode.seed, instruction=episode.instruction,
-                         success=status.success, detail=status.detail, sim_time=self.workcell.sim_time_s,
+                         success=status.success, detail=status.detail, sim_time=state.time_s,
                          object_names=list(objects),
                          object_positions=[float(v) for p in objects.values() for v in p])
         msg.header.stamp = self.get_clock().now().to_msg()
@@ -95,12 +120,18 @@ class WorkcellSimNode(Node):
         self._status_pub.publish(msg)
 
     def _render_loop(self) -> None:
+        # The camera yields to the robot: rendering is the twin's heaviest work, and on a small
+        # machine it must not starve the controller's cycle or the driver (their watchdog is 100 ms).
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), RENDER_NICENESS)
+        except (AttributeError, OSError):  # not Linux, or not permitted: render at normal priority
+            pass
         period = 1.0 / self.fps
         next_time = time.monotonic()
         window_start, window_frames = time.monotonic(), 0
         try:
             while not self._stop.is_set() and self.context.ok():
-                frame = self.workcell.render(depth=True)
+                frame = self.camera.render(self.workcell.scene_state(), depth=True)
                 color, info, depth = frame_messages(frame, self.get_clock().now().to_msg(), self.frame_id)
                 for publisher, message in zip(self._camera_pubs, (color, info, depth, info)):
                     publisher.publish(message)
@@ -118,7 +149,7 @@ class WorkcellSimNode(Node):
                 self.get_logger().fatal(f"rendering failed: {err!r}")
                 self.context.try_shutdown()
         finally:
-            self.workcell.close_camera()
+            self.camera.close()
 
     def destroy_node(self) -> None:
         self._stop.set()

@@ -1,6 +1,6 @@
 """The expert demonstrator in the twin, in process (the driver's own runtime on the physics, in
-simulated time): it succeeds on every task within the paper's 20-80 steps, through the driver's
-IK and safety checks (no chunk refused, no protective stop)."""
+simulated time): it succeeds on at least nine layouts in ten of every task within the paper's
+20-80 steps, through the driver's IK and safety checks (no protective stop)."""
 import pytest
 
 pytest.importorskip("mujoco")
@@ -18,12 +18,15 @@ def twin():
 
 
 @pytest.mark.parametrize("task", list(TASKS))
-def test_the_expert_succeeds_within_the_papers_episode_length(twin, task) -> None:
-    for seed in (0, 1):
-        result = twin.run_trial(task, seed, expert_agent, CONTROL_RATE_HZ, max_steps=100)
-        assert result.success, result
-        assert 20 <= result.steps <= 80, result
-        assert result.refused_chunks == 0 and result.protective_stops == 0, result
+def test_the_expert_succeeds_nine_times_in_ten_within_the_papers_episode_length(twin, task) -> None:
+    """The expert's ceiling must be at least 90 % (issue 21): checked here on ten layouts per task."""
+    results = [twin.run_trial(task, seed, expert_agent, CONTROL_RATE_HZ, max_steps=100) for seed in range(10)]
+    assert sum(r.success for r in results) >= 9, [r for r in results if not r.success]
+    for result in results:
+        assert result.steps <= 80, result
+        assert result.protective_stops == 0, result
+        if result.success:  # (a step too fast for a joint at some pose is refused; the expert then slows down)
+            assert result.steps >= 20 and result.refused_chunks <= 3, result
 
 
 def test_the_expert_acts_in_its_action_space_and_stops_at_its_step_limit(twin) -> None:

@@ -16,8 +16,7 @@ from fedvla.robot.ik import IkSolver  # noqa: E402
 from fedvla.robot.kinematics import HOME_Q, ArmKinematics, find_urdf  # noqa: E402
 from fedvla.twin.plant import MujocoPlant  # noqa: E402
 from fedvla.twin.scene import SceneConfig, build_spec  # noqa: E402
-from fedvla.twin.tasks import TASKS, task_named  # noqa: E402
-from fedvla.twin.workcell import compile_task_model  # noqa: E402
+from fedvla.twin.tasks import TASKS, compile_task_model, task_named  # noqa: E402
 
 PERIOD = 0.008  # a CB3 controller cycle
 

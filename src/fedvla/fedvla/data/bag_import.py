@@ -290,9 +290,12 @@ def import_bag(path: str | Path, writer: EpisodeWriter, config: BagEpisodeConfig
 
 
 def import_bags(bags: Sequence[str | Path], output: str | Path, config: BagEpisodeConfig, encoder, *,
-                image_size: int = 0, on_episode: Callable[[ImportedEpisode], None] | None = None) -> list[ImportedEpisode]:
+                image_size: int = 0, on_episode: Callable[[ImportedEpisode], None] | None = None,
+                action_space: dict | None = None) -> list[ImportedEpisode]:
     """Append one episode per bag to the dataset at ``output``. A new dataset takes ``image_size``,
-    and its action size and IOSP grid from the first bag; an existing one keeps its own."""
+    and its action size and IOSP grid from the first bag; an existing one keeps its own.
+    ``action_space`` (:meth:`fedvla.robot.retarget.ActionSpace.to_dict`): what the recorded actions
+    mean, kept with a new dataset and checked against an existing one's."""
     output = Path(output)
     if not bags:
         raise DatasetError("no bag to import")
@@ -301,7 +304,8 @@ def import_bags(bags: Sequence[str | Path], output: str | Path, config: BagEpiso
         writer = EpisodeWriter(output, camera_names=meta.camera_names, image_size=meta.image_size,
                                proprio_dim=meta.proprio_dim, action_dim=meta.action_dim,
                                control_rate_hz=meta.control_rate_hz, language_encoder=meta.language_encoder,
-                               iosp_grid=meta.iosp_grid, iosp_tokens_per_group=meta.iosp_tokens_per_group)
+                               iosp_grid=meta.iosp_grid, iosp_tokens_per_group=meta.iosp_tokens_per_group,
+                               action_space=action_space)
     else:
         require(image_size > 0, "image_size", "a new dataset needs its image size", "the policy's image size, e.g. 128")
         sampling = BagSampling()
@@ -312,7 +316,7 @@ def import_bags(bags: Sequence[str | Path], output: str | Path, config: BagEpiso
         writer = EpisodeWriter(output, camera_names=config.camera_names, image_size=image_size,
                                proprio_dim=config.proprio_dim, action_dim=len(first.action),
                                control_rate_hz=sampling.rate_hz, iosp_grid=first.iosp_grid,
-                               iosp_tokens_per_group=k)
+                               iosp_tokens_per_group=k, action_space=action_space)
         config = dataclasses.replace(config, control_rate_hz=sampling.rate_hz)  # every bag on the same clock
     imported = []
     for bag in bags:

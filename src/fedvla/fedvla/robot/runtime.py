@@ -7,8 +7,10 @@ The node (``fedvla_ros.ur3_driver``) only converts messages and calls :meth:`Arm
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
+import os
 import logging
 import threading
 import time
@@ -30,6 +32,10 @@ log = logging.getLogger("fedvla.robot")
 
 # The controller's cycle per UR model: CB3 controllers run at 125 Hz, e-series at 500 Hz.
 UR_CONTROL_RATES_HZ = {"ur3": 125.0, "ur3e": 500.0}
+
+
+CALLER_NICENESS = -10
+STALL_PERIODS = 6  # a cycle this late is worth a warning (a UR's RTDE watchdog allows about 12 at 125 Hz)
 
 
 class ArmBackendKind(str, enum.Enum):
@@ -59,6 +65,10 @@ class ArmDriverConfig:
     operator_heartbeat_topic: str = ""
     state_rate_hz: float = 50.0  # /joint_states, tool pose and /tf
     ik_restarts: int = 0  # random restarts when warm-started IK fails (0: fail fast, the chunk is refused)
+    # SCHED_FIFO priority of the control loop's thread (1-99; 0: normal scheduling), as the UR ROS
+    # driver asks for: on a busy machine a normal thread can miss the RTDE watchdog (100 ms). Needs
+    # rtprio permission (/etc/security/limits.conf); without it the loop runs at normal priority.
+    realtime_priority: int = 50
 
     def __post_init__(self) -> None:
         require(self.ur_type in UR_CONTROL_RATES_HZ, "ur_type", f"unknown UR model {self.ur_type!r}",
@@ -67,6 +77,8 @@ class ArmDriverConfig:
                 f"has {len(self.initial_joint_positions)} values", "six joint angles in rad")
         require_positive(self.state_rate_hz, "state_rate_hz")
         require(self.ik_restarts >= 0, "ik_restarts", f"is negative ({self.ik_restarts})", "0 or more")
+        require(0 <= self.realtime_priority <= 99, "realtime_priority", f"{self.realtime_priority} is not a "
+                "SCHED_FIFO priority", "1-99, or 0 for normal scheduling")
         require(not (self.object_pose_topic and self.object_position_topic), "object_position_topic",
                 "is set together with object_pose_topic (two sources for one object)", "one of the two, the other empty")
 
@@ -153,20 +165,47 @@ class ArmRuntime:
 
     # The loop ---------------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.config.realtime_priority > 0:
+            # The loop needs the GIL too: the thread that calls start() (a node's executor) must not
+            # sit descheduled holding it while the loop waits, so it runs at a raised priority as well.
+            with contextlib.suppress(AttributeError, OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CALLER_NICENESS)
         self._thread = threading.Thread(target=self._loop, name="arm-control", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
+        self._claim_realtime_priority()
         period = self.backend.period_s
+        last = time.monotonic()
+        slowest = ("", 0.0)  # the slowest part of the previous cycle, to name a stall's cause
         while not self._halt.is_set():
             started = time.monotonic()
+            if started - last > STALL_PERIODS * period:  # the robot's watchdog may already have stopped it
+                log.warning("control loop stalled for %.0f ms (slowest part of the cycle before: %s, %.0f ms)",
+                            (started - last) * 1e3, slowest[0], slowest[1] * 1e3)
+            last = started
             start = self.backend.init_period()
             with self._lock:
+                locked = time.monotonic()
                 self.controller.step(time.monotonic())
+            stepped = time.monotonic()
             self._cycles += 1
-            if time.monotonic() - started > period:
+            if stepped - started > period:
                 self._overruns += 1
             self.backend.wait_period(start)
+            slowest = max((("waiting for the lock", locked - started), ("the controller step", stepped - locked),
+                           ("waiting for the period", time.monotonic() - stepped)), key=lambda part: part[1])
+
+    def _claim_realtime_priority(self) -> None:
+        priority = self.config.realtime_priority
+        if priority <= 0:
+            return
+        try:
+            os.sched_setscheduler(threading.get_native_id(), os.SCHED_FIFO, os.sched_param(priority))
+            log.info("control loop runs with real-time priority %d (SCHED_FIFO)", priority)
+        except (AttributeError, OSError) as err:
+            log.warning("control loop at normal priority: real-time priority %d refused (%s); grant rtprio "
+                        "(/etc/security/limits.conf) or set realtime_priority 0", priority, err)
 
     def close(self) -> None:
         """Stop the loop, brake, and release the arm (ur_rtde: servoStop, end the control script)."""

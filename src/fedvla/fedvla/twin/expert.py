@@ -59,7 +59,8 @@ def _place(body: str, carry_z: float, release_z: float, offset=(0.0, 0.0)) -> li
     def level(z):
         return lambda objects: np.array([objects[body][0] + offset[0], objects[body][1] + offset[1], z])
 
-    return [Keypoint(level(carry_z), True, tolerance_m=0.015, speed=0.8), Keypoint(level(release_z), True),
+    # (the tool comes to rest before the gripper opens: a moving hand throws what it lets go)
+    return [Keypoint(level(carry_z), True, tolerance_m=0.015, speed=0.8), Keypoint(level(release_z), True, settle=2),
             Keypoint(level(release_z), False, settle=3), Keypoint(level(carry_z), False)]
 
 
@@ -94,7 +95,7 @@ def keypoints(episode: Episode, objects: Objects) -> list[Keypoint]:
                 Keypoint(lambda _: grasp - [0.12, 0, -0.08], False)]
     if isinstance(task, SortingPills):
         tray = f"{episode.target_colour}_tray"
-        return [*_pick("bottle", 0.045, 0.12), *_place(tray, 0.12, 0.08)]
+        return [*_pick("bottle", 0.045, 0.11), *_place(tray, 0.11, 0.08)]
     raise ValueError(f"no expert for task {episode.task!r}")
 
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import math
 from collections.abc import Sequence
 
 import numpy as np
 
 from fedvla.config import ConfigError
+from fedvla.twin.scene import SceneConfig, build_spec
 
 DRAWER_OPEN_M = 0.08
 DRAWER_TRAVEL_M = 0.15
@@ -293,5 +293,8 @@ def task_named(name: str) -> WorkcellTask:
         raise ConfigError("task", f"unknown task {name!r}", ", ".join(TASKS)) from None
 
 
-def yaw_quat(yaw: float) -> np.ndarray:
-    return np.array([math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)])
+def compile_task_model(task: WorkcellTask, scene: SceneConfig):
+    """The workcell with ``task``'s objects, compiled (``mujoco.MjModel``)."""
+    spec = build_spec(scene)
+    task.add_objects(spec)
+    return spec.compile()

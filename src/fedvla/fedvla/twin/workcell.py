@@ -14,21 +14,18 @@ recovers (the driver's ``~/recover``), instead of steering back to where the arm
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 
 import numpy as np
 
-from fedvla.camera.base import Frame, Intrinsics
+from fedvla.camera.base import Frame
 from fedvla.config import ConfigError, require_positive
 from fedvla.robot.kinematics import HOME_Q
 from fedvla.twin.plant import MujocoPlant, PlantConfig
-from fedvla.twin.scene import CAMERA_NAME, SceneConfig, build_spec
-from fedvla.twin.tasks import Episode, TaskStatus, WorkcellTask, task_named
+from fedvla.twin.camera import SceneState, TwinCamera, scene_state
+from fedvla.twin.scene import SceneConfig
+from fedvla.twin.tasks import Episode, TaskStatus, WorkcellTask, compile_task_model, task_named
 from fedvla.twin.ur_controller import CB3, E_SERIES, ControllerCore
-
-DEPTH_SCALE_M = 0.001  # realsense-ros: 16UC1 depth in millimetres
-
 
 @dataclasses.dataclass(kw_only=True)
 class WorkcellConfig:
@@ -48,12 +45,6 @@ class WorkcellConfig:
         require_positive(self.protective_stop_force_n, "protective_stop_force_n")
 
 
-def compile_task_model(task: WorkcellTask, scene: SceneConfig):
-    spec = build_spec(scene)
-    task.add_objects(spec)
-    return spec.compile()
-
-
 class Workcell:
     def __init__(self, config: WorkcellConfig | None = None, scene: SceneConfig | None = None) -> None:
         self.config = config or WorkcellConfig()
@@ -64,10 +55,7 @@ class Workcell:
             host=self.config.host, urcontrol_version=CB3 if self.config.ur_type == "ur3" else E_SERIES,
             robot_model="UR3" if self.config.ur_type == "ur3" else "UR3e", initial_q=HOME_Q, plant=self.plant)
         self.episode = self._apply(self.task.episode(self.config.seed))
-        self._renderer = None
-        self._renderer_model = None
-        self._frame_number = 0
-        self._render_lock = threading.Lock()
+        self._camera: TwinCamera | None = None
 
     # ---- life cycle ----
     def start(self) -> Workcell:
@@ -77,13 +65,6 @@ class Workcell:
 
     def stop(self) -> None:
         self.controller.stop()
-
-    def close_camera(self) -> None:
-        """Free the renderer; from the thread that rendered (its OpenGL context is that thread's)."""
-        with self._render_lock:
-            if self._renderer is not None:
-                self._renderer.close()
-                self._renderer = None
 
     # ---- episodes ----
     def reset(self, task: str | None = None, seed: int | None = None) -> Episode:
@@ -142,48 +123,22 @@ class Workcell:
         return episode
 
     # ---- the camera ----
-    @property
-    def intrinsics(self) -> Intrinsics:
-        f = self.scene.focal_px
-        return Intrinsics(width=self.scene.image_width, height=self.scene.image_height, fx=f, fy=f,
-                          cx=(self.scene.image_width - 1) / 2, cy=(self.scene.image_height - 1) / 2)
+    def scene_state(self) -> SceneState:
+        """A snapshot of the physics for :class:`~fedvla.twin.camera.TwinCamera`."""
+        with self.plant.lock:
+            return scene_state(self.task.name, self.episode.seed, self.plant.model, self.plant.data)
 
     def render(self, depth: bool = True, segmentation: bool = False) -> Frame:
-        """The D435i's colour image and (``depth``) aligned depth now, as one :class:`Frame`;
-        ``segmentation`` adds the MuJoCo body id of every pixel in ``labels`` (-1: none). Call it from
-        one thread: the OpenGL context belongs to the thread that made it."""
-        import mujoco
+        """The D435i's images now (see :meth:`TwinCamera.render`); from one thread only."""
+        if self._camera is None:
+            self._camera = TwinCamera(self.scene)
+        return self._camera.render(self.scene_state(), depth, segmentation)
 
-        with self._render_lock:
-            plant = self.plant
-            if self._renderer is None or self._renderer_model is not plant.model:
-                if self._renderer is not None:
-                    self._renderer.close()
-                self._renderer = mujoco.Renderer(plant.model, self.scene.image_height, self.scene.image_width)
-                self._renderer_model = plant.model
-            renderer = self._renderer
-            with plant.lock:  # a consistent snapshot of the scene; drawing happens outside the lock
-                renderer.update_scene(plant.data, camera=CAMERA_NAME)
-                stamp = float(plant.data.time)
-            rgb = renderer.render().copy()
-            depth_mm = labels = None
-            if depth:
-                renderer.enable_depth_rendering()
-                metres = renderer.render()
-                renderer.disable_depth_rendering()
-                depth_mm = np.clip(np.nan_to_num(metres / DEPTH_SCALE_M), 0, 65535).astype(np.uint16)
-                depth_mm[metres > 10.0] = 0  # nothing there: realsense reports 0
-            if segmentation:
-                renderer.enable_segmentation_rendering()
-                seg = renderer.render()
-                renderer.disable_segmentation_rendering()
-                ids, types = seg[..., 0], seg[..., 1]
-                geom_body = plant.model.geom_bodyid
-                labels = np.where((types == mujoco.mjtObj.mjOBJ_GEOM) & (ids >= 0),
-                                  geom_body[np.clip(ids, 0, None)], -1).astype(np.int32)
-            self._frame_number += 1
-            return Frame(rgb=rgb, intrinsics=self.intrinsics, stamp_s=stamp, frame_number=self._frame_number,
-                         depth=depth_mm, depth_scale_m=DEPTH_SCALE_M, labels=labels)
+    def close_camera(self) -> None:
+        """Free the renderer; from the thread that rendered (its OpenGL context is that thread's)."""
+        if self._camera is not None:
+            self._camera.close()
+            self._camera = None
 
     def wait_sim_time(self, seconds: float, timeout_s: float | None = None) -> bool:
         """Block until the physics has advanced ``seconds`` (False if ``timeout_s`` of wall time pass first)."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import re
 import socket
 import struct
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -91,13 +93,16 @@ class ControllerCore:
         self.plant = plant
         self.gripper_bit = gripper_bit
         self.protective_stops: list[str] = []  # why each force-limit stop happened
+        self.on_log: Callable[[str, str], None] | None = None  # (source, message) of every log line
 
         self.lock = threading.RLock()
         self._changed = threading.Condition(self.lock)  # notified after every controller cycle / input
         self.state = SimState(self.lock, initial_q)
         self.tcp_offset = np.zeros(6)
         self.inputs: dict[str, Any] = {}  # latest value of every input variable
-        self._input_updated: dict[str, float] = {}  # monotonic time of the last update of each input
+        # Controller time (s) of the last update of each input. The RTDE watchdog counts in controller
+        # time: if this process itself stalls (a busy machine), the stall is not the client's silence.
+        self._input_updated: dict[str, float] = {}
         self._input_owner: dict[str, _RtdeConnection] = {}
 
         self.received_inputs: list[dict[str, Any]] = []
@@ -509,13 +514,12 @@ class ControllerCore:
             self._changed.notify_all()
 
     def _on_input(self, conn: _RtdeConnection, recipe_id: int, values: dict[str, Any]) -> None:
-        now = time.monotonic()
         with self._changed:
             self.received_inputs.append({"time": self._time, "recipe": recipe_id, "values": values,
                                          "connection": conn.peer})
             self.inputs.update(values)
             for name in values:
-                self._input_updated[name] = now
+                self._input_updated[name] = self._time
             self._apply_io(values)
             raw = self.state._raw()
             for name, value in values.items():
@@ -530,6 +534,16 @@ class ControllerCore:
                     self.servoj_commands.append({"q": q, "speed": d[6], "acceleration": d[7], "time": d[8],
                                                  "lookahead_time": d[9], "gain": d[10], "controller_time": self._time})
             self._changed.notify_all()
+
+    def _input_waiting(self, name: str) -> bool:
+        """Bytes from the connection that owns input ``name`` wait unread in its socket."""
+        owner = self._input_owner.get(name)
+        if owner is None or owner.closed.is_set():
+            return False
+        try:
+            return struct.unpack("i", fcntl.ioctl(owner.sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0] > 0
+        except OSError:
+            return False
 
     @staticmethod
     def _guess_offset(values: dict[str, Any]) -> int:
@@ -564,7 +578,10 @@ class ControllerCore:
             delay = next_time - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            elif delay < -0.1:  # far behind (machine busy): do not try to catch up
+            elif delay < -self.period:  # behind (this process was starved): never catch up in a burst
+                # of cycles; controller time then runs slower than the wall clock, as the
+                # physics does, and a client's commands queued meanwhile are read before the
+                # next cycle, so the RTDE watchdog does not count this process's stall as theirs.
                 next_time = time.monotonic()
             try:
                 self._step()
@@ -589,9 +606,12 @@ class ControllerCore:
                 if self.watchdog is not None:
                     name, min_frequency = self.watchdog
                     last = self._input_updated.get(name, 0.0)
-                    if now - last > 1.0 / min_frequency:
+                    if self._time - last > 1.0 / min_frequency and self._input_waiting(name):
+                        # the client did write; this process has not read it yet (busy machine)
+                        last = self._input_updated[name] = self._time
+                    if self._time - last > 1.0 / min_frequency:
                         self.watchdog_trips += 1
-                        self._log("rtde", f"watchdog: {name} not updated for {now - last:.3f} s, stopping program")
+                        self._log("rtde", f"watchdog: {name} not updated for {self._time - last:.3f} s, stopping program")
                         self._halt_motion()
                         self._end_program("RTDE watchdog")
             self._integrate_motion()
@@ -737,7 +757,7 @@ class ControllerCore:
             if d[0] > 0:
                 name = f"input_int_register_{p.offset}"
                 self.watchdog = (name, float(d[0]))
-                self._input_updated[name] = time.monotonic()
+                self._input_updated[name] = self._time
         elif cmd == Command.PROTECTIVE_STOP:
             self.safety_mode = SafetyMode.PROTECTIVE_STOP
             return True
@@ -856,6 +876,8 @@ class ControllerCore:
 
     def _log(self, source: str, message: str) -> None:
         line = f"[{self._time:9.3f}] {source}: {message}"
+        if self.on_log is not None:
+            self.on_log(source, message)
         self.log.append(line)
         if self.verbose:
             print("ur_controller_sim", line, flush=True)
