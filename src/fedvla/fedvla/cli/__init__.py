@@ -21,6 +21,8 @@
                                              duplicated and delayed uploads: figures and checks
     fedvla federation credentials ID ...     a credentials file with fresh secrets
     fedvla federation report DIR             the round table of a federation directory
+    fedvla twin demos [--episodes 50]        expert demonstrations in the workcell twin, through
+                                             the graph, recorded and imported as datasets
 """
 from __future__ import annotations
 
@@ -30,12 +32,12 @@ import signal
 import sys
 
 from fedvla.bag import BagError
-from fedvla.cli import bag, bench, demo, federation, launch, study
+from fedvla.cli import bag, bench, demo, federation, launch, study, twin
 from fedvla.cli.common import console
 from fedvla.config import ConfigError
 from fedvla.runner import RunnerError
 
-COMMAND_GROUPS = (launch, demo, bench, federation, study, bag)
+COMMAND_GROUPS = (launch, demo, bench, federation, study, bag, twin)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from fedvla.cli.common import console
-from fedvla.config import ConfigError
+from fedvla.cli.common import console, run_ros_tool
 from fedvla.graph import find_config_dir
 
 
@@ -133,22 +132,11 @@ def cmd_bench_secagg(args: argparse.Namespace) -> int:
     console.print(table)
     return 0
 
-def _run_ros_tool(executable_name: str, command: str, arguments: list[str]) -> int:
-    """Tools that live with the nodes (they need rclpy) run as their installed executables."""
-    import subprocess
-
-    from fedvla.runner import find_executable
-
-    executable = find_executable("fedvla_ros", executable_name)
-    if executable is None:
-        raise ConfigError(command, f"fedvla_ros/{executable_name} is not installed", "run .ci/setup first")
-    return subprocess.call([str(executable), *arguments])
-
 def cmd_bench_transfer(args: argparse.Namespace) -> int:
-    return _run_ros_tool("federation_bench", "bench transfer", args.bench_arguments)
+    return run_ros_tool("federation_bench", "bench transfer", args.bench_arguments)
 
 def cmd_soak(args: argparse.Namespace) -> int:
-    return _run_ros_tool("federation_soak", "soak", args.bench_arguments)
+    return run_ros_tool("federation_soak", "soak", args.bench_arguments)
 
 def cmd_bench_iosp(args: argparse.Namespace) -> int:
     from fedvla.bench.iosp import bench_iosp

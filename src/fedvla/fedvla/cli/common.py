@@ -25,3 +25,16 @@ def print_bag_summary(summary: BagSummary) -> None:
     for t in summary.topics:
         table.add_row(t.name, t.msgtype, str(t.count), f"{t.rate_hz(summary.duration_s):.1f}")
     console.print(table)
+
+
+def run_ros_tool(executable_name: str, command: str, arguments: list[str]) -> int:
+    """Tools that live with the nodes (they need rclpy) run as their installed executables."""
+    import subprocess
+
+    from fedvla.config import ConfigError
+    from fedvla.runner import find_executable
+
+    executable = find_executable("fedvla_ros", executable_name)
+    if executable is None:
+        raise ConfigError(command, f"fedvla_ros/{executable_name} is not installed", "run .ci/setup first")
+    return subprocess.call([str(executable), *arguments])

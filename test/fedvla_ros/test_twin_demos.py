@@ -1,0 +1,36 @@
+"""Expert demonstrations through the graph (``fedvla twin demos``): the twin profile runs, the
+expert's chunks go through the driver, the recorder node writes a rosbag2 episode, and the bag is
+imported into a dataset that records the expert's action space."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("rclpy")
+pytest.importorskip("mujoco")
+pytest.importorskip("rtde_control", reason="ur_rtde is not installed")
+
+pytestmark = pytest.mark.ros
+
+
+@pytest.mark.timeout(400)
+def test_one_demonstration_is_recorded_and_imported(tmp_path) -> None:
+    from fedvla.data.episodes import load_meta
+    from fedvla.twin.expert import EXPERT_ACTION_SPACE
+
+    output = tmp_path / "demos"
+    fedvla = Path(sys.executable).with_name("fedvla")  # the console script beside this interpreter
+    run = subprocess.run([str(fedvla), "twin", "demos", "--task", "open_drawer", "--episodes", "1",
+                          "--first-seed", "3", "--output", str(output)], capture_output=True, text=True, timeout=380)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    record = json.loads((output / "demos.json").read_text())
+    (episode,) = record["episodes"]
+    assert episode["success"], (episode, (output / "graph.log").read_text()[-4000:])
+    assert 20 <= episode["steps"] <= 80
+    assert "expert ceiling open_drawer: 1/1" in run.stdout
+    meta = load_meta(output / "datasets" / "open_drawer")
+    assert meta.action_space == EXPERT_ACTION_SPACE.to_dict()
+    assert meta.camera_names == ["camera"] and meta.proprio_dim == 7
+    assert (output / "bags" / "open_drawer_003" / "metadata.yaml").is_file()  # the first bag of a task is kept
