@@ -93,6 +93,22 @@ class _Connection:
             self.close()
             return False
 
+    def lines(self, chunk_size: int = 4096):
+        """The client's text lines (decoded, without the line end) until it leaves: the dashboard
+        and the script port are line protocols."""
+        buffer = b""
+        while not self.closed.is_set():
+            try:
+                chunk = self.sock.recv(chunk_size)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buffer += chunk
+            while b"\n" in buffer:
+                raw, buffer = buffer.split(b"\n", 1)
+                yield raw.decode("utf-8", "replace").rstrip("\r")
+
     def close(self, abort: bool = False) -> None:
         if self.closed.is_set():
             return

@@ -419,32 +419,21 @@ class ControllerCore:
     def _script_loop(self, conn: _Connection) -> None:
         pending: list[str] = []  # lines of a program being received
         depth_open = False
-        buffer = b""
-        while not conn.closed.is_set():
-            try:
-                chunk = conn.sock.recv(65536)
-            except OSError:
-                return
-            if not chunk:
-                return
-            buffer += chunk
-            while b"\n" in buffer:
-                raw, buffer = buffer.split(b"\n", 1)
-                line = raw.decode("utf-8", "replace").rstrip("\r")
-                if not depth_open:
-                    if re.match(r"(def|sec)\s+\w+\s*\(", line):
-                        depth_open = True
-                        pending = [line]
-                    elif line.strip():
-                        with self.lock:
-                            self.script_commands.append(line)
-                        self._log("script", f"command {line!r}")
-                    continue
-                pending.append(line)
-                if line.rstrip() == "end":  # a top-level "end" closes the program
-                    depth_open = False
-                    self._on_program_text("\n".join(pending) + "\n")
-                    pending = []
+        for line in conn.lines(65536):
+            if not depth_open:
+                if re.match(r"(def|sec)\s+\w+\s*\(", line):
+                    depth_open = True
+                    pending = [line]
+                elif line.strip():
+                    with self.lock:
+                        self.script_commands.append(line)
+                    self._log("script", f"command {line!r}")
+                continue
+            pending.append(line)
+            if line.rstrip() == "end":  # a top-level "end" closes the program
+                depth_open = False
+                self._on_program_text("\n".join(pending) + "\n")
+                pending = []
 
     def _on_program_text(self, text: str) -> None:
         if text.lstrip().startswith("sec"):

@@ -12,28 +12,18 @@ def serve(core: Any, conn: Any) -> None:
     """Answer one dashboard client until it leaves (``core``: the ControllerCore, untyped here
     because it imports this module)."""
     conn.send(b"Connected: Universal Robots Dashboard Server\n")
-    buffer = b""
-    while not conn.closed.is_set():
-        try:
-            chunk = conn.sock.recv(4096)
-        except OSError:
+    for line in conn.lines():
+        command = line.strip()
+        if not command:
+            continue
+        with core.lock:
+            core.dashboard_commands.append(command)
+        answer, close_after = reply(core, command)
+        core._log("dashboard", f"{command!r} -> {answer!r}")
+        conn.send(answer.encode() + b"\n")
+        if close_after:
+            conn.close()
             return
-        if not chunk:
-            return
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            command = line.decode("utf-8", "replace").strip()
-            if not command:
-                continue
-            with core.lock:
-                core.dashboard_commands.append(command)
-            answer, close_after = reply(core, command)
-            core._log("dashboard", f"{command!r} -> {answer!r}")
-            conn.send(answer.encode() + b"\n")
-            if close_after:
-                conn.close()
-                return
 
 
 def reply(core: Any, command: str) -> tuple[str, bool]:
