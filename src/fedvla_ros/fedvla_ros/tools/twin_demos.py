@@ -16,9 +16,10 @@ and, per episode (task, seed):
    dataset (``fedvla bag import``, the expert's action space recorded with it). Bags are deleted once
    imported, except the first of each task (``--keep-bags`` keeps all).
 
-It writes ``demos.json`` (one record per episode and the summary) and prints the expert's success
-rate per task - the ceiling of every policy learned from these demonstrations - and the
-demonstrations collected per minute.
+It writes ``demos.json`` after every episode (one record per episode and the summary) and prints
+the expert's success rate per task - the ceiling of every policy learned from these
+demonstrations - and the demonstrations collected per minute. A run on an existing output
+directory resumes: the (task, seed) pairs it holds are not collected again.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ from fedvla.twin.tasks import TASKS, task_named
 from fedvla.twin.ur_controller import free_loopback_host
 
 SETTLE_STEPS = 3
+DEMOS_FILE = "demos.json"
 DRIVER_DIAGNOSTICS = "ur3_driver: arm"
 # A demonstration the robot's safety system interrupted (its RTDE watchdog on a busy machine) is
 # repeated, as a human demonstrator would; how many times at most:
@@ -225,18 +227,19 @@ def collect(args: argparse.Namespace) -> int:
     output.mkdir(parents=True, exist_ok=True)
     host = free_loopback_host()
     graph = Graph.load(find_config_dir())
-    log = open(output / "graph.log", "w")
+    log = open(output / "graph.log", "a")
     runner = ProfileRunner(graph, "twin", {"robot_ip": host, "execute": "true", "task": tasks[0],
                                             "twin_fps": str(args.fps), "launch_rviz": "false"}, output=log)
     kinematics = ArmKinematics()
     encoder = shared_instruction_encoder("")
     bag_config = BagEpisodeConfig(camera_names=(topics.TWIN_CAMERA,), proprio_dim=len(PROPRIO_JOINTS),
                                   proprio_joint_names=PROPRIO_JOINTS, control_rate_hz=CONTROL_RATE_HZ)
-    records: list[dict] = []
+    state_file = output / DEMOS_FILE
+    records: list[dict] = json.loads(state_file.read_text())["episodes"] if state_file.is_file() else []
+    done = {(r["task"], r["seed"]) for r in records}  # a run resumes where the last one stopped
     context = rclpy.Context()
     rclpy.init(context=context)
     ros = None
-    started = time.monotonic()
     try:
         runner.start()
         os.nice(BACKGROUND_NICENESS)  # (after starting the graph: its nodes keep normal priority)
@@ -244,6 +247,9 @@ def collect(args: argparse.Namespace) -> int:
         ros = DemoNode(context)
         for task in tasks:
             for seed in range(args.first_seed, args.first_seed + args.episodes):
+                if (task, seed) in done:
+                    continue
+                began = time.monotonic()
                 for attempt in range(1, MAX_ATTEMPTS + 1):
                     bag = output / "bags" / f"{task}_{seed:03d}"
                     shutil.rmtree(bag, ignore_errors=True)
@@ -261,7 +267,9 @@ def collect(args: argparse.Namespace) -> int:
                 if not args.keep_bags and not first_of_task:
                     shutil.rmtree(bag, ignore_errors=True)
                     record["bag"] = ""
+                record["wall_s"] = round(time.monotonic() - began, 2)  # reset to import, repeats included
                 records.append(record)
+                write_state(state_file, records)
                 print(f"{task} seed {seed}: {'success' if record['success'] else 'FAILED'} in {record['steps']} steps "
                       f"({record['seconds']:.1f} s; {record['detail']})", flush=True)
     finally:
@@ -270,23 +278,30 @@ def collect(args: argparse.Namespace) -> int:
         rclpy.shutdown(context=context)
         runner.stop()
         log.close()
-    minutes = (time.monotonic() - started) / 60.0
-    summary = {task: {"episodes": sum(r["task"] == task for r in records),
-                      "successes": sum(r["task"] == task and r["success"] for r in records),
-                      "repeated_after_driver_stop": sum(r["attempts"] - 1 for r in records if r["task"] == task)}
-               for task in tasks}
-    for task, counts in summary.items():
-        counts["success_rate"] = counts["successes"] / max(counts["episodes"], 1)
+    state = write_state(state_file, records)
+    for task, counts in state["summary"].items():
         print(f"expert ceiling {task}: {counts['successes']}/{counts['episodes']} "
               f"({100 * counts['success_rate']:.0f} %; {counts['repeated_after_driver_stop']} attempts repeated "
               "after the driver stopped)")
-    per_minute = len(records) / minutes if minutes > 0 else 0.0
-    print(f"{len(records)} demonstrations in {minutes:.1f} min ({per_minute:.2f} per minute); datasets in "
+    print(f"{len(records)} demonstrations, {state['demonstrations_per_minute']:.2f} per minute; datasets in "
           f"{output / 'datasets'}")
-    (output / "demos.json").write_text(json.dumps({"episodes": records, "summary": summary,
-                                                   "demonstrations_per_minute": per_minute,
-                                                   "action_space": EXPERT_ACTION_SPACE.to_dict()}, indent=2))
     return 0
+
+
+def write_state(path: Path, records: list[dict]) -> dict:
+    """demos.json: every episode so far, the summary per task, and demonstrations per minute."""
+    summary = {}
+    for task in dict.fromkeys(r["task"] for r in records):
+        mine = [r for r in records if r["task"] == task]
+        successes = sum(r["success"] for r in mine)
+        summary[task] = {"episodes": len(mine), "successes": successes, "success_rate": successes / len(mine),
+                         "repeated_after_driver_stop": sum(r["attempts"] - 1 for r in mine)}
+    wall_s = sum(r.get("wall_s", 0.0) for r in records)
+    state = {"episodes": records, "summary": summary,
+             "demonstrations_per_minute": 60.0 * len(records) / wall_s if wall_s else 0.0,
+             "action_space": EXPERT_ACTION_SPACE.to_dict()}
+    path.write_text(json.dumps(state, indent=2))
+    return state
 
 
 def main(argv: list[str] | None = None) -> None:
