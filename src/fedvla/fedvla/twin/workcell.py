@@ -1,10 +1,11 @@
 """The workcell twin as one object, free of ROS: the MuJoCo scene of a task, the UR controller
 emulation serving RTDE, the dashboard and the script port on loopback with that scene as its plant,
-and the D435i's colour and aligned depth images.
+and the D435i's colour and aligned depth images (:mod:`fedvla.twin.camera`).
 
 The controller runs as the UR3 of the paper does: a CB3 controller at 125 Hz (``ur_type:=ur3``).
 Physics advances one controller period per controller cycle, in the controller's thread, so the
-twin runs in real time while the machine keeps up (``fedvla bench twin`` measures how far it does).
+twin runs in real time while the machine keeps up, and slower (never in bursts) when it does not.
+``workcell_sim`` runs this object in a process of its own (:mod:`fedvla.twin.process`).
 
 :meth:`Workcell.reset` is the operator resetting the cell between trials: a new layout from (task,
 seed), the arm back home with the gripper open. Like an operator, it first stops the running
@@ -14,7 +15,6 @@ recovers (the driver's ``~/recover``), instead of steering back to where the arm
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numpy as np
 
@@ -139,13 +139,3 @@ class Workcell:
         if self._camera is not None:
             self._camera.close()
             self._camera = None
-
-    def wait_sim_time(self, seconds: float, timeout_s: float | None = None) -> bool:
-        """Block until the physics has advanced ``seconds`` (False if ``timeout_s`` of wall time pass first)."""
-        target = self.sim_time_s + seconds
-        deadline = time.monotonic() + (timeout_s if timeout_s is not None else 10 * seconds + 5)
-        while self.sim_time_s < target:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.005)
-        return True
