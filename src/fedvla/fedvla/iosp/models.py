@@ -27,7 +27,7 @@ from fedvla.iosp.types import COCO_BACKGROUND_CLASSES, Detection
 log = logging.getLogger("fedvla.iosp")
 
 
-def _offline_ultralytics() -> None:
+def offline_ultralytics() -> None:
     # Never reach the hub (weights, fonts, settings sync); keep its settings out of $HOME.
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(tempfile.gettempdir()) / "fedvla_ultralytics"))
@@ -45,7 +45,7 @@ class YoloDetector:
             raise ConfigError("detector_weights", f"{weights} does not exist", "a local YOLOv8 .pt file")
         if path.suffix not in (".pt", ".yaml", ".yml"):
             raise ConfigError("detector_weights", f"{weights} is neither a .pt nor a model .yaml", "yolov8n.pt, yolov8n.yaml")
-        _offline_ultralytics()
+        offline_ultralytics()
         from ultralytics import YOLO
 
         self.model = YOLO(str(path) if path.is_file() else weights, task="detect")

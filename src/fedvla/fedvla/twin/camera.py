@@ -75,6 +75,7 @@ class TwinCamera:
         data.qpos[:] = state.qpos
         data.time = state.time_s
         mujoco.mj_kinematics(model, data)
+        mujoco.mj_camlight(model, data)  # the camera rides on a body: place it too
         renderer.update_scene(data, camera=CAMERA_NAME)
         rgb = renderer.render().copy()
         depth_mm = labels = None

@@ -193,7 +193,8 @@ class TrashCollection(WorkcellTask):
 
 class OpenDrawer(WorkcellTask):
     name, title = "open_drawer", "Open Drawer"
-    labels = {"cabinet": "cabinet", "drawer": "drawer", "drawer_handle": "drawer handle"}
+    # The drawer is named with its handle: closed, the handle is all the camera sees of it.
+    labels = {"cabinet": "cabinet", "drawer": "drawer"}
     HALF = (0.1, 0.12, 0.055)  # the cabinet's half extents; its front faces the robot (-x)
     # The bar stands 6 cm off the front: room for the far finger of the open gripper (4.25 cm + 1 cm).
     HANDLE_Z, HANDLE_OUT = 0.075, 0.06

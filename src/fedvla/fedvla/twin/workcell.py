@@ -95,7 +95,15 @@ class Workcell:
 
     def _plant_for(self, task: WorkcellTask) -> MujocoPlant:
         model = compile_task_model(task, self.scene)
-        graspable = {b for b in task.labels if model.body(b).jntnum or model.body(b).parentid != 0}
+        # What moves (a body with a joint, and the bodies it carries) may be squeezed by the fingers.
+        moving = {model.body(b).id for b in task.labels if model.body(b).jntnum[0]}
+        graspable = set()
+        for body in range(1, model.nbody):
+            chain = body
+            while chain and chain not in moving:
+                chain = model.body_parentid[chain]
+            if chain:
+                graspable.add(model.body(body).name)
         return MujocoPlant(model, graspable, PlantConfig(protective_stop_force_n=self.config.protective_stop_force_n))
 
     def _apply(self, episode: Episode) -> Episode:
