@@ -1,7 +1,9 @@
-"""MuJoCo picks its OpenGL backend when it is first imported: modules that render call
-:func:`use_headless_gl` before importing it, so nodes render without a display."""
+"""Rendering with MuJoCo in any process: the OpenGL backend is picked when mujoco is first
+imported (:func:`use_headless_gl`, so nodes render without a display), and two LLVMs must load in
+a safe order (:func:`load_llvm_users_first`, before the first GL context)."""
 from __future__ import annotations
 
+import importlib.util
 import os
 
 
@@ -10,3 +12,15 @@ def use_headless_gl() -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
     if os.environ["MUJOCO_GL"] == "osmesa":
         os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+
+
+def load_llvm_users_first() -> None:
+    """Import triton, if installed, before the first GL context.
+
+    Without a GPU, EGL and OSMesa render with Mesa's llvmpipe, which loads the system libLLVM.
+    triton (installed with torch's CUDA build) bundles another LLVM; importing it after Mesa's
+    has loaded crashes the process, and torch imports it lazily (e.g. when an optimizer is
+    built), so a process that renders and then trains would die. The other order is safe.
+    """
+    if importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401

@@ -55,3 +55,21 @@ def test_detector_data_is_labelled_from_the_render(tmp_path) -> None:
             w, h = float(row[3]), float(row[4])
             assert 0 < w < 0.6 and 0 < h < 0.6, (path, row)  # boxes on objects, not across the image
         assert (tmp_path / "images" / path.parent.name / f"{path.stem}.jpg").is_file()
+
+
+@pytest.mark.timeout(400)  # its subprocess may take 300 s; pytest.ini's 300 s would cut it short
+def test_a_process_can_render_the_twin_then_train() -> None:
+    """The twin's camera orders the two LLVMs (Mesa's, triton's) as the scene renderer does: a
+    process that renders the workcell and then trains a policy survives."""
+    import subprocess
+    import sys
+
+    script = ("from fedvla.twin.workcell import Workcell, WorkcellConfig\n"
+              "import torch\n"
+              "Workcell(WorkcellConfig(task='open_drawer')).render(depth=False)\n"
+              "torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))])\n"
+              "import torch._dynamo\n"
+              "print('trained after rendering')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "trained after rendering" in result.stdout

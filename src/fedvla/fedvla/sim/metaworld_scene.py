@@ -8,14 +8,13 @@ up axis pointing down) the right way up.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from fedvla.rendering import use_headless_gl
+from fedvla.rendering import load_llvm_users_first, use_headless_gl
 
 use_headless_gl()  # before mujoco is imported
 
@@ -56,18 +55,6 @@ class CameraModel:
 
     def focal_px(self, height: int) -> float:
         return (height / 2.0) / np.tan(np.deg2rad(self.fovy_deg) / 2.0)
-
-
-def load_llvm_users_first() -> None:
-    """Import triton, if installed, before the first GL context.
-
-    Without a GPU, EGL and OSMesa render with Mesa's llvmpipe, which loads the system libLLVM.
-    triton (installed with torch's CUDA build) bundles another LLVM; importing it after Mesa's
-    has loaded crashes the process, and torch imports it lazily (e.g. when an optimizer is
-    built), so a process that renders and then trains would die. The other order is safe.
-    """
-    if importlib.util.find_spec("triton") is not None:
-        import triton  # noqa: F401
 
 
 class SceneRenderer:

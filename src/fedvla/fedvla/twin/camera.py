@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 
 from fedvla.camera.base import Frame, Intrinsics
+from fedvla.rendering import load_llvm_users_first
 from fedvla.twin.scene import CAMERA_NAME, SceneConfig
 from fedvla.twin.tasks import compile_task_model, task_named
 
@@ -56,6 +57,7 @@ class TwinCamera:
 
         if task == self._task:
             return
+        load_llvm_users_first()  # before the first GL context (a process may train with torch later)
         self.close()
         self._model = compile_task_model(task_named(task), self.scene)
         self._data = mujoco.MjData(self._model)
