@@ -76,19 +76,12 @@ def test_unknown_task_or_camera_is_a_clear_error(field, value, message) -> None:
 def test_a_process_can_render_then_train() -> None:
     """Rendering loads Mesa's LLVM; building an optimizer afterwards imports triton's (torch's
     CUDA build): the scene renderer orders them so that the process survives."""
-    import subprocess
-    import sys
+    from support.rendering import assert_trains_after_rendering
 
-    script = ("from fedvla.camera import CameraConfig, make_camera\n"
-              "import torch\n"
-              "with make_camera(CameraConfig(backend='sim', width=32, height=32, fps=50, sim_camera='topview')) as c:\n"
-              "    c.read()\n"
-              "torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))])\n"
-              "import torch._dynamo\n"
-              "print('trained after rendering')\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "trained after rendering" in result.stdout
+    assert_trains_after_rendering(
+        "from fedvla.camera import CameraConfig, make_camera",
+        "with make_camera(CameraConfig(backend='sim', width=32, height=32, fps=50, sim_camera='topview')) as c:\n"
+        "    c.read()")
 
 
 def test_segmentation_labels_every_pixel_like_the_oracle_detector() -> None:

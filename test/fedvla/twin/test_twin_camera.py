@@ -61,15 +61,7 @@ def test_detector_data_is_labelled_from_the_render(tmp_path) -> None:
 def test_a_process_can_render_the_twin_then_train() -> None:
     """The twin's camera orders the two LLVMs (Mesa's, triton's) as the scene renderer does: a
     process that renders the workcell and then trains a policy survives."""
-    import subprocess
-    import sys
+    from support.rendering import assert_trains_after_rendering
 
-    script = ("from fedvla.twin.workcell import Workcell, WorkcellConfig\n"
-              "import torch\n"
-              "Workcell(WorkcellConfig(task='open_drawer')).render(depth=False)\n"
-              "torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))])\n"
-              "import torch._dynamo\n"
-              "print('trained after rendering')\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "trained after rendering" in result.stdout
+    assert_trains_after_rendering("from fedvla.twin.workcell import Workcell, WorkcellConfig",
+                                  "Workcell(WorkcellConfig(task='open_drawer')).render(depth=False)")
