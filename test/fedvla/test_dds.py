@@ -77,3 +77,38 @@ def test_the_profiles_use_udpv4_only(localhost):
     assert used == [t.text for t in root.findall(".//d:transport_descriptor/d:transport_id", NS)]
     peers = rtps.findall("d:builtin/d:initialPeersList/d:locator/d:udpv4/d:address", NS)
     assert [p.text for p in peers] == (["127.0.0.1"] if localhost else [])
+
+
+@pytest.mark.parametrize("localhost", [False, True])
+def test_the_robot_profiles_carry_a_camera_image_in_one_shared_memory_message(localhost):
+    root = ET.parse(dds.profile_path(localhost, dds.ROBOT)).getroot()
+    shm, udp = root.findall(".//d:transport_descriptor", NS)
+    assert shm.find("d:type", NS).text == "SHM" and udp.find("d:type", NS).text == "UDPv4"
+    image = 1280 * 720 * 3  # the D435i's largest colour stream, rgb8
+    assert int(shm.find("d:maxMessageSize", NS).text) >= image
+    assert int(shm.find("d:segment_size", NS).text) >= 4 * image  # several images in flight
+    rtps = root.find(".//d:participant/d:rtps", NS)
+    assert rtps.find("d:useBuiltinTransports", NS).text == "false"
+    peers = rtps.findall("d:builtin/d:initialPeersList/d:locator/d:udpv4/d:address", NS)
+    assert [p.text for p in peers] == (["127.0.0.1"] if localhost else [])
+
+
+@pytest.mark.parametrize("discovery", ["LOCALHOST", "SUBNET"])
+def test_a_child_of_the_other_role_takes_its_own_profile_for_the_parents_discovery(discovery):
+    localhost = discovery == "LOCALHOST"
+    parent = {dds.RANGE_ENV: discovery}
+    dds.robot_transport_environment(parent)  # a launch of robot nodes ...
+    assert parent[dds.PROFILE_ENV] == str(dds.profile_path(localhost, dds.ROBOT))
+    child = dict(parent)
+    choice = dds.federation_transport_environment(child)  # ... that starts a federation client
+    assert child[dds.PROFILE_ENV] == str(dds.profile_path(localhost, dds.FEDERATION))
+    assert child[dds.RANGE_ENV] == parent[dds.RANGE_ENV] and "UDPv4 only" in choice.summary
+    grandchild = dict(child)
+    dds.robot_transport_environment(grandchild)
+    assert grandchild == parent
+
+
+def test_robot_nodes_keep_rmws_transport_with_static_peers_but_it_is_not_the_federations_stall():
+    given = {dds.RANGE_ENV: "LOCALHOST", dds.STATIC_PEERS_ENV: "10.0.0.2"}
+    choice = dds.robot_transport_environment(dict(given))
+    assert choice.profile is None and not choice.warning and "512 KiB" in choice.summary

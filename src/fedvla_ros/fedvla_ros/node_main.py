@@ -25,7 +25,7 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 from fedvla.config import ConfigError
-from fedvla.dds import TransportChoice
+from fedvla.dds import TransportChoice, robot_transport_environment
 from fedvla.readiness import report_ready
 from fedvla.supervision import exit_with_parent
 
@@ -88,9 +88,10 @@ def _forward_core_logging(label: str) -> None:
 
 
 def run_node(node_factory: Callable[[], Node], label: str, args: list[str] | None = None,
-             before_init: Callable[[], TransportChoice] | None = None) -> int:
-    """``before_init`` sets up the process's environment for rclpy (the federation nodes' DDS
-    transport, :mod:`fedvla.dds`); its summary goes to the node's log."""
+             before_init: Callable[[], TransportChoice] | None = robot_transport_environment) -> int:
+    """``before_init`` sets up the process's environment for rclpy (its DDS transport,
+    :mod:`fedvla.dds`: the robot's unless a federation node asks for the federation's); its
+    summary goes to the node's log."""
     transport = None
     if before_init is not None:
         try:
@@ -144,7 +145,8 @@ def run_node(node_factory: Callable[[], Node], label: str, args: list[str] | Non
 
 
 def main_for(node_factory: Callable[[], Node], label: str,
-             before_init: Callable[[], TransportChoice] | None = None) -> Callable[[], None]:
+             before_init: Callable[[], TransportChoice] | None = robot_transport_environment
+             ) -> Callable[[], None]:
     """Build a console-script ``main`` for a node class."""
 
     def main(args: list[str] | None = None) -> None:

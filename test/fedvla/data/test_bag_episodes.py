@@ -9,6 +9,7 @@ from fedvla.data.bag_export import BagMessageFactory, export_episode
 from fedvla.data.bag_import import (IMAGE_TYPE, JOINT_STATE_TYPE, STRING_TYPE, BagEpisodeConfig, BagSampling,
                                     dataset_bag_config, find_bags, import_bag, read_bag_steps)
 from fedvla.data.messages import ACTION_CHUNK_TYPE, action_chunk_fields
+from fedvla.config import ConfigError
 from fedvla.data.episodes import DatasetError, EpisodeWriter, load_meta
 
 CAMS = ["corner", "top"]
@@ -67,7 +68,8 @@ def test_export_then_import_gives_back_every_array(tmp_path, iosp) -> None:
                                           np.where(b["iosp_valid"], b["iosp_indices"], 0))
 
 
-def _recorded_bag(path, *, camera_gap_ms=(), instruction: str | None = "open the window", horizon: int = 4):
+def _recorded_bag(path, *, camera_gap_ms=(), instruction: str | None = "open the window", horizon: int = 4,
+                  chunk_ms=range(0, 1001, 200)):
     """Like a recording of the running stack: cameras at 30 Hz (48 x 32 px), joint states at 100 Hz
     with 6 named joints, policy chunks at 5 Hz of ``horizon`` steps of 0.1 s each, over 1 s."""
     writer = BagWriter(path)
@@ -92,7 +94,7 @@ def _recorded_bag(path, *, camera_gap_ms=(), instruction: str | None = "open the
     for t in range(0, 1001, 10):
         q = np.arange(6) + t / 1000.0
         events.append((t + 2, "/joint_states", make.joint_state(joints[::-1], q[::-1], t * MS)))
-    for t in range(0, 1001, 200):
+    for t in chunk_ms:
         # chunk issued at t: step j of it is the action t/1000 + j
         chunk = np.stack([[t / 1000 + j, -j] for j in range(horizon)]).astype(np.float32)
         msg = make.types[ACTION_CHUNK_TYPE](header=make.header(t * MS),
@@ -126,6 +128,29 @@ def test_a_recorded_bag_is_sampled_at_the_control_rate_with_the_executed_chunk_s
     assert later.images[0].shape == (32, 48, 3) and later.instruction == "open the window"
     # the newest frame at 303 ms is the one of 297 ms (frame 9), written at 298 ms
     assert later.images[0][0, 0, 0] == 9 and later.images[1][0, 0, 0] == 59
+
+
+def test_a_demonstrators_jittered_single_step_chunks_are_one_step_each_on_chunk_times(tmp_path) -> None:
+    # one horizon-1 chunk per 100 ms step, each received a few ms early or late
+    jitter = [0, 6, -4, 9, 2, -7, 5, 11, -2, 3]
+    chunk_ms = [100 * k + j + 10 for k, j in enumerate(jitter)]
+    bag = _recorded_bag(tmp_path / "bag", horizon=1, chunk_ms=chunk_ms)
+    on_grid, on_chunks = BagSampling(), BagSampling()
+    grid_steps = list(read_bag_steps(bag, _config(), on_grid))
+    steps = list(read_bag_steps(bag, _config(step_times="chunks"), on_chunks))
+    assert on_grid.dropped["action chunk used up"] > 0 and len(grid_steps) < len(chunk_ms)
+    assert [s.stamp_ns // MS for s in steps] == [t + 3 for t in chunk_ms] and not on_chunks.dropped
+    np.testing.assert_allclose([s.action[0] for s in steps], [t / 1000 for t in chunk_ms], rtol=1e-6)
+
+
+def test_chunk_times_take_the_elements_run_before_the_next_chunk(tmp_path) -> None:
+    # horizon 4 every 200 ms: elements 0 and 1 of each chunk run; the last chunk runs to its end
+    bag = _recorded_bag(tmp_path / "bag", chunk_ms=range(0, 601, 200))
+    steps = list(read_bag_steps(bag, _config(step_times="chunks")))
+    assert [s.stamp_ns // MS for s in steps] == [3, 103, 203, 303, 403, 503, 603, 703, 803, 903]
+    np.testing.assert_allclose([s.action[1] for s in steps], [0, -1] * 3 + [0, -1, -2, -3])
+    with pytest.raises(ConfigError, match="step_times"):
+        _config(step_times="chunks", control_rate_hz=10.0)
 
 
 def test_import_resizes_images_and_counts_stale_steps(tmp_path) -> None:

@@ -23,6 +23,13 @@ action is the element of the newest chunk that the executor was running then
 (``floor((t - t_chunk) / step_period_s)``). A step with an input older than ``max_input_age_s``
 or a chunk already used up is dropped and counted, never filled in. Exported episodes are written
 at exactly these instants, so export → import gives back the same arrays.
+
+``step_times="chunks"`` takes the steps at the executed chunk elements' own instants instead:
+``t_chunk + i * step_period_s`` for each element ``i`` run before the next chunk arrived. For a
+demonstrator that publishes one horizon-1 chunk per step (``fedvla twin demos``) every chunk is
+then one step; on a fixed grid, receive-time jitter of a few milliseconds put a grid instant
+just after a chunk's single step ran out, before the next chunk arrived, and 10-25 % of the
+steps of a twin demonstration were dropped as "chunk used up".
 """
 from __future__ import annotations
 
@@ -46,6 +53,7 @@ IMAGE_TYPE = "sensor_msgs/msg/Image"
 JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"
 STRING_TYPE = "std_msgs/msg/String"
 NS_PER_S = 1_000_000_000
+STEP_TIMES = ("grid", "chunks")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -63,6 +71,7 @@ class BagEpisodeConfig:
     instruction: str = ""  # used when the bag has no instruction message
     iosp: bool = False  # read IOSP selections from the parsed scenes
     max_input_age_s: float = 0.5
+    step_times: str = "grid"  # grid: every 1 / control rate; chunks: the executed chunk elements' instants
 
     def __post_init__(self) -> None:
         self.camera_names = tuple(self.camera_names)
@@ -74,6 +83,11 @@ class BagEpisodeConfig:
         require(self.control_rate_hz >= 0, "control_rate_hz", f"{self.control_rate_hz} is negative",
                 "a rate in Hz, or 0 for the recorded chunks' step period")
         require_positive(self.max_input_age_s, "max_input_age_s")
+        require(self.step_times in STEP_TIMES, "step_times", f"unknown sampling {self.step_times!r}",
+                " or ".join(STEP_TIMES))
+        require(self.step_times == "grid" or self.control_rate_hz == 0, "step_times",
+                f"chunks sampling runs at the chunks' own step period, not control_rate_hz={self.control_rate_hz:g}",
+                "control_rate_hz 0 with step_times chunks")
         require(not self.proprio_joint_names or len(self.proprio_joint_names) == self.proprio_dim,
                 "proprio_joint_names", f"{len(self.proprio_joint_names)} names for proprio_dim={self.proprio_dim}",
                 "one joint name per proprio dimension, or none")
@@ -206,16 +220,24 @@ def read_bag_steps(path: str | Path, config: BagEpisodeConfig, sampling: BagSamp
     sampling = sampling if sampling is not None else BagSampling()
     latest = _Latest(config)
     wanted = required + [config.instruction_topic]
+    on_chunks = config.step_times == "chunks"
     next_t: int | None = None
+    end_t: int | None = None  # chunks: after the current chunk's last element
     last_ns = 0
     for topic, stamp_ns, msg in read_messages(path, wanted, registry=registry):
         last_ns = stamp_ns
         if next_t is not None:
-            while next_t < stamp_ns:  # every input at or before next_t has been seen
+            while next_t < stamp_ns and (end_t is None or next_t < end_t):  # every input at or before next_t is in
                 yield from _emit(latest, next_t, sampling)
                 next_t += sampling.period_ns
         latest.update(topic, stamp_ns, msg)
-        if next_t is None and latest.complete():
+        if on_chunks and (next_t is not None and topic == config.action_topic or next_t is None and latest.complete()):
+            chunk_ns, chunk = latest.by_topic[config.action_topic]
+            sampling.period_ns = _period_ns(config, chunk, path)
+            end_t = chunk_ns + sampling.period_ns * max(1, int(chunk.horizon))
+            # its first element not before now (the chunk's own instant when this message is the chunk)
+            next_t = chunk_ns - (chunk_ns - stamp_ns) // sampling.period_ns * sampling.period_ns
+        elif next_t is None and latest.complete():
             next_t = stamp_ns
             sampling.period_ns = _period_ns(config, latest.by_topic[config.action_topic][1], path)
     if next_t is None:
@@ -283,6 +305,9 @@ def import_bag(path: str | Path, writer: EpisodeWriter, config: BagEpisodeConfig
         raise DatasetError(f"{path}: the instruction changes within the bag ({sorted(instructions)}); one bag is one "
                            "episode of one task: split it")
     instruction = instructions.pop()
+    if abs(sampling.rate_hz - meta.control_rate_hz) > 1e-6:  # (step_times "chunks": each bag's own period)
+        raise DatasetError(f"{path}: its steps come at {sampling.rate_hz:g} Hz, the dataset's at "
+                           f"{meta.control_rate_hz:g} Hz; import it into a dataset of its own")
     extra = {"iosp_indices": np.stack(indices), "iosp_valid": np.stack(valid)} if meta.has_iosp else {}
     info = writer.add_episode(np.stack(images), np.stack(proprio), np.stack(actions), instruction=instruction,
                               language=encoder.encode(instruction), **extra)
@@ -317,10 +342,12 @@ def import_bags(bags: Sequence[str | Path], output: str | Path, config: BagEpiso
                                proprio_dim=config.proprio_dim, action_dim=len(first.action),
                                control_rate_hz=sampling.rate_hz, iosp_grid=first.iosp_grid,
                                iosp_tokens_per_group=k, action_space=action_space)
-        config = dataclasses.replace(config, control_rate_hz=sampling.rate_hz)  # every bag on the same clock
+        if config.step_times == "grid":
+            config = dataclasses.replace(config, control_rate_hz=sampling.rate_hz)  # every bag on the same clock
     imported = []
     for bag in bags:
         imported.append(import_bag(bag, writer, config, encoder))
+
         if on_episode is not None:
             on_episode(imported[-1])
     return imported

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -26,7 +28,7 @@ from fedvla.twin.scene import SceneConfig
 from fedvla.twin.tasks import Episode, TaskStatus
 from fedvla.twin.workcell import WorkcellConfig
 
-_CALLS = ("reset", "status", "object_positions", "scene_state", "episode", "log_since")
+_CALLS = ("reset", "status", "object_positions", "scene_state", "episode", "log_since", "clients")
 
 
 class WorkcellProcessError(RuntimeError):
@@ -94,7 +96,15 @@ class WorkcellProcess:
         """The controller's log lines (source, message) after line ``index``, and the new index."""
         return self._call("log_since", index)
 
+    def clients(self) -> list[tuple[str, tuple[str, int]]]:
+        return self._call("clients")
+
     def stop(self) -> None:
+        """Stop the controller once its clients have left, or after ``client_grace_s``."""
+        deadline = time.monotonic() + self.config.client_grace_s
+        with contextlib.suppress(WorkcellProcessError):
+            while self._process.poll() is None and self.clients() and time.monotonic() < deadline:
+                time.sleep(0.05)
         if self._process.poll() is None:
             with contextlib.suppress(WorkcellProcessError):
                 self._call("stop")
@@ -115,6 +125,9 @@ def _child(fd: int) -> None:
     from fedvla.config import from_mapping
     from fedvla.twin.workcell import Workcell
 
+    # A terminal's Ctrl-C reaches the whole process group; the parent decides when the
+    # controller stops (its clients first), and a closed socket ends this loop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(fd)
     workcell: Workcell | None = None
     log: list[tuple[str, str]] = []

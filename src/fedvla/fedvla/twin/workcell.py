@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 
 from fedvla.camera.base import Frame
-from fedvla.config import ConfigError, require_positive
+from fedvla.config import ConfigError, require, require_positive
 from fedvla.robot.kinematics import HOME_Q
 from fedvla.twin.plant import MujocoPlant, PlantConfig
 from fedvla.twin.camera import SceneState, TwinCamera, scene_state
@@ -37,9 +37,13 @@ class WorkcellConfig:
     ur_type: str = "ur3"  # ur3: CB3 at 125 Hz, as in the paper; ur3e: e-series at 500 Hz
     protective_stop_force_n: float = PlantConfig.protective_stop_force_n
     randomise_lighting: bool = True
+    # On shutdown the controller keeps serving its clients this long, so a driver stopping with
+    # everything else (one Ctrl-C) still brakes and ends its script, as on a robot that stays on.
+    client_grace_s: float = 3.0
 
     def __post_init__(self) -> None:
         task_named(self.task)
+        require(self.client_grace_s >= 0, "client_grace_s", f"{self.client_grace_s} is negative", "seconds, e.g. 3")
         if self.ur_type not in ("ur3", "ur3e"):
             raise ConfigError("ur_type", f"unknown UR type {self.ur_type!r}", "ur3 or ur3e")
         require_positive(self.protective_stop_force_n, "protective_stop_force_n")
@@ -65,6 +69,10 @@ class Workcell:
 
     def stop(self) -> None:
         self.controller.stop()
+
+    def clients(self) -> list[tuple[str, tuple[str, int]]]:
+        """The controller's connected clients: (interface, peer address)."""
+        return self.controller.connections()
 
     # ---- episodes ----
     def reset(self, task: str | None = None, seed: int | None = None) -> Episode:

@@ -56,6 +56,10 @@ MAX_ATTEMPTS = 3
 BACKGROUND_NICENESS = 10
 PROPRIO_JOINTS = (*ARM_JOINTS, GRIPPER_JOINT)
 DIMENSIONS = ["dx", "dy", "dz", "gripper"]
+# What an episode dataset needs from the bag (bag_import), so the recorder must have these first.
+RECORDED_TOPICS = [topics.camera_topic(topics.TWIN_CAMERA, topics.COLOR_IMAGE), topics.JOINT_STATES,
+                   topics.INSTRUCTION, topics.node_topic(topics.POLICY_NODE, topics.ACTION_CHUNK)]
+RECORDER_TIMEOUT_S = 30.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -142,12 +146,23 @@ class DemoNode:
         msg.header.frame_id = "base_link"
         self.chunks.publish(msg)
 
+    def wait_for_subscriber(self, node_name: str, topic_names: list[str], timeout_s: float) -> list[str]:
+        """Spin until ``node_name`` subscribes to every topic (as this node's graph sees it); the
+        topics it still lacks at the timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            missing = [t for t in topic_names
+                       if not any(info.node_name == node_name for info in self.node.get_subscriptions_info_by_topic(t))]
+            if not missing or time.monotonic() > deadline:
+                return missing
+            self.spin_for(0.1)
+
     def close(self) -> None:
         self.executor.shutdown()
         self.node.destroy_node()
 
 
-def recorder_process(graph: Graph, bag: Path) -> subprocess.Popen:
+def recorder_process(graph: Graph, bag: Path, log) -> subprocess.Popen:
     spec = graph.nodes["recorder"]
     executable = find_executable(spec.package, spec.executable)
     if executable is None:
@@ -156,8 +171,8 @@ def recorder_process(graph: Graph, bag: Path) -> subprocess.Popen:
                topics.camera_topic(topics.TWIN_CAMERA, topics.ALIGNED_DEPTH_INFO)]
     node = ResolvedNode(spec=spec, parameter_files=tuple(graph.config_dir / f for f in spec.parameters),
                         parameter_values={"output_path": str(bag), "exclude_topics": exclude}, arguments=())
-    return subprocess.Popen(node_command(executable, node), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(node_command(executable, node), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 def stop_recorder(process: subprocess.Popen) -> None:
@@ -194,7 +209,8 @@ def demonstrate(ros: DemoNode, kinematics: ArmKinematics, task: str, seed: int) 
             "driver_fault": fault or ros.driver_fault}
 
 
-def attempt_episode(ros: DemoNode, graph: Graph, kinematics: ArmKinematics, task: str, seed: int, bag: Path) -> dict:
+def attempt_episode(ros: DemoNode, graph: Graph, kinematics: ArmKinematics, task: str, seed: int, bag: Path,
+                    log) -> dict:
     """Reset, recover the driver, record one expert demonstration into ``bag``."""
     answer = ros.call(ros.reset_client, ros.ResetScene.Request(task=task, seed=seed))
     if not answer.success:
@@ -208,8 +224,15 @@ def attempt_episode(ros: DemoNode, graph: Graph, kinematics: ArmKinematics, task
         if ros.driver_fault:  # (stopped again while settling: recover once more)
             ros.call(ros.recover_client, ros.Trigger.Request())
             ros.spin_for(1.2)  # the driver's diagnostics come at 1 Hz
-    recorder = recorder_process(graph, bag)
-    ros.spin_for(2.0)  # the recorder discovers the topics
+    recorder = recorder_process(graph, bag, log)
+    # Record from the first step: a loaded machine takes seconds to start the recorder and to
+    # discover the publishers (a fixed 2 s wait lost the first third of some episodes).
+    missing = ros.wait_for_subscriber(graph.nodes["recorder"].name, RECORDED_TOPICS, RECORDER_TIMEOUT_S)
+    if missing:
+        stop_recorder(recorder)
+        raise RunnerError(f"the recorder did not subscribe to {', '.join(missing)} within {RECORDER_TIMEOUT_S:g} s; "
+                          f"its log is in {log.name}")
+    ros.spin_for(0.5)  # the publishers match the recorder's readers (discovery goes both ways)
     try:
         return demonstrate(ros, kinematics, task, seed)
     finally:
@@ -233,7 +256,7 @@ def collect(args: argparse.Namespace) -> int:
     kinematics = ArmKinematics()
     encoder = shared_instruction_encoder("")
     bag_config = BagEpisodeConfig(camera_names=(topics.TWIN_CAMERA,), proprio_dim=len(PROPRIO_JOINTS),
-                                  proprio_joint_names=PROPRIO_JOINTS, control_rate_hz=CONTROL_RATE_HZ)
+                                  proprio_joint_names=PROPRIO_JOINTS, step_times="chunks")
     state_file = output / DEMOS_FILE
     records: list[dict] = json.loads(state_file.read_text())["episodes"] if state_file.is_file() else []
     done = {(r["task"], r["seed"]) for r in records}  # a run resumes where the last one stopped
@@ -253,7 +276,7 @@ def collect(args: argparse.Namespace) -> int:
                 for attempt in range(1, MAX_ATTEMPTS + 1):
                     bag = output / "bags" / f"{task}_{seed:03d}"
                     shutil.rmtree(bag, ignore_errors=True)
-                    record = attempt_episode(ros, graph, kinematics, task, seed, bag)
+                    record = attempt_episode(ros, graph, kinematics, task, seed, bag, log)
                     record["attempts"] = attempt
                     if record["success"] or not record["driver_fault"]:
                         break
@@ -263,6 +286,7 @@ def collect(args: argparse.Namespace) -> int:
                     imported = import_bags([bag], output / "datasets" / task, bag_config, encoder,
                                            image_size=args.image_size, action_space=EXPERT_ACTION_SPACE.to_dict())
                     record["imported_steps"] = imported[0].sampling.steps
+                    record["import_dropped"] = dict(imported[0].sampling.dropped)  # steps left out, by reason
                 first_of_task = not any(r["task"] == task for r in records)
                 if not args.keep_bags and not first_of_task:
                     shutil.rmtree(bag, ignore_errors=True)
