@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -98,3 +99,27 @@ def test_servo_setpoints_move_the_physical_arm_and_the_table_stops_it(twin) -> N
     assert command(process, "status").startswith("running sorting_pills 1")
     assert command(process, "reset open_drawer 3").startswith("running open_drawer 3")
     assert command(process, "reset fold_laundry 3").startswith("error: task: unknown task 'fold_laundry'")
+
+
+@pytest.mark.timeout(120)
+def test_resuming_after_a_cell_reset_holds_the_arm_where_the_reset_put_it(twin) -> None:
+    # The reset stops the control script with the last servoJ target still in the input registers;
+    # a script restarted over them would drive the arm back there (into the new layout).
+    host, process = twin
+    kinematics = ArmKinematics()
+    down = kinematics.fk(np.asarray(HOME_Q)).rotation
+    away = IkSolver(kinematics).solve(pin.SE3(down, np.array([0.3, 0.1, 0.15])), np.asarray(HOME_Q)).q
+    arm = UrRtdeArm(UrRtdeConfig(robot_ip=host, control_frequency_hz=125.0, watchdog_frequency_hz=0))
+    arm.connect()
+    try:
+        servo_along(arm, away[None], 1.2, gripper_closed=False)
+        np.testing.assert_allclose(arm.read().q, away, atol=0.01)
+        assert command(process, "reset sorting_pills 2").startswith("running sorting_pills 2")
+        time.sleep(0.1)  # the next RTDE packages
+        assert not arm.read().program_running
+        arm.resume()
+        assert arm.read().program_running
+        time.sleep(1.0)  # no command: the arm must stay put
+        np.testing.assert_allclose(arm.read().q, HOME_Q, atol=1e-3)
+    finally:
+        arm.close()

@@ -104,13 +104,9 @@ class UrRtdeArm(ArmBackend):
     def connect(self) -> None:
         self.disconnect()
         config, frequency = self.config, self.config.control_frequency_hz
-        flags = self._rtde_control.RTDEControlInterface.Flags
-        control_flags = flags.FLAG_UPLOAD_SCRIPT | (flags.FLAG_UPPER_RANGE_REGISTERS if config.upper_range_registers else 0)
         try:
             self._receive = self._rtde_receive.RTDEReceiveInterface(config.robot_ip, frequency)
-            self._control = self._rtde_control.RTDEControlInterface(config.robot_ip, frequency, int(control_flags))
-            if config.watchdog_frequency_hz > 0 and not self._control.setWatchdog(config.watchdog_frequency_hz):
-                raise RuntimeError("the controller did not accept the RTDE watchdog")
+            self._open_control()
         except RuntimeError as err:
             self.disconnect()
             raise BackendError(f"cannot connect to the UR controller at {config.robot_ip}: {err}. Check that the "
@@ -118,6 +114,18 @@ class UrRtdeArm(ArmBackend):
                                "program holds its RTDE input registers") from None
         self._gripper_commanded = None
         log.info("connected to the UR controller at %s (%.0f Hz)", config.robot_ip, frequency)
+
+    def _open_control(self) -> None:
+        """A new control interface: it clears the command register, uploads the control script and
+        waits until it runs (ur_rtde's constructor); then the RTDE watchdog."""
+        config = self.config
+        flags = self._rtde_control.RTDEControlInterface.Flags
+        control_flags = flags.FLAG_UPLOAD_SCRIPT | (flags.FLAG_UPPER_RANGE_REGISTERS if config.upper_range_registers else 0)
+        self._control = None  # (the old one's destructor closes its sockets first)
+        self._control = self._rtde_control.RTDEControlInterface(config.robot_ip, config.control_frequency_hz,
+                                                                int(control_flags))
+        if config.watchdog_frequency_hz > 0 and not self._control.setWatchdog(config.watchdog_frequency_hz):
+            raise RuntimeError("the controller did not accept the RTDE watchdog")
 
     def disconnect(self) -> None:
         # Dropping the objects closes their sockets (ur_rtde's destructors); never reconnect() them.
@@ -206,10 +214,16 @@ class UrRtdeArm(ArmBackend):
         if self._receive.getRobotMode() != _ROBOT_MODE_RUNNING:
             raise BackendError("the arm is not powered on with brakes released: do that on the teach pendant")
         if not self._control.isProgramRunning():
-            if not self._control.reuploadScript() or not self._wait(self._control.isProgramRunning):
-                raise BackendError("the control script did not restart: check the teach pendant for a popup")
-            if self.config.watchdog_frequency_hz > 0:
-                self._control.setWatchdog(self.config.watchdog_frequency_hz)
+            # Not reuploadScript(): it leaves the last command in the input registers, and the
+            # restarted script runs it: a stale servoJ target, so after a cell reset the arm drove
+            # back to where it had been stopped (into the new layout). A new control interface
+            # clears the command register before it uploads the script.
+            try:
+                self._open_control()
+            except RuntimeError as err:
+                self.disconnect()
+                raise BackendError(f"the control script did not restart ({err}): check the teach pendant for a "
+                                   "popup") from None
         self._gripper_commanded = None
         log.info("UR controller resumed")
 
