@@ -29,6 +29,7 @@ setup(
             "motion_pattern = fedvla_ros.motion_pattern:main",
             "workcell_sim = fedvla_ros.workcell_sim:main",
             "twin_demos = fedvla_ros.tools.twin_demos:main",
+            "twin_evaluate = fedvla_ros.tools.twin_evaluate:main",
         ],
     },
 )

@@ -29,6 +29,12 @@ class PolicyRuntimeConfig:
     available_cameras: tuple[str, ...] = ()  # the cameras this robot has (/camera/<name>/...); empty: no check
     language_model_path: str = ""  # sentence-transformers model; empty: the bundled MiniLM
     device: str = "cpu"
+    # CPU threads of torch in this process (0: leave torch's default, one per core). On a robot
+    # computer the policy shares the cores with the camera, the driver and (in the twin) the
+    # renderer, and OpenMP's spinning workers wait for cores others hold: a tiny policy's 12 ms step
+    # took 34 ms with 2 threads on 2 busy cores, and 268 ms beside the twin's software renderer
+    # (20 ms with 1). The policy node's config sets 1.
+    torch_threads: int = 0
 
     def __post_init__(self) -> None:
         require(bool(self.checkpoint_path), "checkpoint_path", "is empty", "a checkpoint directory (fedvla train)")
@@ -36,6 +42,7 @@ class PolicyRuntimeConfig:
                 f"{self.checkpoint_path!r} is not a directory", "a checkpoint directory with config.json")
         require_positive(self.rate_hz, "rate_hz")
         require_positive(self.max_input_age_s, "max_input_age_s")
+        require(self.torch_threads >= 0, "torch_threads", "must not be negative", "1, or 0 for torch's default")
         require(self.expected_action_dim >= 0, "expected_action_dim", "must not be negative", "0 or the robot's action size")
         self.proprio_joint_names = tuple(self.proprio_joint_names)
         self.available_cameras = tuple(self.available_cameras)
@@ -56,6 +63,8 @@ class PolicyStep:
 class PolicyRuntime:
     def __init__(self, config: PolicyRuntimeConfig) -> None:
         self.config = config
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
         self.policy = load_checkpoint(Path(config.checkpoint_path).expanduser(),
                                       action_dim=config.expected_action_dim or None).to(config.device)
         self.model_config = self.policy.config
@@ -68,6 +77,7 @@ class PolicyRuntime:
             raise CheckpointError(f"proprio_joint_names has {len(self.config.proprio_joint_names)} joints, the "
                                   f"checkpoint expects proprio_dim={self.model_config.proprio_dim}")
         self.encoder = None
+        self._language_cache: tuple[str, torch.Tensor] | None = None
         if self.model_config.language_dim:
             from fedvla.language import shared_instruction_encoder
 
@@ -103,6 +113,14 @@ class PolicyRuntime:
         return {"iosp_indices": torch.from_numpy(np.stack([s.indices for s in selections])).unsqueeze(0).to(device),
                 "iosp_valid": torch.from_numpy(np.stack([s.valid for s in selections])).unsqueeze(0).to(device)}
 
+    def _language(self, instruction: str) -> torch.Tensor:
+        # The instruction changes once per task, the images every step: encode it once (a sentence
+        # model forward pass is tens of milliseconds on a CPU, more than a small policy's).
+        if self._language_cache is None or self._language_cache[0] != instruction:
+            embedding = torch.from_numpy(self.encoder.encode(instruction)).view(1, -1).to(self.config.device)
+            self._language_cache = (instruction, embedding)
+        return self._language_cache[1]
+
     @torch.inference_mode()
     def step(self, images: Sequence[np.ndarray], proprio: np.ndarray, instruction: str,
              selections: Sequence[SelectedTokens] | None = None) -> PolicyStep:
@@ -113,7 +131,7 @@ class PolicyRuntime:
         if self.uses_iosp:
             obs.update(self._iosp(selections))
         if self.encoder is not None:
-            obs["language"] = torch.from_numpy(self.encoder.encode(instruction)).view(1, -1).to(self.config.device)
+            obs["language"] = self._language(instruction)
         self.policy.reset_expert_counts()
         chunk = self.policy.predict_action_chunk(obs)[0].cpu().numpy()
         counts = self.policy.expert_counts().cpu().numpy()

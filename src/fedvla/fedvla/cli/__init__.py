@@ -23,6 +23,8 @@
     fedvla federation report DIR             the round table of a federation directory
     fedvla twin demos [--episodes 50]        expert demonstrations in the workcell twin, through
                                              the graph, recorded and imported as datasets
+    fedvla twin evaluate --checkpoint C      closed-loop trials through the graph, recorded, with
+                                             Wilson 95 % intervals and the in-process cross-check
 """
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from fedvla.config import require_positive
+from fedvla.robot.kinematics import ARM_JOINTS, GRIPPER_JOINT
 from fedvla.robot.retarget import ActionFrame, ActionKind, ActionSpace
 from fedvla.twin.tasks import CleanUp, Episode, OpenDrawer, SortingPills, TrashCollection, task_named
 
@@ -25,6 +26,8 @@ from fedvla.twin.tasks import CleanUp, Episode, OpenDrawer, SortingPills, TrashC
 EXPERT_ACTION_SPACE = ActionSpace(kind=ActionKind.EE_DELTA, frame=ActionFrame.BASE, action_dim=4,
                                   position_scale_m=0.025, rotation_scale_rad=0.05)
 CONTROL_RATE_HZ = 10.0
+# The twin datasets' proprio: the joint states the driver publishes (the arm, then the gripper finger).
+PROPRIO_JOINTS = (*ARM_JOINTS, GRIPPER_JOINT)
 
 Objects = Mapping[str, np.ndarray]  # body name -> position (m, base_link)
 

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,17 +35,16 @@ import numpy as np
 
 from fedvla import topics
 from fedvla.config import ConfigError
-from fedvla.graph import Graph, ResolvedNode, find_config_dir
+from fedvla.graph import Graph
 from fedvla.paths import run_directory
-from fedvla.robot.kinematics import ARM_JOINTS, GRIPPER_JOINT, ArmKinematics
-from fedvla.runner import ProfileRunner, RunnerError, find_executable, node_command
-from fedvla.twin.expert import CONTROL_RATE_HZ, EXPERT_ACTION_SPACE, Expert, ExpertConfig
+from fedvla.robot.kinematics import ARM_JOINTS, ArmKinematics
+from fedvla.runner import RunnerError
+from fedvla.twin.expert import CONTROL_RATE_HZ, EXPERT_ACTION_SPACE, PROPRIO_JOINTS, Expert, ExpertConfig
 from fedvla.twin.tasks import TASKS, task_named
-from fedvla.twin.ur_controller import free_loopback_host
+from fedvla_ros.tools.twin_session import EpisodeRecorder, TwinNode, start_twin
 
 SETTLE_STEPS = 3
 DEMOS_FILE = "demos.json"
-DRIVER_DIAGNOSTICS = "ur3_driver: arm"
 # A demonstration the robot's safety system interrupted (its RTDE watchdog on a busy machine) is
 # repeated, as a human demonstrator would; how many times at most:
 MAX_ATTEMPTS = 3
@@ -54,12 +52,7 @@ MAX_ATTEMPTS = 3
 # the robot after 100 ms without a command. (Not the recorder: a slow reliable subscriber makes the
 # driver's publishers block.)
 BACKGROUND_NICENESS = 10
-PROPRIO_JOINTS = (*ARM_JOINTS, GRIPPER_JOINT)
 DIMENSIONS = ["dx", "dy", "dz", "gripper"]
-# What an episode dataset needs from the bag (bag_import), so the recorder must have these first.
-RECORDED_TOPICS = [topics.camera_topic(topics.TWIN_CAMERA, topics.COLOR_IMAGE), topics.JOINT_STATES,
-                   topics.INSTRUCTION, topics.node_topic(topics.POLICY_NODE, topics.ACTION_CHUNK)]
-RECORDER_TIMEOUT_S = 30.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -75,69 +68,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class DemoNode:
-    """The collector's ROS side: the expert's publisher, and what it reads."""
+class DemoNode(TwinNode):
+    """The collector's ROS side: the twin session, and the expert's chunk publisher."""
 
     def __init__(self, context) -> None:
-        import rclpy
-        from rclpy.qos import qos_profile_sensor_data
-        from diagnostic_msgs.msg import DiagnosticArray
-        from sensor_msgs.msg import JointState
-        from std_msgs.msg import String
-        from std_srvs.srv import Trigger
-
-        from fedvla_interfaces.msg import ActionChunk, TaskStatus
-        from fedvla_interfaces.srv import ResetScene
-        from fedvla_ros.qos import LATCHED_QOS
-
-        self._rclpy = rclpy
-        self.node = rclpy.create_node("twin_demos", context=context)
-        self.executor = rclpy.executors.SingleThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
-        self.ActionChunk, self.String = ActionChunk, String
-        self.chunks = self.node.create_publisher(ActionChunk, topics.node_topic(topics.POLICY_NODE, topics.ACTION_CHUNK), 10)
-        self.instruction = self.node.create_publisher(String, topics.INSTRUCTION, LATCHED_QOS)
-        self.joints: dict[str, float] = {}
-        self.status = None
-        self.driver_fault = ""  # the driver's fault reason, as its diagnostics last reported it
-        self.node.create_subscription(JointState, topics.JOINT_STATES, self._on_joints, qos_profile_sensor_data)
-        self.node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self._on_diagnostics, 10)
-        self.node.create_subscription(TaskStatus, topics.node_topic(topics.WORKCELL_NODE, topics.TASK_STATUS),
-                                      self._on_status, LATCHED_QOS)
-        self.reset_client = self.node.create_client(
-            ResetScene, topics.node_topic(topics.WORKCELL_NODE, topics.RESET_SCENE_SERVICE))
-        self.recover_client = self.node.create_client(
-            Trigger, topics.node_topic(topics.UR3_DRIVER_NODE, topics.RECOVER_SERVICE))
-        self.ResetScene, self.Trigger = ResetScene, Trigger
-
-    def _on_joints(self, msg) -> None:
-        self.joints = dict(zip(msg.name, msg.position))
-
-    def _on_diagnostics(self, msg) -> None:
-        for status in msg.status:
-            if status.name == DRIVER_DIAGNOSTICS:
-                self.driver_fault = status.message if status.message.startswith("fault") else ""
-
-    def _on_status(self, msg) -> None:
-        self.status = msg
-
-    def spin_for(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.executor.spin_once(timeout_sec=max(0.0, min(0.02, deadline - time.monotonic())))
-
-    def call(self, client, request, timeout_s: float = 30.0):
-        if not client.wait_for_service(timeout_sec=timeout_s):
-            raise RunnerError(f"{client.srv_name} is not available")
-        future = client.call_async(request)
-        self.executor.spin_until_future_complete(future, timeout_sec=timeout_s)
-        if future.result() is None:
-            raise RunnerError(f"{client.srv_name} did not answer within {timeout_s:g} s")
-        return future.result()
-
-    def objects(self) -> dict[str, np.ndarray]:
-        positions = np.asarray(self.status.object_positions, dtype=float).reshape(-1, 3)
-        return dict(zip(self.status.object_names, positions))
+        super().__init__(context, "twin_demos")
+        self.chunks = self.node.create_publisher(self.ActionChunk, topics.node_topic(topics.POLICY_NODE,
+                                                                                     topics.ACTION_CHUNK), 10)
 
     def publish_chunk(self, action: np.ndarray) -> None:
         msg = self.ActionChunk(dimension_names=DIMENSIONS, horizon=1, actions=[float(v) for v in action],
@@ -145,45 +82,6 @@ class DemoNode:
         msg.header.stamp = self.node.get_clock().now().to_msg()
         msg.header.frame_id = "base_link"
         self.chunks.publish(msg)
-
-    def wait_for_subscriber(self, node_name: str, topic_names: list[str], timeout_s: float) -> list[str]:
-        """Spin until ``node_name`` subscribes to every topic (as this node's graph sees it); the
-        topics it still lacks at the timeout."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            missing = [t for t in topic_names
-                       if not any(info.node_name == node_name for info in self.node.get_subscriptions_info_by_topic(t))]
-            if not missing or time.monotonic() > deadline:
-                return missing
-            self.spin_for(0.1)
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-
-
-def recorder_process(graph: Graph, bag: Path, log) -> subprocess.Popen:
-    spec = graph.nodes["recorder"]
-    executable = find_executable(spec.package, spec.executable)
-    if executable is None:
-        raise RunnerError("fedvla_ros/bag_recorder is not installed: run .ci/setup")
-    exclude = ["/rosout", "/parameter_events", topics.camera_topic(topics.TWIN_CAMERA, topics.ALIGNED_DEPTH_IMAGE),
-               topics.camera_topic(topics.TWIN_CAMERA, topics.ALIGNED_DEPTH_INFO)]
-    node = ResolvedNode(spec=spec, parameter_files=tuple(graph.config_dir / f for f in spec.parameters),
-                        parameter_values={"output_path": str(bag), "exclude_topics": exclude}, arguments=())
-    return subprocess.Popen(node_command(executable, node), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def stop_recorder(process: subprocess.Popen) -> None:
-    import signal
-
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def demonstrate(ros: DemoNode, kinematics: ArmKinematics, task: str, seed: int) -> dict:
@@ -212,31 +110,9 @@ def demonstrate(ros: DemoNode, kinematics: ArmKinematics, task: str, seed: int) 
 def attempt_episode(ros: DemoNode, graph: Graph, kinematics: ArmKinematics, task: str, seed: int, bag: Path,
                     log) -> dict:
     """Reset, recover the driver, record one expert demonstration into ``bag``."""
-    answer = ros.call(ros.reset_client, ros.ResetScene.Request(task=task, seed=seed))
-    if not answer.success:
-        raise ConfigError("task", answer.message)
-    ros.spin_for(0.5)
-    ros.call(ros.recover_client, ros.Trigger.Request())
-    deadline = time.monotonic() + 10.0
-    while (ros.status is None or ros.status.seed != seed or ros.status.task != task or not ros.joints
-           or ros.driver_fault) and time.monotonic() < deadline:
-        ros.spin_for(0.1)
-        if ros.driver_fault:  # (stopped again while settling: recover once more)
-            ros.call(ros.recover_client, ros.Trigger.Request())
-            ros.spin_for(1.2)  # the driver's diagnostics come at 1 Hz
-    recorder = recorder_process(graph, bag, log)
-    # Record from the first step: a loaded machine takes seconds to start the recorder and to
-    # discover the publishers (a fixed 2 s wait lost the first third of some episodes).
-    missing = ros.wait_for_subscriber(graph.nodes["recorder"].name, RECORDED_TOPICS, RECORDER_TIMEOUT_S)
-    if missing:
-        stop_recorder(recorder)
-        raise RunnerError(f"the recorder did not subscribe to {', '.join(missing)} within {RECORDER_TIMEOUT_S:g} s; "
-                          f"its log is in {log.name}")
-    ros.spin_for(0.5)  # the publishers match the recorder's readers (discovery goes both ways)
-    try:
+    ros.reset_and_recover(task, seed)
+    with EpisodeRecorder(ros, graph, bag, log):
         return demonstrate(ros, kinematics, task, seed)
-    finally:
-        stop_recorder(recorder)
 
 
 def collect(args: argparse.Namespace) -> int:
@@ -248,11 +124,8 @@ def collect(args: argparse.Namespace) -> int:
     tasks = args.task or list(TASKS)
     output = Path(args.output or run_directory("twin_demos")).resolve()
     output.mkdir(parents=True, exist_ok=True)
-    host = free_loopback_host()
-    graph = Graph.load(find_config_dir())
     log = open(output / "graph.log", "a")
-    runner = ProfileRunner(graph, "twin", {"robot_ip": host, "execute": "true", "task": tasks[0],
-                                            "twin_fps": str(args.fps), "launch_rviz": "false"}, output=log)
+    runner, graph, _ = start_twin({"execute": "true", "task": tasks[0], "twin_fps": str(args.fps)}, log)
     kinematics = ArmKinematics()
     encoder = shared_instruction_encoder("")
     bag_config = BagEpisodeConfig(camera_names=(topics.TWIN_CAMERA,), proprio_dim=len(PROPRIO_JOINTS),

@@ -1,0 +1,275 @@
+"""Closed-loop evaluation of a policy checkpoint in the twin (FedVLA §4.2's real-world protocol:
+success per task over trials), ROS-free: the statistics, the report, and the in-process runner
+that cross-checks the graph's result (``fedvla twin evaluate`` runs the trials through the ROS
+graph; :mod:`fedvla_ros.tools.twin_evaluate`).
+
+* **Success** per task with a Wilson 95 % score interval (:func:`wilson_interval`): with 20 trials a
+  binomial rate is uncertain by ±20 points, and the Wilson interval stays inside [0, 1] and is
+  sensible at 0 and 20 successes, where the normal approximation collapses to a point.
+* **Agreement** of the graph's and the in-process result (:func:`agree_within_noise`): a two-sided
+  two-proportion z-test at 5 % (pooled variance); the same seeds are run, but the graph adds
+  middleware latency and scheduling jitter, so the trials are not identical, only exchangeable.
+* **Time to success** (simulated seconds from the reset), **policy latency** per step (p50 and p95,
+  the policy runtime's own compute time), the driver's **refused chunks** (by reason) and the
+  **protective stops**.
+
+In-process (:func:`evaluate_in_process`): :class:`~fedvla.twin.inprocess.InProcessTwin` runs the
+driver's runtime on the physics; the policy sees the twin camera's render of the same D435i image
+and the joint states the driver would publish (the six arm joints and the gripper finger at the
+end of its commanded travel: :data:`fedvla.twin.expert.PROPRIO_JOINTS`), at the checkpoint's
+control rate.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from fedvla.config import ConfigError
+
+Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (``(0, 1)`` without trials)."""
+    if trials <= 0:
+        return 0.0, 1.0
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def agree_within_noise(successes_a: int, trials_a: int, successes_b: int, trials_b: int, z: float = Z95) -> bool:
+    """Whether two success rates are consistent with one binomial rate (two-proportion z-test at
+    the level of ``z``, pooled variance). Identical rates always agree; so do 0/n and 0/m."""
+    if trials_a <= 0 or trials_b <= 0:
+        return True
+    pooled = (successes_a + successes_b) / (trials_a + trials_b)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / trials_a + 1 / trials_b))
+    difference = abs(successes_a / trials_a - successes_b / trials_b)
+    return difference == 0 or (spread > 0 and difference <= z * spread)
+
+
+@dataclasses.dataclass
+class TwinTrial:
+    """One closed-loop trial (through the graph or in-process)."""
+
+    task: str
+    seed: int
+    success: bool
+    time_to_success_s: float | None  # simulated seconds from the reset; None without success
+    steps: int  # policy steps (chunks) in the trial
+    latencies_ms: list[float]  # the policy's compute time per step
+    refused_chunks: int = 0
+    refused_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
+    protective_stops: int = 0
+    detail: str = ""  # the task's success check, in words
+    fault: str = ""
+    bag: str = ""  # the trial's rosbag2 (graph trials)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TwinTrial:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def summarize(trials: Iterable[TwinTrial]) -> dict[str, dict]:
+    """Per task: successes, trials, rate and its Wilson 95 % interval, time to success, policy
+    latency p50/p95, refused chunks (by reason) and protective stops."""
+    by_task: dict[str, list[TwinTrial]] = {}
+    for trial in trials:
+        by_task.setdefault(trial.task, []).append(trial)
+    summary = {}
+    for task, group in by_task.items():
+        wins = [t for t in group if t.success]
+        low, high = wilson_interval(len(wins), len(group))
+        latencies = np.array([ms for t in group for ms in t.latencies_ms], dtype=float)
+        times = [t.time_to_success_s for t in wins if t.time_to_success_s is not None]
+        reasons: Counter = Counter()
+        for t in group:
+            reasons.update(t.refused_reasons)
+        summary[task] = {
+            "successes": len(wins), "trials": len(group), "success_rate": len(wins) / len(group),
+            "wilson95": [low, high],
+            "time_to_success_s": float(np.mean(times)) if times else None,
+            "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies.size else None,
+            "latency_ms_p95": float(np.percentile(latencies, 95)) if latencies.size else None,
+            "refused_chunks": sum(t.refused_chunks for t in group), "refused_reasons": dict(reasons),
+            "protective_stops": sum(t.protective_stops for t in group),
+            "seeds": [t.seed for t in group],
+        }
+    return summary
+
+
+def _number(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def report_table(results: dict[str, dict[str, dict]]) -> list[str]:
+    """A markdown table: one row per (evaluation, task); ``results``: label -> :func:`summarize`."""
+    lines = ["| evaluation | task | success | Wilson 95 % | time to success (s) | policy latency p50 / p95 (ms) "
+             "| refused chunks | protective stops |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, summary in results.items():
+        for task, s in summary.items():
+            low, high = s["wilson95"]
+            lines.append(f"| {label} | {task} | {s['successes']}/{s['trials']} ({100 * s['success_rate']:.0f} %) "
+                         f"| {100 * low:.0f}-{100 * high:.0f} % | {_number(s['time_to_success_s'], '.1f')} "
+                         f"| {_number(s['latency_ms_p50'], '.1f')} / {_number(s['latency_ms_p95'], '.1f')} "
+                         f"| {s['refused_chunks']} | {s['protective_stops']} |")
+    return lines
+
+
+def agreement_lines(graph: dict[str, dict], in_process: dict[str, dict]) -> list[str]:
+    """One line per task the two evaluations share: both rates and whether they agree."""
+    lines = []
+    for task in graph:
+        if task not in in_process:
+            continue
+        g, p = graph[task], in_process[task]
+        agree = agree_within_noise(g["successes"], g["trials"], p["successes"], p["trials"])
+        lines.append(f"{task}: graph {g['successes']}/{g['trials']}, in-process {p['successes']}/{p['trials']}: "
+                     + ("agree within binomial noise (two-proportion test, 5 %)" if agree
+                        else "DISAGREE beyond binomial noise (two-proportion test, 5 %)"))
+    return lines
+
+
+def plot_success(path: Path, results: dict[str, dict[str, dict]]) -> None:
+    """Success per task with Wilson 95 % whiskers, one bar per evaluation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({task for summary in results.values() for task in summary})
+    labels = list(results)
+    width = 0.8 / max(1, len(labels))
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(tasks), 3.4))
+    for i, label in enumerate(labels):
+        xs, rates, errors = [], [], [[], []]
+        for j, task in enumerate(tasks):
+            s = results[label].get(task)
+            if s is None:
+                continue
+            xs.append(j + (i - (len(labels) - 1) / 2) * width)
+            rates.append(100 * s["success_rate"])
+            errors[0].append(100 * (s["success_rate"] - s["wilson95"][0]))
+            errors[1].append(100 * (s["wilson95"][1] - s["success_rate"]))
+        ax.bar(xs, rates, width, yerr=errors, capsize=3, label=label)
+    ax.set_xticks(range(len(tasks)), [t.replace("_", " ") for t in tasks])
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("success (%), Wilson 95 %")
+    ax.legend(fontsize=8)
+    ax.set_title("Closed loop in the workcell twin")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(output: Path, results: dict[str, dict[str, dict]], trials: dict[str, list[TwinTrial]],
+                 provenance: dict) -> None:
+    """``evaluation.json`` (summaries, every trial, provenance), ``evaluation.md`` and
+    ``success.png`` under ``output``."""
+    output.mkdir(parents=True, exist_ok=True)
+    document = {"provenance": provenance, "summary": results,
+                "trials": {label: [dataclasses.asdict(t) for t in group] for label, group in trials.items()}}
+    (output / "evaluation.json").write_text(json.dumps(document, indent=1))
+    lines = ["# Closed-loop evaluation in the workcell twin", "",
+             f"Checkpoint `{provenance.get('checkpoint', '')}`, written by `{provenance.get('command', '')}`.", "",
+             *report_table(results)]
+    if "graph" in results and "in-process" in results:
+        lines += ["", *(f"* {line}" for line in agreement_lines(results["graph"], results["in-process"]))]
+    lines += ["", "![success per task](success.png)", ""]
+    (output / "evaluation.md").write_text("\n".join(lines))
+    plot_success(output / "success.png", results)
+
+
+# ---- in-process ----
+class PolicyAgent:
+    """A checkpoint as an :data:`~fedvla.twin.inprocess.Agent`: renders the twin's D435i image,
+    reads the joints as the driver publishes them, runs the policy runtime. It records each step's
+    latency (:attr:`latencies_ms`, cleared by :meth:`agent_for`)."""
+
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", torch_threads: int = 0) -> None:
+        from fedvla import topics
+        from fedvla.app.policy_runtime import PolicyRuntime, PolicyRuntimeConfig
+        from fedvla.robot.kinematics import ArmKinematics
+        from fedvla.twin.expert import CONTROL_RATE_HZ, PROPRIO_JOINTS
+
+        self.runtime = PolicyRuntime(PolicyRuntimeConfig(
+            checkpoint_path=str(checkpoint), rate_hz=CONTROL_RATE_HZ, proprio_joint_names=PROPRIO_JOINTS,
+            available_cameras=(topics.TWIN_CAMERA,), device=device, torch_threads=torch_threads))
+        if self.runtime.uses_iosp:
+            raise ConfigError("checkpoint", "this policy uses IOSP: the in-process twin has no scene parser",
+                              "evaluate it through the graph (fedvla twin evaluate --no-in-process)")
+        self.period_s = 1.0 / self.runtime.config.rate_hz
+        self.gripper_open, self.gripper_closed = ArmKinematics().gripper_limits[::-1]
+        self.latencies_ms: list[float] = []
+
+    def agent_for(self, workcell):
+        self.latencies_ms = []
+
+        def act(observation):
+            frame = workcell.render(depth=False)
+            finger = self.gripper_closed if observation.gripper_closed else self.gripper_open
+            proprio = np.array([*observation.joint_positions, finger], dtype=np.float32)
+            step = self.runtime.step([frame.rgb], proprio, observation.instruction)
+            self.latencies_ms.append(1000.0 * step.latency_s)
+            return step.chunk, self.period_s
+
+        return act
+
+
+def checkpoint_action_space(checkpoint: str | Path):
+    """The action space training recorded in the checkpoint (ConfigError if it recorded none)."""
+    from fedvla.model.checkpoint_meta import read_checkpoint_description
+    from fedvla.robot.retarget import ActionSpace
+
+    try:
+        recorded = (read_checkpoint_description(checkpoint).get("metadata") or {}).get("action_space")
+        if recorded is None:
+            raise ValueError(f"{checkpoint} records no action space: train it on twin datasets (fedvla twin demos)")
+        return ActionSpace.from_dict(recorded, str(checkpoint))
+    except ValueError as err:
+        raise ConfigError("checkpoint", str(err), "a checkpoint trained on twin demonstrations") from None
+
+
+def evaluate_in_process(checkpoint: str | Path, task: str, seeds: Sequence[int], max_steps: int,
+                        show_progress: bool = True) -> list[TwinTrial]:
+    """Run ``checkpoint`` on ``task`` for each seed in :class:`InProcessTwin` (no ROS)."""
+    from fedvla.twin.inprocess import InProcessTwin
+    from fedvla.twin.workcell import Workcell, WorkcellConfig
+
+    import torch
+
+    space = checkpoint_action_space(checkpoint)
+    threads = torch.get_num_threads()
+    agent = PolicyAgent(checkpoint, torch_threads=1)  # as the policy node (config/policy_robot.yaml)
+    workcell = Workcell(WorkcellConfig(task=task))
+    twin = InProcessTwin(workcell, space)
+    trials = []
+    try:
+        iterator: Iterable[int] = seeds
+        if show_progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(seeds, desc=f"in-process {task}", unit="trial")
+        for seed in iterator:
+            result = twin.run_trial(task, int(seed), agent.agent_for, 1.0 / agent.period_s, max_steps)
+            trials.append(TwinTrial(task=task, seed=int(seed), success=result.success,
+                                    time_to_success_s=result.time_to_success_s, steps=result.steps,
+                                    latencies_ms=list(agent.latencies_ms), refused_chunks=result.refused_chunks,
+                                    refused_reasons=dict(result.refused_reasons),
+                                    protective_stops=result.protective_stops, detail=result.detail, fault=result.fault))
+    finally:
+        workcell.close_camera()
+        torch.set_num_threads(threads)  # (training in this process after the evaluation keeps its threads)
+    return trials

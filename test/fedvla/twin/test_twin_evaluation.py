@@ -1,0 +1,108 @@
+"""fedvla.twin.evaluation: Wilson intervals (checked against scipy), the agreement test between the
+graph's and the in-process result, the report, and an in-process trial of a checkpoint."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fedvla.config import ConfigError
+from fedvla.twin.evaluation import (TwinTrial, agree_within_noise, agreement_lines, report_table, summarize,
+                                    wilson_interval, write_report)
+
+
+@pytest.mark.parametrize("successes,trials", [(0, 20), (1, 20), (10, 20), (19, 20), (20, 20), (7, 43)])
+def test_wilson_interval_matches_scipy(successes, trials):
+    stats = pytest.importorskip("scipy.stats")
+    expected = stats.binomtest(successes, trials).proportion_ci(0.95, method="wilson")
+    np.testing.assert_allclose(wilson_interval(successes, trials), (expected.low, expected.high), atol=1e-9)
+
+
+def test_wilson_interval_by_hand():
+    low, high = wilson_interval(0, 20)
+    assert low == 0.0 and high == pytest.approx(1.959964 ** 2 / (20 + 1.959964 ** 2), rel=1e-6)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_agreement_is_a_two_proportion_test_at_five_percent():
+    assert agree_within_noise(10, 20, 12, 20)
+    assert agree_within_noise(0, 20, 0, 20) and agree_within_noise(20, 20, 20, 20)
+    assert not agree_within_noise(2, 20, 18, 20)
+    # |z| = 1.96 is the boundary: 6/20 vs 13/20 gives z = 2.21, 7/20 vs 13/20 gives z = 1.90
+    assert not agree_within_noise(6, 20, 13, 20) and agree_within_noise(7, 20, 13, 20)
+
+
+def _trial(task, seed, success, **changes):
+    values = dict(task=task, seed=seed, success=success, time_to_success_s=4.0 + seed if success else None, steps=40,
+                  latencies_ms=[10.0, 20.0, 30.0])
+    return TwinTrial(**{**values, **changes})
+
+
+def test_summary_report_and_files(tmp_path):
+    graph = [_trial("open_drawer", s, s % 2 == 0, refused_chunks=1, refused_reasons={"workspace": 1})
+             for s in range(4)]
+    graph.append(_trial("clean_up", 0, False, protective_stops=1, fault="fault: robot reports protective_stop"))
+    in_process = [_trial("open_drawer", s, s < 3) for s in range(4)]
+    results = {"graph": summarize(graph), "in-process": summarize(in_process)}
+    drawer = results["graph"]["open_drawer"]
+    assert (drawer["successes"], drawer["trials"], drawer["refused_chunks"]) == (2, 4, 4)
+    assert drawer["refused_reasons"] == {"workspace": 4} and drawer["time_to_success_s"] == pytest.approx(5.0)
+    assert drawer["latency_ms_p50"] == pytest.approx(20.0) and drawer["wilson95"] == list(wilson_interval(2, 4))
+    assert results["graph"]["clean_up"]["protective_stops"] == 1
+    table = report_table(results)
+    assert len(table) == 2 + 3 and "| graph | open_drawer | 2/4 (50 %) |" in table[2]
+    lines = agreement_lines(results["graph"], results["in-process"])
+    assert lines == ["open_drawer: graph 2/4, in-process 3/4: agree within binomial noise (two-proportion test, 5 %)"]
+    write_report(tmp_path, results, {"graph": graph, "in-process": in_process}, {"checkpoint": "c", "command": "x"})
+    document = json.loads((tmp_path / "evaluation.json").read_text())
+    assert len(document["trials"]["graph"]) == 5 and document["summary"]["graph"]["open_drawer"]["successes"] == 2
+    assert TwinTrial.from_dict(document["trials"]["graph"][0]) == graph[0]
+    assert (tmp_path / "success.png").stat().st_size > 1000 and "agree" in (tmp_path / "evaluation.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def twin_checkpoint(tmp_path_factory):
+    """An untrained tiny policy for the twin's camera, proprio and action space."""
+    pytest.importorskip("mujoco")
+    from pathlib import Path
+
+    import torch
+
+    from fedvla import topics
+    from fedvla.model.checkpoint import save_checkpoint, seeded_policy
+    from fedvla.model.config import PolicyConfig
+    from fedvla.twin.expert import EXPERT_ACTION_SPACE, PROPRIO_JOINTS
+
+    config = PolicyConfig.from_yaml(Path(__file__).resolve().parents[3] / "config" / "model" / "tiny.yaml",
+                                    camera_names=[topics.TWIN_CAMERA], image_size=32, proprio_dim=len(PROPRIO_JOINTS),
+                                    action_dim=EXPERT_ACTION_SPACE.action_dim)
+    policy = seeded_policy(config, 3)
+    generator = torch.Generator().manual_seed(0)
+    policy.normalizer.fit(0.3 * torch.randn(64, 4, generator=generator), torch.randn(64, 7, generator=generator))
+    directory = tmp_path_factory.mktemp("twin_policy")
+    with_space = save_checkpoint(policy, directory / "with_space", metadata={"action_space": EXPERT_ACTION_SPACE.to_dict()})
+    without = save_checkpoint(policy, directory / "without_space")
+    return with_space, without
+
+
+@pytest.mark.timeout(300)
+def test_a_checkpoint_runs_in_process_on_the_twin_camera(twin_checkpoint):
+    import torch
+
+    from fedvla.twin.evaluation import evaluate_in_process
+
+    threads = torch.get_num_threads()
+    trials = evaluate_in_process(twin_checkpoint[0], "open_drawer", [1000], max_steps=6, show_progress=False)
+    (trial,) = trials
+    assert (trial.task, trial.seed, trial.steps) == ("open_drawer", 1000, 6)
+    assert len(trial.latencies_ms) == 6 and all(ms > 0 for ms in trial.latencies_ms)
+    assert not trial.success and trial.time_to_success_s is None and "drawer out" in trial.detail
+    assert torch.get_num_threads() == threads  # the evaluation gives the process its threads back
+
+
+def test_a_checkpoint_without_an_action_space_is_refused_before_anything_runs(twin_checkpoint):
+    from fedvla.twin.evaluation import evaluate_in_process
+
+    with pytest.raises(ConfigError, match="records no action space"):
+        evaluate_in_process(twin_checkpoint[1], "open_drawer", [0], max_steps=1, show_progress=False)
