@@ -65,3 +65,22 @@ def test_a_process_can_render_the_twin_then_train() -> None:
 
     assert_trains_after_rendering("from fedvla.twin.workcell import Workcell, WorkcellConfig",
                                   "Workcell(WorkcellConfig(task='open_drawer')).render(depth=False)")
+
+
+@pytest.mark.timeout(600)  # ultralytics on CPU: the global 300 s must not cut it short
+def test_fedvla_twin_detector_trains_a_tiny_yolo_and_reports_map(tmp_path, capsys) -> None:
+    pytest.importorskip("ultralytics")
+    import json
+    from pathlib import Path
+
+    from fedvla.cli import main
+
+    status = main(["twin", "detector", "--train-images", "2", "--val-images", "1", "--epochs", "1",
+                   "--image-size", "96", "--batch", "4", "--output", str(tmp_path)])
+    assert status in (0, None)
+    printed = capsys.readouterr().out
+    assert "mAP50 " in printed and "mAP50-95" in printed
+    report = json.loads((tmp_path / "detector.json").read_text())
+    assert 0.0 <= report["map50_95"] <= report["map50"] <= 1.0
+    assert Path(report["weights"]).is_file() and report["train"]["epochs"] == 1
+    assert len(list((tmp_path / "data" / "images" / "val").glob("*.jpg"))) == len(TASKS)

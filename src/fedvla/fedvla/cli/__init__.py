@@ -25,6 +25,7 @@
                                              the graph, recorded and imported as datasets
     fedvla twin evaluate --checkpoint C      closed-loop trials through the graph, recorded, with
                                              Wilson 95 % intervals and the in-process cross-check
+    fedvla twin detector                     YOLOv8 from scratch on twin renders: mAP50, mAP50-95
 """
 from __future__ import annotations
 

@@ -14,6 +14,22 @@ def cmd_twin_evaluate(args: argparse.Namespace) -> int:
     return run_ros_tool("twin_evaluate", "twin evaluate", args.bench_arguments)
 
 
+def cmd_twin_detector(args: argparse.Namespace) -> int:
+    from fedvla.paths import run_directory
+    from fedvla.twin.detector import DetectorDataConfig, DetectorTrainConfig, build_detector
+
+    data = DetectorDataConfig(train_images_per_task=args.train_images, val_images_per_task=args.val_images)
+    train = DetectorTrainConfig(model=args.model, epochs=args.epochs, image_size=args.image_size, batch=args.batch)
+    output = args.output or run_directory("twin_detector")
+    metrics = build_detector(output, data, train)
+    for name, value in sorted(metrics.per_class_map50_95.items()):
+        print(f"  {name:16s} mAP50-95 {value:.3f}")
+    print(f"validation renders (other layouts): mAP50 {metrics.map50:.3f}, mAP50-95 {metrics.map50_95:.3f}")
+    print(f"weights: {metrics.weights}  (the twin's scene parser: fedvla launch twin parse_scene:=true "
+          f"detector_weights:={metrics.weights})")
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     twin = commands.add_parser("twin", help="the workcell twin").add_subparsers(dest="twin_command", required=True)
     demos = twin.add_parser("demos", help="expert demonstrations through the graph, recorded and imported as "
@@ -23,3 +39,14 @@ def register(commands: argparse._SubParsersAction) -> None:
                                "with Wilson intervals and the in-process cross-check (options: those of twin_evaluate; "
                                "--help lists them)", add_help=False)
     evaluate.set_defaults(func=cmd_twin_evaluate, passes_options=True)
+    detector = twin.add_parser("detector", help="train YOLOv8 from scratch on twin renders labelled from the "
+                               "segmentation; prints mAP50 and mAP50-95 on validation layouts")
+    detector.add_argument("--train-images", type=int, default=150, help="training renders per task")
+    detector.add_argument("--val-images", type=int, default=30, help="validation renders per task (other layouts)")
+    detector.add_argument("--epochs", type=int, default=30)
+    detector.add_argument("--image-size", type=int, default=640)
+    detector.add_argument("--batch", type=int, default=8)
+    detector.add_argument("--model", default="yolov8n.yaml", help="ultralytics architecture (from scratch)")
+    detector.add_argument("--output", default="", help="run directory (default runs/twin_detector_<date>_<time>); "
+                          "an existing one keeps its rendered data")
+    detector.set_defaults(func=cmd_twin_detector)

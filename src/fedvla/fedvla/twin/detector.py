@@ -144,3 +144,51 @@ def train_detector(data_yaml: str | Path, output: str | Path, *, epochs: int = 3
         metrics.box.ap_class_index])} if len(metrics.box.ap_class_index) else {}
     return DetectorMetrics(map50=float(metrics.box.map50), map50_95=float(metrics.box.map), weights=best,
                            per_class_map50_95=per_class)
+
+
+@dataclasses.dataclass(kw_only=True)
+class DetectorTrainConfig:
+    """How ``fedvla twin detector`` trains (ultralytics' names)."""
+
+    model: str = "yolov8n.yaml"  # an architecture file: from scratch
+    epochs: int = 30
+    image_size: int = 640  # the D435i's width: small objects (a pill bottle) stay visible
+    batch: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "image_size", "batch"):
+            require_positive(getattr(self, name), name)
+
+
+def build_detector(output: str | Path, data: DetectorDataConfig | None = None,
+                   train: DetectorTrainConfig | None = None, show_progress: bool = True) -> DetectorMetrics:
+    """Render and label the dataset (once: an output that has it keeps it), train, validate, and
+    write ``detector.json`` (the metrics, the weights, both configs)."""
+    import json
+    import time
+
+    data, train = data or DetectorDataConfig(), train or DetectorTrainConfig()
+    output = Path(output).resolve()
+    data_yaml = output / "data" / "data.yaml"
+    started = time.monotonic()
+    if not data_yaml.is_file():
+        total = (data.train_images_per_task + data.val_images_per_task) * len(TASKS)
+        progress = None
+        if show_progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=total, desc="rendering detector data", unit="image")
+        try:
+            write_detector_dataset(output / "data", data, on_image=progress.update if progress else None)
+        finally:
+            if progress is not None:
+                progress.close()
+    rendered = time.monotonic()
+    metrics = train_detector(data_yaml, output, epochs=train.epochs, image_size=train.image_size, model=train.model,
+                             batch=train.batch, seed=train.seed)
+    (output / "detector.json").write_text(json.dumps({
+        "map50": metrics.map50, "map50_95": metrics.map50_95, "per_class_map50_95": metrics.per_class_map50_95,
+        "weights": str(metrics.weights), "data": dataclasses.asdict(data), "train": dataclasses.asdict(train),
+        "render_s": round(rendered - started, 1), "train_s": round(time.monotonic() - rendered, 1)}, indent=1))
+    return metrics
