@@ -14,7 +14,7 @@ pytest.importorskip("pinocchio")
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.qos import QoSProfile  # noqa: E402
+from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
@@ -23,7 +23,7 @@ from visualization_msgs.msg import Marker  # noqa: E402
 from fedvla import topics  # noqa: E402
 from fedvla.robot.kinematics import ARM_JOINTS, GRIPPER_JOINT  # noqa: E402
 from fedvla_interfaces.msg import ActionChunk  # noqa: E402
-from fedvla_ros.qos import LATCHED_QOS  # noqa: E402
+from fedvla_ros.qos import ACTION_CHUNK_QOS, LATCHED_QOS  # noqa: E402
 from fedvla_ros.ur3_driver import TF_UNAVAILABLE, TFMessage  # noqa: E402  (None without a ROS 2 install)
 
 pytestmark = pytest.mark.ros
@@ -69,7 +69,7 @@ def test_chunks_move_the_simulated_arm_and_the_state_is_published(rclpy_context)
     node = rclpy.create_node("driver_test", context=rclpy_context)
     executor = SingleThreadedExecutor(context=rclpy_context)
     executor.add_node(node)
-    publisher = node.create_publisher(ActionChunk, "/test/action_chunk", 10)
+    publisher = node.create_publisher(ActionChunk, "/test/action_chunk", ACTION_CHUNK_QOS)
     paths, statuses = [], []
     node.create_subscription(Marker, topics.node_topic(DRIVER, topics.PLANNED_PATH), paths.append, LATCHED_QOS)
     node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, lambda m: statuses.append(m.status[0]), RELIABLE)
@@ -183,7 +183,7 @@ def test_object_frame_actions_follow_the_located_object(rclpy_context) -> None:
     node = rclpy.create_node("object_test", context=rclpy_context)
     executor = SingleThreadedExecutor(context=rclpy_context)
     executor.add_node(node)
-    chunks = node.create_publisher(ActionChunk, "/test/action_chunk", 10)
+    chunks = node.create_publisher(ActionChunk, "/test/action_chunk", ACTION_CHUNK_QOS)
     targets = node.create_publisher(PointStamped, "/test/target_position", 10)
     tool_topic = topics.node_topic(DRIVER, topics.TOOL_POSE)
     try:
@@ -215,3 +215,73 @@ def test_object_frame_actions_follow_the_located_object(rclpy_context) -> None:
     assert driver.returncode == 0, err
     np.testing.assert_allclose([reached.x, reached.y, reached.z], located + goal, atol=0.005, err_msg=err)
     assert "object position refused: object position" in err and "is not three finite coordinates" in err
+
+
+CHUNK_SOURCE = """
+import signal, sys, time
+import numpy as np
+import rclpy
+from fedvla_interfaces.msg import ActionChunk
+from fedvla_ros.qos import ACTION_CHUNK_QOS
+rclpy.init()
+node = rclpy.create_node("doomed_policy")
+publisher = node.create_publisher(ActionChunk, "/test/action_chunk", ACTION_CHUNK_QOS)
+steps = np.tile([0.0, 1.0, 0.0, -1.0], (20, 1))  # +y for 2 s
+while publisher.get_subscription_count() == 0:
+    time.sleep(0.05)
+sys.stdin.readline()  # the driver is up and idle
+publisher.publish(ActionChunk(dimension_names=["dx", "dy", "dz", "gripper"], horizon=20,
+                              actions=steps.ravel().tolist(), step_period_s=0.1))
+print("published", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_killing_the_chunk_source_brakes_the_arm_within_its_liveliness_lease(rclpy_context) -> None:
+    """A 2 s chunk, and the process that sent it SIGKILLed 0.6 s in: the driver brakes within the
+    chunk topic's liveliness lease (CHUNK_SOURCE_LEASE_S), not after running out the chunk or its
+    3 s stale timeout."""
+    import signal
+    import subprocess
+    import sys
+
+    from fedvla_ros.qos import CHUNK_SOURCE_LEASE_S
+
+    driver = start_node("fedvla_ros", "ur3_driver", name="ur3_driver",
+                        parameters={"backend": "sim", "action_topic": "/test/action_chunk", "execute_steps": 20,
+                                    "stale_timeout_s": 3.0, "execute_on_start": True})
+    node = rclpy.create_node("source_test", context=rclpy_context)
+    executor = SingleThreadedExecutor(context=rclpy_context)
+    executor.add_node(node)
+    samples = []  # (receive time, shoulder pan .. wrist 3)
+    node.create_subscription(JointState, topics.JOINT_STATES,
+                             lambda m: samples.append((time.monotonic(), np.array(m.position[:6]))),
+                             qos_profile_sensor_data)
+    source = subprocess.Popen([sys.executable, "-c", CHUNK_SOURCE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        diagnostics(rclpy_context, lambda s: "idle" in s.message)
+        source.stdin.write("go\n")
+        source.stdin.flush()
+        assert source.stdout.readline().strip() == "published"
+        published = time.monotonic()
+        while time.monotonic() < published + 0.6:
+            executor.spin_once(timeout_sec=0.02)
+        source.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        while time.monotonic() < killed + 1.5:
+            executor.spin_once(timeout_sec=0.02)
+    finally:
+        source.kill()
+        source.wait()
+        executor.shutdown()
+        node.destroy_node()
+        _, err = stop_process(driver)
+    moving = [t for (t, q), (_, q_next) in zip(samples, samples[1:]) if np.abs(q_next - q).max() > 1e-5]
+    assert moving and moving[0] < killed, "the chunk never moved the arm"
+    stopped_after = moving[-1] - killed
+    print(f"arm still moving {1000 * stopped_after:.0f} ms after the chunk source was killed")
+    assert "the action chunk source is gone" in err, err
+    # lease, its detection and the brake (a UR brakes in well under 0.2 s at 8 rad/s^2 from this speed)
+    assert stopped_after < CHUNK_SOURCE_LEASE_S + 0.4, f"still moving {stopped_after:.2f} s after the kill"

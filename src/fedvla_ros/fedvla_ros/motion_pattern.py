@@ -13,13 +13,14 @@ from fedvla.robot.pattern import ACTION_NAMES, MotionPatternConfig, circle_chunk
 from fedvla_interfaces.msg import ActionChunk
 from fedvla_ros.node_main import main_for
 from fedvla_ros.parameters import declare_config
+from fedvla_ros.qos import ACTION_CHUNK_QOS
 
 
 class MotionPatternNode(Node):
     def __init__(self) -> None:
         super().__init__("motion_pattern")
         self.config = declare_config(self, MotionPatternConfig)
-        self._publisher = self.create_publisher(ActionChunk, topics.private_topic(topics.ACTION_CHUNK), 10)
+        self._publisher = self.create_publisher(ActionChunk, topics.private_topic(topics.ACTION_CHUNK), ACTION_CHUNK_QOS)
         self._started = time.monotonic()
         self.create_timer(1.0 / self.config.rate_hz, self._publish)
         self.get_logger().info(f"circle of {self.config.radius_m * 100:g} cm every {self.config.period_s:g} s, "

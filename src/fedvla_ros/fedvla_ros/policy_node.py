@@ -28,6 +28,7 @@ from fedvla_interfaces.msg import ActionChunk, ExpertActivation, ParsedScene
 from fedvla_ros.conversions import image_to_array
 from fedvla_ros.node_main import StartupError, main_for
 from fedvla_ros.parameters import declare_config
+from fedvla_ros.qos import ACTION_CHUNK_QOS
 
 
 class PolicyNode(Node):
@@ -51,7 +52,7 @@ class PolicyNode(Node):
             # IOSP runs in the scene_parser node (one parse shared by the policy, RViz and bags).
             topic = topics.node_topic(topics.SCENE_PARSER_NODE, topics.PARSED_SCENE)
             self.create_subscription(ParsedScene, topic, self._on_scene, 10)
-        self._chunk_pub = self.create_publisher(ActionChunk, topics.private_topic(topics.ACTION_CHUNK), 10)
+        self._chunk_pub = self.create_publisher(ActionChunk, topics.private_topic(topics.ACTION_CHUNK), ACTION_CHUNK_QOS)
         self._experts_pub = self.create_publisher(ExpertActivation, topics.private_topic(topics.EXPERT_ACTIVATION), 10)
         self.create_timer(1.0 / self.config.rate_hz, self._step)
         self.get_logger().info(f"policy from {self.config.checkpoint_path} at {self.config.rate_hz:g} Hz, cameras "

@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped, PoseStamped
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState
@@ -48,7 +49,7 @@ from fedvla_interfaces.msg import ActionChunk
 from fedvla_ros.conversions import diagnostics_msg, fill_pose, matrix_from_pose, path_marker, transforms
 from fedvla_ros.node_main import main_for
 from fedvla_ros.parameters import declare_config
-from fedvla_ros.qos import LATCHED_QOS
+from fedvla_ros.qos import ACTION_CHUNK_QOS, LATCHED_QOS
 
 try:  # not on PyPI: comes with a ROS 2 install (and ../shared/vendor on our machines)
     from tf2_msgs.msg import TFMessage
@@ -81,7 +82,8 @@ class Ur3DriverNode(Node):
 
         runtime = self.runtime
         self.create_subscription(ActionChunk, driver.action_topic,
-                                 lambda m: self._refusing("action chunk", lambda: self._submit(m)), 10)
+                                 lambda m: self._refusing("action chunk", lambda: self._submit(m)), ACTION_CHUNK_QOS,
+                                 event_callbacks=SubscriptionEventCallbacks(liveliness=self._on_chunk_source))
         if driver.object_pose_topic:  # (refused: a frame that is not a URDF link, NaN)
             self.create_subscription(PoseStamped, driver.object_pose_topic, lambda m: self._refusing("object pose", (
                 lambda: runtime.set_object_pose(matrix_from_pose(m.pose), m.header.frame_id))), 10)
@@ -172,6 +174,11 @@ class Ur3DriverNode(Node):
         self._last_path = planned_q
         points = None if planned_q is None else self.kinematics.tool_path(planned_q)
         self._path_pub.publish(path_marker(points, self._base, stamp))
+
+    def _on_chunk_source(self, info) -> None:
+        # A chunk publisher died or left (its liveliness lease ran out, or it was destroyed).
+        if info.not_alive_count_change > 0 or info.alive_count_change < 0:
+            self.runtime.source_lost(f"{info.alive_count} publisher(s) of {self.config.action_topic} left")
 
     def _publish_diagnostics(self) -> None:
         s = self.runtime.snapshot()

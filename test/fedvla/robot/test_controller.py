@@ -162,6 +162,23 @@ def test_stale_input_stops_the_arm_within_two_periods(kinematics) -> None:
     assert arm.gripper_closed
 
 
+def test_a_lost_chunk_source_brakes_at_once_and_a_new_chunk_resumes(kinematics) -> None:
+    arm, _, controller = make(kinematics, stale_timeout_s=5.0)
+    controller.submit_chunk(np.array([[2.0, 0.0, 0.0, -1.0]] * 4), 0.1, 0.0)
+    t = run(arm, controller, 0.0, 0.1)
+    controller.source_lost("the policy died")  # 0.3 s of the chunk left, 4.9 s before it is stale
+    t = run(arm, controller, t, 0.3)
+    stops = [time for time, kind, _ in arm.commands if kind == "servo_stop"]
+    assert len(stops) == 1 and stops[0] <= 0.1 + 1e-9
+    assert all(time < stops[0] for time, _ in servo_commands(arm)) and not np.any(arm.qd)
+    assert controller.mode is ArmMode.IDLE and controller.enabled
+    controller.source_lost("again")  # holding already: nothing more to do
+    assert len([1 for _, kind, _ in arm.commands if kind == "servo_stop"]) == 1
+    assert controller.submit_chunk(np.array([[0.0, 1.0, 0.0, 1.0]]), 0.1, t) is None  # a restarted policy
+    run(arm, controller, t, 0.2)
+    assert arm.gripper_closed
+
+
 def test_a_protective_stop_waits_for_an_explicit_recovery(kinematics) -> None:
     arm, _, controller = make(kinematics)
     controller.submit_chunk(np.array([[1.0, 0, 0, 0]] * 4), 0.1, 0.0)

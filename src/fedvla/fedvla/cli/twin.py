@@ -14,6 +14,10 @@ def cmd_twin_evaluate(args: argparse.Namespace) -> int:
     return run_ros_tool("twin_evaluate", "twin evaluate", args.bench_arguments)
 
 
+def cmd_twin_study(args: argparse.Namespace) -> int:
+    return run_ros_tool("twin_study", "twin study", args.bench_arguments)
+
+
 def cmd_twin_detector(args: argparse.Namespace) -> int:
     from fedvla.paths import run_directory
     from fedvla.twin.detector import DetectorDataConfig, DetectorTrainConfig, build_detector
@@ -50,3 +54,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     detector.add_argument("--output", default="", help="run directory (default runs/twin_detector_<date>_<time>); "
                           "an existing one keeps its rendered data")
     detector.set_defaults(func=cmd_twin_detector)
+    study = twin.add_parser("study", help="the twin study: demonstrations, federated training (one robot per task), "
+                            "closed-loop evaluation through the graph (options: those of twin_study; --help lists them)",
+                            add_help=False)
+    study.set_defaults(func=cmd_twin_study, passes_options=True)

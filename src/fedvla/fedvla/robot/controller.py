@@ -199,6 +199,14 @@ class ArmController:
         log.info("recovered: holding at the measured joints, waiting for a new action chunk")
         return "recovered"
 
+    def source_lost(self, why: str) -> None:
+        """The chunks' publisher is gone (the middleware's liveliness says so): brake now rather than
+        run out the chunk in hand. Execution stays enabled: the next chunk, from a restarted
+        policy, moves the arm again."""
+        if self.trajectory is not None or self.mode is ArmMode.TRACKING:
+            log.warning("the action chunk source is gone (%s): stopping", why)
+            self.request_stop()
+
     def request_stop(self) -> None:
         """Stop now (the driver's ~/stop service): brake and drop the trajectory."""
         self.trajectory = None

@@ -279,6 +279,11 @@ class ArmRuntime:
         with self._lock:
             self.controller.request_stop()
 
+    def source_lost(self, why: str) -> None:
+        """The process sending chunks is gone: brake now (see :meth:`ArmController.source_lost`)."""
+        with self._lock:
+            self.controller.source_lost(why)
+
     def joint_state(self, snapshot: ArmSnapshot) -> tuple[list[str], list[float]]:
         """Joint names and positions to publish: the arm's measured joints, then the gripper's
         finger at the end of its travel it was commanded to."""

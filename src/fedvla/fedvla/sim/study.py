@@ -98,10 +98,12 @@ def _closed_rounds(training_dir: Path) -> int:
     return len(json.loads(state.read_text())["history"]) if state.is_file() else 0
 
 
-def load_scale(config_dir: Path, scale: str, **overrides: Any) -> StudyScale:
-    path = config_dir / "study" / "scales" / f"{scale}.yaml"
+def load_scale(config_dir: Path, scale: str, folder: str = "scales", **overrides: Any) -> StudyScale:
+    """``config/study/<folder>/<scale>.yaml`` (``scales``: the simulation study's; ``twin_scales``:
+    the workcell twin's)."""
+    path = config_dir / "study" / folder / f"{scale}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in (config_dir / "study" / "scales").glob("*.yaml"))
+        known = sorted(p.stem for p in (config_dir / "study" / folder).glob("*.yaml"))
         raise ConfigError("scale", f"no study scale {scale!r}", ", ".join(known))
     values = yaml.safe_load(path.read_text()) or {}
     values.update({k: v for k, v in overrides.items() if v is not None})
@@ -135,6 +137,11 @@ class Study:
 
     # 1. data -------------------------------------------------------------------------------------
     @property
+    def tasks(self) -> tuple[str, ...]:
+        """One client per task."""
+        return tuple(self.collect.tasks)
+
+    @property
     def data_dir(self) -> Path:
         return self.output / "data"
 
@@ -142,7 +149,7 @@ class Study:
         from fedvla.data.episodes import load_meta
 
         missing = []
-        for task in self.collect.tasks:
+        for task in self.tasks:
             try:
                 if len(load_meta(self.data_dir / task).episodes) >= self.collect.episodes_per_task:
                     continue
@@ -158,7 +165,7 @@ class Study:
         from fedvla.data.episodes import load_meta
         from fedvla.model.config import PolicyConfig
 
-        meta = load_meta(self.data_dir / self.collect.tasks[0])
+        meta = load_meta(self.data_dir / self.tasks[0])
         values = {**self.scale.model, **method.model, "camera_names": meta.camera_names, "image_size": meta.image_size,
                   "proprio_dim": meta.proprio_dim, "action_dim": meta.action_dim}
         if values.get("iosp", False):
@@ -194,11 +201,11 @@ class Study:
         started = time.monotonic()
         model = self.model_config(method)
         datasets, validation = {}, {}
-        for task in self.collect.tasks:
+        for task in self.tasks:
             train, validation[task] = self.split(task, model)
             datasets[task] = (model, train)
         training_dir, curves_path = directory / "federation", directory / "curves.json"
-        curves: dict[str, list[float]] = {task: [] for task in self.collect.tasks}
+        curves: dict[str, list[float]] = {task: [] for task in self.tasks}
         if training_dir.exists() and curves_path.is_file():
             # An interrupted run resumes after its last closed round (server state, client
             # checkpoints and the validation curves so far are on disk).
@@ -213,7 +220,7 @@ class Study:
             return clients[CENTRALIZED_CLIENT] if CENTRALIZED_CLIENT in clients else clients[task]
 
         def record_validation(clients) -> None:
-            for task in self.collect.tasks:
+            for task in self.tasks:
                 curves[task].append(evaluate_loss(client_of(task, clients).policy, validation[task]))
             directory.mkdir(parents=True, exist_ok=True)
             tmp = curves_path.with_suffix(".tmp")
@@ -235,12 +242,9 @@ class Study:
                                     on_start=on_start, show_progress=self.show_progress)
         trained_s = time.monotonic() - started
         evaluations = {}
-        for task in self.collect.tasks:
-            client = client_of(task, simulation.clients)
-            checkpoint = client.save_final_checkpoint()
-            bags = directory / "bags"  # closed-loop trials recorded as rosbag2 (EvalConfig.record_trials)
-            evaluations[task] = evaluate_checkpoint(checkpoint, task, self.evaluation, bag_dir=bags).to_dict()
-            evaluations[task]["bags"] = sorted(str(p) for p in bags.glob(f"{task}_trial_*"))
+        for task in self.tasks:
+            checkpoint = client_of(task, simulation.clients).save_final_checkpoint()
+            evaluations[task] = self.evaluate_task(checkpoint, task, directory)
             log.info("%s on %s: success %.1f%%", method.name, task, 100 * evaluations[task]["success_rate"])
         result = {"method": dataclasses.asdict(method) | {"mode": method.mode.value}, "model": model.to_dict(),
                   "validation_loss": curves, "evaluation": evaluations,
@@ -251,6 +255,14 @@ class Study:
         tmp.write_text(json.dumps(result, indent=1))
         tmp.replace(result_path)
         return result
+
+    def evaluate_task(self, checkpoint: Path, task: str, directory: Path) -> dict:
+        """Closed loop of one task's final checkpoint (a dict with ``success_rate``); here the
+        in-process Meta-World evaluation, its trials recorded as rosbag2 under ``directory/bags``."""
+        bags = directory / "bags"  # closed-loop trials recorded as rosbag2 (EvalConfig.record_trials)
+        evaluation = evaluate_checkpoint(checkpoint, task, self.evaluation, bag_dir=bags).to_dict()
+        evaluation["bags"] = sorted(str(p) for p in bags.glob(f"{task}_trial_*"))
+        return evaluation
 
     def run(self, command: str = "") -> dict[str, dict]:
         from fedvla.sim.report import write_report

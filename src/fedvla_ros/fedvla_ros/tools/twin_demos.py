@@ -72,9 +72,11 @@ class DemoNode(TwinNode):
     """The collector's ROS side: the twin session, and the expert's chunk publisher."""
 
     def __init__(self, context) -> None:
+        from fedvla_ros.qos import ACTION_CHUNK_QOS
+
         super().__init__(context, "twin_demos")
         self.chunks = self.node.create_publisher(self.ActionChunk, topics.node_topic(topics.POLICY_NODE,
-                                                                                     topics.ACTION_CHUNK), 10)
+                                                                                     topics.ACTION_CHUNK), ACTION_CHUNK_QOS)
 
     def publish_chunk(self, action: np.ndarray) -> None:
         msg = self.ActionChunk(dimension_names=DIMENSIONS, horizon=1, actions=[float(v) for v in action],

@@ -74,8 +74,10 @@ class TwinNode:
 
     def watch_chunks(self) -> None:
         """Collect the policy's chunks (:attr:`chunks_seen`)."""
+        from fedvla_ros.qos import ACTION_CHUNK_QOS
+
         self.node.create_subscription(self.ActionChunk, topics.node_topic(topics.POLICY_NODE, topics.ACTION_CHUNK),
-                                      self.chunks_seen.append, 10)
+                                      self.chunks_seen.append, ACTION_CHUNK_QOS)
 
     def _on_joints(self, msg) -> None:
         self.joints = dict(zip(msg.name, msg.position))

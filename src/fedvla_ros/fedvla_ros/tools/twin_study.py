@@ -1,0 +1,153 @@
+"""The workcell twin's study (``fedvla twin study --scale smoke|cpu``): FedVLA §4.2's real-world
+experiment on the twin, end to end and resumable, under one output directory:
+
+1. ``demos/``: expert demonstrations through the graph (``fedvla twin demos``), one robot (client)
+   per task; an output that has enough of a task's demonstrations keeps them;
+2. per method (``config/study/methods/<name>.yaml``), federated training with the simulation
+   study's code (:class:`fedvla.sim.study.Study`: :func:`fedvla.federation.simulation.run_simulation`,
+   validation loss per round on held-out demonstrations);
+3. every task's final checkpoint evaluated in closed loop through the graph and in-process on the
+   same seeds (``fedvla twin evaluate``), under ``methods/<name>/evaluation/<task>``;
+4. ``study.md`` (success per method and task with Wilson 95 % intervals, the graph/in-process
+   agreement, the expert ceiling), ``success.png`` and ``run.json`` (command, scale, config hash,
+   seeds, date, machine).
+
+Scales: ``config/study/twin_scales/<scale>.yaml`` (``collect``: tasks and demonstrations per task;
+``evaluate``: trials per task and the step limit).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from fedvla.config import ConfigError
+from fedvla.graph import find_config_dir
+from fedvla.runner import RunnerError
+from fedvla.sim.study import Study, StudyScale, config_hash, load_method, load_scale
+from fedvla.twin.evaluation import agreement_lines, plot_success, report_table
+from fedvla.twin.tasks import TASKS
+
+log = logging.getLogger(__name__)
+
+
+class TwinStudy(Study):
+    """The simulation study's training on twin demonstrations, evaluated through the graph."""
+
+    def __init__(self, config_dir: Path, scale: StudyScale, output: Path, *, demos: Path | None = None,
+                 show_progress: bool = True) -> None:
+        self.config_dir, self.scale, self.output = Path(config_dir), scale, Path(output)
+        self.show_progress = show_progress
+        self.methods = [load_method(self.config_dir, name) for name in scale.methods]
+        tasks = tuple(scale.collect.get("tasks", TASKS))
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown:
+            raise ConfigError("collect.tasks", f"unknown twin task {unknown[0]!r}", ", ".join(TASKS))
+        self._tasks = tasks
+        self.episodes_per_task = int(scale.collect.get("episodes_per_task", 50))
+        self.trials = int(scale.evaluate.get("trials", 20))
+        self.max_steps = int(scale.evaluate.get("max_steps", 100))
+        self.demos = Path(demos) if demos else self.output / "demos"
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self._tasks
+
+    @property
+    def data_dir(self) -> Path:
+        return self.demos / "datasets"
+
+    def ensure_data(self) -> None:
+        from fedvla_ros.tools import twin_demos
+
+        state = self.demos / twin_demos.DEMOS_FILE
+        counts = json.loads(state.read_text())["summary"] if state.is_file() else {}
+        missing = [t for t in self.tasks if counts.get(t, {}).get("episodes", 0) < self.episodes_per_task]
+        if missing:
+            args = twin_demos.parse_args(["--episodes", str(self.episodes_per_task), "--output", str(self.demos),
+                                          *[a for t in missing for a in ("--task", t)]])
+            twin_demos.collect(args)
+
+    def evaluate_task(self, checkpoint: Path, task: str, directory: Path) -> dict:
+        from fedvla_ros.tools import twin_evaluate
+
+        output = directory / "evaluation" / task
+        args = twin_evaluate.parse_args(["--checkpoint", str(checkpoint), "--task", task, "--trials", str(self.trials),
+                                         "--max-steps", str(self.max_steps), "--output", str(output)])
+        twin_evaluate.evaluate(args)
+        report = json.loads((output / "evaluation.json").read_text())
+        graph = report["summary"]["graph"][task]
+        return {**graph, "in_process": report["summary"].get("in-process", {}).get(task), "report": str(output)}
+
+    def run(self, command: str = "") -> dict[str, dict]:
+        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.ensure_data()
+        results = {method.name: self.run_method(method) for method in self.methods}
+        self.write_report(results, command, started)
+        return results
+
+    def write_report(self, results: dict[str, dict], command: str, started: str) -> None:
+        from fedvla.sim.report import machine
+
+        graph: dict[str, dict] = {}
+        lines = ["# The workcell twin study", "",
+                 f"Scale `{self.scale.name}`: {', '.join(self.tasks)}; {self.episodes_per_task} demonstrations per "
+                 f"task; {self.trials} closed-loop trials per task through the graph (and in-process, same seeds).", ""]
+        for method in self.methods:
+            trials = []
+            for task in self.tasks:
+                report = json.loads((Path(results[method.name]["evaluation"][task]["report"])
+                                     / "evaluation.json").read_text())
+                trials.append(report)
+            graph[method.label] = {task: r["summary"]["graph"][task] for task, r in zip(self.tasks, trials)}
+            in_process = {task: r["summary"]["in-process"][task] for task, r in zip(self.tasks, trials)
+                          if task in r["summary"].get("in-process", {})}
+            lines += [f"## {method.label}", "", *report_table({"graph": graph[method.label],
+                                                                "in-process": in_process}), ""]
+            lines += [f"* {line}" for line in agreement_lines(graph[method.label], in_process)] + [""]
+        demos = json.loads((self.demos / "demos.json").read_text())
+        lines += ["## Expert ceiling (demonstrations through the graph)", "", "| task | expert success |", "|---|---|"]
+        lines += [f"| {task} | {s['successes']}/{s['episodes']} ({100 * s['success_rate']:.0f} %) |"
+                  for task, s in demos["summary"].items() if task in self.tasks]
+        lines += ["", "![success per task](success.png)", ""]
+        self.output.mkdir(parents=True, exist_ok=True)
+        (self.output / "study.md").write_text("\n".join(lines))
+        plot_success(self.output / "success.png", graph)
+        (self.output / "run.json").write_text(json.dumps({
+            "command": command, "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "scale": dataclasses.asdict(self.scale), "config_hash": config_hash(self.scale, self.methods),
+            "demos": str(self.demos), "machine": machine()}, indent=1, default=str))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="fedvla twin study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", default="smoke", help="config/study/twin_scales/<scale>.yaml: smoke or cpu")
+    parser.add_argument("--output", default="", help="study directory (default runs/twin_study_<scale>)")
+    parser.add_argument("--demos", default="", help="a fedvla twin demos output to train on (default <output>/demos)")
+    parser.add_argument("--methods", nargs="+", help="only these methods (config/study/methods/<name>.yaml)")
+    parser.add_argument("--rounds", type=int, help="override the scale's rounds")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        config_dir = find_config_dir()
+        scale = load_scale(config_dir, args.scale, folder="twin_scales", rounds=args.rounds,
+                           methods=tuple(args.methods) if args.methods else None)
+        output = Path(args.output or Path("runs") / f"twin_study_{args.scale}").resolve()
+        study = TwinStudy(config_dir, scale, output, demos=Path(args.demos).resolve() if args.demos else None)
+        study.run(command="fedvla twin study " + " ".join(sys.argv[1:]))
+        print((output / "study.md").read_text())
+        sys.exit(0)
+    except (ConfigError, RunnerError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
