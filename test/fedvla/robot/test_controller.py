@@ -327,3 +327,48 @@ def test_a_located_position_becomes_an_object_frame_parallel_to_the_base() -> No
     np.testing.assert_allclose(runtime.controller.object_in_base, expected, atol=1e-12)  # refused: kept
     with pytest.raises(ConfigError, match="object_position_topic: is set together with object_pose_topic"):
         ArmDriverConfig(object_pose_topic="/a", object_position_topic="/b")
+
+
+def test_planning_a_chunk_does_not_hold_up_the_control_loop() -> None:
+    """IK for a chunk runs outside the loop's lock: with every solve slowed to 30 ms (a busy
+    machine), the loop keeps its period while the chunk is planned, and the plan is still taken."""
+    import threading
+    import time
+
+    from fedvla.robot.runtime import ArmDriverConfig, ArmRuntime
+
+    runtime = ArmRuntime(ArmDriverConfig())  # the simulated UR3, in real time
+    solve = runtime.controller.ik.solve
+
+    def slow_solve(*args, **kwargs):
+        time.sleep(0.03)
+        return solve(*args, **kwargs)
+
+    runtime.controller.ik.solve = slow_solve
+    cycles: list[float] = []
+    step = runtime.controller.step
+
+    def counted_step(now_s):
+        cycles.append(time.monotonic())
+        return step(now_s)
+
+    runtime.controller.step = counted_step
+    runtime.start()
+    try:
+        deadline = time.monotonic() + 5.0
+        while runtime.snapshot().mode is not ArmMode.IDLE and time.monotonic() < deadline:
+            time.sleep(0.01)
+        result: list = []
+        planner = threading.Thread(target=lambda: result.append(
+            runtime.submit_chunk(np.array([[0.0, 0.5, 0.0, 1.0]] * 4), 0.1)))
+        began = time.monotonic()
+        planner.start()
+        planner.join()
+        planned = time.monotonic()
+    finally:
+        runtime.close()
+    during = [t for t in cycles if began <= t <= planned]
+    gaps = np.diff(during)
+    assert planned - began > 0.1  # four slowed solves
+    assert result == [None]
+    assert len(during) > 0.5 * (planned - began) / runtime.backend.period_s and gaps.max() < 0.05, gaps.max()

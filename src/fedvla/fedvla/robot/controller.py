@@ -111,38 +111,67 @@ class ArmController:
 
     # Inputs ---------------------------------------------------------------------------------
     def submit_chunk(self, actions: np.ndarray, step_period_s: float, received_s: float) -> Violation | str | None:
-        """Plan a chunk (horizon x action_dim) received at ``received_s``; returns the refusal
-        reason (None when accepted). Only possible while connected and not in FAULT."""
+        """Plan a chunk (horizon x action_dim) received at ``received_s`` and take it; returns the
+        refusal reason (None when accepted). Only possible while connected and not in FAULT."""
+        plan = self.plan_chunk(actions, step_period_s, self.planning_start())
+        return self.take_plan(plan, received_s)
+
+    def planning_start(self) -> tuple[np.ndarray, np.ndarray | None] | str:
+        """What a plan starts from: (the setpoint, the object pose), or why nothing can be planned."""
         if self.mode in (ArmMode.FAULT, ArmMode.DISCONNECTED) or self.setpoint is None:
-            return self._refuse(f"arm is {self.mode.value}")
+            return f"arm is {self.mode.value}"
+        return self.setpoint.copy(), None if self.object_in_base is None else self.object_in_base.copy()
+
+    def plan_chunk(self, actions: np.ndarray, step_period_s: float,
+                   start: tuple[np.ndarray, np.ndarray | None] | str) -> Trajectory | Violation | str:
+        """Retarget, check and solve IK for a chunk's executed actions from ``start``
+        (:meth:`planning_start`): a trajectory (its start time set by :meth:`take_plan`), or the
+        refusal reason. Changes nothing: the driver plans without holding the control loop's lock
+        (IK for a chunk takes tens of milliseconds on a busy machine; the 125 Hz loop cannot wait)."""
+        if isinstance(start, str):
+            return start
+        setpoint, object_in_base = start
         actions = np.asarray(actions, dtype=np.float64)
         if actions.ndim != 2 or actions.shape[0] == 0:
-            return self._refuse(Violation.WRONG_SIZE)
+            return Violation.WRONG_SIZE
         if not (np.isfinite(step_period_s) and step_period_s > 0):
-            return self._refuse(Violation.NOT_FINITE)
+            return Violation.NOT_FINITE
         actions = actions[: self.config.execute_steps]
-        q, tool = self.setpoint.copy(), self.kinematics.fk(self.setpoint).homogeneous
+        q, tool = setpoint, self.kinematics.fk(setpoint).homogeneous
         waypoints, grippers = [q], []
         for action in actions:
             try:
-                target, closed = self.retargeter.target(action, tool, self.object_in_base)
+                target, closed = self.retargeter.target(action, tool, object_in_base)
             except RetargetError:
-                return self._refuse(Violation.NOT_FINITE if not np.all(np.isfinite(action)) else Violation.WRONG_SIZE)
+                return Violation.NOT_FINITE if not np.all(np.isfinite(action)) else Violation.WRONG_SIZE
             problem = self.guard.check_tool_position(target[:3, 3])
             if problem is not None:
-                return self._refuse(problem)
+                return problem
             result = self.ik.solve(target, q)
             if not result.converged:
-                return self._refuse(Violation.UNREACHABLE)
+                return Violation.UNREACHABLE
             problem = self.guard.check_target(result.q)
             if problem is None and np.any(np.abs(result.q - q) / step_period_s > self.guard.max_velocity):
                 problem = Violation.VELOCITY  # a jump the arm could not follow in one action step
             if problem is not None:
-                return self._refuse(problem)
+                return problem
             q, tool = result.q, self.kinematics.fk(result.q).homogeneous
             waypoints.append(q)
             grippers.append(closed)
-        self.trajectory = Trajectory(received_s, step_period_s, np.stack(waypoints), grippers)
+        return Trajectory(0.0, step_period_s, np.stack(waypoints), grippers)
+
+    def take_plan(self, plan: Trajectory | Violation | str, received_s: float) -> Violation | str | None:
+        """Execute (or, in dry run, show) a plan from :meth:`plan_chunk`; the refusal reason, counted,
+        when it is one or when the arm stopped meanwhile. A plan starts from the setpoint it was
+        made from; if the loop moved the setpoint since, it starts from the new one (the first step
+        absorbs the difference, within the guard's limits)."""
+        if not isinstance(plan, Trajectory):
+            return self._refuse(plan)
+        if self.mode in (ArmMode.FAULT, ArmMode.DISCONNECTED) or self.setpoint is None:
+            return self._refuse(f"arm is {self.mode.value}")
+        waypoints = plan.waypoints.copy()
+        waypoints[0] = self.setpoint
+        self.trajectory = Trajectory(received_s, plan.step_period_s, waypoints, plan.gripper_closed)
         self._last_chunk_s = received_s
         if self.mode is ArmMode.IDLE and self.enabled:
             self.mode = ArmMode.TRACKING

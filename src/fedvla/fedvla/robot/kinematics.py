@@ -8,6 +8,7 @@ The tool frame is ``tcp`` (between the fingertips) unless configured otherwise.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,9 @@ class ArmKinematics:
             index = full.joints[full.getJointId(GRIPPER_JOINT)].idx_q
             self.gripper_limits = (float(full.lowerPositionLimit[index]), float(full.upperPositionLimit[index]))
         self.model = pin.buildReducedModel(full, locked, pin.neutral(full))
-        self.data = self.model.createData()
+        # pinocchio's Data is scratch space: one per thread, since the driver plans chunks (IK) in
+        # its executor thread while the control loop checks setpoints (FK) in its own.
+        self._thread_data = threading.local()
         self.urdf_path = path
         for frame in (tool_frame, base_frame):
             if not self.model.existFrame(frame):
@@ -80,6 +83,14 @@ class ArmKinematics:
         self.limits = JointLimits(lower=self.model.lowerPositionLimit.copy(), upper=self.model.upperPositionLimit.copy(),
                                   velocity=self.model.velocityLimit.copy())
         self.joint_names = ARM_JOINTS
+
+    @property
+    def data(self):
+        """This thread's pinocchio Data."""
+        data = getattr(self._thread_data, "data", None)
+        if data is None:
+            data = self._thread_data.data = self.model.createData()
+        return data
 
     def fk(self, q: np.ndarray):
         """Tool pose in the base frame (a ``pinocchio.SE3``)."""

@@ -222,8 +222,12 @@ class ArmRuntime:
 
     # Calls from the node ---------------------------------------------------------------------------
     def submit_chunk(self, actions: np.ndarray, step_period_s: float):
+        received = time.monotonic()
         with self._lock:
-            return self.controller.submit_chunk(actions, step_period_s, time.monotonic())
+            start = self.controller.planning_start()
+        plan = self.controller.plan_chunk(actions, step_period_s, start)  # (IK: outside the loop's lock)
+        with self._lock:
+            return self.controller.take_plan(plan, received)
 
     def set_object_pose(self, object_pose: np.ndarray | None, frame: str = "") -> None:
         """The object's 4x4 pose in ``frame`` (any link of the URDF, e.g. the camera's optical frame
