@@ -122,8 +122,18 @@ class UrRtdeArm(ArmBackend):
         flags = self._rtde_control.RTDEControlInterface.Flags
         control_flags = flags.FLAG_UPLOAD_SCRIPT | (flags.FLAG_UPPER_RANGE_REGISTERS if config.upper_range_registers else 0)
         self._control = None  # (the old one's destructor closes its sockets first)
-        self._control = self._rtde_control.RTDEControlInterface(config.robot_ip, config.control_frequency_hz,
-                                                                int(control_flags))
+        deadline = time.monotonic() + config.unlock_timeout_s
+        while True:
+            try:
+                self._control = self._rtde_control.RTDEControlInterface(config.robot_ip, config.control_frequency_hz,
+                                                                        int(control_flags))
+                break
+            except RuntimeError as err:
+                # The controller frees the old session's input registers once it has seen that
+                # connection close; a busy controller (or twin) takes a moment.
+                if "already in use" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
         if config.watchdog_frequency_hz > 0 and not self._control.setWatchdog(config.watchdog_frequency_hz):
             raise RuntimeError("the controller did not accept the RTDE watchdog")
 
