@@ -18,6 +18,17 @@ def cmd_twin_study(args: argparse.Namespace) -> int:
     return run_ros_tool("twin_study", "twin study", args.bench_arguments)
 
 
+def cmd_twin_results(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fedvla.twin.results import write_twin_results
+
+    readme = write_twin_results(Path(args.output), Path(args.demos), Path(args.detector) if args.detector else None,
+                                Path(args.study) if args.study else None)
+    print(readme.read_text())
+    return 0
+
+
 def cmd_twin_detector(args: argparse.Namespace) -> int:
     from fedvla.paths import run_directory
     from fedvla.twin.detector import DetectorDataConfig, DetectorTrainConfig, build_detector
@@ -58,3 +69,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                             "closed-loop evaluation through the graph (options: those of twin_study; --help lists them)",
                             add_help=False)
     study.set_defaults(func=cmd_twin_study, passes_options=True)
+    results = twin.add_parser("results", help="summarise recorded twin runs (demos, detector, study) for results/")
+    results.add_argument("--demos", required=True, help="a fedvla twin demos output directory")
+    results.add_argument("--detector", help="a fedvla twin detector output directory")
+    results.add_argument("--study", help="a fedvla twin study output directory")
+    results.add_argument("--output", default="results/twin_cpu")
+    results.set_defaults(func=cmd_twin_results)

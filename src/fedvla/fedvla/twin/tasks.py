@@ -99,14 +99,16 @@ def _stable_id(name: str) -> int:
 
 
 def _spread(rng: np.random.Generator, boxes: Sequence[tuple[float, float, float, float]], min_gap: float,
-            placed: Sequence[np.ndarray] = ()) -> list[np.ndarray]:
-    """One xy point per (x_lo, x_hi, y_lo, y_hi) box, at least ``min_gap`` from every other point."""
+            placed: Sequence[np.ndarray] = (), keep_out: Sequence[tuple[np.ndarray, float]] = ()) -> list[np.ndarray]:
+    """One xy point per (x_lo, x_hi, y_lo, y_hi) box, at least ``min_gap`` from every other point
+    and outside every ``keep_out`` square (centre, half side)."""
     points = list(placed)
     out = []
     for x_lo, x_hi, y_lo, y_hi in boxes:
         for _ in range(200):
             p = np.array([rng.uniform(x_lo, x_hi), rng.uniform(y_lo, y_hi)])
-            if all(np.linalg.norm(p - q) >= min_gap for q in points):
+            if all(np.linalg.norm(p - q) >= min_gap for q in points) and \
+                    all(np.abs(p - centre).max() >= half for centre, half in keep_out):
                 break
         points.append(p)
         out.append(p)
@@ -176,8 +178,11 @@ class TrashCollection(WorkcellTask):
 
     def layout(self, rng):
         bin_xy = np.array([rng.uniform(0.3, 0.4), rng.uniform(-0.22, -0.14)])
+        # Nothing within an open gripper's reach of the bin's walls: the fingers straddling a ball of
+        # paper that leans on the wall land on the wall (a protective stop in 7 of 50 demonstrations).
+        clearance = self.BIN_INNER + self.BIN_WALL + 0.075
         paper, can, cup = _spread(rng, [(0.22, 0.4, 0.0, 0.2), (0.2, 0.42, -0.05, 0.22), (0.2, 0.42, -0.05, 0.22)],
-                                  0.1, placed=[bin_xy + [0, 0.05]])
+                                  0.1, keep_out=[(bin_xy, clearance)])
         return {"bin": _xyz(bin_xy, 0.0), "paper": _xyz(paper, self.PAPER_RADII[2] + 0.001),
                 "can": _xyz(can, 0.051), "cup": _xyz(cup, 0.041)}, ""
 
