@@ -125,18 +125,24 @@ class DetectorMetrics:
 def train_detector(data_yaml: str | Path, output: str | Path, *, epochs: int = 30, image_size: int = 640,
                    model: str = "yolov8n.yaml", batch: int = 8, seed: int = 0) -> DetectorMetrics:
     """YOLOv8 from scratch (``model``: an architecture file; no pretrained weights offline) on the
-    twin's renders, then its mAP on the validation renders."""
+    twin's renders, then its mAP on the validation renders. A run that was interrupted resumes
+    from its last epoch; a finished one is only validated again."""
     from fedvla.iosp.models import offline_ultralytics
 
     offline_ultralytics()
     from ultralytics import YOLO
 
     output = Path(output).resolve()
-    detector = YOLO(model, task="detect")
-    detector.train(data=str(data_yaml), epochs=epochs, imgsz=image_size, batch=batch, device="cpu", workers=0,
-                   pretrained=False, project=str(output), name="train", exist_ok=True, seed=seed,
-                   deterministic=True, amp=False, verbose=False, plots=True)
-    best = output / "train" / "weights" / "best.pt"
+    last, best = output / "train" / "weights" / "last.pt", output / "train" / "weights" / "best.pt"
+    if last.is_file() and not (output / "train" / "done").is_file():
+        # An interrupted run (a session's processes end with it) resumes from its last epoch.
+        YOLO(str(last), task="detect").train(resume=True, device="cpu", workers=0)
+    elif not best.is_file():
+        detector = YOLO(model, task="detect")
+        detector.train(data=str(data_yaml), epochs=epochs, imgsz=image_size, batch=batch, device="cpu", workers=0,
+                       pretrained=False, project=str(output), name="train", exist_ok=True, seed=seed,
+                       deterministic=True, amp=False, verbose=False, plots=True)
+    (output / "train" / "done").write_text("")
     trained = YOLO(str(best), task="detect")
     metrics = trained.val(data=str(data_yaml), imgsz=image_size, batch=batch, device="cpu", workers=0,
                           split="val", project=str(output), name="val", exist_ok=True, verbose=False, plots=True)

@@ -25,23 +25,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from fedvla import topics
-from fedvla.config import ConfigError
 from fedvla.graph import Graph
 from fedvla.paths import run_directory
 from fedvla.robot.kinematics import ARM_JOINTS, ArmKinematics
-from fedvla.runner import RunnerError
 from fedvla.twin.expert import CONTROL_RATE_HZ, EXPERT_ACTION_SPACE, PROPRIO_JOINTS, Expert, ExpertConfig
 from fedvla.twin.tasks import TASKS, task_named
-from fedvla_ros.tools.twin_session import EpisodeRecorder, TwinNode, start_twin
+from fedvla_ros.tools.twin_session import EpisodeRecorder, TwinNode, exit_with, running_twin
 
 SETTLE_STEPS = 3
 DEMOS_FILE = "demos.json"
@@ -118,16 +114,12 @@ def attempt_episode(ros: DemoNode, graph: Graph, kinematics: ArmKinematics, task
 
 
 def collect(args: argparse.Namespace) -> int:
-    import rclpy
-
     from fedvla.data.bag_import import BagEpisodeConfig, import_bags
     from fedvla.language import shared_instruction_encoder
 
     tasks = args.task or list(TASKS)
     output = Path(args.output or run_directory("twin_demos")).resolve()
     output.mkdir(parents=True, exist_ok=True)
-    log = open(output / "graph.log", "a")
-    runner, graph, _ = start_twin({"execute": "true", "task": tasks[0], "twin_fps": str(args.fps)}, log)
     kinematics = ArmKinematics()
     encoder = shared_instruction_encoder("")
     bag_config = BagEpisodeConfig(camera_names=(topics.TWIN_CAMERA,), proprio_dim=len(PROPRIO_JOINTS),
@@ -135,14 +127,8 @@ def collect(args: argparse.Namespace) -> int:
     state_file = output / DEMOS_FILE
     records: list[dict] = json.loads(state_file.read_text())["episodes"] if state_file.is_file() else []
     done = {(r["task"], r["seed"]) for r in records}  # a run resumes where the last one stopped
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    ros = None
-    try:
-        runner.start()
-        os.nice(BACKGROUND_NICENESS)  # (after starting the graph: its nodes keep normal priority)
-        runner.wait(until=lambda: not runner.not_up(), startup_timeout_s=args.startup_timeout)
-        ros = DemoNode(context)
+    with running_twin({"execute": "true", "task": tasks[0], "twin_fps": str(args.fps)}, output, DemoNode,
+                      args.startup_timeout, niceness=BACKGROUND_NICENESS) as (ros, graph, log):
         for task in tasks:
             for seed in range(args.first_seed, args.first_seed + args.episodes):
                 if (task, seed) in done:
@@ -171,12 +157,6 @@ def collect(args: argparse.Namespace) -> int:
                 write_state(state_file, records)
                 print(f"{task} seed {seed}: {'success' if record['success'] else 'FAILED'} in {record['steps']} steps "
                       f"({record['seconds']:.1f} s; {record['detail']})", flush=True)
-    finally:
-        if ros is not None:
-            ros.close()
-        rclpy.shutdown(context=context)
-        runner.stop()
-        log.close()
     state = write_state(state_file, records)
     for task, counts in state["summary"].items():
         print(f"expert ceiling {task}: {counts['successes']}/{counts['episodes']} "
@@ -205,10 +185,4 @@ def write_state(path: Path, records: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        sys.exit(collect(args))
-    except (ConfigError, RunnerError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    exit_with(lambda: collect(args))

@@ -29,14 +29,12 @@ import sys
 import time
 from pathlib import Path
 
-from fedvla.config import ConfigError
 from fedvla.graph import Graph
 from fedvla.paths import run_directory
-from fedvla.runner import RunnerError
 from fedvla.twin.evaluation import (TwinTrial, agreement_lines, checkpoint_action_space, evaluate_in_process,
                                     report_table, summarize, write_report)
 from fedvla.twin.tasks import TASKS
-from fedvla_ros.tools.twin_session import EpisodeRecorder, TwinNode, start_twin
+from fedvla_ros.tools.twin_session import EpisodeRecorder, TwinNode, exit_with, running_twin
 
 SETTLE_STEPS = 3  # chunks after the success check first holds (the paper's success: the state holds)
 FAULT_GRACE_S = 1.0  # a fault this long ends the trial (a protective stop needs the operator)
@@ -109,8 +107,6 @@ def _period(ros: TwinNode) -> float:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    import rclpy
-
     checkpoint = Path(args.checkpoint).expanduser().resolve()
     checkpoint_action_space(checkpoint)  # refuse a checkpoint without one before starting anything
     tasks = args.task or list(TASKS)
@@ -120,18 +116,15 @@ def evaluate(args: argparse.Namespace) -> int:
     state_file = output / TRIALS_FILE
     trials = [TwinTrial.from_dict(t) for t in json.loads(state_file.read_text())] if state_file.is_file() else []
     done = {(t.task, t.seed) for t in trials}  # a run resumes where the last one stopped
-    log = open(output / "graph.log", "a")
-    runner, graph, _ = start_twin({"execute": "true", "task": tasks[0], "twin_fps": str(args.fps),
-                                   "checkpoint": str(checkpoint)}, log)
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    ros = None
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    try:
-        runner.start()
-        runner.wait(until=lambda: not runner.not_up(), startup_timeout_s=args.startup_timeout)
+
+    def node(context) -> TwinNode:
         ros = TwinNode(context, "twin_evaluate")
         ros.watch_chunks()
+        return ros
+
+    with running_twin({"execute": "true", "task": tasks[0], "twin_fps": str(args.fps), "checkpoint": str(checkpoint)},
+                      output, node, args.startup_timeout) as (ros, graph, log):
         for task in tasks:
             for seed in seeds:
                 if (task, seed) in done:
@@ -141,12 +134,6 @@ def evaluate(args: argparse.Namespace) -> int:
                 state_file.write_text(json.dumps([dataclasses.asdict(t) for t in trials], indent=1))
                 print(f"graph {task} seed {seed}: {'success' if trial.success else 'failed'} after {trial.steps} chunks"
                       + (f" ({trial.fault})" if trial.fault else "") + f"; {trial.detail}", flush=True)
-    finally:
-        if ros is not None:
-            ros.close()
-        rclpy.shutdown(context=context)
-        runner.stop()
-        log.close()
     mine = [t for t in trials if t.task in tasks and t.seed in seeds]
     results = {"graph": summarize(mine)}
     in_process: list[TwinTrial] = []
@@ -166,10 +153,4 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        sys.exit(evaluate(args))
-    except (ConfigError, RunnerError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    exit_with(lambda: evaluate(args))

@@ -5,9 +5,13 @@ process per episode that has subscribed to everything an episode needs before th
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +32,45 @@ UNRECORDED_TOPICS = ["/rosout", "/parameter_events", topics.camera_topic(topics.
                      topics.camera_topic(topics.TWIN_CAMERA, topics.ALIGNED_DEPTH_INFO)]
 
 
-def start_twin(arguments: dict[str, str], log) -> tuple[ProfileRunner, Graph, str]:
-    """The twin profile on a free loopback address (its processes' output to ``log``)."""
-    host = free_loopback_host()
+def exit_with(run: Callable[[], int]) -> None:
+    """A tool's exit: its status, one line and status 2 for a bad configuration, 130 on Ctrl-C."""
+    try:
+        sys.exit(run())
+    except (ConfigError, RunnerError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+@contextlib.contextmanager
+def running_twin(arguments: dict[str, str], output: Path, node_factory: Callable, startup_timeout_s: float,
+                 niceness: int = 0):
+    """The twin profile on a free loopback address (its processes' output to ``output/graph.log``)
+    and the tool's node (``node_factory(context)``): yields (node, graph, log); stops all on exit.
+    ``niceness``: this process's own work (not the graph's nodes) yields the CPU to the robot."""
+    import rclpy
+
+    log = open(output / "graph.log", "a")
     graph = Graph.load(find_config_dir())
-    runner = ProfileRunner(graph, "twin", {"robot_ip": host, "launch_rviz": "false", **arguments}, output=log)
-    return runner, graph, host
+    runner = ProfileRunner(graph, "twin", {"robot_ip": free_loopback_host(), "launch_rviz": "false", **arguments},
+                           output=log)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    ros = None
+    try:
+        runner.start()
+        if niceness:
+            os.nice(niceness)  # (after starting the graph: its nodes keep normal priority)
+        runner.wait(until=lambda: not runner.not_up(), startup_timeout_s=startup_timeout_s)
+        ros = node_factory(context)
+        yield ros, graph, log
+    finally:
+        if ros is not None:
+            ros.close()
+        rclpy.shutdown(context=context)
+        runner.stop()
+        log.close()
 
 
 class TwinNode:

@@ -27,10 +27,10 @@ from pathlib import Path
 
 from fedvla.config import ConfigError
 from fedvla.graph import find_config_dir
-from fedvla.runner import RunnerError
 from fedvla.sim.study import Study, StudyScale, config_hash, load_method, load_scale
 from fedvla.twin.evaluation import agreement_lines, plot_success, report_table
 from fedvla.twin.tasks import TASKS
+from fedvla_ros.tools.twin_session import exit_with
 
 log = logging.getLogger(__name__)
 
@@ -133,21 +133,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def run_study(args: argparse.Namespace) -> int:
+    config_dir = find_config_dir()
+    scale = load_scale(config_dir, args.scale, folder="twin_scales", rounds=args.rounds,
+                       methods=tuple(args.methods) if args.methods else None)
+    output = Path(args.output or Path("runs") / f"twin_study_{args.scale}").resolve()
+    study = TwinStudy(config_dir, scale, output, demos=Path(args.demos).resolve() if args.demos else None)
+    study.run(command="fedvla twin study " + " ".join(sys.argv[1:]))
+    print((output / "study.md").read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        config_dir = find_config_dir()
-        scale = load_scale(config_dir, args.scale, folder="twin_scales", rounds=args.rounds,
-                           methods=tuple(args.methods) if args.methods else None)
-        output = Path(args.output or Path("runs") / f"twin_study_{args.scale}").resolve()
-        study = TwinStudy(config_dir, scale, output, demos=Path(args.demos).resolve() if args.demos else None)
-        study.run(command="fedvla twin study " + " ".join(sys.argv[1:]))
-        print((output / "study.md").read_text())
-        sys.exit(0)
-    except (ConfigError, RunnerError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    exit_with(lambda: run_study(args))
 
