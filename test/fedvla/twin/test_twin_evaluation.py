@@ -106,3 +106,28 @@ def test_a_checkpoint_without_an_action_space_is_refused_before_anything_runs(tw
 
     with pytest.raises(ConfigError, match="records no action space"):
         evaluate_in_process(twin_checkpoint[1], "open_drawer", [0], max_steps=1, show_progress=False)
+
+
+def test_twin_results_are_generated_from_the_runs_records(tmp_path):
+    from fedvla.twin.results import write_twin_results
+
+    demos = tmp_path / "demos"
+    demos.mkdir()
+    episodes = [{"task": "open_drawer", "seed": s, "success": s != 3, "steps": 40 + s, "attempts": 1 + (s == 2),
+                 **({"imported_steps": 40 + s - (s == 0)} if s != 3 else {})} for s in range(5)]
+    (demos / "demos.json").write_text(json.dumps({
+        "episodes": episodes, "demonstrations_per_minute": 4.25,
+        "summary": {"open_drawer": {"episodes": 5, "successes": 4, "success_rate": 0.8,
+                                    "repeated_after_driver_stop": 1}}}))
+    (demos / "run.json").write_text(json.dumps({"commit": "abc"}))
+    detector = tmp_path / "detector"
+    detector.mkdir()
+    (detector / "detector.json").write_text(json.dumps({
+        "map50": 0.71, "map50_95": 0.52, "data": {"val_images_per_task": 30}, "train": {"epochs": 30, "image_size": 320},
+        "train_s": 5400.0}))
+    readme = write_twin_results(tmp_path / "results", demos, detector)
+    text = readme.read_text()
+    low, high = wilson_interval(4, 5)
+    assert f"| open_drawer | 4/5 (80 %) | {100 * low:.0f}-{100 * high:.0f} % | 1 | 42 | 99 % |" in text
+    assert "5 demonstrations, 4.25 per minute" in text and "mAP50 0.710, mAP50-95 0.520" in text
+    assert json.loads((tmp_path / "results" / "demos" / "run.json").read_text()) == {"commit": "abc"}
