@@ -372,3 +372,13 @@ def test_planning_a_chunk_does_not_hold_up_the_control_loop() -> None:
     assert planned - began > 0.1  # four slowed solves
     assert result == [None]
     assert len(during) > 0.5 * (planned - began) / runtime.backend.period_s and gaps.max() < 0.05, gaps.max()
+
+
+def test_refusals_while_executing_are_counted_apart_from_dry_run_ones(kinematics) -> None:
+    arm, _, controller = make(kinematics, execution={"execute_on_start": False})
+    far = np.array([[40.0, 0.0, 0.0, 1.0]])  # a metre at once: outside the workspace
+    controller.submit_chunk(far, 0.1, 0.0)
+    controller.enable(0.0)
+    controller.submit_chunk(far, 0.1, 0.1)
+    controller.submit_chunk(far, 0.1, 0.2)
+    assert sum(controller.refused.values()) == 3 and sum(controller.refused_executing.values()) == 2

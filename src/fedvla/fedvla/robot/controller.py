@@ -97,6 +97,7 @@ class ArmController:
         self.mode = ArmMode.DISCONNECTED
         self.fault_reason = ""
         self.refused: Counter[str] = Counter()  # refused chunks by reason
+        self.refused_executing: Counter[str] = Counter()  # those refused while execution was enabled
         self.setpoint: np.ndarray | None = None
         self.velocity = np.zeros(6)
         self.measured_q: np.ndarray | None = None
@@ -313,6 +314,8 @@ class ArmController:
     def _refuse(self, reason: Violation | str) -> Violation | str:
         key = reason.value if isinstance(reason, Violation) else reason
         self.refused[key] += 1
+        if self.enabled:
+            self.refused_executing[key] += 1
         log.warning("action chunk refused: %s", key)
         return reason
 

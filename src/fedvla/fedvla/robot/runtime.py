@@ -97,6 +97,7 @@ class ArmSnapshot:
     gripper_closed: bool
     planned_q: np.ndarray | None  # (n, 6) waypoints of the trajectory being executed
     refused: dict[str, int]
+    refused_executing: dict[str, int]  # refused while execution was enabled (not planning in dry run)
     cycles: int
     overruns: int  # control periods that took longer than the period
     enabled: bool = False  # executing chunks (False: dry run)
@@ -113,7 +114,8 @@ class ArmSnapshot:
         return {"mode": self.mode.value, "execution": "enabled" if self.enabled else "dry run",
                 "control_rate_hz": f"{control_rate_hz:g}", "control_cycles": str(self.cycles),
                 "control_overruns": str(self.overruns),
-                **{f"refused_chunks.{reason}": str(n) for reason, n in sorted(self.refused.items())}}
+                **{f"refused_chunks.{reason}": str(n) for reason, n in sorted(self.refused.items())},
+                **{f"refused_while_executing.{reason}": str(n) for reason, n in sorted(self.refused_executing.items())}}
 
 
 # The driver node's parameters: the fields of these configs (no name appears twice), in the order
@@ -303,5 +305,6 @@ class ArmRuntime:
                                measured_q=None if c.measured_q is None else c.measured_q.copy(),
                                gripper_closed=c.gripper_closed,
                                planned_q=None if trajectory is None else trajectory.waypoints.copy(),
-                               refused=dict(c.refused), cycles=self._cycles, overruns=self._overruns,
+                               refused=dict(c.refused), refused_executing=dict(c.refused_executing),
+                               cycles=self._cycles, overruns=self._overruns,
                                enabled=c.enabled)

@@ -1,17 +1,18 @@
 """Closed-loop evaluation of a checkpoint through the ROS graph, in the workcell twin (``fedvla twin
 evaluate``).
 
-It runs the ``twin`` profile with the checkpoint (``checkpoint:=C execute:=true``: workcell_sim,
-the driver over ur_rtde, the policy node on the twin's D435i image and ``/joint_states``) and, per
-trial (task, seed):
+It runs the ``twin`` profile with the checkpoint (``checkpoint:=C``: workcell_sim, the driver over
+ur_rtde in dry run, the policy node on the twin's D435i image and ``/joint_states``) and, per trial
+(task, seed):
 
 1. resets the cell (``/workcell_sim/reset``), publishes the episode's instruction on
    ``/instruction`` (the policy node takes it) and recovers the driver;
 2. records the trial with the recorder node into ``bags/<task>_<seed>`` (replayable with the
    ``replay`` profile: ``fedvla launch replay bag:=... checkpoint:=C``);
-3. lets the policy drive until the task's success check (``/workcell_sim/task_status``) holds and
-   three more chunks ran, or ``--max-steps`` chunks, or the driver faults (a protective stop) for
-   more than a second.
+3. enables execution (the driver's ``~/enable``) and lets the policy drive until the task's success
+   check (``/workcell_sim/task_status``) holds and three more chunks ran, or ``--max-steps``
+   chunks, or the driver faults (a protective stop) for more than a second; then revokes enable
+   (the arm holds) for the next reset.
 
 It reports per task the success rate with its Wilson 95 % interval, the simulated time to success,
 the policy's latency per chunk (the ``compute_time_s`` each chunk carries), the chunks the driver
@@ -62,19 +63,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _refused(values: dict[str, str]) -> dict[str, int]:
-    prefix = "refused_chunks."
+    # (the chunks the policy sends in dry run between trials are planned, and may be refused, too:
+    # a trial counts those refused while it executed)
+    prefix = "refused_while_executing."
     return {k[len(prefix):]: int(v) for k, v in values.items() if k.startswith(prefix)}
 
 
 def run_trial(ros: TwinNode, graph: Graph, task: str, seed: int, bag: Path, log, max_steps: int) -> TwinTrial:
-    """One trial through the graph (see the module docstring)."""
+    """One trial through the graph (see the module docstring). Between trials the driver is in dry
+    run: the policy (which never stops) moves nothing until the trial starts with ~/enable."""
+    ros.enable(False)
     instruction = ros.reset_and_recover(task, seed)
     ros.instruction.publish(ros.String(data=instruction))
     ros.spin_for(1.2)  # the driver's diagnostics after the recovery (1 Hz): the refusals before the trial
     refused_before = _refused(ros.driver_values)
     with EpisodeRecorder(ros, graph, bag, log):
-        ros.chunks_seen.clear()
         start_sim = ros.status.sim_time
+        ros.enable(True)
+        ros.chunks_seen.clear()  # (the chunks planned in dry run before are not the trial's)
         success_at, success_chunks, fault, fault_since = None, 0, "", None
         # (wall-clock guard: the policy keeps its rate unless the machine is overloaded)
         deadline = time.monotonic() + 3.0 * max_steps * max(0.1, _period(ros)) + 30.0
@@ -92,6 +98,7 @@ def run_trial(ros: TwinNode, graph: Graph, task: str, seed: int, bag: Path, log,
             if success_at is not None and len(ros.chunks_seen) - success_chunks > SETTLE_STEPS:
                 break
         chunks = list(ros.chunks_seen)
+        ros.enable(False)  # the arm holds: the trial's end state stays as it was judged
         ros.spin_for(1.2)  # the driver's diagnostics covering the trial's last chunks
     status = ros.status
     refused = {k: n - refused_before.get(k, 0) for k, n in _refused(ros.driver_values).items()}
@@ -123,7 +130,7 @@ def evaluate(args: argparse.Namespace) -> int:
         ros.watch_chunks()
         return ros
 
-    with running_twin({"execute": "true", "task": tasks[0], "twin_fps": str(args.fps), "checkpoint": str(checkpoint)},
+    with running_twin({"execute": "false", "task": tasks[0], "twin_fps": str(args.fps), "checkpoint": str(checkpoint)},
                       output, node, args.startup_timeout) as (ros, graph, log):
         for task in tasks:
             for seed in seeds:

@@ -108,6 +108,11 @@ class TwinNode:
         self.recover_client = self.node.create_client(
             Trigger, topics.node_topic(topics.UR3_DRIVER_NODE, topics.RECOVER_SERVICE))
         self.ResetScene, self.Trigger = ResetScene, Trigger
+        from std_srvs.srv import SetBool
+
+        self.enable_client = self.node.create_client(
+            SetBool, topics.node_topic(topics.UR3_DRIVER_NODE, topics.ENABLE_SERVICE))
+        self.SetBool = SetBool
 
     def watch_chunks(self) -> None:
         """Collect the policy's chunks (:attr:`chunks_seen`)."""
@@ -162,6 +167,12 @@ class TwinNode:
                 self.call(self.recover_client, self.Trigger.Request())
                 self.spin_for(1.2)  # the driver's diagnostics come at 1 Hz
         return answer.instruction
+
+    def enable(self, on: bool) -> None:
+        """The driver's ~/enable: execute the policy's chunks (True) or brake and plan only (False)."""
+        answer = self.call(self.enable_client, self.SetBool.Request(data=on))
+        if not answer.success:
+            raise RunnerError(f"the driver refused enable {on}: {answer.message}")
 
     def wait_for_subscriber(self, node_name: str, topic_names: list[str], timeout_s: float) -> list[str]:
         """Spin until ``node_name`` subscribes to every topic (as this node's graph sees it); the
