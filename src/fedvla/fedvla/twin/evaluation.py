@@ -73,6 +73,7 @@ class TwinTrial:
     detail: str = ""  # the task's success check, in words
     fault: str = ""
     bag: str = ""  # the trial's rosbag2 (graph trials)
+    attempts: int = 1  # graph trials: repeated after the robot program stopped without a protective stop
 
     @classmethod
     def from_dict(cls, values: dict) -> TwinTrial:

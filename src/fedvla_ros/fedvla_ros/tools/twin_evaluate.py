@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,9 @@ from fedvla_ros.tools.twin_session import EpisodeRecorder, TwinNode, exit_with, 
 SETTLE_STEPS = 3  # chunks after the success check first holds (the paper's success: the state holds)
 FAULT_GRACE_S = 1.0  # a fault this long ends the trial (a protective stop needs the operator)
 TRIALS_FILE = "trials.json"
+# A trial the robot's own safety system interrupted (its RTDE watchdog, on a starved machine: not the
+# policy's doing, unlike a protective stop) is repeated; how many times at most:
+MAX_ATTEMPTS = 3
 # Layout seeds of evaluation trials: far from the demonstrations' (0, 1, ...), so the policy meets
 # layouts it has not been trained on.
 FIRST_EVALUATION_SEED = 1000
@@ -73,9 +77,10 @@ def run_trial(ros: TwinNode, graph: Graph, task: str, seed: int, bag: Path, log,
     """One trial through the graph (see the module docstring). Between trials the driver is in dry
     run: the policy (which never stops) moves nothing until the trial starts with ~/enable."""
     ros.enable(False)
-    instruction = ros.reset_and_recover(task, seed)
-    ros.instruction.publish(ros.String(data=instruction))
-    ros.spin_for(1.2)  # the driver's diagnostics after the recovery (1 Hz): the refusals before the trial
+    instruction = ros.String(data=ros.reset_and_recover(task, seed))
+    for _ in range(6):  # the driver's diagnostics after the recovery (1 Hz): the refusals before the trial
+        ros.instruction.publish(instruction)  # (again: a volatile subscriber that matched late missed it)
+        ros.spin_for(0.2)
     refused_before = _refused(ros.driver_values)
     with EpisodeRecorder(ros, graph, bag, log):
         start_sim = ros.status.sim_time
@@ -86,6 +91,8 @@ def run_trial(ros: TwinNode, graph: Graph, task: str, seed: int, bag: Path, log,
         deadline = time.monotonic() + 3.0 * max_steps * max(0.1, _period(ros)) + 30.0
         while len(ros.chunks_seen) < max_steps and time.monotonic() < deadline:
             ros.spin_for(0.05)
+            if len(ros.chunks_seen) % 5 == 0:
+                ros.instruction.publish(instruction)
             if ros.driver_fault:
                 fault = fault or ros.driver_fault
                 fault_since = fault_since or time.monotonic()
@@ -136,7 +143,14 @@ def evaluate(args: argparse.Namespace) -> int:
             for seed in seeds:
                 if (task, seed) in done:
                     continue
-                trial = run_trial(ros, graph, task, seed, output / "bags" / f"{task}_{seed:04d}", log, args.max_steps)
+                for attempt in range(1, MAX_ATTEMPTS + 1):
+                    bag = output / "bags" / f"{task}_{seed:04d}"
+                    shutil.rmtree(bag, ignore_errors=True)
+                    trial = run_trial(ros, graph, task, seed, bag, log, args.max_steps)
+                    trial.attempts = attempt
+                    if not trial.fault or "protective" in trial.fault:
+                        break
+                    print(f"graph {task} seed {seed}: the robot program stopped ({trial.fault}); repeating", flush=True)
                 trials.append(trial)
                 state_file.write_text(json.dumps([dataclasses.asdict(t) for t in trials], indent=1))
                 print(f"graph {task} seed {seed}: {'success' if trial.success else 'failed'} after {trial.steps} chunks"
