@@ -78,3 +78,20 @@ def test_bad_settings_exit_2_with_one_line(parameters, message) -> None:
     _, err = process.communicate(timeout=90)
     assert process.returncode == 2, err
     assert message in err.strip().splitlines()[-1]
+
+
+def test_a_urdf_whose_joints_do_not_match_the_twin_exits_2_naming_them(tmp_path) -> None:
+    import re
+
+    from fedvla.robot.kinematics import find_urdf
+
+    text = find_urdf().read_text()
+    # the arm with its last wrist joint renamed: a different robot description
+    other = tmp_path / "other_arm.urdf"
+    other.write_text(re.sub(r'joint name="wrist_3_joint"', 'joint name="wrist_3"', text))
+    process = start_node("fedvla_ros", "workcell_sim", name="workcell_sim_bad",
+                         parameters={"host": free_loopback_host(), "urdf_path": str(other)})
+    _, err = process.communicate(timeout=90)
+    assert process.returncode == 2, err
+    last = err.strip().splitlines()[-1]
+    assert "urdf_path: other_arm.urdf has no joint wrist_3_joint: its joints do not match" in last, last

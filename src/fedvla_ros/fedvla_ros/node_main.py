@@ -107,9 +107,6 @@ def run_node(node_factory: Callable[[], Node], label: str, args: list[str] | Non
         rclpy.try_shutdown()
         return _fail(label, "the launch that started this node has ended; not starting", EXIT_UNAVAILABLE)
     _forward_core_logging(label)
-    if transport is not None:
-        logger = rclpy.logging.get_logger(label)
-        (logger.warning if transport.warning else logger.info)(transport.summary)
     node: Node | None = None
     status = 0
     try:
@@ -121,6 +118,8 @@ def run_node(node_factory: Callable[[], Node], label: str, args: list[str] | Non
             return _fail(label, str(err).splitlines()[0], EXIT_BAD_CONFIG)
         except StartupError as err:
             return _fail(label, str(err), EXIT_UNAVAILABLE)
+        if transport is not None:  # (after construction: a node that cannot start says only why)
+            (node.get_logger().warning if transport.warning else node.get_logger().info)(transport.summary)
         report_ready(node.get_fully_qualified_name())  # constructed: connected, models loaded
         executor = SingleThreadedExecutor()
         executor.add_node(node)
