@@ -84,3 +84,12 @@ def test_fedvla_twin_detector_trains_a_tiny_yolo_and_reports_map(tmp_path, capsy
     assert 0.0 <= report["map50_95"] <= report["map50"] <= 1.0
     assert Path(report["weights"]).is_file() and report["train"]["epochs"] == 1
     assert len(list((tmp_path / "data" / "images" / "val").glob("*.jpg"))) == len(TASKS)
+
+
+@pytest.mark.timeout(120)
+def test_bench_twin_measures_simulated_against_wall_time() -> None:
+    from fedvla.bench.twin import bench_real_time
+
+    figures = bench_real_time(seconds=1.0, fps=5.0, task="open_drawer")
+    assert figures.frames >= 1 and figures.wall_s >= 1.0 and figures.sim_s > 0  # figures, not a speed goal
+    assert figures.real_time_factor == figures.sim_s / figures.wall_s

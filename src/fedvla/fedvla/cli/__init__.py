@@ -17,6 +17,7 @@
     fedvla bench iosp                        scene-parsing latency per frame (offline defaults)
     fedvla bench secagg                      secure EDA (SecAgg) vs plaintext per round, 4 and 16 clients
     fedvla bench ik                          IK time per solve (tracking) and convergence from home
+    fedvla bench twin                        the twin's real-time factor with rendering, camera rate
     fedvla soak [--rounds 50 --clients 4]    long federation with client kills, a server restart,
                                              duplicated and delayed uploads: figures and checks
     fedvla federation credentials ID ...     a credentials file with fresh secrets

@@ -174,6 +174,27 @@ def cmd_bench_ik(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_twin(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fedvla.bench.twin import bench_real_time, demonstrations_per_minute
+
+    console.print(f"workcell twin: physics (125 Hz controller cycle, its own process) with the D435i rendered here at "
+                  f"{args.fps:g} fps (colour + depth, 640x480), {args.seconds:g} s, task {args.task}")
+    figures = bench_real_time(seconds=args.seconds, fps=args.fps, task=args.task)
+    table = Table(title="the twin on this machine")
+    for column in ("figure", "value", "goal"):
+        table.add_column(column, justify="right")
+    table.add_row("real-time factor (sim s / wall s)", f"{figures.real_time_factor:.3f}", ">= 1.0")
+    table.add_row("camera frames per second", f"{figures.camera_fps:.1f}", f"{args.fps:g} (D435i: 30)")
+    if args.demos:
+        per_minute, count = demonstrations_per_minute(Path(args.demos))
+        table.add_row(f"expert demonstrations per minute ({count} in {args.demos})", f"{per_minute:.2f}", "-")
+    console.print(table)
+    console.print("not measured here: end-to-end latency (camera stamp to the first servo setpoint)")
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="benchmarks that print figures").add_subparsers(
         dest="bench_command", required=True)
@@ -194,6 +215,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     ik_bench.add_argument("--tracking-steps", type=int, default=2000)
     ik_bench.add_argument("--step", type=float, default=0.01, help="joint-space step between tracking targets (rad)")
     ik_bench.set_defaults(func=cmd_bench_ik)
+    twin_bench = bench.add_parser("twin", help="the workcell twin: real-time factor with the camera rendering, "
+                                  "camera rate, demonstrations per minute of a run")
+    twin_bench.add_argument("--seconds", type=float, default=20.0)
+    twin_bench.add_argument("--fps", type=float, default=30.0, help="camera rate to aim for")
+    twin_bench.add_argument("--task", default="sorting_pills")
+    twin_bench.add_argument("--demos", help="a fedvla twin demos output (its demonstrations per minute)")
+    twin_bench.set_defaults(func=cmd_bench_twin)
     fed_bench = bench.add_parser("federation", help="EDA aggregation time and upload size")
     fed_bench.add_argument("--parameters", type=float, default=50e6, help="trunk parameters (default 50e6)")
     fed_bench.add_argument("--clients", type=int, nargs="+", default=[2, 4, 8, 16])
