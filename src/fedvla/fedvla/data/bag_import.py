@@ -347,7 +347,6 @@ def import_bags(bags: Sequence[str | Path], output: str | Path, config: BagEpiso
     imported = []
     for bag in bags:
         imported.append(import_bag(bag, writer, config, encoder))
-
         if on_episode is not None:
             on_episode(imported[-1])
     return imported

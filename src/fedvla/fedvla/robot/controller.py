@@ -117,10 +117,17 @@ class ArmController:
         plan = self.plan_chunk(actions, step_period_s, self.planning_start())
         return self.take_plan(plan, received_s)
 
-    def planning_start(self) -> tuple[np.ndarray, np.ndarray | None] | str:
-        """What a plan starts from: (the setpoint, the object pose), or why nothing can be planned."""
+    def _why_not_plannable(self) -> str | None:
+        """Why no chunk can be planned or taken now (FAULT, DISCONNECTED, no setpoint), or None."""
         if self.mode in (ArmMode.FAULT, ArmMode.DISCONNECTED) or self.setpoint is None:
             return f"arm is {self.mode.value}"
+        return None
+
+    def planning_start(self) -> tuple[np.ndarray, np.ndarray | None] | str:
+        """What a plan starts from: (the setpoint, the object pose), or why nothing can be planned."""
+        why = self._why_not_plannable()
+        if why is not None:
+            return why
         return self.setpoint.copy(), None if self.object_in_base is None else self.object_in_base.copy()
 
     def plan_chunk(self, actions: np.ndarray, step_period_s: float,
@@ -168,8 +175,9 @@ class ArmController:
         absorbs the difference, within the guard's limits)."""
         if not isinstance(plan, Trajectory):
             return self._refuse(plan)
-        if self.mode in (ArmMode.FAULT, ArmMode.DISCONNECTED) or self.setpoint is None:
-            return self._refuse(f"arm is {self.mode.value}")
+        why = self._why_not_plannable()  # (since the plan was made)
+        if why is not None:
+            return self._refuse(why)
         waypoints = plan.waypoints.copy()
         waypoints[0] = self.setpoint
         self.trajectory = Trajectory(received_s, plan.step_period_s, waypoints, plan.gripper_closed)
