@@ -39,7 +39,6 @@ from fedvla.twin.ur_controller import free_loopback_host  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.ros
-DRIVER_STATUS = "ur3_driver: arm"
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +90,7 @@ class Watcher:
 
     def _diagnostics(self, msg) -> None:
         for status in msg.status:
-            if status.name == DRIVER_STATUS:
+            if status.name == topics.DRIVER_DIAGNOSTICS:
                 self.message = status.message
                 self.driver = {v.key: v.value for v in status.values}
 

@@ -65,6 +65,7 @@ ROBOT_DESCRIPTION = "/robot_description"
 TF = "/tf"
 TF_STATIC = "/tf_static"
 DIAGNOSTICS = "/diagnostics"
+DRIVER_DIAGNOSTICS = "ur3_driver: arm"  # the arm driver's DiagnosticStatus name on /diagnostics
 TOOL_POSE = "tool_pose"
 PLANNED_PATH = "planned_path"
 RECOVER_SERVICE = "recover"

@@ -183,7 +183,8 @@ class Ur3DriverNode(Node):
     def _publish_diagnostics(self) -> None:
         s = self.runtime.snapshot()
         hardware = self.config.robot_ip if self.config.backend.value == "ur_rtde" else "simulated"
-        self._diagnostics_pub.publish(diagnostics_msg("ur3_driver: arm", hardware, s.healthy, s.status_message(),
+        self._diagnostics_pub.publish(diagnostics_msg(topics.DRIVER_DIAGNOSTICS, hardware, s.healthy,
+                                                      s.status_message(),
                                                       s.diagnostic_values(self.config.control_rate_hz),
                                                       self.get_clock().now().to_msg()))
 

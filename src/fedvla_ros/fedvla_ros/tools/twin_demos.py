@@ -86,12 +86,12 @@ def demonstrate(ros: DemoNode, kinematics: ArmKinematics, task: str, seed: int) 
     """One expert episode through the graph (the recorder already running)."""
     episode = task_named(task).episode(seed)
     expert = Expert(episode, ros.objects(), ExpertConfig())
+    ros.keep_instruction(episode.instruction)  # (again now: in the bag before the first step)
     period = 1.0 / CONTROL_RATE_HZ
     success_steps, steps, started, fault = 0, 0, time.monotonic(), ""
     next_tick = time.monotonic()
     while not expert.done and success_steps <= SETTLE_STEPS:
         fault = fault or ros.driver_fault
-        ros.instruction.publish(ros.String(data=episode.instruction))
         q = np.array([ros.joints[j] for j in ARM_JOINTS])
         ros.publish_chunk(expert.act(kinematics.fk(q).translation, ros.objects()))
         steps += 1
@@ -108,7 +108,7 @@ def demonstrate(ros: DemoNode, kinematics: ArmKinematics, task: str, seed: int) 
 def attempt_episode(ros: DemoNode, graph: Graph, kinematics: ArmKinematics, task: str, seed: int, bag: Path,
                     log) -> dict:
     """Reset, recover the driver, record one expert demonstration into ``bag``."""
-    ros.reset_and_recover(task, seed)
+    ros.keep_instruction(ros.reset_and_recover(task, seed))  # (before recording: one instruction per bag)
     with EpisodeRecorder(ros, graph, bag, log):
         return demonstrate(ros, kinematics, task, seed)
 

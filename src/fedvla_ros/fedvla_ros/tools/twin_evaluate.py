@@ -35,6 +35,7 @@ from fedvla.graph import Graph
 from fedvla.paths import run_directory
 from fedvla.twin.evaluation import (TwinTrial, agreement_lines, checkpoint_action_space, evaluate_in_process,
                                     report_table, summarize, write_report)
+from fedvla.twin.expert import CONTROL_RATE_HZ
 from fedvla.twin.tasks import TASKS
 from fedvla_ros.tools.twin_session import EpisodeRecorder, TwinNode, exit_with, running_twin
 
@@ -77,22 +78,20 @@ def run_trial(ros: TwinNode, graph: Graph, task: str, seed: int, bag: Path, log,
     """One trial through the graph (see the module docstring). Between trials the driver is in dry
     run: the policy (which never stops) moves nothing until the trial starts with ~/enable."""
     ros.enable(False)
-    instruction = ros.String(data=ros.reset_and_recover(task, seed))
-    for _ in range(6):  # the driver's diagnostics after the recovery (1 Hz): the refusals before the trial
-        ros.instruction.publish(instruction)  # (again: a volatile subscriber that matched late missed it)
-        ros.spin_for(0.2)
+    instruction = ros.reset_and_recover(task, seed)
+    ros.keep_instruction(instruction)
+    ros.spin_for(1.2)  # the driver's diagnostics after the recovery (1 Hz): the refusals before the trial
     refused_before = _refused(ros.driver_values)
     with EpisodeRecorder(ros, graph, bag, log):
         start_sim = ros.status.sim_time
+        ros.keep_instruction(instruction)  # (again now: in the bag before the first chunk)
         ros.enable(True)
         ros.chunks_seen.clear()  # (the chunks planned in dry run before are not the trial's)
         success_at, success_chunks, fault, fault_since = None, 0, "", None
         # (wall-clock guard: the policy keeps its rate unless the machine is overloaded)
-        deadline = time.monotonic() + 3.0 * max_steps * max(0.1, _period(ros)) + 30.0
+        deadline = time.monotonic() + 3.0 * max_steps / CONTROL_RATE_HZ + 30.0
         while len(ros.chunks_seen) < max_steps and time.monotonic() < deadline:
             ros.spin_for(0.05)
-            if len(ros.chunks_seen) % 5 == 0:
-                ros.instruction.publish(instruction)
             if ros.driver_fault:
                 fault = fault or ros.driver_fault
                 fault_since = fault_since or time.monotonic()
@@ -114,10 +113,6 @@ def run_trial(ros: TwinNode, graph: Graph, task: str, seed: int, bag: Path, log,
                      else None, steps=len(chunks), latencies_ms=[1000.0 * c.compute_time_s for c in chunks],
                      refused_chunks=sum(refused.values()), refused_reasons=refused,
                      protective_stops=int("protective" in fault), detail=status.detail, fault=fault, bag=str(bag))
-
-
-def _period(ros: TwinNode) -> float:
-    return float(ros.chunks_seen[-1].step_period_s) if ros.chunks_seen else 0.1
 
 
 def evaluate(args: argparse.Namespace) -> int:

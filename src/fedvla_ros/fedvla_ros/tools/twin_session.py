@@ -22,11 +22,11 @@ from fedvla.graph import Graph, ResolvedNode, find_config_dir
 from fedvla.runner import ProfileRunner, RunnerError, find_executable, node_command
 from fedvla.twin.ur_controller import free_loopback_host
 
-DRIVER_DIAGNOSTICS = "ur3_driver: arm"
 # What an episode dataset needs from the bag (bag_import), so the recorder must have these first.
 RECORDED_TOPICS = [topics.camera_topic(topics.TWIN_CAMERA, topics.COLOR_IMAGE), topics.JOINT_STATES,
                    topics.INSTRUCTION, topics.node_topic(topics.POLICY_NODE, topics.ACTION_CHUNK)]
 RECORDER_TIMEOUT_S = 30.0
+INSTRUCTION_PERIOD_S = 0.5
 # Left out of the bags: the aligned depth (bags stay small; no policy reads it).
 UNRECORDED_TOPICS = ["/rosout", "/parameter_events", topics.camera_topic(topics.TWIN_CAMERA, topics.ALIGNED_DEPTH_IMAGE),
                      topics.camera_topic(topics.TWIN_CAMERA, topics.ALIGNED_DEPTH_INFO)]
@@ -99,6 +99,8 @@ class TwinNode:
         self.driver_fault = ""  # the driver's fault reason, as its diagnostics last reported it
         self.driver_values: dict[str, str] = {}  # its last diagnostics' key/values
         self.chunks_seen: list = []  # action chunks on /policy/action_chunk since the last clear
+        self._instruction = None  # kept published (keep_instruction)
+        self.node.create_timer(INSTRUCTION_PERIOD_S, self._publish_instruction)
         self.node.create_subscription(JointState, topics.JOINT_STATES, self._on_joints, qos_profile_sensor_data)
         self.node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self._on_diagnostics, 10)
         self.node.create_subscription(TaskStatus, topics.node_topic(topics.WORKCELL_NODE, topics.TASK_STATUS),
@@ -114,6 +116,17 @@ class TwinNode:
             SetBool, topics.node_topic(topics.UR3_DRIVER_NODE, topics.ENABLE_SERVICE))
         self.SetBool = SetBool
 
+    def keep_instruction(self, text: str) -> None:
+        """Publish the instruction now and every INSTRUCTION_PERIOD_S while this node spins: the
+        policy and scene parser subscribe volatile (a terminal's ``ros2 topic pub`` must reach them),
+        so one that matched after a single message would never get it."""
+        self._instruction = self.String(data=text)
+        self._publish_instruction()
+
+    def _publish_instruction(self) -> None:
+        if self._instruction is not None:
+            self.instruction.publish(self._instruction)
+
     def watch_chunks(self) -> None:
         """Collect the policy's chunks (:attr:`chunks_seen`)."""
         from fedvla_ros.qos import ACTION_CHUNK_QOS
@@ -126,7 +139,7 @@ class TwinNode:
 
     def _on_diagnostics(self, msg) -> None:
         for status in msg.status:
-            if status.name == DRIVER_DIAGNOSTICS:
+            if status.name == topics.DRIVER_DIAGNOSTICS:
                 self.driver_fault = status.message if status.message.startswith("fault") else ""
                 self.driver_values = {v.key: v.value for v in status.values}
 
