@@ -36,6 +36,14 @@ def expert_lines(demos: dict) -> list[str]:
     return lines
 
 
+def _copy(source: Path, destination: Path, names: tuple[str, ...]) -> None:
+    """A run's records (those it has) into ``destination``."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if (source / name).is_file():
+            shutil.copy(source / name, destination / name)
+
+
 def write_twin_results(output: Path, demos_dir: Path, detector_dir: Path | None = None,
                        study_dir: Path | None = None) -> Path:
     """Write ``output/README.md`` (and copy each run's records); returns the README's path."""
@@ -48,10 +56,7 @@ def write_twin_results(output: Path, demos_dir: Path, detector_dir: Path | None 
              f"`fedvla twin demos`: {len(demos['episodes'])} demonstrations, "
              f"{demos['demonstrations_per_minute']:.2f} per minute (reset to import, repeats included; other work "
              "shared the two cores during the run).", "", *expert_lines(demos), ""]
-    (output / "demos").mkdir(exist_ok=True)
-    shutil.copy(demos_dir / "demos.json", output / "demos" / "demos.json")
-    if (demos_dir / "run.json").is_file():
-        shutil.copy(demos_dir / "run.json", output / "demos" / "run.json")
+    _copy(demos_dir, output / "demos", ("demos.json", "run.json"))
     if detector_dir is not None:
         detector = json.loads((detector_dir / "detector.json").read_text())
         lines += ["## Detector (YOLOv8 from scratch on twin renders)", "",
@@ -59,16 +64,10 @@ def write_twin_results(output: Path, demos_dir: Path, detector_dir: Path | None 
                   f"{detector['data']['val_images_per_task']} validation renders per task (layouts never trained on); "
                   f"{detector['train']['epochs']} epochs at {detector['train']['image_size']} px, "
                   f"{detector['train_s'] / 60:.0f} min of training.", ""]
-        (output / "detector").mkdir(exist_ok=True)
-        shutil.copy(detector_dir / "detector.json", output / "detector" / "detector.json")
-        if (detector_dir / "run.json").is_file():
-            shutil.copy(detector_dir / "run.json", output / "detector" / "run.json")
+        _copy(detector_dir, output / "detector", ("detector.json", "run.json"))
     if study_dir is not None:
         lines += ["## Twin study (graph-evaluated)", "", (study_dir / "study.md").read_text(), ""]
-        (output / "study").mkdir(exist_ok=True)
-        for name in ("study.md", "run.json", "success.png"):
-            if (study_dir / name).is_file():
-                shutil.copy(study_dir / name, output / "study" / name)
+        _copy(study_dir, output / "study", ("study.md", "run.json", "success.png"))
     readme = output / "README.md"
     readme.write_text("\n".join(lines))
     return readme

@@ -29,7 +29,9 @@ from fedvla.config import ConfigError
 from fedvla.graph import find_config_dir
 from fedvla.sim.study import Study, StudyScale, config_hash, load_method, load_scale
 from fedvla.twin.evaluation import agreement_lines, plot_success, report_table
+from fedvla.twin.results import expert_lines
 from fedvla.twin.tasks import TASKS
+from fedvla_ros.tools import twin_demos
 from fedvla_ros.tools.twin_session import exit_with
 
 log = logging.getLogger(__name__)
@@ -62,8 +64,6 @@ class TwinStudy(Study):
         return self.demos / "datasets"
 
     def ensure_data(self) -> None:
-        from fedvla_ros.tools import twin_demos
-
         state = self.demos / twin_demos.DEMOS_FILE
         counts = json.loads(state.read_text())["summary"] if state.is_file() else {}
         missing = [t for t in self.tasks if counts.get(t, {}).get("episodes", 0) < self.episodes_per_task]
@@ -98,22 +98,16 @@ class TwinStudy(Study):
                  f"Scale `{self.scale.name}`: {', '.join(self.tasks)}; {self.episodes_per_task} demonstrations per "
                  f"task; {self.trials} closed-loop trials per task through the graph (and in-process, same seeds).", ""]
         for method in self.methods:
-            trials = []
-            for task in self.tasks:
-                report = json.loads((Path(results[method.name]["evaluation"][task]["report"])
-                                     / "evaluation.json").read_text())
-                trials.append(report)
-            graph[method.label] = {task: r["summary"]["graph"][task] for task, r in zip(self.tasks, trials)}
-            in_process = {task: r["summary"]["in-process"][task] for task, r in zip(self.tasks, trials)
-                          if task in r["summary"].get("in-process", {})}
+            evaluations = results[method.name]["evaluation"]  # (evaluate_task: the graph's summary per task)
+            graph[method.label] = {task: evaluations[task] for task in self.tasks}
+            in_process = {task: evaluations[task]["in_process"] for task in self.tasks if evaluations[task]["in_process"]}
             lines += [f"## {method.label}", "", *report_table({"graph": graph[method.label],
                                                                 "in-process": in_process}), ""]
             lines += [f"* {line}" for line in agreement_lines(graph[method.label], in_process)] + [""]
-        demos = json.loads((self.demos / "demos.json").read_text())
-        lines += ["## Expert ceiling (demonstrations through the graph)", "", "| task | expert success |", "|---|---|"]
-        lines += [f"| {task} | {s['successes']}/{s['episodes']} ({100 * s['success_rate']:.0f} %) |"
-                  for task, s in demos["summary"].items() if task in self.tasks]
-        lines += ["", "![success per task](success.png)", ""]
+        demos = json.loads((self.demos / twin_demos.DEMOS_FILE).read_text())
+        demos["summary"] = {task: s for task, s in demos["summary"].items() if task in self.tasks}
+        lines += ["## Expert ceiling (demonstrations through the graph)", "", *expert_lines(demos), "",
+                  "![success per task](success.png)", ""]
         self.output.mkdir(parents=True, exist_ok=True)
         (self.output / "study.md").write_text("\n".join(lines))
         plot_success(self.output / "success.png", graph)
