@@ -25,7 +25,7 @@ def test_localhost_gets_the_udp_localhost_profile_and_a_range_rmw_leaves_alone()
 
 def test_the_deprecated_localhost_only_flag_counts_as_localhost_and_is_removed():
     _, env = _apply(ROS_LOCALHOST_ONLY="1")
-    assert env[dds.PROFILE_ENV].endswith(dds.LOCALHOST_PROFILE.split("/")[-1])
+    assert env[dds.PROFILE_ENV].endswith(dds.FEDERATION.localhost_profile.split("/")[-1])
     assert dds.LOCALHOST_ONLY_ENV not in env and env[dds.RANGE_ENV] == "SYSTEM_DEFAULT"
 
 

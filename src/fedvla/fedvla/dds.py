@@ -89,13 +89,10 @@ class Role:
 
 
 FEDERATION = Role("federation", "dds/fastdds_federation.xml", "dds/fastdds_federation_localhost.xml",
-                  "UDPv4 only (no shared memory", stalls_under_rmw_shm=True)
+                  "UDPv4 only, no shared memory", stalls_under_rmw_shm=True)
 ROBOT = Role("robot", "dds/fastdds_robot.xml", "dds/fastdds_robot_localhost.xml",
-             "16 MiB shared-memory segments + UDPv4 (images in one piece", stalls_under_rmw_shm=False)
+             "16 MiB shared-memory segments + UDPv4, images in one piece", stalls_under_rmw_shm=False)
 ROLES = (FEDERATION, ROBOT)
-# Kept for the federation's callers and tests.
-NETWORK_PROFILE = FEDERATION.network_profile
-LOCALHOST_PROFILE = FEDERATION.localhost_profile
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,12 +149,12 @@ def transport_environment(role: Role, env: MutableMapping[str, str] | None = Non
                                              "'Federation' for what the federation needs)")
         parent_role, localhost = parent
         if parent_role is role:
-            return TransportChoice(None, {}, f"DDS: Fast DDS over {role.transport}: {given.name}, set by the "
+            return TransportChoice(None, {}, f"DDS: Fast DDS over {role.transport} ({given.name}, set by the "
                                              "parent process)")
         path = profile_path(localhost, role)  # a parent of the other role: same discovery, our transport
         changed: dict[str, str | None] = {PROFILE_ENV: str(path)}
         _set(env, changed)
-        return TransportChoice(path, changed, f"DDS: Fast DDS over {role.transport}: {path.name}, the parent "
+        return TransportChoice(path, changed, f"DDS: Fast DDS over {role.transport} ({path.name}; the parent "
                                               f"process used {given.name})")
     discovery = env.get(RANGE_ENV, "").strip().upper()
     localhost = discovery == "LOCALHOST" or (not discovery and env.get(LOCALHOST_ONLY_ENV) == "1")
@@ -177,7 +174,7 @@ def transport_environment(role: Role, env: MutableMapping[str, str] | None = Non
             changed[LOCALHOST_ONLY_ENV] = None  # deprecated; it would force LOCALHOST again
     _set(env, changed)
     where = "localhost only, " if localhost else ""
-    return TransportChoice(path, changed, f"DDS: Fast DDS over {role.transport}: {where}{path.name})")
+    return TransportChoice(path, changed, f"DDS: Fast DDS over {role.transport} ({where}{path.name})")
 
 
 def federation_transport_environment(env: MutableMapping[str, str] | None = None) -> TransportChoice:
