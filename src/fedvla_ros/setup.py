@@ -30,6 +30,7 @@ setup(
             "workcell_sim = fedvla_ros.workcell_sim:main",
             "twin_demos = fedvla_ros.tools.twin_demos:main",
             "twin_evaluate = fedvla_ros.tools.twin_evaluate:main",
+            "twin_latency = fedvla_ros.tools.twin_latency:main",
             "twin_study = fedvla_ros.tools.twin_study:main",
         ],
     },

@@ -132,6 +132,17 @@ def test_the_twin_runs_real_robot_against_workcell_sim(graph) -> None:
     assert tuple(task.choices) == tuple(TASKS)  # one list of tasks
 
 
+def test_a_nodes_parameters_merge_its_files_then_the_launch_arguments(graph) -> None:
+    """ResolvedNode.parameters(): what ROS-free code (the in-process twin's scene parser) reads to
+    run a node's core exactly as the graph starts it."""
+    (parser,) = [n for n in graph.resolve("twin", {"parse_scene": "true", "detector_weights": "/w.pt",
+                                                   "instruction": "open the drawer"})
+                 if n.spec.executable == "scene_parser"]
+    values = parser.parameters()
+    assert values["detector"] == "yolo" and values["cameras"] == ["camera"]  # config/scene_parser.yaml
+    assert values["detector_weights"] == "/w.pt" and values["instruction"] == "open the drawer"  # the arguments
+
+
 def test_driver_parameter_names_are_unique() -> None:
     names = [name for cls in DRIVER_CONFIG_CLASSES for name in config_fields(cls)]
     assert len(names) == len(set(names))

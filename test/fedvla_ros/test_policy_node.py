@@ -42,8 +42,11 @@ def run_policy_node(context, path, images, joints, instruction, scenes=None):
     joint_pub = node.create_publisher(JointState, "/joint_states", 10)
     scene_pub = node.create_publisher(ParsedScene, "/scene_parser/parsed_scene", 10)
 
+    published = set()  # the cameras' frame stamps
+
     def publish_inputs() -> None:
         stamp = node.get_clock().now().to_msg()
+        published.add((stamp.sec, stamp.nanosec))
         for pub, img in zip(image_pubs, images):
             pub.publish(image_msg(img, "rgb8", stamp, "cam"))
         joint_pub.publish(JointState(name=[f"j{i}" for i in range(5)], position=joints.tolist()))
@@ -70,6 +73,8 @@ def run_policy_node(context, path, images, joints, instruction, scenes=None):
         _, err = stop_process(process)
     assert received, f"no action chunk; node output:\n{err}"
     assert process.returncode == 0, err
+    # A chunk is stamped with the frame it answers (the driver's end-to-end latency starts there).
+    assert (received[0].header.stamp.sec, received[0].header.stamp.nanosec) in published
     return received[0], experts[0]
 
 

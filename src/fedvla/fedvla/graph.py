@@ -107,6 +107,17 @@ class ResolvedNode:
     parameter_values: dict[str, Any]
     arguments: tuple[str, ...]
 
+    def parameters(self) -> dict[str, Any]:
+        """The parameters the node starts with, as ROS merges them: each file's ``/**`` and
+        fully-qualified-name sections in order, then the launch arguments' values. For ROS-free
+        code that must run a node's core exactly as the graph configures it."""
+        merged: dict[str, Any] = {}
+        for path in self.parameter_files:
+            raw = yaml.safe_load(path.read_text()) or {}
+            for key in ("/**", self.spec.fully_qualified_name):
+                merged.update((raw.get(key) or {}).get("ros__parameters") or {})
+        return {**merged, **self.parameter_values}
+
 
 def parse_bool(text: str | bool, field: str) -> bool:
     if isinstance(text, bool):

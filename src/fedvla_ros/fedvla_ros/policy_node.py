@@ -93,9 +93,18 @@ class PolicyNode(Node):
         except ValueError as err:
             raise ValueError(f"{topics.JOINT_STATES} {err}") from None
 
+    def _observed(self, tick) -> object:
+        """The stamp of the observation a chunk answers: its oldest camera frame's (the camera
+        stamps the capture), or the tick when a camera leaves its frames unstamped."""
+        stamps = [self._images[n][0].header.stamp for n in self.runtime.camera_names]
+        if any(s.sec == 0 and s.nanosec == 0 for s in stamps):
+            return tick.to_msg()
+        return min(stamps, key=lambda s: (s.sec, s.nanosec))
+
     def _step(self) -> None:
         # The chunk is stamped with the time of the observation it answers, not of its publication:
-        # step h of it is meant for stamp + h · step_period (what a replay compares it with).
+        # step h of it is meant for stamp + h · step_period (what a replay compares it with), and
+        # the driver measures the loop's latency from it to the chunk's first servo setpoint.
         tick = self.get_clock().now()
         now, max_age = tick.nanoseconds / 1e9, self.config.max_input_age_s
         stale = [n for n in self.runtime.camera_names if n not in self._images or now - self._images[n][1] > max_age]
@@ -117,7 +126,7 @@ class PolicyNode(Node):
         except ValueError as err:
             self.get_logger().error(str(err), throttle_duration_sec=5.0)
             return
-        stamp = tick.to_msg()
+        stamp = self._observed(tick)
         chunk = ActionChunk(**action_chunk_fields(step.chunk, 1.0 / self.config.rate_hz, compute_time_s=step.latency_s))
         chunk.header.stamp = stamp
         self._chunk_pub.publish(chunk)

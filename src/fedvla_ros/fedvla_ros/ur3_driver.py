@@ -123,7 +123,9 @@ class Ur3DriverNode(Node):
 
     def _submit(self, msg: ActionChunk) -> None:
         chunk = parse_action_chunk(msg)
-        self.runtime.submit_chunk(chunk.actions.astype(np.float64), chunk.step_period_s)
+        # The stamp is the observation the chunk answers (the policy node stamps its camera frame's).
+        observed = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+        self.runtime.submit_chunk(chunk.actions.astype(np.float64), chunk.step_period_s, observed or None)
 
     def _answer(self, what: str, response, action):
         """A service's answer: the action's message, or why it could not be done."""

@@ -131,8 +131,9 @@ class WorkcellSimNode(Node):
         window_start, window_frames = time.monotonic(), 0
         try:
             while not self._stop.is_set() and self.context.ok():
+                captured = self.get_clock().now()  # the scene's instant, as a camera stamps its exposure
                 frame = self.camera.render(self.workcell.scene_state(), depth=True)
-                color, info, depth = frame_messages(frame, self.get_clock().now().to_msg(), self.frame_id)
+                color, info, depth = frame_messages(frame, captured.to_msg(), self.frame_id)
                 for publisher, message in zip(self._camera_pubs, (color, info, depth, info)):
                     publisher.publish(message)
                 self.frames_published += 1

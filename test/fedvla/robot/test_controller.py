@@ -74,6 +74,22 @@ def test_a_chunk_moves_the_tool_by_the_actions_steps(kinematics) -> None:
     assert_within_limits(arm, guard, kinematics)
 
 
+def test_the_latency_runs_from_the_observation_to_the_chunks_first_setpoint(kinematics) -> None:
+    """Per chunk, once: its observation's time to the first servo setpoint computed from it (the
+    next control period after it arrived); dry run and unstamped chunks measure nothing."""
+    arm, _, controller = make(kinematics, stale_timeout_s=2.0)
+    chunk = np.array([[1.0, 0.0, 0.0, -1.0]] * 4)
+    assert controller.submit_chunk(chunk, 0.1, 0.05, observed_s=0.0) is None  # the frame is 50 ms old on arrival
+    t = run(arm, controller, 0.05, 0.1)
+    assert list(controller.observation_to_setpoint_s) == pytest.approx([0.05])  # the first period after arrival
+    assert controller.submit_chunk(chunk, 0.1, t + 0.004, observed_s=t - 0.03) is None
+    t = run(arm, controller, t + 0.008, 0.1)
+    assert list(controller.observation_to_setpoint_s)[1] == pytest.approx(0.038 + 0.0)
+    assert controller.submit_chunk(chunk, 0.1, t) is None  # unstamped: not measured
+    run(arm, controller, t, 0.1)
+    assert len(controller.observation_to_setpoint_s) == 2
+
+
 def test_in_dry_run_chunks_are_planned_and_checked_but_nothing_moves(kinematics) -> None:
     arm, _, controller = make(kinematics, execution={"execute_on_start": False}, stale_timeout_s=0.3)
     chunk = np.array([[1.0, 0.0, 0.0, 1.0]] * 4)

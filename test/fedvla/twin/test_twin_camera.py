@@ -83,6 +83,11 @@ def test_fedvla_twin_detector_trains_a_tiny_yolo_and_reports_map(tmp_path, capsy
     report = json.loads((tmp_path / "detector.json").read_text())
     assert 0.0 <= report["map50_95"] <= report["map50"] <= 1.0
     assert Path(report["weights"]).is_file() and report["train"]["epochs"] == 1
+    from fedvla.iosp.models import YoloDetector
+
+    # The scene parser infers at the size the weights were trained at unless told otherwise.
+    assert YoloDetector(report["weights"]).image_size == 96
+    assert YoloDetector(report["weights"], image_size=160).image_size == 160
     assert len(list((tmp_path / "data" / "images" / "val").glob("*.jpg"))) == len(TASKS)
 
 

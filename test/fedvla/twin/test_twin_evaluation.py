@@ -108,6 +108,25 @@ def test_a_checkpoint_without_an_action_space_is_refused_before_anything_runs(tw
         evaluate_in_process(twin_checkpoint[1], "open_drawer", [0], max_steps=1, show_progress=False)
 
 
+def test_an_iosp_policy_needs_the_detector_its_demonstrations_were_parsed_with(tmp_path, twin_checkpoint):
+    import json
+
+    from fedvla.model.checkpoint_meta import CONFIG_FILE
+    from fedvla.twin.evaluation import checkpoint_detector
+
+    assert checkpoint_detector(twin_checkpoint[0], "") is None  # no IOSP: the graph runs no scene parser
+    iosp = tmp_path / "iosp_policy"
+    iosp.mkdir()
+    (iosp / CONFIG_FILE).write_text(json.dumps({"policy": {"iosp": True}}))
+    with pytest.raises(ConfigError, match="uses IOSP and no detector"):
+        checkpoint_detector(iosp, "")
+    with pytest.raises(ConfigError, match="neither a fedvla twin detector output"):
+        checkpoint_detector(iosp, tmp_path)
+    (tmp_path / "detector.json").write_text(json.dumps({"weights": str(tmp_path / "best.pt")}))
+    (tmp_path / "best.pt").write_bytes(b"weights")
+    assert checkpoint_detector(iosp, tmp_path) == tmp_path / "best.pt"  # a fedvla twin detector output
+
+
 def test_twin_results_are_generated_from_the_runs_records(tmp_path):
     from fedvla.twin.results import write_twin_results
 

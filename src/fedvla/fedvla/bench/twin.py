@@ -9,7 +9,7 @@
   (the episodes' own wall time, reset to import).
 
 The end-to-end latency (camera frame stamp to the first servo setpoint of the chunk that answered
-it) needs the observation's stamp carried to the driver; it is not measured here yet.
+it) runs the whole graph: :mod:`fedvla_ros.tools.twin_latency` (``fedvla bench twin --checkpoint``).
 """
 from __future__ import annotations
 

@@ -175,6 +175,7 @@ def cmd_bench_ik(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_twin(args: argparse.Namespace) -> int:
+    import json
     from pathlib import Path
 
     from fedvla.bench.twin import bench_real_time, demonstrations_per_minute
@@ -190,8 +191,31 @@ def cmd_bench_twin(args: argparse.Namespace) -> int:
     if args.demos:
         per_minute, count = demonstrations_per_minute(Path(args.demos))
         table.add_row(f"expert demonstrations per minute ({count} in {args.demos})", f"{per_minute:.2f}", "-")
+    if args.checkpoint:
+        from fedvla.cli.common import run_ros_tool
+        from fedvla.paths import run_directory
+
+        output = Path(args.output or run_directory("twin_latency"))
+        console.print(f"end-to-end latency: the policy drives the twin through the graph for {args.latency_seconds:g} s "
+                      f"(camera at {args.fps:g} fps); its processes' output in {output / 'graph.log'}")
+        status = run_ros_tool("twin_latency", "bench twin", [
+            "--checkpoint", args.checkpoint, "--task", args.task, "--seconds", str(args.latency_seconds),
+            "--fps", str(args.fps), "--output", str(output), *(["--detector", args.detector] if args.detector else [])])
+        if status != 0:
+            return status
+        latency = json.loads((output / "latency.json").read_text())
+        end_to_end = latency["end_to_end_ms"]
+        table.add_row(f"end to end: frame stamp to first servo setpoint, p50 / p95 ms ({end_to_end.get('chunks', 0)} "
+                      "chunks)", f"{end_to_end.get('p50', float('nan')):.1f} / {end_to_end.get('p95', float('nan')):.1f}",
+                      "p95 <= 150")
+        for name, key in (("  of which: frame age when the chunk arrives", "frame_age_on_arrival_ms"),
+                          ("  of which: policy compute", "policy_compute_ms")):
+            part = latency[key]
+            table.add_row(f"{name}, p50 / p95 ms", f"{part.get('p50', float('nan')):.1f} / "
+                          f"{part.get('p95', float('nan')):.1f}", "-")
     console.print(table)
-    console.print("not measured here: end-to-end latency (camera stamp to the first servo setpoint)")
+    if not args.checkpoint:
+        console.print("end-to-end latency: give --checkpoint (a policy trained on twin demonstrations) to measure it")
     return 0
 
 
@@ -221,6 +245,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     twin_bench.add_argument("--fps", type=float, default=30.0, help="camera rate to aim for")
     twin_bench.add_argument("--task", default="sorting_pills")
     twin_bench.add_argument("--demos", help="a fedvla twin demos output (its demonstrations per minute)")
+    twin_bench.add_argument("--checkpoint", help="a policy trained on twin demonstrations: measure the loop's "
+                            "end-to-end latency through the graph")
+    twin_bench.add_argument("--detector", help="the scene parser's detector, for a checkpoint that uses IOSP")
+    twin_bench.add_argument("--latency-seconds", type=float, default=30.0, help="how long the policy drives")
+    twin_bench.add_argument("--output", default="", help="where the latency run writes (default runs/twin_latency_...)")
     twin_bench.set_defaults(func=cmd_bench_twin)
     fed_bench = bench.add_parser("federation", help="EDA aggregation time and upload size")
     fed_bench.add_argument("--parameters", type=float, default=50e6, help="trunk parameters (default 50e6)")

@@ -35,7 +35,7 @@ def offline_ultralytics() -> None:
 
 class YoloDetector:
     def __init__(self, weights: str, *, class_names: list[str] | None = None, confidence: float = 0.25,
-                 iou: float = 0.45, image_size: int = 640,
+                 iou: float = 0.45, image_size: int = 0,
                  background_classes: Collection[str] = COCO_BACKGROUND_CLASSES,
                  device: str = "cpu") -> None:
         if not weights:
@@ -55,7 +55,10 @@ class YoloDetector:
                 raise ConfigError("detector_class_names", f"{len(class_names)} names for a model with "
                                   f"{len(self.names)} classes", f"{len(self.names)} names")
             self.names = dict(enumerate(class_names))
-        self.confidence, self.iou, self.image_size, self.device = confidence, iou, image_size, device
+        # 0: the size the weights were trained at (a detector trained at 320 px misses most objects
+        # at 640); a model built from a .yaml has none recorded, and ultralytics' default is 640.
+        self.image_size = image_size or int(self.model.overrides.get("imgsz") or 640)
+        self.confidence, self.iou, self.device = confidence, iou, device
         self.background_classes = set(background_classes)
 
     def detect(self, image: np.ndarray) -> list[Detection]:

@@ -45,7 +45,7 @@ class SceneParserRuntimeConfig(SceneParserConfig):
     detector_weights: str = ""  # yolo: a YOLOv8 .pt file, or yolov8n.yaml (random weights)
     detector_class_names: tuple[str, ...] = ()  # yolo: names for a model built from a .yaml (it has none)
     detector_confidence: float = 0.25
-    detector_image_size: int = 640
+    detector_image_size: int = 0  # yolo: inference size in pixels; 0: the size the weights were trained at
     background_classes: tuple[str, ...] = COCO_BACKGROUND_CLASSES
     sim_min_pixels: int = 4  # sim: fewer visible pixels than this is no detection
     device: str = "cpu"
@@ -61,6 +61,8 @@ class SceneParserRuntimeConfig(SceneParserConfig):
         require(len(set(self.cameras)) == len(self.cameras), "cameras", f"{list(self.cameras)} repeats a camera")
         require_positive(self.rate_hz, "rate_hz")
         require_positive(self.marker_depth_m, "marker_depth_m")
+        require(self.detector_image_size >= 0, "detector_image_size", f"must not be negative, got "
+                f"{self.detector_image_size}", "0 (the size the weights were trained at) or a size in pixels, e.g. 640")
         require(0.0 <= self.detector_confidence <= 1.0, "detector_confidence",
                 f"{self.detector_confidence} is outside [0, 1]", "0 <= x <= 1")
         require(self.sim_min_pixels >= 1, "sim_min_pixels", f"must be at least 1, got {self.sim_min_pixels}")

@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
-from collections import Counter
+from collections import Counter, deque
 
 import numpy as np
 
@@ -46,6 +46,9 @@ from fedvla.robot.retarget import Retargeter, RetargetError
 from fedvla.robot.safety import MotionLimiter, SafetyGuard, Violation
 
 log = logging.getLogger("fedvla.robot")
+
+
+LATENCY_WINDOW = 200  # chunks over which the observation-to-setpoint latency is reported
 
 
 class ArmMode(str, enum.Enum):
@@ -75,6 +78,8 @@ class Trajectory:
     step_period_s: float
     waypoints: np.ndarray  # (n + 1, 6): the setpoint when it arrived, then one per action
     gripper_closed: list[bool]
+    observed_s: float | None = None  # when the observation the chunk answers was taken (controller time)
+    streamed: bool = False  # a setpoint computed from it has been sent
 
     def target(self, now_s: float) -> tuple[np.ndarray, bool]:
         """Linear interpolation between waypoints; the last one holds."""
@@ -103,6 +108,9 @@ class ArmController:
         self.measured_q: np.ndarray | None = None
         self.gripper_closed = False  # as the robot last reported it
         self.trajectory: Trajectory | None = None
+        # Seconds from the observation a chunk answers (its camera frame) to the first setpoint sent
+        # from that chunk: the loop's end-to-end latency, over the last chunks.
+        self.observation_to_setpoint_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.object_in_base: np.ndarray | None = None
         self._last_chunk_s: float | None = None
         self._stopped = True  # servoStop sent, nothing streaming
@@ -111,11 +119,13 @@ class ArmController:
         self._heartbeat_s: float | None = None  # when the operator's heartbeat last said "alive"
 
     # Inputs ---------------------------------------------------------------------------------
-    def submit_chunk(self, actions: np.ndarray, step_period_s: float, received_s: float) -> Violation | str | None:
+    def submit_chunk(self, actions: np.ndarray, step_period_s: float, received_s: float,
+                     observed_s: float | None = None) -> Violation | str | None:
         """Plan a chunk (horizon x action_dim) received at ``received_s`` and take it; returns the
-        refusal reason (None when accepted). Only possible while connected and not in FAULT."""
+        refusal reason (None when accepted). Only possible while connected and not in FAULT.
+        ``observed_s``: when the observation it answers was taken, on the same clock (latency)."""
         plan = self.plan_chunk(actions, step_period_s, self.planning_start())
-        return self.take_plan(plan, received_s)
+        return self.take_plan(plan, received_s, observed_s)
 
     def _why_not_plannable(self) -> str | None:
         """Why no chunk can be planned or taken now (FAULT, DISCONNECTED, no setpoint), or None."""
@@ -168,7 +178,8 @@ class ArmController:
             grippers.append(closed)
         return Trajectory(0.0, step_period_s, np.stack(waypoints), grippers)
 
-    def take_plan(self, plan: Trajectory | Violation | str, received_s: float) -> Violation | str | None:
+    def take_plan(self, plan: Trajectory | Violation | str, received_s: float,
+                  observed_s: float | None = None) -> Violation | str | None:
         """Execute (or, in dry run, show) a plan from :meth:`plan_chunk`; the refusal reason, counted,
         when it is one or when the arm stopped meanwhile. A plan starts from the setpoint it was
         made from; if the loop moved the setpoint since, it starts from the new one (the first step
@@ -180,7 +191,7 @@ class ArmController:
             return self._refuse(why)
         waypoints = plan.waypoints.copy()
         waypoints[0] = self.setpoint
-        self.trajectory = Trajectory(received_s, plan.step_period_s, waypoints, plan.gripper_closed)
+        self.trajectory = Trajectory(received_s, plan.step_period_s, waypoints, plan.gripper_closed, observed_s)
         self._last_chunk_s = received_s
         if self.mode is ArmMode.IDLE and self.enabled:
             self.mode = ArmMode.TRACKING
@@ -301,6 +312,10 @@ class ArmController:
             self.backend.servo_j(q, self.servo)  # also counts as a watchdog kick (UR: any register update)
             self.backend.set_gripper(gripper_closed)
             self.setpoint, self.velocity, self._stopped = q, velocity, False
+            if not self.trajectory.streamed:
+                self.trajectory.streamed = True
+                if self.trajectory.observed_s is not None:
+                    self.observation_to_setpoint_s.append(now_s - self.trajectory.observed_s)
         except CommandRefused as err:
             self._fault(str(err), send_stop=False)
         except BackendError as err:

@@ -101,6 +101,8 @@ class ArmSnapshot:
     cycles: int
     overruns: int  # control periods that took longer than the period
     enabled: bool = False  # executing chunks (False: dry run)
+    # observation (camera frame) to first setpoint of the chunk answering it, seconds, last chunks
+    observation_to_setpoint_s: tuple[float, ...] = ()
 
     @property
     def healthy(self) -> bool:
@@ -115,8 +117,19 @@ class ArmSnapshot:
                 "control_rate_hz": f"{control_rate_hz:g}", "control_cycles": str(self.cycles),
                 "control_overruns": str(self.overruns),
                 **{f"refused_chunks.{reason}": str(n) for reason, n in sorted(self.refused.items())},
-                **{f"refused_while_executing.{reason}": str(n) for reason, n in sorted(self.refused_executing.items())}}
+                **{f"refused_while_executing.{reason}": str(n) for reason, n in sorted(self.refused_executing.items())},
+                **self._latency_values()}
 
+    def _latency_values(self) -> dict[str, str]:
+        if not self.observation_to_setpoint_s:
+            return {}
+        p50, p95 = np.percentile(1000.0 * np.asarray(self.observation_to_setpoint_s), [50, 95])
+        return {f"{LATENCY_KEY}.p50": f"{p50:.1f}", f"{LATENCY_KEY}.p95": f"{p95:.1f}",
+                f"{LATENCY_KEY}.chunks": str(len(self.observation_to_setpoint_s))}
+
+
+# Diagnostics key of the end-to-end latency: a chunk's observation stamp to its first servo setpoint.
+LATENCY_KEY = "observation_to_setpoint_ms"
 
 # The driver node's parameters: the fields of these configs (no name appears twice), in the order
 # ArmRuntime takes them.
@@ -223,13 +236,16 @@ class ArmRuntime:
             self.backend.close()
 
     # Calls from the node ---------------------------------------------------------------------------
-    def submit_chunk(self, actions: np.ndarray, step_period_s: float):
+    def submit_chunk(self, actions: np.ndarray, step_period_s: float, observed_unix_s: float | None = None):
+        """``observed_unix_s``: the stamp (system clock) of the observation the chunk answers, for
+        the end-to-end latency (:attr:`ArmSnapshot.observation_to_setpoint_s`)."""
         received = time.monotonic()
+        observed = None if not observed_unix_s else received - (time.time() - observed_unix_s)
         with self._lock:
             start = self.controller.planning_start()
         plan = self.controller.plan_chunk(actions, step_period_s, start)  # (IK: outside the loop's lock)
         with self._lock:
-            return self.controller.take_plan(plan, received)
+            return self.controller.take_plan(plan, received, observed)
 
     def set_object_pose(self, object_pose: np.ndarray | None, frame: str = "") -> None:
         """The object's 4x4 pose in ``frame`` (any link of the URDF, e.g. the camera's optical frame
@@ -307,4 +323,4 @@ class ArmRuntime:
                                planned_q=None if trajectory is None else trajectory.waypoints.copy(),
                                refused=dict(c.refused), refused_executing=dict(c.refused_executing),
                                cycles=self._cycles, overruns=self._overruns,
-                               enabled=c.enabled)
+                               enabled=c.enabled, observation_to_setpoint_s=tuple(c.observation_to_setpoint_s))

@@ -65,6 +65,9 @@ class StudyScale:
     model: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides for every method
     collect: dict[str, Any] = dataclasses.field(default_factory=dict)  # CollectConfig fields
     evaluate: dict[str, Any] = dataclasses.field(default_factory=dict)  # EvalConfig fields
+    # The twin's scene-parser detector (fedvla twin detector): {data: DetectorDataConfig fields,
+    # train: DetectorTrainConfig fields}; the simulation study's scales have none.
+    detector: dict[str, Any] = dataclasses.field(default_factory=dict)
     rounds: int = 10
     local_epochs: int = 1
     batch_size: int = 32
@@ -121,7 +124,8 @@ def load_method(config_dir: Path, name: str) -> MethodConfig:
 def config_hash(scale: StudyScale, methods: list[MethodConfig]) -> str:
     # Fields at their empty default are left out, so adding an option keeps earlier runs' hashes.
     described = [{k: v for k, v in dataclasses.asdict(m).items() if not (k == "federation" and not v)} for m in methods]
-    text = json.dumps({"scale": dataclasses.asdict(scale), "methods": described}, sort_keys=True, default=str)
+    scale_fields = {k: v for k, v in dataclasses.asdict(scale).items() if not (k == "detector" and not v)}
+    text = json.dumps({"scale": scale_fields, "methods": described}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

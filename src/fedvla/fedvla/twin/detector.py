@@ -198,3 +198,19 @@ def build_detector(output: str | Path, data: DetectorDataConfig | None = None,
         "weights": str(metrics.weights), "data": dataclasses.asdict(data), "train": dataclasses.asdict(train),
         "render_s": round(rendered - started, 1), "train_s": round(time.monotonic() - rendered, 1)}, indent=1))
     return metrics
+
+
+def detector_weights(path: str | Path) -> Path:
+    """The weights a ``--detector`` option names: a ``fedvla twin detector`` output directory (its
+    ``detector.json``) or a YOLOv8 ``.pt`` file."""
+    import json
+
+    from fedvla.config import ConfigError
+
+    path = Path(path).expanduser().resolve()
+    if path.is_dir() and (path / "detector.json").is_file():
+        path = Path(json.loads((path / "detector.json").read_text())["weights"])
+    if path.suffix != ".pt" or not path.is_file():
+        raise ConfigError("detector", f"{path} is neither a fedvla twin detector output (with detector.json) nor a "
+                          "YOLOv8 .pt file", "train one with fedvla twin detector")
+    return path

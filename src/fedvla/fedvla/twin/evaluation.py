@@ -196,10 +196,13 @@ def write_report(output: Path, results: dict[str, dict[str, dict]], trials: dict
 # ---- in-process ----
 class PolicyAgent:
     """A checkpoint as an :data:`~fedvla.twin.inprocess.Agent`: renders the twin's D435i image,
-    reads the joints as the driver publishes them, runs the policy runtime. It records each step's
-    latency (:attr:`latencies_ms`, cleared by :meth:`agent_for`)."""
+    reads the joints as the driver publishes them, runs the policy runtime. A policy that uses IOSP
+    gets its selections from the twin profile's scene parser (:func:`twin_scene_parser`) on
+    ``detector_weights``, as in the graph. It records each step's policy latency (:attr:`latencies_ms`,
+    cleared by :meth:`agent_for`; the scene parser is another node in the graph, so not counted)."""
 
-    def __init__(self, checkpoint: str | Path, device: str = "cpu", torch_threads: int = 0) -> None:
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", torch_threads: int = 0,
+                 detector_weights: str | Path | None = None) -> None:
         from fedvla import topics
         from fedvla.app.policy_runtime import PolicyRuntime, PolicyRuntimeConfig
         from fedvla.robot.kinematics import ArmKinematics
@@ -208,9 +211,13 @@ class PolicyAgent:
         self.runtime = PolicyRuntime(PolicyRuntimeConfig(
             checkpoint_path=str(checkpoint), rate_hz=CONTROL_RATE_HZ, proprio_joint_names=PROPRIO_JOINTS,
             available_cameras=(topics.TWIN_CAMERA,), device=device, torch_threads=torch_threads))
+        self.parser = None
         if self.runtime.uses_iosp:
-            raise ConfigError("checkpoint", "this policy uses IOSP: the in-process twin has no scene parser",
-                              "evaluate it through the graph (fedvla twin evaluate --no-in-process)")
+            if not detector_weights:
+                raise ConfigError("detector", "this policy uses IOSP and no detector was given for the scene parser",
+                                  "the detector its demonstrations were parsed with (--detector)")
+            self.parser = twin_scene_parser(detector_weights)
+        self.camera = topics.TWIN_CAMERA
         self.period_s = 1.0 / self.runtime.config.rate_hz
         self.gripper_open, self.gripper_closed = ArmKinematics().gripper_limits[::-1]
         self.latencies_ms: list[float] = []
@@ -222,11 +229,29 @@ class PolicyAgent:
             frame = workcell.render(depth=False)
             finger = self.gripper_closed if observation.gripper_closed else self.gripper_open
             proprio = np.array([*observation.joint_positions, finger], dtype=np.float32)
-            step = self.runtime.step([frame.rgb], proprio, observation.instruction)
+            selections = None
+            if self.parser is not None:
+                selections = [self.parser.parse(self.camera, frame.rgb, observation.instruction).selection]
+            step = self.runtime.step([frame.rgb], proprio, observation.instruction, selections)
             self.latencies_ms.append(1000.0 * step.latency_s)
             return step.chunk, self.period_s
 
         return act
+
+
+def twin_scene_parser(detector_weights: str | Path, config_dir: str | Path | None = None):
+    """The twin profile's scene parser, ROS-free: the scene_parser node's parameters as the graph
+    starts it (``parse_scene:=true``, its parameter file) on ``detector_weights``."""
+    from fedvla.config import config_fields, from_mapping
+    from fedvla.graph import Graph, find_config_dir
+    from fedvla.iosp.runtime import SceneParserRuntime, SceneParserRuntimeConfig
+
+    graph = Graph.load(config_dir or find_config_dir())
+    overrides = {"parse_scene": "true", "detector_weights": str(detector_weights)}
+    (node,) = [n for n in graph.resolve("twin", overrides) if n.spec.executable == "scene_parser"]
+    fields = config_fields(SceneParserRuntimeConfig)
+    parameters = {k: v for k, v in node.parameters().items() if k in fields}
+    return SceneParserRuntime(from_mapping(SceneParserRuntimeConfig, parameters, where="scene_parser"))
 
 
 def checkpoint_action_space(checkpoint: str | Path):
@@ -243,9 +268,29 @@ def checkpoint_action_space(checkpoint: str | Path):
         raise ConfigError("checkpoint", str(err), "a checkpoint trained on twin demonstrations") from None
 
 
+def checkpoint_detector(checkpoint: str | Path, detector: str | Path | None) -> Path | None:
+    """The scene parser's detector weights the checkpoint needs: ``detector`` resolved
+    (:func:`fedvla.twin.detector.detector_weights`) for a policy that uses IOSP, None for one that
+    does not (the graph then runs no scene parser); a ConfigError for an IOSP policy without one."""
+    from fedvla.model.checkpoint_meta import read_checkpoint_description
+    from fedvla.twin.detector import detector_weights
+
+    try:
+        iosp = bool((read_checkpoint_description(checkpoint).get("policy") or {}).get("iosp", False))
+    except ValueError as err:
+        raise ConfigError("checkpoint", str(err), "a checkpoint directory") from None
+    if not iosp:
+        return None
+    if not detector:
+        raise ConfigError("detector", f"{checkpoint} uses IOSP and no detector was given for the scene parser",
+                          "--detector: the fedvla twin detector output its demonstrations were parsed with")
+    return detector_weights(detector)
+
+
 def evaluate_in_process(checkpoint: str | Path, task: str, seeds: Sequence[int], max_steps: int,
-                        show_progress: bool = True) -> list[TwinTrial]:
-    """Run ``checkpoint`` on ``task`` for each seed in :class:`InProcessTwin` (no ROS)."""
+                        show_progress: bool = True, detector_weights: str | Path | None = None) -> list[TwinTrial]:
+    """Run ``checkpoint`` on ``task`` for each seed in :class:`InProcessTwin` (no ROS);
+    ``detector_weights``: the scene parser's detector, for a policy that uses IOSP."""
     from fedvla.twin.inprocess import InProcessTwin
     from fedvla.twin.workcell import Workcell, WorkcellConfig
 
@@ -253,7 +298,8 @@ def evaluate_in_process(checkpoint: str | Path, task: str, seeds: Sequence[int],
 
     space = checkpoint_action_space(checkpoint)
     threads = torch.get_num_threads()
-    agent = PolicyAgent(checkpoint, torch_threads=1)  # as the policy node (config/policy_robot.yaml)
+    agent = PolicyAgent(checkpoint, torch_threads=1,  # as the policy node (config/policy_robot.yaml)
+                        detector_weights=detector_weights)
     workcell = Workcell(WorkcellConfig(task=task))
     twin = InProcessTwin(workcell, space)
     trials = []

@@ -6,8 +6,8 @@ and, per episode (task, seed):
 1. resets the cell (``/workcell_sim/reset``) and recovers the driver (``/ur3_driver/recover``: the
    reset stopped the robot program, as an operator resetting the cell would);
 2. starts the recorder node on a new rosbag2 directory (the D435i's colour image, the joint states,
-   the instruction, the action chunks, the task status; the aligned depth is left out to keep bags
-   small);
+   the instruction, the action chunks, the task status, and with ``--detector`` the scene parser's
+   IOSP parses; the aligned depth is left out to keep bags small);
 3. acts as the expert (:mod:`fedvla.twin.expert`): every 0.1 s it reads the tool pose from
    ``/joint_states`` (forward kinematics) and the objects from ``/workcell_sim/task_status``, and
    publishes a horizon-1 action chunk on ``/policy/action_chunk``, which the driver executes with its
@@ -32,12 +32,15 @@ from pathlib import Path
 import numpy as np
 
 from fedvla import topics
+from fedvla.config import ConfigError
 from fedvla.graph import Graph
 from fedvla.paths import run_directory
 from fedvla.robot.kinematics import ARM_JOINTS, ArmKinematics
 from fedvla.twin.expert import CONTROL_RATE_HZ, EXPERT_ACTION_SPACE, PROPRIO_JOINTS, Expert, ExpertConfig
+from fedvla.twin.detector import detector_weights
 from fedvla.twin.tasks import TASKS, task_named
-from fedvla_ros.tools.twin_session import EpisodeRecorder, TwinNode, exit_with, running_twin
+from fedvla_ros.tools.twin_session import (EpisodeRecorder, TwinNode, exit_with, recorded_topics, running_twin,
+                                           scene_parser_arguments)
 
 SETTLE_STEPS = 3
 DEMOS_FILE = "demos.json"
@@ -60,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=128, help="policy image size of the datasets")
     parser.add_argument("--keep-bags", action="store_true", help="keep every bag (default: the first per task)")
     parser.add_argument("--fps", type=float, default=10.0, help="camera rate of the twin during collection")
+    parser.add_argument("--detector", default="", help="run the scene parser (IOSP) on this detector (a fedvla twin "
+                        "detector output or a YOLOv8 .pt) and record its parses: datasets a FedVLA policy trains on")
     parser.add_argument("--startup-timeout", type=float, default=120.0)
     return parser.parse_args(argv)
 
@@ -106,10 +111,10 @@ def demonstrate(ros: DemoNode, kinematics: ArmKinematics, task: str, seed: int) 
 
 
 def attempt_episode(ros: DemoNode, graph: Graph, kinematics: ArmKinematics, task: str, seed: int, bag: Path,
-                    log) -> dict:
+                    log, recorded: list[str]) -> dict:
     """Reset, recover the driver, record one expert demonstration into ``bag``."""
     ros.keep_instruction(ros.reset_and_recover(task, seed))  # (before recording: one instruction per bag)
-    with EpisodeRecorder(ros, graph, bag, log):
+    with EpisodeRecorder(ros, graph, bag, log, recorded):
         return demonstrate(ros, kinematics, task, seed)
 
 
@@ -122,13 +127,19 @@ def collect(args: argparse.Namespace) -> int:
     output.mkdir(parents=True, exist_ok=True)
     kinematics = ArmKinematics()
     encoder = shared_instruction_encoder("")
+    detector = detector_weights(args.detector) if args.detector else None
     bag_config = BagEpisodeConfig(camera_names=(topics.TWIN_CAMERA,), proprio_dim=len(PROPRIO_JOINTS),
-                                  proprio_joint_names=PROPRIO_JOINTS, step_times="chunks")
+                                  proprio_joint_names=PROPRIO_JOINTS, step_times="chunks", iosp=detector is not None)
     state_file = output / DEMOS_FILE
-    records: list[dict] = json.loads(state_file.read_text())["episodes"] if state_file.is_file() else []
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    if state and state.get("detector", "") != str(detector or ""):  # one dataset, one scene parser
+        raise ConfigError("detector", f"{output} was collected with detector {state.get('detector') or 'none'!r}, "
+                          f"not {str(detector or 'none')!r}", "the same --detector, or another --output")
+    records: list[dict] = state.get("episodes", [])
     done = {(r["task"], r["seed"]) for r in records}  # a run resumes where the last one stopped
-    with running_twin({"execute": "true", "task": tasks[0], "twin_fps": str(args.fps)}, output, DemoNode,
-                      args.startup_timeout, niceness=BACKGROUND_NICENESS) as (ros, graph, log):
+    arguments = {"execute": "true", "task": tasks[0], "twin_fps": str(args.fps), **scene_parser_arguments(detector)}
+    with running_twin(arguments, output, DemoNode, args.startup_timeout,
+                      niceness=BACKGROUND_NICENESS) as (ros, graph, log):
         for task in tasks:
             for seed in range(args.first_seed, args.first_seed + args.episodes):
                 if (task, seed) in done:
@@ -137,7 +148,8 @@ def collect(args: argparse.Namespace) -> int:
                 for attempt in range(1, MAX_ATTEMPTS + 1):
                     bag = output / "bags" / f"{task}_{seed:03d}"
                     shutil.rmtree(bag, ignore_errors=True)
-                    record = attempt_episode(ros, graph, kinematics, task, seed, bag, log)
+                    record = attempt_episode(ros, graph, kinematics, task, seed, bag, log,
+                                             recorded_topics(detector is not None))
                     record["attempts"] = attempt
                     if record["success"] or not record["driver_fault"]:
                         break
@@ -154,10 +166,10 @@ def collect(args: argparse.Namespace) -> int:
                     record["bag"] = ""
                 record["wall_s"] = round(time.monotonic() - began, 2)  # reset to import, repeats included
                 records.append(record)
-                write_state(state_file, records)
+                write_state(state_file, records, detector)
                 print(f"{task} seed {seed}: {'success' if record['success'] else 'FAILED'} in {record['steps']} steps "
                       f"({record['seconds']:.1f} s; {record['detail']})", flush=True)
-    state = write_state(state_file, records)
+    state = write_state(state_file, records, detector)
     for task, counts in state["summary"].items():
         print(f"expert ceiling {task}: {counts['successes']}/{counts['episodes']} "
               f"({100 * counts['success_rate']:.0f} %; {counts['repeated_after_driver_stop']} attempts repeated "
@@ -167,8 +179,9 @@ def collect(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_state(path: Path, records: list[dict]) -> dict:
-    """demos.json: every episode so far, the summary per task, and demonstrations per minute."""
+def write_state(path: Path, records: list[dict], detector: Path | None) -> dict:
+    """demos.json: every episode so far, the summary per task, demonstrations per minute, and the
+    scene parser's detector (empty: none ran, the datasets have no IOSP selections)."""
     summary = {}
     for task in dict.fromkeys(r["task"] for r in records):
         mine = [r for r in records if r["task"] == task]
@@ -178,7 +191,7 @@ def write_state(path: Path, records: list[dict]) -> dict:
     wall_s = sum(r.get("wall_s", 0.0) for r in records)
     state = {"episodes": records, "summary": summary,
              "demonstrations_per_minute": 60.0 * len(records) / wall_s if wall_s else 0.0,
-             "action_space": EXPERT_ACTION_SPACE.to_dict()}
+             "action_space": EXPERT_ACTION_SPACE.to_dict(), "detector": str(detector or "")}
     path.write_text(json.dumps(state, indent=2))
     return state
 

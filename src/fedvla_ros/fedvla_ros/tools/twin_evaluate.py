@@ -33,11 +33,12 @@ from pathlib import Path
 
 from fedvla.graph import Graph
 from fedvla.paths import run_directory
-from fedvla.twin.evaluation import (TwinTrial, agreement_lines, checkpoint_action_space, evaluate_in_process,
-                                    report_table, summarize, write_report)
+from fedvla.twin.evaluation import (TwinTrial, agreement_lines, checkpoint_action_space, checkpoint_detector,
+                                    evaluate_in_process, report_table, summarize, write_report)
 from fedvla.twin.expert import CONTROL_RATE_HZ
 from fedvla.twin.tasks import TASKS
-from fedvla_ros.tools.twin_session import EpisodeRecorder, TwinNode, exit_with, running_twin
+from fedvla_ros.tools.twin_session import (EpisodeRecorder, TwinNode, exit_with, recorded_topics, running_twin,
+                                           scene_parser_arguments)
 
 SETTLE_STEPS = 3  # chunks after the success check first holds (the paper's success: the state holds)
 FAULT_GRACE_S = 1.0  # a fault this long ends the trial (a protective stop needs the operator)
@@ -59,6 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=100, help="chunks before a trial times out")
     parser.add_argument("--output", default="", help="run directory (default runs/twin_evaluate_<date>_<time>)")
     parser.add_argument("--fps", type=float, default=10.0, help="camera rate of the twin")
+    parser.add_argument("--detector", default="", help="the scene parser's detector, for a policy that uses IOSP (a "
+                        "fedvla twin detector output or a YOLOv8 .pt): the one its demonstrations were parsed with")
     parser.add_argument("--no-in-process", action="store_true", help="skip the in-process cross-check")
     parser.add_argument("--startup-timeout", type=float, default=180.0)
     args = parser.parse_args(argv)
@@ -74,7 +77,8 @@ def _refused(values: dict[str, str]) -> dict[str, int]:
     return {k[len(prefix):]: int(v) for k, v in values.items() if k.startswith(prefix)}
 
 
-def run_trial(ros: TwinNode, graph: Graph, task: str, seed: int, bag: Path, log, max_steps: int) -> TwinTrial:
+def run_trial(ros: TwinNode, graph: Graph, task: str, seed: int, bag: Path, log, max_steps: int,
+              recorded: list[str]) -> TwinTrial:
     """One trial through the graph (see the module docstring). Between trials the driver is in dry
     run: the policy (which never stops) moves nothing until the trial starts with ~/enable."""
     ros.enable(False)
@@ -82,7 +86,7 @@ def run_trial(ros: TwinNode, graph: Graph, task: str, seed: int, bag: Path, log,
     ros.keep_instruction(instruction)
     ros.spin_for(1.2)  # the driver's diagnostics after the recovery (1 Hz): the refusals before the trial
     refused_before = _refused(ros.driver_values)
-    with EpisodeRecorder(ros, graph, bag, log):
+    with EpisodeRecorder(ros, graph, bag, log, recorded):
         start_sim = ros.status.sim_time
         ros.keep_instruction(instruction)  # (again now: in the bag before the first chunk)
         ros.enable(True)
@@ -118,6 +122,7 @@ def run_trial(ros: TwinNode, graph: Graph, task: str, seed: int, bag: Path, log,
 def evaluate(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint).expanduser().resolve()
     checkpoint_action_space(checkpoint)  # refuse a checkpoint without one before starting anything
+    detector = checkpoint_detector(checkpoint, args.detector)
     tasks = args.task or list(TASKS)
     seeds = list(range(args.first_seed, args.first_seed + args.trials))
     output = Path(args.output or run_directory("twin_evaluate")).resolve()
@@ -132,8 +137,9 @@ def evaluate(args: argparse.Namespace) -> int:
         ros.watch_chunks()
         return ros
 
-    with running_twin({"execute": "false", "task": tasks[0], "twin_fps": str(args.fps), "checkpoint": str(checkpoint)},
-                      output, node, args.startup_timeout) as (ros, graph, log):
+    arguments = {"execute": "false", "task": tasks[0], "twin_fps": str(args.fps), "checkpoint": str(checkpoint),
+                 **scene_parser_arguments(detector)}
+    with running_twin(arguments, output, node, args.startup_timeout) as (ros, graph, log):
         for task in tasks:
             for seed in seeds:
                 if (task, seed) in done:
@@ -141,7 +147,7 @@ def evaluate(args: argparse.Namespace) -> int:
                 for attempt in range(1, MAX_ATTEMPTS + 1):
                     bag = output / "bags" / f"{task}_{seed:04d}"
                     shutil.rmtree(bag, ignore_errors=True)
-                    trial = run_trial(ros, graph, task, seed, bag, log, args.max_steps)
+                    trial = run_trial(ros, graph, task, seed, bag, log, args.max_steps, recorded_topics(bool(detector)))
                     trial.attempts = attempt
                     if not trial.fault or "protective" in trial.fault:
                         break
@@ -155,10 +161,11 @@ def evaluate(args: argparse.Namespace) -> int:
     in_process: list[TwinTrial] = []
     if not args.no_in_process:
         for task in tasks:
-            in_process += evaluate_in_process(checkpoint, task, seeds, args.max_steps)
+            in_process += evaluate_in_process(checkpoint, task, seeds, args.max_steps, detector_weights=detector)
         results["in-process"] = summarize(in_process)
     provenance = {"checkpoint": str(checkpoint), "command": "fedvla twin evaluate " + " ".join(sys.argv[1:]),
-                  "started": started, "seeds": seeds, "max_steps": args.max_steps, "camera_fps": args.fps}
+                  "started": started, "seeds": seeds, "max_steps": args.max_steps, "camera_fps": args.fps,
+                  "detector": str(detector or "")}
     write_report(output, results, {"graph": mine, "in-process": in_process}, provenance)
     print("\n".join(report_table(results)))
     if "in-process" in results:

@@ -25,6 +25,18 @@ from fedvla.twin.ur_controller import free_loopback_host
 # What an episode dataset needs from the bag (bag_import), so the recorder must have these first.
 RECORDED_TOPICS = [topics.camera_topic(topics.TWIN_CAMERA, topics.COLOR_IMAGE), topics.JOINT_STATES,
                    topics.INSTRUCTION, topics.node_topic(topics.POLICY_NODE, topics.ACTION_CHUNK)]
+PARSED_SCENE_TOPIC = topics.node_topic(topics.SCENE_PARSER_NODE, topics.PARSED_SCENE)
+
+
+def recorded_topics(parse_scene: bool) -> list[str]:
+    """What the recorder must have subscribed to before an episode starts: with the scene parser
+    running, its parses too (IOSP datasets need them from the first step)."""
+    return RECORDED_TOPICS + ([PARSED_SCENE_TOPIC] if parse_scene else [])
+
+
+def scene_parser_arguments(detector_weights: Path | None) -> dict[str, str]:
+    """The twin profile's launch arguments that run the scene parser (IOSP) on the trained detector."""
+    return {"parse_scene": "true", "detector_weights": str(detector_weights)} if detector_weights else {}
 RECORDER_TIMEOUT_S = 30.0
 INSTRUCTION_PERIOD_S = 0.5
 # Left out of the bags: the aligned depth (bags stay small; no policy reads it).
@@ -204,11 +216,12 @@ class TwinNode:
 
 
 class EpisodeRecorder:
-    """The graph's recorder node on one bag, started (and subscribed to :data:`RECORDED_TOPICS`)
-    when the ``with`` block begins, stopped when it ends."""
+    """The graph's recorder node on one bag, started (and subscribed to ``required``, by default
+    :data:`RECORDED_TOPICS`) when the ``with`` block begins, stopped when it ends."""
 
-    def __init__(self, ros: TwinNode, graph: Graph, bag: Path, log) -> None:
+    def __init__(self, ros: TwinNode, graph: Graph, bag: Path, log, required: list[str] | None = None) -> None:
         self.ros, self.graph, self.bag, self.log = ros, graph, bag, log
+        self.required = required or RECORDED_TOPICS
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> EpisodeRecorder:
@@ -223,7 +236,7 @@ class EpisodeRecorder:
                                         start_new_session=True)
         # Record from the first step: a loaded machine takes seconds to start the recorder and to
         # discover the publishers (a fixed 2 s wait lost the first third of some episodes).
-        missing = self.ros.wait_for_subscriber(spec.name, RECORDED_TOPICS, RECORDER_TIMEOUT_S)
+        missing = self.ros.wait_for_subscriber(spec.name, self.required, RECORDER_TIMEOUT_S)
         if missing:
             self.stop()
             raise RunnerError(f"the recorder did not subscribe to {', '.join(missing)} within "

@@ -1,8 +1,11 @@
 """The workcell twin's study (``fedvla twin study --scale smoke|cpu``): FedVLA §4.2's real-world
 experiment on the twin, end to end and resumable, under one output directory:
 
-1. ``demos/``: expert demonstrations through the graph (``fedvla twin demos``), one robot (client)
-   per task; an output that has enough of a task's demonstrations keeps them;
+1. ``detector/``: when a method uses IOSP (FedVLA), the scene parser's YOLOv8 trained on twin renders
+   (``fedvla twin detector``, the scale's ``detector`` settings; ``--detector`` gives a trained one);
+   ``demos/``: expert demonstrations through the graph (``fedvla twin demos``, the scene parser's
+   parses recorded with them), one robot (client) per task; an output that has enough of a task's
+   demonstrations keeps them;
 2. per method (``config/study/methods/<name>.yaml``), federated training with the simulation
    study's code (:class:`fedvla.sim.study.Study`: :func:`fedvla.federation.simulation.run_simulation`,
    validation loss per round on held-out demonstrations);
@@ -41,7 +44,7 @@ class TwinStudy(Study):
     """The simulation study's training on twin demonstrations, evaluated through the graph."""
 
     def __init__(self, config_dir: Path, scale: StudyScale, output: Path, *, demos: Path | None = None,
-                 show_progress: bool = True) -> None:
+                 detector: Path | None = None, show_progress: bool = True) -> None:
         self.config_dir, self.scale, self.output = Path(config_dir), scale, Path(output)
         self.show_progress = show_progress
         self.methods = [load_method(self.config_dir, name) for name in scale.methods]
@@ -54,6 +57,27 @@ class TwinStudy(Study):
         self.trials = int(scale.evaluate.get("trials", 20))
         self.max_steps = int(scale.evaluate.get("max_steps", 100))
         self.demos = Path(demos) if demos else self.output / "demos"
+        self.detector_source = detector  # a trained detector to use instead of training the scale's
+        self.detector: Path | None = None  # its weights, once ensure_detector ran
+
+    @property
+    def uses_iosp(self) -> bool:
+        return any({**self.scale.model, **method.model}.get("iosp", False) for method in self.methods)
+
+    def ensure_detector(self) -> Path | None:
+        """The scene parser's detector when a method uses IOSP: the one given, or the scale's trained
+        under ``detector/`` (resumable, kept once trained); None when no method uses IOSP."""
+        from fedvla.config import from_mapping
+        from fedvla.twin.detector import DetectorDataConfig, DetectorTrainConfig, build_detector, detector_weights
+
+        if not self.uses_iosp:
+            return None
+        if self.detector_source is not None:
+            return detector_weights(self.detector_source)
+        settings = self.scale.detector
+        data = from_mapping(DetectorDataConfig, settings.get("data", {}), where=f"{self.scale.name}.detector.data")
+        train = from_mapping(DetectorTrainConfig, settings.get("train", {}), where=f"{self.scale.name}.detector.train")
+        return build_detector(self.output / "detector", data, train, show_progress=self.show_progress).weights
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -69,7 +93,8 @@ class TwinStudy(Study):
         missing = [t for t in self.tasks if counts.get(t, {}).get("episodes", 0) < self.episodes_per_task]
         if missing:
             args = twin_demos.parse_args(["--episodes", str(self.episodes_per_task), "--output", str(self.demos),
-                                          *[a for t in missing for a in ("--task", t)]])
+                                          *[a for t in missing for a in ("--task", t)],
+                                          *(["--detector", str(self.detector)] if self.detector else [])])
             twin_demos.collect(args)
 
     def evaluate_task(self, checkpoint: Path, task: str, directory: Path) -> dict:
@@ -77,7 +102,8 @@ class TwinStudy(Study):
 
         output = directory / "evaluation" / task
         args = twin_evaluate.parse_args(["--checkpoint", str(checkpoint), "--task", task, "--trials", str(self.trials),
-                                         "--max-steps", str(self.max_steps), "--output", str(output)])
+                                         "--max-steps", str(self.max_steps), "--output", str(output),
+                                         *(["--detector", str(self.detector)] if self.detector else [])])
         twin_evaluate.evaluate(args)
         report = json.loads((output / "evaluation.json").read_text())
         graph = report["summary"]["graph"][task]
@@ -85,6 +111,7 @@ class TwinStudy(Study):
 
     def run(self, command: str = "") -> dict[str, dict]:
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.detector = self.ensure_detector()
         self.ensure_data()
         results = {method.name: self.run_method(method) for method in self.methods}
         self.write_report(results, command, started)
@@ -114,7 +141,7 @@ class TwinStudy(Study):
         (self.output / "run.json").write_text(json.dumps({
             "command": command, "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "scale": dataclasses.asdict(self.scale), "config_hash": config_hash(self.scale, self.methods),
-            "demos": str(self.demos), "machine": machine()}, indent=1, default=str))
+            "demos": str(self.demos), "detector": str(self.detector or ""), "machine": machine()}, indent=1, default=str))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -122,6 +149,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale", default="smoke", help="config/study/twin_scales/<scale>.yaml: smoke or cpu")
     parser.add_argument("--output", default="", help="study directory (default runs/twin_study_<scale>)")
     parser.add_argument("--demos", default="", help="a fedvla twin demos output to train on (default <output>/demos)")
+    parser.add_argument("--detector", default="", help="a trained fedvla twin detector output (or .pt) for the scene "
+                        "parser (default: train the scale's under <output>/detector)")
     parser.add_argument("--methods", nargs="+", help="only these methods (config/study/methods/<name>.yaml)")
     parser.add_argument("--rounds", type=int, help="override the scale's rounds")
     return parser.parse_args(argv)
@@ -132,7 +161,8 @@ def run_study(args: argparse.Namespace) -> int:
     scale = load_scale(config_dir, args.scale, folder="twin_scales", rounds=args.rounds,
                        methods=tuple(args.methods) if args.methods else None)
     output = Path(args.output or Path("runs") / f"twin_study_{args.scale}").resolve()
-    study = TwinStudy(config_dir, scale, output, demos=Path(args.demos).resolve() if args.demos else None)
+    study = TwinStudy(config_dir, scale, output, demos=Path(args.demos).resolve() if args.demos else None,
+                      detector=Path(args.detector).resolve() if args.detector else None)
     study.run(command="fedvla twin study " + " ".join(sys.argv[1:]))
     print((output / "study.md").read_text())
     return 0
