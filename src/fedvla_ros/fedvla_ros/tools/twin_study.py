@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -91,11 +92,34 @@ class TwinStudy(Study):
         state = self.demos / twin_demos.DEMOS_FILE
         counts = json.loads(state.read_text())["summary"] if state.is_file() else {}
         missing = [t for t in self.tasks if counts.get(t, {}).get("episodes", 0) < self.episodes_per_task]
-        if missing:
+        if missing and self.scale.collect.get("in_process", False):
+            self.record_in_process(missing)
+        elif missing:
             args = twin_demos.parse_args(["--episodes", str(self.episodes_per_task), "--output", str(self.demos),
                                           *[a for t in missing for a in ("--task", t)],
                                           *(["--detector", str(self.detector)] if self.detector else [])])
             twin_demos.collect(args)
+
+    def record_in_process(self, tasks: list[str]) -> None:
+        """The scale's ``collect.in_process``: the expert in process (:mod:`fedvla.twin.demonstrations`,
+        no ROS, faster than through the graph) into the same datasets and ``demos.json``. For short
+        runs (the main job's twin episode); IOSP datasets need the graph's scene parses."""
+        from fedvla.twin.demonstrations import record_in_process
+
+        if self.detector is not None:
+            raise ConfigError("collect.in_process", "in-process demonstrations carry no scene parses, and a method "
+                              "of this scale uses IOSP", "collect through the graph (in_process: false)")
+        state = self.demos / twin_demos.DEMOS_FILE
+        records = [r for r in (json.loads(state.read_text())["episodes"] if state.is_file() else [])
+                   if r["task"] not in tasks]
+        for task in tasks:
+            shutil.rmtree(self.data_dir / task, ignore_errors=True)  # (a partial one from an interrupted run)
+            recorded = record_in_process(task, range(self.episodes_per_task), self.data_dir / task,
+                                         image_size=int(self.scale.collect.get("image_size", 128)),
+                                         show_progress=self.show_progress)
+            records += [{**e, "attempts": 1, "wall_s": e["seconds"], "collected": "in process"}
+                        for e in recorded.episodes]
+        twin_demos.write_state(state, records, None)
 
     def evaluate_task(self, checkpoint: Path, task: str, directory: Path) -> dict:
         from fedvla_ros.tools import twin_evaluate
