@@ -220,6 +220,14 @@ class Graph:
             ))
         return resolved
 
+    def resolve_node(self, profile_name: str, executable: str, overrides: Mapping[str, str] | None = None) -> ResolvedNode:
+        """The one node running ``executable`` in the profile (ConfigError if none or several)."""
+        found = [n for n in self.resolve(profile_name, overrides) if n.spec.executable == executable]
+        if len(found) != 1:
+            raise ConfigError("profile", f"{profile_name} runs {len(found)} {executable} nodes with these arguments",
+                              f"a profile with one {executable}")
+        return found[0]
+
     def check_argument_names(self, profile: Profile, names: Iterable[str], *, unknown_too: bool = True) -> None:
         """Refuse arguments the profile does not use: silently ignoring ``record:=true`` where nothing
         records would be a lie. ``unknown_too``: also names that no profile uses (typos)."""

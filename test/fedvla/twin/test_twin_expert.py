@@ -41,3 +41,24 @@ def test_the_expert_acts_in_its_action_space_and_stops_at_its_step_limit(twin) -
         assert abs(float(action[:3].dot(action[:3])) ** 0.5) <= ExpertConfig().max_step_units + 1e-6
         assert action[3] in (-1.0, 1.0)
     assert task_named("sorting_pills").instruction("red") == "put the pill bottle into the red tray"
+
+
+def test_the_in_process_twin_runs_the_twin_profiles_driver_settings() -> None:
+    """In-process trials meet the graph's driver: its parameter files, not settings of their own (an
+    in-process twin that checked 8 steps of each chunk refused chunks the driver's 4 would take)."""
+    import dataclasses
+
+    from fedvla.config import ConfigError
+    from fedvla.graph import Graph, find_config_dir
+    from fedvla.twin.inprocess import twin_driver_configs
+
+    parameters = Graph.load(find_config_dir()).resolve_node("twin", "ur3_driver").parameters()
+    _, safety, retarget, _, controller = twin_driver_configs(EXPERT_ACTION_SPACE)
+    assert list(safety.workspace_min) == parameters["workspace_min"]
+    assert retarget.position_scale_m == parameters["position_scale_m"]
+    from fedvla.robot.controller import ControllerConfig
+
+    assert controller.execute_steps == parameters.get("execute_steps", ControllerConfig().execute_steps)
+    assert controller.execute_on_start
+    with pytest.raises(ConfigError, match="position unit"):
+        twin_driver_configs(dataclasses.replace(EXPERT_ACTION_SPACE, position_scale_m=0.01))

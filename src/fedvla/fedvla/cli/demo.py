@@ -1,5 +1,7 @@
 """``fedvla demo``, the main job: the simulated stack recorded to a bag, federated rounds over
-ROS 2, a short simulation study and a replay of a recorded trial, each part checked."""
+ROS 2, a short simulation study and a replay of a recorded trial, and the loop in the workcell
+twin (a policy trained here drives the UR3 through the graph, recorded and replayed), each part
+checked."""
 from __future__ import annotations
 
 import argparse
@@ -37,7 +39,7 @@ def print_scene_parses(bag: Path) -> None:
     console.print(table)
 
 
-DEMO_PARTS = 4
+DEMO_PARTS = 5
 
 def cmd_demo(args: argparse.Namespace) -> int:
     graph = Graph.load(args.config_dir or find_config_dir())
@@ -65,11 +67,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     console.print(f"[green]recorded {sum(recorded.values())} messages on {len(recorded)} topics: {bag}")
     if args.rounds and demo_federation(graph, output / "federation", args.rounds, args.federation_timeout):
         return 1
-    if args.study_scale == "none":
+    if args.study_scale != "none":
+        study_dir = output / "study"
+        results = demo_study(graph.config_dir, args.study_scale, study_dir)
+        if demo_replay(graph, results, output / "replay", study_dir):
+            return 1
+    if args.twin_scale == "none":
         return 0
-    study_dir = output / "study"
-    results = demo_study(graph.config_dir, args.study_scale, study_dir)
-    return demo_replay(graph, results, output / "replay", study_dir)
+    return demo_twin(graph, args.twin_scale, output / "twin")
 
 def demo_study(config_dir: Path, scale_name: str, directory: Path) -> dict:
     """Collect → federate (FedAvg, FedVLA) → closed-loop evaluation with recorded trials → tables."""
@@ -118,6 +123,49 @@ def demo_replay(graph: Graph, results: dict, directory: Path, study_dir: Path) -
     console.print(f"[green]replay report: {directory / REPORT_FILE}; plot: {directory / PLOT_FILE}")
     return 0
 
+def demo_twin(graph: Graph, scale_name: str, directory: Path) -> int:
+    """The loop: the workcell twin's study at the demo scale (expert demonstrations, training, closed-
+    loop trials through the graph, recorded), then one recorded trial replayed (replay profile)."""
+    import json
+
+    from fedvla.cli.common import run_ros_tool
+    from fedvla.replay import METRICS_FILE, REPORT_FILE
+    from fedvla.twin.expert import CONTROL_RATE_HZ
+
+    console.rule(f"FedVLA-ROS demo 5/{DEMO_PARTS}: the workcell twin (scale {scale_name}): a policy trained here "
+                 "drives the UR3 through the graph (camera → policy → ur3_driver over ur_rtde → MuJoCo)")
+    if run_ros_tool("twin_study", "twin study", ["--scale", scale_name, "--output", str(directory)]):
+        console.print(f"[red]the twin study failed (its processes' output: {directory}/**/graph.log)")
+        return 1
+    evaluations = sorted(directory.glob("methods/*/evaluation/*/evaluation.json"))
+    total = succeeded = 0
+    for path in evaluations:
+        report = json.loads(path.read_text())
+        for task, summary in report["summary"]["graph"].items():
+            total, succeeded = total + summary["trials"], succeeded + summary["successes"]
+            in_process = report["summary"].get("in-process", {}).get(task)
+            console.print(f"{task}: the policy succeeded in {summary['successes']} of {summary['trials']} trials through "
+                          "the graph" + (f" ({in_process['successes']} of {in_process['trials']} in process, same "
+                                         "layouts)" if in_process else ""))
+    if not evaluations:
+        console.print(f"[red]the twin study evaluated nothing ({directory})")
+        return 1
+    report = json.loads(evaluations[0].read_text())
+    trial, checkpoint = report["trials"]["graph"][0], report["provenance"]["checkpoint"]
+    console.print(f"replaying the recorded trial {trial['bag']} through bag_player → policy → replay_evaluator")
+    replay = directory / "replay"
+    run_profile(graph, "replay", {"bag": trial["bag"], "checkpoint": checkpoint, "replay_output": str(replay),
+                                  "policy_rate": f"{CONTROL_RATE_HZ:g}", "replay_rate": "0.5"}, None, "replay profile")
+    if not (replay / METRICS_FILE).is_file():
+        console.print("[red]the replay wrote no report (its output is above)")
+        return 1
+    colour = "green" if succeeded else "red"
+    console.print(f"[{colour}]twin: {succeeded} of {total} closed-loop trials succeeded through the graph; study "
+                  f"{directory / 'study.md'}, recorded trials under {directory}/methods/*/evaluation/*/bags, replay "
+                  f"{replay / REPORT_FILE}")
+    return 0 if succeeded else 1
+
+
 def demo_federation(graph: Graph, directory: Path, rounds: int, timeout_s: float) -> int:
     """Federated rounds between fed_server and three simulated robots (the federation profile)."""
     from fedvla.federation.report import FederationProgress, print_federation_report
@@ -150,4 +198,6 @@ def register(commands: argparse._SubParsersAction) -> None:
                       help="seconds the federated rounds may take (default 600)")
     demo.add_argument("--study-scale", default="demo", help="scale of the short simulation study "
                       "(config/study/scales/; default demo, none: skip the study and the replay)")
+    demo.add_argument("--twin-scale", default="demo", help="scale of the workcell twin's part "
+                      "(config/study/twin_scales/; default demo, none: skip it)")
     demo.set_defaults(func=cmd_demo)

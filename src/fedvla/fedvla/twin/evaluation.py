@@ -248,7 +248,7 @@ def twin_scene_parser(detector_weights: str | Path, config_dir: str | Path | Non
 
     graph = Graph.load(config_dir or find_config_dir())
     overrides = {"parse_scene": "true", "detector_weights": str(detector_weights)}
-    (node,) = [n for n in graph.resolve("twin", overrides) if n.spec.executable == "scene_parser"]
+    node = graph.resolve_node("twin", "scene_parser", overrides)
     fields = config_fields(SceneParserRuntimeConfig)
     parameters = {k: v for k, v in node.parameters().items() if k in fields}
     return SceneParserRuntime(from_mapping(SceneParserRuntimeConfig, parameters, where="scene_parser"))

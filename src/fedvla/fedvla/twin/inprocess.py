@@ -18,10 +18,9 @@ from collections.abc import Callable
 import numpy as np
 
 from fedvla.robot.backends import ArmBackend, ArmState, BackendError, SafetyStatus, ServoSettings
-from fedvla.robot.controller import ArmMode, ControllerConfig
-from fedvla.robot.retarget import ActionSpace, RetargetConfig
-from fedvla.robot.runtime import ArmDriverConfig, ArmRuntime
-from fedvla.robot.safety import SafetyConfig
+from fedvla.robot.controller import ArmMode
+from fedvla.robot.retarget import ActionSpace
+from fedvla.robot.runtime import ArmRuntime
 from fedvla.twin.workcell import Workcell
 
 
@@ -115,19 +114,34 @@ class TrialResult:
     fault: str = ""  # why the arm stopped, if it did
 
 
+def twin_driver_configs(action_space: ActionSpace, config_dir=None) -> tuple:
+    """The driver's configs (:data:`fedvla.robot.runtime.DRIVER_CONFIG_CLASSES`) exactly as the twin
+    profile starts ``ur3_driver`` (its parameter files: limits, servo gains, the executed steps of
+    each chunk), so that in-process trials meet the graph's driver; executing from the start (the
+    evaluator's ``~/enable``). ConfigError if that driver cannot execute ``action_space``."""
+    from fedvla.config import ConfigError
+    from fedvla.graph import Graph, find_config_dir
+    from fedvla.robot.retarget import execution_problem
+    from fedvla.robot.runtime import driver_configs
+
+    node = Graph.load(config_dir or find_config_dir()).resolve_node("twin", "ur3_driver")
+    driver, safety, retarget, servo, controller = driver_configs(node.parameters())
+    problem = execution_problem(action_space, retarget)
+    if problem is not None:
+        raise ConfigError("action_space", f"the twin's driver cannot execute {action_space.describe()}: {problem}",
+                          "a policy trained on twin demonstrations")
+    return (dataclasses.replace(driver, robot_ip="in-process", checkpoint_path=""), safety, retarget, servo,
+            dataclasses.replace(controller, execute_on_start=True))
+
+
 class InProcessTwin:
     """A :class:`Workcell` (not serving sockets) and the driver's runtime on it."""
 
-    def __init__(self, workcell: Workcell, action_space: ActionSpace, driver: ArmDriverConfig | None = None,
-                 safety: SafetyConfig | None = None) -> None:
+    def __init__(self, workcell: Workcell, action_space: ActionSpace) -> None:
         self.workcell = workcell
         self.arm = PlantArm(workcell)
-        retarget = RetargetConfig(action_kind=action_space.kind, action_frame=action_space.frame,
-                                  position_scale_m=action_space.position_scale_m,
-                                  rotation_scale_rad=action_space.rotation_scale_rad)
-        self.runtime = ArmRuntime(driver or ArmDriverConfig(backend="ur_rtde", robot_ip="in-process"), safety,
-                                  retarget, controller=ControllerConfig(execute_on_start=True, execute_steps=8),
-                                  backend=self.arm)
+        driver, safety, retarget, servo, controller = twin_driver_configs(action_space)
+        self.runtime = ArmRuntime(driver, safety, retarget, servo, controller, backend=self.arm)
         self.controller = self.runtime.controller
         self.kinematics = self.runtime.kinematics
         self.time_s = 0.0
