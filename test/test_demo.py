@@ -1,7 +1,8 @@
 """The README's main job (`fedvla demo`): the simulated stack (cameras, scene parser, the UR3 under
 the arm runtime), recorded to a rosbag2 directory, then federated rounds between simulated robots
 over ROS 2 services, the short simulation study (collect, federate, closed loop with recorded
-trials, tables and plots) and the replay of a recorded trial through the ROS graph."""
+trials, tables and plots), the replay of a recorded trial through the ROS graph, and the workcell
+twin: a policy trained in the demo drives the UR3 through the graph, recorded and replayed."""
 import json
 import os
 import subprocess
@@ -17,12 +18,12 @@ from fedvla.bag import read_messages, summarize_bag
 pytestmark = pytest.mark.ros
 
 
-@pytest.mark.timeout(1000)  # its subprocess may take 900 s; pytest.ini's 300 s would cut it short
+@pytest.mark.timeout(1600)  # its subprocess may take 1500 s; pytest.ini's 300 s would cut it short
 def test_demo_records_every_camera_topic_federates_evaluates_and_replays(tmp_path) -> None:
     fedvla_cli = Path(sys.prefix) / "bin" / "fedvla"
     run = tmp_path / "demo"
     result = subprocess.run([str(fedvla_cli), "demo", "--duration", "20", "--rounds", "2", "--output", str(run)],
-                            capture_output=True, text=True, timeout=900,
+                            capture_output=True, text=True, timeout=1500,
                             env=dict(os.environ, COLUMNS="250"))  # paths printed on one line
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
     # The short study: FedAvg and FedVLA evaluated in closed loop on three tasks, one trial of each
@@ -38,6 +39,14 @@ def test_demo_records_every_camera_topic_federates_evaluates_and_replays(tmp_pat
     assert f"tables: {study / 'results.md'}" in " ".join(result.stdout.split())
     assert f"replay report: {run / 'replay' / 'replay.md'}" in " ".join(result.stdout.split())
     assert "recorded" in result.stdout and "sim profile" in result.stdout
+    # The twin: the demo's policy succeeded in at least one trial through the graph (else it exits 1),
+    # every trial is recorded, and one is replayed.
+    twin = run / "twin"
+    evaluation = json.loads((twin / "methods" / "wo_iosp" / "evaluation" / "open_drawer" / "evaluation.json").read_text())
+    graph_trials = evaluation["trials"]["graph"]
+    assert len(graph_trials) == 5 and all((Path(t["bag"]) / "metadata.yaml").is_file() for t in graph_trials)
+    assert "of 5 trials through the graph" in " ".join(result.stdout.split())
+    assert json.loads((twin / "replay" / "replay.json").read_text())["metrics"]["steps"] >= 5
     # Federated rounds: every robot took part in each, and each has its final checkpoint.
     history = json.loads((run / "federation" / "server" / "state.json").read_text())["history"]
     assert [r["round"] for r in history] == [0, 1]

@@ -29,6 +29,7 @@ def print_bag_summary(summary: BagSummary) -> None:
 
 def run_ros_tool(executable_name: str, command: str, arguments: list[str]) -> int:
     """Tools that live with the nodes (they need rclpy) run as their installed executables."""
+    import signal
     import subprocess
 
     from fedvla.config import ConfigError
@@ -37,4 +38,15 @@ def run_ros_tool(executable_name: str, command: str, arguments: list[str]) -> in
     executable = find_executable("fedvla_ros", executable_name)
     if executable is None:
         raise ConfigError(command, f"fedvla_ros/{executable_name} is not installed", "run .ci/setup first")
-    return subprocess.call([str(executable), *arguments])
+    process = subprocess.Popen([str(executable), *arguments])
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        # A terminal's Ctrl-C reaches the tool too; a SIGINT sent to this process alone must also let
+        # the tool stop the graph it started (killing it would orphan the graph's nodes).
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -65,6 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-in-process", action="store_true", help="skip the in-process cross-check")
     parser.add_argument("--startup-timeout", type=float, default=180.0)
     args = parser.parse_args(argv)
+    # (what provenance records: this tool's own options, also when the twin study calls it)
+    args.command = shlex.join(["fedvla", "twin", "evaluate", *(sys.argv[1:] if argv is None else argv)])
     if args.trials < 1 or args.max_steps < 1:
         parser.error("--trials and --max-steps must be at least 1")
     return args
@@ -163,7 +166,7 @@ def evaluate(args: argparse.Namespace) -> int:
         for task in tasks:
             in_process += evaluate_in_process(checkpoint, task, seeds, args.max_steps, detector_weights=detector)
         results["in-process"] = summarize(in_process)
-    provenance = {"checkpoint": str(checkpoint), "command": "fedvla twin evaluate " + " ".join(sys.argv[1:]),
+    provenance = {"checkpoint": str(checkpoint), "command": args.command,
                   "started": started, "seeds": seeds, "max_steps": args.max_steps, "camera_fps": args.fps,
                   "detector": str(detector or "")}
     write_report(output, results, {"graph": mine, "in-process": in_process}, provenance)

@@ -157,7 +157,9 @@ class TwinStudy(Study):
             lines += [f"* {line}" for line in agreement_lines(graph[method.label], in_process)] + [""]
         demos = json.loads((self.demos / twin_demos.DEMOS_FILE).read_text())
         demos["summary"] = {task: s for task, s in demos["summary"].items() if task in self.tasks}
-        lines += ["## Expert ceiling (demonstrations through the graph)", "", *expert_lines(demos), "",
+        where = ("in process" if all(e.get("collected") == "in process" for e in demos["episodes"])
+                 else "through the graph")
+        lines += [f"## Expert ceiling (demonstrations {where})", "", *expert_lines(demos), "",
                   "![success per task](success.png)", ""]
         self.output.mkdir(parents=True, exist_ok=True)
         (self.output / "study.md").write_text("\n".join(lines))
