@@ -19,3 +19,14 @@ def run_directory(kind: str) -> Path:
     import time
 
     return Path("runs") / time.strftime(f"{kind}_%Y%m%d_%H%M%S")
+
+
+def working_tree_commit() -> str:
+    """The git commit checked out in the working directory (a run's provenance), or "" outside git."""
+    import subprocess
+
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return result.stdout.strip() if result.returncode == 0 else ""

@@ -145,7 +145,14 @@ def test_twin_results_are_generated_from_the_runs_records(tmp_path):
         "map50": 0.71, "map50_95": 0.52, "data": {"val_images_per_task": 30}, "train": {"epochs": 30, "image_size": 320},
         "train_s": 5400.0}))
     readme = write_twin_results(tmp_path / "results", demos, detector)
+    assert "90 min of training" in readme.read_text()  # (detector.json's own figure, without ultralytics' table)
+    # ultralytics' time column restarts when an interrupted training resumes: the segments add up.
+    (detector / "train").mkdir()
+    (detector / "train" / "results.csv").write_text("epoch, time,train/box_loss\n1,600.0,1.0\n2,1200.0,0.9\n"
+                                                    "3,700.0,0.8\n4,1800.0,0.7\n")
+    readme = write_twin_results(tmp_path / "results", demos, detector)
     text = readme.read_text()
+    assert "50 min of training" in text
     low, high = wilson_interval(4, 5)
     assert f"| open_drawer | 4/5 (80 %) | {100 * low:.0f}-{100 * high:.0f} % | 1 | 42 | 99 % |" in text
     assert "5 demonstrations, 4.25 per minute" in text and "mAP50 0.710, mAP50-95 0.520" in text

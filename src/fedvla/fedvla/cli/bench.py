@@ -176,13 +176,24 @@ def cmd_bench_ik(args: argparse.Namespace) -> int:
 
 def cmd_bench_twin(args: argparse.Namespace) -> int:
     import json
+    import shlex
+    import sys
+    import time
     from pathlib import Path
 
     from fedvla.bench.twin import bench_real_time, demonstrations_per_minute
+    from fedvla.paths import run_directory, working_tree_commit
+    from fedvla.sim.report import machine
 
+    output = Path(args.output or run_directory("twin_bench")).resolve()
+    output.mkdir(parents=True, exist_ok=True)
     console.print(f"workcell twin: physics (125 Hz controller cycle, its own process) with the D435i rendered here at "
                   f"{args.fps:g} fps (colour + depth, 640x480), {args.seconds:g} s, task {args.task}")
     figures = bench_real_time(seconds=args.seconds, fps=args.fps, task=args.task)
+    record = {"command": shlex.join(["fedvla", *sys.argv[1:]]), "commit": working_tree_commit(),
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "machine": machine(), "task": args.task, "seconds": args.seconds, "target_fps": args.fps,
+              "real_time_factor": figures.real_time_factor, "camera_fps": figures.camera_fps}
     table = Table(title="the twin on this machine")
     for column in ("figure", "value", "goal"):
         table.add_column(column, justify="right")
@@ -190,12 +201,11 @@ def cmd_bench_twin(args: argparse.Namespace) -> int:
     table.add_row("camera frames per second", f"{figures.camera_fps:.1f}", f"{args.fps:g} (D435i: 30)")
     if args.demos:
         per_minute, count = demonstrations_per_minute(Path(args.demos))
+        record["demonstrations_per_minute"] = {"value": per_minute, "demonstrations": count, "run": args.demos}
         table.add_row(f"expert demonstrations per minute ({count} in {args.demos})", f"{per_minute:.2f}", "-")
     if args.checkpoint:
         from fedvla.cli.common import run_ros_tool
-        from fedvla.paths import run_directory
 
-        output = Path(args.output or run_directory("twin_latency"))
         console.print(f"end-to-end latency: the policy drives the twin through the graph for {args.latency_seconds:g} s "
                       f"(camera at {args.fps:g} fps); its processes' output in {output / 'graph.log'}")
         status = run_ros_tool("twin_latency", "bench twin", [
@@ -204,18 +214,18 @@ def cmd_bench_twin(args: argparse.Namespace) -> int:
         if status != 0:
             return status
         latency = json.loads((output / "latency.json").read_text())
-        end_to_end = latency["end_to_end_ms"]
-        table.add_row(f"end to end: frame stamp to first servo setpoint, p50 / p95 ms ({end_to_end.get('chunks', 0)} "
-                      "chunks)", f"{end_to_end.get('p50', float('nan')):.1f} / {end_to_end.get('p95', float('nan')):.1f}",
-                      "p95 <= 150")
-        for name, key in (("  of which: frame age when the chunk arrives", "frame_age_on_arrival_ms"),
-                          ("  of which: policy compute", "policy_compute_ms")):
+        record["latency"] = latency
+        for name, key, goal in (("end to end: frame stamp to first servo setpoint", "end_to_end_ms", "p95 <= 150"),
+                                ("  of which: frame age when the chunk arrives", "frame_age_on_arrival_ms", "-"),
+                                ("  of which: policy compute", "policy_compute_ms", "-")):
             part = latency[key]
-            table.add_row(f"{name}, p50 / p95 ms", f"{part.get('p50', float('nan')):.1f} / "
-                          f"{part.get('p95', float('nan')):.1f}", "-")
+            table.add_row(f"{name}, p50 / p95 ms ({part.get('chunks', part.get('n', 0))} chunks)",
+                          f"{part.get('p50', float('nan')):.1f} / {part.get('p95', float('nan')):.1f}", goal)
+    (output / "bench.json").write_text(json.dumps(record, indent=1))
     console.print(table)
     if not args.checkpoint:
         console.print("end-to-end latency: give --checkpoint (a policy trained on twin demonstrations) to measure it")
+    console.print(f"figures: {output / 'bench.json'}")
     return 0
 
 
@@ -241,7 +251,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     ik_bench.set_defaults(func=cmd_bench_ik)
     twin_bench = bench.add_parser("twin", help="the workcell twin: real-time factor with the camera rendering, "
                                   "camera rate, demonstrations per minute of a run")
-    twin_bench.add_argument("--seconds", type=float, default=20.0)
+    twin_bench.add_argument("--seconds", type=float, default=20.0, help="how long the real-time factor is measured")
     twin_bench.add_argument("--fps", type=float, default=30.0, help="camera rate to aim for")
     twin_bench.add_argument("--task", default="sorting_pills")
     twin_bench.add_argument("--demos", help="a fedvla twin demos output (its demonstrations per minute)")
@@ -249,7 +259,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                             "end-to-end latency through the graph")
     twin_bench.add_argument("--detector", help="the scene parser's detector, for a checkpoint that uses IOSP")
     twin_bench.add_argument("--latency-seconds", type=float, default=30.0, help="how long the policy drives")
-    twin_bench.add_argument("--output", default="", help="where the latency run writes (default runs/twin_latency_...)")
+    twin_bench.add_argument("--output", default="", help="where the figures (bench.json) and the latency run go "
+                            "(default runs/twin_bench_<date>_<time>)")
     twin_bench.set_defaults(func=cmd_bench_twin)
     fed_bench = bench.add_parser("federation", help="EDA aggregation time and upload size")
     fed_bench.add_argument("--parameters", type=float, default=50e6, help="trunk parameters (default 50e6)")

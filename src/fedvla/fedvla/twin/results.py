@@ -5,7 +5,8 @@ number in it is read from the runs' own records:
   interval, attempts repeated after the driver stopped, steps per demonstration and the steps the
   bag import kept, demonstrations per minute;
 * the detector's validation mAP50 and mAP50-95 (``fedvla twin detector``'s ``detector.json``);
-* the twin study's graph-evaluated success (``fedvla twin study``'s ``study.md`` and ``run.json``).
+* the twin study's graph-evaluated success (``fedvla twin study``'s ``study.md`` and ``run.json``);
+* the benchmarks (``fedvla bench twin``'s ``bench.json``): real-time factor, camera rate, end-to-end latency.
 
 Each run's ``run.json`` (the commit it ran at, the command, the machine) is copied next to its
 summary as its provenance.
@@ -36,6 +37,37 @@ def expert_lines(demos: dict) -> list[str]:
     return lines
 
 
+def detector_training_seconds(detector_dir: Path) -> float | None:
+    """Training time from ultralytics' ``train/results.csv`` (its ``time`` column restarts at 0
+    when an interrupted training resumes: the segments are summed); None without the file."""
+    path = detector_dir / "train" / "results.csv"
+    if not path.is_file():
+        return None
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    column = [c.strip() for c in rows[0]].index("time")
+    times = [float(r[column]) for r in rows[1:] if len(r) > column]
+    return sum(t for t, after in zip(times, times[1:] + [0.0]) if after < t)
+
+
+def bench_lines(bench: dict) -> list[str]:
+    """``fedvla bench twin``'s figures (its ``bench.json``) against the issue's goals."""
+    lines = ["## Benchmarks (`fedvla bench twin`)", "", f"`{bench['command']}` at commit "
+             f"{bench.get('commit') or 'unknown'}, {bench['date']}, {bench['machine'].get('cpus')} CPUs.", "", "| figure | value | goal |", "|---|---|---|",
+             f"| real-time factor, physics with the camera rendering at {bench['target_fps']:g} fps | "
+             f"{bench['real_time_factor']:.2f} | >= 1.0 |",
+             f"| camera frames per second reached | {bench['camera_fps']:.1f} | {bench['target_fps']:g} |"]
+    if "demonstrations_per_minute" in bench:
+        lines.append(f"| expert demonstrations per minute | {bench['demonstrations_per_minute']['value']:.2f} | - |")
+    latency = bench.get("latency")
+    if latency:
+        for name, key, goal in (("end to end: frame stamp to first servo setpoint", "end_to_end_ms", "p95 <= 150"),
+                                ("frame age when the chunk arrives", "frame_age_on_arrival_ms", "-"),
+                                ("policy compute per chunk", "policy_compute_ms", "-")):
+            part = latency[key]
+            lines.append(f"| {name}, p50 / p95 (ms) | {part['p50']:.1f} / {part['p95']:.1f} | {goal} |")
+    return lines + [""]
+
+
 def _copy(source: Path, destination: Path, names: tuple[str, ...]) -> None:
     """A run's records (those it has) into ``destination``."""
     destination.mkdir(parents=True, exist_ok=True)
@@ -45,7 +77,7 @@ def _copy(source: Path, destination: Path, names: tuple[str, ...]) -> None:
 
 
 def write_twin_results(output: Path, demos_dir: Path, detector_dir: Path | None = None,
-                       study_dir: Path | None = None) -> Path:
+                       study_dir: Path | None = None, bench_dir: Path | None = None) -> Path:
     """Write ``output/README.md`` (and copy each run's records); returns the README's path."""
     output.mkdir(parents=True, exist_ok=True)
     demos = json.loads((demos_dir / "demos.json").read_text())
@@ -63,11 +95,14 @@ def write_twin_results(output: Path, demos_dir: Path, detector_dir: Path | None 
                   f"`fedvla twin detector`: mAP50 {detector['map50']:.3f}, mAP50-95 {detector['map50_95']:.3f} on "
                   f"{detector['data']['val_images_per_task']} validation renders per task (layouts never trained on); "
                   f"{detector['train']['epochs']} epochs at {detector['train']['image_size']} px, "
-                  f"{detector['train_s'] / 60:.0f} min of training.", ""]
+                  f"{(detector_training_seconds(detector_dir) or detector['train_s']) / 60:.0f} min of training.", ""]
         _copy(detector_dir, output / "detector", ("detector.json", "run.json"))
     if study_dir is not None:
         lines += ["## Twin study (graph-evaluated)", "", (study_dir / "study.md").read_text(), ""]
         _copy(study_dir, output / "study", ("study.md", "run.json", "success.png"))
+    if bench_dir is not None:
+        lines += bench_lines(json.loads((bench_dir / "bench.json").read_text()))
+        _copy(bench_dir, output / "bench", ("bench.json",))
     readme = output / "README.md"
     readme.write_text("\n".join(lines))
     return readme
