@@ -215,9 +215,9 @@ def cmd_bench_twin(args: argparse.Namespace) -> int:
             return status
         latency = json.loads((output / "latency.json").read_text())
         record["latency"] = latency
-        for name, key, goal in (("end to end: frame stamp to first servo setpoint", "end_to_end_ms", "p95 <= 150"),
-                                ("  of which: frame age when the chunk arrives", "frame_age_on_arrival_ms", "-"),
-                                ("  of which: policy compute", "policy_compute_ms", "-")):
+        from fedvla.twin.results import LATENCY_FIGURES
+
+        for name, key, goal in LATENCY_FIGURES:
             part = latency[key]
             table.add_row(f"{name}, p50 / p95 ms ({part.get('chunks', part.get('n', 0))} chunks)",
                           f"{part.get('p50', float('nan')):.1f} / {part.get('p95', float('nan')):.1f}", goal)

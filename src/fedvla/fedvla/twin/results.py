@@ -49,22 +49,26 @@ def detector_training_seconds(detector_dir: Path) -> float | None:
     return sum(t for t, after in zip(times, times[1:] + [0.0]) if after < t)
 
 
+# The latency figures of ``fedvla bench twin`` (its latency.json keys), as its table and the results
+# name them, with the issue's goal.
+LATENCY_FIGURES = (("end to end: frame stamp to first servo setpoint", "end_to_end_ms", "p95 <= 150"),
+                   ("of which: frame age when the chunk arrives", "frame_age_on_arrival_ms", "-"),
+                   ("of which: policy compute per chunk", "policy_compute_ms", "-"))
+
+
 def bench_lines(bench: dict) -> list[str]:
     """``fedvla bench twin``'s figures (its ``bench.json``) against the issue's goals."""
-    lines = ["## Benchmarks (`fedvla bench twin`)", "", f"`{bench['command']}` at commit "
-             f"{bench.get('commit') or 'unknown'}, {bench['date']}, {bench['machine'].get('cpus')} CPUs.", "", "| figure | value | goal |", "|---|---|---|",
+    lines = ["## Benchmarks (`fedvla bench twin`)", "",
+             f"`{bench['command']}` at commit {bench.get('commit') or 'unknown'}, {bench['date']}, "
+             f"{bench['machine'].get('cpus')} CPUs.", "", "| figure | value | goal |", "|---|---|---|",
              f"| real-time factor, physics with the camera rendering at {bench['target_fps']:g} fps | "
              f"{bench['real_time_factor']:.2f} | >= 1.0 |",
              f"| camera frames per second reached | {bench['camera_fps']:.1f} | {bench['target_fps']:g} |"]
     if "demonstrations_per_minute" in bench:
         lines.append(f"| expert demonstrations per minute | {bench['demonstrations_per_minute']['value']:.2f} | - |")
-    latency = bench.get("latency")
-    if latency:
-        for name, key, goal in (("end to end: frame stamp to first servo setpoint", "end_to_end_ms", "p95 <= 150"),
-                                ("frame age when the chunk arrives", "frame_age_on_arrival_ms", "-"),
-                                ("policy compute per chunk", "policy_compute_ms", "-")):
-            part = latency[key]
-            lines.append(f"| {name}, p50 / p95 (ms) | {part['p50']:.1f} / {part['p95']:.1f} | {goal} |")
+    for name, key, goal in LATENCY_FIGURES if bench.get("latency") else ():
+        part = bench["latency"][key]
+        lines.append(f"| {name}, p50 / p95 (ms) | {part['p50']:.1f} / {part['p95']:.1f} | {goal} |")
     return lines + [""]
 
 
