@@ -81,14 +81,17 @@ class Trajectory:
     observed_s: float | None = None  # when the observation the chunk answers was taken (controller time)
     streamed: bool = False  # a setpoint computed from it has been sent
 
-    def target(self, now_s: float) -> tuple[np.ndarray, bool]:
-        """Linear interpolation between waypoints; the last one holds."""
+    def target(self, now_s: float) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(joint reference, its velocity, gripper closed): linear interpolation between
+        waypoints; the last one holds (velocity zero)."""
         position = (now_s - self.start_s) / self.step_period_s
         index = int(np.clip(np.floor(position), 0, len(self.waypoints) - 2))
         fraction = float(np.clip(position - index, 0.0, 1.0))
         q = (1 - fraction) * self.waypoints[index] + fraction * self.waypoints[index + 1]
+        moving = 0.0 <= position < len(self.waypoints) - 1
+        velocity = (self.waypoints[index + 1] - self.waypoints[index]) / self.step_period_s * moving
         gripper = self.gripper_closed[min(max(int(np.ceil(position)) - 1, 0), len(self.gripper_closed) - 1)]
-        return q, gripper
+        return q, velocity, gripper
 
 
 class ArmController:
@@ -303,8 +306,9 @@ class ArmController:
                 self.trajectory, self.mode = None, ArmMode.IDLE
                 self._send_stop()  # a command too: it counts as this period's watchdog kick
                 return True
-            target, gripper_closed = self.trajectory.target(now_s)
-            q, velocity = self.limiter.step(self.setpoint, self.velocity, target)
+            target, target_velocity, gripper_closed = self.trajectory.target(now_s)
+            q, velocity = self.limiter.step(self.setpoint, self.velocity, target, target_velocity,
+                                            goal=self.trajectory.waypoints[-1])
             problem = self.guard.check_setpoint(q, self.setpoint, self.velocity, self.backend.period_s)
             if problem is not None:
                 self._fault(f"setpoint refused: {problem.value}")

@@ -110,16 +110,32 @@ class MotionLimiter:
     def __init__(self, max_velocity: np.ndarray, max_acceleration: np.ndarray, period_s: float) -> None:
         self.max_velocity, self.max_acceleration, self.period_s = max_velocity, max_acceleration, period_s
 
-    def step(self, q: np.ndarray, velocity: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(next setpoint, its velocity) one period on."""
+    def step(self, q: np.ndarray, velocity: np.ndarray, target: np.ndarray,
+             target_velocity: np.ndarray | None = None, goal: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(next setpoint, its velocity) one period on, towards ``target`` moving at
+        ``target_velocity`` (a trajectory's reference; None: a fixed target), never past ``goal``
+        (where the trajectory ends and the arm holds; None: ``target``).
+
+        The reference's own velocity is fed forward: chasing a moving reference as if it stood
+        still braked the arm at every chunk boundary (a new chunk's reference starts at the
+        setpoint). Limits scale the joints' velocities (and their change) together, keeping the
+        direction of motion: clipping each joint on its own bent the tool's path, and a policy's
+        next delta starts from the bent path, so the bend added up (3 cm of sag over 5 cm)."""
         dt, a_max = self.period_s, self.max_acceleration
+        feedforward = np.zeros_like(q) if target_velocity is None else np.asarray(target_velocity)
         error = target - q
-        # The fastest speed from which the arm still brakes to the target at a_max (v^2 = 2 a d),
-        # and never more than what closes the gap this period.
-        braking = np.sqrt(2.0 * a_max * np.abs(error))
-        desired = np.sign(error) * np.minimum(np.minimum(braking, self.max_velocity), np.abs(error) / dt)
-        new_velocity = velocity + np.clip(desired - velocity, -a_max * dt, a_max * dt)
-        new_velocity = np.clip(new_velocity, -self.max_velocity, self.max_velocity)
+        # Relative to the reference: the fastest closing speed from which the arm still meets it at
+        # a_max (v^2 = 2 a d), and never more than what closes the gap this period.
+        closing = np.sign(error) * np.minimum(np.sqrt(2.0 * a_max * np.abs(error)), np.abs(error) / dt)
+        desired = feedforward + closing
+        desired = desired * _scale_within(desired, self.max_velocity)
+        # Towards the goal, no faster than the arm can still stop there.
+        to_goal = (target if goal is None else goal) - q
+        stoppable = np.minimum(np.sqrt(2.0 * a_max * np.abs(to_goal)), np.abs(to_goal) / dt)
+        towards = np.sign(desired) == np.sign(to_goal)
+        desired = desired * _scale_within(np.where(towards, desired, 0.0), stoppable)
+        change = desired - velocity
+        new_velocity = velocity + change * _scale_within(change, a_max * dt)
         return q + new_velocity * dt, new_velocity
 
     def brake(self, q: np.ndarray, velocity: np.ndarray, deceleration: float) -> tuple[np.ndarray, np.ndarray]:
@@ -127,3 +143,11 @@ class MotionLimiter:
         dt = self.period_s
         new_velocity = velocity - np.clip(velocity, -deceleration * dt, deceleration * dt)
         return q + new_velocity * dt, new_velocity
+
+
+def _scale_within(vector: np.ndarray, bound: np.ndarray) -> float:
+    """The largest factor <= 1 that brings every |vector_i| within bound_i."""
+    over = np.abs(vector) > bound
+    if not np.any(over):
+        return 1.0
+    return float(np.min(bound[over] / np.abs(vector[over])))

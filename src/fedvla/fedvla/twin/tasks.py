@@ -63,6 +63,9 @@ def _free_body(spec, mujoco, name: str, pos: Sequence[float]):
 
 
 GRASPABLE = dict(condim=4, friction=[1.0, 0.02, 0.0002])
+# A ball of crumpled paper does not roll like a marble: rolling friction (condim 6), 5 mm. Without
+# it the ellipsoid, settling at a reset, kept rolling at 2-3 cm/s and the gripper chased it.
+CRUMPLED = dict(condim=6, friction=[1.0, 0.02, 0.005])
 
 
 class WorkcellTask(abc.ABC):
@@ -170,7 +173,7 @@ class TrashCollection(WorkcellTask):
             size = [t, w + 2 * t, h] if sx else [w + 2 * t, t, h]
             _geom(bin_body, mujoco, "box", size, grey, pos=[sx * (w + t), sy * (w + t), h])
         paper = _free_body(spec, mujoco, "paper", [0.3, 0.1, 0.03])
-        _geom(paper, mujoco, "ellipsoid", self.PAPER_RADII, [0.92, 0.92, 0.88, 1], mass=0.01, **GRASPABLE)
+        _geom(paper, mujoco, "ellipsoid", self.PAPER_RADII, [0.92, 0.92, 0.88, 1], mass=0.01, **CRUMPLED)
         can = _free_body(spec, mujoco, "can", [0.25, -0.05, 0.05])
         _geom(can, mujoco, "cylinder", [0.025, 0.05], [0.75, 0.1, 0.1, 1], mass=0.05, **GRASPABLE)
         cup = _free_body(spec, mujoco, "cup", [0.4, 0.15, 0.04])
