@@ -10,7 +10,7 @@ pin = pytest.importorskip("pinocchio")
 from fedvla.robot.backends import BackendError, SafetyStatus, SimulatedArm  # noqa: E402
 from fedvla.robot.controller import ArmController, ArmMode, ControllerConfig, ExecutionRefused  # noqa: E402
 from fedvla.robot.ik import IkConfig, IkSolver  # noqa: E402
-from fedvla.robot.kinematics import HOME_Q, ArmKinematics  # noqa: E402
+from fedvla.robot.kinematics import ArmKinematics  # noqa: E402
 from fedvla.robot.retarget import RetargetConfig, Retargeter, hand_in_object, robot_target  # noqa: E402
 from fedvla.robot.safety import SafetyConfig, SafetyGuard, Violation  # noqa: E402
 
