@@ -58,7 +58,10 @@ def test_short_soak_with_kills_every_round_a_server_restart_and_bad_uploads(tmp_
     figures = _soak(tmp_path, "--rounds", "20", "--clients", "4", *CLOSE_KILLS, "--stale-probability", "1.0",
                     "--duplicate-probability", "1.0", timeout_s=600)
     _check(figures, 20)
-    assert figures["client_kills"] == 19  # one in each of rounds 1..19 (deterministic plan)
+    # one in each of rounds 1..19 the harness saw open (deterministic plan; a busy CI machine's
+    # status poll once missed a round that opened and closed between two polls)
+    observed = [r for r in range(1, 20) if r not in figures["unobserved_rounds"]]
+    assert figures["client_kills"] == len(observed) >= 15
     assert figures["harness_requests"].get("stale replay: round_closed", 0) >= 1
     assert "UDPv4 only" in figures["dds"]
     assert max(figures["max_consecutive_timeouts"].values(), default=0) <= 10

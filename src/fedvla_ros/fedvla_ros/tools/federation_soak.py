@@ -144,6 +144,7 @@ class Soak:
         self.clients: dict[str, subprocess.Popen | None] = {}
         self.client_starts = {cid: 0 for cid in self.client_ids}
         self.kills: list[dict] = []
+        self.unobserved_rounds: list[int] = []  # rounds the harness never saw open
         self.injected: list[dict] = []  # harness-made requests and the server's answers
         self.rss: list[tuple[float, int, int, float]] = []  # (t, round, server start, MB)
         self._restarts: list[tuple[float, str]] = []  # (when, client) pending restarts
@@ -317,6 +318,9 @@ class Soak:
                     break
                 r = status.round
                 if r != last_round:
+                    # A round that opened and closed between two polls (a slow status call on a busy
+                    # machine) got no faults: counted, so the fault plan can be checked exactly.
+                    self.unobserved_rounds.extend(range(max(last_round, 0) + 1, r))
                     last_round, round_seen_at = r, now
                     kill = self.rng("kill", r)
                     if r > 0 and kill.random() < self.config.kill_probability:
@@ -422,6 +426,7 @@ class Soak:
             "server_rejections": state["rejections"], "harness_requests": harness,
             "aborted_secure_attempts": len(state.get("aborted_attempts") or []),
             "client_kills": sum(1 for k in self.kills if k["client"] != "fed_server"),
+            "unobserved_rounds": self.unobserved_rounds,
             "client_starts": self.client_starts, "server_starts": self.server_starts,
             "acknowledged_updates": len(acked), "acknowledged_missing_from_state": [list(m) for m in missing],
             "server_rss_mb": {"first": round(longest[0][1], 1) if longest else None,
