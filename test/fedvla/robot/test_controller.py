@@ -90,6 +90,26 @@ def test_chunks_in_a_row_move_the_tool_at_the_commanded_speed(kinematics) -> Non
     assert_within_limits(arm, guard, kinematics)
 
 
+def test_a_fast_descent_stops_at_its_goal_above_the_workspace_floor(kinematics) -> None:
+    """A chunk that ends 5 mm above the workspace's floor, approached at full pace: the setpoints
+    brake onto it and never pass below (a twin demonstration's grasp is 5 mm above it)."""
+    arm, guard, controller = make(kinematics, stale_timeout_s=2.0)
+    start_tool = kinematics.fk(START).translation.copy()
+    floor = guard.config.workspace_min[2]
+    step_cm = (start_tool[2] - floor - 0.005) / 4 * 100  # four actions, down to 5 mm above the floor
+    t = 0.0
+    for _ in range(3):  # re-sent as a closed-loop policy would, from wherever the arm is
+        remaining_cm = (kinematics.fk(controller.setpoint).translation[2] - floor - 0.005) * 100
+        chunk = np.array([[0.0, 0.0, -min(step_cm, remaining_cm / 4), -1.0]] * 4)
+        assert controller.submit_chunk(chunk, 0.1, t) is None
+        t = run(arm, controller, t, 0.2)
+    t = run(arm, controller, t, 0.5)
+    assert controller.mode is not ArmMode.FAULT, controller.fault_reason
+    lowest = min(kinematics.fk(q).translation[2] for _, q in servo_commands(arm))
+    assert floor + 0.004 < lowest and abs(kinematics.fk(arm.q).translation[2] - floor - 0.005) < 0.001
+    assert_within_limits(arm, guard, kinematics)
+
+
 def test_the_latency_runs_from_the_observation_to_the_chunks_first_setpoint(kinematics) -> None:
     """Per chunk, once: its observation's time to the first servo setpoint computed from it (the
     next control period after it arrived); dry run and unstamped chunks measure nothing."""
@@ -300,7 +320,7 @@ def test_fuzzed_policy_outputs_never_produce_a_command_outside_the_limits(kinema
             controller.step(t)
             arm.advance(PERIOD)
             t += PERIOD
-    assert controller.mode in (ArmMode.IDLE, ArmMode.TRACKING)
+    assert controller.mode in (ArmMode.IDLE, ArmMode.TRACKING), controller.fault_reason
     assert outcomes["accepted"] > 500 and outcomes["refused"] > 3000
     assert len(servo_commands(arm)) > 1000
     assert_within_limits(arm, guard, kinematics)
@@ -404,6 +424,43 @@ def test_planning_a_chunk_does_not_hold_up_the_control_loop() -> None:
     assert planned - began > 0.1  # four slowed solves
     assert result == [None]
     assert len(during) > 0.5 * (planned - began) / runtime.backend.period_s and gaps.max() < 0.05, gaps.max()
+
+
+def test_recovery_runs_on_the_control_loops_thread_and_the_loop_steps_on_at_once() -> None:
+    """ur_rtde restarts the control script holding the GIL, then arms the RTDE watchdog: recovered
+    from the service's thread, the loop came back too late and the watchdog stopped the script.
+    While the loop runs, recover() hands the work to it; failures reach the caller."""
+    import threading
+    import time
+
+    from fedvla.robot.backends import BackendError, SafetyStatus
+    from fedvla.robot.runtime import ArmDriverConfig, ArmRuntime
+
+    runtime = ArmRuntime(ArmDriverConfig())  # the simulated UR3, in real time
+    recover, ran_on = runtime.controller.recover, []
+
+    def recording_recover():
+        ran_on.append(threading.current_thread().name)
+        return recover()
+
+    runtime.controller.recover = recording_recover
+    runtime.start()
+    try:
+        deadline = time.monotonic() + 5.0
+        while runtime.snapshot().mode is not ArmMode.IDLE and time.monotonic() < deadline:
+            time.sleep(0.01)
+        runtime.backend.trigger(SafetyStatus.EMERGENCY_STOP)
+        while runtime.snapshot().mode is not ArmMode.FAULT and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(BackendError, match="release it on the robot first"):
+            runtime.recover()
+        runtime.backend.trigger(SafetyStatus.PROTECTIVE_STOP)
+        assert runtime.recover() == "recovered"
+        assert runtime.snapshot().mode is ArmMode.IDLE
+    finally:
+        runtime.close()
+    assert ran_on == ["arm-control", "arm-control"]
+    assert runtime.recover() == "nothing to recover from (idle)"  # no loop: on the caller's thread
 
 
 def test_refusals_while_executing_are_counted_apart_from_dry_run_ones(kinematics) -> None:
