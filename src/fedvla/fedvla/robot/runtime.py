@@ -205,13 +205,16 @@ class ArmRuntime:
             with self._lock:
                 locked = time.monotonic()
                 self._run_recovery()
-                self.controller.step(time.monotonic())
+                recovered = time.monotonic()
+                self.controller.step(recovered)
             stepped = time.monotonic()
             self._cycles += 1
             if stepped - started > period:
                 self._overruns += 1
             self.backend.wait_period(start)
-            slowest = max((("waiting for the lock", locked - started), ("the controller step", stepped - locked),
+            slowest = max((("waiting for the lock", locked - started), ("a recovery (restarting the robot's program)",
+                                                                         recovered - locked),
+                           ("the controller step", stepped - recovered),
                            ("waiting for the period", time.monotonic() - stepped)), key=lambda part: part[1])
 
     def _claim_realtime_priority(self) -> None:
