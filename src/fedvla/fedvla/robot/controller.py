@@ -165,13 +165,14 @@ class ArmController:
                 target, closed = self.retargeter.target(action, tool, object_in_base)
             except RetargetError:
                 return Violation.NOT_FINITE if not np.all(np.isfinite(action)) else Violation.WRONG_SIZE
-            problem = self.guard.check_tool_position(target[:3, 3])
+            margin = self.guard.config.workspace_margin_m  # (room for the setpoints' braking)
+            problem = self.guard.check_tool_position(target[:3, 3], margin)
             if problem is not None:
                 return problem
             result = self.ik.solve(target, q)
             if not result.converged:
                 return Violation.UNREACHABLE
-            problem = self.guard.check_target(result.q)
+            problem = self.guard.check_target(result.q, margin)
             if problem is None and np.any(np.abs(result.q - q) / step_period_s > self.guard.max_velocity):
                 problem = Violation.VELOCITY  # a jump the arm could not follow in one action step
             if problem is not None:
