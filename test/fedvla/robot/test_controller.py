@@ -120,18 +120,6 @@ def test_a_fast_descent_stops_at_its_goal_above_the_workspace_floor(kinematics) 
     assert_within_limits(arm, guard, kinematics)
 
 
-def test_a_chunk_ending_within_the_workspace_margin_is_refused(kinematics) -> None:
-    """Waypoints keep workspace_margin_m inside the box, so braking onto one never faults: a
-    waypoint 0.4 mm above the floor was overshot by 0.4 mm (a twin demonstration's fault)."""
-    arm, guard, controller = make(kinematics, stale_timeout_s=2.0)
-    floor = guard.config.workspace_min[2]
-    above_cm = (kinematics.fk(START).translation[2] - floor) * 100
-    too_low = np.array([[0.0, 0.0, -(above_cm - 0.1) / 4, -1.0]] * 4)  # ends 1 mm above the floor
-    assert controller.submit_chunk(too_low, 0.1, 0.0) is Violation.WORKSPACE
-    inside = np.array([[0.0, 0.0, -(above_cm - 0.4) / 4, -1.0]] * 4)  # 4 mm: inside the 3 mm margin
-    assert controller.submit_chunk(inside, 0.1, 0.0) is None
-
-
 def test_the_latency_runs_from_the_observation_to_the_chunks_first_setpoint(kinematics) -> None:
     """Per chunk, once: its observation's time to the first servo setpoint computed from it (the
     next control period after it arrived); dry run and unstamped chunks measure nothing."""
@@ -168,13 +156,13 @@ def test_in_dry_run_chunks_are_planned_and_checked_but_nothing_moves(kinematics)
 
 def test_revoking_enable_brakes_and_holds(kinematics) -> None:
     arm, _, controller = make(kinematics, stale_timeout_s=5.0)
-    controller.submit_chunk(np.array([[-2.0, 0.0, 0.0, -1.0]] * 4), 0.1, 0.0)
+    controller.submit_chunk(np.array([[2.0, 0.0, 0.0, -1.0]] * 4), 0.1, 0.0)
     t = run(arm, controller, 0.0, 0.15)
     assert controller.disable("operator").startswith("dry run")
     stops = [time for time, kind, _ in arm.commands if kind == "servo_stop"]
     streamed = len(servo_commands(arm))
     assert len(stops) == 1 and controller.mode is ArmMode.IDLE and not controller.enabled
-    controller.submit_chunk(np.array([[-2.0, 0.0, 0.0, -1.0]] * 4), 0.1, t)
+    controller.submit_chunk(np.array([[2.0, 0.0, 0.0, -1.0]] * 4), 0.1, t)
     run(arm, controller, t, 0.3)
     assert len(servo_commands(arm)) == streamed and not np.any(arm.qd)  # planned, never sent
 
@@ -186,7 +174,7 @@ def test_a_stale_operator_heartbeat_stops_execution_until_enabled_again(kinemati
         controller.enable(0.0)
     controller.operator_heartbeat(0.0, alive=True)
     controller.enable(0.0)
-    controller.submit_chunk(np.array([[-2.0, 0.0, 0.0, -1.0]] * 4), 0.1, 0.0)
+    controller.submit_chunk(np.array([[2.0, 0.0, 0.0, -1.0]] * 4), 0.1, 0.0)
     t = 0.0
     for _ in range(10):  # the operator holds the switch for 80 ms, then lets go of it
         controller.operator_heartbeat(t, alive=True)
@@ -196,7 +184,7 @@ def test_a_stale_operator_heartbeat_stops_execution_until_enabled_again(kinemati
     stops = [time for time, kind, _ in arm.commands if kind == "servo_stop"]
     assert not controller.enabled and len(stops) == 1 and stops[0] <= 0.08 + 0.1 + 2 * PERIOD
     controller.operator_heartbeat(t, alive=True)  # back, but execution waits for an explicit enable
-    controller.submit_chunk(np.array([[-2.0, 0.0, 0.0, -1.0]] * 4), 0.1, t)
+    controller.submit_chunk(np.array([[2.0, 0.0, 0.0, -1.0]] * 4), 0.1, t)
     assert controller.mode is ArmMode.IDLE
     controller.operator_heartbeat(t, alive=False)  # released: refused at once
     with pytest.raises(ExecutionRefused):
@@ -224,7 +212,7 @@ def test_a_jump_faster_than_the_joint_speed_limit_is_refused(kinematics) -> None
 
 def test_stale_input_stops_the_arm_within_two_periods(kinematics) -> None:
     arm, guard, controller = make(kinematics, stale_timeout_s=0.2)
-    controller.submit_chunk(np.array([[-2.0, 0.0, 0.0, -1.0]] * 4), 0.1, 0.0)
+    controller.submit_chunk(np.array([[2.0, 0.0, 0.0, -1.0]] * 4), 0.1, 0.0)
     t = run(arm, controller, 0.0, 0.5)
     stops = [time for time, kind, _ in arm.commands if kind == "servo_stop"]
     assert len(stops) == 1 and stops[0] - 0.2 <= 2 * PERIOD
@@ -238,7 +226,7 @@ def test_stale_input_stops_the_arm_within_two_periods(kinematics) -> None:
 
 def test_a_lost_chunk_source_brakes_at_once_and_a_new_chunk_resumes(kinematics) -> None:
     arm, _, controller = make(kinematics, stale_timeout_s=5.0)
-    controller.submit_chunk(np.array([[-2.0, 0.0, 0.0, -1.0]] * 4), 0.1, 0.0)
+    controller.submit_chunk(np.array([[2.0, 0.0, 0.0, -1.0]] * 4), 0.1, 0.0)
     t = run(arm, controller, 0.0, 0.1)
     controller.source_lost("the policy died")  # 0.3 s of the chunk left, 4.9 s before it is stale
     t = run(arm, controller, t, 0.3)

@@ -165,14 +165,13 @@ class ArmController:
                 target, closed = self.retargeter.target(action, tool, object_in_base)
             except RetargetError:
                 return Violation.NOT_FINITE if not np.all(np.isfinite(action)) else Violation.WRONG_SIZE
-            margin = self.guard.config.workspace_margin_m  # (room for the setpoints' braking)
-            problem = self.guard.check_tool_position(target[:3, 3], margin)
+            problem = self.guard.check_tool_position(target[:3, 3])
             if problem is not None:
                 return problem
             result = self.ik.solve(target, q)
             if not result.converged:
                 return Violation.UNREACHABLE
-            problem = self.guard.check_target(result.q, margin)
+            problem = self.guard.check_target(result.q)
             if problem is None and np.any(np.abs(result.q - q) / step_period_s > self.guard.max_velocity):
                 problem = Violation.VELOCITY  # a jump the arm could not follow in one action step
             if problem is not None:

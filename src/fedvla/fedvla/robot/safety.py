@@ -44,9 +44,6 @@ class SafetyConfig:
     stop_deceleration: float = 8.0  # rad/s^2 of servoStop when input goes stale or on a stop request
     workspace_min: tuple[float, float, float] = (-0.45, -0.45, 0.02)  # tool position box, base_link frame (m)
     workspace_max: tuple[float, float, float] = (0.45, 0.45, 0.55)
-    # A chunk's waypoints stay this far inside the box; the streamed setpoints may use the margin.
-    # Braking onto a waypoint on the boundary overshot it by 0.2-0.4 mm, a fault at the table.
-    workspace_margin_m: float = 0.003
     stale_timeout_s: float = 0.5  # no new action chunk for this long: stop
 
     def __post_init__(self) -> None:
@@ -56,7 +53,6 @@ class SafetyConfig:
         require_positive(self.max_joint_acceleration, "max_joint_acceleration")
         require_positive(self.stop_deceleration, "stop_deceleration")
         require_positive(self.stale_timeout_s, "stale_timeout_s")
-        require(self.workspace_margin_m >= 0, "workspace_margin_m", "must not be negative", "a distance >= 0 in m")
         require(len(self.workspace_min) == 3 and len(self.workspace_max) == 3, "workspace_min",
                 "workspace bounds are (x, y, z)", "three numbers each")
         require(all(lo < hi for lo, hi in zip(self.workspace_min, self.workspace_max)), "workspace_max",
@@ -74,9 +70,9 @@ class SafetyGuard:
         self.workspace_min = np.asarray(config.workspace_min)
         self.workspace_max = np.asarray(config.workspace_max)
 
-    def check_target(self, q: np.ndarray, margin_m: float = 0.0) -> Violation | None:
+    def check_target(self, q: np.ndarray) -> Violation | None:
         """A joint target (from IK) the arm may be asked to reach: finite, inside the joint limits,
-        tool inside the workspace (by ``margin_m``)."""
+        tool inside the workspace."""
         q = np.asarray(q, dtype=np.float64)
         if q.shape != (6,):
             return Violation.WRONG_SIZE
@@ -84,13 +80,13 @@ class SafetyGuard:
             return Violation.NOT_FINITE
         if np.any(q < self.lower) or np.any(q > self.upper):
             return Violation.JOINT_LIMIT
-        return self.check_tool_position(self.kinematics.fk(q).translation, margin_m)
+        return self.check_tool_position(self.kinematics.fk(q).translation)
 
-    def check_tool_position(self, position: np.ndarray, margin_m: float = 0.0) -> Violation | None:
+    def check_tool_position(self, position: np.ndarray) -> Violation | None:
         position = np.asarray(position, dtype=np.float64)
         if not np.all(np.isfinite(position)):
             return Violation.NOT_FINITE
-        if np.any(position < self.workspace_min + margin_m) or np.any(position > self.workspace_max - margin_m):
+        if np.any(position < self.workspace_min) or np.any(position > self.workspace_max):
             return Violation.WORKSPACE
         return None
 
