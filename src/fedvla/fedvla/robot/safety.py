@@ -113,14 +113,14 @@ class MotionLimiter:
     def step(self, q: np.ndarray, velocity: np.ndarray, target: np.ndarray,
              target_velocity: np.ndarray | None = None, goal: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(next setpoint, its velocity) one period on, towards ``target`` moving at
-        ``target_velocity`` (a trajectory's reference; None: a fixed target), never past ``goal``
-        (where the trajectory ends and the arm holds; None: ``target``).
+        ``target_velocity`` (a trajectory's reference; None: a fixed target), braking to stop at
+        ``goal`` (where the trajectory ends and the arm holds; None: ``target``).
 
         The reference's own velocity is fed forward: chasing a moving reference as if it stood
         still braked the arm at every chunk boundary (a new chunk's reference starts at the
         setpoint). Limits scale the joints' velocities (and their change) together, keeping the
         direction of motion: clipping each joint on its own bent the tool's path, and a policy's
-        next delta starts from the bent path, so the bend added up (3 cm of sag over 5 cm)."""
+        next delta starts from the bent path, so the bend added up (1.4 cm of sag over 5.6 cm)."""
         dt, a_max = self.period_s, self.max_acceleration
         feedforward = np.zeros_like(q) if target_velocity is None else np.asarray(target_velocity)
         error = target - q
