@@ -49,6 +49,8 @@ log = logging.getLogger("fedvla.robot")
 
 
 LATENCY_WINDOW = 200  # chunks over which the observation-to-setpoint latency is reported
+# Points of a braking path checked against the limits, as fractions of the way to where it stops.
+BRAKING_PATH_CHECKS = (0.0, 1 / 3, 2 / 3, 1.0)
 
 
 class ArmMode(str, enum.Enum):
@@ -106,6 +108,7 @@ class ArmController:
         self.fault_reason = ""
         self.refused: Counter[str] = Counter()  # refused chunks by reason
         self.refused_executing: Counter[str] = Counter()  # those refused while execution was enabled
+        self.limit_brakes = 0  # periods braked instead of following the chunk, to stop within the limits
         self.setpoint: np.ndarray | None = None
         self.velocity = np.zeros(6)
         self.measured_q: np.ndarray | None = None
@@ -309,6 +312,12 @@ class ArmController:
             target, target_velocity, gripper_closed = self.trajectory.target(now_s)
             q, velocity = self.limiter.step(self.setpoint, self.velocity, target, target_velocity,
                                             goal=self.trajectory.waypoints[-1])
+            if not self._can_stop_within_limits(q, velocity):
+                # Braking from here would carry the arm out (a chunk reversing at speed near the
+                # workspace's edge: measured 2.6 cm past the reference). Brake now instead, along
+                # the path the previous setpoint was checked to stop on.
+                q, velocity = self.limiter.brake(self.setpoint, self.velocity)
+                self.limit_brakes += 1
             problem = self.guard.check_setpoint(q, self.setpoint, self.velocity, self.backend.period_s)
             if problem is not None:
                 self._fault(f"setpoint refused: {problem.value}")
@@ -325,6 +334,14 @@ class ArmController:
         except BackendError as err:
             self._disconnected(str(err))
         return True
+
+    def _can_stop_within_limits(self, q: np.ndarray, velocity: np.ndarray) -> bool:
+        """Whether the arm, braking from setpoint ``q`` moving at ``velocity``, stops inside the
+        joint limits and the workspace (checked at four points of the braking path: a straight
+        line in joint space, a curve of a few centimetres for the tool)."""
+        stop = self.limiter.stopping_point(q, velocity)
+        return all(self.guard.check_target(q + fraction * (stop - q)) is None
+                   for fraction in BRAKING_PATH_CHECKS)
 
     def _drop_stale_plan(self, now_s: float) -> None:
         """Dry run: a planned (shown) trajectory goes away once its chunk is stale, as it would stop."""

@@ -101,6 +101,8 @@ class ArmSnapshot:
     refused_executing: dict[str, int]  # refused while execution was enabled (not planning in dry run)
     cycles: int
     overruns: int  # control periods that took longer than the period
+    # control periods braked instead of following the chunk, so as to stop within the limits
+    limit_brakes: int = 0
     enabled: bool = False  # executing chunks (False: dry run)
     # observation (camera frame) to first setpoint of the chunk answering it, seconds, last chunks
     observation_to_setpoint_s: tuple[float, ...] = ()
@@ -116,7 +118,7 @@ class ArmSnapshot:
         """The driver's diagnostics as key/value strings (refused chunks counted per reason)."""
         return {"mode": self.mode.value, "execution": "enabled" if self.enabled else "dry run",
                 "control_rate_hz": f"{control_rate_hz:g}", "control_cycles": str(self.cycles),
-                "control_overruns": str(self.overruns),
+                "control_overruns": str(self.overruns), "limit_brakes": str(self.limit_brakes),
                 **{f"refused_chunks.{reason}": str(n) for reason, n in sorted(self.refused.items())},
                 **{f"refused_while_executing.{reason}": str(n) for reason, n in sorted(self.refused_executing.items())},
                 **self._latency_values()}
@@ -353,5 +355,5 @@ class ArmRuntime:
                                gripper_closed=c.gripper_closed,
                                planned_q=None if trajectory is None else trajectory.waypoints.copy(),
                                refused=dict(c.refused), refused_executing=dict(c.refused_executing),
-                               cycles=self._cycles, overruns=self._overruns,
+                               cycles=self._cycles, overruns=self._overruns, limit_brakes=c.limit_brakes,
                                enabled=c.enabled, observation_to_setpoint_s=tuple(c.observation_to_setpoint_s))

@@ -3,8 +3,8 @@
 Two layers, both here so there is one definition of every limit:
 
 * :class:`MotionLimiter` turns joint targets into servo setpoints that respect the velocity and
-  acceleration limits by construction (per joint: the fastest velocity from which the arm can
-  still brake to the target, then an acceleration-bounded change of velocity);
+  acceleration limits by construction (straight at the target in joint space, no faster than the
+  arm can still brake onto it, then an acceleration-bounded change of velocity);
 * :class:`SafetyGuard` checks, independently, every setpoint about to be sent (finite, inside the
   joint limits less a margin, velocity and acceleration from the previous setpoint, tool inside
   the workspace box) and every target a policy action asks for. A violation is never clipped into
@@ -124,25 +124,62 @@ class MotionLimiter:
         dt, a_max = self.period_s, self.max_acceleration
         feedforward = np.zeros_like(q) if target_velocity is None else np.asarray(target_velocity)
         error = target - q
-        # Relative to the reference: the fastest closing speed from which the arm still meets it at
-        # a_max (v^2 = 2 a d), and never more than what closes the gap this period.
-        closing = np.sign(error) * np.minimum(np.sqrt(2.0 * a_max * np.abs(error)), np.abs(error) / dt)
+        # Relative to the reference: straight at it in joint space, as fast as the arm can still
+        # meet it. Per joint (each at its own stopping speed) the joints' velocities turned as the
+        # gaps closed; the limit on their change, shared to keep the direction, then starved the
+        # braking joint, and a point-to-point move passed its goal by a quarter of its length.
+        closing = error * _ratio_within(_stopping_speed(np.abs(error), a_max, dt), np.abs(error))
         desired = feedforward + closing
         desired = desired * _scale_within(desired, self.max_velocity)
         # Towards the goal, no faster than the arm can still stop there.
         to_goal = (target if goal is None else goal) - q
-        stoppable = np.minimum(np.sqrt(2.0 * a_max * np.abs(to_goal)), np.abs(to_goal) / dt)
+        stoppable = _stopping_speed(np.abs(to_goal), a_max, dt)
         towards = np.sign(desired) == np.sign(to_goal)
         desired = desired * _scale_within(np.where(towards, desired, 0.0), stoppable)
         change = desired - velocity
         new_velocity = velocity + change * _scale_within(change, a_max * dt)
         return q + new_velocity * dt, new_velocity
 
-    def brake(self, q: np.ndarray, velocity: np.ndarray, deceleration: float) -> tuple[np.ndarray, np.ndarray]:
-        """One period of braking to standstill at ``deceleration``."""
-        dt = self.period_s
-        new_velocity = velocity - np.clip(velocity, -deceleration * dt, deceleration * dt)
-        return q + new_velocity * dt, new_velocity
+    def brake(self, q: np.ndarray, velocity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(next setpoint, its velocity) one period into braking: all joints slowed by the same
+        factor (the joint-space direction kept), none by more than its acceleration limit."""
+        # (all of the speed when every joint can stop within a period)
+        slowdown = min(1.0, _ratio_within(self.max_acceleration * self.period_s, np.abs(velocity)))
+        new_velocity = velocity * (1.0 - slowdown)
+        return q + new_velocity * self.period_s, new_velocity
+
+    def stopping_point(self, q: np.ndarray, velocity: np.ndarray) -> np.ndarray:
+        """Where :meth:`brake`, repeated, stops the arm: on the straight joint-space line along
+        ``velocity``. The fastest joint loses a·dt each period, so the speeds run through the
+        fractions 1 - k·c of today's (c: this period's slowdown), and every later period's point
+        lies on the way to this one."""
+        slowdown = min(1.0, _ratio_within(self.max_acceleration * self.period_s, np.abs(velocity)))
+        if slowdown == 0.0:
+            return np.asarray(q, dtype=np.float64).copy()
+        periods = np.floor(1.0 / slowdown)
+        return q + velocity * self.period_s * (periods - slowdown * periods * (periods + 1) / 2)
+
+
+def _stopping_speed(distance: np.ndarray, deceleration: np.ndarray, dt: float) -> np.ndarray:
+    """The fastest speed from which the setpoints, slowing by at most ``deceleration * dt`` per
+    period, stop exactly ``distance`` on, in their own discrete time.
+
+    In units of a·dt per period and a·dt² of distance d: braking n+1 periods by one unit each from
+    v covers (n+1)·v - n(n+1)/2, so with n(n+1)/2 <= d the largest whole n, v = n + (d - n(n+1)/2)/(n+1),
+    and one period later the same formula gives v - 1. The continuous curve sqrt(2ad) asks for a
+    little more than a·dt of braking each period; the clipped change lagged it and the setpoints
+    passed the goal (0.4 mm onto the workspace floor below a grasp)."""
+    per_period = deceleration * dt
+    units = distance / (per_period * dt)
+    whole = np.floor((np.sqrt(1.0 + 8.0 * units) - 1.0) / 2.0)
+    return (whole + (units - whole * (whole + 1) / 2) / (whole + 1)) * per_period
+
+
+def _ratio_within(bound: np.ndarray, magnitude: np.ndarray) -> float:
+    """The largest factor that keeps every magnitude_i within bound_i (over magnitudes > 0; 0 when
+    none is)."""
+    moving = magnitude > 0
+    return float(np.min(bound[moving] / magnitude[moving])) if np.any(moving) else 0.0
 
 
 def _scale_within(vector: np.ndarray, bound: np.ndarray) -> float:
