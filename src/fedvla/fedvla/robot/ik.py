@@ -95,7 +95,7 @@ class IkSolver:
         return best
 
     def _solve_from(self, target, q: np.ndarray, prior: np.ndarray) -> IkResult:
-        pin, config = self._pin, self.config
+        config = self.config
         weight, damping = config.posture_weight, config.initial_damping
         eye = np.eye(6)
         offset, error, jacobian = self._linearise(target, q)
