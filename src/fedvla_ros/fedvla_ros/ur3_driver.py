@@ -5,8 +5,8 @@ object-frame actions, to the object's pose: ``object_pose_topic`` (geometry_msgs
 ``object_position_topic`` (geometry_msgs/PointStamped, such as the scene parser's
 ``~/target_position``; the object's axes are then parallel to ``base_link``), stamped in
 ``base_link`` or any other link of the URDF, such as the camera's optical frame. The control loop
-runs on its own thread at the controller's rate (:class:`fedvla.robot.runtime.ArmRuntime`); every
-safety decision is the core's.
+runs at the controller's rate (:class:`fedvla.robot.runtime.ArmRuntime`) in a child process of its
+own (``separate_process``, :mod:`fedvla.robot.loop_process`); every safety decision is the core's.
 
 Publishes, at ``state_rate_hz``: ``/joint_states`` (the six arm joints and the gripper's finger),
 ``~/tool_pose`` (PoseStamped, ``base_link``), ``/tf`` (every link of ``urdf/ur3_gripper.urdf`` from
@@ -44,6 +44,7 @@ from fedvla.app.arm import checked_action_space
 from fedvla.data.messages import parse_action_chunk
 from fedvla.robot.backends import BackendError
 from fedvla.robot.controller import ExecutionRefused
+from fedvla.robot.loop_process import SeparateArmRuntime
 from fedvla.robot.runtime import DRIVER_CONFIG_CLASSES, ArmRuntime
 from fedvla_interfaces.msg import ActionChunk
 from fedvla_ros.conversions import diagnostics_msg, fill_pose, matrix_from_pose, path_marker, transforms
@@ -67,7 +68,7 @@ class Ur3DriverNode(Node):
         if driver.checkpoint_path:  # before anything connects: a policy it would misread never runs
             space = checked_action_space(driver.checkpoint_path, retarget)
             self.get_logger().info(f"policy actions: {space.describe()}")
-        self.runtime = ArmRuntime(*configs)
+        self.runtime = (SeparateArmRuntime if driver.separate_process else ArmRuntime)(*configs)
         self.config, self.kinematics = driver, self.runtime.kinematics
         self._base = self.kinematics.base_frame
 
@@ -106,7 +107,7 @@ class Ur3DriverNode(Node):
         self.runtime.start()
         where = driver.robot_ip if driver.backend.value == "ur_rtde" else "simulated arm"
         self.get_logger().info(f"{driver.ur_type} ({where}) at {driver.control_rate_hz:g} Hz; actions from "
-                               f"{driver.action_topic}; " + ("executing them" if self.runtime.controller.enabled else
+                               f"{driver.action_topic}; " + ("executing them" if self.runtime.snapshot().enabled else
                                f"dry run: chunks are planned and shown, not executed, until {self.get_name()}/enable"))
 
     def destroy_node(self) -> None:

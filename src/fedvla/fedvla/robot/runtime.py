@@ -70,6 +70,9 @@ class ArmDriverConfig:
     # driver asks for: on a busy machine a normal thread can miss the RTDE watchdog (100 ms). Needs
     # rtprio permission (/etc/security/limits.conf); without it the loop runs at normal priority.
     realtime_priority: int = 50
+    # The loop in a child process of its own (fedvla.robot.loop_process): in the node's process it
+    # shares the GIL with rclpy's publishing, which held it long enough to trip the RTDE watchdog.
+    separate_process: bool = True
 
     def __post_init__(self) -> None:
         require(self.ur_type in UR_CONTROL_RATES_HZ, "ur_type", f"unknown UR model {self.ur_type!r}",
@@ -340,11 +343,7 @@ class ArmRuntime:
             self.controller.source_lost(why)
 
     def joint_state(self, snapshot: ArmSnapshot) -> tuple[list[str], list[float]]:
-        """Joint names and positions to publish: the arm's measured joints, then the gripper's
-        finger at the end of its travel it was commanded to."""
-        lower, upper = self.kinematics.gripper_limits
-        finger = lower if snapshot.gripper_closed else upper
-        return [*self.kinematics.joint_names, GRIPPER_JOINT], [*map(float, snapshot.measured_q), finger]
+        return joint_state_of(self.kinematics, snapshot)
 
     def snapshot(self) -> ArmSnapshot:
         with self._lock:
@@ -357,3 +356,11 @@ class ArmRuntime:
                                refused=dict(c.refused), refused_executing=dict(c.refused_executing),
                                cycles=self._cycles, overruns=self._overruns, limit_brakes=c.limit_brakes,
                                enabled=c.enabled, observation_to_setpoint_s=tuple(c.observation_to_setpoint_s))
+
+
+def joint_state_of(kinematics: ArmKinematics, snapshot: ArmSnapshot) -> tuple[list[str], list[float]]:
+    """Joint names and positions to publish: the arm's measured joints, then the gripper's finger
+    at the end of its travel it was commanded to."""
+    lower, upper = kinematics.gripper_limits
+    finger = lower if snapshot.gripper_closed else upper
+    return [*kinematics.joint_names, GRIPPER_JOINT], [*map(float, snapshot.measured_q), finger]

@@ -1,0 +1,88 @@
+"""The arm runtime in a child process: the same calls, answers and errors as in process, the
+child's log in the parent's, and the arm braked when the parent goes away."""
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pinocchio")
+
+from fedvla.config import ConfigError  # noqa: E402
+from fedvla.robot.controller import ArmMode, ControllerConfig, ExecutionRefused  # noqa: E402
+from fedvla.robot.loop_process import SeparateArmRuntime  # noqa: E402
+from fedvla.robot.runtime import ArmDriverConfig  # noqa: E402
+from fedvla.robot.safety import SafetyConfig  # noqa: E402
+
+CHUNK = np.array([[1.0, 0.0, 0.0, -1.0]] * 4)  # 1 cm along x per action
+
+
+def eventually(condition, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+@pytest.fixture
+def separate():
+    runtimes = []
+
+    def make(**controller):
+        runtime = SeparateArmRuntime(ArmDriverConfig(realtime_priority=0), SafetyConfig(stale_timeout_s=2.0),
+                                     controller=ControllerConfig(**controller))
+        runtimes.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in runtimes:
+        runtime.close()
+
+
+def test_chunks_move_the_arm_run_by_the_child(separate) -> None:
+    runtime = separate(execute_on_start=True)
+    runtime.start()
+    assert eventually(lambda: runtime.snapshot().mode is ArmMode.IDLE)
+    before = runtime.snapshot().measured_q
+    assert runtime.submit_chunk(CHUNK, 0.1) is None
+    assert eventually(lambda: runtime.snapshot().cycles > 100 and not np.allclose(runtime.snapshot().measured_q, before))
+    snapshot = runtime.snapshot()
+    assert snapshot.enabled and snapshot.planned_q.shape == (5, 6)
+    names, positions = runtime.joint_state(snapshot)
+    assert len(names) == len(positions) == 7
+    assert runtime.disable("test") == "dry run (test)"
+    assert not runtime.snapshot().enabled
+
+
+def test_errors_cross_with_their_type_and_the_log_reaches_the_parent(separate, core_warnings) -> None:
+    runtime = separate(execute_on_start=False, operator_heartbeat_timeout_s=0.0)
+    runtime.start()
+    assert eventually(lambda: runtime.snapshot().mode is ArmMode.IDLE)
+    with pytest.raises(ValueError, match="three finite coordinates"):
+        runtime.set_object_position(np.array([np.nan, 0.0, 0.0]))
+    assert runtime.submit_chunk(np.full((4, 4), np.nan), 0.1) is not None
+    assert eventually(lambda: "action chunk refused: not_finite" in core_warnings)
+    with pytest.raises(ConfigError, match="operator_heartbeat_topic"):
+        SeparateArmRuntime(ArmDriverConfig(operator_heartbeat_topic="/deadman"))
+
+
+def test_execution_needs_the_heartbeat_across_the_process_boundary(separate) -> None:
+    runtime = SeparateArmRuntime(ArmDriverConfig(realtime_priority=0, operator_heartbeat_topic="/deadman"),
+                                 controller=ControllerConfig(operator_heartbeat_timeout_s=0.5))
+    try:
+        runtime.start()
+        with pytest.raises(ExecutionRefused, match="no operator heartbeat"):
+            runtime.enable()
+        runtime.operator_heartbeat(True)
+        assert runtime.enable().startswith("enabled")
+    finally:
+        runtime.close()
+
+
+def test_the_child_brakes_and_ends_when_its_parent_goes_away(separate) -> None:
+    runtime = separate(execute_on_start=True)
+    runtime.start()
+    assert eventually(lambda: runtime.snapshot().mode is ArmMode.IDLE)
+    process = runtime._process
+    runtime._commands.close()  # what the parent's death does to the child's end of the pipe
+    process.wait(timeout=10)
+    assert process.returncode == 0
