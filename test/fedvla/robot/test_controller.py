@@ -120,6 +120,48 @@ def test_a_fast_descent_stops_at_its_goal_above_the_workspace_floor(kinematics) 
     assert_within_limits(arm, guard, kinematics)
 
 
+def test_a_late_chunk_runs_on_its_observations_clock_and_a_chunk_past_its_time_is_refused(kinematics) -> None:
+    """Four 5 mm actions observed at t = 0 and arriving 0.25 s later: their reference is already
+    12.5 mm along, so the arm gets there sooner than had the chunk started on arrival (unstamped),
+    at the same place; a chunk whose last action was due before it arrived is refused as late."""
+    start_tool = kinematics.fk(START).translation.copy()
+    chunk = np.array([[0.5, 0.0, 0.0, -1.0]] * 4)
+
+    def done_at(observed_s):
+        arm, _, controller = make(kinematics, stale_timeout_s=2.0)
+        t = run(arm, controller, 0.0, 0.25)  # holding: the setpoints' history covers the observation
+        assert controller.submit_chunk(chunk, 0.1, t, observed_s=observed_s) is None
+        while np.linalg.norm(kinematics.fk(controller.setpoint).translation - start_tool - [0.02, 0, 0]) > 2e-4:
+            t = run(arm, controller, t, PERIOD)
+        return t, controller
+
+    aligned_s, controller = done_at(0.0)
+    target, _, _ = controller.trajectory.target(0.25)
+    np.testing.assert_allclose(kinematics.fk(target).translation - start_tool, [0.0125, 0, 0], atol=2e-4)
+    on_arrival_s, _ = done_at(None)
+    assert aligned_s < on_arrival_s - 0.05, (aligned_s, on_arrival_s)  # (measured 0.61 s against 0.67 s)
+    assert controller.submit_chunk(chunk, 0.1, aligned_s, observed_s=aligned_s - 0.45) == "late"
+    assert controller.refused["late"] == 1
+
+
+def test_a_delta_chunk_goes_from_the_setpoint_at_its_observation(kinematics) -> None:
+    """The arm moves along x; a chunk observed at t = 0.2 arrives at t = 0.3, after 1 more cm: its
+    four 1 cm steps end 4 cm from where the tool was at the observation, not from where it is on
+    arrival (the policy saw the first)."""
+    arm, _, controller = make(kinematics, stale_timeout_s=2.0)
+    t = run(arm, controller, 0.0, 0.1)
+    chunk = np.array([[1.0, 0.0, 0.0, -1.0]] * 8)
+    assert controller.submit_chunk(chunk, 0.1, t, observed_s=t) is None
+    observed_s = t + 0.2
+    t = run(arm, controller, t, 0.2)
+    at_observation = kinematics.fk(controller.setpoint).translation.copy()
+    t = run(arm, controller, t, 0.1)
+    assert kinematics.fk(controller.setpoint).translation[0] > at_observation[0] + 0.008
+    assert controller.submit_chunk(chunk[:4], 0.1, t, observed_s=observed_s) is None
+    run(arm, controller, t, 1.0)
+    np.testing.assert_allclose(kinematics.fk(arm.q).translation, at_observation + [0.04, 0, 0], atol=5e-4)
+
+
 def test_the_latency_runs_from_the_observation_to_the_chunks_first_setpoint(kinematics) -> None:
     """Per chunk, once: its observation's time to the first servo setpoint computed from it (the
     next control period after it arrived); dry run and unstamped chunks measure nothing."""

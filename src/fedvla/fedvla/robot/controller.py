@@ -7,6 +7,14 @@ per controller period (time is passed in, so tests run it on simulated time).
   waypoint, and checked (:class:`fedvla.robot.safety.SafetyGuard`: joint limits, workspace, and the
   joint speed the waypoint would need). A chunk with any bad action is refused whole, with the
   reason; the arm keeps executing what it had.
+* Time-aligned (``time_aligned``): a chunk answers an observation taken earlier (its stamp), so
+  its actions are applied from the setpoint at the observation's time (a history of the last
+  setpoints is kept) and action h is due at that time + h·``step_period_s``; the actions whose time
+  has passed on arrival are behind the reference already, and a chunk with none left is refused
+  (``late``). The setpoints, not the measured joints: in process (no latency) and in the expert's
+  demonstrations a delta goes from the setpoint, and the measured joints lag it by the servo's
+  tracking. Unstamped chunks, and those observed before the history (a reconnect, a recovery),
+  run from the setpoint on arrival.
 * Every period the controller interpolates the waypoints in time, moves the setpoint towards that
   target within velocity/acceleration limits (:class:`fedvla.robot.safety.MotionLimiter`), checks
   the setpoint once more and sends it with servoJ.
@@ -49,6 +57,8 @@ log = logging.getLogger("fedvla.robot")
 
 
 LATENCY_WINDOW = 200  # chunks over which the observation-to-setpoint latency is reported
+SETPOINT_HISTORY_S = 2.0  # setpoints kept for time-aligned chunks: longer than any useful latency
+LATE = "late"  # the refusal of a time-aligned chunk whose every action's time has passed
 # Points of a braking path checked against the limits, as fractions of the way to where it stops.
 BRAKING_PATH_CHECKS = (0.0, 1 / 3, 2 / 3, 1.0)
 
@@ -66,6 +76,9 @@ class ControllerConfig:
     reconnect_period_s: float = 1.0
     execute_on_start: bool = False  # False: dry run (plan, check, show) until enable() (module docstring)
     operator_heartbeat_timeout_s: float = 0.0  # > 0: execution needs an operator heartbeat this fresh
+    # Chunks run on their observation's clock, from the setpoint then (module docstring); False:
+    # from the setpoint on arrival, as if no time had passed since the observation.
+    time_aligned: bool = True
 
     def __post_init__(self) -> None:
         require(self.execute_steps >= 1, "execute_steps", f"must be at least 1, got {self.execute_steps}")
@@ -82,6 +95,7 @@ class Trajectory:
     gripper_closed: list[bool]
     observed_s: float | None = None  # when the observation the chunk answers was taken (controller time)
     streamed: bool = False  # a setpoint computed from it has been sent
+    aligned: bool = False  # planned from the setpoint at start_s (time-aligned), not from the one on arrival
 
     def target(self, now_s: float) -> tuple[np.ndarray, np.ndarray, bool]:
         """(joint reference, its velocity, gripper closed): linear interpolation between
@@ -118,6 +132,7 @@ class ArmController:
         # from that chunk: the loop's end-to-end latency, over the last chunks.
         self.observation_to_setpoint_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.object_in_base: np.ndarray | None = None
+        self._setpoints: deque[tuple[float, np.ndarray]] = deque()  # (time, setpoint), last SETPOINT_HISTORY_S
         self._last_chunk_s: float | None = None
         self._stopped = True  # servoStop sent, nothing streaming
         self._next_reconnect_s = -np.inf
@@ -130,7 +145,7 @@ class ArmController:
         """Plan a chunk (horizon x action_dim) received at ``received_s`` and take it; returns the
         refusal reason (None when accepted). Only possible while connected and not in FAULT.
         ``observed_s``: when the observation it answers was taken, on the same clock (latency)."""
-        plan = self.plan_chunk(actions, step_period_s, self.planning_start())
+        plan = self.plan_chunk(actions, step_period_s, self.planning_start(observed_s))
         return self.take_plan(plan, received_s, observed_s)
 
     def _why_not_plannable(self) -> str | None:
@@ -139,22 +154,28 @@ class ArmController:
             return f"arm is {self.mode.value}"
         return None
 
-    def planning_start(self) -> tuple[np.ndarray, np.ndarray | None] | str:
-        """What a plan starts from: (the setpoint, the object pose), or why nothing can be planned."""
+    def planning_start(self, observed_s: float | None = None) -> tuple[np.ndarray, np.ndarray | None, float | None] | str:
+        """What a plan starts from: (the setpoint, the object pose, the time of that setpoint: the
+        observation's for a time-aligned chunk, None for one that runs from the setpoint on
+        arrival), or why nothing can be planned."""
         why = self._why_not_plannable()
         if why is not None:
             return why
-        return self.setpoint.copy(), None if self.object_in_base is None else self.object_in_base.copy()
+        start, start_s = self.setpoint, None
+        if self.config.time_aligned and observed_s is not None and self._setpoints and observed_s >= self._setpoints[0][0]:
+            start_s = observed_s
+            start = next(q for t, q in reversed(self._setpoints) if t <= observed_s)
+        return start.copy(), None if self.object_in_base is None else self.object_in_base.copy(), start_s
 
     def plan_chunk(self, actions: np.ndarray, step_period_s: float,
-                   start: tuple[np.ndarray, np.ndarray | None] | str) -> Trajectory | Violation | str:
+                   start: tuple[np.ndarray, np.ndarray | None, float | None] | str) -> Trajectory | Violation | str:
         """Retarget, check and solve IK for a chunk's executed actions from ``start``
         (:meth:`planning_start`): a trajectory (its start time set by :meth:`take_plan`), or the
         refusal reason. Changes nothing: the driver plans without holding the control loop's lock
         (IK for a chunk takes tens of milliseconds on a busy machine; the 125 Hz loop cannot wait)."""
         if isinstance(start, str):
             return start
-        setpoint, object_in_base = start
+        setpoint, object_in_base, start_s = start
         actions = np.asarray(actions, dtype=np.float64)
         if actions.ndim != 2 or actions.shape[0] == 0:
             return Violation.WRONG_SIZE
@@ -182,22 +203,30 @@ class ArmController:
             q, tool = result.q, self.kinematics.fk(result.q).homogeneous
             waypoints.append(q)
             grippers.append(closed)
-        return Trajectory(0.0, step_period_s, np.stack(waypoints), grippers)
+        return Trajectory(0.0 if start_s is None else start_s, step_period_s, np.stack(waypoints), grippers,
+                          aligned=start_s is not None)
 
     def take_plan(self, plan: Trajectory | Violation | str, received_s: float,
                   observed_s: float | None = None) -> Violation | str | None:
         """Execute (or, in dry run, show) a plan from :meth:`plan_chunk`; the refusal reason, counted,
-        when it is one or when the arm stopped meanwhile. A plan starts from the setpoint it was
-        made from; if the loop moved the setpoint since, it starts from the new one (the first step
-        absorbs the difference, within the guard's limits)."""
+        when it is one or when the arm stopped meanwhile. A time-aligned plan keeps its clock (its
+        reference may be partway along on arrival) and is refused as ``late`` when its last action's
+        time has passed. Any other starts on arrival, from the setpoint it was made from; if the loop
+        moved the setpoint since, from the new one (the first step absorbs the difference, within
+        the guard's limits)."""
         if not isinstance(plan, Trajectory):
             return self._refuse(plan)
         why = self._why_not_plannable()  # (since the plan was made)
         if why is not None:
             return self._refuse(why)
         waypoints = plan.waypoints.copy()
-        waypoints[0] = self.setpoint
-        self.trajectory = Trajectory(received_s, plan.step_period_s, waypoints, plan.gripper_closed, observed_s)
+        if plan.aligned:
+            if received_s >= plan.start_s + plan.step_period_s * (len(waypoints) - 1):
+                return self._refuse(LATE)
+        else:
+            waypoints[0] = self.setpoint
+        self.trajectory = Trajectory(plan.start_s if plan.aligned else received_s, plan.step_period_s, waypoints,
+                                     plan.gripper_closed, observed_s, aligned=plan.aligned)
         self._last_chunk_s = received_s
         if self.mode is ArmMode.IDLE and self.enabled:
             self.mode = ArmMode.TRACKING
@@ -271,6 +300,13 @@ class ArmController:
 
     # The control loop ----------------------------------------------------------------------------
     def step(self, now_s: float) -> None:
+        self._step(now_s)
+        if self.setpoint is not None:  # (the setpoint in force from now: what a chunk observed now starts from)
+            self._setpoints.append((now_s, self.setpoint.copy()))
+            while now_s - self._setpoints[0][0] > SETPOINT_HISTORY_S:
+                self._setpoints.popleft()
+
+    def _step(self, now_s: float) -> None:
         if self.mode is ArmMode.DISCONNECTED or not self.backend.is_connected:
             self._reconnect(now_s)
             return
@@ -384,6 +420,7 @@ class ArmController:
 
     def _resync(self, measured_q: np.ndarray) -> None:
         self.setpoint, self.velocity, self.measured_q = measured_q.copy(), np.zeros(6), measured_q.copy()
+        self._setpoints.clear()  # (a chunk observed before this answers a state that is gone)
         self.trajectory, self._last_chunk_s, self._stopped = None, None, True
 
     def _disconnected(self, reason: str) -> None:

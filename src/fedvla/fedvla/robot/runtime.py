@@ -253,7 +253,7 @@ class ArmRuntime:
         received = time.monotonic()
         observed = None if not observed_unix_s else received - (time.time() - observed_unix_s)
         with self._lock:
-            start = self.controller.planning_start()
+            start = self.controller.planning_start(observed)
         plan = self.controller.plan_chunk(actions, step_period_s, start)  # (IK: outside the loop's lock)
         with self._lock:
             return self.controller.take_plan(plan, received, observed)
