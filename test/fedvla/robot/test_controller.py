@@ -162,6 +162,62 @@ def test_a_delta_chunk_goes_from_the_setpoint_at_its_observation(kinematics) -> 
     np.testing.assert_allclose(kinematics.fk(arm.q).translation, at_observation + [0.04, 0, 0], atol=5e-4)
 
 
+def overlapping_chunks(kinematics, aggregator: str, decay: float = 0.01):
+    """Chunk A (eight 1 cm steps along x, observed and arriving at 0.25 s), then chunk B (four
+    along y, observed at 0.35 s, arriving at 0.4 s): (arm, guard, controller, A, B, the reference
+    an instant before B arrived, the time B arrived)."""
+    arm, guard, controller = make(kinematics, {"chunk_aggregator": aggregator, "ensemble_decay": decay},
+                                  stale_timeout_s=2.0)
+    t = run(arm, controller, 0.0, 0.25)
+    assert controller.submit_chunk(np.array([[1.0, 0.0, 0.0, -1.0]] * 8), 0.1, t, observed_s=t) is None
+    chunk_a = controller.trajectory
+    t = run(arm, controller, t, 0.15)
+    before = chunk_a.target(t)[0]
+    assert controller.submit_chunk(np.array([[0.0, 1.0, 0.0, -1.0]] * 4), 0.1, t, observed_s=t - 0.05) is None
+    return arm, guard, controller, chunk_a, controller.trajectory, before, t
+
+
+def test_crossfade_hands_over_continuously_and_ensemble_averages_the_overlap(kinematics) -> None:
+    """Latest-wins jumps to the new chunk's reference on arrival; the cross-fade starts where the
+    old reference was and reaches the new chunk's own by the old one's end; the ensemble is the
+    exp(-m·i) weighted mean of the chunks covering a time (ACT's temporal ensembling). The arm
+    stays within its limits throughout."""
+    *_, chunk_b, before, arrived = overlapping_chunks(kinematics, "latest")
+    assert np.max(np.abs(chunk_b.target(arrived)[0] - before)) > 1e-3  # the jump the others avoid
+
+    arm, guard, controller, chunk_a, chunk_b, before, arrived = overlapping_chunks(kinematics, "crossfade")
+    np.testing.assert_allclose(chunk_b.target(arrived)[0], before, atol=1e-12)
+    halfway = (arrived + chunk_a.end_s) / 2
+    np.testing.assert_allclose(chunk_b.target(halfway)[0],
+                               (chunk_a.own_target(halfway)[0] + chunk_b.own_target(halfway)[0]) / 2, atol=1e-12)
+    np.testing.assert_allclose(chunk_b.target(chunk_a.end_s)[0], chunk_b.own_target(chunk_a.end_s)[0], atol=1e-12)
+    run(arm, controller, arrived, 1.5)
+    assert controller.mode is not ArmMode.FAULT, controller.fault_reason
+    assert_within_limits(arm, guard, kinematics)
+
+    arm, guard, controller, chunk_a, chunk_b, _, arrived = overlapping_chunks(kinematics, "ensemble", decay=0.5)
+    t = arrived + 0.05
+    weight_b = np.exp(-0.5)
+    np.testing.assert_allclose(chunk_b.target(t)[0], (chunk_a.own_target(t)[0] + weight_b * chunk_b.own_target(t)[0])
+                               / (1 + weight_b), atol=1e-12)
+    run(arm, controller, arrived, 1.5)
+    assert controller.mode is not ArmMode.FAULT, controller.fault_reason
+    assert_within_limits(arm, guard, kinematics)
+
+
+def test_a_merge_the_arm_could_not_follow_is_refused_and_the_old_chunk_runs_on(kinematics) -> None:
+    """A chunk along y arriving 10 ms before the chunk along x ends: cross-fading 2 cm in 10 ms
+    would outrun the joints, so it is refused (velocity) and the first chunk stays."""
+    arm, _, controller = make(kinematics, {"chunk_aggregator": "crossfade"}, stale_timeout_s=2.0)
+    t = run(arm, controller, 0.0, 0.25)
+    assert controller.submit_chunk(np.array([[1.0, 0.0, 0.0, -1.0]] * 4), 0.1, t, observed_s=t) is None
+    chunk_a = controller.trajectory
+    arrive = chunk_a.end_s - 0.01
+    t = run(arm, controller, t, arrive - t)
+    assert controller.submit_chunk(np.array([[0.0, 2.0, 0.0, -1.0]] * 4), 0.1, t, observed_s=t - 0.2) == Violation.VELOCITY
+    assert controller.trajectory is chunk_a
+
+
 def test_the_latency_runs_from_the_observation_to_the_chunks_first_setpoint(kinematics) -> None:
     """Per chunk, once: its observation's time to the first servo setpoint computed from it (the
     next control period after it arrived); dry run and unstamped chunks measure nothing."""

@@ -15,6 +15,13 @@ per controller period (time is passed in, so tests run it on simulated time).
   demonstrations a delta goes from the setpoint, and the measured joints lag it by the servo's
   tracking. Unstamped chunks, and those observed before the history (a reconnect, a recovery),
   run from the setpoint on arrival.
+* Overlapping time-aligned chunks (``chunk_aggregator``): ``latest`` - the new chunk's reference
+  replaces the old one on arrival (the limiter absorbs the jump); ``crossfade`` - the reference
+  moves linearly from the old chunk's to the new one's between the arrival and the old chunk's
+  end, so it is continuous; ``ensemble`` - as ACT's temporal ensembling, the reference at a time
+  is the average of every chunk that covers it, the i-th oldest weighted exp(-``ensemble_decay``·i).
+  A merged reference is checked (joint limits, workspace, joint speed between its samples at the
+  chunk's action times) before it is taken; a merge that fails is refused, and the old chunk runs on.
 * Every period the controller interpolates the waypoints in time, moves the setpoint towards that
   target within velocity/acceleration limits (:class:`fedvla.robot.safety.MotionLimiter`), checks
   the setpoint once more and sends it with servoJ.
@@ -63,6 +70,12 @@ LATE = "late"  # the refusal of a time-aligned chunk whose every action's time h
 BRAKING_PATH_CHECKS = (0.0, 1 / 3, 2 / 3, 1.0)
 
 
+class ChunkAggregator(str, enum.Enum):
+    LATEST = "latest"
+    CROSSFADE = "crossfade"
+    ENSEMBLE = "ensemble"
+
+
 class ArmMode(str, enum.Enum):
     IDLE = "idle"  # connected, holding: no (fresh) chunk to execute
     TRACKING = "tracking"  # executing a chunk
@@ -79,9 +92,15 @@ class ControllerConfig:
     # Chunks run on their observation's clock, from the setpoint then (module docstring); False:
     # from the setpoint on arrival, as if no time had passed since the observation.
     time_aligned: bool = True
+    chunk_aggregator: str = "latest"  # how overlapping time-aligned chunks merge: latest, crossfade, ensemble
+    ensemble_decay: float = 0.01  # ensemble: the i-th oldest chunk weighs exp(-decay·i) (ACT's m)
 
     def __post_init__(self) -> None:
         require(self.execute_steps >= 1, "execute_steps", f"must be at least 1, got {self.execute_steps}")
+        aggregators = [a.value for a in ChunkAggregator]
+        require(self.chunk_aggregator in aggregators, "chunk_aggregator", f"unknown {self.chunk_aggregator!r}",
+                ", ".join(aggregators))
+        require(self.ensemble_decay >= 0, "ensemble_decay", f"is negative ({self.ensemble_decay})", "a rate >= 0")
         require_positive(self.reconnect_period_s, "reconnect_period_s")
         require(self.operator_heartbeat_timeout_s >= 0, "operator_heartbeat_timeout_s",
                 f"is negative ({self.operator_heartbeat_timeout_s})", "0 (no heartbeat) or a timeout in seconds")
@@ -96,10 +115,50 @@ class Trajectory:
     observed_s: float | None = None  # when the observation the chunk answers was taken (controller time)
     streamed: bool = False  # a setpoint computed from it has been sent
     aligned: bool = False  # planned from the setpoint at start_s (time-aligned), not from the one on arrival
+    # The chunk this one took over from (merged over their overlap, by ``aggregator``), and when.
+    previous: Trajectory | None = None
+    arrived_s: float = 0.0
+    aggregator: ChunkAggregator = ChunkAggregator.LATEST
+    ensemble_decay: float = 0.0
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.step_period_s * (len(self.waypoints) - 1)
 
     def target(self, now_s: float) -> tuple[np.ndarray, np.ndarray, bool]:
-        """(joint reference, its velocity, gripper closed): linear interpolation between
-        waypoints; the last one holds (velocity zero)."""
+        """(joint reference, its velocity, gripper closed): this chunk's own (:meth:`own_target`)
+        merged with the chunks it took over from while they last (module docstring)."""
+        q, velocity, gripper = self.own_target(now_s)
+        previous = self.previous
+        if previous is None or now_s >= previous.end_s:
+            return q, velocity, gripper
+        if self.aggregator is ChunkAggregator.CROSSFADE:
+            old_q, old_velocity, _ = previous.target(now_s)
+            span = previous.end_s - self.arrived_s
+            weight = float(np.clip((now_s - self.arrived_s) / span, 0.0, 1.0))
+            ramp = (q - old_q) / span if 0.0 < weight < 1.0 else 0.0
+            return (1 - weight) * old_q + weight * q, (1 - weight) * old_velocity + weight * velocity + ramp, gripper
+        covering = [self]  # ENSEMBLE: every chunk covering now, newest first
+        while covering[-1].previous is not None and now_s < covering[-1].previous.end_s:
+            covering.append(covering[-1].previous)
+        weights = np.exp(-self.ensemble_decay * np.arange(len(covering)))[::-1]  # the oldest weighs 1
+        weights /= weights.sum()
+        references = [chunk.own_target(now_s) for chunk in covering]
+        return (sum(w * r[0] for w, r in zip(weights, references)),
+                sum(w * r[1] for w, r in zip(weights, references)), gripper)
+
+    def forget_finished(self, now_s: float) -> None:
+        """Drop the older chunks that ended before ``now_s``: they no longer count."""
+        chunk = self
+        while chunk.previous is not None:
+            if now_s >= chunk.previous.end_s:
+                chunk.previous = None
+            else:
+                chunk = chunk.previous
+
+    def own_target(self, now_s: float) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(joint reference, its velocity, gripper closed) of this chunk alone: linear interpolation
+        between waypoints; the last one holds (velocity zero)."""
         position = (now_s - self.start_s) / self.step_period_s
         index = int(np.clip(np.floor(position), 0, len(self.waypoints) - 2))
         fraction = float(np.clip(position - index, 0.0, 1.0))
@@ -221,16 +280,39 @@ class ArmController:
             return self._refuse(why)
         waypoints = plan.waypoints.copy()
         if plan.aligned:
-            if received_s >= plan.start_s + plan.step_period_s * (len(waypoints) - 1):
+            if received_s >= plan.end_s:
                 return self._refuse(LATE)
         else:
             waypoints[0] = self.setpoint
-        self.trajectory = Trajectory(plan.start_s if plan.aligned else received_s, plan.step_period_s, waypoints,
-                                     plan.gripper_closed, observed_s, aligned=plan.aligned)
+        trajectory = Trajectory(plan.start_s if plan.aligned else received_s, plan.step_period_s, waypoints,
+                                plan.gripper_closed, observed_s, aligned=plan.aligned, arrived_s=received_s,
+                                aggregator=ChunkAggregator(self.config.chunk_aggregator),
+                                ensemble_decay=self.config.ensemble_decay)
+        current = self.trajectory
+        if (plan.aligned and trajectory.aggregator is not ChunkAggregator.LATEST and current is not None
+                and current.aligned and self.mode is ArmMode.TRACKING and received_s < current.end_s):
+            trajectory.previous = current
+            problem = self._check_merge(trajectory, received_s)
+            if problem is not None:
+                return self._refuse(problem)
+        self.trajectory = trajectory
         self._last_chunk_s = received_s
         if self.mode is ArmMode.IDLE and self.enabled:
             self.mode = ArmMode.TRACKING
         return None
+
+    def _check_merge(self, trajectory: Trajectory, received_s: float) -> Violation | None:
+        """A merged reference, sampled on arrival, at the new chunk's action times in the overlap and
+        at the old chunk's end: each sample a valid target, and the joint speed between samples
+        within the limit (the chunk's own waypoints were checked when it was planned)."""
+        overlap_end = trajectory.previous.end_s
+        times = [received_s, *(t for t in trajectory.start_s + trajectory.step_period_s *
+                               np.arange(1, len(trajectory.waypoints)) if received_s < t < overlap_end), overlap_end]
+        samples = [trajectory.target(t)[0] for t in times]
+        for (t0, q0), (t1, q1) in zip(zip(times, samples), zip(times[1:], samples[1:])):
+            if t1 > t0 and np.any(np.abs(q1 - q0) / (t1 - t0) > self.guard.max_velocity):
+                return Violation.VELOCITY
+        return next((p for p in map(self.guard.check_target, samples) if p is not None), None)
 
     def enable(self, now_s: float) -> str:
         """Start executing chunks (from the next one: a plan made in dry run is not executed).
@@ -345,6 +427,7 @@ class ArmController:
                 self.trajectory, self.mode = None, ArmMode.IDLE
                 self._send_stop()  # a command too: it counts as this period's watchdog kick
                 return True
+            self.trajectory.forget_finished(now_s)
             target, target_velocity, gripper_closed = self.trajectory.target(now_s)
             q, velocity = self.limiter.step(self.setpoint, self.velocity, target, target_velocity,
                                             goal=self.trajectory.waypoints[-1])
