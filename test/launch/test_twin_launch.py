@@ -9,13 +9,11 @@ tests skip.
 """
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 VENDOR_REASON = "launch_pytest/launch_ros are not installed: they come from ../shared/vendor (or a ROS 2 install)"
@@ -24,18 +22,13 @@ pytest.importorskip("launch_ros", reason=VENDOR_REASON)
 pytest.importorskip("mujoco")
 pytest.importorskip("rtde_control", reason="ur_rtde is not installed")
 
-import rclpy  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from launch import LaunchDescription  # noqa: E402
 from launch.actions import IncludeLaunchDescription  # noqa: E402
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
-from sensor_msgs.msg import JointState  # noqa: E402
-from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
 from fedvla import topics  # noqa: E402
 from fedvla.twin.ur_controller import free_loopback_host  # noqa: E402
+from support.twin_ros import Watcher, processes_with, refused_counts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.ros
@@ -63,101 +56,6 @@ def twin_launch(twin_setup):
                               launch_pytest.actions.ReadyToTest()])
 
 
-class Watcher:
-    """Joint states (receive time, six arm joints) and the driver's last diagnostics."""
-
-    def __init__(self, context) -> None:
-        self.node = rclpy.create_node("twin_loop_test", context=context)
-        self.executor = SingleThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
-        self.samples: list[tuple[float, np.ndarray]] = []
-        self.driver: dict[str, str] = {}
-        self.message = ""
-        self.node.create_subscription(JointState, topics.JOINT_STATES, self._joints, qos_profile_sensor_data)
-        self.node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self._diagnostics, QoSProfile(depth=10))
-        from fedvla_interfaces.msg import ActionChunk
-        from fedvla_ros.qos import ACTION_CHUNK_QOS
-
-        self.chunks = 0
-        self.node.create_subscription(ActionChunk, topics.node_topic(topics.POLICY_NODE, topics.ACTION_CHUNK),
-                                      self._chunk, ACTION_CHUNK_QOS)
-
-    def _chunk(self, msg) -> None:
-        self.chunks += 1
-
-    def _joints(self, msg) -> None:
-        self.samples.append((time.monotonic(), np.array(msg.position[:6])))
-
-    def _diagnostics(self, msg) -> None:
-        for status in msg.status:
-            if status.name == topics.DRIVER_DIAGNOSTICS:
-                self.message = status.message
-                self.driver = {v.key: v.value for v in status.values}
-
-    def spin(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.executor.spin_once(timeout_sec=0.02)
-
-    def until(self, predicate, timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not predicate() and time.monotonic() < deadline:
-            self.spin(0.1)
-        assert predicate(), f"{what} within {timeout_s:g} s (driver: {self.message!r} {self.driver})"
-
-    def motion(self, since: float) -> float:
-        """Largest joint change (rad) between samples received after ``since``."""
-        window = [q for t, q in self.samples if t >= since]
-        return max((float(np.abs(b - a).max()) for a, b in zip(window, window[1:])), default=0.0)
-
-    def last_moving(self, since: float) -> float | None:
-        moving = [t1 for (t0, a), (t1, b) in zip(self.samples, self.samples[1:])
-                  if t0 >= since and np.abs(b - a).max() > 1e-5]
-        return moving[-1] if moving else None
-
-    def call(self, kind, service: str, request):
-        client = self.node.create_client(kind, topics.node_topic(topics.UR3_DRIVER_NODE, service))
-        assert client.wait_for_service(timeout_sec=20.0)
-        future = client.call_async(request)
-        self.executor.spin_until_future_complete(future, timeout_sec=20.0)
-        return future.result()
-
-    def enable(self, on: bool) -> str:
-        return self.call(SetBool, topics.ENABLE_SERVICE, SetBool.Request(data=on)).message
-
-    def running(self) -> dict[str, int]:
-        """Recover the driver if the robot stopped (on a starved 2-core machine the RTDE watchdog
-        can stop the twin's program, as on a real UR); the refusal counts from here on."""
-        self.spin(1.2)  # the 1 Hz diagnostics
-        if self.driver.get("mode") == "fault":
-            self.call(Trigger, topics.RECOVER_SERVICE, Trigger.Request())
-            self.until(lambda: self.driver.get("mode") in ("idle", "tracking"), 20, "the driver recovered")
-        return _refused(self.driver)
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-
-
-def _processes(marker: str) -> list:
-    """This run's processes whose command line has ``marker`` (in this test run's ROS domain)."""
-    import psutil
-
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        try:
-            cmdline = " ".join(process.info["cmdline"] or [])
-            if marker in cmdline and process.environ().get("ROS_DOMAIN_ID") == os.environ["ROS_DOMAIN_ID"]:
-                found.append(process)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
-
-
-def _refused(driver: dict[str, str]) -> dict[str, int]:
-    return {k: int(v) for k, v in driver.items() if k.startswith("refused_chunks.") and int(v)}
-
-
 @pytest.mark.timeout(600)  # a cold twin (MuJoCo, the renderer, the policy) starts slowly on 2 cores
 @pytest.mark.launch(fixture=twin_launch)
 def test_the_policy_drives_the_twin_only_when_enabled_and_stops_safely(rclpy_context, twin_setup) -> None:
@@ -178,7 +76,7 @@ def test_the_policy_drives_the_twin_only_when_enabled_and_stops_safely(rclpy_con
         ros.until(lambda: ros.motion(moving_from) > 1e-4, 20, "the arm moving under the policy")
         ros.spin(2.0)
         ros.spin(1.2)  # the 1 Hz diagnostics
-        refused = {k: n - refused_before.get(k, 0) for k, n in _refused(ros.driver).items()}
+        refused = {k: n - refused_before.get(k, 0) for k, n in refused_counts(ros.driver).items()}
         assert not any(refused.values()), f"chunks refused: {ros.driver}"
         # The driver measures the loop, frame stamp to the first setpoint of each chunk (a figure, no goal here).
         assert float(ros.driver["observation_to_setpoint_ms.p95"]) > 0, ros.driver
@@ -195,7 +93,7 @@ def test_the_policy_drives_the_twin_only_when_enabled_and_stops_safely(rclpy_con
         assert ros.enable(True).startswith("enabled")
         moving_from = time.monotonic()
         ros.until(lambda: ros.motion(moving_from) > 1e-4, 20, "the arm moving again")
-        (policy,) = _processes("lib/fedvla_ros/policy_node")
+        (policy,) = processes_with("lib/fedvla_ros/policy_node")
         policy.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         ros.spin(2.0)
@@ -204,7 +102,7 @@ def test_the_policy_drives_the_twin_only_when_enabled_and_stops_safely(rclpy_con
 
         # Killing workcell_sim (the robot): DISCONNECTED; a restarted one is reconnected to, and no
         # old chunk moves the arm (the policy is gone: nothing new comes).
-        for process in _processes("lib/fedvla_ros/workcell_sim") + _processes("fedvla.twin.process"):
+        for process in processes_with("lib/fedvla_ros/workcell_sim") + processes_with("fedvla.twin.process"):
             process.send_signal(signal.SIGKILL)
         ros.until(lambda: ros.driver.get("mode") == "disconnected", 30, "the driver disconnected")
         restarted = _start_workcell_sim(host)

@@ -2,8 +2,10 @@
 
 Subscribes to ``/camera/<name>/color/image_raw`` for every camera the checkpoint was trained
 with, ``/joint_states`` and ``/instruction`` (std_msgs/String; the ``instruction`` parameter
-is the initial one). On a timer at ``rate_hz`` it runs the policy on the newest inputs (none
-older than ``max_input_age_s``) and publishes ``~/action_chunk`` (fedvla_interfaces/ActionChunk)
+is the initial one). When ``inference_mode`` says a step is due (:mod:`fedvla.app.inference_schedule`:
+every ``1/rate_hz``, or once the last chunk's executed actions run low or out) it runs the policy
+on the newest inputs (none older than ``max_input_age_s``) and publishes ``~/action_chunk``
+(fedvla_interfaces/ActionChunk; ``injected_latency_s`` holds it back, for benchmarks)
 and ``~/expert_activation`` (per-layer expert token counts of that step). A checkpoint trained
 with IOSP also waits for ``/scene_parser/parsed_scene`` (one ParsedScene per camera): the parse
 runs in the scene_parser node by default, so RViz, bags and the policy share one parse and the
@@ -19,6 +21,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
 from fedvla import topics
+from fedvla.app.inference_schedule import InferenceMode, InferenceSchedule
 from fedvla.app.policy_runtime import PolicyRuntime, PolicyRuntimeConfig
 from fedvla.data.messages import action_chunk_fields, expert_activation_fields, parse_parsed_scene
 from fedvla.data.observations import proprio_from_joint_state
@@ -54,9 +57,12 @@ class PolicyNode(Node):
             self.create_subscription(ParsedScene, topic, self._on_scene, 10)
         self._chunk_pub = self.create_publisher(ActionChunk, topics.private_topic(topics.ACTION_CHUNK), ACTION_CHUNK_QOS)
         self._experts_pub = self.create_publisher(ExpertActivation, topics.private_topic(topics.EXPERT_ACTIVATION), 10)
-        self.create_timer(1.0 / self.config.rate_hz, self._step)
-        self.get_logger().info(f"policy from {self.config.checkpoint_path} at {self.config.rate_hz:g} Hz, cameras "
-                               f"{list(self.runtime.camera_names)}, instruction {self.instruction!r}")
+        self.schedule = InferenceSchedule(InferenceMode(self.config.inference_mode), 1.0 / self.config.rate_hz,
+                                          self.runtime.model_config.execute_steps, self.config.refill_threshold)
+        self.create_timer(self.schedule.poll_period_s, self._step)
+        self.get_logger().info(f"policy from {self.config.checkpoint_path} at {self.config.rate_hz:g} Hz "
+                               f"({self.schedule.mode.value} inference), cameras {list(self.runtime.camera_names)}, "
+                               f"instruction {self.instruction!r}")
 
     def _now_s(self) -> float:
         return self.get_clock().now().nanoseconds / 1e9
@@ -107,6 +113,8 @@ class PolicyNode(Node):
         # the driver measures the loop's latency from it to the chunk's first servo setpoint.
         tick = self.get_clock().now()
         now, max_age = tick.nanoseconds / 1e9, self.config.max_input_age_s
+        if not self.schedule.due(now):
+            return
         stale = [n for n in self.runtime.camera_names if n not in self._images or now - self._images[n][1] > max_age]
         if self._joints is None or now - self._joints[1] > max_age:
             stale.append("joint_states")
@@ -129,10 +137,27 @@ class PolicyNode(Node):
         stamp = self._observed(tick)
         chunk = ActionChunk(**action_chunk_fields(step.chunk, 1.0 / self.config.rate_hz, compute_time_s=step.latency_s))
         chunk.header.stamp = stamp
-        self._chunk_pub.publish(chunk)
         activation = ExpertActivation(**expert_activation_fields(step.expert_counts, step.experts_per_token))
         activation.header.stamp = stamp
+        self.schedule.observed(stamp.sec + 1e-9 * stamp.nanosec)
+        if self.config.injected_latency_s > 0:
+            self._publish_later(chunk, activation)
+        else:
+            self._publish(chunk, activation)
+
+    def _publish(self, chunk: ActionChunk, activation: ExpertActivation) -> None:
+        self._chunk_pub.publish(chunk)
         self._experts_pub.publish(activation)
+        self.schedule.published(self.get_clock().now().nanoseconds / 1e9)
+
+    def _publish_later(self, chunk: ActionChunk, activation: ExpertActivation) -> None:
+        """Publish after ``injected_latency_s``, as a slower policy would (a one-shot timer: the
+        executor keeps serving the inputs meanwhile)."""
+        def fire() -> None:
+            self.destroy_timer(timer)
+            self._publish(chunk, activation)
+
+        timer = self.create_timer(self.config.injected_latency_s, fire)
 
 
 main = main_for(PolicyNode, "policy_node")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedvla.app.inference_schedule import InferenceMode
 from fedvla.config import require, require_positive
 from fedvla.data.observations import policy_images
 from fedvla.iosp.types import SelectedTokens
@@ -35,6 +36,12 @@ class PolicyRuntimeConfig:
     # took 34 ms with 2 threads on 2 busy cores, and 268 ms beside the twin's software renderer
     # (20 ms with 1). The policy node's config sets 1.
     torch_threads: int = 0
+    # When to observe next (fedvla.app.inference_schedule): rate (every 1/rate_hz), async (once
+    # refill_threshold of the last chunk's executed horizon is left) or sync (once it has all run).
+    inference_mode: str = "rate"
+    refill_threshold: float = 0.5
+    # Benchmarks only: hold each chunk this long before publishing it, as a slower policy would.
+    injected_latency_s: float = 0.0
 
     def __post_init__(self) -> None:
         require(bool(self.checkpoint_path), "checkpoint_path", "is empty", "a checkpoint directory (fedvla train)")
@@ -42,6 +49,11 @@ class PolicyRuntimeConfig:
                 f"{self.checkpoint_path!r} is not a directory", "a checkpoint directory with config.json")
         require_positive(self.rate_hz, "rate_hz")
         require_positive(self.max_input_age_s, "max_input_age_s")
+        modes = [m.value for m in InferenceMode]
+        require(self.inference_mode in modes, "inference_mode", f"unknown {self.inference_mode!r}", ", ".join(modes))
+        require(0.0 <= self.refill_threshold <= 1.0, "refill_threshold", f"{self.refill_threshold} is outside [0, 1]",
+                "a fraction of the executed horizon, 0..1")
+        require(self.injected_latency_s >= 0, "injected_latency_s", "must not be negative", "seconds, 0 for none")
         require(self.torch_threads >= 0, "torch_threads", "must not be negative", "1, or 0 for torch's default")
         require(self.expected_action_dim >= 0, "expected_action_dim", "must not be negative", "0 or the robot's action size")
         self.proprio_joint_names = tuple(self.proprio_joint_names)

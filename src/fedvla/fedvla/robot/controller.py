@@ -10,8 +10,8 @@ per controller period (time is passed in, so tests run it on simulated time).
 * Time-aligned (``time_aligned``): a chunk answers an observation taken earlier (its stamp), so
   its actions are applied from the setpoint at the observation's time (a history of the last
   setpoints is kept) and action h is due at that time + h·``step_period_s``; the actions whose time
-  has passed on arrival are behind the reference already, and a chunk with none left is refused
-  (``late``). The setpoints, not the measured joints: in process (no latency) and in the expert's
+  has passed on arrival are behind the reference already (counted: ``late_actions``), and a chunk
+  with none left is dropped (``late``, not a refusal: nothing in it was unsafe). The setpoints, not the measured joints: in process (no latency) and in the expert's
   demonstrations a delta goes from the setpoint, and the measured joints lag it by the servo's
   tracking. Unstamped chunks, and those observed before the history (a reconnect, a recovery),
   run from the setpoint on arrival.
@@ -65,7 +65,7 @@ log = logging.getLogger("fedvla.robot")
 
 LATENCY_WINDOW = 200  # chunks over which the observation-to-setpoint latency is reported
 SETPOINT_HISTORY_S = 2.0  # setpoints kept for time-aligned chunks: longer than any useful latency
-LATE = "late"  # the refusal of a time-aligned chunk whose every action's time has passed
+LATE = "late"  # what submitting a time-aligned chunk whose every action's time has passed returns
 # Points of a braking path checked against the limits, as fractions of the way to where it stops.
 BRAKING_PATH_CHECKS = (0.0, 1 / 3, 2 / 3, 1.0)
 
@@ -120,21 +120,33 @@ class Trajectory:
     arrived_s: float = 0.0
     aggregator: ChunkAggregator = ChunkAggregator.LATEST
     ensemble_decay: float = 0.0
+    ran_dry: bool = False  # the arm reached its last waypoint with no newer chunk (counted once)
 
     @property
     def end_s(self) -> float:
         return self.start_s + self.step_period_s * (len(self.waypoints) - 1)
+
+    @property
+    def merge_end_s(self) -> float:
+        """When the chunks this one took over from stop counting: the end of the previous one, and a
+        cross-fade lasts at least one action step (a hand-over squeezed into the last milliseconds of
+        the old chunk would be the jump it is there to avoid)."""
+        if self.previous is None:
+            return self.start_s
+        if self.aggregator is ChunkAggregator.CROSSFADE:
+            return self.arrived_s + max(self.previous.end_s - self.arrived_s, self.step_period_s)
+        return self.previous.end_s
 
     def target(self, now_s: float) -> tuple[np.ndarray, np.ndarray, bool]:
         """(joint reference, its velocity, gripper closed): this chunk's own (:meth:`own_target`)
         merged with the chunks it took over from while they last (module docstring)."""
         q, velocity, gripper = self.own_target(now_s)
         previous = self.previous
-        if previous is None or now_s >= previous.end_s:
+        if previous is None or now_s >= self.merge_end_s:
             return q, velocity, gripper
         if self.aggregator is ChunkAggregator.CROSSFADE:
             old_q, old_velocity, _ = previous.target(now_s)
-            span = previous.end_s - self.arrived_s
+            span = self.merge_end_s - self.arrived_s
             weight = float(np.clip((now_s - self.arrived_s) / span, 0.0, 1.0))
             ramp = (q - old_q) / span if 0.0 < weight < 1.0 else 0.0
             return (1 - weight) * old_q + weight * q, (1 - weight) * old_velocity + weight * velocity + ramp, gripper
@@ -151,7 +163,7 @@ class Trajectory:
         """Drop the older chunks that ended before ``now_s``: they no longer count."""
         chunk = self
         while chunk.previous is not None:
-            if now_s >= chunk.previous.end_s:
+            if now_s >= chunk.merge_end_s:
                 chunk.previous = None
             else:
                 chunk = chunk.previous
@@ -182,6 +194,9 @@ class ArmController:
         self.refused: Counter[str] = Counter()  # refused chunks by reason
         self.refused_executing: Counter[str] = Counter()  # those refused while execution was enabled
         self.limit_brakes = 0  # periods braked instead of following the chunk, to stop within the limits
+        self.chunk_merges = 0  # chunks merged with the one executing (chunk_aggregator)
+        self.dry_holds = 0  # chunks whose last waypoint came with no newer chunk: the arm held, waiting
+        self.late_actions = 0  # actions of time-aligned chunks whose time had passed when they arrived
         self.setpoint: np.ndarray | None = None
         self.velocity = np.zeros(6)
         self.measured_q: np.ndarray | None = None
@@ -269,10 +284,10 @@ class ArmController:
                   observed_s: float | None = None) -> Violation | str | None:
         """Execute (or, in dry run, show) a plan from :meth:`plan_chunk`; the refusal reason, counted,
         when it is one or when the arm stopped meanwhile. A time-aligned plan keeps its clock (its
-        reference may be partway along on arrival) and is refused as ``late`` when its last action's
-        time has passed. Any other starts on arrival, from the setpoint it was made from; if the loop
-        moved the setpoint since, from the new one (the first step absorbs the difference, within
-        the guard's limits)."""
+        reference may be partway along on arrival) and is dropped (``late``, not counted as a
+        refusal) when its last action's time has passed. Any other starts on arrival, from the
+        setpoint it was made from; if the loop moved the setpoint since, from the new one (the first
+        step absorbs the difference, within the guard's limits)."""
         if not isinstance(plan, Trajectory):
             return self._refuse(plan)
         why = self._why_not_plannable()  # (since the plan was made)
@@ -280,8 +295,10 @@ class ArmController:
             return self._refuse(why)
         waypoints = plan.waypoints.copy()
         if plan.aligned:
+            past = min(len(waypoints) - 1, int(np.floor((received_s - plan.start_s) / plan.step_period_s)))
+            self.late_actions += max(past, 0)
             if received_s >= plan.end_s:
-                return self._refuse(LATE)
+                return LATE
         else:
             waypoints[0] = self.setpoint
         trajectory = Trajectory(plan.start_s if plan.aligned else received_s, plan.step_period_s, waypoints,
@@ -295,6 +312,7 @@ class ArmController:
             problem = self._check_merge(trajectory, received_s)
             if problem is not None:
                 return self._refuse(problem)
+            self.chunk_merges += 1
         self.trajectory = trajectory
         self._last_chunk_s = received_s
         if self.mode is ArmMode.IDLE and self.enabled:
@@ -305,7 +323,7 @@ class ArmController:
         """A merged reference, sampled on arrival, at the new chunk's action times in the overlap and
         at the old chunk's end: each sample a valid target, and the joint speed between samples
         within the limit (the chunk's own waypoints were checked when it was planned)."""
-        overlap_end = trajectory.previous.end_s
+        overlap_end = trajectory.merge_end_s
         times = [received_s, *(t for t in trajectory.start_s + trajectory.step_period_s *
                                np.arange(1, len(trajectory.waypoints)) if received_s < t < overlap_end), overlap_end]
         samples = [trajectory.target(t)[0] for t in times]
@@ -428,6 +446,9 @@ class ArmController:
                 self._send_stop()  # a command too: it counts as this period's watchdog kick
                 return True
             self.trajectory.forget_finished(now_s)
+            if self.trajectory.aligned and now_s >= self.trajectory.end_s and not self.trajectory.ran_dry:
+                self.trajectory.ran_dry, self.dry_holds = True, self.dry_holds + 1
+                log.info("the action chunk ran out before the next one came: holding at its last waypoint")
             target, target_velocity, gripper_closed = self.trajectory.target(now_s)
             q, velocity = self.limiter.step(self.setpoint, self.velocity, target, target_velocity,
                                             goal=self.trajectory.waypoints[-1])

@@ -106,6 +106,10 @@ class ArmSnapshot:
     overruns: int  # control periods that took longer than the period
     # control periods braked instead of following the chunk, so as to stop within the limits
     limit_brakes: int = 0
+    chunk_merges: int = 0  # chunks merged with the one executing (chunk_aggregator)
+    dry_holds: int = 0  # times the executing chunk ran out before the next came (the arm held)
+    queue_s: float = 0.0  # time left of the executing chunk's actions
+    late_actions: int = 0  # actions whose time had passed when their chunk arrived (dropped)
     enabled: bool = False  # executing chunks (False: dry run)
     # observation (camera frame) to first setpoint of the chunk answering it, seconds, last chunks
     observation_to_setpoint_s: tuple[float, ...] = ()
@@ -122,6 +126,8 @@ class ArmSnapshot:
         return {"mode": self.mode.value, "execution": "enabled" if self.enabled else "dry run",
                 "control_rate_hz": f"{control_rate_hz:g}", "control_cycles": str(self.cycles),
                 "control_overruns": str(self.overruns), "limit_brakes": str(self.limit_brakes),
+                "chunk_merges": str(self.chunk_merges), "queue_ran_dry": str(self.dry_holds),
+                "queue_ms": f"{1000.0 * self.queue_s:.0f}", "late_actions": str(self.late_actions),
                 **{f"refused_chunks.{reason}": str(n) for reason, n in sorted(self.refused.items())},
                 **{f"refused_while_executing.{reason}": str(n) for reason, n in sorted(self.refused_executing.items())},
                 **self._latency_values()}
@@ -355,6 +361,8 @@ class ArmRuntime:
                                planned_q=None if trajectory is None else trajectory.waypoints.copy(),
                                refused=dict(c.refused), refused_executing=dict(c.refused_executing),
                                cycles=self._cycles, overruns=self._overruns, limit_brakes=c.limit_brakes,
+                               chunk_merges=c.chunk_merges, dry_holds=c.dry_holds, late_actions=c.late_actions,
+                               queue_s=0.0 if trajectory is None else max(0.0, trajectory.end_s - time.monotonic()),
                                enabled=c.enabled, observation_to_setpoint_s=tuple(c.observation_to_setpoint_s))
 
 
