@@ -4,56 +4,37 @@ run is recorded; revoking enable holds the arm; killing the policy node stops th
 workcell_sim puts the driver in DISCONNECTED, and after a restart it reconnects without replaying
 old chunks.
 
-launch_pytest and launch_ros come from ../shared/vendor (or a ROS 2 install); without them these
-tests skip.
+Without launch_pytest and launch_ros (../shared/vendor, or a ROS 2 install) these tests skip.
 """
 from __future__ import annotations
 
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-VENDOR_REASON = "launch_pytest/launch_ros are not installed: they come from ../shared/vendor (or a ROS 2 install)"
-launch_pytest = pytest.importorskip("launch_pytest", reason=VENDOR_REASON)
-pytest.importorskip("launch_ros", reason=VENDOR_REASON)
-pytest.importorskip("mujoco")
-pytest.importorskip("rtde_control", reason="ur_rtde is not installed")
+from support.twin_launch import checkpoint_and_host, launch_pytest, twin_launch_description
+from support.twin_ros import Watcher, processes_with
 
-from launch import LaunchDescription  # noqa: E402
-from launch.actions import IncludeLaunchDescription  # noqa: E402
-from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
+from fedvla import topics
 
-from fedvla import topics  # noqa: E402
-from fedvla.twin.ur_controller import free_loopback_host  # noqa: E402
-from support.twin_ros import Watcher, processes_with, refused_counts  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.ros
 
 
 @pytest.fixture(scope="module")
 def twin_setup(tmp_path_factory):
-    from support.twin import train_small_twin_checkpoint
-
     directory = tmp_path_factory.mktemp("twin_loop")
-    try:
-        host = free_loopback_host()
-    except OSError as error:
-        pytest.skip(f"no loopback address with the UR ports free: {error}")
-    return train_small_twin_checkpoint(directory), directory / "trial_bag", host
+    checkpoint, host = checkpoint_and_host(directory)
+    return checkpoint, directory / "trial_bag", host
 
 
 @launch_pytest.fixture(scope="module")
 def twin_launch(twin_setup):
     checkpoint, bag, host = twin_setup
-    source = PythonLaunchDescriptionSource(str(REPO / "launch" / "twin.launch.py"))
-    arguments = {"checkpoint": str(checkpoint), "instruction": "open the drawer", "task": "open_drawer",
-                 "robot_ip": host, "record": "true", "record_path": str(bag), "twin_fps": "10"}
-    return LaunchDescription([IncludeLaunchDescription(source, launch_arguments=arguments.items()),
-                              launch_pytest.actions.ReadyToTest()])
+    return twin_launch_description({"checkpoint": str(checkpoint), "instruction": "open the drawer",
+                                    "task": "open_drawer", "robot_ip": host, "record": "true",
+                                    "record_path": str(bag), "twin_fps": "10"})
 
 
 @pytest.mark.timeout(600)  # a cold twin (MuJoCo, the renderer, the policy) starts slowly on 2 cores
@@ -72,12 +53,7 @@ def test_the_policy_drives_the_twin_only_when_enabled_and_stops_safely(rclpy_con
         assert ros.motion(dry_start) < 1e-5, "the arm moved in dry run"
 
         assert ros.enable(True).startswith("enabled")
-        moving_from = time.monotonic()
-        ros.until(lambda: ros.motion(moving_from) > 1e-4, 20, "the arm moving under the policy")
-        ros.spin(2.0)
-        ros.spin(1.2)  # the 1 Hz diagnostics
-        refused = {k: n - refused_before.get(k, 0) for k, n in refused_counts(ros.driver).items()}
-        assert not any(refused.values()), f"chunks refused: {ros.driver}"
+        ros.moves_without_refusals(refused_before, 2.0)
         # The driver measures the loop, frame stamp to the first setpoint of each chunk (a figure, no goal here).
         assert float(ros.driver["observation_to_setpoint_ms.p95"]) > 0, ros.driver
 

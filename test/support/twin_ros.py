@@ -87,6 +87,16 @@ class Watcher:
             self.until(lambda: self.driver.get("mode") in ("idle", "tracking"), 20, "the driver recovered")
         return refused_counts(self.driver)
 
+    def moves_without_refusals(self, refused_before: dict[str, int], seconds: float) -> None:
+        """The arm starts moving under the policy and, for ``seconds``, no chunk is refused beyond
+        ``refused_before`` (:meth:`running`'s counts)."""
+        moving_from = time.monotonic()
+        self.until(lambda: self.motion(moving_from) > 1e-4, 30, "the arm moving under the policy")
+        self.spin(seconds)
+        self.spin(1.2)  # the 1 Hz diagnostics
+        refused = {k: n - refused_before.get(k, 0) for k, n in refused_counts(self.driver).items()}
+        assert not any(refused.values()), f"chunks refused: {self.driver}"
+
     def close(self) -> None:
         self.executor.shutdown()
         self.node.destroy_node()
