@@ -185,8 +185,9 @@ def test_crossfade_hands_over_continuously_and_ensemble_averages_the_overlap(kin
     old reference was and reaches the new chunk's own by the old one's end; the ensemble is the
     exp(-m·i) weighted mean of the chunks covering a time (ACT's temporal ensembling). The arm
     stays within its limits throughout."""
-    *_, chunk_b, before, arrived = overlapping_chunks(kinematics, "latest")
+    _, _, controller, _, chunk_b, before, arrived = overlapping_chunks(kinematics, "latest")
     assert np.max(np.abs(chunk_b.target(arrived)[0] - before)) > 1e-3  # the jump the others avoid
+    assert controller.smoothness.largest_reference_jump == pytest.approx(np.max(np.abs(chunk_b.target(arrived)[0] - before)))
 
     arm, guard, controller, chunk_a, chunk_b, before, arrived = overlapping_chunks(kinematics, "crossfade")
     np.testing.assert_allclose(chunk_b.target(arrived)[0], before, atol=1e-12)
@@ -197,6 +198,7 @@ def test_crossfade_hands_over_continuously_and_ensemble_averages_the_overlap(kin
     run(arm, controller, arrived, 1.5)
     assert controller.mode is not ArmMode.FAULT, controller.fault_reason
     assert_within_limits(arm, guard, kinematics)
+    assert controller.smoothness.hand_overs == 1 and controller.smoothness.largest_reference_jump < 1e-9
 
     arm, guard, controller, chunk_a, chunk_b, _, arrived = overlapping_chunks(kinematics, "ensemble", decay=0.5)
     t = arrived + 0.05
@@ -610,3 +612,18 @@ def test_the_async_queue_never_runs_dry_below_the_refill_margin_and_holds_safely
     assert controller.dry_holds > 3 and not controller.refused
     assert controller.mode is ArmMode.TRACKING
     assert_within_limits(arm, guard, kinematics)
+
+
+def test_the_setpoints_jerk_is_measured_as_the_streamed_setpoints_give_it(kinematics) -> None:
+    """The RMS jerk the driver reports equals the one computed from the servoJ setpoints the arm
+    received (third difference over the control period, the largest joint's), one run of streaming."""
+    arm, _, controller = make(kinematics, stale_timeout_s=2.0)
+    t = 0.0
+    for step in range(6):
+        assert controller.submit_chunk(np.array([[-1.0, 0.5 * (-1) ** step, 0.0, -1.0]] * 4), 0.1, t) is None
+        t = run(arm, controller, t, 0.1)
+    q = np.array([q for _, q in servo_commands(arm)])
+    q = np.vstack([START, q])  # (the run starts at rest at START)
+    jerk = np.max(np.abs(np.diff(q, n=3, axis=0)), axis=1) / PERIOD ** 3
+    assert controller.smoothness.jerk_samples == len(jerk)
+    assert controller.smoothness.rms_jerk == pytest.approx(float(np.sqrt(np.mean(jerk ** 2))), rel=1e-9)

@@ -181,6 +181,37 @@ class Trajectory:
         return q, velocity, gripper
 
 
+@dataclasses.dataclass
+class Smoothness:
+    """How smooth the streamed motion is (``fedvla bench realtime`` compares the chunk aggregators
+    by it): the jerk of the setpoints (change of acceleration per period, the largest joint's,
+    rad/s^3; its RMS over the periods streamed in a row) and the jumps of the reference where a
+    new chunk takes over (rad, the largest joint's)."""
+
+    jerk_sum_sq: float = 0.0
+    jerk_samples: int = 0
+    largest_reference_jump: float = 0.0
+    hand_overs: int = 0
+    _acceleration: np.ndarray | None = None
+
+    @property
+    def rms_jerk(self) -> float:
+        return float(np.sqrt(self.jerk_sum_sq / self.jerk_samples)) if self.jerk_samples else 0.0
+
+    def setpoint(self, previous_velocity: np.ndarray, velocity: np.ndarray, period_s: float, continuing: bool) -> None:
+        """A setpoint streamed one period after the last (``continuing``) or the first of a run."""
+        acceleration = (velocity - previous_velocity) / period_s
+        if continuing and self._acceleration is not None:
+            self.jerk_sum_sq += float(np.max(np.abs(acceleration - self._acceleration)) / period_s) ** 2
+            self.jerk_samples += 1
+        self._acceleration = acceleration if continuing else None
+
+    def hand_over(self, old_reference: np.ndarray, new_reference: np.ndarray) -> None:
+        self.largest_reference_jump = max(self.largest_reference_jump,
+                                          float(np.max(np.abs(new_reference - old_reference))))
+        self.hand_overs += 1
+
+
 class ArmController:
     def __init__(self, backend: ArmBackend, guard: SafetyGuard, ik: IkSolver, retargeter: Retargeter,
                  config: ControllerConfig | None = None, servo: ServoSettings | None = None) -> None:
@@ -197,6 +228,7 @@ class ArmController:
         self.chunk_merges = 0  # chunks merged with the one executing (chunk_aggregator)
         self.dry_holds = 0  # chunks whose last waypoint came with no newer chunk: the arm held, waiting
         self.late_actions = 0  # actions of time-aligned chunks whose time had passed when they arrived
+        self.smoothness = Smoothness()
         self.setpoint: np.ndarray | None = None
         self.velocity = np.zeros(6)
         self.measured_q: np.ndarray | None = None
@@ -313,6 +345,8 @@ class ArmController:
             if problem is not None:
                 return self._refuse(problem)
             self.chunk_merges += 1
+        if current is not None and self.mode is ArmMode.TRACKING:
+            self.smoothness.hand_over(current.target(received_s)[0], trajectory.target(received_s)[0])
         self.trajectory = trajectory
         self._last_chunk_s = received_s
         if self.mode is ArmMode.IDLE and self.enabled:
@@ -464,6 +498,7 @@ class ArmController:
                 return True  # faulted: nothing more this period
             self.backend.servo_j(q, self.servo)  # also counts as a watchdog kick (UR: any register update)
             self.backend.set_gripper(gripper_closed)
+            self.smoothness.setpoint(self.velocity, velocity, self.backend.period_s, continuing=not self._stopped)
             self.setpoint, self.velocity, self._stopped = q, velocity, False
             if not self.trajectory.streamed:
                 self.trajectory.streamed = True

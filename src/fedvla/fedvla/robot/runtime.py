@@ -110,6 +110,8 @@ class ArmSnapshot:
     dry_holds: int = 0  # times the executing chunk ran out before the next came (the arm held)
     queue_s: float = 0.0  # time left of the executing chunk's actions
     late_actions: int = 0  # actions whose time had passed when their chunk arrived (dropped)
+    setpoint_jerk_rms: float = 0.0  # rad/s^3, the largest joint's (controller.Smoothness)
+    largest_reference_jump: float = 0.0  # rad, where a new chunk took over
     enabled: bool = False  # executing chunks (False: dry run)
     # observation (camera frame) to first setpoint of the chunk answering it, seconds, last chunks
     observation_to_setpoint_s: tuple[float, ...] = ()
@@ -128,6 +130,8 @@ class ArmSnapshot:
                 "control_overruns": str(self.overruns), "limit_brakes": str(self.limit_brakes),
                 "chunk_merges": str(self.chunk_merges), "queue_ran_dry": str(self.dry_holds),
                 "queue_ms": f"{1000.0 * self.queue_s:.0f}", "late_actions": str(self.late_actions),
+                "setpoint_jerk_rms": f"{self.setpoint_jerk_rms:.1f}",
+                "largest_reference_jump_mrad": f"{1000.0 * self.largest_reference_jump:.2f}",
                 **{f"refused_chunks.{reason}": str(n) for reason, n in sorted(self.refused.items())},
                 **{f"refused_while_executing.{reason}": str(n) for reason, n in sorted(self.refused_executing.items())},
                 **self._latency_values()}
@@ -362,6 +366,8 @@ class ArmRuntime:
                                refused=dict(c.refused), refused_executing=dict(c.refused_executing),
                                cycles=self._cycles, overruns=self._overruns, limit_brakes=c.limit_brakes,
                                chunk_merges=c.chunk_merges, dry_holds=c.dry_holds, late_actions=c.late_actions,
+                               setpoint_jerk_rms=c.smoothness.rms_jerk,
+                               largest_reference_jump=c.smoothness.largest_reference_jump,
                                queue_s=0.0 if trajectory is None else max(0.0, trajectory.end_s - time.monotonic()),
                                enabled=c.enabled, observation_to_setpoint_s=tuple(c.observation_to_setpoint_s))
 
