@@ -229,6 +229,56 @@ def cmd_bench_twin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_realtime(args: argparse.Namespace) -> int:
+    import json
+    import shlex
+    import sys
+    import time
+    from pathlib import Path
+
+    from fedvla.bench.realtime import condition_names, launch_arguments, plot, read_run, run_name
+    from fedvla.cli.common import run_ros_tool
+    from fedvla.paths import run_directory, working_tree_commit
+    from fedvla.sim.report import machine
+
+    output = Path(args.output or run_directory("realtime_bench")).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    conditions = args.conditions or condition_names()
+    unknown = [c for c in conditions if c not in condition_names()]
+    if unknown:
+        console.print(f"[red]unknown condition {unknown[0]!r} (allowed: {', '.join(condition_names())})")
+        return 2
+    rows = []
+    for latency in args.latencies:
+        for condition in conditions:
+            run = output / run_name(condition, latency)
+            console.rule(f"{condition}, {1000 * latency:g} ms injected latency: {args.trials} trials of {args.task}")
+            status = run_ros_tool("twin_evaluate", "bench realtime", [
+                "--checkpoint", args.checkpoint, "--task", args.task, "--trials", str(args.trials),
+                "--max-steps", str(args.max_steps), "--no-in-process", "--output", str(run),
+                *[f"--launch-argument={k}:={v}" for k, v in launch_arguments(condition, latency).items()]])
+            if status != 0:
+                return status
+            rows.append(read_run(run / "evaluation.json", condition, latency, args.task))
+    table = Table(title=f"chunk execution in the twin ({args.task}, {args.trials} trials per row)")
+    for column in ("condition", "latency ms", "success", "Wilson 95 %", "time to success s", "setpoint jerk RMS rad/s^3",
+                   "largest reference jump mrad", "queue ran dry", "late actions"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(r.condition, f"{1000 * r.latency_s:g}", f"{r.successes}/{r.trials}",
+                      f"{100 * r.wilson95[0]:.0f}-{100 * r.wilson95[1]:.0f} %",
+                      "-" if r.time_to_success_s is None else f"{r.time_to_success_s:.2f}", f"{r.setpoint_jerk_rms:.1f}",
+                      f"{r.largest_reference_jump_mrad:.2f}", str(r.queue_ran_dry), str(r.late_actions))
+    console.print(table)
+    plot(rows, output / "realtime.png")
+    record = {"command": shlex.join(["fedvla", *sys.argv[1:]]), "commit": working_tree_commit(),
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "checkpoint": args.checkpoint,
+              "task": args.task, "trials": args.trials, "rows": [dict(vars(r)) for r in rows]}
+    (output / "bench.json").write_text(json.dumps(record, indent=1, default=list))
+    console.print(f"figures: {output / 'bench.json'}; plot: {output / 'realtime.png'}")
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="benchmarks that print figures").add_subparsers(
         dest="bench_command", required=True)
@@ -262,6 +312,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     twin_bench.add_argument("--output", default="", help="where the figures (bench.json) and the latency run go "
                             "(default runs/twin_bench_<date>_<time>)")
     twin_bench.set_defaults(func=cmd_bench_twin)
+    realtime_bench = bench.add_parser("realtime", help="sync against async chunk execution (each aggregator) in the "
+                                      "twin, under injected policy latency: success, completion time, smoothness")
+    realtime_bench.add_argument("--checkpoint", required=True, help="a policy trained on twin demonstrations")
+    realtime_bench.add_argument("--task", default="open_drawer")
+    realtime_bench.add_argument("--trials", type=int, default=20, help="trials per condition and latency")
+    realtime_bench.add_argument("--max-steps", type=int, default=80, help="chunks before a trial times out")
+    realtime_bench.add_argument("--latencies", type=float, nargs="+", default=[0.0, 0.1, 0.3],
+                                help="injected policy latencies, seconds")
+    realtime_bench.add_argument("--conditions", nargs="+", help="sync, async-latest, async-crossfade, async-ensemble "
+                                "(default all)")
+    realtime_bench.add_argument("--output", default="", help="where each condition's run and bench.json go "
+                                "(default runs/realtime_bench_<date>_<time>; a run resumes)")
+    realtime_bench.set_defaults(func=cmd_bench_realtime)
     fed_bench = bench.add_parser("federation", help="EDA aggregation time and upload size")
     fed_bench.add_argument("--parameters", type=float, default=50e6, help="trunk parameters (default 50e6)")
     fed_bench.add_argument("--clients", type=int, nargs="+", default=[2, 4, 8, 16])

@@ -65,7 +65,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "fedvla twin detector output or a YOLOv8 .pt): the one its demonstrations were parsed with")
     parser.add_argument("--no-in-process", action="store_true", help="skip the in-process cross-check")
     parser.add_argument("--startup-timeout", type=float, default=180.0)
+    parser.add_argument("--launch-argument", action="append", default=[], metavar="NAME:=VALUE",
+                        help="a twin profile argument for the run (repeat), e.g. inference_mode:=async, "
+                        "injected_latency:=0.3, chunk_aggregator:=crossfade, time_aligned:=false")
     args = parser.parse_args(argv)
+    try:
+        args.launch_arguments = dict(a.split(":=", 1) for a in args.launch_argument)
+    except ValueError:
+        parser.error(f"--launch-argument takes NAME:=VALUE (got {args.launch_argument})")
     # (what provenance records: this tool's own options, also when the twin study calls it)
     args.command = shlex.join(["fedvla", "twin", "evaluate", *(sys.argv[1:] if argv is None else argv)])
     if args.trials < 1 or args.max_steps < 1:
@@ -141,7 +148,8 @@ def evaluate(args: argparse.Namespace) -> int:
         return ros
 
     arguments = {"execute": "false", "task": tasks[0], "twin_fps": str(args.fps), "checkpoint": str(checkpoint),
-                 **scene_parser_arguments(detector)}
+                 **scene_parser_arguments(detector), **args.launch_arguments}
+    driver: dict[str, str] = {}
     with running_twin(arguments, output, node, args.startup_timeout) as (ros, graph, log):
         for task in tasks:
             for seed in seeds:
@@ -159,6 +167,7 @@ def evaluate(args: argparse.Namespace) -> int:
                 state_file.write_text(json.dumps([dataclasses.asdict(t) for t in trials], indent=1))
                 print(f"graph {task} seed {seed}: {'success' if trial.success else 'failed'} after {trial.steps} chunks"
                       + (f" ({trial.fault})" if trial.fault else "") + f"; {trial.detail}", flush=True)
+        driver = dict(ros.driver_values)  # (its figures over this run's trials: smoothness, merges, the queue)
     mine = [t for t in trials if t.task in tasks and t.seed in seeds]
     results = {"graph": summarize(mine)}
     in_process: list[TwinTrial] = []
@@ -168,7 +177,8 @@ def evaluate(args: argparse.Namespace) -> int:
         results["in-process"] = summarize(in_process)
     provenance = {"checkpoint": str(checkpoint), "command": args.command,
                   "started": started, "seeds": seeds, "max_steps": args.max_steps, "camera_fps": args.fps,
-                  "detector": str(detector or "")}
+                  "detector": str(detector or ""), "launch_arguments": args.launch_arguments,
+                  "driver_diagnostics": driver}
     write_report(output, results, {"graph": mine, "in-process": in_process}, provenance)
     print("\n".join(report_table(results)))
     if "in-process" in results:
