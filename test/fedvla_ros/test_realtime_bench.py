@@ -49,3 +49,6 @@ def test_bench_realtime_runs_each_condition_through_the_graph(tmp_path) -> None:
         if merges is not None:
             assert driver["chunk_merges"] == merges, driver  # sync never merges
     assert (output / "realtime.png").stat().st_size > 0
+    report = (output / "realtime.md").read_text()
+    assert f"`{bench['command']}` at commit `{bench['commit']}`" in report
+    assert "| sync | 100 | " in report and "| async-crossfade | 100 | " in report

@@ -236,7 +236,7 @@ def cmd_bench_realtime(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from fedvla.bench.realtime import condition_names, launch_arguments, plot, read_run, run_name
+    from fedvla.bench.realtime import condition_names, launch_arguments, plot, read_run, report_markdown, run_name
     from fedvla.cli.common import run_ros_tool
     from fedvla.paths import run_directory, working_tree_commit
     from fedvla.sim.report import machine
@@ -275,7 +275,8 @@ def cmd_bench_realtime(args: argparse.Namespace) -> int:
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "checkpoint": args.checkpoint,
               "task": args.task, "trials": args.trials, "rows": [dict(vars(r)) for r in rows]}
     (output / "bench.json").write_text(json.dumps(record, indent=1, default=list))
-    console.print(f"figures: {output / 'bench.json'}; plot: {output / 'realtime.png'}")
+    (output / "realtime.md").write_text(report_markdown(json.loads((output / "bench.json").read_text())))
+    console.print(f"figures: {output / 'bench.json'}, table: {output / 'realtime.md'}, plot: {output / 'realtime.png'}")
     return 0
 
 
