@@ -11,14 +11,14 @@ per controller period (time is passed in, so tests run it on simulated time).
   its actions are applied from the setpoint at the observation's time (a history of the last
   setpoints is kept) and action h is due at that time + h·``step_period_s``; the actions whose time
   has passed on arrival are behind the reference already (counted: ``late_actions``), and a chunk
-  with none left is dropped (``late``, not a refusal: nothing in it was unsafe). The setpoints, not the measured joints: in process (no latency) and in the expert's
-  demonstrations a delta goes from the setpoint, and the measured joints lag it by the servo's
-  tracking. Unstamped chunks, and those observed before the history (a reconnect, a recovery),
-  run from the setpoint on arrival.
+  with none left is dropped (``late``, not a refusal: nothing in it was unsafe). The setpoints,
+  not the measured joints: in process (no latency) and in the expert's demonstrations a delta goes
+  from the setpoint, and the measured joints lag it by the servo's tracking. Unstamped chunks, and
+  those observed before the history (a reconnect, a recovery), run from the setpoint on arrival.
 * Overlapping time-aligned chunks (``chunk_aggregator``): ``latest`` - the new chunk's reference
   replaces the old one on arrival (the limiter absorbs the jump); ``crossfade`` - the reference
   moves linearly from the old chunk's to the new one's between the arrival and the old chunk's
-  end, so it is continuous; ``ensemble`` - as ACT's temporal ensembling, the reference at a time
+  end (at least one action step), so it is continuous; ``ensemble`` - as ACT's temporal ensembling, the reference at a time
   is the average of every chunk that covers it, the i-th oldest weighted exp(-``ensemble_decay``·i).
   A merged reference is checked (joint limits, workspace, joint speed between its samples at the
   chunk's action times) before it is taken; a merge that fails is refused, and the old chunk runs on.
