@@ -192,10 +192,13 @@ def test_a_checkpoint_adds_the_policy_to_real_robot_and_the_arm_starts_in_dry_ru
     nodes = {n.spec.key: n for n in graph.resolve("real_robot", {"launch_rviz": "false", "checkpoint": "/ckpt",
                                                                   "instruction": "open the drawer"})}
     assert "policy_robot" not in without and "policy_robot" in nodes
-    assert nodes["policy_robot"].parameter_values == {"checkpoint_path": "/ckpt", "instruction": "open the drawer"}
+    assert nodes["policy_robot"].parameter_values == {"checkpoint_path": "/ckpt", "instruction": "open the drawer",
+                                                      "inference_mode": "rate", "injected_latency_s": 0.0}
     assert _parameters_for(nodes["policy_robot"], graph)["available_cameras"] == ["camera"]  # /camera/camera
     assert nodes["ur3_driver"].parameter_values["execute_on_start"] is False  # dry run until ~/enable
     assert nodes["ur3_driver"].parameter_values["checkpoint_path"] == "/ckpt"  # its action space is checked
+    assert nodes["ur3_driver"].parameter_values["time_aligned"] is True  # chunks on their observation's clock
+    assert nodes["ur3_driver"].parameter_values["chunk_aggregator"] == "latest"
     sim_driver = next(n for n in graph.resolve("sim") if n.spec.key == "ur3_driver_sim")
     assert sim_driver.parameter_values["execute_on_start"] is True  # unattended simulation
 
