@@ -244,10 +244,6 @@ def cmd_bench_realtime(args: argparse.Namespace) -> int:
     output = Path(args.output or run_directory("realtime_bench")).resolve()
     output.mkdir(parents=True, exist_ok=True)
     conditions = args.conditions or condition_names()
-    unknown = [c for c in conditions if c not in condition_names()]
-    if unknown:
-        console.print(f"[red]unknown condition {unknown[0]!r} (allowed: {', '.join(condition_names())})")
-        return 2
     rows = []
     for latency in args.latencies:
         for condition in conditions:
@@ -321,8 +317,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     realtime_bench.add_argument("--max-steps", type=int, default=80, help="chunks before a trial times out")
     realtime_bench.add_argument("--latencies", type=float, nargs="+", default=[0.0, 0.1, 0.3],
                                 help="injected policy latencies, seconds")
-    realtime_bench.add_argument("--conditions", nargs="+", help="sync, async-latest, async-crossfade, async-ensemble "
-                                "(default all)")
+    from fedvla.bench.realtime import condition_names
+
+    realtime_bench.add_argument("--conditions", nargs="+", choices=condition_names(), metavar="CONDITION",
+                                help=f"{', '.join(condition_names())} (default all)")
     realtime_bench.add_argument("--output", default="", help="where each condition's run and bench.json go "
                                 "(default runs/realtime_bench_<date>_<time>; a run resumes)")
     realtime_bench.set_defaults(func=cmd_bench_realtime)
