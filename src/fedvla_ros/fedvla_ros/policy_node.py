@@ -21,7 +21,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
 from fedvla import topics
-from fedvla.app.inference_schedule import InferenceMode, InferenceSchedule
+from fedvla.app.inference_schedule import InferenceSchedule
 from fedvla.app.policy_runtime import PolicyRuntime, PolicyRuntimeConfig
 from fedvla.data.messages import action_chunk_fields, expert_activation_fields, parse_parsed_scene
 from fedvla.data.observations import proprio_from_joint_state
@@ -57,7 +57,7 @@ class PolicyNode(Node):
             self.create_subscription(ParsedScene, topic, self._on_scene, 10)
         self._chunk_pub = self.create_publisher(ActionChunk, topics.private_topic(topics.ACTION_CHUNK), ACTION_CHUNK_QOS)
         self._experts_pub = self.create_publisher(ExpertActivation, topics.private_topic(topics.EXPERT_ACTIVATION), 10)
-        self.schedule = InferenceSchedule(InferenceMode(self.config.inference_mode), 1.0 / self.config.rate_hz,
+        self.schedule = InferenceSchedule(self.config.inference_mode, 1.0 / self.config.rate_hz,
                                           self.runtime.model_config.execute_steps, self.config.refill_threshold)
         self.create_timer(self.schedule.poll_period_s, self._step)
         self.get_logger().info(f"policy from {self.config.checkpoint_path} at {self.config.rate_hz:g} Hz "

@@ -20,13 +20,17 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from fedvla.config import require
+from fedvla.config import parse_enum, require
 
 
 class InferenceMode(str, enum.Enum):
     RATE = "rate"
     ASYNC = "async"
     SYNC = "sync"
+
+
+def require_refill_threshold(value: float) -> None:
+    require(0.0 <= value <= 1.0, "refill_threshold", f"{value} is outside [0, 1]", "a fraction of the executed horizon, 0..1")
 
 
 @dataclasses.dataclass
@@ -40,9 +44,8 @@ class InferenceSchedule:
     pending: bool = False  # a computed chunk waits for its (delayed) publication
 
     def __post_init__(self) -> None:
-        self.mode = InferenceMode(self.mode)
-        require(0.0 <= self.refill_threshold <= 1.0, "refill_threshold", f"{self.refill_threshold} is outside [0, 1]",
-                "a fraction of the executed horizon, 0..1")
+        self.mode = parse_enum(InferenceMode, self.mode, "inference_mode")
+        require_refill_threshold(self.refill_threshold)
 
     @property
     def horizon_s(self) -> float:

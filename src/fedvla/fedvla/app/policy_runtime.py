@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedvla.app.inference_schedule import InferenceMode
-from fedvla.config import require, require_positive
+from fedvla.app.inference_schedule import InferenceMode, require_refill_threshold
+from fedvla.config import parse_enum, require, require_positive
 from fedvla.data.observations import policy_images
 from fedvla.iosp.types import SelectedTokens
 from fedvla.model.checkpoint import CheckpointError, load_checkpoint
@@ -38,7 +38,7 @@ class PolicyRuntimeConfig:
     torch_threads: int = 0
     # When to observe next (fedvla.app.inference_schedule): rate (every 1/rate_hz), async (once
     # refill_threshold of the last chunk's executed horizon is left) or sync (once it has all run).
-    inference_mode: str = "rate"
+    inference_mode: InferenceMode = InferenceMode.RATE
     refill_threshold: float = 0.5
     # Benchmarks only: hold each chunk this long before publishing it, as a slower policy would.
     injected_latency_s: float = 0.0
@@ -49,10 +49,8 @@ class PolicyRuntimeConfig:
                 f"{self.checkpoint_path!r} is not a directory", "a checkpoint directory with config.json")
         require_positive(self.rate_hz, "rate_hz")
         require_positive(self.max_input_age_s, "max_input_age_s")
-        modes = [m.value for m in InferenceMode]
-        require(self.inference_mode in modes, "inference_mode", f"unknown {self.inference_mode!r}", ", ".join(modes))
-        require(0.0 <= self.refill_threshold <= 1.0, "refill_threshold", f"{self.refill_threshold} is outside [0, 1]",
-                "a fraction of the executed horizon, 0..1")
+        self.inference_mode = parse_enum(InferenceMode, self.inference_mode, "inference_mode")
+        require_refill_threshold(self.refill_threshold)
         require(self.injected_latency_s >= 0, "injected_latency_s", "must not be negative", "seconds, 0 for none")
         require(self.torch_threads >= 0, "torch_threads", "must not be negative", "1, or 0 for torch's default")
         require(self.expected_action_dim >= 0, "expected_action_dim", "must not be negative", "0 or the robot's action size")

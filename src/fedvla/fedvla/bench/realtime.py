@@ -21,7 +21,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-AGGREGATORS = ("latest", "crossfade", "ensemble")
+from fedvla.robot.controller import ChunkAggregator
+
+AGGREGATORS = tuple(a.value for a in ChunkAggregator)
 SYNC = "sync"
 
 

@@ -54,7 +54,7 @@ from collections import Counter, deque
 
 import numpy as np
 
-from fedvla.config import require, require_positive
+from fedvla.config import parse_enum, require, require_positive
 from fedvla.robot.backends import ArmBackend, ArmState, BackendError, CommandRefused, SafetyStatus, ServoSettings
 from fedvla.robot.ik import IkSolver
 from fedvla.robot.retarget import Retargeter, RetargetError
@@ -92,14 +92,12 @@ class ControllerConfig:
     # Chunks run on their observation's clock, from the setpoint then (module docstring); False:
     # from the setpoint on arrival, as if no time had passed since the observation.
     time_aligned: bool = True
-    chunk_aggregator: str = "latest"  # how overlapping time-aligned chunks merge: latest, crossfade, ensemble
+    chunk_aggregator: ChunkAggregator = ChunkAggregator.LATEST  # how overlapping time-aligned chunks merge
     ensemble_decay: float = 0.01  # ensemble: the i-th oldest chunk weighs exp(-decay·i) (ACT's m)
 
     def __post_init__(self) -> None:
         require(self.execute_steps >= 1, "execute_steps", f"must be at least 1, got {self.execute_steps}")
-        aggregators = [a.value for a in ChunkAggregator]
-        require(self.chunk_aggregator in aggregators, "chunk_aggregator", f"unknown {self.chunk_aggregator!r}",
-                ", ".join(aggregators))
+        self.chunk_aggregator = parse_enum(ChunkAggregator, self.chunk_aggregator, "chunk_aggregator")
         require(self.ensemble_decay >= 0, "ensemble_decay", f"is negative ({self.ensemble_decay})", "a rate >= 0")
         require_positive(self.reconnect_period_s, "reconnect_period_s")
         require(self.operator_heartbeat_timeout_s >= 0, "operator_heartbeat_timeout_s",
@@ -335,7 +333,7 @@ class ArmController:
             waypoints[0] = self.setpoint
         trajectory = Trajectory(plan.start_s if plan.aligned else received_s, plan.step_period_s, waypoints,
                                 plan.gripper_closed, observed_s, aligned=plan.aligned, arrived_s=received_s,
-                                aggregator=ChunkAggregator(self.config.chunk_aggregator),
+                                aggregator=self.config.chunk_aggregator,
                                 ensemble_decay=self.config.ensemble_decay)
         current = self.trajectory
         if (plan.aligned and trajectory.aggregator is not ChunkAggregator.LATEST and current is not None

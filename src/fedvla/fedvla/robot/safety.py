@@ -143,9 +143,7 @@ class MotionLimiter:
     def brake(self, q: np.ndarray, velocity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(next setpoint, its velocity) one period into braking: all joints slowed by the same
         factor (the joint-space direction kept), none by more than its acceleration limit."""
-        # (all of the speed when every joint can stop within a period)
-        slowdown = min(1.0, _ratio_within(self.max_acceleration * self.period_s, np.abs(velocity)))
-        new_velocity = velocity * (1.0 - slowdown)
+        new_velocity = velocity * (1.0 - self._braking_slowdown(velocity))
         return q + new_velocity * self.period_s, new_velocity
 
     def stopping_point(self, q: np.ndarray, velocity: np.ndarray) -> np.ndarray:
@@ -153,11 +151,16 @@ class MotionLimiter:
         ``velocity``. The fastest joint loses a·dt each period, so the speeds run through the
         fractions 1 - k·c of today's (c: this period's slowdown), and every later period's point
         lies on the way to this one."""
-        slowdown = min(1.0, _ratio_within(self.max_acceleration * self.period_s, np.abs(velocity)))
+        slowdown = self._braking_slowdown(velocity)
         if slowdown == 0.0:
             return np.asarray(q, dtype=np.float64).copy()
         periods = np.floor(1.0 / slowdown)
         return q + velocity * self.period_s * (periods - slowdown * periods * (periods + 1) / 2)
+
+    def _braking_slowdown(self, velocity: np.ndarray) -> float:
+        """The fraction of ``velocity`` one period of braking takes off: as much as the joint nearest
+        its acceleration limit allows, all of it when every joint can stop within the period."""
+        return min(1.0, _ratio_within(self.max_acceleration * self.period_s, np.abs(velocity)))
 
 
 def _stopping_speed(distance: np.ndarray, deceleration: np.ndarray, dt: float) -> np.ndarray:
