@@ -130,6 +130,17 @@ def parse_bool(text: str | bool, field: str) -> bool:
     raise GraphError(field, f"{text!r} is not a boolean", "true, false")
 
 
+def parse_overrides(items: Iterable[str]) -> dict[str, str]:
+    """Launch arguments given as ``name:=value`` (as ros2 launch takes them)."""
+    overrides = {}
+    for item in items:
+        name, sep, value = item.partition(":=")
+        if not sep or not name:
+            raise ConfigError(item, "is not a launch argument", "name:=value")
+        overrides[name] = value
+    return overrides
+
+
 class Graph:
     """The parsed ``graph.yaml``; ``config_dir`` is where its parameter files live."""
 

@@ -7,19 +7,9 @@ from collections.abc import Callable
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedvla.cli.common import console
-from fedvla.config import ConfigError
-from fedvla.graph import Graph, find_config_dir
+from fedvla.graph import Graph, find_config_dir, parse_overrides
 from fedvla.runner import ProfileRunner
 
-
-def parse_overrides(items: list[str]) -> dict[str, str]:
-    overrides = {}
-    for item in items:
-        name, sep, value = item.partition(":=")
-        if not sep or not name:
-            raise ConfigError(item, "is not a launch argument", "name:=value")
-        overrides[name] = value
-    return overrides
 
 def cmd_profiles(args: argparse.Namespace) -> int:
     graph = Graph.load(args.config_dir or find_config_dir())

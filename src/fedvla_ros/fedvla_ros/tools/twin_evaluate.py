@@ -32,7 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-from fedvla.graph import Graph
+from fedvla.config import ConfigError
+from fedvla.graph import Graph, parse_overrides
 from fedvla.paths import run_directory
 from fedvla.twin.evaluation import (TwinTrial, agreement_lines, checkpoint_action_space, checkpoint_detector,
                                     evaluate_in_process, report_table, summarize, write_report)
@@ -70,9 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "injected_latency:=0.3, chunk_aggregator:=crossfade, time_aligned:=false")
     args = parser.parse_args(argv)
     try:
-        args.launch_arguments = dict(a.split(":=", 1) for a in args.launch_argument)
-    except ValueError:
-        parser.error(f"--launch-argument takes NAME:=VALUE (got {args.launch_argument})")
+        args.launch_arguments = parse_overrides(args.launch_argument)
+    except ConfigError as err:
+        parser.error(f"--launch-argument: {err}")
     # (what provenance records: this tool's own options, also when the twin study calls it)
     args.command = shlex.join(["fedvla", "twin", "evaluate", *(sys.argv[1:] if argv is None else argv)])
     if args.trials < 1 or args.max_steps < 1:
