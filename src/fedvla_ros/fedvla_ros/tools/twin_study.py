@@ -55,6 +55,7 @@ class TwinStudy(Study):
             raise ConfigError("collect.tasks", f"unknown twin task {unknown[0]!r}", ", ".join(TASKS))
         self._tasks = tasks
         self.episodes_per_task = int(scale.collect.get("episodes_per_task", 50))
+        self.image_size = int(scale.collect.get("image_size", 128))  # the datasets' policy images (px)
         self.trials = int(scale.evaluate.get("trials", 20))
         self.max_steps = int(scale.evaluate.get("max_steps", 100))
         self.demos = Path(demos) if demos else self.output / "demos"
@@ -96,6 +97,7 @@ class TwinStudy(Study):
             self.record_in_process(missing)
         elif missing:
             args = twin_demos.parse_args(["--episodes", str(self.episodes_per_task), "--output", str(self.demos),
+                                          "--image-size", str(self.image_size),
                                           *[a for t in missing for a in ("--task", t)],
                                           *(["--detector", str(self.detector)] if self.detector else [])])
             twin_demos.collect(args)
@@ -115,7 +117,7 @@ class TwinStudy(Study):
         for task in tasks:
             shutil.rmtree(self.data_dir / task, ignore_errors=True)  # (a partial one from an interrupted run)
             recorded = record_in_process(task, range(self.episodes_per_task), self.data_dir / task,
-                                         image_size=int(self.scale.collect.get("image_size", 128)),
+                                         image_size=self.image_size,
                                          show_progress=self.show_progress)
             records += [{**e, "attempts": 1, "wall_s": e["seconds"], "collected": "in process"}
                         for e in recorded.episodes]
@@ -142,6 +144,7 @@ class TwinStudy(Study):
         return results
 
     def write_report(self, results: dict[str, dict], command: str, started: str) -> None:
+        from fedvla.paths import working_tree_commit
         from fedvla.sim.report import machine
 
         graph: dict[str, dict] = {}
@@ -165,7 +168,7 @@ class TwinStudy(Study):
         (self.output / "study.md").write_text("\n".join(lines))
         plot_success(self.output / "success.png", graph)
         (self.output / "run.json").write_text(json.dumps({
-            "command": command, "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": command, "commit": working_tree_commit(), "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "scale": dataclasses.asdict(self.scale), "config_hash": config_hash(self.scale, self.methods),
             "demos": str(self.demos), "detector": str(self.detector or ""), "machine": machine()}, indent=1, default=str))
 
