@@ -20,6 +20,8 @@ EXTRAS_REQUIRE = {
     "bags": ["rosbags"],
     "flower": ["flwr[simulation]"],
     "iosp": ["ultralytics", "open-clip-torch", "opencv-python", "transformers"],  # YOLOv8, CLIP, NER
+    # policy step backends (fedvla.model.acceleration): the encoder in ONNX Runtime or OpenVINO
+    "acceleration": ["onnx", "onnxruntime", "openvino"],
 }
 EXTRAS_REQUIRE["all"] = sorted({r for extra in EXTRAS_REQUIRE.values() for r in extra})
 

@@ -15,6 +15,7 @@ from fedvla.config import parse_enum, require, require_positive
 from fedvla.data.observations import policy_images
 from fedvla.iosp.types import SelectedTokens
 from fedvla.model.checkpoint import CheckpointError, load_checkpoint
+from fedvla.model.step_backend import StepBackend
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -40,6 +41,10 @@ class PolicyRuntimeConfig:
     # refill_threshold of the last chunk's executed horizon is left) or sync (once it has all run).
     inference_mode: InferenceMode = InferenceMode.RATE
     refill_threshold: float = 0.5
+    # The engine of the policy step (fedvla.model.acceleration; fedvla bench policy measures them):
+    # eager, compile, torchscript, onnxruntime or openvino. A backend whose chunk differs from
+    # eager's by more than 1e-5 on a check observation is refused at startup.
+    step_backend: StepBackend = StepBackend.EAGER
     # Benchmarks only: hold each chunk this long before publishing it, as a slower policy would.
     injected_latency_s: float = 0.0
 
@@ -50,6 +55,7 @@ class PolicyRuntimeConfig:
         require_positive(self.rate_hz, "rate_hz")
         require_positive(self.max_input_age_s, "max_input_age_s")
         self.inference_mode = parse_enum(InferenceMode, self.inference_mode, "inference_mode")
+        self.step_backend = parse_enum(StepBackend, self.step_backend, "step_backend")
         require_refill_threshold(self.refill_threshold)
         require(self.injected_latency_s >= 0, "injected_latency_s", "must not be negative", "seconds, 0 for none")
         require(self.torch_threads >= 0, "torch_threads", "must not be negative", "1, or 0 for torch's default")
@@ -86,6 +92,13 @@ class PolicyRuntime:
         if self.config.proprio_joint_names and len(self.config.proprio_joint_names) != self.model_config.proprio_dim:
             raise CheckpointError(f"proprio_joint_names has {len(self.config.proprio_joint_names)} joints, the "
                                   f"checkpoint expects proprio_dim={self.model_config.proprio_dim}")
+        self.acceleration = None
+        if config.step_backend is not StepBackend.EAGER:
+            from fedvla.model.acceleration import accelerate, example_observation
+
+            example = {k: v.to(config.device) for k, v in example_observation(self.model_config).items()}
+            self.acceleration = accelerate(self.policy, config.step_backend, example,
+                                           threads=config.torch_threads)
         self.encoder = None
         self._language_cache: tuple[str, torch.Tensor] | None = None
         if self.model_config.language_dim:

@@ -35,6 +35,7 @@ class KindFigures:
     feed_forward_ms: list[float] = dataclasses.field(default_factory=list)  # the trunk's MoE layers, per call
     step_gflop: float = float("nan")  # floating-point work of one step (multiply-adds count 2)
     trunk_batch_ms: list[float] = dataclasses.field(default_factory=list)  # the trunk at the bench's large batch
+    backends: list[BackendFigures] = dataclasses.field(default_factory=list)
 
     @property
     def stems_median_ms(self) -> float:
@@ -139,6 +140,67 @@ def matmul_gflops(size: int = 1024, repeats: int = 10) -> float:
     return 2 * size**3 / (ms / 1000.0) / 1e9
 
 
+@dataclasses.dataclass
+class BackendFigures:
+    """A policy step run another way (:mod:`fedvla.model.acceleration`), on the same trained policy."""
+
+    name: str  # a StepBackend, or an unfused form of the eager step
+    step_ms: list[float]
+    build_s: float = 0.0  # conversion plus the first (compiling) step
+    max_abs_difference: float = 0.0  # normalised action chunk against eager
+    error: str = ""  # why it could not run here (then no figures)
+
+    @property
+    def step_median_ms(self) -> float:
+        return statistics.median(self.step_ms)
+
+
+class _ViewByView(torch.nn.Module):
+    """The image encoder called once per camera view: what the stems' one batched call replaces."""
+
+    def __init__(self, encoder: torch.nn.Module, views: int) -> None:
+        super().__init__()
+        self.encoder, self.views = encoder, views
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        per_view = images.unflatten(0, (-1, self.views)).unbind(1)
+        return torch.stack([self.encoder(v) for v in per_view], dim=1).flatten(0, 1)
+
+
+def bench_backends(policy, obs, backends, *, repeats: int, warmup: int) -> list[BackendFigures]:
+    """The step of ``policy`` on each backend (each a converted copy, checked against eager within
+    1e-5), and eager with its two fusions undone: camera views one encoder call each, experts one
+    call each."""
+    import copy
+
+    from fedvla.model.acceleration import AccelerationError, accelerated_copy
+
+    figures = []
+    for backend in backends:
+        try:
+            converted, acceleration = accelerated_copy(policy, backend, obs)
+        except AccelerationError as err:
+            figures.append(BackendFigures(name=backend.value, step_ms=[], error=str(err)))
+            continue
+        with torch.inference_mode():
+            step_ms = _time_ms(lambda: converted.predict_action_chunk(obs), repeats, warmup)
+        figures.append(BackendFigures(name=backend.value, step_ms=step_ms, build_s=acceleration.build_s,
+                                      max_abs_difference=acceleration.max_abs_difference))
+    views = len(policy.config.camera_names)
+    unfused = {"eager, cameras one call each": copy.deepcopy(policy), "eager, experts one call each": copy.deepcopy(policy)}
+    stem = unfused["eager, cameras one call each"].stems.image
+    stem.encoder = _ViewByView(stem.encoder, views)
+    for layer in unfused["eager, experts one call each"].trunk.moe_layers:
+        layer.batched_inference = False
+    with torch.inference_mode():
+        reference = policy(obs)
+        for name, variant in unfused.items():
+            difference = float((variant(obs) - reference).abs().max())
+            step_ms = _time_ms(lambda: variant.predict_action_chunk(obs), repeats, warmup)
+            figures.append(BackendFigures(name=name, step_ms=step_ms, max_abs_difference=difference))
+    return figures
+
+
 @torch.inference_mode()
 def experts_per_token(policy, data, samples: int = 64) -> float:
     """Mean experts per token (averaged over layers) on the first ``samples`` of ``data``."""
@@ -155,7 +217,8 @@ def experts_per_token(policy, data, samples: int = 64) -> float:
 
 
 def bench_kind(base: PolicyConfig, kind: FeedForwardKind, *, repeats: int, warmup: int,
-               train_epochs: int, train_samples: int, seed: int = 0, batch: int = 32) -> KindFigures:
+               train_epochs: int, train_samples: int, seed: int = 0, batch: int = 32,
+               backends: tuple = ()) -> KindFigures:
     """Time one kind, after the same short training for every kind: DGMoE's sparsity is learned,
     and how evenly a trained router spreads the tokens over the experts (which decides how
     the MoE kinds dispatch at batch 1) is learned too."""
@@ -185,15 +248,20 @@ def bench_kind(base: PolicyConfig, kind: FeedForwardKind, *, repeats: int, warmu
             large_tokens = stems(large)
             trunk_batch_ms = _time_ms(lambda: policy.trunk(large_tokens), max(3, repeats // 5), 1)
     step_gflop = count_gflop(policy, lambda: policy.predict_action_chunk(obs))
-    return KindFigures(kind=kind, step_ms=step_ms, trunk_ms=trunk_ms, experts_per_token=experts_per_token(policy, data),
+    per_token = experts_per_token(policy, data)
+    backend_figures = bench_backends(policy, obs, backends, repeats=repeats, warmup=warmup) if backends else []
+    return KindFigures(kind=kind, step_ms=step_ms, trunk_ms=trunk_ms, experts_per_token=per_token,
                        experts_per_token_untrained=untrained, stems_ms=stems_ms, feed_forward_ms=feed_forward_ms,
-                       step_gflop=step_gflop, trunk_batch_ms=trunk_batch_ms)
+                       step_gflop=step_gflop, trunk_batch_ms=trunk_batch_ms, backends=backend_figures)
 
 
 def run_policy_bench(config: PolicyConfig, kinds: list[FeedForwardKind], *, repeats: int = 50, warmup: int = 5,
-                     train_epochs: int = 10, train_samples: int = 256, batch: int = 32) -> list[KindFigures]:
+                     train_epochs: int = 10, train_samples: int = 256, batch: int = 32,
+                     backends: tuple = (), backend_kinds: tuple = ()) -> list[KindFigures]:
+    """Figures per feed-forward kind; the step ``backends`` are measured on the kinds in ``backend_kinds``."""
     return [bench_kind(config, kind, repeats=repeats, warmup=warmup, train_epochs=train_epochs,
-                       train_samples=train_samples, batch=batch) for kind in kinds]
+                       train_samples=train_samples, batch=batch, backends=backends if kind in backend_kinds else ())
+            for kind in kinds]
 
 
 def trunk_ratio_floor(dgmoe: KindFigures, topk: KindFigures) -> float:

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from fedvla.cli.common import console, run_ros_tool
 from fedvla.graph import find_config_dir
+from fedvla.model.step_backend import StepBackend
 
 
 def cmd_bench_policy(args: argparse.Namespace) -> int:
@@ -26,7 +27,9 @@ def cmd_bench_policy(args: argparse.Namespace) -> int:
     console.print(f"policy bench: {model_config} ({config.num_blocks} blocks, width {config.embed_dim}, "
                   f"{config.num_experts} experts, {len(config.camera_names)} cameras {config.image_size}px, "
                   f"batch 1), torch threads {torch.get_num_threads()}, {args.repeats} repeats")
-    figures = run_policy_bench(config, kinds, repeats=args.repeats, train_epochs=args.train_epochs, batch=args.batch)
+    backends = tuple(StepBackend(b) for b in args.backends)
+    figures = run_policy_bench(config, kinds, repeats=args.repeats, train_epochs=args.train_epochs, batch=args.batch,
+                               backends=backends, backend_kinds=tuple(FeedForwardKind(k) for k in args.backend_kinds))
     table = Table(title="policy step and trunk latency (CPU unless CUDA is present)")
     for column in ("feed-forward", "step median (ms)", "step p90 (ms)", "trunk median (ms)",
                    "experts/token untrained", "experts/token trained"):
@@ -50,6 +53,9 @@ def cmd_bench_policy(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"this machine's float32 matmul throughput (1024x1024, {torch.get_num_threads()} threads): "
                   f"{throughput:.0f} GFLOP/s")
+    for f in figures:
+        if f.backends:
+            print_backends(f)
     by_kind = {f.kind: f for f in figures}
     if FeedForwardKind.DENSE in by_kind:
         dense = by_kind[FeedForwardKind.DENSE]
@@ -68,6 +74,24 @@ def cmd_bench_policy(args: argparse.Namespace) -> int:
                       f"{dgmoe.experts_per_token / topk.experts_per_token:.2f}; trunk ratio floor if feed-forward time "
                       f"scaled with pairs (attention and norms unchanged): {trunk_ratio_floor(dgmoe, topk):.2f}")
     return 0
+
+def print_backends(figures) -> None:
+    """The step on each backend (fedvla.model.acceleration) against eager, for one trained kind."""
+    eager = next((b for b in figures.backends if b.name == "eager" and b.step_ms), None)
+    table = Table(title=f"{figures.kind.value} step per backend (batch 1; trained policy)",
+                  caption="difference: largest |action chunk - eager's| (normalised units; the backends must "
+                          "stay within 1e-5); build: conversion and the first, compiling, step")
+    for column in ("backend", "step median (ms)", "vs eager", "build (s)", "difference"):
+        table.add_column(column, justify="right")
+    for b in figures.backends:
+        if b.error:
+            table.add_row(b.name, "-", "-", "-", b.error)
+            continue
+        ratio = f"{b.step_median_ms / eager.step_median_ms:.2f}x" if eager else "-"
+        table.add_row(b.name, f"{b.step_median_ms:.2f}", ratio, f"{b.build_s:.1f}" if b.build_s else "-",
+                      f"{b.max_abs_difference:.1e}")
+    console.print(table)
+
 
 def cmd_bench_federation(args: argparse.Namespace) -> int:
     import torch
@@ -288,6 +312,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     policy_bench.add_argument("--train-epochs", type=int, default=10,
                               help="epochs of training (every kind) on the synthetic task before timing (0: untrained)")
     policy_bench.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    backends = [b.value for b in StepBackend]
+    policy_bench.add_argument("--backends", nargs="*", default=backends, choices=backends,
+                              help="step backends (fedvla.model.acceleration) to measure; none: skip")
+    policy_bench.add_argument("--backend-kinds", nargs="*", default=["dgmoe"],
+                              help="the feed-forward kinds whose step is measured on every backend")
     policy_bench.add_argument("--batch", type=int, default=32,
                               help="the training-size batch the trunk is also timed at (0: skip)")
     policy_bench.set_defaults(func=cmd_bench_policy)

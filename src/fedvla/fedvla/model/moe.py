@@ -80,6 +80,9 @@ class CountingLayer(nn.Module):
         self.register_buffer("group_counts", torch.zeros(num_groups, num_experts, dtype=torch.long), persistent=False)
         self.register_buffer("group_tokens", torch.zeros(num_groups, dtype=torch.long), persistent=False)
         self._stacked = StackedExperts()
+        # At inference the experts run as one batched call (_experts_batched); False runs each on its
+        # own tokens, as in training (fedvla bench policy measures the two).
+        self.batched_inference = True
 
     def reset_counts(self) -> None:
         self.counts.zero_()
@@ -102,7 +105,7 @@ class CountingLayer(nn.Module):
         r = route(x, gates, active)
         if r.token_index.numel() == 0:
             return torch.zeros_like(x)
-        if not torch.is_grad_enabled() and not self.training and len(self.experts) > 1:
+        if self.batched_inference and not torch.is_grad_enabled() and not self.training and len(self.experts) > 1:
             out = _experts_batched(r, self._stacked.get(self.experts))
         else:
             out = _experts_loop(r, self.experts)
