@@ -150,8 +150,8 @@ def test_load_balancing_loss_is_one_when_balanced_and_larger_when_not() -> None:
 
 
 @pytest.mark.parametrize("kind", [FeedForwardKind.DGMOE, FeedForwardKind.TOPK, FeedForwardKind.ADAMOE])
-def test_batched_inference_equals_the_per_expert_loop_and_follows_weight_updates(kind) -> None:
-    from fedvla.model.moe import dispatch, dispatch_batched
+def test_grouped_inference_equals_the_per_expert_loop_and_follows_weight_updates(kind) -> None:
+    from fedvla.model.moe import dispatch, dispatch_grouped
 
     torch.manual_seed(2)
     layer = make_feed_forward(kind, D, K, H).eval()
@@ -160,42 +160,35 @@ def test_batched_inference_equals_the_per_expert_loop_and_follows_weight_updates
         out = layer(x)  # inference path
         loop = dispatch(x, out.gates, out.active, layer.experts)
         torch.testing.assert_close(out.y, loop, rtol=1e-5, atol=1e-6)
-        batched = dispatch_batched(x, out.gates, out.active, layer._stacked.get(layer.experts))
-        torch.testing.assert_close(batched, loop, rtol=1e-5, atol=1e-6)
+        grouped = dispatch_grouped(x, out.gates, out.active, layer._stacked.get(layer.experts))
+        torch.testing.assert_close(grouped, loop, rtol=1e-5, atol=1e-6)
         layer.experts[0][0].weight.add_(1.0)  # e.g. a new trunk from the server
         out2 = layer(x)
         torch.testing.assert_close(out2.y, dispatch(x, out2.gates, out2.active, layer.experts), rtol=1e-5, atol=1e-5)
 
 
-def test_batched_inference_with_a_dominant_expert_overflows_it_exactly() -> None:
-    from fedvla.model.moe import StackedExperts, choose_capacity, dispatch, dispatch_batched
+@pytest.mark.parametrize("spread", ["dominant", "two experts", "idle experts", "even"])
+def test_grouped_inference_is_exact_whatever_the_spread_of_the_tokens(spread) -> None:
+    """One expert taking every token, two taking them all (what a trained router often does),
+    experts with no token before, between and after the busy ones, and an even load."""
+    from fedvla.model.moe import StackedExperts, dispatch, dispatch_grouped
 
     torch.manual_seed(3)
     layer = DGMoE(D, K, H).eval()
     x = torch.randn(1, 40, D)
     active = torch.zeros(1, 40, K, dtype=torch.bool)
-    active[..., 0] = True  # every token on expert 0, one token on each of the others
-    active[0, torch.arange(K), torch.arange(K)] = True
-    gates = active.float() * 0.5
-    counts = active.reshape(-1, K).sum(0).tolist()
-    assert choose_capacity(counts) == 1  # expert 0 overflows instead of padding 7 experts to 40
-    assert choose_capacity([10, 9, 11, 10, 8, 10, 9, 10]) == 11  # an even load pads to the largest
+    if spread == "dominant":
+        active[..., 0] = True
+        active[0, torch.arange(K), torch.arange(K)] = True
+    elif spread == "two experts":
+        active[..., 2] = True
+        active[0, :5, 6] = True
+    elif spread == "idle experts":
+        active[0, :, 3] = True
+        active[0, ::2, 5] = True
+    else:
+        active[0, torch.arange(40), torch.arange(40) % K] = True
+    gates = active.float() * torch.rand(1, 40, K)
     with torch.no_grad():
-        batched = dispatch_batched(x, gates, active, StackedExperts().get(layer.experts))
-        torch.testing.assert_close(batched, dispatch(x, gates, active, layer.experts), rtol=1e-5, atol=1e-6)
-
-
-def test_batched_inference_skips_the_padded_batch_when_two_experts_take_every_token() -> None:
-    from fedvla.model.moe import StackedExperts, choose_capacity, dispatch, dispatch_batched
-
-    torch.manual_seed(4)
-    layer = DGMoE(D, K, H).eval()
-    x = torch.randn(1, 40, D)
-    active = torch.zeros(1, 40, K, dtype=torch.bool)
-    active[..., 2] = True  # what a trained router often does: one or two experts per layer
-    active[0, :5, 6] = True
-    gates = active.float() * 0.7
-    assert choose_capacity(active.reshape(-1, K).sum(0).tolist()) == 0
-    with torch.no_grad():
-        batched = dispatch_batched(x, gates, active, StackedExperts().get(layer.experts))
-        torch.testing.assert_close(batched, dispatch(x, gates, active, layer.experts), rtol=1e-5, atol=1e-6)
+        grouped = dispatch_grouped(x, gates, active, StackedExperts().get(layer.experts))
+        torch.testing.assert_close(grouped, dispatch(x, gates, active, layer.experts), rtol=1e-5, atol=1e-6)

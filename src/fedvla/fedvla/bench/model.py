@@ -191,7 +191,7 @@ def bench_backends(policy, obs, backends, *, repeats: int, warmup: int) -> list[
     stem = unfused["eager, cameras one call each"].stems.image
     stem.encoder = _ViewByView(stem.encoder, views)
     for layer in unfused["eager, experts one call each"].trunk.moe_layers:
-        layer.batched_inference = False
+        layer.grouped_inference = False
     with torch.inference_mode():
         reference = policy(obs)
         for name, variant in unfused.items():

@@ -15,8 +15,8 @@ A policy step at batch 1 is bound by dispatch and per-operator overhead rather t
 
 Two options that the issue lists are already how the eager policy runs, and the bench measures them
 against their unfused forms: the three camera views go through the encoder as one batch
-(:class:`fedvla.model.stems.ImageStem`), and the experts of a layer run as one batched call at
-inference (:func:`fedvla.model.moe._experts_batched`).
+(:class:`fedvla.model.stems.ImageStem`), and the experts of a layer run as one grouped call at
+inference (:func:`fedvla.model.moe._experts_grouped`).
 
 :func:`accelerate` converts an inference-only policy in place and checks the converted step
 against eager on an example observation: the action chunk must agree within ``tolerance`` (1e-5,

@@ -80,9 +80,9 @@ class CountingLayer(nn.Module):
         self.register_buffer("group_counts", torch.zeros(num_groups, num_experts, dtype=torch.long), persistent=False)
         self.register_buffer("group_tokens", torch.zeros(num_groups, dtype=torch.long), persistent=False)
         self._stacked = StackedExperts()
-        # At inference the experts run as one batched call (_experts_batched); False runs each on its
+        # At inference the experts run as one grouped call (_experts_grouped); False runs each on its
         # own tokens, as in training (fedvla bench policy measures the two).
-        self.batched_inference = True
+        self.grouped_inference = True
 
     def reset_counts(self) -> None:
         self.counts.zero_()
@@ -100,13 +100,13 @@ class CountingLayer(nn.Module):
             self.group_tokens += torch.bincount(g[valid], minlength=self.group_tokens.numel())
 
     def _dispatch(self, x: Tensor, gates: Tensor, active: Tensor) -> Tensor:
-        """Batched at inference (one cache of stacked weights per layer), a loop when training;
+        """Grouped at inference (one cache of stacked weights per layer), a loop when training;
         the routing is computed once either way."""
         r = route(x, gates, active)
         if r.token_index.numel() == 0:
             return torch.zeros_like(x)
-        if self.batched_inference and not torch.is_grad_enabled() and not self.training and len(self.experts) > 1:
-            out = _experts_batched(r, self._stacked.get(self.experts))
+        if self.grouped_inference and not torch.is_grad_enabled() and not self.training and len(self.experts) > 1:
+            out = _experts_grouped(r, self._stacked.get(self.experts))
         else:
             out = _experts_loop(r, self.experts)
         return _combine(x, r, out)
@@ -118,7 +118,7 @@ class CountingLayer(nn.Module):
 
 
 class StackedExperts:
-    """The experts' weights stacked as (K, ...) tensors, for batched inference.
+    """The experts' weights stacked as (K, ...) tensors, for grouped inference.
 
     Rebuilt whenever an expert parameter changes (tensor version counters), so a policy that is
     trained, loaded or receives a new trunk from the server never runs with stale weights.
@@ -135,39 +135,11 @@ class StackedExperts:
             first = [e[0] for e in experts]
             second = [e[3] for e in experts]
             self.w1 = torch.stack([m.weight.t() for m in first])  # (K, D, H)
-            self.b1 = torch.stack([m.bias for m in first]).unsqueeze(1)  # (K, 1, H)
+            self.b1 = torch.stack([m.bias for m in first])  # (K, H)
             self.w2 = torch.stack([m.weight.t() for m in second])  # (K, H, D)
-            self.b2 = torch.stack([m.bias for m in second]).unsqueeze(1)  # (K, 1, D)
+            self.b2 = torch.stack([m.bias for m in second])  # (K, D)
             self._key = key
         return self
-
-
-# Batched inference runs every expert on a (K, capacity) padded batch; the tokens of an expert
-# beyond the capacity run through that expert alone. Costs are in token-rows: an extra expert call
-# costs OVERFLOW_CALL_COST_ROWS (its fixed overhead, measured on CPU at batch 1) and the padded
-# batch itself PADDED_BATCH_COST_ROWS (its two batched matmuls and the indexing that fills and
-# reads them; both measured on CPU at batch 1 on HPT-Small top-2 and trained DGMoE trunks), so a layer
-# whose tokens almost all go to one or two experts skips the padded batch.
-OVERFLOW_CALL_COST_ROWS = 24
-PADDED_BATCH_COST_ROWS = 64
-
-
-def choose_capacity(counts: list[int], call_cost_rows: int = OVERFLOW_CALL_COST_ROWS,
-                    batch_cost_rows: int = PADDED_BATCH_COST_ROWS) -> int:
-    """The per-expert batch capacity: the largest count when the load is even; the count of a
-    less loaded expert when one or two experts take most tokens (they overflow instead of making
-    every expert pad to their size, which a learned DGMoE router often does); 0 (no padded
-    batch: each active expert runs once on its own tokens) when that is cheapest."""
-    ranked = sorted(counts, reverse=True)
-    num = len(ranked)
-
-    def cost(j: int) -> int:
-        cap = ranked[j]
-        return num * cap + sum(c - cap for c in ranked[:j]) + call_cost_rows * j + batch_cost_rows
-
-    best = min(range(num), key=cost)
-    per_expert = sum(ranked) + call_cost_rows * sum(1 for c in ranked if c)
-    return 0 if per_expert <= cost(best) else ranked[best]
 
 
 @dataclasses.dataclass
@@ -197,42 +169,15 @@ def _experts_loop(r: Routing, experts: nn.ModuleList) -> Tensor:
     return torch.cat([experts[i](chunk) for i, chunk in enumerate(chunks) if counts[i]])
 
 
-def _experts_batched(r: Routing, stacked: StackedExperts) -> Tensor:
-    """Two batched matmuls over (expert, slot) up to the capacity, then each overflowing expert
-    on its remaining tokens (a contiguous range: pairs are sorted by expert)."""
-    pairs, num_experts, dim = r.token_index.numel(), r.counts.numel(), r.flat_x.shape[-1]
-    counts = r.counts.tolist()
-    capacity = choose_capacity(counts)
+def _experts_grouped(r: Routing, stacked: StackedExperts) -> Tensor:
+    """Every accepted pair through its expert in two grouped matrix products
+    (``torch.nn.functional.grouped_mm``: each expert's pairs are one contiguous group, since pairs
+    are sorted by expert), whatever the spread of the tokens: no Python loop over the experts, no
+    padding and no host sync for the group sizes. Inference only: its CPU backward is missing."""
+    offsets = torch.cumsum(r.counts, 0, dtype=torch.int32)
     gathered = r.flat_x.index_select(0, r.token_index)
-    if capacity == 0:
-        return _experts_beyond(gathered.new_empty(pairs, dim), gathered, counts, 0, stacked)
-    starts = torch.cumsum(r.counts, 0) - r.counts
-    slot = torch.arange(pairs, device=r.flat_x.device) - starts[r.expert_index]
-    padded = r.flat_x.new_zeros(num_experts, capacity, dim)
-    if capacity == max(counts):  # no overflow: no masks (each indexing op costs at batch 1)
-        padded[r.expert_index, slot] = gathered
-        hidden = F.gelu(torch.baddbmm(stacked.b1, padded, stacked.w1))
-        return torch.baddbmm(stacked.b2, hidden, stacked.w2)[r.expert_index, slot]
-    batched = slot < capacity
-    padded[r.expert_index[batched], slot[batched]] = gathered[batched]
-    hidden = F.gelu(torch.baddbmm(stacked.b1, padded, stacked.w1))
-    out = torch.baddbmm(stacked.b2, hidden, stacked.w2)
-    result = gathered.new_empty(pairs, dim)
-    result[batched] = out[r.expert_index[batched], slot[batched]]
-    return _experts_beyond(result, gathered, counts, capacity, stacked)
-
-
-def _experts_beyond(result: Tensor, gathered: Tensor, counts: list[int], capacity: int,
-                    stacked: StackedExperts) -> Tensor:
-    """Fill ``result`` with each expert's output on its pairs beyond ``capacity``."""
-    start = 0
-    for expert, count in enumerate(counts):
-        if count > capacity:
-            rows = slice(start + capacity, start + count)
-            h = F.gelu(torch.addmm(stacked.b1[expert], gathered[rows], stacked.w1[expert]))
-            result[rows] = torch.addmm(stacked.b2[expert], h, stacked.w2[expert])
-        start += count
-    return result
+    hidden = F.grouped_mm(gathered, stacked.w1, offs=offsets).add_(stacked.b1.index_select(0, r.expert_index))
+    return F.grouped_mm(F.gelu(hidden), stacked.w2, offs=offsets).add_(stacked.b2.index_select(0, r.expert_index))
 
 
 def _combine(x: Tensor, r: Routing, out: Tensor) -> Tensor:
@@ -250,12 +195,12 @@ def dispatch(x: Tensor, gates: Tensor, active: Tensor, experts: nn.ModuleList) -
     return _combine(x, r, _experts_loop(r, experts))
 
 
-def dispatch_batched(x: Tensor, gates: Tensor, active: Tensor, stacked: StackedExperts) -> Tensor:
-    """Inference-only :func:`dispatch` with stacked expert weights."""
+def dispatch_grouped(x: Tensor, gates: Tensor, active: Tensor, stacked: StackedExperts) -> Tensor:
+    """Inference-only :func:`dispatch` with stacked expert weights in grouped matrix products."""
     r = route(x, gates, active)
     if r.token_index.numel() == 0:
         return torch.zeros_like(x)
-    return _combine(x, r, _experts_batched(r, stacked))
+    return _combine(x, r, _experts_grouped(r, stacked))
 
 
 def load_balancing_loss(logits: Tensor, active: Tensor, k: int) -> Tensor:
