@@ -93,7 +93,7 @@ def test_bench_backends_measures_each_and_the_unfused_forms() -> None:
     policy = _policy()
     figures = bench_backends(policy, example_observation(policy.config), [StepBackend.EAGER, StepBackend.TORCHSCRIPT],
                              repeats=2, warmup=1)
-    assert [f.name for f in figures] == ["eager", "torchscript", "eager, cameras one call each",
-                                         "eager, experts one call each"]
+    assert [f.name for f in figures] == ["eager", "torchscript", "eager, 1 call per camera",
+                                         "eager, 1 call per expert"]
     for f in figures:
         assert not f.error and len(f.step_ms) == 2 and f.max_abs_difference <= TOLERANCE, f

@@ -187,10 +187,10 @@ def bench_backends(policy, obs, backends, *, repeats: int, warmup: int) -> list[
         figures.append(BackendFigures(name=backend.value, step_ms=step_ms, build_s=acceleration.build_s,
                                       max_abs_difference=acceleration.max_abs_difference))
     views = len(policy.config.camera_names)
-    unfused = {"eager, cameras one call each": copy.deepcopy(policy), "eager, experts one call each": copy.deepcopy(policy)}
-    stem = unfused["eager, cameras one call each"].stems.image
+    unfused = {"eager, 1 call per camera": copy.deepcopy(policy), "eager, 1 call per expert": copy.deepcopy(policy)}
+    stem = unfused["eager, 1 call per camera"].stems.image
     stem.encoder = _ViewByView(stem.encoder, views)
-    for layer in unfused["eager, experts one call each"].trunk.moe_layers:
+    for layer in unfused["eager, 1 call per expert"].trunk.moe_layers:
         layer.grouped_inference = False
     with torch.inference_mode():
         reference = policy(obs)

@@ -73,7 +73,30 @@ def cmd_bench_policy(args: argparse.Namespace) -> int:
                       f"{dgmoe.experts_per_token:.2f} / {topk.experts_per_token:.2f} = "
                       f"{dgmoe.experts_per_token / topk.experts_per_token:.2f}; trunk ratio floor if feed-forward time "
                       f"scaled with pairs (attention and norms unchanged): {trunk_ratio_floor(dgmoe, topk):.2f}")
+    if FeedForwardKind.DGMOE in by_kind and FeedForwardKind.DENSE in by_kind:
+        for line in step_goal_lines(by_kind[FeedForwardKind.DGMOE], by_kind[FeedForwardKind.DENSE], throughput):
+            console.print(line)
     return 0
+
+
+def step_goal_lines(dgmoe, dense, matmul_gflops: float) -> list[str]:
+    """The DGMoE step against its goals: the arithmetic floor (its FLOPs at this machine's sgemm
+    throughput), the dense feed-forward scaled by expert pairs per token, and the dense step."""
+    floor_ms = dgmoe.step_gflop / matmul_gflops * 1000
+    scaled_ffn_ms = dense.feed_forward_median_ms * dgmoe.experts_per_token
+    fastest = min((b for b in dgmoe.backends if b.step_ms), key=lambda b: b.step_median_ms, default=None)
+    lines = [f"DGMoE step {dgmoe.step_median_ms:.2f} ms = {dgmoe.step_median_ms / floor_ms:.1f}x its arithmetic floor "
+             f"({dgmoe.step_gflop:.3f} GFLOP at {matmul_gflops:.0f} GFLOP/s = {floor_ms:.2f} ms; goal <= 3x)",
+             f"DGMoE feed-forward {dgmoe.feed_forward_median_ms:.2f} ms = "
+             f"{dgmoe.feed_forward_median_ms / scaled_ffn_ms:.2f}x the dense feed-forward x expert pairs per token "
+             f"({dense.feed_forward_median_ms:.2f} ms x {dgmoe.experts_per_token:.2f} = {scaled_ffn_ms:.2f} ms; goal <= 1.2x)",
+             f"DGMoE step / dense step: {dgmoe.step_median_ms / dense.step_median_ms:.2f} (goal <= 1.2)"]
+    if fastest is not None:
+        lines.append(f"fastest DGMoE backend here: {fastest.name}, {fastest.step_median_ms:.2f} ms = "
+                     f"{fastest.step_median_ms / floor_ms:.1f}x the floor, {fastest.step_median_ms / dense.step_median_ms:.2f}x "
+                     f"the eager dense step")
+    lines.append(f"absolute goal (a GPU or a many-core robot PC): <= 8 ms per step; here {dgmoe.step_median_ms:.2f} ms eager")
+    return lines
 
 def print_backends(figures) -> None:
     """The step on each backend (fedvla.model.acceleration) against eager, for one trained kind."""
