@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +39,7 @@ def scene_parser_arguments(detector_weights: Path | None) -> dict[str, str]:
     """The twin profile's launch arguments that run the scene parser (IOSP) on the trained detector."""
     return {"parse_scene": "true", "detector_weights": str(detector_weights)} if detector_weights else {}
 RECORDER_TIMEOUT_S = 30.0
+RECORDER_STARTS = 3  # recorders started for one episode before giving up
 INSTRUCTION_PERIOD_S = 0.5
 # Left out of the bags: the aligned depth (bags stay small; no policy reads it).
 UNRECORDED_TOPICS = ["/rosout", "/parameter_events", topics.camera_topic(topics.TWIN_CAMERA, topics.ALIGNED_DEPTH_IMAGE),
@@ -232,15 +234,23 @@ class EpisodeRecorder:
         node = ResolvedNode(spec=spec, parameter_files=tuple(self.graph.config_dir / f for f in spec.parameters),
                             parameter_values={"output_path": str(self.bag), "exclude_topics": UNRECORDED_TOPICS},
                             arguments=())
-        self.process = subprocess.Popen(node_command(executable, node), stdout=self.log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-        # Record from the first step: a loaded machine takes seconds to start the recorder and to
-        # discover the publishers (a fixed 2 s wait lost the first third of some episodes).
-        missing = self.ros.wait_for_subscriber(spec.name, self.required, RECORDER_TIMEOUT_S)
-        if missing:
+        for start in range(1, RECORDER_STARTS + 1):
+            self.process = subprocess.Popen(node_command(executable, node), stdout=self.log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+            # Record from the first step: a loaded machine takes seconds to start the recorder and
+            # to discover the publishers (a fixed 2 s wait lost the first third of some episodes).
+            missing = self.ros.wait_for_subscriber(spec.name, self.required, RECORDER_TIMEOUT_S)
+            if not missing:
+                break
+            # Once, on a loaded machine, a new recorder saw every topic of the driver's node but
+            # /joint_states for 30 s: a fresh participant discovers the graph again.
             self.stop()
-            raise RunnerError(f"the recorder did not subscribe to {', '.join(missing)} within "
-                              f"{RECORDER_TIMEOUT_S:g} s; its log is in {self.log.name}")
+            shutil.rmtree(self.bag, ignore_errors=True)
+            if start == RECORDER_STARTS:
+                raise RunnerError(f"the recorder did not subscribe to {', '.join(missing)} within "
+                                  f"{RECORDER_TIMEOUT_S:g} s, {RECORDER_STARTS} times; its log is in {self.log.name}")
+            print(f"the recorder did not subscribe to {', '.join(missing)} within {RECORDER_TIMEOUT_S:g} s: "
+                  "starting it again", flush=True)
         self.ros.spin_for(0.5)  # the publishers match the recorder's readers (discovery goes both ways)
         return self
 
