@@ -52,3 +52,8 @@ def test_bench_realtime_runs_each_condition_through_the_graph(tmp_path) -> None:
     report = (output / "realtime.md").read_text()
     assert f"`{bench['command']}` at commit `{bench['commit']}`" in report
     assert "| sync | 100 | " in report and "| async-crossfade | 100 | " in report
+    # the async trial's recorded chunks, replayed with each aggregator around its chunk boundaries
+    boundaries = bench["boundaries"]
+    assert boundaries["condition"] == "async-crossfade" and boundaries["chunks"] >= 1
+    assert [r["aggregator"] for r in boundaries["replays"]] == ["latest", "crossfade", "ensemble"]
+    assert (output / "boundaries.png").stat().st_size > 0 and "## Setpoints around chunk boundaries" in report

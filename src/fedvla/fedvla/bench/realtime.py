@@ -124,5 +124,18 @@ def report_markdown(record: dict) -> str:
         lines.append(f"| {row['condition']} | {1000 * row['latency_s']:g} | {row['successes']}/{row['trials']} | "
                      f"{100 * low:.0f}-{100 * high:.0f} % | {time_s} | {row['setpoint_jerk_rms']:.1f} | "
                      f"{row['largest_reference_jump_mrad']:.2f} | {row['queue_ran_dry']} | {row['late_actions']} |")
-    return "\n".join([*lines, "", "![success and completion time against latency](realtime.png)", ""])
+    lines += ["", "![success and completion time against latency](realtime.png)", ""]
+    boundaries = record.get("boundaries")
+    if boundaries:
+        lines += ["## Setpoints around chunk boundaries", "",
+                  f"The {boundaries['chunks']} chunks of `{Path(boundaries['bag']).name}` ({boundaries['condition']}, "
+                  f"{1000 * boundaries['latency_s']:g} ms injected latency), each at the instant it reached the driver, "
+                  "replayed through the twin driver's controller once per aggregator (simulated time, "
+                  "`fedvla.bench.chunk_replay`): the same chunks for all three.", "",
+                  "| aggregator | setpoint jerk RMS (rad/s^3) | largest reference jump (mrad) | chunks refused |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r['aggregator']} | {r['setpoint_jerk_rms']:.1f} | {r['largest_reference_jump_mrad']:.2f} | "
+                  f"{sum(r['refused'].values())} |" for r in boundaries["replays"]]
+        lines += ["", "![setpoints around chunk boundaries](boundaries.png)", ""]
+    return "\n".join(lines)
 

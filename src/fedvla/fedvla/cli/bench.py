@@ -314,13 +314,49 @@ def cmd_bench_realtime(args: argparse.Namespace) -> int:
                       f"{r.largest_reference_jump_mrad:.2f}", str(r.queue_ran_dry), str(r.late_actions))
     console.print(table)
     plot(rows, output / "realtime.png")
+    boundaries = replay_boundaries(output, rows, args.checkpoint, args.task)
     record = {"command": shlex.join(["fedvla", *sys.argv[1:]]), "commit": working_tree_commit(),
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "checkpoint": args.checkpoint,
-              "task": args.task, "trials": args.trials, "rows": [dict(vars(r)) for r in rows]}
+              "task": args.task, "trials": args.trials, "rows": [dict(vars(r)) for r in rows],
+              "boundaries": boundaries}
     (output / "bench.json").write_text(json.dumps(record, indent=1, default=list))
     (output / "realtime.md").write_text(report_markdown(json.loads((output / "bench.json").read_text())))
     console.print(f"figures: {output / 'bench.json'}, table: {output / 'realtime.md'}, plot: {output / 'realtime.png'}")
     return 0
+
+
+def replay_boundaries(output, rows, checkpoint: str, task: str) -> dict | None:
+    """The chunks of one async trial at the largest latency, replayed with every aggregator
+    (:mod:`fedvla.bench.chunk_replay`): ``boundaries.png`` and its figures, or None without one."""
+    from fedvla.bench.chunk_replay import plot_boundaries, read_recorded_chunks, replay
+    from fedvla.bench.realtime import run_name
+    from fedvla.robot.controller import ChunkAggregator
+    from fedvla.twin.evaluation import checkpoint_action_space
+
+    asynchronous = [r for r in rows if r.condition.startswith("async")]
+    if not asynchronous:
+        return None
+    source = max(asynchronous, key=lambda r: (r.latency_s, r.condition == "async-latest"))
+    bags = sorted((output / run_name(source.condition, source.latency_s) / "bags").glob(f"{task}_*"))
+    if not bags:
+        return None
+    recorded = read_recorded_chunks(bags[0])
+    replays = [replay(recorded, checkpoint_action_space(checkpoint), a) for a in ChunkAggregator]
+    title = (f"{bags[0].name} ({source.condition}, {1000 * source.latency_s:g} ms): its {len(recorded.chunks)} chunks "
+             "replayed with each aggregator")
+    plot_boundaries(replays, output / "boundaries.png", title)
+    table = Table(title="the same recorded chunks through the driver's controller, per aggregator (simulated time)")
+    for column in ("aggregator", "setpoint jerk RMS rad/s^3", "largest reference jump mrad", "refused"):
+        table.add_column(column, justify="right")
+    for r in replays:
+        table.add_row(r.aggregator.value, f"{r.rms_jerk:.1f}", f"{1000 * r.largest_reference_jump:.2f}",
+                      str(sum(r.refused.values())))
+    console.print(table)
+    return {"bag": str(bags[0]), "condition": source.condition, "latency_s": source.latency_s,
+            "chunks": len(recorded.chunks),
+            "replays": [{"aggregator": r.aggregator.value, "setpoint_jerk_rms": r.rms_jerk,
+                         "largest_reference_jump_mrad": 1000 * r.largest_reference_jump, "refused": r.refused}
+                        for r in replays]}
 
 
 def register(commands: argparse._SubParsersAction) -> None:
