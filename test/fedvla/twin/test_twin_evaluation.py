@@ -1,5 +1,5 @@
-"""fedvla.twin.evaluation: Wilson intervals (checked against scipy), the agreement test between the
-graph's and the in-process result, the report, and an in-process trial of a checkpoint."""
+"""fedvla.twin.evaluation: the graph's and the in-process result side by side, the report, and an
+in-process trial of a checkpoint (the statistics themselves: test_statistics.py)."""
 from __future__ import annotations
 
 import json
@@ -8,29 +8,8 @@ import numpy as np
 import pytest
 
 from fedvla.config import ConfigError
-from fedvla.twin.evaluation import (TwinTrial, agree_within_noise, agreement_lines, report_table, summarize,
-                                    wilson_interval, write_report)
-
-
-@pytest.mark.parametrize("successes,trials", [(0, 20), (1, 20), (10, 20), (19, 20), (20, 20), (7, 43)])
-def test_wilson_interval_matches_scipy(successes, trials):
-    stats = pytest.importorskip("scipy.stats")
-    expected = stats.binomtest(successes, trials).proportion_ci(0.95, method="wilson")
-    np.testing.assert_allclose(wilson_interval(successes, trials), (expected.low, expected.high), atol=1e-9)
-
-
-def test_wilson_interval_by_hand():
-    low, high = wilson_interval(0, 20)
-    assert low == 0.0 and high == pytest.approx(1.959964 ** 2 / (20 + 1.959964 ** 2), rel=1e-6)
-    assert wilson_interval(0, 0) == (0.0, 1.0)
-
-
-def test_agreement_is_a_two_proportion_test_at_five_percent():
-    assert agree_within_noise(10, 20, 12, 20)
-    assert agree_within_noise(0, 20, 0, 20) and agree_within_noise(20, 20, 20, 20)
-    assert not agree_within_noise(2, 20, 18, 20)
-    # |z| = 1.96 is the boundary: 6/20 vs 13/20 gives z = 2.21, 7/20 vs 13/20 gives z = 1.90
-    assert not agree_within_noise(6, 20, 13, 20) and agree_within_noise(7, 20, 13, 20)
+from fedvla.statistics import wilson_interval
+from fedvla.twin.evaluation import TwinTrial, agreement_lines, report_table, summarize, write_report
 
 
 def _trial(task, seed, success, **changes):

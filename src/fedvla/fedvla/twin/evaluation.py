@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -31,31 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from fedvla.config import ConfigError
-
-Z95 = 1.959963984540054  # two-sided 95 % normal quantile
-
-
-def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (``(0, 1)`` without trials)."""
-    if trials <= 0:
-        return 0.0, 1.0
-    p = successes / trials
-    denominator = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denominator
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def agree_within_noise(successes_a: int, trials_a: int, successes_b: int, trials_b: int, z: float = Z95) -> bool:
-    """Whether two success rates are consistent with one binomial rate (two-proportion z-test at
-    the level of ``z``, pooled variance). Identical rates always agree; so do 0/n and 0/m."""
-    if trials_a <= 0 or trials_b <= 0:
-        return True
-    pooled = (successes_a + successes_b) / (trials_a + trials_b)
-    spread = math.sqrt(pooled * (1 - pooled) * (1 / trials_a + 1 / trials_b))
-    difference = abs(successes_a / trials_a - successes_b / trials_b)
-    return difference == 0 or (spread > 0 and difference <= z * spread)
-
+from fedvla.statistics import agree_within_noise, wilson_interval
 
 @dataclasses.dataclass
 class TwinTrial:

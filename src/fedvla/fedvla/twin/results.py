@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedvla.twin.evaluation import wilson_interval
+from fedvla.statistics import wilson_interval
 
 
 def expert_lines(demos: dict) -> list[str]:
