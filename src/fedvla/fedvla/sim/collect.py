@@ -156,6 +156,14 @@ def metaworld_benchmark(task: str, seed: int):
     return benchmark.train_classes[task](), benchmark.train_tasks
 
 
+def layout_key(layout) -> tuple[float, ...]:
+    """What tells two layouts apart: the task's random vector (object and goal positions, m),
+    rounded to 0.1 mm. Meta-World stores it pickled in the task it generated itself."""
+    import pickle
+
+    return tuple(float(v) for v in np.round(pickle.loads(layout.data)["rand_vec"], 4))
+
+
 def control_rate_hz(env) -> float:
     """Meta-World's control rate: one action per ``frame_skip`` physics steps (80 Hz for v3)."""
     return 1.0 / (env.unwrapped.frame_skip * env.unwrapped.model.opt.timestep)

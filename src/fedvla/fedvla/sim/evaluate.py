@@ -7,8 +7,10 @@ policy uses them, and the policy's chunk is executed open-loop for ``execute_ste
 before it replans, as on the robot.
 
 Trials use layouts the demonstrations never showed: repeat ``r`` draws its layouts from
-``MT1(task, seed=EvalConfig.seed + r)`` (the demonstrations come from ``CollectConfig.seed``), and
-the hand's start is moved by the same noise as in collection. A trial succeeds when Meta-World
+``MT1(task, seed=EvalConfig.seed + r)``, leaving out any that coincides (within 0.1 mm,
+:func:`fedvla.sim.collect.layout_key`) with a layout of the collection's seed
+(``EvalConfig.training_seed``; a one-dimensional layout such as drawer-close's does coincide at
+times), and the hand's start is moved by the same noise as in collection. A trial succeeds when Meta-World
 reports success within ``max_steps`` steps.
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ from fedvla.config import require
 from fedvla.data.bag_export import EpisodeBagWriter
 from fedvla.app.policy_runtime import PolicyRuntime, PolicyRuntimeConfig
 from fedvla.sim.collect import (PROPRIO_DIM, PROPRIO_NAMES, STUDY_CAMERAS, TASK_INSTRUCTIONS, CollectConfig,
-                                EpisodeRecorder, control_rate_hz, metaworld_benchmark, start_episode)
+                                EpisodeRecorder, control_rate_hz, layout_key, metaworld_benchmark, start_episode)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -32,6 +34,7 @@ class EvalConfig:
     repeats: int = 5  # the paper: 5
     max_steps: int = 150  # the experts finish within ~45–130 steps
     seed: int = 1000  # layouts: MT1 seed + repeat; keep it apart from the collection seed
+    training_seed: int = 0  # the collection's MT1 seed: none of its layouts is used for a trial
     hand_init_noise_m: float = 0.05
     device: str = "cpu"
     record_trials: int = 0  # the first n trials of repeat 0 are also written as rosbag2 episodes
@@ -118,6 +121,15 @@ def run_closed_loop(env, runtime: PolicyRuntime, recorder: EpisodeRecorder, obse
     return False, max_steps
 
 
+def held_out_layouts(task: str, seed: int, training_seed: int) -> tuple[object, list]:
+    """(env, layouts): ``MT1(task, seed)``'s layouts without those of ``MT1(task, training_seed)``."""
+    import metaworld
+
+    training = {layout_key(layout) for layout in metaworld.MT1(task, seed=training_seed).train_tasks}
+    env, layouts = metaworld_benchmark(task, seed)
+    return env, [layout for layout in layouts if layout_key(layout) not in training]
+
+
 def evaluate_checkpoint(checkpoint: str | Path, task: str, config: EvalConfig,
                         on_step: Callable[[], None] | None = None, bag_dir: str | Path | None = None) -> TaskEvaluation:
     """Success of one policy checkpoint on one task over ``repeats`` × ``trials`` trials; the first
@@ -136,7 +148,7 @@ def evaluate_checkpoint(checkpoint: str | Path, task: str, config: EvalConfig,
     steps = np.full((config.repeats, config.trials), config.max_steps, dtype=np.int64)
     stats = ClosedLoopStats()
     for repeat in range(config.repeats):
-        env, layouts = metaworld_benchmark(task, config.seed + repeat)
+        env, layouts = held_out_layouts(task, config.seed + repeat, config.training_seed)
         recorder = EpisodeRecorder(env, task, views)
         rng = np.random.default_rng(config.seed + repeat)
         hand_home = np.asarray(env.hand_init_pos, dtype=np.float64).copy()

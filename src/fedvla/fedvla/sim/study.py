@@ -87,7 +87,9 @@ class StudyScale:
         return from_mapping(CollectConfig, {"seed": self.seed, **self.collect}, where=f"{self.name}.collect")
 
     def eval_config(self) -> EvalConfig:
-        return from_mapping(EvalConfig, self.evaluate, where=f"{self.name}.evaluate")
+        # trials never on a layout the demonstrations were collected on
+        return from_mapping(EvalConfig, {"training_seed": self.collect_config().seed, **self.evaluate},
+                            where=f"{self.name}.evaluate")
 
     def simulation_config(self, method: MethodConfig) -> SimulationConfig:
         return SimulationConfig(mode=method.mode, rounds=self.rounds, local_epochs=self.local_epochs,
