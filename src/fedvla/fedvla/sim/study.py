@@ -68,6 +68,9 @@ class StudyScale:
     # The twin's scene-parser detector (fedvla twin detector): {data: DetectorDataConfig fields,
     # train: DetectorTrainConfig fields}; the simulation study's scales have none.
     detector: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Which client holds which demonstrations (fedvla.sim.partition.ClientSplit fields): one client
+    # per task (the paper's, the default), Dirichlet task mixes, or data sizes spanning a ratio.
+    clients: dict[str, Any] = dataclasses.field(default_factory=dict)
     rounds: int = 10
     local_epochs: int = 1
     batch_size: int = 32
@@ -85,6 +88,11 @@ class StudyScale:
 
     def collect_config(self) -> CollectConfig:
         return from_mapping(CollectConfig, {"seed": self.seed, **self.collect}, where=f"{self.name}.collect")
+
+    def client_split(self):
+        from fedvla.sim.partition import ClientSplit
+
+        return from_mapping(ClientSplit, {"seed": self.seed, **self.clients}, where=f"{self.name}.clients")
 
     def eval_config(self) -> EvalConfig:
         # trials never on a layout the demonstrations were collected on
@@ -126,7 +134,7 @@ def load_method(config_dir: Path, name: str) -> MethodConfig:
 def config_hash(scale: StudyScale, methods: list[MethodConfig]) -> str:
     # Fields at their empty default are left out, so adding an option keeps earlier runs' hashes.
     described = [{k: v for k, v in dataclasses.asdict(m).items() if not (k == "federation" and not v)} for m in methods]
-    scale_fields = {k: v for k, v in dataclasses.asdict(scale).items() if not (k == "detector" and not v)}
+    scale_fields = {k: v for k, v in dataclasses.asdict(scale).items() if not (k in ("detector", "clients") and not v)}
     text = json.dumps({"scale": scale_fields, "methods": described}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -196,6 +204,26 @@ class Study:
                                   with_iosp=with_iosp)
         return train, validation
 
+    def client_datasets(self, model, training: dict) -> tuple[dict, dict[str, str], dict[str, dict[str, int]]]:
+        """The clients' (model, dataset) by the scale's split of each task's training episodes,
+        which client evaluates each task, and the episodes each client holds per task."""
+        from torch.utils.data import ConcatDataset
+
+        from fedvla.data.episodes import ChunkDataset
+        from fedvla.sim.partition import SplitKind, evaluating_client, partition
+
+        split = self.scale.client_split()
+        if split.kind is SplitKind.TASK:
+            return ({task: (model, data) for task, data in training.items()}, {task: task for task in training},
+                    {task: {task: len(data.episodes)} for task, data in training.items()})
+        parts = partition({task: list(range(len(data.episodes))) for task, data in training.items()}, split)
+        datasets = {client: (model, ConcatDataset([ChunkDataset(self.data_dir / task, model.horizon, episodes=indices,
+                                                                with_iosp=model.iosp)
+                                                   for task, indices in tasks.items()]))
+                    for client, tasks in parts.items()}
+        holders = {task: evaluating_client(parts, task) for task in training}
+        return datasets, holders, {client: {t: len(i) for t, i in tasks.items()} for client, tasks in parts.items()}
+
     def run_method(self, method: MethodConfig) -> dict:
         from fedvla.model.train import evaluate_loss
 
@@ -206,10 +234,10 @@ class Study:
             return json.loads(result_path.read_text())
         started = time.monotonic()
         model = self.model_config(method)
-        datasets, validation = {}, {}
+        training, validation = {}, {}
         for task in self.tasks:
-            train, validation[task] = self.split(task, model)
-            datasets[task] = (model, train)
+            training[task], validation[task] = self.split(task, model)
+        datasets, holders, clients_data = self.client_datasets(model, training)
         training_dir, curves_path = directory / "federation", directory / "curves.json"
         curves: dict[str, list[float]] = {task: [] for task in self.tasks}
         if training_dir.exists() and curves_path.is_file():
@@ -223,7 +251,7 @@ class Study:
             shutil.rmtree(training_dir)
 
         def client_of(task: str, clients: dict):
-            return clients[CENTRALIZED_CLIENT] if CENTRALIZED_CLIENT in clients else clients[task]
+            return clients[CENTRALIZED_CLIENT] if CENTRALIZED_CLIENT in clients else clients[holders[task]]
 
         def record_validation(clients) -> None:
             for task in self.tasks:
@@ -255,6 +283,7 @@ class Study:
         result = {"method": dataclasses.asdict(method) | {"mode": method.mode.value}, "model": model.to_dict(),
                   "validation_loss": curves, "evaluation": evaluations,
                   "rounds": [dataclasses.asdict(r) for r in simulation.records],
+                  "clients": clients_data, "evaluated_by": holders,
                   "train_seconds": trained_s, "seconds": time.monotonic() - started}
         directory.mkdir(parents=True, exist_ok=True)
         tmp = result_path.with_suffix(".tmp")
