@@ -51,6 +51,9 @@ class MethodConfig:
     model: dict[str, Any] = dataclasses.field(default_factory=dict)
     # federation server options (SimulationConfig.server_options), e.g. client-level DP
     federation: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # A dense trunk as large as this method's MoE trunk: its feed-forward hidden width is that
+    # method's experts x their hidden width (FedAvg matched to FedVLA's trunk parameters).
+    match_trunk_of: str = ""
 
     def __post_init__(self) -> None:
         self.mode = Mode(self.mode) if not isinstance(self.mode, Mode) else self.mode
@@ -133,7 +136,8 @@ def load_method(config_dir: Path, name: str) -> MethodConfig:
 
 def config_hash(scale: StudyScale, methods: list[MethodConfig]) -> str:
     # Fields at their empty default are left out, so adding an option keeps earlier runs' hashes.
-    described = [{k: v for k, v in dataclasses.asdict(m).items() if not (k == "federation" and not v)} for m in methods]
+    described = [{k: v for k, v in dataclasses.asdict(m).items() if not (k in ("federation", "match_trunk_of") and not v)}
+                 for m in methods]
     scale_fields = {k: v for k, v in dataclasses.asdict(scale).items() if not (k in ("detector", "clients") and not v)}
     text = json.dumps({"scale": scale_fields, "methods": described}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -184,6 +188,11 @@ class Study:
                   "proprio_dim": meta.proprio_dim, "action_dim": meta.action_dim}
         if values.get("iosp", False):
             values.setdefault("iosp_tokens_per_group", meta.iosp_tokens_per_group)
+        if method.match_trunk_of:
+            reference = self.model_config(load_method(self.config_dir, method.match_trunk_of))
+            require(values.get("feed_forward") == "dense", "match_trunk_of", "needs a dense trunk",
+                    "feed_forward: dense in the method's model")
+            values["expert_hidden_dim"] = reference.num_experts * reference.expert_hidden_dim
         return PolicyConfig.from_yaml(self.config_dir / "model" / self.scale.model_config, **values)
 
     def split(self, task: str, model):
