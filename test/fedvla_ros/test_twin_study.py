@@ -41,3 +41,18 @@ def test_the_smoke_twin_study_runs_end_to_end(tmp_path) -> None:
     assert demos["detector"] == detector
     run_record = json.loads((output / "run.json").read_text())
     assert run_record["scale"]["name"] == "smoke" and run_record["detector"] == detector
+
+
+def test_a_scale_whose_images_do_not_fit_the_parsers_grid_is_refused_before_it_runs(tmp_path) -> None:
+    from fedvla.config import ConfigError
+    from fedvla.graph import find_config_dir
+    from fedvla.sim.study import load_scale
+    from fedvla_ros.tools.twin_study import TwinStudy
+
+    config_dir = find_config_dir()
+    scale = load_scale(config_dir, "cpu", folder="twin_scales")
+    TwinStudy(config_dir, scale, tmp_path / "fits").check_iosp_grid()  # 128 px: the parser's 8 x 8
+    scale.collect = {**scale.collect, "image_size": 64}
+    with pytest.raises(ConfigError, match=r"collect.image_size: at 64 px the policy's patch grid is 4 x 4, the twin's "
+                                          r"scene parser selects IOSP tokens on 8 x 8"):
+        TwinStudy(config_dir, scale, tmp_path / "small").check_iosp_grid()

@@ -135,8 +135,28 @@ class TwinStudy(Study):
         graph = report["summary"]["graph"][task]
         return {**graph, "in_process": report["summary"].get("in-process", {}).get(task), "report": str(output)}
 
+    def check_iosp_grid(self) -> None:
+        """Before anything runs: an IOSP policy at the datasets' image size must have the scene
+        parser's patch grid (the parses are recorded with the demonstrations on that grid)."""
+        from fedvla.graph import Graph
+        from fedvla.model.config import PolicyConfig
+
+        if not self.uses_iosp:
+            return
+        parser = Graph.load(self.config_dir).resolve_node("twin", "scene_parser",
+                                                          {"parse_scene": "true"}).parameters()
+        grid = (int(parser["patch_rows"]), int(parser["patch_cols"]))
+        model = PolicyConfig.from_yaml(self.config_dir / "model" / self.scale.model_config,
+                                       **{**self.scale.model, "image_size": self.image_size, "proprio_dim": 1,
+                                          "action_dim": 1})
+        if model.patch_grid != grid:
+            raise ConfigError("collect.image_size", f"at {self.image_size} px the policy's patch grid is "
+                              f"{model.patch_grid[0]} x {model.patch_grid[1]}, the twin's scene parser selects IOSP "
+                              f"tokens on {grid[0]} x {grid[1]}", f"the image size whose patch grid is {grid[0]} x {grid[1]}")
+
     def run(self, command: str = "") -> dict[str, dict]:
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.check_iosp_grid()
         self.detector = self.ensure_detector()
         self.ensure_data()
         results = {method.name: self.run_method(method) for method in self.methods}
