@@ -35,3 +35,19 @@ def test_evaluation_layouts_differ_from_the_training_layouts() -> None:
 def test_the_evaluation_names_its_training_seed() -> None:
     assert EvalConfig().training_seed == CollectConfig().seed == 0
     assert StudyScale(name="test", collect={"seed": 7}).eval_config().training_seed == 7
+
+
+@pytest.mark.timeout(300)
+def test_the_expert_ceiling_runs_on_the_evaluations_own_trials() -> None:
+    """The scripted expert on the same (repeat, trial) starts as a policy's evaluation: the same
+    layout and hand start for trial i of repeat r."""
+    import numpy as np
+
+    from fedvla.sim.evaluate import evaluate_expert, trial_starts
+
+    config = EvalConfig(trials=3, repeats=2, max_steps=150)
+    successes = evaluate_expert("drawer-close-v3", config)
+    assert successes.shape == (2, 3) and successes.sum() >= 5  # the expert closes the drawer
+    first = [start(1)[:7].copy() for _, _, start in trial_starts("drawer-close-v3", config)]
+    again = [start(1)[:7].copy() for _, _, start in trial_starts("drawer-close-v3", config)]
+    np.testing.assert_array_equal(np.stack(first), np.stack(again))  # seeded: every policy meets these starts

@@ -4,6 +4,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("metaworld")
@@ -12,7 +13,7 @@ from fedvla.config import ConfigError  # noqa: E402
 from fedvla.sim.study import Study, load_method, load_scale  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[3] / "config"
-ALL_METHODS = ("centralized", "fedavg", "fedvla", "wo_iosp", "wo_dgmoe", "wo_eda")
+ALL_METHODS = ("centralized", "fedavg", "fedavg_matched", "fedvla", "wo_iosp", "wo_dgmoe", "wo_eda")
 
 
 @pytest.fixture(scope="module")
@@ -26,24 +27,31 @@ def smoke(tmp_path_factory):
 def test_training_lowers_the_validation_loss_of_every_method_on_every_task(smoke) -> None:
     scale, _, results = smoke
     assert tuple(results) == ALL_METHODS
-    for name, result in results.items():
-        for task, curve in result["validation_loss"].items():
-            assert len(curve) == scale.rounds + 1  # the initial model, then every round
-            assert curve[-1] < curve[0], (name, task, curve)
+    assert [r["seed"] for r in results["fedvla"]] == [0, 1] and len(results["fedavg"]) == 1
+    for name, runs in results.items():
+        for result in runs:
+            for task, curve in result["validation_loss"].items():
+                assert len(curve) == scale.rounds + 1  # the initial model, then every round
+                assert curve[-1] < curve[0], (name, task, curve)
 
 
 def test_the_methods_differ_only_where_their_config_says(smoke) -> None:
     _, _, results = smoke
-    models = {name: r["model"] for name, r in results.items()}
+    models = {name: runs[0]["model"] for name, runs in results.items()}
     assert models["fedvla"]["iosp"] and models["fedvla"]["feed_forward"] == "dgmoe"
     assert not models["wo_iosp"]["iosp"] and models["wo_dgmoe"]["feed_forward"] == "dense"
     assert not models["fedavg"]["iosp"] and models["fedavg"]["feed_forward"] == "dense"
-    modes = {name: r["method"]["mode"] for name, r in results.items()}
-    assert modes == {"centralized": "centralized", "fedavg": "fedavg", "fedvla": "eda", "wo_iosp": "eda",
-                     "wo_dgmoe": "eda", "wo_eda": "fedavg"}
+    assert models["fedavg_matched"]["feed_forward"] == "dense" and models["fedavg_matched"]["expert_hidden_dim"] == (
+        models["fedvla"]["num_experts"] * models["fedvla"]["expert_hidden_dim"])
+    modes = {name: runs[0]["method"]["mode"] for name, runs in results.items()}
+    assert modes == {"centralized": "centralized", "fedavg": "fedavg", "fedavg_matched": "fedavg", "fedvla": "eda",
+                     "wo_iosp": "eda", "wo_dgmoe": "eda", "wo_eda": "fedavg"}
     # Federated methods close every round with both task clients; centralized has one learner.
-    assert all(r["clients"] == ["drawer-close-v3", "sweep-into-v3"] for r in results["fedvla"]["rounds"])
-    assert all(r["clients"] == ["centralized"] for r in results["centralized"]["rounds"])
+    assert all(r["clients"] == ["drawer-close-v3", "sweep-into-v3"] for r in results["fedvla"][0]["rounds"])
+    assert all(r["clients"] == ["centralized"] for r in results["centralized"][0]["rounds"])
+    # the two training seeds of FedVLA start from different models, on the same data and trials
+    first, second = results["fedvla"]
+    assert first["validation_loss"] != second["validation_loss"]
 
 
 def test_every_checkpoint_records_the_action_space_an_arm_driver_checks(smoke) -> None:
@@ -52,34 +60,50 @@ def test_every_checkpoint_records_the_action_space_an_arm_driver_checks(smoke) -
     from fedvla.sim.collect import METAWORLD_ACTION_SPACE
 
     _, _, results = smoke
-    checkpoints = {e["checkpoint"] for r in results.values() for e in r["evaluation"].values()}
+    checkpoints = {e["checkpoint"] for runs in results.values() for r in runs for e in r["evaluation"].values()}
     assert checkpoints and all(checked_action_space(c, RetargetConfig()) == METAWORLD_ACTION_SPACE for c in checkpoints)
 
 
 def test_the_report_has_the_papers_tables_plots_and_provenance(smoke) -> None:
     scale, output, results = smoke
     report = (output / "results.md").read_text()
-    for label in ("Centralized", "FedAvg", "FedVLA (Ours)", "w/o IOSP", "w/o DGMoE", "w/o EDA"):
+    for label in ("Centralized", "FedAvg", "FedAvg (trunk matched)", "FedVLA (Ours)", "w/o IOSP", "w/o DGMoE",
+                  "w/o EDA"):
         rows = [line for line in report.splitlines() if line.startswith(f"| {label} | ")]
         assert rows, label
     table1 = report.split("## Table 1")[1].split("The paper's")[0]
     rows = [line for line in table1.splitlines() if line.startswith("| ") and not line.startswith("| Method")]
-    assert len(rows) == 3 and all(re.fullmatch(r"\| [^|]+ \| \d+\.\d \| \d+\.\d \| \d+\.\d \|", r) for r in rows)
+    cell = r"\d+\.\d \(\d+-\d+\)"  # success % (Wilson 95 % interval)
+    assert len(rows) == 5  # four methods and the scripted expert's ceiling on the same trials
+    assert re.fullmatch(rf"\| FedVLA \(Ours\) \| 2 \| \d+\.\d ± \d+\.\d \| {cell} \| {cell} \|", rows[3]), rows[3]
+    assert re.fullmatch(rf"\| Scripted expert \(ceiling\) \| - \| \d+\.\d \| {cell} \| {cell} \|", rows[4]), rows[4]
     assert "| FedVLA (Ours) | 63.3 | 80.0 | 80.0 | 53.3 | 40.0 |" in report  # the paper's row beside ours
+    paired = report.split("## Paired tests")[1].split("##")[0]
+    assert "| w/o EDA | +" in paired and "OR " in paired
+    claims = report.split("## The paper's claims at this scale")[1].split("##")[0]
+    for claim in ("FedVLA ≈ Centralized", "FedVLA > FedAvg", "FedVLA > FedAvg (trunk matched)",
+                  "w/o IOSP below FedVLA", "w/o DGMoE below FedVLA", "w/o EDA below FedVLA", "Table 3's ordering"):
+        assert re.search(rf"\* {re.escape(claim)}.*\*\*(holds|does not hold) at this scale\*\*", claims), claim
+    assert "## EDA weights per round: FedVLA (Ours)" in report
     for plot in ("success.png", "validation_loss.png", "experts.png"):
         assert (output / plot).stat().st_size > 1000
     run = json.loads((output / "run.json").read_text())
     assert run["command"] == "fedvla study --scale smoke" and run["seed"] == scale.seed
+    assert run["training_seeds"]["fedvla"] == [0, 1]
     assert len(run["config_hash"]) == 16 and run["machine"]["cpus"] >= 1
-    evaluation = results["fedvla"]["evaluation"]["drawer-close-v3"]
+    evaluation = results["fedvla"][0]["evaluation"]["drawer-close-v3"]
     assert len(evaluation["successes"]) == scale.eval_config().repeats
+    expert = json.loads((output / "expert.json").read_text())["successes"]
+    assert np.asarray(expert["drawer-close-v3"]).shape == np.asarray(evaluation["successes"]).shape
 
 
 def test_a_finished_method_is_not_run_again(smoke) -> None:
     scale, output, results = smoke
     before = (output / "methods" / "fedvla" / "result.json").stat().st_mtime_ns
     again = Study(CONFIG, load_scale(CONFIG, "smoke", methods=("fedvla",)), output, show_progress=False)
-    assert again.run_method(again.methods[0]) == results["fedvla"]
+    assert again.run_method(again.methods[0]) == results["fedvla"][0]
+    assert again.run_method(again.methods[0], seed=1) == results["fedvla"][1]
+    assert (output / "methods" / "fedvla_seed1" / "result.json").is_file()
     assert (output / "methods" / "fedvla" / "result.json").stat().st_mtime_ns == before
 
 
@@ -127,13 +151,36 @@ def test_a_private_method_reports_success_against_its_epsilon(smoke, tmp_path) -
 
     _, output, _ = smoke
     shutil.copytree(output / "data", tmp_path / "data")
-    shutil.copytree(output / "methods" / "fedvla", tmp_path / "methods" / "fedvla")  # finished: not rerun
+    for finished in ("fedvla", "fedvla_seed1"):  # finished: not rerun
+        shutil.copytree(output / "methods" / finished, tmp_path / "methods" / finished)
     scale = load_scale(CONFIG, "smoke", methods=("fedvla", "fedvla_dp_strong"))
     results = Study(CONFIG, scale, tmp_path, show_progress=False).run(command="fedvla study --scale smoke")
-    epsilons = [r["dp_epsilon"] for r in results["fedvla_dp_strong"]["rounds"]]
+    epsilons = [r["dp_epsilon"] for r in results["fedvla_dp_strong"][0]["rounds"]]
     assert 0 < epsilons[0] < epsilons[-1]  # composed over the rounds
-    assert all(r["dp_epsilon"] == 0 for r in results["fedvla"]["rounds"])
+    assert all(r["dp_epsilon"] == 0 for r in results["fedvla"][0]["rounds"])
     report = (tmp_path / "results.md").read_text()
     section = report.split("## Client-level differential privacy: success vs ε")[1].split("##")[0]
     assert "| FedVLA + DP (z = 1) | 1 | 4 | " in section and "| FedVLA (Ours) | 0 | 0 | inf | " in section
     assert (tmp_path / "privacy.png").stat().st_size > 1000
+
+
+def test_a_dirichlet_split_trains_many_clients_and_reports_their_eda_weights(smoke, tmp_path) -> None:
+    """The heterogeneity setting: clients holding Dirichlet mixes of the tasks (here 3 clients over
+    the smoke scale's 2 tasks x 2 training episodes), each task evaluated by its largest holder."""
+    import shutil
+
+    _, output, _ = smoke
+    shutil.copytree(output / "data", tmp_path / "data")
+    scale = load_scale(CONFIG, "smoke", methods=("fedvla",))
+    scale.clients, scale.seeds = {"kind": "dirichlet", "count": 3, "alpha": 0.5}, {}
+    results = Study(CONFIG, scale, tmp_path, show_progress=False).run(command="fedvla study --scale smoke")
+    (result,) = results["fedvla"]
+    assert sorted(result["clients"]) == ["client_00", "client_01", "client_02"]
+    assert sum(n for tasks in result["clients"].values() for n in tasks.values()) == 4
+    assert all(r["clients"] == ["client_00", "client_01", "client_02"] for r in result["rounds"])
+    for task, client in result["evaluated_by"].items():
+        assert result["clients"][client].get(task, 0) == max(c.get(task, 0) for c in result["clients"].values())
+    report = (tmp_path / "results.md").read_text()
+    assert "clients: 3, each task's episodes shared out by Dirichlet(0.5)" in report
+    weights = report.split("## EDA weights per round")[1].split("##")[0]
+    assert "| 0 | 3 | 0.333 |" in weights

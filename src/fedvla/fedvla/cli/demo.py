@@ -88,7 +88,7 @@ def demo_study(config_dir: Path, scale_name: str, directory: Path) -> dict:
     tasks = list(scale.collect_config().tasks)
     for column in ("method", *tasks, "experts/token"):
         table.add_column(column, justify="right")
-    for name, result in results.items():
+    for name, (result, *_) in results.items():  # (the first training seed's)
         evaluations = [result["evaluation"][t] for t in tasks]
         table.add_row(name, *(f"{100 * e['success_rate']:.0f}" for e in evaluations),
                       f"{sum(e['experts_per_token'] for e in evaluations) / len(evaluations):.2f}")
@@ -101,7 +101,8 @@ def demo_replay(graph: Graph, results: dict, directory: Path, study_dir: Path) -
     from fedvla.replay import METRICS_FILE, PLOT_FILE, REPORT_FILE
 
     method = "fedvla" if "fedvla" in results else next(iter(results))
-    task, evaluation = next(iter(results[method]["evaluation"].items()))
+    result = results[method][0]
+    task, evaluation = next(iter(result["evaluation"].items()))
     if not evaluation.get("bags"):
         console.print(f"[red]the study recorded no closed-loop trial of {method} (evaluate.record_trials)")
         return 1
@@ -110,8 +111,8 @@ def demo_replay(graph: Graph, results: dict, directory: Path, study_dir: Path) -
                  "through bag_player → policy → replay_evaluator")
     print_bag_summary(summarize_bag(bag))
     sampling = BagSampling()  # the rate the trial ran at: the policy runs at it in the replay
-    next(read_bag_steps(bag, BagEpisodeConfig(camera_names=results[method]["model"]["camera_names"],
-                                              proprio_dim=results[method]["model"]["proprio_dim"]), sampling))
+    next(read_bag_steps(bag, BagEpisodeConfig(camera_names=result["model"]["camera_names"],
+                                              proprio_dim=result["model"]["proprio_dim"]), sampling))
     run_profile(graph, "replay", {"bag": bag, "checkpoint": checkpoint, "replay_output": str(directory),
                                   "policy_rate": f"{sampling.rate_hz:g}", "replay_rate": "0.25"},
                 None, "replay profile")

@@ -130,6 +130,40 @@ def held_out_layouts(task: str, seed: int, training_seed: int) -> tuple[object, 
     return env, [layout for layout in layouts if layout_key(layout) not in training]
 
 
+def trial_starts(task: str, config: EvalConfig):
+    """Per repeat: (repeat, env, start) where ``start(trial)`` resets ``env`` to that trial's layout
+    and hand start and returns the observation: the same trials for every policy and the expert."""
+    for repeat in range(config.repeats):
+        env, layouts = held_out_layouts(task, config.seed + repeat, config.training_seed)
+        rng = np.random.default_rng(config.seed + repeat)
+        hand_home = np.asarray(env.hand_init_pos, dtype=np.float64).copy()
+        try:
+            yield repeat, env, (lambda trial, env=env, layouts=layouts, rng=rng, home=hand_home:
+                                start_episode(env, layouts, trial, rng, home, config.hand_init_noise_m))
+        finally:
+            env.close()
+
+
+def evaluate_expert(task: str, config: EvalConfig) -> np.ndarray:
+    """(repeats, trials) successes of Meta-World's scripted expert on the evaluation's own trials:
+    the ceiling every learned policy is measured against (no rendering: the expert reads the state)."""
+    from fedvla.sim.collect import expert_policy
+
+    expert = expert_policy(task)
+    successes = np.zeros((config.repeats, config.trials), dtype=bool)
+    for repeat, env, start in trial_starts(task, config):
+        for trial in range(config.trials):
+            observation = start(trial)
+            for _ in range(config.max_steps):
+                observation, _, _, truncated, info = env.step(np.clip(expert.get_action(observation), -1.0, 1.0))
+                if info.get("success"):
+                    successes[repeat, trial] = True
+                    break
+                if truncated:
+                    break
+    return successes
+
+
 def evaluate_checkpoint(checkpoint: str | Path, task: str, config: EvalConfig,
                         on_step: Callable[[], None] | None = None, bag_dir: str | Path | None = None) -> TaskEvaluation:
     """Success of one policy checkpoint on one task over ``repeats`` × ``trials`` trials; the first
@@ -147,14 +181,11 @@ def evaluate_checkpoint(checkpoint: str | Path, task: str, config: EvalConfig,
     successes = np.zeros((config.repeats, config.trials), dtype=bool)
     steps = np.full((config.repeats, config.trials), config.max_steps, dtype=np.int64)
     stats = ClosedLoopStats()
-    for repeat in range(config.repeats):
-        env, layouts = held_out_layouts(task, config.seed + repeat, config.training_seed)
+    for repeat, env, start in trial_starts(task, config):
         recorder = EpisodeRecorder(env, task, views)
-        rng = np.random.default_rng(config.seed + repeat)
-        hand_home = np.asarray(env.hand_init_pos, dtype=np.float64).copy()
         try:
             for trial in range(config.trials):
-                observation = start_episode(env, layouts, trial, rng, hand_home, config.hand_init_noise_m)
+                observation = start(trial)
                 runtime.policy.reset()
                 bag = None
                 if repeat == 0 and trial < config.record_trials:
@@ -169,7 +200,6 @@ def evaluate_checkpoint(checkpoint: str | Path, task: str, config: EvalConfig,
                         bag.close()
         finally:
             recorder.close()
-            env.close()
     return TaskEvaluation(task=task, checkpoint=str(checkpoint), successes=successes, steps=steps,
                           policy_latency_s=stats.latencies,
                           experts_per_token=float(np.mean(stats.experts_per_token)) if stats.experts_per_token else 0.0,

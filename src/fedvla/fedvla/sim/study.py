@@ -79,6 +79,10 @@ class StudyScale:
     batch_size: int = 32
     lr: float = 1e-3
     seed: int = 0
+    # Training seeds per method (seed, seed + 1, ...; 1 where a method is not named): the model's
+    # initialisation and the batch order; every seed trains on the same demonstrations and is
+    # evaluated on the same layouts, so methods compare trial by trial within a seed.
+    seeds: dict[str, int] = dataclasses.field(default_factory=dict)
     validation_fraction: float = 0.2
     methods: tuple[str, ...] = ("centralized", "fedavg", "fedvla", "wo_iosp", "wo_dgmoe", "wo_eda")
     device: str = "auto"
@@ -102,10 +106,15 @@ class StudyScale:
         return from_mapping(EvalConfig, {"training_seed": self.collect_config().seed, **self.evaluate},
                             where=f"{self.name}.evaluate")
 
-    def simulation_config(self, method: MethodConfig) -> SimulationConfig:
+    def training_seeds(self, method: MethodConfig) -> list[int]:
+        count = int(self.seeds.get(method.name, 1))
+        require(count >= 1, f"seeds.{method.name}", f"must be at least 1, got {count}")
+        return [self.seed + k for k in range(count)]
+
+    def simulation_config(self, method: MethodConfig, seed: int | None = None) -> SimulationConfig:
         return SimulationConfig(mode=method.mode, rounds=self.rounds, local_epochs=self.local_epochs,
-                                batch_size=self.batch_size, lr=self.lr, seed=self.seed, device=self.device,
-                                server_options=dict(method.federation))
+                                batch_size=self.batch_size, lr=self.lr, seed=self.seed if seed is None else seed,
+                                device=self.device, server_options=dict(method.federation))
 
 
 def _closed_rounds(training_dir: Path) -> int:
@@ -138,7 +147,8 @@ def config_hash(scale: StudyScale, methods: list[MethodConfig]) -> str:
     # Fields at their empty default are left out, so adding an option keeps earlier runs' hashes.
     described = [{k: v for k, v in dataclasses.asdict(m).items() if not (k in ("federation", "match_trunk_of") and not v)}
                  for m in methods]
-    scale_fields = {k: v for k, v in dataclasses.asdict(scale).items() if not (k in ("detector", "clients") and not v)}
+    scale_fields = {k: v for k, v in dataclasses.asdict(scale).items()
+                    if not (k in ("detector", "clients", "seeds") and not v)}
     text = json.dumps({"scale": scale_fields, "methods": described}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -233,13 +243,19 @@ class Study:
         holders = {task: evaluating_client(parts, task) for task in training}
         return datasets, holders, {client: {t: len(i) for t, i in tasks.items()} for client, tasks in parts.items()}
 
-    def run_method(self, method: MethodConfig) -> dict:
+    def method_directory(self, method: MethodConfig, seed: int) -> Path:
+        """``methods/<name>`` for the first training seed, ``methods/<name>_seed<k>`` for the k-th after it."""
+        k = seed - self.scale.seed
+        return self.output / "methods" / (method.name if k == 0 else f"{method.name}_seed{k}")
+
+    def run_method(self, method: MethodConfig, seed: int | None = None) -> dict:
         from fedvla.model.train import evaluate_loss
 
-        directory = self.output / "methods" / method.name
+        seed = self.scale.seed if seed is None else seed
+        directory = self.method_directory(method, seed)
         result_path = directory / "result.json"
         if result_path.is_file():
-            log.info("%s: done before (%s), not rerun", method.name, result_path)
+            log.info("%s (seed %d): done before (%s), not rerun", method.name, seed, result_path)
             return json.loads(result_path.read_text())
         started = time.monotonic()
         model = self.model_config(method)
@@ -281,7 +297,7 @@ class Study:
                 client.load_global_trunk()  # the model the round produced (the next round starts from it)
             record_validation(clients)
 
-        simulation = run_simulation(self.scale.simulation_config(method), datasets, training_dir, on_round=on_round,
+        simulation = run_simulation(self.scale.simulation_config(method, seed), datasets, training_dir, on_round=on_round,
                                     on_start=on_start, show_progress=self.show_progress)
         trained_s = time.monotonic() - started
         evaluations = {}
@@ -289,7 +305,7 @@ class Study:
             checkpoint = client_of(task, simulation.clients).save_final_checkpoint()
             evaluations[task] = self.evaluate_task(checkpoint, task, directory)
             log.info("%s on %s: success %.1f%%", method.name, task, 100 * evaluations[task]["success_rate"])
-        result = {"method": dataclasses.asdict(method) | {"mode": method.mode.value}, "model": model.to_dict(),
+        result = {"method": dataclasses.asdict(method) | {"mode": method.mode.value}, "seed": seed, "model": model.to_dict(),
                   "validation_loss": curves, "evaluation": evaluations,
                   "rounds": [dataclasses.asdict(r) for r in simulation.records],
                   "clients": clients_data, "evaluated_by": holders,
@@ -308,12 +324,31 @@ class Study:
         evaluation["bags"] = sorted(str(p) for p in bags.glob(f"{task}_trial_*"))
         return evaluation
 
-    def run(self, command: str = "") -> dict[str, dict]:
+    def run(self, command: str = "") -> dict[str, list[dict]]:
+        """Every method at each of its training seeds: ``{method: [result per seed]}``."""
         from fedvla.sim.report import write_report
 
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.ensure_data()
-        results = {method.name: self.run_method(method) for method in self.methods}
+        results = {method.name: [self.run_method(method, seed) for seed in self.scale.training_seeds(method)]
+                   for method in self.methods}
         write_report(self.output, self.scale, self.methods, results, command=command, started=started,
-                     config_hash=config_hash(self.scale, self.methods))
+                     config_hash=config_hash(self.scale, self.methods), expert=self.expert_ceiling())
         return results
+
+    def expert_ceiling(self) -> dict:
+        """The scripted expert's successes (repeats, trials) per task on the evaluation's own trials
+        (``expert.json``, kept once computed)."""
+        import numpy as np
+
+        from fedvla.sim.evaluate import evaluate_expert
+
+        path = self.output / "expert.json"
+        trials = dataclasses.asdict(self.evaluation)
+        kept = json.loads(path.read_text()) if path.is_file() else {}
+        done = kept.get("successes", {}) if kept.get("evaluation") == trials else {}
+        for task in self.tasks:
+            if task not in done:
+                done[task] = evaluate_expert(task, self.evaluation).astype(int).tolist()
+                path.write_text(json.dumps({"evaluation": trials, "successes": done}))
+        return {task: np.asarray(done[task], dtype=bool) for task in self.tasks}

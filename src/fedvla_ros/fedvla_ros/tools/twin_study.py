@@ -154,16 +154,17 @@ class TwinStudy(Study):
                               f"{model.patch_grid[0]} x {model.patch_grid[1]}, the twin's scene parser selects IOSP "
                               f"tokens on {grid[0]} x {grid[1]}", f"the image size whose patch grid is {grid[0]} x {grid[1]}")
 
-    def run(self, command: str = "") -> dict[str, dict]:
+    def run(self, command: str = "") -> dict[str, list[dict]]:
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.check_iosp_grid()
         self.detector = self.ensure_detector()
         self.ensure_data()
-        results = {method.name: self.run_method(method) for method in self.methods}
+        results = {method.name: [self.run_method(method, seed) for seed in self.scale.training_seeds(method)]
+                   for method in self.methods}
         self.write_report(results, command, started)
         return results
 
-    def write_report(self, results: dict[str, dict], command: str, started: str) -> None:
+    def write_report(self, results: dict[str, list[dict]], command: str, started: str) -> None:
         from fedvla.paths import working_tree_commit
         from fedvla.sim.report import machine
 
@@ -172,12 +173,15 @@ class TwinStudy(Study):
                  f"Scale `{self.scale.name}`: {', '.join(self.tasks)}; {self.episodes_per_task} demonstrations per "
                  f"task; {self.trials} closed-loop trials per task through the graph (and in-process, same seeds).", ""]
         for method in self.methods:
-            evaluations = results[method.name]["evaluation"]  # (evaluate_task: the graph's summary per task)
-            graph[method.label] = {task: evaluations[task] for task in self.tasks}
-            in_process = {task: evaluations[task]["in_process"] for task in self.tasks if evaluations[task]["in_process"]}
-            lines += [f"## {method.label}", "", *report_table({"graph": graph[method.label],
-                                                                "in-process": in_process}), ""]
-            lines += [f"* {line}" for line in agreement_lines(graph[method.label], in_process)] + [""]
+            runs = results[method.name]
+            for run in runs:
+                label = method.label if len(runs) == 1 else f"{method.label}, training seed {run['seed']}"
+                evaluations = run["evaluation"]  # (evaluate_task: the graph's summary per task)
+                graph[label] = {task: evaluations[task] for task in self.tasks}
+                in_process = {task: evaluations[task]["in_process"] for task in self.tasks
+                              if evaluations[task]["in_process"]}
+                lines += [f"## {label}", "", *report_table({"graph": graph[label], "in-process": in_process}), ""]
+                lines += [f"* {line}" for line in agreement_lines(graph[label], in_process)] + [""]
         demos = json.loads((self.demos / twin_demos.DEMOS_FILE).read_text())
         demos["summary"] = {task: s for task, s in demos["summary"].items() if task in self.tasks}
         where = ("in process" if all(e.get("collected") == "in process" for e in demos["episodes"])
