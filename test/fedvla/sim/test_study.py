@@ -184,3 +184,22 @@ def test_a_dirichlet_split_trains_many_clients_and_reports_their_eda_weights(smo
     assert "clients: 3, each task's episodes shared out by Dirichlet(0.5)" in report
     weights = report.split("## EDA weights per round")[1].split("##")[0]
     assert "| 0 | 3 | 0.333 |" in weights
+
+
+def test_the_report_is_rewritten_from_the_results_on_disk_alone(smoke, tmp_path) -> None:
+    """fedvla study --report-only: the tables from the recorded result.json files (as for results/
+    of earlier runs), nothing run; a method without its result is named."""
+    import shutil
+
+    scale, output, _ = smoke
+    for finished in ("fedvla", "fedvla_seed1", "fedavg"):
+        shutil.copytree(output / "methods" / finished, tmp_path / "methods" / finished)
+    scale = load_scale(CONFIG, "smoke", methods=("fedavg", "fedvla"))
+    report = Study(CONFIG, scale, tmp_path, show_progress=False).report(command="fedvla study --report-only")
+    text = report.read_text()
+    assert "| FedVLA (Ours) | 2 | " in text and "| FedAvg | 1 | " in text
+    assert "| Scripted expert (ceiling) | - | " in text and (tmp_path / "expert.json").is_file()
+    assert not (tmp_path / "data").exists()  # nothing was collected
+    assert json.loads((tmp_path / "report.json").read_text())["command"] == "fedvla study --report-only"
+    with pytest.raises(ConfigError, match=r"methods: wo_eda \(training seed 0\) has no .*result.json"):
+        Study(CONFIG, load_scale(CONFIG, "smoke", methods=("wo_eda",)), tmp_path, show_progress=False).report("x")

@@ -18,8 +18,12 @@ def cmd_study(args: argparse.Namespace) -> int:
     scale = load_scale(config_dir, args.scale, rounds=args.rounds,
                        methods=args.methods and tuple(args.methods), device=args.device)
     output = Path(args.output or Path("runs") / f"study_{args.scale}").resolve()
+    study = Study(config_dir, scale, output)
+    if args.report_only:
+        console.print(study.report(command=shlex.join(["fedvla", *sys.argv[1:]])).read_text())
+        return 0
     console.rule(f"FedVLA simulation study, scale {scale.name}: {', '.join(scale.methods)} → {output}")
-    Study(config_dir, scale, output).run(command=shlex.join(["fedvla", *sys.argv[1:]]))
+    study.run(command=shlex.join(["fedvla", *sys.argv[1:]]))
     console.print(f"[green]tables: {output / 'results.md'}; plots: {output / 'success.png'}, "
                   f"{output / 'validation_loss.png'}, {output / 'experts.png'}")
     return 0
@@ -33,4 +37,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     study.add_argument("--methods", nargs="+", help="only these methods (config/study/methods/<name>.yaml)")
     study.add_argument("--rounds", type=int, help="override the scale's rounds")
     study.add_argument("--device", help="torch device for training (default auto: CUDA when present)")
+    study.add_argument("--report-only", action="store_true",
+                       help="write results.md, the plots and run.json from the result.json files already in the "
+                            "output (nothing collected, trained or evaluated)")
     study.set_defaults(func=cmd_study)

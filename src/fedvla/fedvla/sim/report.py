@@ -274,8 +274,8 @@ def plot_success(path: Path, results: dict[str, dict], methods, tasks: list[str]
         pooled = [_successes(results[method.name], t) for t in tasks]
         rates = [100 * p.mean() for p in pooled]
         intervals = [wilson_interval(int(p.sum()), p.size) for p in pooled]
-        errors = [[r - 100 * low for r, (low, _) in zip(rates, intervals)],
-                  [100 * high - r for r, (_, high) in zip(rates, intervals)]]
+        errors = [[max(0.0, r - 100 * low) for r, (low, _) in zip(rates, intervals)],  # (rounding at 0 and 100 %)
+                  [max(0.0, 100 * high - r) for r, (_, high) in zip(rates, intervals)]]
         ax.bar(np.arange(len(tasks)) + (i - (len(methods) - 1) / 2) * width, rates, width,
                yerr=errors, capsize=2, label=method.label)
     ax.set_xticks(np.arange(len(tasks)), [TASK_LABELS.get(t, t) for t in tasks])
@@ -363,11 +363,14 @@ def machine() -> dict:
 
 
 def write_report(output: Path, scale, methods, results: dict[str, list[dict]], *, command: str, started: str,
-                 config_hash: str, expert: dict[str, np.ndarray] | None = None) -> Path:
-    """results.md, success.png, validation_loss.png, experts.png and run.json under ``output``;
+                 config_hash: str, expert: dict[str, np.ndarray] | None = None, finished: str = "",
+                 record: str = "run.json") -> Path:
+    """results.md, success.png, validation_loss.png, experts.png and ``record`` (run.json: the
+    provenance; a report rewritten from earlier results keeps their run.json) under ``output``;
     ``results[method]`` holds one result per training seed, ``expert`` the scripted expert's
     successes on the same trials."""
     output = Path(output)
+    finished = finished or time.strftime("%Y-%m-%dT%H:%M:%S%z")
     tasks = list(scale.collect_config().tasks)
     by_name = {m.name: m for m in methods}
     labels = {m.name: m.label for m in methods}
@@ -375,7 +378,7 @@ def write_report(output: Path, scale, methods, results: dict[str, list[dict]], *
     split = scale.client_split()
     lines = [f"# Simulation study, scale `{scale.name}`", "",
              f"Command: `{command}`  ", f"Config hash: `{config_hash}`, seed {scale.seed}, started {started}, "
-             f"finished {time.strftime('%Y-%m-%dT%H:%M:%S%z')}  ",
+             f"finished {finished}  ",
              f"Closed loop: {evaluation.trials} trials × {evaluation.repeats} repeats per task and training seed, on "
              f"layouts none of the demonstrations used, at most {evaluation.max_steps} steps; training: {scale.rounds} "
              f"rounds × {scale.local_epochs} local epochs, batch {scale.batch_size}, lr {scale.lr:g}, model "
@@ -387,7 +390,7 @@ def write_report(output: Path, scale, methods, results: dict[str, list[dict]], *
         lines += ["## Table 1: success (%) per task", ""] + success_table(results, table1, tasks, expert)
         lines += ["", "The paper's Table 1:", ""] + paper_table1() + [""]
     table3 = [by_name[m] for m in TABLE3_METHODS if m in by_name]
-    if table3:
+    if len(table3) > 1:  # (FedVLA alone is Table 1's row)
         lines += ["## Table 3: ablations, success (%) per task", ""] + success_table(results, table3, tasks)
         lines += ["", "The paper's Table 3 averages (its real-robot tasks): "
                   + ", ".join(f"{by_name[m].label} {PAPER_TABLE3_AVERAGE[m]:.1f}" for m in TABLE3_METHODS
@@ -425,12 +428,16 @@ def write_report(output: Path, scale, methods, results: dict[str, list[dict]], *
         lines += ["![experts](experts.png)", ""]
     report = output / "results.md"
     report.write_text("\n".join(lines))
-    run = {"command": command, "config_hash": config_hash, "scale": dataclasses.asdict(scale),
+    from fedvla.paths import working_tree_commit
+
+    run = {"command": command, "commit": working_tree_commit(), "config_hash": config_hash,
+           "scale": dataclasses.asdict(scale),
            "methods": [dataclasses.asdict(m) | {"mode": m.mode.value} for m in methods], "seed": scale.seed,
            "training_seeds": {name: [r["seed"] for r in runs] for name, runs in results.items()},
-           "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
+           "started": started, "finished": finished, "report_written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+           "machine": machine(),
            "seconds": {name: [r.get("seconds") for r in runs] for name, runs in results.items()}}
-    (output / "run.json").write_text(json.dumps(run, indent=1, default=str))
+    (output / record).write_text(json.dumps(run, indent=1, default=str))
     return report
 
 

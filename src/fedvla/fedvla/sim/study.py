@@ -336,6 +336,28 @@ class Study:
                      config_hash=config_hash(self.scale, self.methods), expert=self.expert_ceiling())
         return results
 
+    def report(self, command: str, started: str = "") -> Path:
+        """The report from the results already on disk (every method at each of its training seeds
+        must have its ``result.json``), and the expert's ceiling on the same trials (``expert.json``,
+        run if missing: the scripted expert needs no training): no policy is trained or evaluated."""
+        from fedvla.sim.report import write_report
+
+        results = {}
+        for method in self.methods:
+            runs = []
+            for seed in self.scale.training_seeds(method):
+                path = self.method_directory(method, seed) / "result.json"
+                if not path.is_file():
+                    raise ConfigError("methods", f"{method.name} (training seed {seed}) has no {path}",
+                                      "run the study first, or leave the method out")
+                runs.append({"seed": seed, **json.loads(path.read_text())})
+            results[method.name] = runs
+        recorded = json.loads((self.output / "run.json").read_text()) if (self.output / "run.json").is_file() else {}
+        return write_report(self.output, self.scale, self.methods, results, command=command,
+                            started=started or recorded.get("started", ""), finished=recorded.get("finished", ""),
+                            config_hash=config_hash(self.scale, self.methods), expert=self.expert_ceiling(),
+                            record="report.json")
+
     def expert_ceiling(self) -> dict:
         """The scripted expert's successes (repeats, trials) per task on the evaluation's own trials
         (``expert.json``, kept once computed)."""
