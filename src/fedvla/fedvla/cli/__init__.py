@@ -27,6 +27,7 @@
     fedvla twin evaluate --checkpoint C      closed-loop trials through the graph, recorded, with
                                              Wilson 95 % intervals and the in-process cross-check
     fedvla twin detector                     YOLOv8 from scratch on twin renders: mAP50, mAP50-95
+    fedvla study-detector                    YOLOv8 from scratch on Meta-World renders: mAP50, mAP50-95
     fedvla twin study [--scale smoke|cpu]    twin demonstrations, federated training per task, closed
                                              loop through the graph: success with Wilson intervals
 """

@@ -29,6 +29,23 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study_detector(args: argparse.Namespace) -> int:
+    from fedvla.iosp.detector_training import DetectorTrainConfig
+    from fedvla.paths import run_directory
+    from fedvla.sim.detector_data import MetaWorldDetectorData, build_metaworld_detector
+
+    data = MetaWorldDetectorData(train_layouts_per_task=args.train_layouts, val_layouts_per_task=args.val_layouts,
+                                 image_size=args.image_size)
+    train = DetectorTrainConfig(model=args.model, epochs=args.epochs, image_size=args.image_size, batch=args.batch)
+    output = args.output or run_directory("study_detector")
+    metrics = build_metaworld_detector(output, data, train)
+    for name, value in sorted(metrics.per_class_map50_95.items()):
+        console.print(f"  {name:16s} mAP50-95 {value:.3f}")
+    console.print(f"validation renders (held-out layouts): mAP50 {metrics.map50:.3f}, mAP50-95 {metrics.map50_95:.3f}")
+    console.print(f"weights: {metrics.weights}")
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     study = commands.add_parser("study", help="the simulation study: collect, train every method, evaluate closed "
                            "loop, tables and plots (resumes an interrupted run)")
@@ -41,3 +58,14 @@ def register(commands: argparse._SubParsersAction) -> None:
                        help="write results.md, the plots and run.json from the result.json files already in the "
                             "output (nothing collected, trained or evaluated)")
     study.set_defaults(func=cmd_study)
+    detector = commands.add_parser("study-detector", help="YOLOv8 from scratch on Meta-World renders labelled from "
+                                   "the simulator's segmentation (the study's IOSP with a real detector): mAP")
+    detector.add_argument("--train-layouts", type=int, default=40, help="training layouts per task (3 cameras each)")
+    detector.add_argument("--val-layouts", type=int, default=10, help="validation layouts per task (other seeds)")
+    detector.add_argument("--epochs", type=int, default=30)
+    detector.add_argument("--image-size", type=int, default=128, help="the study's render size, where IOSP parses")
+    detector.add_argument("--batch", type=int, default=16)
+    detector.add_argument("--model", default="yolov8n.yaml", help="ultralytics architecture (from scratch)")
+    detector.add_argument("--output", default="", help="run directory (default runs/study_detector_<date>_<time>); "
+                          "an existing one keeps its rendered data")
+    detector.set_defaults(func=cmd_study_detector)
