@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 
 pytest.importorskip("metaworld")
+# The module's smoke study (every method, FedVLA at two seeds, the expert's ceiling) runs in the
+# first test's setup: minutes on 2 cores, which the global 300 s must not cut short.
+pytestmark = pytest.mark.timeout(1800)
 
 from fedvla.config import ConfigError  # noqa: E402
 from fedvla.sim.study import Study, load_method, load_scale  # noqa: E402

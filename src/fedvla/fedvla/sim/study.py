@@ -84,7 +84,7 @@ class StudyScale:
     # evaluated on the same layouts, so methods compare trial by trial within a seed.
     seeds: dict[str, int] = dataclasses.field(default_factory=dict)
     validation_fraction: float = 0.2
-    methods: tuple[str, ...] = ("centralized", "fedavg", "fedvla", "wo_iosp", "wo_dgmoe", "wo_eda")
+    methods: tuple[str, ...] = ("centralized", "fedavg", "fedavg_matched", "fedvla", "wo_iosp", "wo_dgmoe", "wo_eda")
     device: str = "auto"
 
     def __post_init__(self) -> None:
