@@ -29,6 +29,7 @@ def test_one_demonstration_is_recorded_and_imported(tmp_path) -> None:
     (episode,) = record["episodes"]
     assert episode["success"], (episode, (output / "graph.log").read_text()[-4000:])
     assert 20 <= episode["steps"] <= 80
+    assert len(episode["commit"]) == 40 and record["commits"] == [episode["commit"]]  # the code it ran
     assert "expert ceiling open_drawer: 1/1" in run.stdout
     meta = load_meta(output / "datasets" / "open_drawer")
     assert meta.action_space == EXPERT_ACTION_SPACE.to_dict()

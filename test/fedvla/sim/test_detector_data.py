@@ -39,4 +39,5 @@ def test_study_detector_trains_a_tiny_yolo_and_reports_map(tmp_path, capsys) -> 
     assert "mAP50 " in printed and "held-out layouts" in printed
     report = json.loads((tmp_path / "detector.json").read_text())
     assert 0.0 <= report["map50_95"] <= report["map50"] <= 1.0 and Path(report["weights"]).is_file()
+    assert len(report["commit"]) == 40  # the code it ran (the tests run in the repository)
     assert report["data"]["image_size"] == 64 and report["classes"] == list(class_names(MetaWorldDetectorData().tasks))

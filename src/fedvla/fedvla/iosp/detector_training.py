@@ -137,8 +137,10 @@ def build_detector(output: str | Path, render: Callable[[Path, Callable[[], None
                 progress.close()
     rendered = time.monotonic()
     metrics = train_detector(data_yaml, output, class_names, train)
+    from fedvla.paths import working_tree_commit
+
     (output / DETECTOR_FILE).write_text(json.dumps({
-        "map50": metrics.map50, "map50_95": metrics.map50_95, "per_class_map50_95": metrics.per_class_map50_95,
+        "commit": working_tree_commit(), "map50": metrics.map50, "map50_95": metrics.map50_95, "per_class_map50_95": metrics.per_class_map50_95,
         "weights": str(metrics.weights), "classes": list(class_names), "data": data_settings,
         "train": dataclasses.asdict(train), "render_s": round(rendered - started, 1),
         "train_s": round(time.monotonic() - rendered, 1)}, indent=1))

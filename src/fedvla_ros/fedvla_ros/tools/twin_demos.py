@@ -34,7 +34,7 @@ import numpy as np
 from fedvla import topics
 from fedvla.config import ConfigError
 from fedvla.graph import Graph
-from fedvla.paths import run_directory
+from fedvla.paths import run_directory, working_tree_commit
 from fedvla.robot.kinematics import ARM_JOINTS, ArmKinematics
 from fedvla.twin.expert import CONTROL_RATE_HZ, EXPERT_ACTION_SPACE, PROPRIO_JOINTS, Expert, ExpertConfig
 from fedvla.twin.detector import detector_weights
@@ -137,6 +137,7 @@ def collect(args: argparse.Namespace) -> int:
                           f"not {str(detector or 'none')!r}", "the same --detector, or another --output")
     records: list[dict] = state.get("episodes", [])
     done = {(r["task"], r["seed"]) for r in records}  # a run resumes where the last one stopped
+    commit = working_tree_commit()  # per demonstration: a resumed collection may run other code
     arguments = {"execute": "true", "task": tasks[0], "twin_fps": str(args.fps), **scene_parser_arguments(detector)}
     with running_twin(arguments, output, DemoNode, args.startup_timeout,
                       niceness=BACKGROUND_NICENESS) as (ros, graph, log):
@@ -154,7 +155,7 @@ def collect(args: argparse.Namespace) -> int:
                     if record["success"] or not record["driver_fault"]:
                         break
                     print(f"{task} seed {seed}: the driver stopped ({record['driver_fault']}); repeating", flush=True)
-                record["bag"] = str(bag)
+                record["bag"], record["commit"] = str(bag), commit
                 if record["success"]:
                     imported = import_bags([bag], output / "datasets" / task, bag_config, encoder,
                                            image_size=args.image_size, action_space=EXPERT_ACTION_SPACE.to_dict())
@@ -190,6 +191,7 @@ def write_state(path: Path, records: list[dict], detector: Path | None) -> dict:
                          "repeated_after_driver_stop": sum(r["attempts"] - 1 for r in mine)}
     wall_s = sum(r.get("wall_s", 0.0) for r in records)
     state = {"episodes": records, "summary": summary,
+             "commits": sorted({r["commit"] for r in records if r.get("commit")}),
              "demonstrations_per_minute": 60.0 * len(records) / wall_s if wall_s else 0.0,
              "action_space": EXPERT_ACTION_SPACE.to_dict(), "detector": str(detector or "")}
     path.write_text(json.dumps(state, indent=2))
