@@ -41,3 +41,23 @@ def test_study_detector_trains_a_tiny_yolo_and_reports_map(tmp_path, capsys) -> 
     assert 0.0 <= report["map50_95"] <= report["map50"] <= 1.0 and Path(report["weights"]).is_file()
     assert len(report["commit"]) == 40  # the code it ran (the tests run in the repository)
     assert report["data"]["image_size"] == 64 and report["classes"] == list(class_names(MetaWorldDetectorData().tasks))
+
+    # the study's IOSP on it (fedvla study --detector): the parse runs on the rendered images
+    from fedvla.sim.collect import CollectConfig, EpisodeRecorder, metaworld_benchmark, trained_detector
+    from fedvla.sim.detector_data import background_class_names
+
+    tasks = ("drawer-close-v3",)
+    assert "drawer" not in background_class_names(tasks) and set(background_class_names(tasks)) < set(class_names(tasks))
+    assert trained_detector(str(tmp_path), tasks).background_classes == set(background_class_names(tasks))
+    env, layouts = metaworld_benchmark("drawer-close-v3", 0)
+    env.set_task(layouts[0])
+    env.reset()
+    config = CollectConfig(tasks=tasks, image_size=64, iosp_grid=(4, 4), iosp_tokens_per_group=4, detector=str(tmp_path))
+    recorder = EpisodeRecorder(env, "drawer-close-v3", config)
+    try:
+        views = recorder.images()
+        selections = recorder.selections(views, "close the drawer")
+    finally:
+        recorder.close()
+        env.close()
+    assert len(selections) == 3 and all(s.indices.shape == (3, 4) for s in selections)

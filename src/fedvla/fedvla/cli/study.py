@@ -17,6 +17,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     config_dir = Path(args.config_dir) if args.config_dir else find_config_dir()
     scale = load_scale(config_dir, args.scale, rounds=args.rounds,
                        methods=args.methods and tuple(args.methods), device=args.device)
+    if args.detector:  # IOSP on a trained detector instead of the simulator's segmentation
+        scale.collect = {**scale.collect, "detector": str(Path(args.detector).resolve())}
     output = Path(args.output or Path("runs") / f"study_{args.scale}").resolve()
     study = Study(config_dir, scale, output)
     if args.report_only:
@@ -54,6 +56,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     study.add_argument("--methods", nargs="+", help="only these methods (config/study/methods/<name>.yaml)")
     study.add_argument("--rounds", type=int, help="override the scale's rounds")
     study.add_argument("--device", help="torch device for training (default auto: CUDA when present)")
+    study.add_argument("--detector", help="IOSP on this trained YOLOv8 (a fedvla study-detector output) instead of the "
+                       "simulator's segmentation, in collection and closed loop (use another --output: the data differ)")
     study.add_argument("--report-only", action="store_true",
                        help="write results.md, the plots and run.json from the result.json files already in the "
                             "output (nothing collected, trained or evaluated)")

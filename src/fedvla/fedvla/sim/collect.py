@@ -70,6 +70,9 @@ class CollectConfig:
     iosp_grid: tuple[int, int] = (8, 8)  # the policy's patch grid (hpt_small at 128 px: 8 x 8)
     iosp_tokens_per_group: int = 8  # the paper's top-8 per group
     max_attempts_per_episode: int = 3  # give up on a task after this many failed layouts per episode wanted
+    # IOSP's detector: empty for the simulator's segmentation (exact masks: an oracle), or a trained
+    # YOLOv8 (fedvla study-detector's output or its .pt), which meets a camera's detection errors.
+    detector: str = ""
 
     def __post_init__(self) -> None:
         self.tasks = tuple(self.tasks)
@@ -118,6 +121,16 @@ def expert_policy(task: str):
     return getattr(policies, name)()
 
 
+def trained_detector(path: str, tasks: tuple[str, ...]):
+    """The YOLOv8 of ``fedvla study-detector`` (its output directory or .pt file), with the objects
+    the simulator's naming marks as scene fixtures (not foreground) as background classes."""
+    from fedvla.iosp.detector_training import detector_weights
+    from fedvla.iosp.models import YoloDetector
+    from fedvla.sim.detector_data import background_class_names
+
+    return YoloDetector(str(detector_weights(path)), background_classes=background_class_names(tasks))
+
+
 class EpisodeRecorder:
     """Renders the study's cameras (and IOSP selections) of one Meta-World env, step by step."""
 
@@ -128,12 +141,16 @@ class EpisodeRecorder:
         self.cameras = [self.renderer.camera(STUDY_CAMERAS[name]) for name in config.cameras]
         self.parser = None
         if config.iosp:
-            self.detector = SimSegmentationDetector(model, self.renderer, task=task)
             rows, cols = config.iosp_grid
             parser_config = SceneParserConfig(patch_rows=rows, patch_cols=cols, selection_rule=SelectionRule.BOX_MASK,
                                               tokens_per_group=config.iosp_tokens_per_group, detect_every_n=1)
-            self.parser = SceneParser(parser_config, {name: (lambda _image, c=camera: self.detector.detect(c))
-                                                      for name, camera in zip(config.cameras, self.cameras)})
+            if config.detector:
+                detect = trained_detector(config.detector, config.tasks).detect  # on the rendered image
+                self.parser = SceneParser(parser_config, {name: detect for name in config.cameras})
+            else:
+                self.detector = SimSegmentationDetector(model, self.renderer, task=task)
+                self.parser = SceneParser(parser_config, {name: (lambda _image, c=camera: self.detector.detect(c))
+                                                          for name, camera in zip(config.cameras, self.cameras)})
 
     def images(self) -> list[np.ndarray]:
         return [self.renderer.render(camera) for camera in self.cameras]

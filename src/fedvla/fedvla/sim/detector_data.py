@@ -48,20 +48,30 @@ class MetaWorldDetectorData:
         require(self.train_seed != self.val_seed, "val_seed", "equals train_seed", "another MT1 seed")
 
 
-def class_names(tasks: tuple[str, ...]) -> tuple[str, ...]:
-    """Every labelled object name of ``tasks`` (what the oracle names, the arena left out)."""
+def _labelled_objects(tasks: tuple[str, ...]) -> dict[str, bool]:
+    """Every labelled object name of ``tasks`` (what the oracle names, the arena left out) and
+    whether it is foreground."""
     from fedvla.sim.collect import metaworld_benchmark
     from fedvla.sim.detector import scene_naming, scene_objects
 
-    names = set()
+    objects_by_name: dict[str, bool] = {}
     for task in tasks:
         env, _ = metaworld_benchmark(task, 0)
         try:
             objects, _ = scene_objects(env.unwrapped.model, scene_naming(task))
-            names.update(o.name for o in objects if o.name not in ARENA)
+            objects_by_name.update({o.name: o.foreground for o in objects if o.name not in ARENA})
         finally:
             env.close()
-    return tuple(sorted(names))
+    return objects_by_name
+
+
+def class_names(tasks: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted(_labelled_objects(tasks)))
+
+
+def background_class_names(tasks: tuple[str, ...]) -> tuple[str, ...]:
+    """The classes that are scene fixtures (the oracle's foreground=False): IOSP's background group."""
+    return tuple(sorted(name for name, foreground in _labelled_objects(tasks).items() if not foreground))
 
 
 def write_metaworld_detector_dataset(output: str | Path, config: MetaWorldDetectorData | None = None,

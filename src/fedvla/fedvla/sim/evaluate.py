@@ -35,6 +35,7 @@ class EvalConfig:
     max_steps: int = 150  # the experts finish within ~45–130 steps
     seed: int = 1000  # layouts: MT1 seed + repeat; keep it apart from the collection seed
     training_seed: int = 0  # the collection's MT1 seed: none of its layouts is used for a trial
+    detector: str = ""  # IOSP's detector, as in the collection (CollectConfig.detector)
     hand_init_noise_m: float = 0.05
     device: str = "cpu"
     record_trials: int = 0  # the first n trials of repeat 0 are also written as rosbag2 episodes
@@ -176,7 +177,8 @@ def evaluate_checkpoint(checkpoint: str | Path, task: str, config: EvalConfig,
     require(not unknown, "checkpoint", f"the policy's cameras {unknown} are not simulated study cameras",
             ", ".join(STUDY_CAMERAS))
     views = CollectConfig(tasks=(task,), cameras=model.camera_names, image_size=model.image_size, iosp=model.iosp,
-                          iosp_grid=model.patch_grid, iosp_tokens_per_group=model.iosp_tokens_per_group)
+                          iosp_grid=model.patch_grid, iosp_tokens_per_group=model.iosp_tokens_per_group,
+                          detector=config.detector)
     instruction = TASK_INSTRUCTIONS[task]
     successes = np.zeros((config.repeats, config.trials), dtype=bool)
     steps = np.full((config.repeats, config.trials), config.max_steps, dtype=np.int64)

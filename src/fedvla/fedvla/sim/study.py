@@ -103,7 +103,8 @@ class StudyScale:
 
     def eval_config(self) -> EvalConfig:
         # trials never on a layout the demonstrations were collected on
-        return from_mapping(EvalConfig, {"training_seed": self.collect_config().seed, **self.evaluate},
+        collect = self.collect_config()
+        return from_mapping(EvalConfig, {"training_seed": collect.seed, "detector": collect.detector, **self.evaluate},
                             where=f"{self.name}.evaluate")
 
     def training_seeds(self, method: MethodConfig) -> list[int]:
