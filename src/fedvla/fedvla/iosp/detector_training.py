@@ -124,7 +124,8 @@ def build_detector(output: str | Path, render: Callable[[Path, Callable[[], None
     output = Path(output).resolve()
     data_yaml = output / "data" / "data.yaml"
     started = time.monotonic()
-    if not data_yaml.is_file():
+    rendering = not data_yaml.is_file()
+    if rendering:
         progress = None
         if show_progress:
             from tqdm import tqdm
@@ -136,14 +137,19 @@ def build_detector(output: str | Path, render: Callable[[Path, Callable[[], None
             if progress is not None:
                 progress.close()
     rendered = time.monotonic()
+    trained_before = (output / "train" / "done").is_file()
     metrics = train_detector(data_yaml, output, class_names, train)
     from fedvla.paths import working_tree_commit
 
+    # A rerun that found the renders or the training done keeps the times (and commit) they took.
+    before = json.loads((output / DETECTOR_FILE).read_text()) if (output / DETECTOR_FILE).is_file() else {}
+    render_s = before["render_s"] if not rendering and "render_s" in before else round(rendered - started, 1)
+    train_s = before["train_s"] if trained_before and "train_s" in before else round(time.monotonic() - rendered, 1)
     (output / DETECTOR_FILE).write_text(json.dumps({
-        "commit": working_tree_commit(), "map50": metrics.map50, "map50_95": metrics.map50_95, "per_class_map50_95": metrics.per_class_map50_95,
+        "commit": before.get("commit") if trained_before and before.get("commit") else working_tree_commit(),
+        "map50": metrics.map50, "map50_95": metrics.map50_95, "per_class_map50_95": metrics.per_class_map50_95,
         "weights": str(metrics.weights), "classes": list(class_names), "data": data_settings,
-        "train": dataclasses.asdict(train), "render_s": round(rendered - started, 1),
-        "train_s": round(time.monotonic() - rendered, 1)}, indent=1))
+        "train": dataclasses.asdict(train), "render_s": render_s, "train_s": train_s}, indent=1))
     return metrics
 
 
