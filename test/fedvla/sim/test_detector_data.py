@@ -40,6 +40,12 @@ def test_study_detector_trains_a_tiny_yolo_and_reports_map(tmp_path, capsys) -> 
     report = json.loads((tmp_path / "detector.json").read_text())
     assert 0.0 <= report["map50_95"] <= report["map50"] <= 1.0 and Path(report["weights"]).is_file()
     assert len(report["commit"]) == 40  # the code it ran (the tests run in the repository)
+    # run again on the same output: validated again, the training's recorded time kept
+    assert main(["study-detector", "--train-layouts", "1", "--val-layouts", "1", "--epochs", "1", "--image-size", "64",
+                 "--batch", "4", "--output", str(tmp_path)]) in (0, None)
+    again = json.loads((tmp_path / "detector.json").read_text())
+    assert (again["train_s"], again["render_s"], again["commit"]) == (report["train_s"], report["render_s"],
+                                                                      report["commit"])
     assert report["data"]["image_size"] == 64 and report["classes"] == list(class_names(MetaWorldDetectorData().tasks))
 
     # the study's IOSP on it (fedvla study --detector): the parse runs on the rendered images
