@@ -136,3 +136,14 @@ def test_twin_results_are_generated_from_the_runs_records(tmp_path):
     assert f"| open_drawer | 4/5 (80 %) | {100 * low:.0f}-{100 * high:.0f} % | 1 | 42 | 99 % |" in text
     assert "5 demonstrations, 4.25 per minute" in text and "mAP50 0.710, mAP50-95 0.520" in text
     assert json.loads((tmp_path / "results" / "demos" / "run.json").read_text()) == {"commit": "abc"}
+    # a study: its report, provenance and every task's trial records are copied beside the summary
+    study = tmp_path / "study"
+    (study / "methods" / "fedvla" / "evaluation" / "open_drawer").mkdir(parents=True)
+    (study / "study.md").write_text("# The workcell twin study\n")
+    (study / "run.json").write_text(json.dumps({"commit": "def"}))
+    (study / "methods" / "fedvla" / "evaluation" / "open_drawer" / "evaluation.json").write_text('{"trials": []}')
+    text = write_twin_results(tmp_path / "results", demos, detector, study).read_text()
+    assert "## Twin study (graph-evaluated)" in text and "# The workcell twin study" in text
+    copied = tmp_path / "results" / "study"
+    assert json.loads((copied / "run.json").read_text()) == {"commit": "def"}
+    assert (copied / "methods" / "fedvla" / "evaluation" / "open_drawer" / "evaluation.json").is_file()

@@ -104,6 +104,9 @@ def write_twin_results(output: Path, demos_dir: Path, detector_dir: Path | None 
     if study_dir is not None:
         lines += ["## Twin study (graph-evaluated)", "", (study_dir / "study.md").read_text(), ""]
         _copy(study_dir, output / "study", ("study.md", "run.json", "success.png"))
+        for evaluation in sorted(study_dir.glob("methods/*/evaluation/*/evaluation.json")):  # every trial's record
+            relative = evaluation.parent.relative_to(study_dir)
+            _copy(evaluation.parent, output / "study" / relative, ("evaluation.json",))
     if bench_dir is not None:
         lines += bench_lines(json.loads((bench_dir / "bench.json").read_text()))
         _copy(bench_dir, output / "bench", ("bench.json",))
