@@ -49,8 +49,8 @@ def test_study_detector_trains_a_tiny_yolo_and_reports_map(tmp_path, capsys) -> 
     assert report["data"]["image_size"] == 64 and report["classes"] == list(class_names(MetaWorldDetectorData().tasks))
 
     # the study's IOSP on it (fedvla study --detector): the parse runs on the rendered images
-    from fedvla.sim.collect import CollectConfig, EpisodeRecorder, metaworld_benchmark, trained_detector
-    from fedvla.sim.detector_data import background_class_names
+    from fedvla.sim.collect import CollectConfig, EpisodeRecorder, metaworld_benchmark
+    from fedvla.sim.detector_data import background_class_names, trained_detector
 
     tasks = ("drawer-close-v3",)
     assert "drawer" not in background_class_names(tasks) and set(background_class_names(tasks)) < set(class_names(tasks))

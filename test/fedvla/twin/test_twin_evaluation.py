@@ -98,7 +98,7 @@ def test_an_iosp_policy_needs_the_detector_its_demonstrations_were_parsed_with(t
     (iosp / CONFIG_FILE).write_text(json.dumps({"policy": {"iosp": True}}))
     with pytest.raises(ConfigError, match="uses IOSP and no detector"):
         checkpoint_detector(iosp, "")
-    with pytest.raises(ConfigError, match="neither a fedvla twin detector output"):
+    with pytest.raises(ConfigError, match="neither a trained detector"):
         checkpoint_detector(iosp, tmp_path)
     (tmp_path / "detector.json").write_text(json.dumps({"weights": str(tmp_path / "best.pt")}))
     (tmp_path / "best.pt").write_bytes(b"weights")

@@ -23,19 +23,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from fedvla.config import ConfigError, require
+from fedvla.config import require
 from fedvla.data.episodes import EpisodeWriter
 from fedvla.iosp.parser import SceneParser, SceneParserConfig
 from fedvla.iosp.tokens import SelectionRule
 from fedvla.robot.retarget import ActionFrame, ActionKind, ActionSpace
 from fedvla.sim.detector import SimSegmentationDetector
-from fedvla.sim.metaworld_scene import PAPER_TASKS, SceneRenderer, meta_world_task_names
+from fedvla.sim.metaworld_scene import (PAPER_TASKS, STUDY_CAMERAS, SceneRenderer, expert_policy,  # noqa: F401
+                                        meta_world_task_names, metaworld_benchmark, start_episode)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,6 @@ TASK_INSTRUCTIONS = {
 }
 # Policy camera name → Meta-World camera (config/camera_sim.yaml names the same views; a test
 # keeps the two in sync).
-STUDY_CAMERAS = {"corner": "corner", "top": "topview", "shoulder": "corner2"}
 PROPRIO_DIM = 4  # hand x, y, z and gripper opening: Meta-World observation[:4]
 PROPRIO_NAMES = ("hand_x", "hand_y", "hand_z", "gripper_opening")  # their JointState names in bags
 ACTION_DIM = 4  # dx, dy, dz (hand motion, ~1 cm per unit) and gripper effort
@@ -108,29 +107,6 @@ class TaskCollection:
         return self.steps / max(self.episodes, 1)
 
 
-def expert_policy(task: str):
-    """Meta-World's scripted policy for a v3 task (``door-lock-v3`` → SawyerDoorLockV3Policy)."""
-    import metaworld.policies as policies
-
-    name = "Sawyer" + "".join(part.capitalize() for part in task.removesuffix("-v3").split("-")) + "V3Policy"
-    if not hasattr(policies, name):
-        raise ConfigError("tasks", f"Meta-World has no scripted policy {name} for {task!r}", "a task with one")
-    # The scripted policies warn on every step that their gains exceed the action range; the
-    # recorded actions are clipped to [-1, 1] (what the environment applies) anyway.
-    warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
-    return getattr(policies, name)()
-
-
-def trained_detector(path: str, tasks: tuple[str, ...]):
-    """The YOLOv8 of ``fedvla study-detector`` (its output directory or .pt file), with the objects
-    the simulator's naming marks as scene fixtures (not foreground) as background classes."""
-    from fedvla.iosp.detector_training import detector_weights
-    from fedvla.iosp.models import YoloDetector
-    from fedvla.sim.detector_data import background_class_names
-
-    return YoloDetector(str(detector_weights(path)), background_classes=background_class_names(tasks))
-
-
 class EpisodeRecorder:
     """Renders the study's cameras (and IOSP selections) of one Meta-World env, step by step."""
 
@@ -145,6 +121,8 @@ class EpisodeRecorder:
             parser_config = SceneParserConfig(patch_rows=rows, patch_cols=cols, selection_rule=SelectionRule.BOX_MASK,
                                               tokens_per_group=config.iosp_tokens_per_group, detect_every_n=1)
             if config.detector:
+                from fedvla.sim.detector_data import trained_detector
+
                 detect = trained_detector(config.detector, config.tasks).detect  # on the rendered image
                 self.parser = SceneParser(parser_config, {name: detect for name in config.cameras})
             else:
@@ -165,14 +143,6 @@ class EpisodeRecorder:
         self.renderer.close()
 
 
-def metaworld_benchmark(task: str, seed: int):
-    """(env, layouts): a Meta-World env of ``task`` and its seeded layout variations."""
-    import metaworld
-
-    benchmark = metaworld.MT1(task, seed=seed)
-    return benchmark.train_classes[task](), benchmark.train_tasks
-
-
 def layout_key(layout) -> tuple[float, ...]:
     """What tells two layouts apart: the task's random vector (object and goal positions, m),
     rounded to 0.1 mm. Meta-World stores it pickled in the task it generated itself."""
@@ -184,15 +154,6 @@ def layout_key(layout) -> tuple[float, ...]:
 def control_rate_hz(env) -> float:
     """Meta-World's control rate: one action per ``frame_skip`` physics steps (80 Hz for v3)."""
     return 1.0 / (env.unwrapped.frame_skip * env.unwrapped.model.opt.timestep)
-
-
-def start_episode(env, layouts, index: int, rng: np.random.Generator, hand_home: np.ndarray,
-                  hand_noise_m: float) -> np.ndarray:
-    """Reset ``env`` to layout ``index`` (cycling) with the hand's start moved by the noise."""
-    env.set_task(layouts[index % len(layouts)])
-    env.hand_init_pos = hand_home + rng.uniform(-hand_noise_m, hand_noise_m, size=3)
-    observation, _ = env.reset()
-    return observation
 
 
 def collect_task(task: str, directory: str | Path, config: CollectConfig, language: np.ndarray,

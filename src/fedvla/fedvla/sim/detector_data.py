@@ -51,8 +51,8 @@ class MetaWorldDetectorData:
 def _labelled_objects(tasks: tuple[str, ...]) -> dict[str, bool]:
     """Every labelled object name of ``tasks`` (what the oracle names, the arena left out) and
     whether it is foreground."""
-    from fedvla.sim.collect import metaworld_benchmark
     from fedvla.sim.detector import scene_naming, scene_objects
+    from fedvla.sim.metaworld_scene import metaworld_benchmark
 
     objects_by_name: dict[str, bool] = {}
     for task in tasks:
@@ -77,9 +77,9 @@ def background_class_names(tasks: tuple[str, ...]) -> tuple[str, ...]:
 def write_metaworld_detector_dataset(output: str | Path, config: MetaWorldDetectorData | None = None,
                                      on_image: Callable[[], None] | None = None) -> Path:
     """Render and label the dataset under ``output``; returns its ``data.yaml``."""
-    from fedvla.sim.collect import STUDY_CAMERAS, expert_policy, metaworld_benchmark, start_episode
     from fedvla.sim.detector import SimSegmentationDetector
-    from fedvla.sim.metaworld_scene import SceneRenderer
+    from fedvla.sim.metaworld_scene import (STUDY_CAMERAS, SceneRenderer, expert_policy, metaworld_benchmark,
+                                            start_episode)
 
     config = config or MetaWorldDetectorData()
     output = Path(output)
@@ -122,3 +122,12 @@ def build_metaworld_detector(output: str | Path, data: MetaWorldDetectorData | N
     return build_from_renders(output, lambda directory, on_image: write_metaworld_detector_dataset(directory, data,
                                                                                                  on_image),
                               images, class_names(data.tasks), dataclasses.asdict(data), train, show_progress)
+
+
+def trained_detector(path: str, tasks: tuple[str, ...]):
+    """The YOLOv8 of ``fedvla study-detector`` (its output directory or .pt file), with the objects
+    the simulator's naming marks as scene fixtures (not foreground) as background classes."""
+    from fedvla.iosp.detector_training import detector_weights
+    from fedvla.iosp.models import YoloDetector
+
+    return YoloDetector(str(detector_weights(path)), background_classes=background_class_names(tasks))

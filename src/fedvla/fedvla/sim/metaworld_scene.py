@@ -9,11 +9,13 @@ up axis pointing down) the right way up.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from fedvla.config import ConfigError
 from fedvla.rendering import load_llvm_users_first, use_headless_gl
 
 use_headless_gl()  # before mujoco is imported
@@ -116,3 +118,37 @@ class SceneRenderer:
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
+
+
+# The study's three upright views: our names -> Meta-World's cameras.
+STUDY_CAMERAS = {"corner": "corner", "top": "topview", "shoulder": "corner2"}
+
+
+def metaworld_benchmark(task: str, seed: int):
+    """(env, layouts): a Meta-World env of ``task`` and its seeded layout variations."""
+    import metaworld
+
+    benchmark = metaworld.MT1(task, seed=seed)
+    return benchmark.train_classes[task](), benchmark.train_tasks
+
+
+def start_episode(env, layouts, index: int, rng: np.random.Generator, hand_home: np.ndarray,
+                  hand_noise_m: float) -> np.ndarray:
+    """Reset ``env`` to layout ``index`` (cycling) with the hand's start moved by the noise."""
+    env.set_task(layouts[index % len(layouts)])
+    env.hand_init_pos = hand_home + rng.uniform(-hand_noise_m, hand_noise_m, size=3)
+    observation, _ = env.reset()
+    return observation
+
+
+def expert_policy(task: str):
+    """Meta-World's scripted policy for a v3 task (``door-lock-v3`` → SawyerDoorLockV3Policy)."""
+    import metaworld.policies as policies
+
+    name = "Sawyer" + "".join(part.capitalize() for part in task.removesuffix("-v3").split("-")) + "V3Policy"
+    if not hasattr(policies, name):
+        raise ConfigError("tasks", f"Meta-World has no scripted policy {name} for {task!r}", "a task with one")
+    # The scripted policies warn on every step that their gains exceed the action range; the
+    # recorded actions are clipped to [-1, 1] (what the environment applies) anyway.
+    warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
+    return getattr(policies, name)()
