@@ -119,6 +119,13 @@ def _converted(policy: Policy, backend: StepBackend, example: Observation, threa
     if backend is StepBackend.EAGER:
         return
     if backend is StepBackend.COMPILE:
+        # The MoE dispatch is data-dependent (which tokens each expert takes) and grouped_mm has no
+        # CPU meta kernel to trace: it stays eager between the compiled stretches. (Disabled here,
+        # per layer, not by a decorator: that would import torch._dynamo, seconds, in every process.)
+        for layer in policy.trunk.moe_layers:
+            layer._dispatch = torch.compiler.disable(layer._dispatch)
+        for stem_moe in getattr(policy.stems.image, "group_moe", ()):
+            stem_moe._dispatch = torch.compiler.disable(stem_moe._dispatch)
         policy.forward = torch.compile(policy.forward, dynamic=False)
         return
     stem = policy.stems.image
@@ -186,6 +193,8 @@ def accelerate(policy: Policy, backend: StepBackend | str, example: Observation,
 
 
 def _restore(policy: Policy, original: dict) -> None:
+    for layer in [*policy.trunk.moe_layers, *getattr(policy.stems.image, "group_moe", ())]:
+        layer.__dict__.pop("_dispatch", None)  # (the compile backend's per-layer wrapper)
     policy.stems.image.encoder = original["encoder"]
     if original["forward"] is None:
         policy.__dict__.pop("forward", None)

@@ -99,9 +99,6 @@ class CountingLayer(nn.Module):
             self.group_counts.index_add_(0, g[valid], flat[valid].long())
             self.group_tokens += torch.bincount(g[valid], minlength=self.group_tokens.numel())
 
-    # Data-dependent (which tokens each expert takes): torch.compile leaves it eager rather than
-    # breaking its graph at every step of it (and grouped_mm has no CPU meta kernel to trace).
-    @torch.compiler.disable
     def _dispatch(self, x: Tensor, gates: Tensor, active: Tensor) -> Tensor:
         """Grouped at inference (one cache of stacked weights per layer), a loop when training;
         the routing is computed once either way."""
