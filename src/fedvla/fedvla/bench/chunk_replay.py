@@ -100,9 +100,9 @@ def replay(recorded: RecordedChunks, action_space, aggregator: ChunkAggregator |
         control.step(t)
         arm.advance(period)
         t += period
-    servo = [(when, q) for when, kind, q in arm.commands if kind == "servo_j"]
-    return ReplayedSetpoints(aggregator=aggregator, times_s=np.array([when for when, _ in servo]),
-                             q=np.array([q for _, q in servo]), arrivals_s=[c.arrived_s for c in recorded.chunks],
+    setpoints = [(when, q) for when, kind, q in arm.commands if kind == "servo_j"]
+    return ReplayedSetpoints(aggregator=aggregator, times_s=np.array([when for when, _ in setpoints]),
+                             q=np.array([q for _, q in setpoints]), arrivals_s=[c.arrived_s for c in recorded.chunks],
                              rms_jerk=control.smoothness.rms_jerk,
                              largest_reference_jump=control.smoothness.largest_reference_jump,
                              refused=dict(control.refused))

@@ -61,7 +61,7 @@ class _ExternalEncoder(nn.Module):
         return torch.from_numpy(self._run(images.detach().contiguous().numpy()))
 
 
-def _encoder_input(policy: Policy, example: Observation) -> Tensor:
+def _encoder_input(example: Observation) -> Tensor:
     images = example["images"]
     x = images.flatten(0, 1)
     return x.float() / 255.0 if images.dtype == torch.uint8 else x.float()
@@ -129,7 +129,7 @@ def _converted(policy: Policy, backend: StepBackend, example: Observation, threa
         policy.forward = torch.compile(policy.forward, dynamic=False)
         return
     stem = policy.stems.image
-    x = (_encoder_input(policy, example) - stem.mean) / stem.std
+    x = (_encoder_input(example) - stem.mean) / stem.std
     if backend in (StepBackend.ONNXRUNTIME, StepBackend.OPENVINO) and x.device.type != "cpu":
         raise AccelerationError("step_backend", f"{backend.value} runs the encoder on the CPU, the policy is on "
                                 f"{x.device}", "eager, compile or torchscript")

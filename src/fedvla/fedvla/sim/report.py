@@ -60,7 +60,7 @@ def success_table(results: dict[str, list[dict]], methods, tasks: list[str],
              "|---|---:|---:|" + "---:|" * len(tasks)]
     for method in methods:
         runs = results[method.name]
-        average = float(np.mean([_rate(runs, t) for t in tasks]))
+        average = _average_success(runs, tasks)
         spread = f" ± {seed_summary(_seed_averages(runs, tasks)).std:.1f}" if len(runs) > 1 else ""
         lines.append(f"| {method.label} | {len(runs)} | {average:.1f}{spread} | "
                      + " | ".join(_cell(_successes(runs, t)) for t in tasks) + " |")
@@ -129,7 +129,7 @@ def claim_lines(results: dict[str, list[dict]], labels: dict[str, str], tasks: l
     fedvla = "fedvla"
     if fedvla not in results:
         return lines
-    average = {name: float(np.mean([_rate(runs, t) for t in tasks])) for name, runs in results.items()}
+    average = {name: _average_success(runs, tasks) for name, runs in results.items()}
 
     def significance(c: Comparison) -> str:
         return f"CMH odds ratio {c.across_tasks.pooled_odds_ratio:.2f}, p = {c.across_tasks.p_value:.2g}"
