@@ -74,6 +74,11 @@ class RosServerApi:
         self._upload = node.create_client(FederationUpload, topics.FEDERATION_UPLOAD, qos_profile=SERVICE_QOS)
         self._secure = node.create_client(FederationSecure, topics.FEDERATION_SECURE, qos_profile=SERVICE_QOS)
 
+    def close(self) -> None:
+        """Destroy this API's service clients (a caller that starts over with fresh ones)."""
+        for client in (self._join, self._heartbeat, self._status, self._fetch, self._upload, self._secure):
+            self.node.destroy_client(client)
+
     def _send(self, client, request):
         if not client.wait_for_service(timeout_sec=self.timeout_s):
             raise ServiceTimeout(f"{client.srv_name} is not available: is fed_server running?")

@@ -47,6 +47,12 @@ class ReplayedSetpoints:
     refused: dict[str, int]
 
 
+# The arm's joints as the first chunk arrived: the last joint state before it, or, when the
+# recorder matched /joint_states late (a loaded machine's discovery), the first one after it if it
+# came within this long; the arm has hardly moved by then.
+JOINTS_AFTER_FIRST_CHUNK_S = 0.5
+
+
 def read_recorded_chunks(bag: str | Path) -> RecordedChunks:
     """The chunks of a twin trial's bag, and the joints as the first one arrived."""
     from fedvla.bag import read_messages
@@ -54,20 +60,28 @@ def read_recorded_chunks(bag: str | Path) -> RecordedChunks:
     from fedvla.robot.kinematics import ARM_JOINTS
 
     chunk_topic = topics.node_topic(topics.POLICY_NODE, topics.ACTION_CHUNK)
-    joints, raw_chunks = None, []
+    before, after, raw_chunks = None, None, []  # joints: (received_ns, q)
     for topic, received_ns, msg in read_messages(bag, [chunk_topic, topics.JOINT_STATES]):
         if topic == topics.JOINT_STATES:
-            if raw_chunks:
-                continue
             positions = dict(zip(msg.name, msg.position))
-            if all(name in positions for name in ARM_JOINTS):
-                joints = np.array([positions[name] for name in ARM_JOINTS])
+            if not all(name in positions for name in ARM_JOINTS):
+                continue
+            joints = (received_ns, np.array([positions[name] for name in ARM_JOINTS]))
+            if not raw_chunks:
+                before = joints
+            elif after is None:
+                after = joints
             continue
         content = parse_action_chunk(msg)
         stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         raw_chunks.append((received_ns, stamp_ns, content))
-    if not raw_chunks or joints is None:
-        raise ValueError(f"{bag}: no {chunk_topic} after a {topics.JOINT_STATES} with the arm's joints")
+    if not raw_chunks:
+        raise ValueError(f"{bag}: no {chunk_topic}: the trial's policy published no chunk the recorder got")
+    first_ns = raw_chunks[0][0]
+    if before is None and (after is None or after[0] - first_ns > JOINTS_AFTER_FIRST_CHUNK_S * 1e9):
+        raise ValueError(f"{bag}: no {topics.JOINT_STATES} with the arm's joints within "
+                         f"{JOINTS_AFTER_FIRST_CHUNK_S:g} s of the first {chunk_topic}")
+    joints = before[1] if before is not None else after[1]
     origin_ns = min(min(r, s) for r, s, _ in raw_chunks)
     chunks = [RecordedChunk(arrived_s=(r - origin_ns) / 1e9, observed_s=(s - origin_ns) / 1e9,
                             actions=content.actions.astype(np.float64), step_period_s=content.step_period_s)

@@ -99,9 +99,12 @@ def plot(rows: list[RealtimeRow], path: Path) -> None:
     success_axes.set(xlabel="injected policy latency (ms)", ylabel="success (%)", ylim=(-5, 105),
                      title="closed-loop success (Wilson 95 %)")
     time_axes.set(xlabel="injected policy latency (ms)", ylabel="mean time to success (s)", title="task completion time")
+    if not time_axes.lines:  # no condition succeeded: say so instead of an empty legend
+        time_axes.text(0.5, 0.5, "no successful trial", ha="center", va="center", transform=time_axes.transAxes)
     for axes in (success_axes, time_axes):
         axes.grid(alpha=0.3)
-        axes.legend()
+        if axes.lines:
+            axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -338,11 +338,17 @@ def replay_boundaries(output, rows, checkpoint: str, task: str) -> dict | None:
         return None
     source = max(asynchronous, key=lambda r: (r.latency_s, r.condition == "async-latest"))
     bags = sorted((output / run_name(source.condition, source.latency_s) / "bags").glob(f"{task}_*"))
-    if not bags:
+    recorded = None
+    for bag in bags:  # the first bag that holds chunks and the joints they started from
+        try:
+            recorded = read_recorded_chunks(bag)
+            break
+        except ValueError as err:
+            console.print(f"[yellow]not replayed: {err}[/]")
+    if recorded is None:
         return None
-    recorded = read_recorded_chunks(bags[0])
     replays = [replay(recorded, checkpoint_action_space(checkpoint), a) for a in ChunkAggregator]
-    title = (f"{bags[0].name} ({source.condition}, {1000 * source.latency_s:g} ms): its {len(recorded.chunks)} chunks "
+    title = (f"{bag.name} ({source.condition}, {1000 * source.latency_s:g} ms): its {len(recorded.chunks)} chunks "
              "replayed with each aggregator")
     plot_boundaries(replays, output / "boundaries.png", title)
     table = Table(title="the same recorded chunks through the driver's controller, per aggregator (simulated time)")
@@ -352,7 +358,7 @@ def replay_boundaries(output, rows, checkpoint: str, task: str) -> dict | None:
         table.add_row(r.aggregator.value, f"{r.rms_jerk:.1f}", f"{1000 * r.largest_reference_jump:.2f}",
                       str(sum(r.refused.values())))
     console.print(table)
-    return {"bag": str(bags[0]), "condition": source.condition, "latency_s": source.latency_s,
+    return {"bag": str(bag), "condition": source.condition, "latency_s": source.latency_s,
             "chunks": len(recorded.chunks),
             "replays": [{"aggregator": r.aggregator.value, "setpoint_jerk_rms": r.rms_jerk,
                          "largest_reference_jump_mrad": 1000 * r.largest_reference_jump, "refused": r.refused}

@@ -54,6 +54,28 @@ TIMEOUT_LINE = re.compile(r"\]: (/\S+): no answer in [\d.]+ s; retrying")
 LOG_LINE = re.compile(r"^\[(DEBUG|INFO|WARN|ERROR|FATAL)\]")
 LAGGARD = "laggard"
 SLOWEST_SHOWN = 5
+MONITOR_FRESH_CLIENTS_AFTER = 3  # status polls in a row without an answer before fresh service clients
+
+
+@dataclasses.dataclass
+class StatusGaps:
+    """The harness's own status polls: how many failed, and the longest time without an answer."""
+    failures: int = 0
+    streak: int = 0
+    fresh_clients: int = 0
+    longest_s: float = 0.0
+    _since: float | None = None  # the first failed poll of the current streak
+
+    def failed(self, now: float) -> None:
+        self.failures += 1
+        self.streak += 1
+        self._since = now if self._since is None else self._since
+        self.longest_s = max(self.longest_s, now - self._since)
+
+    def answered(self, now: float) -> None:
+        if self._since is not None:
+            self.longest_s = max(self.longest_s, now - self._since)
+        self.streak, self._since = 0, None
 
 
 def timeout_streak(text: str) -> tuple[int, str]:
@@ -149,6 +171,7 @@ class Soak:
         self.rss: list[tuple[float, int, int, float]] = []  # (t, round, server start, MB)
         self._restarts: list[tuple[float, str]] = []  # (when, client) pending restarts
         self.stall: dict | None = None  # the round that stayed open too long, when one did
+        self.blind = StatusGaps()
         self.transport = None  # fedvla.dds.TransportChoice, set by run()
 
     def rng(self, fault: str, round_index: int) -> random.Random:
@@ -286,7 +309,8 @@ class Soak:
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         threading.Thread(target=executor.spin, daemon=True).start()
-        api = RosServerApi(node, timeout_s=self.config.service_timeout_s)
+        api = RosServerApi(node, timeout_s=self.config.service_timeout_s)  # injected requests
+        monitor = RosServerApi(node, timeout_s=self.config.service_timeout_s)  # status polls
         laggard = FederationClient(FederationClientConfig(client_id=LAGGARD, state_dir=str(self.work / LAGGARD)),
                                    self.secrets[LAGGARD], policy, [], None, api)
         faults_done: set[tuple[str, int]] = set()
@@ -310,10 +334,20 @@ class Soak:
                         self._restarts.remove((when, client_id))
                         self.start_client(client_id)
                 try:
-                    status = api.status()
-                except (ServiceTimeout, RuntimeError):
-                    continue  # the server is restarting
+                    status = monitor.status()
+                except (ServiceTimeout, RuntimeError):  # the server is restarting
+                    self.blind.failed(now)
+                    if self.blind.streak % MONITOR_FRESH_CLIENTS_AFTER == 0:
+                        # Once in CI the harness got no status for the last 9 rounds after the server
+                        # restart while the clients went on: start over with fresh service clients.
+                        monitor.close()
+                        monitor = RosServerApi(node, timeout_s=self.config.service_timeout_s)
+                        self.blind.fresh_clients += 1
+                    continue
+                self.blind.answered(now)
                 if status.finished:
+                    # rounds that opened and closed after the last status the harness got
+                    self.unobserved_rounds.extend(range(max(last_round, 0) + 1, self.config.rounds))
                     finished = True
                     break
                 r = status.round
@@ -427,6 +461,8 @@ class Soak:
             "aborted_secure_attempts": len(state.get("aborted_attempts") or []),
             "client_kills": sum(1 for k in self.kills if k["client"] != "fed_server"),
             "unobserved_rounds": self.unobserved_rounds,
+            "harness_status": {"failed_polls": self.blind.failures, "longest_without_answer_s":
+                               round(self.blind.longest_s, 1), "fresh_clients": self.blind.fresh_clients},
             "client_starts": self.client_starts, "server_starts": self.server_starts,
             "acknowledged_updates": len(acked), "acknowledged_missing_from_state": [list(m) for m in missing],
             "server_rss_mb": {"first": round(longest[0][1], 1) if longest else None,
@@ -480,6 +516,9 @@ def print_figures(figures: dict) -> None:
         ("updates accepted (persisted)", str(figures["accepted_updates"])),
         ("... per client", ", ".join(f"{c} {n}" for c, n in figures["accepted_per_client"].items())),
         ("client kills / server starts", f"{figures['client_kills']} / {figures['server_starts']}"),
+        ("rounds the harness never saw open", ", ".join(map(str, figures["unobserved_rounds"])) or "none"),
+        ("harness status polls failed / longest without an answer (s) / fresh clients",
+         "{failed_polls} / {longest_without_answer_s:g} / {fresh_clients}".format(**figures["harness_status"])),
         ("acknowledged updates missing from the persisted state",
          str(len(figures["acknowledged_missing_from_state"])) + f" of {figures['acknowledged_updates']}"),
         ("server rejections (persisted counters)", ", ".join(f"{k} {v}" for k, v in sorted(figures["server_rejections"].items())) or "none"),
