@@ -56,3 +56,13 @@ def test_a_scale_whose_images_do_not_fit_the_parsers_grid_is_refused_before_it_r
     with pytest.raises(ConfigError, match=r"collect.image_size: at 64 px the policy's patch grid is 4 x 4, the twin's "
                                           r"scene parser selects IOSP tokens on 8 x 8"):
         TwinStudy(config_dir, scale, tmp_path / "small").check_iosp_grid()
+
+
+def test_the_cpu_scale_collects_about_fifty_demonstrations_per_task_as_the_paper() -> None:
+    from fedvla.graph import find_config_dir
+    from fedvla.sim.study import load_scale
+
+    scale = load_scale(find_config_dir(), "cpu", folder="twin_scales")
+    assert 45 <= scale.collect["episodes_per_task"] <= 55  # paper §4.2: about 50 per task
+    assert set(scale.collect["tasks"]) == {"clean_up", "trash_collection", "open_drawer", "sorting_pills"}
+    assert scale.evaluate["trials"] >= 20  # the bar: 30 % on two tasks over 20 or more trials
