@@ -18,7 +18,7 @@ EXTRAS_REQUIRE = {
     "realsense": ["pyrealsense2"],
     "ur": ["ur-rtde"],
     "sim": ["mujoco", "metaworld", "gymnasium", "packaging"],
-    "bags": ["rosbags"],
+    "bags": ["rosbags", "mcap"],
     "flower": ["flwr[simulation]"],
     "iosp": ["ultralytics", "open-clip-torch", "opencv-python", "transformers"],  # YOLOv8, CLIP, NER
     # policy step backends (fedvla.model.acceleration): the encoder in ONNX Runtime or OpenVINO

@@ -207,7 +207,7 @@ def test_arguments_bind_to_parameters_with_their_types(graph) -> None:
     (camera, recorder) = graph.resolve("camera_replay", {"bag": "/data/run.db3", "record": "true",
                                                   "record_path": "/tmp/out", "record_storage": "mcap"})
     assert camera.parameter_values == {"bag_path": "/data/run.db3"}
-    assert recorder.parameter_values == {"output_path": "/tmp/out", "storage": "mcap"}
+    assert recorder.parameter_values == {"output_path": "/tmp/out", "storage": "mcap", "compression": "zstd"}
     rviz = graph.resolve("real_robot")[-1]
     assert rviz.spec.package == "rviz2" and rviz.arguments == ("-d", f"{CONFIG}/fedvla.rviz")
     assert (CONFIG / "fedvla.rviz").is_file()

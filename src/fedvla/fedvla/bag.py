@@ -19,7 +19,12 @@ from fedvla.paths import ament_prefixes, run_directory
 
 log = logging.getLogger(__name__)
 
-STORAGE_FORMATS = ("sqlite3", "mcap")
+STORAGE_FORMATS = ("mcap", "sqlite3")
+DEFAULT_STORAGE = "mcap"  # rosbag2's default since Iron
+COMPRESSIONS = ("zstd", "none")
+# zstd on by default: MCAP compresses each chunk (rosbag2's mcap storage presets do the same),
+# sqlite3 each message (rosbag2's per-message compression); readers decompress transparently.
+DEFAULT_COMPRESSION = "zstd"
 
 
 class BagError(RuntimeError):
@@ -31,13 +36,16 @@ class RecorderConfig:
     """Settings of the bag recorder; field names are the ``bag_recorder`` node's parameters."""
 
     output_path: str = ""  # empty: runs/bag_<date>_<time> in the working directory
-    storage: str = "sqlite3"
+    storage: str = DEFAULT_STORAGE
+    compression: str = DEFAULT_COMPRESSION
     exclude_topics: tuple[str, ...] = (names.ROSOUT, names.PARAMETER_EVENTS)
     discovery_period_s: float = 0.5
 
     def __post_init__(self) -> None:
         require(self.storage in STORAGE_FORMATS, "storage", f"unknown format {self.storage!r}",
                 ", ".join(STORAGE_FORMATS))
+        require(self.compression in COMPRESSIONS, "compression", f"unknown compression {self.compression!r}",
+                ", ".join(COMPRESSIONS))
         require_positive(self.discovery_period_s, "discovery_period_s")
         if self.output_path:
             require(not Path(self.output_path).expanduser().exists(), "output_path",
@@ -148,18 +156,25 @@ def _referenced_types(fields: Any) -> Iterator[str]:
 class BagWriter:
     """Writes already-serialized (CDR) messages, as received by a raw ROS 2 subscription."""
 
-    def __init__(self, path: str | Path, storage: str = "sqlite3", registry: TypeRegistry | None = None) -> None:
-        from rosbags.rosbag2 import StoragePlugin, Writer
+    def __init__(self, path: str | Path, storage: str = DEFAULT_STORAGE, registry: TypeRegistry | None = None,
+                 compression: str = DEFAULT_COMPRESSION) -> None:
+        from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 
         if storage not in STORAGE_FORMATS:
             raise BagError(f"storage {storage!r} is not supported (allowed: {', '.join(STORAGE_FORMATS)})")
+        if compression not in COMPRESSIONS:
+            raise BagError(f"compression {compression!r} is not supported (allowed: {', '.join(COMPRESSIONS)})")
         self.path = Path(path)
         if self.path.exists():
             raise BagError(f"{self.path} exists already: rosbag2 never overwrites; choose a new path")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.registry = registry or TypeRegistry()
+        self.storage, self.compression = storage, compression
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
         self._writer = Writer(self.path, version=9, storage_plugin=plugin)
+        if compression == "zstd":
+            mode = CompressionMode.STORAGE if storage == "mcap" else CompressionMode.MESSAGE
+            self._writer.set_compression(mode, CompressionFormat.ZSTD)
         self._writer.open()
         self._connections: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
@@ -201,6 +216,12 @@ class BagSummary:
     storage: str
     duration_s: float
     topics: tuple[TopicSummary, ...]
+    compression: str = "none"  # zstd: MCAP chunks or sqlite3 messages compressed
+    size_bytes: int = 0  # the bag's files on disk
+
+    @property
+    def message_count(self) -> int:
+        return sum(t.count for t in self.topics)
 
     def topic(self, name: str) -> TopicSummary:
         for t in self.topics:
@@ -221,9 +242,47 @@ def summarize_bag(path: str | Path) -> BagSummary:
                 key=lambda t: t.name))
             storage = "mcap" if any(f.suffix == ".mcap" for f in path.iterdir()) else "sqlite3"
             return BagSummary(path=path, storage=storage,
-                              duration_s=reader.duration / 1e9 if reader.message_count else 0.0, topics=topics)
+                              duration_s=reader.duration / 1e9 if reader.message_count else 0.0, topics=topics,
+                              compression=_compression(path, storage, reader.compression_format),
+                              size_bytes=sum(f.stat().st_size for f in path.iterdir() if f.is_file()))
     except Exception as err:  # rosbags raises several types for missing/corrupt bags
         raise BagError(f"cannot read the rosbag2 directory {path}: {err}") from err
+
+
+def _compression(path: Path, storage: str, message_format: str | None) -> str:
+    """A bag's compression: sqlite3 names it in metadata.yaml; MCAP in each chunk record, read with
+    the ``mcap`` library (rosbag2's chunk compression leaves the metadata's fields empty)."""
+    if message_format:
+        return message_format
+    if storage != "mcap":
+        return "none"
+    from mcap.reader import make_reader
+
+    for file in sorted(path.glob("*.mcap")):
+        with open(file, "rb") as stream:
+            summary = make_reader(stream).get_summary()
+        chunks = [] if summary is None else summary.chunk_indexes
+        if any(chunk.compression for chunk in chunks):
+            return next(chunk.compression for chunk in chunks if chunk.compression)
+    return "none"
+
+
+def convert_bag(source: str | Path, destination: str | Path, storage: str = DEFAULT_STORAGE,
+                compression: str = DEFAULT_COMPRESSION, registry: TypeRegistry | None = None,
+                on_message=None) -> BagSummary:
+    """Write every message of ``source`` (serialized as recorded, same receive stamps) to a new bag
+    in another storage or compression, like ``ros2 bag convert``; the new bag's summary."""
+    from rosbags.rosbag2 import Reader
+
+    registry = registry or TypeRegistry()
+    with Reader(Path(source)) as reader, BagWriter(destination, storage, registry, compression) as writer:
+        for connection in reader.connections:
+            writer.add_topic(connection.topic, connection.msgtype)
+        for connection, stamp_ns, raw in reader.messages():
+            writer.write(connection.topic, stamp_ns, bytes(raw))
+            if on_message is not None:
+                on_message()
+    return summarize_bag(destination)
 
 
 def read_raw_messages(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[tuple[str, int, bytes]]:

@@ -20,14 +20,15 @@ class BagRecorder(Node):
         self.config = declare_config(self, RecorderConfig)
         self.output_path = self.config.resolved_output_path()
         try:
-            self.writer = BagWriter(self.output_path, self.config.storage)
+            self.writer = BagWriter(self.output_path, self.config.storage, compression=self.config.compression)
         except BagError as err:
             raise StartupError(str(err)) from err
         # Every callback runs on the executor's one thread: sqlite3 objects belong to the
         # thread that made them, so the writer is only ever touched from there.
         self._recorded_topics: dict[str, object] = {}
         self.create_timer(self.config.discovery_period_s, self._discover)
-        self.get_logger().info(f"recording to {self.output_path} ({self.config.storage})")
+        self.get_logger().info(f"recording to {self.output_path} ({self.config.storage}, compression "
+                               f"{self.config.compression})")
 
     def _qos_for(self, topic: str) -> QoSProfile:
         """Match the publishers, as rosbag2 does: best effort if any publisher is best effort."""

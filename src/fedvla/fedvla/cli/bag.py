@@ -1,4 +1,4 @@
-"""``fedvla bag info|export|import`` and ``fedvla replay``: rosbag2 recordings as datasets, and
+"""``fedvla bag info|convert|export|import`` and ``fedvla replay``: rosbag2 recordings as datasets, and
 open-loop replay of a recording through a policy."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from fedvla.bag import summarize_bag
+from fedvla.bag import COMPRESSIONS, DEFAULT_COMPRESSION, DEFAULT_STORAGE, STORAGE_FORMATS, summarize_bag
 from fedvla.cli.common import console, print_bag_summary, progress_bar
 from fedvla.config import ConfigError
 from fedvla.paths import run_directory
@@ -15,6 +15,19 @@ from fedvla.paths import run_directory
 
 def cmd_bag_info(args: argparse.Namespace) -> int:
     print_bag_summary(summarize_bag(args.path))
+    return 0
+
+def cmd_bag_convert(args: argparse.Namespace) -> int:
+    from fedvla.bag import convert_bag
+
+    source = summarize_bag(args.source)
+    with progress_bar() as progress:
+        bar = progress.add_task(f"writing {args.storage}, compression {args.compression}", total=source.message_count)
+        converted = convert_bag(args.source, args.output, args.storage, args.compression,
+                                on_message=lambda: progress.advance(bar))
+    print_bag_summary(converted)
+    console.print(f"[green]{source.size_bytes / 1e6:.1f} MB ({source.storage}, {source.compression}) → "
+                  f"{converted.size_bytes / 1e6:.1f} MB ({converted.storage}, {converted.compression}): {args.output}")
     return 0
 
 def cmd_bag_export(args: argparse.Namespace) -> int:
@@ -99,11 +112,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     info = bag.add_parser("info", help="topics and message counts of a rosbag2 directory")
     info.add_argument("path")
     info.set_defaults(func=cmd_bag_info)
+    convert = bag.add_parser("convert", help="the same messages in another storage or compression (ros2 bag convert)")
+    convert.add_argument("source", help="rosbag2 directory")
+    convert.add_argument("output", help="new rosbag2 directory")
+    convert.add_argument("--storage", default=DEFAULT_STORAGE, choices=STORAGE_FORMATS)
+    convert.add_argument("--compression", default=DEFAULT_COMPRESSION, choices=COMPRESSIONS,
+                         help="zstd: MCAP chunks or sqlite3 messages (default zstd)")
+    convert.set_defaults(func=cmd_bag_convert)
     export = bag.add_parser("export", help="one rosbag2 per dataset episode, on the stack's topics")
     export.add_argument("dataset", help="dataset directory (with dataset.json)")
     export.add_argument("output", help="directory for the bags (episode_000000, ...)")
     export.add_argument("--episodes", type=int, nargs="+", help="only these episode indices")
-    export.add_argument("--storage", default="sqlite3", choices=["sqlite3", "mcap"])
+    export.add_argument("--storage", default=DEFAULT_STORAGE, choices=STORAGE_FORMATS)
     export.add_argument("--proprio-joint-names", nargs="+", help="JointState names of the proprio dimensions "
                         "(default proprio_0, proprio_1, ...)")
     export.set_defaults(func=cmd_bag_export)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from rich.table import Table
@@ -365,6 +366,43 @@ def replay_boundaries(output, rows, checkpoint: str, task: str) -> dict | None:
                         for r in replays]}
 
 
+def cmd_bench_bag(args: argparse.Namespace) -> int:
+    import json
+    import shlex
+    import sys
+    import time
+
+    from fedvla.bench.bag_storage import recording_summary, saving, storage_figures
+    from fedvla.cli.launch import run_profile
+    from fedvla.graph import Graph
+    from fedvla.paths import run_directory, working_tree_commit
+    from fedvla.sim.report import machine
+
+    output = Path(args.output or run_directory("bag_bench")).resolve()
+    recording = Path(args.bag).resolve() if args.bag else output / "recording"
+    if not args.bag and not recording.exists():
+        graph = Graph.load(find_config_dir())
+        run_profile(graph, "sim", {"record": "true", "record_path": str(recording), "launch_rviz": "false"},
+                    args.seconds, f"recording the sim profile for {args.seconds:g} s")
+    source = recording_summary(recording)
+    console.print(f"recording: {recording} ({source['duration_s']:.1f} s, {source['messages']} messages on "
+                  f"{len(source['topics'])} topics, {source['storage']} + {source['compression']})")
+    figures = storage_figures(recording, output / "converted")
+    table = Table(title=f"the same {source['duration_s']:.0f} s recording in each rosbag2 storage")
+    for column in ("storage + compression", "size MB", "saving vs uncompressed", "write s", "read s"):
+        table.add_column(column, justify="right")
+    for f in figures:
+        table.add_row(f.label, f"{f.size_bytes / 1e6:.2f}", f"{100 * saving(figures, f):.0f} %",
+                      f"{f.write_s:.2f}", f"{f.read_s:.2f}")
+    console.print(table)
+    record = {"command": shlex.join(["fedvla", *sys.argv[1:]]), "commit": working_tree_commit(),
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "recording": source,
+              "bags": [{**dataclasses.asdict(f), "saving": saving(figures, f)} for f in figures]}
+    (output / "bench.json").write_text(json.dumps(record, indent=1))
+    console.print(f"figures: {output / 'bench.json'}")
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="benchmarks that print figures").add_subparsers(
         dest="bench_command", required=True)
@@ -418,6 +456,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     realtime_bench.add_argument("--output", default="", help="where each condition's run and bench.json go "
                                 "(default runs/realtime_bench_<date>_<time>; a run resumes)")
     realtime_bench.set_defaults(func=cmd_bench_realtime)
+    bag_bench = bench.add_parser("bag", help="the size of one recording in each rosbag2 storage and compression")
+    bag_bench.add_argument("--seconds", type=float, default=30.0, help="how long the sim profile is recorded")
+    bag_bench.add_argument("--bag", help="measure this recording instead of recording the sim profile")
+    bag_bench.add_argument("--output", default="", help="where the bags and bench.json go "
+                           "(default runs/bag_bench_<date>_<time>)")
+    bag_bench.set_defaults(func=cmd_bench_bag)
     fed_bench = bench.add_parser("federation", help="EDA aggregation time and upload size")
     fed_bench.add_argument("--parameters", type=float, default=50e6, help="trunk parameters (default 50e6)")
     fed_bench.add_argument("--clients", type=int, nargs="+", default=[2, 4, 8, 16])

@@ -17,7 +17,8 @@ def progress_bar() -> Progress:
 
 
 def print_bag_summary(summary: BagSummary) -> None:
-    table = Table(title=f"{summary.path} ({summary.storage}, {summary.duration_s:.1f} s)")
+    table = Table(title=f"{summary.path} ({summary.storage}, compression {summary.compression}, "
+                        f"{summary.size_bytes / 1e6:.1f} MB, {summary.duration_s:.1f} s)")
     table.add_column("topic")
     table.add_column("type")
     table.add_column("messages", justify="right")

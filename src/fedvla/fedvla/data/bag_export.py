@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from fedvla.bag import BagWriter, TypeRegistry
+from fedvla.bag import DEFAULT_STORAGE, BagWriter, TypeRegistry
 from fedvla.config import require
 from fedvla.data.bag_import import NS_PER_S, IMAGE_TYPE, JOINT_STATE_TYPE, STRING_TYPE, BagEpisodeConfig
 from fedvla.data.episodes import load_meta
@@ -69,7 +69,7 @@ class EpisodeBagWriter:
     is written at the step it was issued (horizon-1 chunks for demonstrations)."""
 
     def __init__(self, path: str | Path, *, camera_names: Sequence[str], control_rate_hz: float, instruction: str,
-                 proprio_joint_names: Sequence[str], start_ns: int = 0, storage: str = "sqlite3",
+                 proprio_joint_names: Sequence[str], start_ns: int = 0, storage: str = DEFAULT_STORAGE,
                  iosp: bool = False, registry: TypeRegistry | None = None) -> None:
         self.config = BagEpisodeConfig(camera_names=tuple(camera_names), proprio_dim=len(proprio_joint_names),
                                        control_rate_hz=control_rate_hz, iosp=iosp)
@@ -122,7 +122,7 @@ class EpisodeBagWriter:
 
 
 def export_episode(dataset: str | Path, episode: int, bag_path: str | Path, *, start_ns: int = 0,
-                   proprio_joint_names: Sequence[str] = (), storage: str = "sqlite3",
+                   proprio_joint_names: Sequence[str] = (), storage: str = DEFAULT_STORAGE,
                    registry: TypeRegistry | None = None) -> Path:
     """Write one dataset episode as a bag (:class:`EpisodeBagWriter`): each stored action as the
     horizon-1 chunk of its step, the instruction once at the start."""
