@@ -28,6 +28,7 @@ setup(
             "ur3_driver = fedvla_ros.ur3_driver:main",
             "motion_pattern = fedvla_ros.motion_pattern:main",
             "workcell_sim = fedvla_ros.workcell_sim:main",
+            "rerun_viewer = fedvla_ros.rerun_viewer:main",
             "twin_demos = fedvla_ros.tools.twin_demos:main",
             "twin_evaluate = fedvla_ros.tools.twin_evaluate:main",
             "twin_latency = fedvla_ros.tools.twin_latency:main",

@@ -9,6 +9,10 @@
     fedvla bag info PATH                     topics, types and message counts of a rosbag2
     fedvla bag export DATASET OUT            one rosbag2 per dataset episode (the stack's topics)
     fedvla bag import BAG... --output DS     bags (robot recordings) as dataset episodes
+    fedvla bag convert BAG OUT               the same bag in another storage or compression
+    fedvla bag view BAG [--save F.rrd]       a recording in rerun's viewer (no RViz needed)
+    fedvla dataset export DS OUT --format lerobot          an episode dataset as LeRobotDataset v3.0
+    fedvla dataset import SRC --output DS --format lerobot a LeRobotDataset v3.0 as episodes
     fedvla replay BAG --checkpoint CKPT      open-loop replay through the policy: errors, latency,
                                              report and plot
     fedvla bench policy                      policy/trunk latency per MoE kind, experts per token
@@ -18,6 +22,7 @@
     fedvla bench secagg                      secure EDA (SecAgg) vs plaintext per round, 4 and 16 clients
     fedvla bench ik                          IK time per solve (tracking) and convergence from home
     fedvla bench twin                        the twin's real-time factor with rendering, camera rate
+    fedvla bench bag                         30 s of the sim profile in each rosbag2 storage: sizes
     fedvla soak [--rounds 50 --clients 4]    long federation with client kills, a server restart,
                                              duplicated and delayed uploads: figures and checks
     fedvla federation credentials ID ...     a credentials file with fresh secrets
@@ -39,12 +44,12 @@ import signal
 import sys
 
 from fedvla.bag import BagError
-from fedvla.cli import bag, bench, demo, federation, launch, study, twin
+from fedvla.cli import bag, bench, dataset, demo, federation, launch, study, twin
 from fedvla.cli.common import console
 from fedvla.config import ConfigError
 from fedvla.runner import RunnerError
 
-COMMAND_GROUPS = (launch, demo, bench, federation, study, bag, twin)
+COMMAND_GROUPS = (launch, demo, bench, federation, study, bag, dataset, twin)
 
 
 def build_parser() -> argparse.ArgumentParser:

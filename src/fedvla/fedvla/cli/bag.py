@@ -1,4 +1,4 @@
-"""``fedvla bag info|convert|export|import`` and ``fedvla replay``: rosbag2 recordings as datasets, and
+"""``fedvla bag info|convert|view|export|import`` and ``fedvla replay``: rosbag2 recordings as datasets, and
 open-loop replay of a recording through a policy."""
 from __future__ import annotations
 
@@ -28,6 +28,30 @@ def cmd_bag_convert(args: argparse.Namespace) -> int:
     print_bag_summary(converted)
     console.print(f"[green]{source.size_bytes / 1e6:.1f} MB ({source.storage}, {source.compression}) → "
                   f"{converted.size_bytes / 1e6:.1f} MB ({converted.storage}, {converted.compression}): {args.output}")
+    return 0
+
+def cmd_bag_view(args: argparse.Namespace) -> int:
+    import time
+
+    from fedvla.app.viewer import ViewerConfig, ViewerMode, close_recording, log_bag, open_recording
+
+    mode = ViewerMode.SAVE if args.save else ViewerMode.NATIVE if args.native else ViewerMode.WEB
+    config = ViewerConfig(mode=mode.value, save_path=args.save or "", web_port=args.web_port, grpc_port=args.grpc_port)
+    summary = summarize_bag(args.bag)
+    stream, where = open_recording(config, Path(args.bag).name)
+    console.print(where)
+    with progress_bar() as progress:
+        bar = progress.add_task("logging the bag to rerun", total=summary.message_count)
+        counts = log_bag(args.bag, stream, on_message=lambda: progress.advance(bar))
+    console.print(f"shown: {', '.join(f'{t} ({n})' for t, n in sorted(counts.items())) or 'nothing'}")
+    if mode is ViewerMode.WEB:
+        console.print("serving the web viewer until Ctrl-C")
+        try:
+            while True:
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            pass
+    close_recording(stream)
     return 0
 
 def cmd_bag_export(args: argparse.Namespace) -> int:
@@ -119,6 +143,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     convert.add_argument("--compression", default=DEFAULT_COMPRESSION, choices=COMPRESSIONS,
                          help="zstd: MCAP chunks or sqlite3 messages (default zstd)")
     convert.set_defaults(func=cmd_bag_convert)
+    view = bag.add_parser("view", help="a recording in rerun, as the live viewer (viewer:=rerun) shows the robot")
+    view.add_argument("bag", help="rosbag2 directory")
+    view.add_argument("--save", help="write a .rrd file instead of serving the web viewer")
+    view.add_argument("--native", action="store_true", help="spawn rerun's native viewer instead of the web viewer")
+    view.add_argument("--web-port", type=int, default=9090)
+    view.add_argument("--grpc-port", type=int, default=9876)
+    view.set_defaults(func=cmd_bag_view)
     export = bag.add_parser("export", help="one rosbag2 per dataset episode, on the stack's topics")
     export.add_argument("dataset", help="dataset directory (with dataset.json)")
     export.add_argument("output", help="directory for the bags (episode_000000, ...)")
