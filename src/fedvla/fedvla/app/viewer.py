@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
