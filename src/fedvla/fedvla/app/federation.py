@@ -93,9 +93,11 @@ def build_server(settings: FederationServerSettings) -> FederationServer:
 
 
 @dataclasses.dataclass(kw_only=True)
-class FederationClientSettings(FederationClientConfig):
-    model_config: str = ""
-    credentials_file: str = ""  # only this client's entry is read
+class LocalTrainingSettings:
+    """What a robot trains on between rounds and how: the same for the ROS 2 ``fed_client`` and
+    the Flower ClientApp (:mod:`fedvla.federation.flower_app`)."""
+
+    model_config: str = ""  # the server's model config file: defines the trunk
     dataset: str = SYNTHETIC  # an episode directory, or "synthetic"
     synthetic_samples: int = 64
     seed: int = 0  # model init, data order (and the synthetic data)
@@ -103,24 +105,36 @@ class FederationClientSettings(FederationClientConfig):
     batch_size: int = 32
     lr: float = 1e-3
     device: str = "auto"
-    poll_period_s: float = 1.0
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         require(bool(self.model_config), "model_config", "is empty", "the server's model config file")
-        require(bool(self.credentials_file), "credentials_file", "is empty", "a YAML file with clients: {id: secret}")
         require(self.dataset == SYNTHETIC or Path(self.dataset).expanduser().is_dir(), "dataset",
                 f"{self.dataset!r} is not a directory", f"an episode dataset directory, or {SYNTHETIC!r}")
         require(self.synthetic_samples >= 1, "synthetic_samples", "must be at least 1")
 
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+                           device=self.device)
 
-def client_dataset(settings: FederationClientSettings) -> tuple[PolicyConfig, Dataset]:
+
+@dataclasses.dataclass(kw_only=True)
+class FederationClientSettings(FederationClientConfig, LocalTrainingSettings):
+    credentials_file: str = ""  # only this client's entry is read
+    poll_period_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        FederationClientConfig.__post_init__(self)
+        LocalTrainingSettings.__post_init__(self)
+        require(bool(self.credentials_file), "credentials_file", "is empty", "a YAML file with clients: {id: secret}")
+
+
+def client_dataset(settings: LocalTrainingSettings, client_id: str) -> tuple[PolicyConfig, Dataset]:
     values = _model_values(settings.model_config)
     where = Path(settings.model_config).stem
     if settings.dataset == SYNTHETIC:
         config = PolicyConfig.from_dict({**values, "proprio_dim": 4, "action_dim": 4}, where=where)
         # Each client draws its own data: the seed mixes in the client id (non-iid by construction).
-        data_seed = zlib.crc32(f"{settings.seed}:{settings.client_id}".encode())
+        data_seed = zlib.crc32(f"{settings.seed}:{client_id}".encode())
         return config, SquareReachDataset(config, settings.synthetic_samples, seed=data_seed)
     meta = load_meta(settings.dataset)
     config = PolicyConfig.from_dict({**values, "proprio_dim": meta.proprio_dim, "action_dim": meta.action_dim,
@@ -129,16 +143,22 @@ def client_dataset(settings: FederationClientSettings) -> tuple[PolicyConfig, Da
     return config, ChunkDataset(settings.dataset, horizon=config.horizon, with_iosp=config.iosp)
 
 
+def local_policy(settings: LocalTrainingSettings, client_id: str) -> tuple[Policy, Dataset]:
+    """A client's policy before its first round (seeded; normaliser fitted on its own data) and
+    its dataset."""
+    config, dataset = client_dataset(settings, client_id)
+    policy = seeded_policy(config, settings.seed)
+    fit_normalizer(policy, dataset)
+    return policy, dataset
+
+
 def build_client(settings: FederationClientSettings, server: ServerApi, *, show_progress: bool = False) -> FederationClient:
     secret = load_credentials(resolve_config_file(settings.credentials_file, "credentials_file")).get(settings.client_id)
     if secret is None:
         raise ConfigError("client_id", f"{settings.client_id!r} has no secret in {settings.credentials_file}",
                           "a client id listed under clients:")
-    config, dataset = client_dataset(settings)
-    policy = seeded_policy(config, settings.seed)
-    fit_normalizer(policy, dataset)
-    train = TrainConfig(epochs=settings.local_epochs, batch_size=settings.batch_size, lr=settings.lr,
-                        seed=settings.seed, device=settings.device)
+    policy, dataset = local_policy(settings, settings.client_id)
+    train = settings.train_config()
     client_config = FederationClientConfig(**{f.name: getattr(settings, f.name)
                                               for f in dataclasses.fields(FederationClientConfig)})
     return FederationClient(client_config, secret, policy, dataset, train, server, show_progress=show_progress)
