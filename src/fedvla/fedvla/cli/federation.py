@@ -26,12 +26,34 @@ def cmd_federation_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_federation_flower_credentials(args: argparse.Namespace) -> int:
+    from fedvla.federation.flower_credentials import CA_KEY, make_flower_credentials
+
+    made = make_flower_credentials(args.directory, args.hosts, args.nodes, days=args.days)
+    console.print(f"SuperLink: --ssl-ca-certfile {made.ca_certificate} --ssl-certfile {made.server_certificate} "
+                  f"--ssl-keyfile {made.server_key} --enable-supernode-auth", highlight=False)
+    for node in made.nodes:
+        console.print(f"{node}: flwr supernode register {made.node_public_key(node)} CONNECTION; then "
+                      f"flower-supernode --root-certificates {made.ca_certificate} --auth-supernode-private-key "
+                      f"{made.node_key(node)} ...", highlight=False)
+    console.print(f"[yellow]{made.directory / CA_KEY} signs certificates: keep it off the SuperLink's machine")
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     federation = commands.add_parser("federation", help="federation tools").add_subparsers(
         dest="federation_command", required=True)
     credentials = federation.add_parser("credentials", help="print a credentials file with fresh secrets")
     credentials.add_argument("client_ids", nargs="+", metavar="CLIENT_ID")
     credentials.set_defaults(func=cmd_federation_credentials)
+    flower = federation.add_parser("flower-credentials", help="TLS certificates and SuperNode keys for a Flower "
+                                   "deployment (flower_app)")
+    flower.add_argument("directory", help="new directory for the files")
+    flower.add_argument("--hosts", nargs="+", required=True, help="the SuperLink's names or addresses, as robots "
+                        "reach it")
+    flower.add_argument("--nodes", nargs="+", required=True, help="one key pair per SuperNode (robot)")
+    flower.add_argument("--days", type=int, default=365, help="certificate validity")
+    flower.set_defaults(func=cmd_federation_flower_credentials)
     report = federation.add_parser("report", help="round table of a federation directory")
     report.add_argument("directory", help="the federation_dir (with server/state.json)")
     report.set_defaults(func=cmd_federation_report)

@@ -1,0 +1,96 @@
+"""Flower processes for tests: a SuperLink (simulation, or TLS with SuperNode authentication),
+SuperNodes, and ``flwr`` CLI calls, all on loopback, offline, and stopped when the test ends."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+APP = Path(__file__).resolve().parents[2] / "flower_app"
+BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr (and what they start)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    """Offline and quiet: no telemetry, no update check, no runtime dependency installation; the
+    SuperLink and SuperNodes find flwr-serverapp / flwr-clientapp on PATH."""
+    home.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def write_connection(home: Path, name: str, port: int, root_certificates: Path | None = None) -> None:
+    lines = [f"[superlink.{name}]", f'address = "127.0.0.1:{port}"']
+    lines.append(f'root-certificates = "{root_certificates}"' if root_certificates else "insecure = true")
+    with open(home / "config.toml", "a") as config:
+        config.write("\n".join(lines) + "\n")
+
+
+class Processes:
+    """Started processes, each logging to its own file; stopped (SIGTERM, then SIGKILL) at exit."""
+
+    def __init__(self, logs: Path, env: dict[str, str]) -> None:
+        self.logs, self.env = logs, env
+        logs.mkdir(parents=True, exist_ok=True)
+        self.running: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, command: list[str]) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "w")
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.running.append((name, process))
+        return process
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        for _, process in reversed(self.running):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for _, process in reversed(self.running):
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def wait_healthy(port: int, ca: Path | None = None, timeout_s: float = 60.0) -> None:
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
+    url = f"{'https' if ca else 'http'}://127.0.0.1:{port}/health"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, context=context, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"the SuperLink on {port} did not answer {url} within {timeout_s:g} s")
+
+
+def flwr(env: dict[str, str], *arguments: str, timeout_s: float = 300.0) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "flwr"), *arguments], capture_output=True, text=True, env=env, timeout=timeout_s)
+
+
+def run_config(values: dict) -> str:
+    """``flwr run -c`` text: strings quoted as TOML wants."""
+    return " ".join(f'{k}="{v}"' if isinstance(v, str) else f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                    for k, v in values.items())
