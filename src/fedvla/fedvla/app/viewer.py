@@ -122,6 +122,8 @@ class RerunLogger:
     def __init__(self, stream: Any) -> None:
         self.stream = stream
         self._image_sizes: dict[str, tuple[int, int]] = {}  # camera → (width, height), for token cells
+        self._layout_key: tuple = ()  # (cameras, MoE layers) the current layout was made for
+        self._layers = 0
         self._tool_trace: list[tuple[float, float, float]] = []
         self._routes = {
             topics.JOINT_STATES: self._joint_states,
@@ -146,14 +148,37 @@ class RerunLogger:
         if when is not None:
             self.stream.set_time(TIMELINE, timestamp=when)
         camera = _camera_of(topic)
+        route = self._routes.get(topic)
         if camera is not None:
             self._image(camera[0], camera[1], msg, rr)
-            return True
-        route = self._routes.get(topic)
-        if route is None:
+        elif route is not None:
+            route(msg, rr)
+        else:
             return False
-        route(msg, rr)
+        self._update_layout()
         return True
+
+    def _update_layout(self) -> None:
+        """One view per camera, the tool in 3-D, and the joints, first actions and experts each
+        in one plot; sent again when a camera or the MoE layers first appear."""
+        import rerun.blueprint as rrb
+
+        key = (tuple(sorted(self._image_sizes)), self._layers)
+        if key == self._layout_key:
+            return
+        self._layout_key = key
+        cameras = [rrb.Spatial2DView(origin=f"camera/{c}", name=c) for c in key[0]]
+        experts = [rrb.BarChartView(origin=f"policy/experts/layer_{layer}", name=f"experts, layer {layer}")
+                   for layer in range(self._layers)]
+        self.stream.send_blueprint(rrb.Blueprint(rrb.Horizontal(
+            rrb.Vertical(*cameras, rrb.TextDocumentView(origin="instruction", name="instruction"),
+                         row_shares=[4] * len(cameras) + [1]),
+            rrb.Vertical(rrb.Spatial3DView(origin="robot", name="tool pose and planned path"),
+                         rrb.TimeSeriesView(origin="robot/joints", name="joint positions (rad)")),
+            rrb.Vertical(rrb.TimeSeriesView(origin="policy/action", name="first action of each chunk"),
+                         rrb.TimeSeriesView(origin="policy/experts_per_token", name="experts per token"),
+                         *([rrb.Tabs(*experts)] if experts else [])),
+        ), collapse_panels=True))
 
     # -- one method per message kind ------------------------------------------------------------
     def _image(self, camera: str, kind: str, msg: Any, rr) -> None:
@@ -192,6 +217,7 @@ class RerunLogger:
 
     def _experts(self, msg: Any, rr) -> None:
         activation = parse_expert_activation(msg)
+        self._layers = len(activation.counts)
         for layer, counts in enumerate(activation.counts):
             self.stream.log(f"policy/experts/layer_{layer}", rr.BarChart(counts.astype(np.float32)))
         self.stream.log("policy/experts_per_token", rr.Scalars(activation.experts_per_token))
