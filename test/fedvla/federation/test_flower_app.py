@@ -28,13 +28,7 @@ def _updates(clients_root, round_index: int):
     return trunks, np.stack(counts), samples
 
 
-@pytest.mark.timeout(600)  # a SuperLink, Ray and three ClientApps on 2 cores
-def test_simulation_rounds_aggregate_as_in_process_eda(tmp_path) -> None:
-    from safetensors.torch import load_file
-
-    from fedvla.federation.aggregator import Aggregation, Aggregator
-    from fedvla.model.trunk import Trunk
-
+def _simulate(tmp_path, **extra):
     env = flower_env(tmp_path / "home")
     port = free_port()
     write_connection(tmp_path / "home", "sim", port)
@@ -43,11 +37,25 @@ def test_simulation_rounds_aggregate_as_in_process_eda(tmp_path) -> None:
                                       "--port", str(port), "--disable-runtime-dependency-installation"])
         wait_healthy(port)
         settings = {"num-server-rounds": ROUNDS, "output-dir": str(tmp_path / "server"),
-                    "state-root": str(tmp_path / "clients"), "record-updates": True, "synthetic-samples": 32}
+                    "state-root": str(tmp_path / "clients"), "record-updates": True, "synthetic-samples": 32, **extra}
         run = flwr(env, "run", str(APP), "sim", "--stream", "--federation-config",
                    "num-supernodes=3 client-resources-num-cpus=1", "-c", run_config(settings))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    rounds = json.loads((tmp_path / "server" / "rounds.json").read_text())
+    return json.loads((tmp_path / "server" / "rounds.json").read_text())
+
+
+@pytest.mark.timeout(600)  # a SuperLink, Ray and three ClientApps on 2 cores
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "secagg+"])
+def test_simulation_rounds_aggregate_as_in_process_eda(tmp_path, secure) -> None:
+    """Plain, and under Flower's SecAgg+ (robots upload trunks pre-weighted with their EDA weights;
+    the server sums them in 2^26 quantisation steps over ±8)."""
+    from safetensors.torch import load_file
+
+    from fedvla.federation.aggregator import Aggregation, Aggregator
+    from fedvla.model.trunk import Trunk
+
+    rounds = _simulate(tmp_path, **({"secure-aggregation": True} if secure else {}))
+    tolerance = 3 * 16 / 2 ** 26 if secure else 1e-6  # three robots' quantisation steps
     assert [r["round"] for r in rounds] == [1, 2] and all(len(r["node_ids"]) == 3 and not r["dropped"] for r in rounds)
     for r in rounds:
         trunks, counts, samples = _updates(tmp_path / "clients", r["round"])
@@ -57,7 +65,7 @@ def test_simulation_rounds_aggregate_as_in_process_eda(tmp_path) -> None:
         aggregate = load_file(str(tmp_path / "server" / f"round_{r['round']:05d}.safetensors"))
         assert set(aggregate) == set(trunks[0])  # the trunk alone: stems, head, normaliser stay on the robots
         for name, value in aggregate.items():
-            torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6)
+            torch.testing.assert_close(value, expected[name], rtol=0, atol=tolerance)
         # the same weights, whatever order Flower's node ids put the robots in
         np.testing.assert_allclose(np.sort(np.array(r["layer_weights"]), axis=1), np.sort(weights, axis=1), atol=1e-5)
     for robot in sorted((tmp_path / "clients").iterdir()):

@@ -60,6 +60,11 @@ class FlowerRunSettings:
     state_root: str = "runs/flower_clients"  # simulation: each virtual node's state directory below
     output_dir: str = "runs/flower_server"
     record_updates: bool = False
+    # Secure aggregation with Flower's SecAgg+ (legacy workflow): robots report their expert
+    # counts, learn their EDA weights, and upload pre-weighted trunks under SecAgg+ masks.
+    secure_aggregation: bool = False
+    secagg_clipping_range: float = 8.0  # |w · θ| must stay inside it (checked by each robot)
+    secagg_quantization_bits: int = 26  # 2^26 levels over ±clipping_range: 2.4e-7 per value
 
     @classmethod
     def from_run_config(cls, run_config) -> FlowerRunSettings:
@@ -89,17 +94,28 @@ def _client_settings(context: Context, run: FlowerRunSettings) -> tuple[str, Pat
     return client_id, state_dir, settings
 
 
-client_app = ClientApp()
+def _secure_only(msg: Message, context: Context, call_next) -> Message:
+    """Flower's SecAgg+ client mod on the messages of a SecAgg+ round only (plain rounds pass)."""
+    from flwr.client.mod import secaggplus_mod
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    if RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
 
 
-@client_app.train()
-def train(msg: Message, context: Context) -> Message:
+client_app = ClientApp(mods=[_secure_only])
+TRAINED_TRUNK = "trained_trunk.safetensors"  # secure rounds: trained, waiting for its EDA weights
+
+
+def _local_round(msg: Message, context: Context, run: FlowerRunSettings):
+    """Train this robot's policy from the message's global trunk; (client id, state dir, round,
+    trunk, train result). Its stems, head and normaliser stay in its checkpoint."""
     from safetensors.torch import save_file
 
     from fedvla.model.checkpoint import load_checkpoint, save_checkpoint
     from fedvla.model.train import train_policy
 
-    run = FlowerRunSettings.from_run_config(context.run_config)
     client_id, state_dir, settings = _client_settings(context, run)
     server_round = int(msg.content["config"].get("server-round", 0))
     checkpoint = state_dir / "checkpoint"
@@ -117,8 +133,72 @@ def train(msg: Message, context: Context) -> Message:
         save_file({**trunk, "__expert_counts__": result.expert_counts.to(torch.int64),
                    "__num_samples__": torch.tensor([result.num_samples])},
                   str(state_dir / UPDATES_DIR / f"round_{server_round:05d}.safetensors"))
+    return client_id, state_dir, server_round, trunk, result
+
+
+@client_app.train()
+def train(msg: Message, context: Context) -> Message:
+    run = FlowerRunSettings.from_run_config(context.run_config)
+    if run.secure_aggregation:
+        return _weighted_upload(msg, context, run)
+    _, _, _, trunk, result = _local_round(msg, context, run)
     return Message(pack_train_reply(trunk, result.expert_counts, result.num_samples,
                                     metrics={"train_loss": float(result.epoch_losses[-1])}), reply_to=msg)
+
+
+@client_app.query()
+def report_counts(msg: Message, context: Context) -> Message:
+    """A secure round's first step: train, keep the trunk here, report the expert counts alone."""
+    from flwr.app import RecordDict
+    from safetensors.torch import save_file
+
+    from fedvla.federation.flower import counts_metrics
+
+    run = FlowerRunSettings.from_run_config(context.run_config)
+    _, state_dir, server_round, trunk, result = _local_round(msg, context, run)
+    save_file(trunk, str(state_dir / TRAINED_TRUNK), metadata={"round": str(server_round)})
+    return Message(RecordDict({"metrics": counts_metrics(result.expert_counts, result.num_samples)}), reply_to=msg)
+
+
+def _weighted_upload(msg: Message, context: Context, run: FlowerRunSettings) -> Message:
+    """A secure round's second step, under SecAgg+: the trained trunk times this robot's EDA
+    weights (layer by layer), flattened; the server only ever gets the sum over robots."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from fedvla.federation.secagg import weighted_trunk_vector
+    from fedvla.model.trunk import Trunk
+
+    _, state_dir, _ = _client_settings(context, run)
+    fit = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    path = state_dir / TRAINED_TRUNK
+    with safe_open(str(path), "pt") as stored:
+        trained_round = int(stored.metadata()["round"])
+    if trained_round != int(fit.config["server-round"]):
+        raise RuntimeError(f"{path} holds round {trained_round}'s trunk, SecAgg+ asks for round "
+                           f"{fit.config['server-round']}: the robot missed the round's counts step")
+    trained = dict(sorted(load_file(str(path)).items()))  # name order: the server unflattens in it
+    vector = weighted_trunk_vector(trained, np.asarray(json.loads(str(fit.config["layer-weights"]))),
+                                   float(fit.config["non-layer-weight"]), Trunk.layer_of)
+    largest = float(np.abs(vector).max())
+    if largest > run.secagg_clipping_range:
+        raise ValueError(f"a weighted trunk value of {largest:.3g} is outside SecAgg+'s clipping range "
+                         f"±{run.secagg_clipping_range:g}: raise secagg-clipping-range")
+    reply = FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters([vector]), num_examples=1, metrics={})
+    return Message(compat.fitres_to_recorddict(reply, keep_input=False), reply_to=msg)
+
+
+def _record_round(output: Path, server_round: int, aggregation: str, node_ids: list[int], layer_weights: np.ndarray,
+                  dropped: list[dict]) -> None:
+    """Append one round to ``rounds.json``: who was mixed with which (L, C) weights, who was dropped."""
+    path = output / ROUNDS_FILE
+    rounds = json.loads(path.read_text()) if path.exists() else []
+    rounds.append({"round": server_round, "aggregation": aggregation, "node_ids": list(node_ids),
+                   "layer_weights": np.round(np.asarray(layer_weights), 6).tolist(), "dropped": dropped,
+                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    path.write_text(json.dumps(rounds, indent=1))
 
 
 class RecordingEDA(ExpertDrivenAggregation):
@@ -133,17 +213,107 @@ class RecordingEDA(ExpertDrivenAggregation):
 
         arrays, metrics = super().aggregate_train(server_round, replies)
         report = self.reports[server_round]
-        rounds_path = self.output / ROUNDS_FILE
-        rounds = json.loads(rounds_path.read_text()) if rounds_path.exists() else []
-        rounds.append({"round": server_round, "aggregation": self.aggregation.value, "node_ids": report.node_ids,
-                       "layer_weights": np.round(report.layer_weights, 6).tolist(),
-                       "dropped": [dataclasses.asdict(d) | {"reason": d.reason.value} for d in report.dropped],
-                       "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        rounds_path.write_text(json.dumps(rounds, indent=1))
+        _record_round(self.output, server_round, self.aggregation.value, report.node_ids, report.layer_weights,
+                      [dataclasses.asdict(d) | {"reason": d.reason.value} for d in report.dropped])
         if arrays is not None:
             save_file({k: v.contiguous() for k, v in arrays.to_torch_state_dict().items()},
                       str(self.output / f"round_{server_round:05d}.safetensors"))
         return arrays, metrics
+
+
+def _pre_weighted_fit(weights_by_node: dict[int, tuple[list[float], float]], server_round: int):
+    """A legacy Flower strategy for one SecAgg+ round: each robot's FitIns carries its own EDA
+    weights; aggregate_fit keeps which robots' vectors are in the sum."""
+    from flwr.common import FitIns, ndarrays_to_parameters
+    from flwr.server.strategy import FedAvg as LegacyFedAvg
+
+    class PreWeightedFit(LegacyFedAvg):
+        survivors: list[int] = []
+        total: np.ndarray | None = None
+
+        def configure_fit(self, _round, parameters, client_manager):
+            chosen = [p for p in client_manager.all().values() if p.node_id in weights_by_node]
+            return [(p, FitIns(parameters, {"server-round": server_round,
+                                            "layer-weights": json.dumps(weights_by_node[p.node_id][0]),
+                                            "non-layer-weight": weights_by_node[p.node_id][1]})) for p in chosen]
+
+        def aggregate_fit(self, _round, results, failures):
+            from flwr.common import parameters_to_ndarrays
+
+            if not results:
+                return None, {}
+            self.survivors = [proxy.node_id for proxy, _ in results]
+            # SecAgg+ hands over the mean of the vectors (every robot reported 1 example): the sum is n times it
+            self.total = parameters_to_ndarrays(results[0][1].parameters)[0].astype(np.float64) * len(results)
+            return results[0][1].parameters, {}
+
+    count = len(weights_by_node)
+    return PreWeightedFit(fraction_fit=1.0, min_fit_clients=count, min_available_clients=count, fraction_evaluate=0.0,
+                          initial_parameters=ndarrays_to_parameters([np.zeros(1, np.float32)]))
+
+
+def _secure_rounds(grid: Grid, context: Context, run: FlowerRunSettings, trunk: dict, output: Path) -> dict:
+    """EDA under SecAgg+: per round, robots train and report counts (a plain query), the server
+    computes their weights, and SecAgg+ sums the pre-weighted trunks; robots lost during SecAgg+
+    are left out and the survivors' weights renormalised, layer by layer."""
+    from flwr.app import MessageType, RecordDict
+    from flwr.server import LegacyContext, ServerConfig
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from safetensors.torch import save_file
+
+    from fedvla.federation.aggregator import Aggregator
+    from fedvla.federation.flower import MalformedReply, read_counts_metrics
+    from fedvla.federation.secagg import vector_to_trunk
+    from fedvla.model.trunk import Trunk
+
+    aggregator = Aggregator(run.aggregation)
+    layers = max(Trunk.layer_of(k) for k in trunk if Trunk.layer_of(k) is not None) + 1
+    for server_round in range(1, run.num_server_rounds + 1):
+        nodes = _wait_for_nodes(grid, run.min_nodes)
+        query = [Message(RecordDict({"arrays": ArrayRecord(trunk), "config": ConfigRecord({"server-round": server_round})}),
+                         dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
+        reported = {}
+        for reply in grid.send_and_receive(query):
+            try:
+                if not reply.has_error():
+                    reported[reply.metadata.src_node_id] = read_counts_metrics(reply.content["metrics"])
+            except (MalformedReply, KeyError):
+                continue
+        if len(reported) < run.min_nodes:
+            raise RuntimeError(f"round {server_round}: {len(reported)} robots reported counts, min-nodes is {run.min_nodes}")
+        node_ids = sorted(reported)
+        counts = np.stack([reported[n][0] for n in node_ids])
+        samples = [reported[n][1] for n in node_ids]
+        weights = aggregator.layer_weights(counts, samples, layers)
+        outside = aggregator.non_layer_weights(weights, samples)
+        by_node = {n: (weights[:, c].tolist(), float(outside[c])) for c, n in enumerate(node_ids)}
+        strategy = _pre_weighted_fit(by_node, server_round)
+        bits = run.secagg_quantization_bits
+        DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(
+            num_shares=len(node_ids), reconstruction_threshold=max(2, (2 * len(node_ids) + 2) // 3), max_weight=1.0,
+            clipping_range=run.secagg_clipping_range, quantization_range=2 ** bits, modulus_range=2 ** min(32, bits + 6)))(
+            grid, LegacyContext(context=context, config=ServerConfig(num_rounds=1), strategy=strategy))
+        if strategy.total is None:
+            raise RuntimeError(f"round {server_round}: SecAgg+ returned no sum")
+        columns = [node_ids.index(n) for n in strategy.survivors]
+        summed = vector_to_trunk(strategy.total, {k: trunk[k].double() for k in sorted(trunk)})  # robots' order
+        layer_share, outside_share = weights[:, columns].sum(axis=1), outside[columns].sum()
+        trunk = {k: (v / (outside_share if Trunk.layer_of(k) is None else layer_share[Trunk.layer_of(k)])).float()
+                 for k, v in summed.items()}
+        _record_round(output, server_round, f"{aggregator.aggregation.value} under SecAgg+", strategy.survivors,
+                      weights[:, columns], [])
+        save_file({k: v.contiguous() for k, v in trunk.items()}, str(output / f"round_{server_round:05d}.safetensors"))
+    return trunk
+
+
+def _wait_for_nodes(grid: Grid, count: int, timeout_s: float = 600.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= count:
+            return nodes
+        time.sleep(1.0)
+    raise RuntimeError(f"fewer than {count} robots (min-nodes) connected within {timeout_s:g} s")
 
 
 server_app = ServerApp()
@@ -158,6 +328,10 @@ def main(grid: Grid, context: Context) -> None:
     output.mkdir(parents=True, exist_ok=True)
     (output / ROUNDS_FILE).unlink(missing_ok=True)
     policy = trunk_policy(run.model_config, run.init_seed)
+    if run.secure_aggregation:
+        final = _secure_rounds(grid, context, run, dict(policy.trunk.state_dict()), output)
+        save_file({k: v.contiguous() for k, v in final.items()}, str(output / FINAL_TRUNK))
+        return
     strategy = RecordingEDA(output, aggregation=run.aggregation, fraction_train=1.0, fraction_evaluate=0.0,
                             min_train_nodes=run.min_nodes, min_available_nodes=run.min_nodes)
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(policy.trunk.state_dict()),

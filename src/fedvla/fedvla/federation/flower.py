@@ -160,6 +160,17 @@ def pack_train_reply(trunk: Mapping[str, torch.Tensor], expert_counts: torch.Ten
     ``expert_counts`` is V (L, K), e.g. ``Trunk.expert_counts()``; ``metrics`` adds ordinary
     metrics (they must not use the reserved keys).
     """
+    metric_record = counts_metrics(expert_counts, num_samples, metrics=metrics)
+    # numpy (Flower's Array encoding) has no bfloat16: such a trunk travels as float32.
+    tensors = OrderedDict((name, t.detach().cpu().float() if t.dtype == torch.bfloat16 else t.detach().cpu())
+                          for name, t in trunk.items())
+    return RecordDict({TRUNK_RECORD_KEY: ArrayRecord(tensors), METRICS_RECORD_KEY: metric_record})
+
+
+def counts_metrics(expert_counts: torch.Tensor | np.ndarray, num_samples: int, *,
+                   metrics: Mapping[str, MetricRecordValues] | None = None) -> MetricRecord:
+    """The MetricRecord of a reply: sample count, V (L, K) flattened with its shape, other metrics.
+    A secure round's robots send it alone first (their trunks go through SecAgg+ after)."""
     counts = np.asarray(expert_counts.detach().cpu() if isinstance(expert_counts, torch.Tensor) else expert_counts)
     if counts.ndim != 2:
         raise ValueError(f"expert_counts must be (layers, experts), got shape {counts.shape}")
@@ -171,12 +182,17 @@ def pack_train_reply(trunk: Mapping[str, torch.Tensor], expert_counts: torch.Ten
     # the MoE layers keep) stay exact as ints.
     flat = counts.reshape(-1)
     flat_values = [int(v) for v in flat] if np.issubdtype(flat.dtype, np.integer) else [float(v) for v in flat]
-    metric_record = MetricRecord({**extra, NUM_SAMPLES_KEY: int(num_samples), COUNTS_KEY: flat_values,
-                                  COUNTS_SHAPE_KEY: [int(n) for n in counts.shape]})
-    # numpy (Flower's Array encoding) has no bfloat16: such a trunk travels as float32.
-    tensors = OrderedDict((name, t.detach().cpu().float() if t.dtype == torch.bfloat16 else t.detach().cpu())
-                          for name, t in trunk.items())
-    return RecordDict({TRUNK_RECORD_KEY: ArrayRecord(tensors), METRICS_RECORD_KEY: metric_record})
+    return MetricRecord({**extra, NUM_SAMPLES_KEY: int(num_samples), COUNTS_KEY: flat_values,
+                         COUNTS_SHAPE_KEY: [int(n) for n in counts.shape]})
+
+
+def read_counts_metrics(metrics: MetricRecord) -> tuple[np.ndarray, float]:
+    """(V (L, K), sample count) of :func:`counts_metrics`; raises :class:`MalformedReply`."""
+    num_samples = metrics.get(NUM_SAMPLES_KEY)
+    if not _is_number(num_samples) or not math.isfinite(num_samples) or num_samples <= 0:
+        raise MalformedReply(DropReason.BAD_NUM_SAMPLES, f"{NUM_SAMPLES_KEY} must be a positive finite number, "
+                             f"got {num_samples!r}")
+    return _read_counts(metrics), float(num_samples)
 
 
 def unpack_train_reply(content: RecordDict, *, require_counts: bool = True, trunk_key: str = TRUNK_RECORD_KEY,
