@@ -3,12 +3,15 @@ three virtual robots, each round's aggregate equals the in-process EDA of the up
 sent; on the Deployment Engine, a SuperLink with TLS and SuperNode authentication and two
 SuperNodes on loopback run two rounds end to end."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from support.flower import APP, BIN, Processes, flower_env, flwr, free_port, run_config, wait_healthy, write_connection
+from fedvla.app.flower_local import BIN, Processes, flower_env, flwr, free_port, run_config, wait_healthy, write_connection
+
+APP = Path(__file__).resolve().parents[3] / "flower_app"
 
 pytest.importorskip("flwr")
 pytestmark = pytest.mark.skipif(not (BIN / "flower-superlink").exists(), reason="flwr's executables are not installed")

@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", help="upload dtype (float32, bfloat16, float16, int8_delta)")
     parser.add_argument("--in-flight", type=int, default=4, help="upload chunks in flight per client")
     parser.add_argument("--chunk-mib", type=int, nargs="+", default=list(CHUNK_SIZES_MIB))
+    parser.add_argument("--no-flower", action="store_true", help="skip the Flower path (a TLS SuperLink and one "
+                        "SuperNode per client on loopback)")
     parser.add_argument("--uploader", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--client-id", help=argparse.SUPPRESS)
     parser.add_argument("--secret", help=argparse.SUPPRESS)
@@ -177,7 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         for mib in args.chunk_mib:
             console.print(f"round with {args.clients} uploader processes, chunks of {mib} MiB ...")
             rows.append(_run_round(args, mib << 20, Path(tmp)))
-    size = int(rows[0]["update_mb"] * 1e6)
+        size = int(rows[0]["update_mb"] * 1e6)
+        flower = None
+        if not args.no_flower:
+            from fedvla.bench.flower_transfer import flower_transfer
+
+            console.print(f"the same update through Flower: a TLS SuperLink and {args.clients} SuperNodes ...")
+            flower = flower_transfer(size, args.clients, Path(tmp) / "flower")
     tcp_s = min(tcp_loopback_seconds(size, args.clients) for _ in range(3))
     table = Table(title=f"federation transfer on localhost: {args.clients} clients × {rows[0]['update_mb']:.1f} MB "
                         f"updates ({args.model_config}, {args.dtype}), {args.in_flight} chunks in flight")
@@ -187,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         table.add_row("ROS 2 services", f"{r['chunk_mib']} MiB", f"{r['upload_mb_s']:.0f}", f"{r['fetch_mb_s']:.0f}",
                       f"{r['upload_s']:.2f}", f"{r['committed_s']:.2f}")
+    if flower is not None:
+        table.add_row("Flower 1.41 (TLS, SuperNode auth)", "-", f"{flower['upload_mb_s']:.0f}",
+                      f"{flower['fetch_mb_s']:.0f}", f"{flower['upload_s']:.2f}", "-")
     table.add_row("loopback TCP", "-", f"{args.clients * size / tcp_s / 1e6:.0f}", "-", f"{tcp_s:.2f}", "-")
     console.print(table)
     return 0

@@ -1,5 +1,6 @@
-"""Flower processes for tests: a SuperLink (simulation, or TLS with SuperNode authentication),
-SuperNodes, and ``flwr`` CLI calls, all on loopback, offline, and stopped when the test ends."""
+"""Flower on this machine: a SuperLink (simulation, or TLS with SuperNode authentication),
+SuperNodes and ``flwr`` CLI calls on loopback, offline, stopped when the ``with`` block ends.
+Used by ``fedvla bench transfer``'s Flower path and by the Flower app's tests."""
 from __future__ import annotations
 
 import os
@@ -12,7 +13,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-APP = Path(__file__).resolve().parents[2] / "flower_app"
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr (and what they start)
 
 
