@@ -17,7 +17,7 @@
                                              report and plot
     fedvla bench policy                      policy/trunk latency per MoE kind, experts per token
     fedvla bench federation                  EDA aggregation time, bytes uploaded per round
-    fedvla bench transfer                    federation throughput over ROS 2 services vs TCP
+    fedvla bench transfer                    federation throughput: ROS 2 services, Flower (TLS), TCP
     fedvla bench iosp                        scene-parsing latency per frame (offline defaults)
     fedvla bench secagg                      secure EDA (SecAgg) vs plaintext per round, 4 and 16 clients
     fedvla bench ik                          IK time per solve (tracking) and convergence from home
