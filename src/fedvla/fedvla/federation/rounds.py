@@ -42,6 +42,8 @@ class RoundRecord:
     attempts: int = 1  # secure rounds: attempts it took
     clipped: int = 0  # updates the DP clipping shortened (plain rounds; secure clients clip their own)
     dp_epsilon: float = 0.0  # ε of all rounds so far, at dp_delta (0 without DP noise)
+    dp_noise_std: float = 0.0  # the std of the Gaussian noise added to every coordinate (z · sensitivity)
+    dp_sensitivity: float = 0.0  # the round's replace-one L2 sensitivity (privacy.replace_one_sensitivity)
 
 
 class RoundEventKind(str, enum.Enum):

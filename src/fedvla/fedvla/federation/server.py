@@ -51,7 +51,8 @@ import torch
 from fedvla.config import ConfigError, parse_enum, require, require_positive
 from fedvla.federation.aggregator import Aggregation, Aggregator, RoundAggregate
 from fedvla.federation.eda import NonLayerRule
-from fedvla.federation.privacy import PrivacyAccountant, add_gaussian_noise, clip_update
+from fedvla.federation.privacy import (DpWeights, PrivacyAccountant, add_gaussian_noise, clip_update,
+                                      replace_one_sensitivity, round_noise_generator, uniform_weights)
 from fedvla.federation.protocol import RejectReason, Reply, ServerStatus, validate_credentials
 from fedvla.federation.rounds import RoundLimits, RoundRecord, RoundTimer, Step, plain_decision, secure_decision
 from fedvla.federation.secagg import DEFAULT_FRAC_BITS
@@ -89,11 +90,14 @@ class FederationServerConfig:
     dp_clip_norm: float = 0.0  # > 0: clip each client's round update to this L2 norm (privacy.py)
     dp_noise_multiplier: float = 0.0  # > 0: client-level DP, Gaussian noise z·C·w_max on the aggregate
     dp_delta: float = 1e-5  # the δ of the reported (ε, δ)
+    dp_weights: DpWeights = DpWeights.UNIFORM  # DP rounds: 1/n weights (S = 2C/n) or EDA's (S = 2C·√min(n, L+1))
+    dp_noise_seed: int = -1  # >= 0: the DP noise is reproducible from it (studies); -1: from the OS
 
     def __post_init__(self) -> None:
         self.aggregation = parse_enum(Aggregation, self.aggregation, "aggregation")
         self.non_layer_rule = parse_enum(NonLayerRule, self.non_layer_rule, "non_layer_rule")
         self.broadcast_dtype = parse_enum(WireDtype, self.broadcast_dtype, "broadcast_dtype")
+        self.dp_weights = parse_enum(DpWeights, self.dp_weights, "dp_weights")
         require(not self.broadcast_dtype.is_delta, "broadcast_dtype", "the global trunk is sent as weights",
                 "float32, bfloat16, float16")
         require(self.rounds >= 1, "rounds", f"must be at least 1, got {self.rounds}", "an integer >= 1")
@@ -158,7 +162,7 @@ class FederationServer:
         self.secure: SecureRound | None = None
         self.aborted_attempts: list[dict] = []
         self.accountant: PrivacyAccountant | None = None
-        self.noise_generator: torch.Generator | None = None  # None: seeded from the OS (tests seed one)
+        self.noise_generator: torch.Generator | None = None  # None: per round from dp_noise_seed (tests set one)
         if config.dp_noise_multiplier > 0:
             self.accountant = PrivacyAccountant()
         if not self._resume():
@@ -492,8 +496,8 @@ class FederationServer:
         reporters = sorted(secure.reports)
         counts = np.asarray([secure.reports[c]["counts"] for c in reporters])
         num_samples = [secure.reports[c]["num_samples"] for c in reporters]
-        weights = self.aggregator.layer_weights(counts, num_samples, self.spec.num_layers)
-        secure.fix_participants(weights, self.aggregator.non_layer_weights(weights, num_samples))
+        weights = self._round_weights(counts, num_samples)
+        secure.fix_participants(weights, self._round_aggregator.non_layer_weights(weights, num_samples))
         self.timer.phase_started = now
         self._save_state()
         log.info("round %d attempt %d: %d participant(s) (%s), threshold %d", self.round, secure.attempt,
@@ -522,18 +526,41 @@ class FederationServer:
             clipped = sum(norm > self.config.dp_clip_norm for _, norm in clipped_trunks)
             trunks = [t for t, _ in clipped_trunks]
         counts = torch.stack([u.expert_counts for u in updates]).numpy()
-        trunk, weights = self.aggregator.aggregate(trunks, counts, num_samples, self.spec.num_layers, self.layer_of)
+        weights = self._round_weights(counts, num_samples)
+        trunk = self._round_aggregator.combine(trunks, weights, self.layer_of, num_samples)
         return RoundAggregate(trunk, clients, num_samples, weights,
                                self.aggregator.largest_weight(weights, num_samples)), int(clipped)
 
-    def _with_dp_noise(self, trunk: dict[str, torch.Tensor], max_weight: float) -> tuple[dict[str, torch.Tensor], float]:
-        """The aggregate plus the DP noise of this round, and ε so far (privacy.py)."""
+    @property
+    def _dp_uniform(self) -> bool:
+        return self.accountant is not None and self.config.dp_weights is DpWeights.UNIFORM
+
+    @property
+    def _round_aggregator(self) -> Aggregator:
+        """The aggregator of this round's weights: DP rounds with uniform weights keep the
+        parameters outside the MoE layers uniform too (a sample-count rule would depend on the data)."""
+        return Aggregator(self.config.aggregation, NonLayerRule.MEAN_OF_LAYERS) if self._dp_uniform else self.aggregator
+
+    def _round_weights(self, counts: np.ndarray, num_samples: list[int]) -> np.ndarray:
+        """(L, n) weights: EDA's (or FedAvg's), or 1/n in DP rounds whose weights must not depend
+        on the data (privacy.py)."""
+        if self._dp_uniform:
+            return uniform_weights(len(num_samples), self.spec.num_layers)
+        return self.aggregator.layer_weights(counts, num_samples, self.spec.num_layers)
+
+    def _with_dp_noise(self, trunk: dict[str, torch.Tensor], participants: int) -> tuple[dict[str, torch.Tensor], dict]:
+        """The aggregate plus the DP noise of this round (std z·S, S the replace-one sensitivity),
+        and the round record's DP fields: ε so far, the noise std and S (privacy.py)."""
         if self.accountant is None:
-            return trunk, 0.0
-        z, clip = self.config.dp_noise_multiplier, self.config.dp_clip_norm
-        noisy = add_gaussian_noise(trunk, z * clip * max_weight, self.noise_generator)
+            return trunk, {}
+        z = self.config.dp_noise_multiplier
+        sensitivity = replace_one_sensitivity(self.config.dp_clip_norm, participants, self.spec.num_layers,
+                                              self.config.dp_weights)
+        generator = self.noise_generator or round_noise_generator(self.config.dp_noise_seed, self.round)
+        noisy = add_gaussian_noise(trunk, z * sensitivity, generator)
         self.accountant.step(z)
-        return noisy, self.accountant.epsilon(self.config.dp_delta)
+        return noisy, {"dp_epsilon": round(self.accountant.epsilon(self.config.dp_delta), 4),
+                       "dp_noise_std": z * sensitivity, "dp_sensitivity": sensitivity}
 
     def _close_round(self, closed_by: str, elapsed: float) -> RoundRecord | None:
         if self.secure is not None:
@@ -542,7 +569,7 @@ class FederationServer:
         else:
             (result, clipped), attempts = self._plain_aggregate(), 1
         clients, weights = result.clients, result.weights
-        trunk, epsilon = self._with_dp_noise(result.trunk, result.largest_weight)
+        trunk, dp = self._with_dp_noise(result.trunk, len(clients))
         closed = self.round
         try:
             self._install_global(closed + 1, trunk)
@@ -552,7 +579,7 @@ class FederationServer:
                              dropped=sorted(c for c in self.joined if c not in clients), num_samples=result.num_samples,
                              layer_weights=np.round(weights, 6).tolist(), aggregation=self.config.aggregation.value,
                              closed_by=closed_by, duration_s=round(elapsed, 3), secure=self.secure is not None,
-                             attempts=attempts, clipped=clipped, dp_epsilon=round(epsilon, 4))
+                             attempts=attempts, clipped=clipped, **dp)
         self.history.append(record)
         self.accepted, self._updates = {}, {}
         self.uploads.discard(lambda upload: upload.round <= closed)

@@ -213,7 +213,27 @@ def _average_success(runs: list[dict], tasks: list[str]) -> float:
     return float(np.mean([_rate(runs, t) for t in tasks]))
 
 
-def privacy_rows(results: dict[str, dict], methods, tasks: list[str]) -> list[tuple]:
+def replace_one_epsilon(rounds: list[dict], method, delta: float) -> float:
+    """ε under the replace-one-robot relation (:mod:`fedvla.federation.privacy`) of the noise a run
+    actually added: each round's noise std over its sensitivity is its effective multiplier.
+    Rounds of the first DP version carry no noise std: it added z·C·w_max with EDA's weights,
+    whose sensitivity is 2C·sqrt(min(n, L + 1))."""
+    from fedvla.federation.privacy import DpWeights, PrivacyAccountant, replace_one_sensitivity
+
+    z, clip = method.federation["dp_noise_multiplier"], method.federation["dp_clip_norm"]
+    accountant = PrivacyAccountant()
+    for record in rounds:
+        if record.get("dp_noise_std"):
+            accountant.step(record["dp_noise_std"] / record["dp_sensitivity"])
+            continue
+        weights = np.asarray(record["layer_weights"])
+        largest = max(weights.max(), weights.mean(axis=0).max())
+        sensitivity = replace_one_sensitivity(clip, weights.shape[1], weights.shape[0], DpWeights.EDA)
+        accountant.step(z * clip * largest / sensitivity)
+    return accountant.epsilon(delta)
+
+
+def privacy_rows(results: dict[str, dict], methods, tasks: list[str], delta: float = 1e-5) -> list[tuple]:
     """(method, z, C, ε, average success %, mean final validation loss) for the methods with DP
     noise and the non-private methods of the same aggregation (their reference, ε = ∞)."""
     private = [m for m in methods if m.federation.get("dp_noise_multiplier", 0) > 0]
@@ -222,7 +242,7 @@ def privacy_rows(results: dict[str, dict], methods, tasks: list[str]) -> list[tu
     for method in methods:
         if method in private or (method.mode in modes and not method.federation.get("dp_noise_multiplier")):
             runs = results[method.name]
-            epsilon = runs[0]["rounds"][-1].get("dp_epsilon", 0.0) if method in private else float("inf")
+            epsilon = replace_one_epsilon(runs[0]["rounds"], method, delta) if method in private else float("inf")
             loss = float(np.mean([curve[-1] for curve in _mean_curves(runs, tasks).values()]))
             rows.append((method, method.federation.get("dp_noise_multiplier", 0.0),
                          method.federation.get("dp_clip_norm", 0.0), epsilon, _average_success(runs, tasks), loss))
@@ -409,11 +429,15 @@ def write_report(output: Path, scale, methods, results: dict[str, list[dict]], *
     for method in eda:
         lines += [f"## EDA weights per round: {method.label} (training seed {results[method.name][0]['seed']})", "",
                   *eda_weight_table(results[method.name][0]), ""]
-    privacy = privacy_rows(results, methods, tasks)
+    delta = next((m.federation.get("dp_delta", 1e-5) for m in methods if m.federation.get("dp_noise_multiplier")), 1e-5)
+    privacy = privacy_rows(results, methods, tasks, delta)
     if privacy:
-        delta = next(m.federation.get("dp_delta", 1e-5) for m, z, *_ in privacy if z > 0)
         plot_privacy(output / "privacy.png", privacy)
-        lines += ["## Client-level differential privacy: success vs ε", ""] + privacy_table(privacy, delta)
+        lines += ["## Client-level differential privacy: success vs ε", "",
+                  "ε is for the replace-one-robot relation (fedvla.federation.privacy), from the noise each run "
+                  "added; runs of the first DP version added z·C·w_max with EDA's data-dependent weights, whose "
+                  "sensitivity is 2C·sqrt(min(n, L + 1)), so their ε is far above what they reported.", ""]
+        lines += privacy_table(privacy, delta)
         lines += ["", "![privacy](privacy.png)", ""]
     lines += ["## Validation loss (initial model → last round, mean over training seeds)", ""]
     lines += validation_table(results, methods, tasks) + [""]

@@ -113,9 +113,13 @@ class StudyScale:
         return [self.seed + k for k in range(count)]
 
     def simulation_config(self, method: MethodConfig, seed: int | None = None) -> SimulationConfig:
+        seed = self.seed if seed is None else seed
+        options = dict(method.federation)
+        if options.get("dp_noise_multiplier"):
+            options.setdefault("dp_noise_seed", seed)  # a study's DP noise is reproducible from its seed
         return SimulationConfig(mode=method.mode, rounds=self.rounds, local_epochs=self.local_epochs,
-                                batch_size=self.batch_size, lr=self.lr, seed=self.seed if seed is None else seed,
-                                device=self.device, server_options=dict(method.federation))
+                                batch_size=self.batch_size, lr=self.lr, seed=seed, device=self.device,
+                                server_options=options)
 
 
 def _closed_rounds(training_dir: Path) -> int:
