@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("fedvla.model",),
     ("fedvla.data",),
     ("fedvla.federation",),
+    ("fedvla.skills",),
     ("fedvla.app",),
     ("fedvla.sim",),
     ("fedvla.twin",),

@@ -1,0 +1,70 @@
+"""Federated skill rounds on the server's side: each client uploads, per skill it was routed to,
+the change of that skill's weights (its delta) and its sample count; the server checks every
+upload (:func:`check_skill_delta`) and aggregates each skill over the clients that trained it,
+weighted by their samples (:func:`aggregate_skill_deltas`): ``Δ_s = Σ_c n_c Δ_{s,c} / Σ_c n_c``.
+A skill nobody trained this round keeps its weights."""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterable, Mapping
+
+import torch
+
+
+class SkillRejectReason(str, enum.Enum):
+    NOT_ROUTED = "not_routed"  # a skill the client's tasks do not route to
+    SIGNATURE = "signature"  # trained against another base policy
+    SHAPE = "shape"  # other tensors than the skill's
+    NON_FINITE = "non_finite"
+    OVERSIZE = "oversize"
+    BAD_NUM_SAMPLES = "bad_num_samples"
+
+
+class SkillUploadError(ValueError):
+    def __init__(self, reason: SkillRejectReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclasses.dataclass(frozen=True)
+class SkillDelta:
+    client_id: str
+    skill_id: str
+    delta: Mapping[str, torch.Tensor]
+    num_samples: int
+
+
+def check_skill_delta(upload: SkillDelta, routed: Iterable[str], template: Mapping[str, torch.Tensor],
+                      signature_ok: bool, max_bytes: int) -> None:
+    """Refuse an upload the way trunk uploads are refused: with the reason, before it is kept."""
+    if not signature_ok:
+        raise SkillUploadError(SkillRejectReason.SIGNATURE, f"{upload.client_id}'s base policy is not the library's")
+    if upload.skill_id not in set(routed):
+        raise SkillUploadError(SkillRejectReason.NOT_ROUTED, f"{upload.client_id} was not routed to {upload.skill_id!r}")
+    if not isinstance(upload.num_samples, int) or upload.num_samples <= 0:
+        raise SkillUploadError(SkillRejectReason.BAD_NUM_SAMPLES, f"{upload.num_samples!r} is not a positive count")
+    size = sum(t.numel() * t.element_size() for t in upload.delta.values())
+    if size > max_bytes:
+        raise SkillUploadError(SkillRejectReason.OVERSIZE, f"{size} bytes, at most {max_bytes}")
+    shapes = {k: tuple(v.shape) for k, v in upload.delta.items()}
+    expected = {k: tuple(v.shape) for k, v in template.items()}
+    if shapes != expected:
+        raise SkillUploadError(SkillRejectReason.SHAPE, f"tensors {shapes} are not the skill's {expected}")
+    for name, tensor in upload.delta.items():
+        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+            raise SkillUploadError(SkillRejectReason.NON_FINITE, f"{name} is not finite floating point")
+
+
+def aggregate_skill_deltas(uploads: Iterable[SkillDelta]) -> dict[str, dict[str, torch.Tensor]]:
+    """Per skill, the sample-weighted mean of its clients' deltas (float64 sums, the skill's dtype)."""
+    by_skill: dict[str, list[SkillDelta]] = {}
+    for upload in uploads:
+        by_skill.setdefault(upload.skill_id, []).append(upload)
+    result = {}
+    for skill_id, group in by_skill.items():
+        total = float(sum(u.num_samples for u in group))
+        names = list(group[0].delta)
+        result[skill_id] = {name: (sum(u.delta[name].double() * (u.num_samples / total) for u in group))
+                            .to(group[0].delta[name].dtype) for name in names}
+    return result

@@ -1,0 +1,149 @@
+"""Skills core: the residual formula against an independent computation, the router's top-K and
+balance loss, library versions and signature refusal, per-skill aggregation and upload checks."""
+import numpy as np
+import pytest
+import torch
+
+from fedvla.skills.aggregation import (SkillDelta, SkillRejectReason, SkillUploadError, aggregate_skill_deltas,
+                                       check_skill_delta)
+from fedvla.skills.library import SkillLibrary, SkillLibraryError, SkillSignature, SkillSignatureError
+from fedvla.skills.modules import (ResidualSkill, Routing, SkillConfig, SkillRouter, apply_skills, balance_loss,
+                                   parameter_count)
+
+CONFIG = SkillConfig(observation_dim=16, action_dim=4, hidden_dim=32, num_skills=5, top_k=2, instruction_dim=12,
+                     router_hidden_dim=8)
+
+
+def _trained_skills(seed: int = 0) -> torch.nn.ModuleList:
+    torch.manual_seed(seed)
+    skills = torch.nn.ModuleList(ResidualSkill(CONFIG) for _ in range(CONFIG.num_skills))
+    for skill in skills:  # non-zero decoders (a fresh skill adds nothing)
+        torch.nn.init.normal_(skill.decoder.weight, std=0.1)
+        torch.nn.init.normal_(skill.decoder.bias, std=0.1)
+    return skills
+
+
+def _by_hand(skill: ResidualSkill, observation: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """One skill as plain numpy: relu(relu([o, a] W1ᵀ + b1) W2ᵀ + b2) W3ᵀ + b3, per chunk step."""
+    w = {k: v.detach().double().numpy() for k, v in skill.state_dict().items()}
+    out = np.zeros_like(actions)
+    for h in range(actions.shape[0]):
+        x = np.concatenate([observation, actions[h]])
+        x = np.maximum(w["encoder.weight"] @ x + w["encoder.bias"], 0)
+        x = np.maximum(w["hidden.weight"] @ x + w["hidden.bias"], 0)
+        out[h] = w["decoder.weight"] @ x + w["decoder.bias"]
+    return out
+
+
+def test_the_residual_formula_matches_an_independent_computation() -> None:
+    skills = _trained_skills()
+    g = torch.Generator().manual_seed(1)
+    observation, base = torch.randn(3, 16, generator=g), torch.randn(3, 6, 4, generator=g)
+    routing = Routing(indices=torch.tensor([[0, 3], [3, 1], [4, 0]]),
+                      weights=torch.tensor([[0.7, 0.3], [0.5, 0.5], [0.9, 0.1]]), probabilities=torch.full((3, 5), 0.2))
+    with torch.no_grad():
+        final = apply_skills(base, observation, skills, routing).double().numpy()
+    for b in range(3):
+        expected = base[b].double().numpy().copy()
+        for k in range(2):
+            skill = skills[int(routing.indices[b, k])]
+            expected += float(routing.weights[b, k]) * _by_hand(skill, observation[b].double().numpy(),
+                                                                base[b].double().numpy())
+        np.testing.assert_allclose(final[b], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_new_skill_leaves_the_base_unchanged_and_is_small() -> None:
+    skill = ResidualSkill(SkillConfig(observation_dim=256, action_dim=7))
+    assert parameter_count(skill) < 1_000_000
+    base = torch.randn(2, 5, 7)
+    assert torch.equal(skill(torch.randn(2, 256), base), torch.zeros_like(base))
+
+
+def test_the_router_takes_the_top_k_logits_and_softmaxes_them() -> None:
+    torch.manual_seed(0)
+    router = SkillRouter(CONFIG)
+    instruction = torch.randn(4, 12)
+    routing = router(instruction)
+    logits = router.gate(instruction).detach()
+    for b in range(4):
+        order = torch.argsort(logits[b], descending=True)[:2]
+        assert routing.indices[b].tolist() == order.tolist()
+        top = logits[b, order]
+        torch.testing.assert_close(routing.weights[b].detach(), torch.exp(top) / torch.exp(top).sum())
+    # equal to the paper's form: top-K of the full softmax, renormalised
+    full = torch.softmax(logits, -1)
+    picked = torch.gather(full, 1, routing.indices)
+    torch.testing.assert_close(routing.weights.detach(), picked / picked.sum(1, keepdim=True))
+
+
+def test_the_balance_loss_is_one_when_balanced_and_grows_with_collapse() -> None:
+    uniform = Routing(indices=torch.tensor([[0, 1], [2, 3], [4, 0], [1, 2], [3, 4]]), weights=torch.full((5, 2), 0.5),
+                      probabilities=torch.full((5, 5), 0.2))
+    assert float(balance_loss(uniform)) == pytest.approx(1.0)
+    collapsed = Routing(indices=torch.tensor([[0, 1]] * 5), weights=torch.full((5, 2), 0.5),
+                        probabilities=torch.tensor([[0.5, 0.5, 0.0, 0.0, 0.0]] * 5))
+    # f = (0.5, 0.5, 0, 0, 0), P = (0.5, 0.5, 0, 0, 0): N·Σ f·P = 5 · 0.5
+    assert float(balance_loss(collapsed)) == pytest.approx(2.5)
+
+
+def _signature(base_hash: str = "a" * 64) -> SkillSignature:
+    return SkillSignature(base_hash=base_hash, action_space={"kind": "ee_delta"}, observation_dim=16, action_dim=4,
+                          horizon=6)
+
+
+def test_the_library_versions_skills_and_refuses_another_base(tmp_path) -> None:
+    library = SkillLibrary(tmp_path / "lib", _signature())
+    skills = _trained_skills()
+    first = {k: v.clone() for k, v in skills[0].state_dict().items()}
+    assert library.publish({"wipe": first}, {"wipe": ["clean_up"]}, {"wipe": {"success": 0.4}}) == {"wipe": 1}
+    second = {k: v + 1 for k, v in first.items()}
+    assert library.publish({"wipe": second}, {"wipe": ["trash_collection"]}) == {"wipe": 2}
+    reopened = SkillLibrary(tmp_path / "lib")
+    assert [v.version for v in reopened.skills["wipe"]] == [1, 2]
+    assert reopened.latest("wipe").tasks == ["clean_up", "trash_collection"]
+    loaded = reopened.load_skill("wipe", _signature())
+    assert all(torch.equal(loaded[k], second[k]) for k in second)
+    assert torch.equal(reopened.load_skill("wipe", _signature(), version=1)["decoder.bias"], first["decoder.bias"])
+    with pytest.raises(SkillSignatureError, match="base_hash: 'bbbb.*' here, 'aaaa.*' in the library"):
+        reopened.load_skill("wipe", _signature("b" * 64))
+    with pytest.raises(SkillLibraryError, match="no skill 'grasp'"):
+        reopened.latest("grasp")
+    with pytest.raises(SkillLibraryError, match="holds no skill library"):
+        SkillLibrary(tmp_path / "empty")
+
+
+def _delta(client: str, skill: str, value: float, samples: int) -> SkillDelta:
+    template = ResidualSkill(CONFIG).state_dict()
+    return SkillDelta(client, skill, {k: torch.full_like(v, value) for k, v in template.items()}, samples)
+
+
+def test_each_skill_is_the_sample_weighted_mean_over_the_clients_that_trained_it() -> None:
+    uploads = [_delta("a", "wipe", 1.0, 10), _delta("b", "wipe", 4.0, 30), _delta("b", "grasp", 2.0, 30)]
+    merged = aggregate_skill_deltas(uploads)
+    assert set(merged) == {"wipe", "grasp"}
+    for tensor in merged["wipe"].values():
+        torch.testing.assert_close(tensor, torch.full_like(tensor, (10 * 1.0 + 30 * 4.0) / 40))
+    for tensor in merged["grasp"].values():
+        torch.testing.assert_close(tensor, torch.full_like(tensor, 2.0))
+
+
+@pytest.mark.parametrize("upload,routed,signature_ok,reason", [
+    (_delta("a", "grasp", 1.0, 10), ["wipe"], True, SkillRejectReason.NOT_ROUTED),
+    (_delta("a", "wipe", 1.0, 10), ["wipe"], False, SkillRejectReason.SIGNATURE),
+    (_delta("a", "wipe", float("nan"), 10), ["wipe"], True, SkillRejectReason.NON_FINITE),
+    (_delta("a", "wipe", 1.0, 0), ["wipe"], True, SkillRejectReason.BAD_NUM_SAMPLES),
+])
+def test_bad_skill_uploads_are_refused_with_their_reason(upload, routed, signature_ok, reason) -> None:
+    template = ResidualSkill(CONFIG).state_dict()
+    with pytest.raises(SkillUploadError) as refused:
+        check_skill_delta(upload, routed, template, signature_ok, max_bytes=10**7)
+    assert refused.value.reason is reason
+
+
+def test_oversize_and_misshapen_skill_uploads_are_refused() -> None:
+    template = ResidualSkill(CONFIG).state_dict()
+    with pytest.raises(SkillUploadError, match="oversize"):
+        check_skill_delta(_delta("a", "wipe", 1.0, 5), ["wipe"], template, True, max_bytes=100)
+    wrong = SkillDelta("a", "wipe", {"encoder.weight": torch.zeros(2, 2)}, 5)
+    with pytest.raises(SkillUploadError, match="shape"):
+        check_skill_delta(wrong, ["wipe"], template, True, max_bytes=10**7)
