@@ -147,3 +147,24 @@ def test_oversize_and_misshapen_skill_uploads_are_refused() -> None:
     wrong = SkillDelta("a", "wipe", {"encoder.weight": torch.zeros(2, 2)}, 5)
     with pytest.raises(SkillUploadError, match="shape"):
         check_skill_delta(wrong, ["wipe"], template, True, max_bytes=10**7)
+
+
+def test_encrypted_aggregation_matches_the_plaintext_one_within_ckks_precision() -> None:
+    pytest.importorskip("tenseal")
+    from fedvla.skills.encryption import decrypt_mean, encrypt_delta, make_client_context, public_context, sum_encrypted
+
+    g = torch.Generator().manual_seed(5)
+    template = ResidualSkill(CONFIG).state_dict()
+    uploads = [SkillDelta(c, "wipe", {k: 0.01 * torch.randn(v.shape, generator=g) for k, v in template.items()}, n)
+               for c, n in (("a", 12), ("b", 30), ("c", 7))]
+    expected = aggregate_skill_deltas(uploads)["wipe"]
+    client_context = make_client_context()
+    server_context = public_context(client_context)
+    encrypted = [encrypt_delta(client_context, u.client_id, u.skill_id, u.delta, u.num_samples) for u in uploads]
+    summed, samples = sum_encrypted(server_context, encrypted)
+    assert samples == 49
+    result = decrypt_mean(client_context, summed, samples, template)
+    for name, value in expected.items():
+        torch.testing.assert_close(result[name], value, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="holds the secret key"):
+        sum_encrypted(client_context, encrypted)
