@@ -168,3 +168,33 @@ def test_encrypted_aggregation_matches_the_plaintext_one_within_ckks_precision()
         torch.testing.assert_close(result[name], value, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="holds the secret key"):
         sum_encrypted(client_context, encrypted)
+
+
+def test_training_skills_lowers_the_loss_and_never_touches_the_frozen_base() -> None:
+    from fedvla.data.episodes import fit_normalizer
+    from fedvla.data.synthetic import SquareReachDataset
+    from fedvla.model.checkpoint import seeded_policy
+    from fedvla.model.train import TrainConfig
+    from fedvla.skills.training import freeze, predict_with_skills, train_skills
+    from support.federation import tiny_config
+
+    config = tiny_config()
+    base = seeded_policy(config, 0)
+    data = SquareReachDataset(config, 32, seed=3)
+    fit_normalizer(base, data)
+    freeze(base)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    skill_config = SkillConfig(observation_dim=config.embed_dim, action_dim=config.action_dim, hidden_dim=32,
+                               num_skills=3, top_k=2, instruction_dim=config.language_dim, router_hidden_dim=16)
+    torch.manual_seed(0)
+    skills = torch.nn.ModuleList(ResidualSkill(skill_config) for _ in range(3))
+    router = SkillRouter(skill_config)
+    result = train_skills(base, skills, router, data, TrainConfig(epochs=4, batch_size=8, lr=3e-3, seed=0), skill_config)
+    assert result.epoch_losses[-1] < result.epoch_losses[0] and result.num_samples == 32
+    assert sum(result.routed.values()) > 0
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # the base is unchanged
+    batch = torch.utils.data.default_collate([data[i] for i in range(4)])
+    assert predict_with_skills(base, skills, router, batch).shape == (4, config.horizon, config.action_dim)
+    unfrozen = seeded_policy(config, 0)
+    with pytest.raises(ValueError, match="must be frozen"):
+        train_skills(unfrozen, skills, router, data, TrainConfig(epochs=1), skill_config)
