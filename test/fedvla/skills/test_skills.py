@@ -198,3 +198,43 @@ def test_training_skills_lowers_the_loss_and_never_touches_the_frozen_base() -> 
     unfrozen = seeded_policy(config, 0)
     with pytest.raises(ValueError, match="must be frozen"):
         train_skills(unfrozen, skills, router, data, TrainConfig(epochs=1), skill_config)
+
+
+def test_federated_skill_rounds_publish_new_versions_of_the_routed_skills(tmp_path) -> None:
+    from fedvla.data.episodes import fit_normalizer
+    from fedvla.data.synthetic import SquareReachDataset
+    from fedvla.model.checkpoint import seeded_policy
+    from fedvla.model.train import TrainConfig
+    from fedvla.skills.federation import ROUTER_ID, SkillClient, SkillServer, run_skill_rounds
+    from fedvla.skills.library import state_dict_hash
+    from fedvla.skills.training import freeze
+    from support.federation import tiny_config
+
+    config = tiny_config()
+    base = freeze(seeded_policy(config, 0))
+    fit_normalizer(base, SquareReachDataset(config, 16, seed=1))
+    signature = SkillSignature(base_hash=state_dict_hash(base.state_dict()), action_space={}, observation_dim=config.embed_dim,
+                               action_dim=config.action_dim, horizon=config.horizon)
+    skill_config = SkillConfig(observation_dim=config.embed_dim, action_dim=config.action_dim, hidden_dim=16, num_skills=4,
+                               top_k=1, instruction_dim=config.language_dim, router_hidden_dim=8)
+    server = SkillServer(SkillLibrary(tmp_path / "lib", signature), skill_config)
+    clients = []
+    for i, task in enumerate(("wipe", "grasp")):
+        data = SquareReachDataset(config, 16, seed=10 + i)
+        clients.append(SkillClient(f"robot_{i}", base, signature, data, data.language[:1], skill_config,
+                                   TrainConfig(epochs=1, batch_size=8, lr=1e-3, seed=i), tasks=[task]))
+    history = run_skill_rounds(server, clients, rounds=2)
+    routed = set().union(*[set(r) for h in history for r in h["routed"].values()])
+    library = SkillLibrary(tmp_path / "lib")
+    for name in routed:
+        assert library.latest(name).version >= 2  # trained, aggregated and published
+    untouched = {f"skill_{i}" for i in range(4)} - routed
+    assert all(library.latest(name).version == 1 for name in untouched)  # nobody trained them
+    assert library.router_version == 3 and not server.rejections
+    assert all(b > 0 for h in history for b in h["upload_bytes"].values())
+    assert ROUTER_ID not in library.skills
+    # a client whose base is another policy is refused when it fetches
+    other = SkillSignature(base_hash="0" * 64, action_space={}, observation_dim=config.embed_dim,
+                           action_dim=config.action_dim, horizon=config.horizon)
+    with pytest.raises(SkillSignatureError):
+        server.fetch("robot_9", other, sorted(routed))
