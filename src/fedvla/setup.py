@@ -21,7 +21,7 @@ EXTRAS_REQUIRE = {
     "bags": ["rosbags", "mcap"],
     "lerobot": ["pyarrow", "av", "pandas"],  # LeRobotDataset v3.0 export/import
     "viewer": ["rerun-sdk"],
-    "skills": ["tenseal"],  # CKKS aggregation of skill deltas  # the robot in rerun (viewer:=rerun, fedvla bag view)
+    "skills": ["tenseal", "scikit-learn"],  # CKKS aggregation of skill deltas; the GMR posture prior  # the robot in rerun (viewer:=rerun, fedvla bag view)
     "flower": ["flwr[simulation]"],
     "iosp": ["ultralytics", "open-clip-torch", "opencv-python", "transformers"],  # YOLOv8, CLIP, NER
     # policy step backends (fedvla.model.acceleration): the encoder in ONNX Runtime or OpenVINO
