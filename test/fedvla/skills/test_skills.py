@@ -238,3 +238,13 @@ def test_federated_skill_rounds_publish_new_versions_of_the_routed_skills(tmp_pa
                            action_dim=config.action_dim, horizon=config.horizon)
     with pytest.raises(SkillSignatureError):
         server.fetch("robot_9", other, sorted(routed))
+
+
+def test_the_skill_aggregation_bench_compares_ckks_and_secagg_on_the_same_deltas() -> None:
+    pytest.importorskip("tenseal")
+    from fedvla.bench.skill_aggregation import skill_round_figures
+
+    ckks, secagg = skill_round_figures(clients=3, parameters=5000)
+    assert (ckks.method, secagg.method) == ("CKKS (TenSEAL)", "SecAgg masks")
+    assert ckks.max_error < 1e-6 and secagg.max_error < 1e-6
+    assert ckks.upload_bytes > secagg.upload_bytes > 0 and ckks.client_s > 0 and secagg.server_s > 0

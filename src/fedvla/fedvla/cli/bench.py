@@ -403,6 +403,19 @@ def cmd_bench_bag(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_skills(args: argparse.Namespace) -> int:
+    from fedvla.bench.skill_aggregation import skill_round_figures
+
+    rows = skill_round_figures(args.clients, args.parameters)
+    table = Table(title=f"one skill's aggregation: {args.clients} clients, {args.parameters:,} parameters")
+    for column in ("method", "client s (mean)", "server s", "upload MB per client", "max error vs plaintext"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(r.method, f"{r.client_s:.3f}", f"{r.server_s:.3f}", f"{r.upload_bytes / 1e6:.2f}", f"{r.max_error:.2e}")
+    console.print(table)
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="benchmarks that print figures").add_subparsers(
         dest="bench_command", required=True)
@@ -462,6 +475,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     bag_bench.add_argument("--output", default="", help="where the bags and bench.json go "
                            "(default runs/bag_bench_<date>_<time>)")
     bag_bench.set_defaults(func=cmd_bench_bag)
+    skills_bench = bench.add_parser("skills", help="one skill's aggregation under CKKS and under SecAgg masks")
+    skills_bench.add_argument("--clients", type=int, default=4)
+    skills_bench.add_argument("--parameters", type=int, default=500_000, help="skill size (the paper's ~0.5 M)")
+    skills_bench.set_defaults(func=cmd_bench_skills)
     fed_bench = bench.add_parser("federation", help="EDA aggregation time and upload size")
     fed_bench.add_argument("--parameters", type=float, default=50e6, help="trunk parameters (default 50e6)")
     fed_bench.add_argument("--clients", type=int, nargs="+", default=[2, 4, 8, 16])
