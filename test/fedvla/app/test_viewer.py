@@ -1,5 +1,7 @@
 """The rerun viewer (fedvla.app.viewer): a bag with every kind of message the stack shows is logged
 to a .rrd whose entities and timeline are checked (the same logger serves the live node)."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from fedvla.bag import BagError, BagWriter, TypeRegistry
 rr = pytest.importorskip("rerun")
 
 CAMERA = "camera"
+URDF = Path(__file__).resolve().parents[3] / "urdf" / "ur3_gripper.urdf"
 
 
 def _stack_bag(path) -> None:
@@ -40,14 +43,16 @@ def _stack_bag(path) -> None:
                                (chunk_topic, "fedvla_interfaces/msg/ActionChunk"),
                                (experts_topic, "fedvla_interfaces/msg/ExpertActivation"),
                                (path_topic, "visualization_msgs/msg/Marker"), (tool_topic, "geometry_msgs/msg/PoseStamped"),
-                               (topics.INSTRUCTION, "std_msgs/msg/String"), ("/not_shown", "std_msgs/msg/String")):
+                               (topics.INSTRUCTION, "std_msgs/msg/String"), ("/not_shown", "std_msgs/msg/String"),
+                               (topics.ROBOT_DESCRIPTION, "std_msgs/msg/String")):
             writer.add_topic(topic, msgtype)
         writer.write(topics.INSTRUCTION, 1, cdr(types["std_msgs/msg/String"](data="open the drawer")))
         writer.write("/not_shown", 1, cdr(types["std_msgs/msg/String"](data="x")))
+        writer.write(topics.ROBOT_DESCRIPTION, 1, cdr(types["std_msgs/msg/String"](data=URDF.read_text())))
         for step in range(2):
             stamp = 1_000_000_000 * (step + 1)
             writer.write(image_topic, stamp, make.image(np.full((64, 96, 3), 40 * step, np.uint8), stamp, "camera"))
-            writer.write(topics.JOINT_STATES, stamp, make.joint_state(["shoulder_pan_joint", "elbow_joint"],
+            writer.write(topics.JOINT_STATES, stamp + 1, make.joint_state(["shoulder_pan_joint", "elbow_joint"],
                                                                       np.array([0.1 * step, -1.0]), stamp))
             selection = SelectedTokens.empty(2)
             selection.indices[ObjectGroup.TARGET] = [0, 9]
@@ -101,9 +106,12 @@ def test_a_bag_is_logged_with_every_entity_on_the_stamp_timeline(tmp_path) -> No
     expected = {f"/camera/{CAMERA}/image", f"/camera/{CAMERA}/image/objects", f"/camera/{CAMERA}/image/tokens/target",
                 "/policy/experts/layer_0", "/policy/experts/layer_1", "/policy/experts_per_token",
                 "/policy/action/action_0", "/robot/planned_path", "/robot/tool", "/robot/tool_trace",
-                "/robot/joints/shoulder_pan_joint", "/robot/joints/elbow_joint", "/instruction"}
+                "/robot/joints/shoulder_pan_joint", "/robot/joints/elbow_joint", "/instruction",
+                "/robot/joint_transforms/shoulder_pan_joint", "/robot/joint_transforms/elbow_joint"}
     assert expected <= set(entities), sorted(expected - set(entities))
     assert all(TIMELINE in entities[e] for e in expected)
+    # the arm's model from /robot_description, as RViz shows it
+    assert "/robot/ur3_gripper/visual_geometries/forearm_link/visual_0" in entities
 
 
 def test_bad_viewer_settings_are_refused_by_name() -> None:

@@ -16,8 +16,12 @@ entity                                   from
 ``policy/experts/layer_<l>``             tokens routed to each expert in one policy step
 ``policy/experts_per_token``             the step's experts per token
 ``policy/action/<dimension>``            the first action of each chunk
+``robot/<robot name>/...``               the arm and gripper from ``/robot_description`` (the URDF,
+                                         as RViz shows it), moved by ``/joint_states``
+                                         (``robot/joint_transforms/<joint>``)
 ``robot/planned_path``                   the driver's planned tool path for the current chunk
-``robot/tool``                           the driver's tool pose (a transform, and its trace)
+``robot/tool``                           the driver's tool pose (a point with its approach
+                                         direction, and its trace ``robot/tool_trace``)
 ``robot/joints/<joint>``                 ``/joint_states`` positions
 ``instruction``                          the task instruction (text)
 =======================================  =====================================================
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +47,15 @@ from fedvla.iosp.visualize import GROUP_COLORS  # the annotated images' colours
 
 TIMELINE = "stamp"
 TOOL_TRACE_LENGTH = 500  # tool positions kept in the trace
+BASE_FRAME = "base_link"  # the driver's frame (planned path, tool pose) when a message names none
+TOOL_AXIS_M = 0.05  # length of the tool's approach arrow
+TOOL_COLOR, PATH_COLOR = (20, 160, 90), (230, 40, 40)
+
+
+def _rotate(vector_part: np.ndarray, scalar_part: float, v: np.ndarray) -> np.ndarray:
+    """``v`` rotated by the unit quaternion (x, y, z, w)."""
+    t = 2.0 * np.cross(vector_part, v)
+    return (v + scalar_part * t + np.cross(vector_part, t)).astype(np.float32)
 
 
 class ViewerMode(str, enum.Enum):
@@ -124,6 +138,7 @@ class RerunLogger:
         self._image_sizes: dict[str, tuple[int, int]] = {}  # camera → (width, height), for token cells
         self._layout_key: tuple = ()  # (cameras, MoE layers) the current layout was made for
         self._layers = 0
+        self._robot = None  # rerun's UrdfTree of /robot_description, once it came
         self._tool_trace: list[tuple[float, float, float]] = []
         self._routes = {
             topics.JOINT_STATES: self._joint_states,
@@ -133,6 +148,7 @@ class RerunLogger:
             topics.node_topic(topics.POLICY_NODE, topics.ACTION_CHUNK): self._action_chunk,
             topics.node_topic(topics.UR3_DRIVER_NODE, topics.PLANNED_PATH): self._planned_path,
             topics.node_topic(topics.UR3_DRIVER_NODE, topics.TOOL_POSE): self._tool_pose,
+            topics.ROBOT_DESCRIPTION: self._robot_description,
         }
 
     @staticmethod
@@ -173,7 +189,7 @@ class RerunLogger:
         self.stream.send_blueprint(rrb.Blueprint(rrb.Horizontal(
             rrb.Vertical(*cameras, rrb.TextDocumentView(origin="instruction", name="instruction"),
                          row_shares=[4] * len(cameras) + [1]),
-            rrb.Vertical(rrb.Spatial3DView(origin="robot", name="tool pose and planned path"),
+            rrb.Vertical(rrb.Spatial3DView(origin="robot", name="the arm, tool and planned path"),
                          rrb.TimeSeriesView(origin="robot/joints", name="joint positions (rad)")),
             rrb.Vertical(rrb.TimeSeriesView(origin="policy/action", name="first action of each chunk"),
                          rrb.TimeSeriesView(origin="policy/experts_per_token", name="experts per token"),
@@ -230,18 +246,39 @@ class RerunLogger:
 
     def _planned_path(self, msg: Any, rr) -> None:
         points = np.array([[p.x, p.y, p.z] for p in msg.points], dtype=np.float32).reshape(-1, 3)
-        self.stream.log("robot/planned_path", rr.LineStrips3D([points]) if len(points) > 1 else rr.Clear(recursive=False))
+        frame = rr.CoordinateFrame(msg.header.frame_id or BASE_FRAME)  # where the arm's links are
+        self.stream.log("robot/planned_path", rr.LineStrips3D([points], colors=PATH_COLOR, radii=0.003), frame)
 
     def _tool_pose(self, msg: Any, rr) -> None:
         p, q = msg.pose.position, msg.pose.orientation
-        self.stream.log("robot/tool", rr.Transform3D(translation=[p.x, p.y, p.z],
-                                                     quaternion=rr.Quaternion(xyzw=[q.x, q.y, q.z, q.w])))
-        self._tool_trace = (self._tool_trace + [(p.x, p.y, p.z)])[-TOOL_TRACE_LENGTH:]
-        self.stream.log("robot/tool_trace", rr.LineStrips3D([np.array(self._tool_trace, dtype=np.float32)]))
+        position = np.array([p.x, p.y, p.z], dtype=np.float32)
+        approach = _rotate(np.array([q.x, q.y, q.z]), q.w, np.array([0.0, 0.0, TOOL_AXIS_M]))
+        frame = rr.CoordinateFrame(msg.header.frame_id or BASE_FRAME)
+        self.stream.log("robot/tool", rr.Arrows3D(origins=[position], vectors=[approach], colors=TOOL_COLOR), frame)
+        self._tool_trace = (self._tool_trace + [tuple(position)])[-TOOL_TRACE_LENGTH:]
+        self.stream.log("robot/tool_trace", rr.LineStrips3D([np.array(self._tool_trace, dtype=np.float32)],
+                                                            colors=TOOL_COLOR, radii=0.002), frame)
 
     def _joint_states(self, msg: Any, rr) -> None:
         for name, position in zip(msg.name, msg.position):
             self.stream.log(f"robot/joints/{name}", rr.Scalars(float(position)))
+            joint = self._robot.get_joint_by_name(name) if self._robot is not None else None
+            if joint is not None:  # the model's link moves with it
+                self.stream.log(f"robot/joint_transforms/{name}", joint.compute_transform(float(position), clamp=False))
+
+    def _robot_description(self, msg: Any, rr) -> None:
+        """The URDF (as RViz takes it from /robot_description), logged once as the arm's model."""
+        import tempfile
+
+        if self._robot is not None:
+            return
+        with tempfile.NamedTemporaryFile("w", suffix=".urdf", delete=False) as urdf:
+            urdf.write(msg.data)
+        try:
+            self._robot = rr.urdf.UrdfTree.from_file_path(urdf.name, entity_path_prefix="robot")
+            self._robot.log_urdf_to_recording(self.stream)
+        finally:
+            Path(urdf.name).unlink(missing_ok=True)
 
     def _instruction(self, msg: Any, rr) -> None:
         self.stream.log("instruction", rr.TextDocument(msg.data))
