@@ -47,3 +47,16 @@ def test_an_unfitted_or_underfed_prior_says_so() -> None:
         PosturePrior().predict([0.1, 0.2, 0.3])
     with pytest.raises(ConfigError, match="contexts"):
         PosturePrior(components=5).fit(np.zeros((3, 3)), np.zeros((3, 6)))
+
+
+def test_the_posture_bench_compares_both_priors_on_held_out_episodes(tmp_path) -> None:
+    from fedvla.bench.posture import plot, posture_figures
+
+    rng = np.random.default_rng(1)
+    episodes = [_demonstrations(rng, 12) for _ in range(10)]
+    fixed, learned = posture_figures(episodes, components=3, steps_per_episode=4)
+    assert (fixed.prior, learned.prior) == ("fixed (home)", "GMR from demonstrations")
+    assert len(fixed.distance_rad) == len(learned.distance_rad) == 2 * 4  # episodes 0 and 5 held out
+    assert learned.iterations_mean <= fixed.iterations_mean and learned.converged == 1.0
+    plot([fixed, learned], tmp_path / "posture.png")
+    assert (tmp_path / "posture.png").stat().st_size > 5000

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 from rich.table import Table
 
 from fedvla.cli.common import console, run_ros_tool
@@ -416,6 +417,32 @@ def cmd_bench_skills(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_posture(args: argparse.Namespace) -> int:
+    import json
+
+    from fedvla.bench.posture import demonstration_postures, plot, posture_figures
+    from fedvla.paths import run_directory
+
+    episodes = demonstration_postures([Path(d) for d in args.datasets])
+    figures = posture_figures(episodes, components=args.components)
+    table = Table(title=f"IK posture prior on held-out demonstration steps ({len(episodes)} episodes, every 5th held out)")
+    for column in ("prior", "distance to demonstrated joints, median (rad)", "mean (rad)", "converged", "iterations"):
+        table.add_column(column, justify="right")
+    for f in figures:
+        table.add_row(f.prior, f"{np.median(f.distance_rad):.3f}", f"{f.distance_rad.mean():.3f}",
+                      f"{100 * f.converged:.0f} %", f"{f.iterations_mean:.1f}")
+    console.print(table)
+    output = Path(args.output or run_directory("posture_bench"))
+    output.mkdir(parents=True, exist_ok=True)
+    plot(figures, output / "posture.png")
+    (output / "bench.json").write_text(json.dumps({"datasets": args.datasets, "figures": [
+        {"prior": f.prior, "distance_median_rad": float(np.median(f.distance_rad)), "distance_mean_rad":
+         float(f.distance_rad.mean()), "converged": f.converged, "iterations_mean": f.iterations_mean} for f in figures]},
+        indent=1))
+    console.print(f"figures: {output / 'bench.json'}, plot: {output / 'posture.png'}")
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="benchmarks that print figures").add_subparsers(
         dest="bench_command", required=True)
@@ -475,6 +502,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     bag_bench.add_argument("--output", default="", help="where the bags and bench.json go "
                            "(default runs/bag_bench_<date>_<time>)")
     bag_bench.set_defaults(func=cmd_bench_bag)
+    posture_bench = bench.add_parser("posture", help="IK posture prior: fixed (home) vs GMR from demonstrations")
+    posture_bench.add_argument("datasets", nargs="+", help="episode datasets of arm demonstrations (proprio: joints)")
+    posture_bench.add_argument("--components", type=int, default=6)
+    posture_bench.add_argument("--output", default="")
+    posture_bench.set_defaults(func=cmd_bench_posture)
     skills_bench = bench.add_parser("skills", help="one skill's aggregation under CKKS and under SecAgg masks")
     skills_bench.add_argument("--clients", type=int, default=4)
     skills_bench.add_argument("--parameters", type=int, default=500_000, help="skill size (the paper's ~0.5 M)")
