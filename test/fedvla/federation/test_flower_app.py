@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedvla.app.flower_local import BIN, Processes, flower_env, flwr, free_port, run_config, wait_healthy, write_connection
+from fedvla.app.flower_local import (BIN, Processes, flower_env, flwr, free_port, register_supernode, run_config,
+                                     start_supernode, start_tls_superlink, wait_healthy, write_connection)
 
 APP = Path(__file__).resolve().parents[3] / "flower_app"
 
@@ -88,21 +89,12 @@ def test_deployment_with_tls_and_supernode_authentication_runs_two_rounds(tmp_pa
     port = free_port()
     write_connection(tmp_path / "home", "site", port, credentials.ca_certificate)
     with Processes(tmp_path / "logs", env) as processes:
-        processes.start("superlink", [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(credentials.ca_certificate),
-                                      "--ssl-certfile", str(credentials.server_certificate),
-                                      "--ssl-keyfile", str(credentials.server_key), "--enable-supernode-auth",
-                                      "--host", "127.0.0.1", "--port", str(port),
-                                      "--disable-runtime-dependency-installation"])
-        wait_healthy(port, credentials.ca_certificate)
+        start_tls_superlink(processes, credentials, port)
         for robot in ("robot_a", "robot_b"):
-            registered = flwr(env, "supernode", "register", str(credentials.node_public_key(robot)), "site")
-            assert registered.returncode == 0, registered.stdout + registered.stderr
+            register_supernode(env, credentials, robot, "site")
         for i, robot in enumerate(("robot_a", "robot_b", "stranger")):
-            processes.start(robot, [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{port}",
-                                    "--root-certificates", str(credentials.ca_certificate),
-                                    "--auth-supernode-private-key", str(credentials.node_key(robot)),
-                                    "--node-config", f'client-id="{robot}" state-dir="{tmp_path / robot}" seed={i}',
-                                    "--port", str(free_port()), "--max-retries", "2"])
+            start_supernode(processes, credentials, robot, port,
+                            f'client-id="{robot}" state-dir="{tmp_path / robot}" seed={i}', max_retries=2)
         settings = {"num-server-rounds": ROUNDS, "output-dir": str(tmp_path / "server"), "synthetic-samples": 32}
         run = flwr(env, "run", str(APP), "site", "--stream", "-c", run_config(settings))
         stranger = processes.running[-1][1]

@@ -94,3 +94,32 @@ def run_config(values: dict) -> str:
     """``flwr run -c`` text: strings quoted as TOML wants."""
     return " ".join(f'{k}="{v}"' if isinstance(v, str) else f"{k}={str(v).lower() if isinstance(v, bool) else v}"
                     for k, v in values.items())
+
+
+def start_tls_superlink(processes: Processes, credentials, port: int) -> None:
+    """A SuperLink with TLS and SuperNode authentication on loopback (``credentials``: a
+    :class:`fedvla.federation.flower_credentials.FlowerCredentials`), answered once healthy."""
+    processes.start("superlink", [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(credentials.ca_certificate),
+                                  "--ssl-certfile", str(credentials.server_certificate), "--ssl-keyfile",
+                                  str(credentials.server_key), "--enable-supernode-auth", "--host", "127.0.0.1",
+                                  "--port", str(port), "--disable-runtime-dependency-installation"])
+    wait_healthy(port, credentials.ca_certificate)
+
+
+def register_supernode(env: dict[str, str], credentials, node: str, connection: str) -> None:
+    registered = flwr(env, "supernode", "register", str(credentials.node_public_key(node)), connection)
+    if registered.returncode != 0:
+        raise RuntimeError(f"flwr supernode register {node} failed: {registered.stdout[-1000:]}{registered.stderr[-1000:]}")
+
+
+def start_supernode(processes: Processes, credentials, node: str, port: int, node_config: str = "",
+                    max_retries: int | None = None):
+    """One authenticated SuperNode for ``node`` (its own key) on the SuperLink at ``port``."""
+    command = [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{port}", "--root-certificates",
+               str(credentials.ca_certificate), "--auth-supernode-private-key", str(credentials.node_key(node)),
+               "--port", str(free_port())]
+    if node_config:
+        command += ["--node-config", node_config]
+    if max_retries is not None:
+        command += ["--max-retries", str(max_retries)]
+    return processes.start(node, command)

@@ -81,8 +81,8 @@ def main(grid: Grid, context: Context) -> None:
 def flower_transfer(size_bytes: int, clients: int, work: Path) -> dict:
     """Seconds to fetch and upload ``size_bytes`` per client through a TLS SuperLink and ``clients``
     authenticated SuperNodes on loopback; MB/s over all clients."""
-    from fedvla.app.flower_local import (BIN, Processes, flower_env, flwr, free_port, run_config, wait_healthy,
-                                         write_connection)
+    from fedvla.app.flower_local import (Processes, flower_env, flwr, free_port, register_supernode, run_config,
+                                         start_supernode, start_tls_superlink, write_connection)
     from fedvla.federation.flower_credentials import make_flower_credentials
 
     work.mkdir(parents=True, exist_ok=True)
@@ -95,18 +95,10 @@ def flower_transfer(size_bytes: int, clients: int, work: Path) -> dict:
     port = free_port()
     write_connection(work / "home", "bench", port, credentials.ca_certificate)
     with Processes(work / "logs", env) as processes:
-        processes.start("superlink", [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(credentials.ca_certificate),
-                                      "--ssl-certfile", str(credentials.server_certificate), "--ssl-keyfile",
-                                      str(credentials.server_key), "--enable-supernode-auth", "--host", "127.0.0.1",
-                                      "--port", str(port), "--disable-runtime-dependency-installation"])
-        wait_healthy(port, credentials.ca_certificate)
+        start_tls_superlink(processes, credentials, port)
         for node in nodes:
-            registered = flwr(env, "supernode", "register", str(credentials.node_public_key(node)), "bench")
-            if registered.returncode != 0:
-                raise RuntimeError(f"flwr supernode register failed: {registered.stdout[-1000:]}{registered.stderr[-1000:]}")
-            processes.start(node, [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{port}",
-                                   "--root-certificates", str(credentials.ca_certificate), "--auth-supernode-private-key",
-                                   str(credentials.node_key(node)), "--port", str(free_port())])
+            register_supernode(env, credentials, node, "bench")
+            start_supernode(processes, credentials, node, port)
         result = work / "transfer.json"
         run = flwr(env, "run", str(app), "bench", "--stream", "-c",
                    run_config({"size-bytes": size_bytes, "clients": clients, "result": str(result)}), timeout_s=900)
