@@ -40,3 +40,5 @@ def test_the_bench_command_measures_a_given_recording(tmp_path) -> None:
     record = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert record["recording"]["messages"] == 20 and len(record["bags"]) == 4
     assert record["recording"]["compression"] == "zstd" and record["commit"]
+    table = (tmp_path / "bench" / "bag.md").read_text()
+    assert "| mcap + zstd |" in table and "| sqlite3 + none |" in table

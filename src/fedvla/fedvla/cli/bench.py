@@ -400,8 +400,24 @@ def cmd_bench_bag(args: argparse.Namespace) -> int:
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "recording": source,
               "bags": [{**dataclasses.asdict(f), "saving": saving(figures, f)} for f in figures]}
     (output / "bench.json").write_text(json.dumps(record, indent=1))
-    console.print(f"figures: {output / 'bench.json'}")
+    (output / "bag.md").write_text(bag_markdown(record))
+    console.print(f"figures: {output / 'bench.json'}, table: {output / 'bag.md'}")
     return 0
+
+
+def bag_markdown(record: dict) -> str:
+    """The bench's table from its bench.json (what a results README shows)."""
+    source = record["recording"]
+    lines = [f"# rosbag2 storage and compression: one {source['duration_s']:.0f} s recording of the sim profile", "",
+             f"`{record['command']}` at commit `{record['commit'][:12]}`, {record['date']}: {source['messages']} messages on "
+             f"{len(source['topics'])} topics, recorded as {source['storage']} + {source['compression']}, then rewritten "
+             "message for message in each storage.", "",
+             "| storage + compression | size (MB) | saving vs the same storage uncompressed | write (s) | read (s) |",
+             "|---|---:|---:|---:|---:|"]
+    for bag in record["bags"]:
+        lines.append(f"| {bag['storage']} + {bag['compression']} | {bag['size_bytes'] / 1e6:.2f} | "
+                     f"{100 * bag['saving']:.0f} % | {bag['write_s']:.2f} | {bag['read_s']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def cmd_bench_skills(args: argparse.Namespace) -> int:
