@@ -39,3 +39,15 @@ def test_matching_needs_a_dense_trunk(tmp_path) -> None:
     study = _study(tmp_path, "smoke")
     with pytest.raises(ConfigError, match="match_trunk_of: needs a dense trunk"):
         study.model_config(MethodConfig(name="odd", model={"feed_forward": "dgmoe"}, match_trunk_of="fedvla"))
+
+
+def test_the_evidence_scale_meets_the_issues_bar() -> None:
+    """Issue 23: every method of Tables 1-3 plus the matched FedAvg, 3 seeds for Centralized, FedAvg,
+    FedVLA and w/o EDA, and 15 trials x 5 repeats per task."""
+    from fedvla.graph import find_config_dir
+    from fedvla.sim.study import load_scale
+
+    scale = load_scale(find_config_dir(), "evidence")
+    assert set(scale.methods) == {"centralized", "fedavg", "fedavg_matched", "fedvla", "wo_iosp", "wo_dgmoe", "wo_eda"}
+    assert all(scale.seeds.get(m) == 3 for m in ("centralized", "fedavg", "fedvla", "wo_eda"))
+    assert (scale.evaluate["trials"], scale.evaluate["repeats"]) == (15, 5)
