@@ -26,8 +26,12 @@ def flower_env(home: Path) -> dict[str, str]:
     """Offline and quiet: no telemetry, no update check, no runtime dependency installation; the
     SuperLink and SuperNodes find flwr-serverapp / flwr-clientapp on PATH."""
     home.mkdir(parents=True, exist_ok=True)
+    # One intra-op thread per Flower process: on a busy 2-core CI machine two ClientApps with two
+    # OpenMP threads each once sat 10 min in one backward pass (threads spinning at a barrier
+    # for a starved peer). Ray does the same for the Simulation Engine's actors.
     return {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0",
             "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
