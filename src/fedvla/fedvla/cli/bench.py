@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from fedvla.cli.common import console, run_ros_tool
+from fedvla.cli.common import console, print_table, run_ros_tool
 from fedvla.graph import find_config_dir
 from fedvla.model.step_backend import StepBackend
 
@@ -389,13 +389,10 @@ def cmd_bench_bag(args: argparse.Namespace) -> int:
     console.print(f"recording: {recording} ({source['duration_s']:.1f} s, {source['messages']} messages on "
                   f"{len(source['topics'])} topics, {source['storage']} + {source['compression']})")
     figures = storage_figures(recording, output / "converted")
-    table = Table(title=f"the same {source['duration_s']:.0f} s recording in each rosbag2 storage")
-    for column in ("storage + compression", "size MB", "saving vs uncompressed", "write s", "read s"):
-        table.add_column(column, justify="right")
-    for f in figures:
-        table.add_row(f.label, f"{f.size_bytes / 1e6:.2f}", f"{100 * saving(figures, f):.0f} %",
-                      f"{f.write_s:.2f}", f"{f.read_s:.2f}")
-    console.print(table)
+    print_table(f"the same {source['duration_s']:.0f} s recording in each rosbag2 storage",
+                ("storage + compression", "size MB", "saving vs uncompressed", "write s", "read s"),
+                [(f.label, f"{f.size_bytes / 1e6:.2f}", f"{100 * saving(figures, f):.0f} %", f"{f.write_s:.2f}",
+                  f"{f.read_s:.2f}") for f in figures])
     record = {"command": shlex.join(["fedvla", *sys.argv[1:]]), "commit": working_tree_commit(),
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "recording": source,
               "bags": [{**dataclasses.asdict(f), "saving": saving(figures, f)} for f in figures]}
@@ -424,12 +421,10 @@ def cmd_bench_skills(args: argparse.Namespace) -> int:
     from fedvla.bench.skill_aggregation import skill_round_figures
 
     rows = skill_round_figures(args.clients, args.parameters)
-    table = Table(title=f"one skill's aggregation: {args.clients} clients, {args.parameters:,} parameters")
-    for column in ("method", "client s (mean)", "server s", "upload MB per client", "max error vs plaintext"):
-        table.add_column(column, justify="right")
-    for r in rows:
-        table.add_row(r.method, f"{r.client_s:.3f}", f"{r.server_s:.3f}", f"{r.upload_bytes / 1e6:.2f}", f"{r.max_error:.2e}")
-    console.print(table)
+    print_table(f"one skill's aggregation: {args.clients} clients, {args.parameters:,} parameters",
+                ("method", "client s (mean)", "server s", "upload MB per client", "max error vs plaintext"),
+                [(r.method, f"{r.client_s:.3f}", f"{r.server_s:.3f}", f"{r.upload_bytes / 1e6:.2f}", f"{r.max_error:.2e}")
+                 for r in rows])
     return 0
 
 
@@ -441,13 +436,10 @@ def cmd_bench_posture(args: argparse.Namespace) -> int:
 
     episodes = demonstration_postures([Path(d) for d in args.datasets])
     figures = posture_figures(episodes, components=args.components)
-    table = Table(title=f"IK posture prior on held-out demonstration steps ({len(episodes)} episodes, every 5th held out)")
-    for column in ("prior", "distance to demonstrated joints, median (rad)", "mean (rad)", "converged", "iterations"):
-        table.add_column(column, justify="right")
-    for f in figures:
-        table.add_row(f.prior, f"{np.median(f.distance_rad):.3f}", f"{f.distance_rad.mean():.3f}",
-                      f"{100 * f.converged:.0f} %", f"{f.iterations_mean:.1f}")
-    console.print(table)
+    print_table(f"IK posture prior on held-out demonstration steps ({len(episodes)} episodes, every 5th held out)",
+                ("prior", "distance to demonstrated joints, median (rad)", "mean (rad)", "converged", "iterations"),
+                [(f.prior, f"{np.median(f.distance_rad):.3f}", f"{f.distance_rad.mean():.3f}",
+                  f"{100 * f.converged:.0f} %", f"{f.iterations_mean:.1f}") for f in figures])
     output = Path(args.output or run_directory("posture_bench"))
     output.mkdir(parents=True, exist_ok=True)
     plot(figures, output / "posture.png")

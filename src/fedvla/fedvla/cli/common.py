@@ -16,6 +16,16 @@ def progress_bar() -> Progress:
                     TimeElapsedColumn(), console=console)
 
 
+def print_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A right-aligned figures table (the benches print theirs so)."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 def print_bag_summary(summary: BagSummary) -> None:
     table = Table(title=f"{summary.path} ({summary.storage}, compression {summary.compression}, "
                         f"{summary.size_bytes / 1e6:.1f} MB, {summary.duration_s:.1f} s)")
