@@ -59,11 +59,10 @@ class SkillServer:
                             {}, router=SkillRouter(config).state_dict())
         self._routed: dict[str, set[str]] = {}
 
-    def fetch(self, client_id: str, signature: SkillSignature, routed: Sequence[str]) -> tuple[dict, dict]:
-        """The router and the routed skills, for a client whose base has ``signature`` (refused if not the library's)."""
-        router = self.library.load_router(signature)
+    def fetch(self, client_id: str, signature: SkillSignature, routed: Sequence[str]) -> dict:
+        """The routed skills, for a client whose base has ``signature`` (refused if not the library's)."""
         self._routed[client_id] = set(routed)
-        return router, {s: self.library.load_skill(s, signature) for s in routed}
+        return {s: self.library.load_skill(s, signature) for s in routed}
 
     def aggregate(self, uploads: Sequence[SkillUpload]) -> dict[str, int]:
         """Check every upload, aggregate the accepted ones, publish; the versions written."""
@@ -112,9 +111,9 @@ class SkillClient:
         return [skill_id(i) for i in sorted(set(indices.reshape(-1).tolist()))]
 
     def run_round(self, server: SkillServer) -> SkillUpload:
-        router_state = server.library.load_router(self.signature)
+        router_state = server.library.load_router(self.signature)  # checks the signature too
         routed = self.route(router_state)
-        router_state, skill_states = server.fetch(self.client_id, self.signature, routed)
+        skill_states = server.fetch(self.client_id, self.signature, routed)
         skills = nn.ModuleList(ResidualSkill(self.config) for _ in range(self.config.num_skills))
         for name, state in skill_states.items():
             skills[int(name.split("_")[1])].load_state_dict(state)
