@@ -95,6 +95,44 @@ def _seed() -> None:
     np.random.seed(0)
 
 
+def _domain_processes() -> dict[int, str]:
+    """Live processes of this run's ROS domain other than pytest itself: pid -> command line."""
+    import psutil
+
+    found = {}
+    for process in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if (process.pid != os.getpid() and process.info["status"] != psutil.STATUS_ZOMBIE
+                    and process.environ().get("ROS_DOMAIN_ID") == str(DOMAIN_ID)):
+                found[process.pid] = " ".join(process.info["cmdline"] or [])[:200]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_processes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A ROS test must leave no node behind: one still publishing in this run's domain would feed
+    later tests (a stray chunk publisher makes another test's driver refuse chunks). Leftovers
+    are ended, and the test that left them fails with their command lines."""
+    if "ros" not in request.keywords and "launch" not in request.keywords:
+        yield
+        return
+    import psutil
+
+    before = set(_domain_processes())
+    yield
+    leaked = {pid: cmd for pid, cmd in _domain_processes().items() if pid not in before}
+    if leaked:  # (a node shutting down as the test ends gets a moment)
+        _, alive = psutil.wait_procs([psutil.Process(pid) for pid in leaked if psutil.pid_exists(pid)], timeout=5)
+        leaked = {p.pid: leaked[p.pid] for p in alive}
+    if leaked:
+        for process in (psutil.Process(pid) for pid in leaked if psutil.pid_exists(pid)):
+            process.kill()
+        pytest.fail(f"left {len(leaked)} process(es) running in this run's ROS domain: "
+                    + "; ".join(f"{pid}: {cmd}" for pid, cmd in leaked.items()), pytrace=False)
+
+
 @pytest.fixture
 def rclpy_context() -> Iterator[Any]:
     """An initialised rclpy context of its own, shut down after the test."""

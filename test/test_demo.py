@@ -79,6 +79,7 @@ def test_demo_records_every_camera_topic_federates_evaluates_and_replays(tmp_pat
     from fedvla.app.recording import arm_motion
 
     motion = arm_motion(output)
-    assert motion.path_m > 0.05 and 0.02 < motion.reach_m < 0.12 and motion.refused_chunks == 0
+    assert motion.path_m > 0.05 and 0.02 < motion.reach_m < 0.12, motion
+    assert motion.refused_chunks == 0, f"the driver refused chunks: {motion.refusals()}"
     assert summary.topic(topics.JOINT_STATES).count > 100
     assert "simulated UR3 under the arm runtime" in result.stdout

@@ -31,19 +31,29 @@ def expected_topics(graph: Graph, profile: str) -> list[str]:
 class ArmMotion:
     path_m: float  # length of the tool's path
     reach_m: float  # largest distance of the tool from where it started
-    refused_chunks: int  # action chunks the driver refused (its diagnostics' counters)
+    refused: dict[str, int] = dataclasses.field(default_factory=dict)  # refused chunks per reason (diagnostics)
+
+    @property
+    def refused_chunks(self) -> int:
+        """Action chunks the driver refused, all reasons."""
+        return sum(self.refused.values())
+
+    def refusals(self) -> str:
+        """The refusals as 'n reason, ...' (empty when none)."""
+        return ", ".join(f"{n} {reason}" for reason, n in sorted(self.refused.items()))
 
 
 def arm_motion(bag: str | Path, driver: str = topics.UR3_DRIVER_NODE) -> ArmMotion:
     poses = [(m.pose.position.x, m.pose.position.y, m.pose.position.z)
              for _, _, m in read_messages(bag, [topics.node_topic(driver, topics.TOOL_POSE)])]
     if len(poses) < 2:
-        return ArmMotion(0.0, 0.0, 0)
+        return ArmMotion(0.0, 0.0)
     track = np.asarray(poses)
-    refused = 0
+    refused: dict[str, int] = {}  # the counters only grow: the largest seen is the last
     for _, _, array in read_messages(bag, [topics.DIAGNOSTICS]):
-        refused = max(refused, sum(int(v.value) for s in array.status for v in s.values
-                                   if v.key.startswith("refused_chunks.")))
+        for value in (v for s in array.status for v in s.values if v.key.startswith("refused_chunks.")):
+            reason = value.key.removeprefix("refused_chunks.")
+            refused[reason] = max(refused.get(reason, 0), int(value.value))
     return ArmMotion(float(np.linalg.norm(np.diff(track, axis=0), axis=1).sum()),
                      float(np.linalg.norm(track - track[0], axis=1).max()), refused)
 
