@@ -110,18 +110,11 @@ def _domain_processes() -> dict[int, str]:
     return found
 
 
-@pytest.fixture(autouse=True)
-def _no_leaked_processes(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A ROS test must leave no node behind: one still publishing in this run's domain would feed
-    later tests (a stray chunk publisher makes another test's driver refuse chunks). Leftovers
-    are ended, and the test that left them fails with their command lines."""
-    if "ros" not in request.keywords and "launch" not in request.keywords:
-        yield
-        return
+def _fail_on_leaks(before: set[int], what: str) -> None:
+    """End the processes of this run's domain that are not in ``before`` and still run after 5 s, and
+    fail naming them."""
     import psutil
 
-    before = set(_domain_processes())
-    yield
     leaked = {pid: cmd for pid, cmd in _domain_processes().items() if pid not in before}
     if leaked:  # (a node shutting down as the test ends gets a moment)
         _, alive = psutil.wait_procs([psutil.Process(pid) for pid in leaked if psutil.pid_exists(pid)], timeout=5)
@@ -129,8 +122,33 @@ def _no_leaked_processes(request: pytest.FixtureRequest) -> Iterator[None]:
     if leaked:
         for process in (psutil.Process(pid) for pid in leaked if psutil.pid_exists(pid)):
             process.kill()
-        pytest.fail(f"left {len(leaked)} process(es) running in this run's ROS domain: "
+        pytest.fail(f"{what} left {len(leaked)} process(es) running in this run's ROS domain: "
                     + "; ".join(f"{pid}: {cmd}" for pid, cmd in leaked.items()), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_processes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A ROS test must leave no node behind: one still publishing in this run's domain would feed
+    later tests (a stray chunk publisher makes another test's driver refuse chunks). Leftovers
+    are ended, and the test that left them fails with their command lines. A launch test's nodes
+    belong to its module's launch, which ends them after the module (checked there)."""
+    if "ros" not in request.keywords or request.node.get_closest_marker("launch") is not None:
+        yield
+        return
+    before = set(_domain_processes())
+    yield
+    _fail_on_leaks(before, "the test")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_processes_left_by_the_module(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a module (its launch fixtures shut down), nothing it started still runs."""
+    if not any(item.get_closest_marker("ros") for item in request.session.items if item.module is request.module):
+        yield
+        return
+    before = set(_domain_processes())
+    yield
+    _fail_on_leaks(before, f"{request.module.__name__}")
 
 
 @pytest.fixture

@@ -1,5 +1,8 @@
 """Federation client node: trains this robot's policy locally and exchanges its trunk with the
-``fed_server`` node (:class:`fedvla.federation.client.FederationClient` over ROS 2 services).
+``fed_server`` node (:class:`fedvla.federation.client.FederationClient` over ROS 2 services); with
+``federation_mode: skills``, fine-tunes its routed skills on the frozen base instead
+(:class:`fedvla.skills.federation.SkillFederationClient`) and writes ``<state_dir>/final`` with the
+router and its skills.
 
 The federation loop runs in a worker thread (local training takes minutes); the executor keeps
 spinning in the main thread, so service responses arrive while the worker waits for them.
@@ -18,7 +21,7 @@ from rclpy.node import Node
 
 from fedvla.config import ConfigError
 from fedvla.dds import federation_transport_environment
-from fedvla.federation.client import FederationError
+from fedvla.federation.round_client import FederationError
 from fedvla.app.federation import FederationClientSettings, build_client
 from fedvla.federation.wire import WireError
 from fedvla_ros.federation_transport import RosServerApi, ServiceTimeout
@@ -44,8 +47,9 @@ class FederationClientNode(Node):
         self._worker.start()
         self.create_timer(0.2, self._check_done)
         self.get_logger().info(f"{self.settings.client_id}: {len(self.client.dataset)} local samples, "
-                               f"{self.settings.local_epochs} epoch(s) per round, uploads in "
-                               f"{self.settings.upload_dtype.value}, state in {self.settings.state_dir}")
+                               f"{self.settings.local_epochs} epoch(s) per round, "
+                               f"{'skill deltas' if self.settings.skills else 'uploads in ' + self.settings.upload_dtype.value}"
+                               f", state in {self.settings.state_dir}")
 
     def _run(self) -> None:
         log = self.get_logger()

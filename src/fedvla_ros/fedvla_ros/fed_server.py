@@ -1,4 +1,5 @@
-"""Federation server node: the :class:`fedvla.federation.server.FederationServer` behind ROS 2
+"""Federation server node: the :class:`fedvla.federation.server.FederationServer` (or, with
+``federation_mode: skills``, the :class:`fedvla.skills.federation.SkillFederationServer`) behind ROS 2
 services.
 
 Services (fedvla_interfaces/srv): ``/federation/join``, ``/federation/heartbeat``,
@@ -51,13 +52,7 @@ class FederationServerNode(Node):
         self._ticks = 0
         self._announced_finish = self.server.finished
         self.create_timer(self.settings.tick_period_s, self._tick)
-        spec = self.server.spec
-        self.get_logger().info(
-            f"federation of {spec.num_parameters / 1e6:.2f} M trunk parameters ({spec.num_layers} MoE layers × "
-            f"{spec.num_experts} experts, trunk hash {spec.trunk_hash}), {self.settings.aggregation.value}"
-            f"{' under secure aggregation' if self.settings.secure_aggregation else ''}, "
-            f"round {self.server.round}/{self.settings.rounds}, quorum {self.settings.quorum}, "
-            f"state in {self.settings.state_dir}")
+        self.get_logger().info(self.server.describe())
 
     def _join(self, request, response):
         return fill_response(response, self.server.join(request.client_id, request.trunk_hash, request.signature))
@@ -69,7 +64,8 @@ class FederationServerNode(Node):
         return fill_status(response, self.server.status())
 
     def _fetch(self, request, response):
-        reply = self.server.fetch(request.client_id, request.round, request.offset, request.length, request.signature)
+        reply = self.server.fetch(request.client_id, request.round, request.offset, request.length, request.signature,
+                                  request.item)
         response.data = reply.data  # bytes: rclpy copies them as one block
         return fill_response(response, reply)
 
@@ -94,7 +90,7 @@ class FederationServerNode(Node):
     def _publish(self, kind: RoundEventKind, record: RoundRecord | None = None) -> None:
         clients = record.clients if record is not None else self.server.status().accepted
         event = RoundEvent(kind, record.round if record is not None else self.server.round, self.settings.rounds,
-                           self.server.finished, self.settings.aggregation.value, clients, record)
+                           self.server.finished, self.server.aggregation_label, clients, record)
         msg = FederationRound(**round_event_fields(event))
         msg.header.stamp = self.get_clock().now().to_msg()
         self._round_pub.publish(msg)
@@ -114,7 +110,7 @@ class FederationServerNode(Node):
             self._announced_finish = True
             self._publish(RoundEventKind.FINISHED)
             self.get_logger().info(f"federation finished after {self.settings.rounds} rounds; serving the final "
-                                   "trunk until stopped")
+                                   f"{'skill library' if self.settings.skills else 'trunk'} until stopped")
 
 
 # UDPv4 only, no shared memory: a killed peer must not stall the federation (issue 19, fedvla.dds).

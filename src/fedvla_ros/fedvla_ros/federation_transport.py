@@ -108,9 +108,10 @@ class RosServerApi:
     def status(self) -> ServerStatus:
         return status_from_response(self._call(self._status, FederationStatus.Request()))
 
-    def fetch(self, client_id: str, round_index: int, offset: int, length: int, signature: str) -> Reply:
+    def fetch(self, client_id: str, round_index: int, offset: int, length: int, signature: str,
+              item: str = "") -> Reply:
         return self._reply(self._call(self._fetch, FederationFetch.Request(
-            client_id=client_id, round=round_index, offset=offset, length=length, signature=signature)))
+            client_id=client_id, round=round_index, offset=offset, length=length, signature=signature, item=item)))
 
     def begin_upload(self, client_id: str, round_index: int, size: int, sha256: str, signature: str) -> Reply:
         return self._reply(self._call(self._upload, FederationUpload.Request(

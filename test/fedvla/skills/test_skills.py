@@ -1,10 +1,14 @@
 """Skills core: the residual formula against an independent computation, the router's top-K and
 balance loss, library versions and signature refusal, per-skill aggregation and upload checks."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from fedvla.skills.aggregation import (SkillDelta, SkillRejectReason, SkillUploadError, aggregate_skill_deltas,
+from fedvla.federation.protocol import RejectReason
+from fedvla.federation.round_client import FederationError
+from fedvla.skills.aggregation import (SkillDelta, SkillUploadError, aggregate_skill_deltas,
                                        check_skill_delta)
 from fedvla.skills.library import SkillLibrary, SkillLibraryError, SkillSignature, SkillSignatureError
 from fedvla.skills.modules import (ResidualSkill, Routing, SkillConfig, SkillRouter, apply_skills, balance_loss,
@@ -128,10 +132,10 @@ def test_each_skill_is_the_sample_weighted_mean_over_the_clients_that_trained_it
 
 
 @pytest.mark.parametrize("upload,routed,signature_ok,reason", [
-    (_delta("a", "grasp", 1.0, 10), ["wipe"], True, SkillRejectReason.NOT_ROUTED),
-    (_delta("a", "wipe", 1.0, 10), ["wipe"], False, SkillRejectReason.SIGNATURE),
-    (_delta("a", "wipe", float("nan"), 10), ["wipe"], True, SkillRejectReason.NON_FINITE),
-    (_delta("a", "wipe", 1.0, 0), ["wipe"], True, SkillRejectReason.BAD_NUM_SAMPLES),
+    (_delta("a", "grasp", 1.0, 10), ["wipe"], True, RejectReason.NOT_ROUTED),
+    (_delta("a", "wipe", 1.0, 10), ["wipe"], False, RejectReason.WRONG_MODEL),
+    (_delta("a", "wipe", float("nan"), 10), ["wipe"], True, RejectReason.NOT_FINITE),
+    (_delta("a", "wipe", 1.0, 0), ["wipe"], True, RejectReason.BAD_NUM_SAMPLES),
 ])
 def test_bad_skill_uploads_are_refused_with_their_reason(upload, routed, signature_ok, reason) -> None:
     template = ResidualSkill(CONFIG).state_dict()
@@ -142,10 +146,10 @@ def test_bad_skill_uploads_are_refused_with_their_reason(upload, routed, signatu
 
 def test_oversize_and_misshapen_skill_uploads_are_refused() -> None:
     template = ResidualSkill(CONFIG).state_dict()
-    with pytest.raises(SkillUploadError, match="oversize"):
+    with pytest.raises(SkillUploadError, match="too_large"):
         check_skill_delta(_delta("a", "wipe", 1.0, 5), ["wipe"], template, True, max_bytes=100)
     wrong = SkillDelta("a", "wipe", {"encoder.weight": torch.zeros(2, 2)}, 5)
-    with pytest.raises(SkillUploadError, match="shape"):
+    with pytest.raises(SkillUploadError, match="wrong_shape"):
         check_skill_delta(wrong, ["wipe"], template, True, max_bytes=10**7)
 
 
@@ -200,12 +204,14 @@ def test_training_skills_lowers_the_loss_and_never_touches_the_frozen_base() -> 
         train_skills(unfrozen, skills, router, data, TrainConfig(epochs=1), skill_config)
 
 
-def test_federated_skill_rounds_publish_new_versions_of_the_routed_skills(tmp_path) -> None:
+def _skill_federation(tmp_path, rounds: int = 2, quorum: int = 2):
+    """A skill server over a frozen tiny base and two clients of different tasks (in process: the
+    server object is the transport)."""
     from fedvla.data.episodes import fit_normalizer
     from fedvla.data.synthetic import SquareReachDataset
     from fedvla.model.checkpoint import seeded_policy
     from fedvla.model.train import TrainConfig
-    from fedvla.skills.federation import ROUTER_ID, SkillClient, SkillServer, run_skill_rounds
+    from fedvla.skills.federation import SkillFederationClient, SkillFederationServer, SkillServerConfig
     from fedvla.skills.library import state_dict_hash
     from fedvla.skills.training import freeze
     from support.federation import tiny_config
@@ -217,27 +223,103 @@ def test_federated_skill_rounds_publish_new_versions_of_the_routed_skills(tmp_pa
                                action_dim=config.action_dim, horizon=config.horizon)
     skill_config = SkillConfig(observation_dim=config.embed_dim, action_dim=config.action_dim, hidden_dim=16, num_skills=4,
                                top_k=1, instruction_dim=config.language_dim, router_hidden_dim=8)
-    server = SkillServer(SkillLibrary(tmp_path / "lib", signature), skill_config)
+    credentials = {f"robot_{i}": f"secret-of-robot-{i}-0123456789" for i in range(3)}
+    server = SkillFederationServer(SkillServerConfig(rounds=rounds, quorum=quorum, state_dir=str(tmp_path / "server")),
+                                   skill_config, signature, credentials)
     clients = []
     for i, task in enumerate(("wipe", "grasp")):
         data = SquareReachDataset(config, 16, seed=10 + i)
-        clients.append(SkillClient(f"robot_{i}", base, signature, data, data.language[:1], skill_config,
-                                   TrainConfig(epochs=1, batch_size=8, lr=1e-3, seed=i), tasks=[task]))
-    history = run_skill_rounds(server, clients, rounds=2)
-    routed = set().union(*[set(r) for h in history for r in h["routed"].values()])
-    library = SkillLibrary(tmp_path / "lib")
+        clients.append(SkillFederationClient(f"robot_{i}", credentials[f"robot_{i}"], server, base, signature, data,
+                                             TrainConfig(epochs=1, batch_size=8, lr=1e-3, seed=i), tasks=[task]))
+    return server, clients, signature, credentials
+
+
+def test_federated_skill_rounds_publish_new_versions_of_the_routed_skills(tmp_path) -> None:
+    from fedvla.skills.federation import SkillFederationClient, SkillFederationServer, run_skill_rounds
+    from fedvla.skills.wire import ROUTER_ID
+
+    server, clients, signature, credentials = _skill_federation(tmp_path)
+    history = run_skill_rounds(server, clients)
+    assert [h["record"].round for h in history] == [0, 1] and server.finished
+    routed = set().union(*[set(r.routed) for h in history for r in h["reports"].values()])
+    library = SkillLibrary(tmp_path / "server" / "library")
     for name in routed:
-        assert library.latest(name).version >= 2  # trained, aggregated and published
+        assert library.latest(name).version == 3  # trained, aggregated and published in both rounds
     untouched = {f"skill_{i}" for i in range(4)} - routed
     assert all(library.latest(name).version == 1 for name in untouched)  # nobody trained them
-    assert library.router_version == 3 and not server.rejections
-    assert all(b > 0 for h in history for b in h["upload_bytes"].values())
+    assert library.router_version == 3 and library.published_round == 1 and not server.rejections
     assert ROUTER_ID not in library.skills
-    # a client whose base is another policy is refused when it fetches
-    other = SkillSignature(base_hash="0" * 64, action_space={}, observation_dim=config.embed_dim,
-                           action_dim=config.action_dim, horizon=config.horizon)
-    with pytest.raises(SkillSignatureError):
-        server.fetch("robot_9", other, sorted(routed))
+    record = history[0]["record"]
+    assert record.aggregation == "skills" and record.rows[-1] == ROUTER_ID and record.clients == ["robot_0", "robot_1"]
+    # each row's weights are the sample shares of the clients that trained it
+    for row, weights in zip(record.rows, record.layer_weights):
+        assert sum(weights) == pytest.approx(1.0)
+    assert all(r.upload_bytes > 0 and r.fetch_bytes > 0 for h in history for r in h["reports"].values())
+    # a client fetched only the skills its instruction routed to
+    assert all(len(r.routed) == 1 for h in history for r in h["reports"].values())
+    # the server restarts from its state directory: same round, same library
+    again = SkillFederationServer(server.config, server.skill_config, signature, credentials)
+    assert again.round == 2 and again.finished and len(again.history) == 2
+    # a robot whose base is another policy is refused when it joins
+    other = dataclasses.replace(signature, base_hash="0" * 64)
+    stranger = SkillFederationClient("robot_2", credentials["robot_2"], server, clients[0].base, other,
+                                     clients[0].dataset, clients[0].train_config)
+    with pytest.raises(FederationError, match="wrong_model"):
+        stranger.join()
+
+
+def _hostile(client, status, mutate) -> str:
+    """Upload a delta of ``client`` for the current round after ``mutate(deltas)``; the refusal reason."""
+    from fedvla.skills.wire import ROUTER_ID, SkillUploadBlob, encode_upload, signature_hash
+
+    manifest, _ = client.fetch_manifest(status.round, status.chunk_size)
+    routed = client.route(manifest)
+    skills, _ = client.fetch_skills(manifest, routed, status.chunk_size)
+    deltas = {name: {k: torch.zeros_like(v) for k, v in skills[int(name.split("_")[1])].state_dict().items()}
+              for name in routed}
+    deltas[ROUTER_ID] = {k: torch.zeros_like(v) for k, v in manifest.router.items()}
+    blob = SkillUploadBlob(client.client_id, status.round, 16, ["wipe"], signature_hash(client.signature), deltas)
+    mutate(blob, routed)
+    try:
+        client.upload(encode_upload(blob), status.round)
+    except FederationError as err:
+        return err.reply.reason
+    return "accepted"
+
+
+def _not_routed(blob, routed) -> None:
+    other = next(f"skill_{i}" for i in range(4) if f"skill_{i}" not in routed)
+    blob.deltas[other] = {k: v.clone() for k, v in blob.deltas[routed[0]].items()}
+
+
+def _nan(blob, routed) -> None:
+    name = next(iter(blob.deltas[routed[0]]))
+    blob.deltas[routed[0]][name][0] = float("nan")
+
+
+def _oversize(blob, routed) -> None:
+    name = next(iter(blob.deltas[routed[0]]))
+    blob.deltas[routed[0]][name] = torch.zeros(2048, 2048)
+
+
+def _wrong_signature(blob, routed) -> None:
+    blob.signature_hash = "f" * 64
+
+
+@pytest.mark.parametrize("mutate,reason", [(_not_routed, "not_routed"), (_nan, "not_finite"),
+                                           (_oversize, "too_large"), (_wrong_signature, "wrong_model"),
+                                           (lambda blob, routed: None, "accepted")])
+def test_hostile_skill_uploads_are_refused_with_their_reason_and_logged(tmp_path, mutate, reason, core_warnings) -> None:
+    from fedvla.skills.federation import SkillServerConfig
+
+    server, clients, _, _ = _skill_federation(tmp_path)
+    server.config = SkillServerConfig(**{**dataclasses.asdict(server.config), "max_skill_upload_bytes": 1 << 20})
+    client = clients[0]
+    client.join()
+    assert _hostile(client, server.status(), mutate) == reason
+    if reason != "accepted":
+        assert server.rejections[reason] == 1 and not server.accepted
+        assert any(m.startswith(f"rejected {reason} from robot_0") for m in core_warnings)
 
 
 def test_the_skill_aggregation_bench_compares_ckks_and_secagg_on_the_same_deltas() -> None:

@@ -16,16 +16,12 @@ restarted client resumes where it stopped (and does not upload a round twice).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import logging
-import threading
 import time
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -35,47 +31,19 @@ from fedvla.config import require, require_positive, parse_enum
 from fedvla.data.episodes import dataset_action_space
 from fedvla.federation.secagg import SecAggClient, SecAggError, weighted_trunk_vector
 from fedvla.federation.privacy import clip_update
-from fedvla.federation.protocol import CLIENT_ID_PATTERN, RejectReason, Reply, ServerStatus
+from fedvla.federation.protocol import CLIENT_ID_PATTERN, RejectReason, ServerStatus
+from fedvla.federation.round_client import FederationError, RoundClient, ServerApi
 from fedvla.federation.secure_round import (ClientRoster, SecureOp, SecurePhase, dump_payload, encode_masked,
                                             load_payload, ordered_trunk, parse_roster, unmask_payload)
 from fedvla.federation.state import atomic_write_json, read_json
 from fedvla.federation.wire import (TrunkSpec, TrunkUpdate, WireDtype, WireError, decode_trunk,
-                                    encode_update, sha256_hex, sign, sign_upload)
+                                    encode_update, sha256_hex)
 from fedvla.model.checkpoint import load_checkpoint, save_checkpoint
 from fedvla.model.policy import Policy
 from fedvla.model.train import TrainConfig, TrainResult, train_policy
 from fedvla.model.trunk import Trunk
 
 log = logging.getLogger("fedvla.federation.client")
-
-
-class ServerApi(Protocol):
-    def join(self, client_id: str, trunk_hash: str, signature: str) -> Reply: ...
-    def heartbeat(self, client_id: str, signature: str) -> Reply: ...
-    def status(self) -> ServerStatus: ...
-    def fetch(self, client_id: str, round_index: int, offset: int, length: int, signature: str) -> Reply: ...
-    def begin_upload(self, client_id: str, round_index: int, size: int, sha256: str, signature: str) -> Reply: ...
-    def upload_chunk(self, upload_id: str, index: int, data: bytes, crc32: int) -> Reply: ...
-    def commit_upload(self, upload_id: str) -> Reply: ...
-    def secure_request(self, op: str, client_id: str, round_index: int, attempt: int, payload: bytes,
-                       signature: str) -> Reply: ...
-
-
-class FederationError(RuntimeError):
-    """The server refused a request in a way the client cannot fix by retrying."""
-
-    def __init__(self, action: str, reply: Reply) -> None:
-        self.reply = reply
-        super().__init__(f"{action} refused: {reply.reason}: {reply.detail}")
-
-
-def send_chunks(server: ServerApi, upload_id: str, chunks: list[tuple[int, memoryview]]) -> list[Reply]:
-    """All chunks of an upload: pipelined where the transport can keep several in flight
-    (``upload_chunks``), one by one otherwise."""
-    with_crc = [(index, piece, zlib.crc32(piece)) for index, piece in chunks]
-    if hasattr(server, "upload_chunks"):
-        return server.upload_chunks(upload_id, with_crc)
-    return [server.upload_chunk(upload_id, index, bytes(piece), crc) for index, piece, crc in with_crc]
 
 
 def trunk_spec(policy: Policy) -> TrunkSpec:
@@ -169,15 +137,15 @@ class RoundReport:
     seconds: float
 
 
-class FederationClient:
+class FederationClient(RoundClient):
     def __init__(self, config: FederationClientConfig, secret: str, policy: Policy, dataset: Dataset,
                  train_config: TrainConfig, server: ServerApi, *, show_progress: bool = False) -> None:
+        super().__init__(config.client_id, secret, server, heartbeat_interval_s=config.heartbeat_interval_s,
+                         upload_attempts=config.upload_attempts)
         self.config = config
-        self.secret = secret
         self.policy = policy
         self.dataset = dataset
         self.train_config = train_config
-        self.server = server
         self.show_progress = show_progress
         self.spec = trunk_spec(policy)
         self.state_dir = Path(config.state_dir)
@@ -194,92 +162,20 @@ class FederationClient:
         # What the actions mean, from the training data: the driver checks it before running the policy.
         space = dataset_action_space(dataset)
         self._data_metadata = {"action_space": space} if space is not None else {}
-        self.joined = False
         self._trained: _TrainedRound | None = None
         self._session: _SecureSession | None = None
         self._count_rng = np.random.default_rng()
 
-    @property
-    def client_id(self) -> str:
-        return self.config.client_id
-
-    def _sign(self, kind: str, round_index: int = 0, digest: str = "") -> str:
-        return sign(self.secret, kind, self.client_id, round_index, digest)
-
     def join(self) -> None:
-        reply = self.server.join(self.client_id, self.spec.trunk_hash, self._sign("join", 0, self.spec.trunk_hash))
-        if not reply.ok:
-            raise FederationError("join", reply)
-        self.joined = True
+        self.join_with(self.spec.trunk_hash)
 
     def fetch_global(self, status: ServerStatus) -> tuple[dict, int]:
         """The global trunk of the current round (verified against the announced sha256)."""
-        blob = bytearray()
-        signature = self._sign("fetch", status.round)
-        while len(blob) < status.global_size:
-            reply = self.server.fetch(self.client_id, status.round, len(blob), status.chunk_size * 4, signature)
-            if not reply.ok:
-                raise FederationError("fetch", reply)
-            if reply.sha256 != status.global_sha256 or not reply.data:
-                raise FederationError("fetch", Reply(ok=False, reason="changed", detail="the global trunk changed "
-                                                     "while fetching (a round closed): fetch again"))
-            blob += reply.data
-        if sha256_hex(bytes(blob)) != status.global_sha256:
-            raise FederationError("fetch", Reply(ok=False, reason=RejectReason.BAD_CHECKSUM.value,
-                                                 detail="the fetched global trunk does not match its sha256"))
-        blob_round, trunk = decode_trunk(bytes(blob), self.spec)
+        blob = self.fetch_blob(status.round, status.chunk_size, size=status.global_size, sha256=status.global_sha256)
+        blob_round, trunk = decode_trunk(blob, self.spec)
         if blob_round != status.round:
             raise WireError(RejectReason.WRONG_ROUND, f"global trunk of round {blob_round}, expected {status.round}")
         return trunk, len(blob)
-
-    @contextlib.contextmanager
-    def _heartbeat(self) -> Iterator[None]:
-        """Tell the server we are alive while we train (it waits only for live clients)."""
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(self.config.heartbeat_interval_s):
-                try:
-                    self.server.heartbeat(self.client_id, self._sign("heartbeat"))
-                except Exception as err:  # the server may be restarting; the next beat retries
-                    log.debug("heartbeat failed: %s", err)
-        thread = threading.Thread(target=beat, name=f"{self.client_id}-heartbeat", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
-
-    def upload(self, blob: bytes, round_index: int) -> None:
-        """Begin, send every chunk, commit; restart the upload if the server lost it."""
-        digest = sha256_hex(blob)
-        signature = sign_upload(self.secret, self.client_id, round_index, blob)
-        for attempt in range(self.config.upload_attempts):
-            begun = self.server.begin_upload(self.client_id, round_index, len(blob), digest, signature)
-            if not begun.ok:
-                raise FederationError("upload", begun)
-            lost = False
-            view = memoryview(blob)
-            chunks = [(i, view[i * begun.chunk_size: (i + 1) * begun.chunk_size]) for i in range(begun.num_chunks)]
-            for (index, piece), reply in zip(chunks, send_chunks(self.server, begun.upload_id, chunks)):
-                if not reply.ok and reply.reason == RejectReason.BAD_CHUNK_CHECKSUM.value:
-                    reply = self.server.upload_chunk(begun.upload_id, index, bytes(piece), zlib.crc32(piece))
-                if not reply.ok:
-                    lost = reply.reason == RejectReason.UNKNOWN_UPLOAD.value
-                    if not lost:
-                        raise FederationError("upload chunk", reply)
-                    break
-            if not lost:
-                committed = self.server.commit_upload(begun.upload_id)
-                if committed.ok:
-                    return
-                if committed.reason != RejectReason.UNKNOWN_UPLOAD.value:
-                    raise FederationError("commit", committed)
-            log.warning("%s: the server lost upload %s (attempt %d): starting again", self.client_id,
-                        begun.upload_id, attempt + 1)
-        raise FederationError("upload", Reply(ok=False, reason=RejectReason.UNKNOWN_UPLOAD.value,
-                                              detail=f"lost {self.config.upload_attempts} times"))
 
     def _train(self, status: ServerStatus) -> tuple[_TrainedRound, dict[str, torch.Tensor]]:
         """Fetch the round's global trunk and train on it; checkpoint the personal parts (stems,
@@ -287,7 +183,7 @@ class FederationClient:
         start = time.perf_counter()
         global_trunk, fetched = self.fetch_global(status)
         self.policy.trunk.load_state_dict(global_trunk)
-        with self._heartbeat():
+        with self.heartbeating():
             result = train_policy(self.policy, self.dataset, self.train_config, show_progress=self.show_progress,
                                   description=f"{self.client_id} round {status.round}")
         save_checkpoint(self.policy, self.checkpoint_dir, metadata={"round": status.round, **self._data_metadata})
@@ -382,13 +278,13 @@ class FederationClient:
         uploaded_here = status.round < self.last_uploaded_round or (
             status.round == self.last_uploaded_round and (secure or self.client_id in status.accepted))
         if status.finished or uploaded_here or (not secure and self.client_id in status.accepted):
-            self.server.heartbeat(self.client_id, self._sign("heartbeat"))
+            self.beat()
             return None
         try:
             if secure:
                 report = self._secure_step(status)
                 if report is None:
-                    self.server.heartbeat(self.client_id, self._sign("heartbeat"))
+                    self.beat()
                 return report
             return self.run_round(status)
         except FederationError as err:

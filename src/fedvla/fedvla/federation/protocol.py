@@ -54,6 +54,7 @@ class RejectReason(str, enum.Enum):
     BAD_COUNTS = "bad_counts"
     BAD_NUM_SAMPLES = "bad_num_samples"
     TOO_MANY_UPLOADS = "too_many_uploads"
+    NOT_ROUTED = "not_routed"  # skill federation: a skill the client's tasks did not route to this round
 
 
 @dataclasses.dataclass

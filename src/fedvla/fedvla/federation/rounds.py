@@ -44,6 +44,9 @@ class RoundRecord:
     dp_epsilon: float = 0.0  # ε of all rounds so far, at dp_delta (0 without DP noise)
     dp_noise_std: float = 0.0  # the std of the Gaussian noise added to every coordinate (z · sensitivity)
     dp_sensitivity: float = 0.0  # the round's replace-one L2 sensitivity (privacy.replace_one_sensitivity)
+    # What layer_weights' rows are when they are not the MoE layers: the skill federation's
+    # aggregated skills, then its router (not in the round message, whose rows are "layers").
+    rows: list[str] = dataclasses.field(default_factory=list)
 
 
 class RoundEventKind(str, enum.Enum):

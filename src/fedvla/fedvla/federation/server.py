@@ -38,12 +38,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from functools import wraps
 
 import numpy as np
 import torch
@@ -53,36 +50,25 @@ from fedvla.federation.aggregator import Aggregation, Aggregator, RoundAggregate
 from fedvla.federation.eda import NonLayerRule
 from fedvla.federation.privacy import (DpWeights, PrivacyAccountant, add_gaussian_noise, clip_update,
                                       replace_one_sensitivity, round_noise_generator, uniform_weights)
-from fedvla.federation.protocol import RejectReason, Reply, ServerStatus, validate_credentials
-from fedvla.federation.rounds import RoundLimits, RoundRecord, RoundTimer, Step, plain_decision, secure_decision
+from fedvla.federation.protocol import RejectReason, Reply
+from fedvla.federation.round_server import Blob, RoundServer, RoundServerConfig, serialized
+from fedvla.federation.rounds import Decision, RoundLimits, RoundRecord, Step, secure_decision
 from fedvla.federation.secagg import DEFAULT_FRAC_BITS
 from fedvla.federation.secure_round import (SecureOp, SecurePhase, SecureRound, SecureRoundError,
                                             aggregate_trunk, decode_masked, dump_payload, load_payload, parse_report)
 from fedvla.federation.store import ServerStore
-from fedvla.federation.uploads import UploadRefused, Uploads
+from fedvla.federation.uploads import Upload
 from fedvla.federation.wire import (TrunkSpec, TrunkUpdate, WireDtype, WireError, decode_trunk, decode_update,
-                                    encode_trunk, sha256_hex, verify)
+                                    encode_trunk, sha256_hex)
 
 log = logging.getLogger("fedvla.federation.server")
 
 
-
 @dataclasses.dataclass(kw_only=True)
-class FederationServerConfig:
-    rounds: int = 10
-    quorum: int = 2  # fewest accepted updates that can close a round
-    round_timeout_s: float = 600.0  # after this, a round closes with whoever uploaded (≥ quorum)
-    liveness_timeout_s: float = 30.0  # a client not heard from for this long is not waited for
+class FederationServerConfig(RoundServerConfig):
     aggregation: Aggregation = Aggregation.EDA
     non_layer_rule: NonLayerRule = NonLayerRule.MEAN_OF_LAYERS
     broadcast_dtype: WireDtype = WireDtype.FLOAT32  # dtype of the global trunk sent to clients
-    chunk_size: int = 4 * 1024 * 1024
-    max_fetch_bytes: int = 64 * 1024 * 1024  # largest piece one fetch may return
-    max_open_uploads: int = 64
-    upload_timeout_s: float = 300.0  # an upload with no chunk for this long is discarded
-    max_num_samples: int = 10**9
-    keep_update_rounds: int = 2  # update files kept on disk for the last N closed rounds
-    state_dir: str = "federation_state"
     secure_aggregation: bool = False  # SecAgg: the server learns only the aggregate (secure_round.py)
     secagg_threshold: float = 0.6  # Shamir threshold as a fraction of a round's participants (>= 2 of them)
     secagg_frac_bits: int = DEFAULT_FRAC_BITS  # fixed-point fraction bits of the masked trunks
@@ -94,14 +80,13 @@ class FederationServerConfig:
     dp_noise_seed: int = -1  # >= 0: the DP noise is reproducible from it (studies); -1: from the OS
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.aggregation = parse_enum(Aggregation, self.aggregation, "aggregation")
         self.non_layer_rule = parse_enum(NonLayerRule, self.non_layer_rule, "non_layer_rule")
         self.broadcast_dtype = parse_enum(WireDtype, self.broadcast_dtype, "broadcast_dtype")
         self.dp_weights = parse_enum(DpWeights, self.dp_weights, "dp_weights")
         require(not self.broadcast_dtype.is_delta, "broadcast_dtype", "the global trunk is sent as weights",
                 "float32, bfloat16, float16")
-        require(self.rounds >= 1, "rounds", f"must be at least 1, got {self.rounds}", "an integer >= 1")
-        require(self.quorum >= 1, "quorum", f"must be at least 1, got {self.quorum}", "an integer >= 1")
         require(0.5 <= self.secagg_threshold <= 1.0, "secagg_threshold", f"{self.secagg_threshold} is outside "
                 "0.5 ... 1", "a fraction > 0.5 keeps the server blind even if it lies about dropouts")
         require(self.dp_clip_norm >= 0 and self.dp_noise_multiplier >= 0, "dp_clip_norm",
@@ -114,51 +99,27 @@ class FederationServerConfig:
         if self.secure_aggregation:
             require(self.quorum >= 2, "quorum", "secure aggregation needs at least 2 participants (one client's "
                     "sum is its own trunk)", "an integer >= 2")
-        for name in ("round_timeout_s", "liveness_timeout_s", "upload_timeout_s", "phase_timeout_s"):
-            require_positive(getattr(self, name), name)
-        require(self.chunk_size >= 1024, "chunk_size", f"{self.chunk_size} is too small", ">= 1024 bytes")
-        require(self.max_fetch_bytes >= self.chunk_size, "max_fetch_bytes", "must be >= chunk_size")
-        require(bool(self.state_dir), "state_dir", "must name a directory", "a path")
-
-
-def _serialized(method):
-    """Run a request under the server's lock: transports call from several threads (a ROS
-    executor's, simulated clients'), and a request reads and writes the round's state as a whole."""
-    @wraps(method)
-    def locked(self, *args, **kwargs):
-        with self._lock:
-            return method(self, *args, **kwargs)
-    return locked
+        require_positive(self.phase_timeout_s, "phase_timeout_s")
 
 
 class NonFiniteAggregate(RuntimeError):
     """An aggregate with NaN or infinite weights: never installed, never persisted."""
 
 
-class FederationServer:
-    """Every public request is serialized by a lock inside the server, so transports may call it
-    from any thread."""
+class FederationServer(RoundServer):
+    """The trunk federation (FedVLA's): every public request is serialized by a lock inside the
+    server, so transports may call it from any thread."""
 
     def __init__(self, config: FederationServerConfig, spec: TrunkSpec, initial_trunk: Mapping[str, torch.Tensor],
                  credentials: Mapping[str, str], layer_of: Callable[[str], int | None], *,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._lock = threading.RLock()
-        self.config = config
+        super().__init__(config, credentials, clock=clock)
         self.spec = spec
-        self.credentials = validate_credentials(credentials)
+        self.model_hash = spec.trunk_hash
         self.aggregator = Aggregator(config.aggregation, config.non_layer_rule)
         self.layer_of = layer_of
-        self.clock = clock
         self.store = ServerStore(config.state_dir, spec)
-        self.rejections: Counter[str] = Counter()
-        self.history: list[RoundRecord] = []
-        self.joined: set[str] = set()
-        self.accepted: dict[str, dict] = {}  # client → {"sha256", "num_samples"} for the current round
         self._updates: dict[str, TrunkUpdate] = {}
-        self.uploads = Uploads(config.chunk_size, config.max_open_uploads, config.upload_timeout_s, clock)
-        self._last_seen: dict[str, float] = {}
-        self.round = 0
-        self.finished = False
         self.secure: SecureRound | None = None
         self.aborted_attempts: list[dict] = []
         self.accountant: PrivacyAccountant | None = None
@@ -169,7 +130,18 @@ class FederationServer:
             self._install_global(0, {k: v.detach().float().cpu() for k, v in initial_trunk.items()})
             self._open_secure_round(0)
             self._save_state()
-        self.timer = RoundTimer.starting(clock())
+        self.timer.restart(clock())  # the round's clock starts once the state is loaded
+
+    @property
+    def aggregation_label(self) -> str:
+        return self.config.aggregation.value
+
+    def describe(self) -> str:
+        spec = self.spec
+        return (f"federation of {spec.num_parameters / 1e6:.2f} M trunk parameters ({spec.num_layers} MoE layers × "
+                f"{spec.num_experts} experts, trunk hash {spec.trunk_hash}), {self.config.aggregation.value}"
+                f"{' under secure aggregation' if self.config.secure_aggregation else ''}, "
+                f"round {self.round}/{self.config.rounds}, quorum {self.config.quorum}, state in {self.config.state_dir}")
 
     @property
     def limits(self) -> RoundLimits:
@@ -241,120 +213,20 @@ class FederationServer:
                  len(self.accepted), ", ".join(sorted(self.accepted)) or "none")
         return True
 
-    # -- requests -------------------------------------------------------------------------------
-    def _reject(self, reason: RejectReason, detail: str, client_id: str = "") -> Reply:
-        self.rejections[reason.value] += 1
-        log.warning("rejected %s from %s: %s", reason.value, client_id or "?", detail)
-        return Reply(ok=False, reason=reason.value, detail=detail, round=self.round)
+    # -- what a trunk round fetches and uploads (RoundServer's hooks) ----------------------------------
+    def _fetch_blob(self, client_id: str, item: str) -> Blob | Reply:
+        if item:
+            return self._reject(RejectReason.WRONG_FORMAT, f"item {item[:64]!r}: a trunk federation serves only "
+                                "its global trunk (item '')", client_id)
+        return Blob(self._broadcast, self._broadcast_sha256)
 
-    def _authenticate(self, client_id: str, signature: str, kind: str, round_index: int,
-                      digest: str = "") -> Reply | None:
-        secret = self.credentials.get(client_id)
-        if secret is None:
-            return self._reject(RejectReason.UNKNOWN_CLIENT, f"client id {client_id[:64]!r} is not in the "
-                                "credentials file", client_id[:64])
-        if not verify(secret, signature, kind, client_id, round_index, digest):
-            return self._reject(RejectReason.BAD_SIGNATURE, f"the {kind} signature does not verify with "
-                                f"{client_id}'s secret", client_id)
-        self._last_seen[client_id] = self.clock()
-        return None
-
-    @_serialized
-    def join(self, client_id: str, trunk_hash: str, signature: str) -> Reply:
-        if (denied := self._authenticate(client_id, signature, "join", 0, trunk_hash)) is not None:
-            return denied
-        if trunk_hash != self.spec.trunk_hash:
-            return self._reject(RejectReason.WRONG_MODEL, f"trunk hash {trunk_hash!r}, the federation's is "
-                                f"{self.spec.trunk_hash!r}: use the server's model config", client_id)
-        if client_id not in self.joined:
-            self.joined.add(client_id)
-            self._save_state()
-            log.info("client %s joined (round %d)", client_id, self.round)
-        return Reply(ok=True, round=self.round, chunk_size=self.config.chunk_size)
-
-    @_serialized
-    def heartbeat(self, client_id: str, signature: str) -> Reply:
-        """A client is alive (clients call it while they train, so the server waits for them)."""
-        if (denied := self._authenticate(client_id, signature, "heartbeat", 0)) is not None:
-            return denied
-        return Reply(ok=True, round=self.round)
-
-    @_serialized
-    def status(self) -> ServerStatus:
-        now = self.clock()
-        live = sorted(c for c in self.joined if now - self._last_seen.get(c, -math.inf) <= self.config.liveness_timeout_s)
+    def _round_status(self) -> tuple[list[str], str, int]:
         secure = self.secure
-        return ServerStatus(round=self.round, rounds=self.config.rounds, finished=self.finished,
-                            accepted=secure.done() if secure else sorted(self.accepted), live_clients=live,
-                            joined=sorted(self.joined), global_size=len(self._broadcast),
-                            global_sha256=self._broadcast_sha256, chunk_size=self.config.chunk_size,
-                            phase=secure.phase.value if secure else "", attempt=secure.attempt if secure else 0)
+        if secure is None:
+            return super()._round_status()
+        return secure.done(), secure.phase.value, secure.attempt
 
-    @_serialized
-    def fetch(self, client_id: str, round_index: int, offset: int, length: int, signature: str) -> Reply:
-        if (denied := self._authenticate(client_id, signature, "fetch", round_index)) is not None:
-            return denied
-        if round_index != self.round:
-            reason = RejectReason.ROUND_CLOSED if round_index < self.round else RejectReason.WRONG_ROUND
-            return self._reject(reason, f"round {round_index} requested, the current round is {self.round}", client_id)
-        if offset < 0 or length <= 0 or length > self.config.max_fetch_bytes or offset > len(self._broadcast):
-            return self._reject(RejectReason.BAD_SIZE, f"offset {offset}, length {length} (blob is "
-                                f"{len(self._broadcast)} bytes, at most {self.config.max_fetch_bytes} per fetch)", client_id)
-        return Reply(ok=True, round=self.round, data=self._broadcast[offset: offset + length],
-                     total_size=len(self._broadcast), sha256=self._broadcast_sha256)
-
-    def _check_round(self, client_id: str, round_index: int) -> Reply | None:
-        if self.finished:
-            return self._reject(RejectReason.FEDERATION_FINISHED, f"all {self.config.rounds} rounds are done", client_id)
-        if round_index < self.round:
-            return self._reject(RejectReason.ROUND_CLOSED, f"round {round_index} is closed; the current round is "
-                                f"{self.round}: fetch its global trunk", client_id)
-        if round_index > self.round:
-            return self._reject(RejectReason.WRONG_ROUND, f"round {round_index} has not started (current "
-                                f"{self.round})", client_id)
-        return None
-
-    @_serialized
-    def begin_upload(self, client_id: str, round_index: int, size: int, sha256: str, signature: str) -> Reply:
-        if (denied := self._authenticate(client_id, signature, "upload", round_index, sha256)) is not None:
-            return denied
-        if client_id not in self.joined:
-            return self._reject(RejectReason.NOT_JOINED, "join the federation first", client_id)
-        if (denied := self._check_round(client_id, round_index)) is not None:
-            return denied
-        if (denied := self._check_not_uploaded(client_id, round_index)) is not None:
-            return denied
-        try:
-            upload_id, upload = self.uploads.open(client_id, round_index, size, sha256, self._largest_upload())
-        except UploadRefused as err:
-            return self._reject(err.reason, err.detail, err.client_id)
-        return Reply(ok=True, round=self.round, upload_id=upload_id, chunk_size=upload.chunk_size,
-                     num_chunks=upload.num_chunks)
-
-    @_serialized
-    def upload_chunk(self, upload_id: str, index: int, data: bytes | memoryview, crc32: int) -> Reply:
-        try:
-            upload = self.uploads.add_chunk(upload_id, index, data, crc32)
-        except UploadRefused as err:
-            return self._reject(err.reason, err.detail, err.client_id)
-        self._last_seen[upload.client_id] = upload.last_activity
-        return Reply(ok=True, round=self.round, upload_id=upload_id)
-
-    @_serialized
-    def commit_upload(self, upload_id: str) -> Reply:
-        try:
-            upload = self.uploads.complete(upload_id)
-        except UploadRefused as err:
-            return self._reject(err.reason, err.detail, err.client_id)
-        client_id = upload.client_id
-        if (denied := self._check_round(client_id, upload.round)) is not None:
-            return denied
-        if (denied := self._check_not_uploaded(client_id, upload.round)) is not None:
-            return denied
-        try:
-            blob = self.uploads.blob(upload)
-        except UploadRefused as err:
-            return self._reject(err.reason, err.detail, client_id)
+    def _commit_blob(self, client_id: str, upload: Upload, blob: bytes) -> Reply:
         if self.secure is not None:
             return self._commit_masked(client_id, blob)
         try:
@@ -377,17 +249,15 @@ class FederationServer:
         return Reply(ok=True, round=self.round)
 
     def _check_not_uploaded(self, client_id: str, round_index: int) -> Reply | None:
-        if self.secure is not None:
-            if self.secure.phase is not SecurePhase.MASKED:
-                return self._reject(RejectReason.WRONG_ROUND, f"round {round_index} aggregates securely and is in "
-                                    f"phase {self.secure.phase.value!r}: masked uploads are taken in phase 'masked'",
-                                    client_id)
-            if client_id in self.secure.server.masked:
-                return self._reject(RejectReason.DUPLICATE, f"a masked upload of {client_id} for round "
-                                    f"{round_index} was already accepted", client_id)
-        elif client_id in self.accepted:
-            return self._reject(RejectReason.DUPLICATE, f"an update of {client_id} for round {round_index} was "
-                                "already accepted", client_id)
+        if self.secure is None:
+            return super()._check_not_uploaded(client_id, round_index)
+        if self.secure.phase is not SecurePhase.MASKED:
+            return self._reject(RejectReason.WRONG_ROUND, f"round {round_index} aggregates securely and is in "
+                                f"phase {self.secure.phase.value!r}: masked uploads are taken in phase 'masked'",
+                                client_id)
+        if client_id in self.secure.server.masked:
+            return self._reject(RejectReason.DUPLICATE, f"a masked upload of {client_id} for round "
+                                f"{round_index} was already accepted", client_id)
         return None
 
     def _largest_upload(self) -> int:
@@ -417,7 +287,7 @@ class FederationServer:
         log.info("accepted round %d masked upload from %s (%d bytes)", self.round, client_id, len(blob))
         return Reply(ok=True, round=self.round)
 
-    @_serialized
+    @serialized
     def secure_request(self, op: str, client_id: str, round_index: int, attempt: int, payload: bytes,
                        signature: str) -> Reply:
         """The small messages of a secure round (:class:`SecureOp`); the answer's ``data`` is JSON."""
@@ -463,20 +333,12 @@ class FederationServer:
         return Reply(ok=True, round=self.round, data=dump_payload(answer) if answer is not None else b"")
 
     # -- rounds (the decisions: rounds.py) ---------------------------------------------------------
-    @_serialized
-    def tick(self) -> RoundRecord | None:
-        """Carry out what the round state machine decides now (call periodically); returns the
-        round it closed, if it closed one."""
-        self.uploads.expire()
-        if self.finished:
-            return None
-        now, live = self.clock(), self.status().live_clients
+    def _decision(self, live: list[str], now: float) -> Decision:
         if self.secure is None:
-            decision = plain_decision(self.accepted, live, self.limits, self.timer, now)
-        else:
-            decision = secure_decision(self.secure, live, self.limits, self.timer, now)
-        if decision.step is Step.CLOSE:
-            return self._close_round(decision.closed_by, now - self.timer.round_started)
+            return super()._decision(live, now)
+        return secure_decision(self.secure, live, self.limits, self.timer, now)
+
+    def _carry_out(self, decision: Decision, now: float) -> None:
         if decision.step is Step.FIX_PARTICIPANTS:
             self._fix_participants(now)
         elif decision.step is Step.ADVANCE:
@@ -489,7 +351,6 @@ class FederationServer:
                 self._save_state()
         elif decision.step is Step.ABORT:
             self._abort_secure(decision.why)
-        return None
 
     def _fix_participants(self, now: float) -> None:
         secure = self.secure

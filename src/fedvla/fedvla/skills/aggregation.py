@@ -6,25 +6,16 @@ A skill nobody trained this round keeps its weights."""
 from __future__ import annotations
 
 import dataclasses
-import enum
 from collections.abc import Iterable, Mapping
 
 import torch
 
-
-class SkillRejectReason(str, enum.Enum):
-    NOT_ROUTED = "not_routed"  # a skill the client's tasks do not route to
-    SIGNATURE = "signature"  # trained against another base policy
-    SHAPE = "shape"  # other tensors than the skill's
-    NON_FINITE = "non_finite"
-    OVERSIZE = "oversize"
-    BAD_NUM_SAMPLES = "bad_num_samples"
+from fedvla.federation.protocol import RejectReason
+from fedvla.federation.wire import WireError
 
 
-class SkillUploadError(ValueError):
-    def __init__(self, reason: SkillRejectReason, detail: str) -> None:
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason, self.detail = reason, detail
+class SkillUploadError(WireError):
+    """A skill delta refused, with the :class:`RejectReason` trunk uploads are refused with."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,21 +30,21 @@ def check_skill_delta(upload: SkillDelta, routed: Iterable[str], template: Mappi
                       signature_ok: bool, max_bytes: int) -> None:
     """Refuse an upload the way trunk uploads are refused: with the reason, before it is kept."""
     if not signature_ok:
-        raise SkillUploadError(SkillRejectReason.SIGNATURE, f"{upload.client_id}'s base policy is not the library's")
+        raise SkillUploadError(RejectReason.WRONG_MODEL, f"{upload.client_id}'s base policy is not the library's")
     if upload.skill_id not in set(routed):
-        raise SkillUploadError(SkillRejectReason.NOT_ROUTED, f"{upload.client_id} was not routed to {upload.skill_id!r}")
+        raise SkillUploadError(RejectReason.NOT_ROUTED, f"{upload.client_id} was not routed to {upload.skill_id!r}")
     if not isinstance(upload.num_samples, int) or upload.num_samples <= 0:
-        raise SkillUploadError(SkillRejectReason.BAD_NUM_SAMPLES, f"{upload.num_samples!r} is not a positive count")
+        raise SkillUploadError(RejectReason.BAD_NUM_SAMPLES, f"{upload.num_samples!r} is not a positive count")
     size = sum(t.numel() * t.element_size() for t in upload.delta.values())
     if size > max_bytes:
-        raise SkillUploadError(SkillRejectReason.OVERSIZE, f"{size} bytes, at most {max_bytes}")
+        raise SkillUploadError(RejectReason.TOO_LARGE, f"{size} bytes, at most {max_bytes}")
     shapes = {k: tuple(v.shape) for k, v in upload.delta.items()}
     expected = {k: tuple(v.shape) for k, v in template.items()}
     if shapes != expected:
-        raise SkillUploadError(SkillRejectReason.SHAPE, f"tensors {shapes} are not the skill's {expected}")
+        raise SkillUploadError(RejectReason.WRONG_SHAPE, f"tensors {shapes} are not the skill's {expected}")
     for name, tensor in upload.delta.items():
         if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
-            raise SkillUploadError(SkillRejectReason.NON_FINITE, f"{name} is not finite floating point")
+            raise SkillUploadError(RejectReason.NOT_FINITE, f"{name} is not finite floating point")
 
 
 def aggregate_skill_deltas(uploads: Iterable[SkillDelta]) -> dict[str, dict[str, torch.Tensor]]:

@@ -1,141 +1,412 @@
-"""Federated skill rounds (``federation_mode: skills``): the server keeps the skill library and the
-router; per round each client routes its own tasks' instructions, fetches only the skills they
-route to (and the router), fine-tunes them on its demonstrations with the base frozen, and uploads
-per skill the delta and its sample count, and the router's delta. The server checks every upload
-(:func:`~fedvla.skills.aggregation.check_skill_delta`), aggregates each skill over the clients that
-trained it and the router over all (sample-weighted), and publishes a new library version.
+"""Federated skill rounds (``federation_mode: skills``) on the federation transport: the same
+requests as the trunk federation (join, status, fetch, chunked signed uploads; the ``fed_server``
+and ``fed_client`` nodes' ROS 2 services, or in process), the same round state machine, the same
+refusal of hostile uploads with a reason.
+
+Per round r, a client:
+
+1. joins with its base signature's hash (:func:`~fedvla.skills.wire.signature_hash`): a robot
+   whose base policy is not the library's is refused (``wrong_model``) before anything else;
+2. fetches the manifest (item ""): the router, the library's versions and the skill config;
+3. routes its own tasks' instructions (the top-K of each, their union) and fetches only those
+   skills (item ``skill_<i>``); the server records what each client fetched this round;
+4. fine-tunes them and the router on its demonstrations, the base frozen
+   (:func:`~fedvla.skills.training.train_skills`), and uploads per skill the change of its
+   weights, with its sample count and tasks (:func:`~fedvla.skills.wire.encode_upload`).
+
+The server checks each upload as a whole (:func:`~fedvla.skills.aggregation.check_skill_delta`
+on every part: a skill it did not hand this client this round is ``not_routed``; wrong signature,
+shapes, NaN, oversize, bad counts are refused the same way trunk uploads are) and keeps it on disk
+before acknowledging it. Closing the round aggregates each skill over the clients that trained it,
+and the router over all, sample-weighted, and publishes a new library version
+(:class:`~fedvla.skills.library.SkillLibrary`, written atomically with the round it holds, so a
+restarted server neither loses nor repeats a round).
 
 Choices where the paper is silent: skills are named ``skill_<i>`` after their router output; the
 router is federated like a skill that every client trains; a client's routed skills are the top-K
-of each of its instructions (their union), fixed at the start of its round.
+of each of its instructions, fixed at the start of its round. Skill deltas travel in the clear on
+this transport; :mod:`fedvla.skills.encryption` (CKKS) and our SecAgg masks are the encrypted
+options, compared by ``fedvla bench skills``.
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from fedvla.config import ConfigError, require
+from fedvla.federation.protocol import RejectReason, Reply
+from fedvla.federation.round_client import FederationError, RoundClient, ServerApi
+from fedvla.federation.round_server import Blob, RoundServer, RoundServerConfig
+from fedvla.federation.rounds import RoundRecord
+from fedvla.federation.state import atomic_write_bytes, atomic_write_json, read_json
+from fedvla.federation.uploads import Upload
+from fedvla.federation.wire import WireError, sha256_hex
 from fedvla.model.policy import Policy
 from fedvla.model.train import TrainConfig
-from fedvla.skills.aggregation import SkillDelta, SkillUploadError, aggregate_skill_deltas, check_skill_delta
+from fedvla.skills.aggregation import SkillUploadError, aggregate_skill_deltas, check_skill_delta
 from fedvla.skills.library import SkillLibrary, SkillSignature
 from fedvla.skills.modules import ResidualSkill, SkillConfig, SkillRouter
 from fedvla.skills.training import SkillTrainResult, train_skills
+from fedvla.skills.wire import (ROUTER_ID, Manifest, SkillUploadBlob, decode_manifest, decode_skill, decode_upload,
+                                encode_manifest, encode_skill, encode_upload, signature_hash)
 
-ROUTER_ID = "router"
+log = logging.getLogger("fedvla.skills.federation")
+STATE_VERSION = 1
+AGGREGATION = "skills"
 
 
 def skill_id(index: int) -> str:
     return f"skill_{index}"
 
 
-def _delta(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: (after[k].detach() - before[k]).clone() for k in before}
+def skill_index(name: str) -> int:
+    return int(name.removeprefix("skill_"))
+
+
+@dataclasses.dataclass(kw_only=True)
+class SkillServerConfig(RoundServerConfig):
+    max_skill_upload_bytes: int = 64 << 20  # one skill's delta (a skill has < 1 M parameters: 4 MB in float32)
+    library_dir: str = ""  # the skill library ("" : <state_dir>/library)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.max_skill_upload_bytes >= 1024, "max_skill_upload_bytes", f"{self.max_skill_upload_bytes}",
+                ">= 1024 bytes")
+
+    @property
+    def library_path(self) -> Path:
+        return Path(self.library_dir) if self.library_dir else Path(self.state_dir) / "library"
+
+
+class SkillFederationServer(RoundServer):
+    """The skill library's keeper on the federation transport (see the module docstring)."""
+
+    wrong_model_fix = "load the base policy the skill library was made for (its checkpoint hash and action space)"
+
+    def __init__(self, config: SkillServerConfig, skill_config: SkillConfig, signature: SkillSignature,
+                 credentials: Mapping[str, str], *, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(config, credentials, clock=clock)
+        self.skill_config = skill_config
+        self.library = SkillLibrary(config.library_path, signature)  # refuses a library of another base
+        self.model_hash = signature_hash(signature)
+        self.state_dir = Path(config.state_dir)
+        self.routed: dict[str, list[str]] = {}  # client → the skills it fetched this round
+        self._uploads: dict[str, SkillUploadBlob] = {}
+        if not self.library.skills:  # a new library: zero-residual skills and a fresh router, version 1
+            torch.manual_seed(0)
+            self.library.publish({skill_id(i): ResidualSkill(skill_config).state_dict()
+                                  for i in range(skill_config.num_skills)}, {}, router=SkillRouter(skill_config).state_dict())
+        if not self._resume():
+            self._save_state()
+        self._cache_round()
+        self.timer.restart(clock())
+
+    aggregation_label = AGGREGATION
+
+    def describe(self) -> str:
+        sizes = {name: v.parameters for name, versions in self.library.skills.items() for v in versions[-1:]}
+        return (f"skill federation of {len(sizes)} skills ({max(sizes.values()) / 1e3:.0f} k parameters each, top-"
+                f"{self.skill_config.top_k} routing) on base {self.library.signature.base_hash[:12]}, library "
+                f"{self.library.directory}, round {self.round}/{self.config.rounds}, quorum {self.config.quorum}, "
+                f"state in {self.state_dir}")
+
+    # -- persistence ------------------------------------------------------------------------------
+    def _update_path(self, round_index: int, client_id: str) -> Path:
+        return self.state_dir / "updates" / f"round_{round_index:05d}" / f"{client_id}.safetensors"
+
+    def _save_state(self) -> None:
+        atomic_write_json(self.state_dir / "state.json", {
+            "version": STATE_VERSION, "aggregation": AGGREGATION, "model_hash": self.model_hash, "round": self.round,
+            "finished": self.finished, "joined": sorted(self.joined), "accepted": self.accepted, "routed": self.routed,
+            "history": [dataclasses.asdict(r) for r in self.history], "rejections": dict(self.rejections)})
+
+    def _resume(self) -> bool:
+        state = read_json(self.state_dir / "state.json")
+        if state is None:
+            return False
+        if state.get("aggregation") != AGGREGATION or state.get("model_hash") != self.model_hash:
+            raise ConfigError("state_dir", f"{self.state_dir} holds another federation's state (aggregation "
+                              f"{state.get('aggregation')!r}, model hash {state.get('model_hash')!r})",
+                              "an empty directory, or this skill federation's state_dir")
+        self.round, self.finished = int(state["round"]), bool(state["finished"])
+        self.joined, self.routed = set(state["joined"]), {c: list(s) for c, s in state["routed"].items()}
+        self.history = [RoundRecord(**r) for r in state["history"]]
+        self.rejections.update(state["rejections"])
+        for client_id, info in state["accepted"].items():
+            blob = self._update_path(self.round, client_id).read_bytes()
+            if sha256_hex(blob) != info["sha256"]:
+                raise ConfigError("state_dir", f"the accepted skill upload of {client_id} in round {self.round} does "
+                                  "not match its recorded sha256", "restore the directory from a backup")
+            self._uploads[client_id], self.accepted[client_id] = decode_upload(blob), info
+        if self.library.published_round >= self.round and not self.finished:
+            # It crashed after publishing the round's aggregate, before saving that it had: finish closing.
+            log.warning("round %d was published to the library before a restart: closing it", self.round)
+            self._advance(self.round)
+        log.info("resumed the skill federation at round %d with %d accepted upload(s)", self.round, len(self.accepted))
+        return True
+
+    # -- what a round serves ----------------------------------------------------------------------
+    def _cache_round(self) -> None:
+        """The blobs of the current round: the manifest and each skill's latest version."""
+        versions = {name: self.library.latest(name).version for name in sorted(self.library.skills)}
+        manifest = encode_manifest(Manifest(self.round, versions, self.library.router_version, self.skill_config,
+                                            self.model_hash, self.library.load_router(self.library.signature)))
+        self._blobs = {"": Blob(manifest, sha256_hex(manifest))}
+        for name, version in versions.items():
+            blob = encode_skill(name, version, self.library.load_skill(name, self.library.signature))
+            self._blobs[name] = Blob(blob, sha256_hex(blob))
+
+    def _fetch_blob(self, client_id: str, item: str) -> Blob | Reply:
+        blob = self._blobs.get(item)
+        if blob is None:
+            return self._reject(RejectReason.WRONG_PARAMETERS, f"the library has no skill {item[:64]!r} (skills: "
+                                f"{', '.join(sorted(self.library.skills))})", client_id)
+        if item and client_id and item not in self.routed.setdefault(client_id, []):
+            self.routed[client_id].append(item)  # durable: an upload after a restart is still routed
+            self._save_state()
+        return blob
+
+    def _largest_upload(self) -> int:
+        return (self.skill_config.num_skills + 1) * self.config.max_skill_upload_bytes + (1 << 20)
+
+    def _commit_blob(self, client_id: str, upload: Upload, blob: bytes) -> Reply:
+        try:
+            update = decode_upload(blob)
+            if update.client_id != client_id:
+                raise WireError(RejectReason.WRONG_SENDER, f"the blob says client {update.client_id!r}")
+            if update.round != upload.round:
+                raise WireError(RejectReason.WRONG_ROUND, f"the blob says round {update.round}, the upload was "
+                                f"signed for round {upload.round}")
+            if not 0 < update.num_samples <= self.config.max_num_samples:
+                raise WireError(RejectReason.BAD_NUM_SAMPLES, f"{update.num_samples} samples")
+            self._check_deltas(client_id, update)
+        except WireError as err:
+            return self._reject(err.reason, err.detail, client_id)
+        atomic_write_bytes(self._update_path(self.round, client_id), blob)  # durable before acknowledged
+        self.accepted[client_id] = {"sha256": upload.sha256, "num_samples": update.num_samples}
+        self._uploads[client_id] = update
+        self._save_state()
+        log.info("accepted round %d skill upload from %s (%s; %d bytes, %d samples)", self.round, client_id,
+                 ", ".join(sorted(update.deltas)), len(blob), update.num_samples)
+        return Reply(ok=True, round=self.round)
+
+    def _check_deltas(self, client_id: str, update: SkillUploadBlob) -> None:
+        """Every part of an upload, or none: a refusal names the first bad part."""
+        signature_ok = update.signature_hash == self.model_hash
+        routed = [*self.routed.get(client_id, []), ROUTER_ID]
+        for delta in update.skill_deltas():
+            template = (self.library.load_router(self.library.signature) if delta.skill_id == ROUTER_ID
+                        else self.library.load_skill(delta.skill_id, self.library.signature)
+                        if delta.skill_id in self.library.skills else {})
+            try:
+                check_skill_delta(delta, routed, template, signature_ok, self.config.max_skill_upload_bytes)
+            except SkillUploadError as err:
+                raise SkillUploadError(err.reason, f"{delta.skill_id}: {err.detail}") from None
+
+    # -- closing a round --------------------------------------------------------------------------
+    def _close_round(self, closed_by: str, elapsed: float) -> RoundRecord | None:
+        clients = sorted(self._uploads)
+        updates = [self._uploads[c] for c in clients]
+        merged = aggregate_skill_deltas([d for u in updates for d in u.skill_deltas()])
+        signature = self.library.signature
+        skills = {name: {k: v + merged[name][k] for k, v in self.library.load_skill(name, signature).items()}
+                  for name in merged if name != ROUTER_ID}
+        router = ({k: v + merged[ROUTER_ID][k] for k, v in self.library.load_router(signature).items()}
+                  if ROUTER_ID in merged else None)
+        tasks: dict[str, set[str]] = {}
+        for update in updates:
+            for name in update.deltas:
+                if name != ROUTER_ID:
+                    tasks.setdefault(name, set()).update(update.tasks)
+        closed = self.round
+        versions = self.library.publish(skills, {s: sorted(t) for s, t in tasks.items()}, router=router,
+                                        round_index=closed)
+        rows = [*sorted(skills), *([ROUTER_ID] if router is not None else [])]
+        num_samples = [u.num_samples for u in updates]
+        totals = {row: sum(u.num_samples for u in updates if row in u.deltas) for row in rows}
+        weights = [[u.num_samples / totals[row] if row in u.deltas else 0.0 for u in updates] for row in rows]
+        record = RoundRecord(round=closed, clients=clients, dropped=sorted(c for c in self.joined if c not in clients),
+                             num_samples=num_samples, layer_weights=np.round(weights, 6).tolist(),
+                             aggregation=AGGREGATION, closed_by=closed_by, duration_s=round(elapsed, 3), rows=rows)
+        self.history.append(record)
+        self._advance(closed)
+        log.info("round %d closed (%s): %s from %s; %s", closed, closed_by,
+                 ", ".join(f"{s} v{v}" for s, v in versions.items()) or "no skill", ", ".join(clients),
+                 "federation finished" if self.finished else f"round {self.round} open")
+        return record
+
+    def _advance(self, closed: int) -> None:
+        """Open the round after ``closed`` (its aggregate is in the library)."""
+        self.round, self.accepted, self._uploads, self.routed = closed + 1, {}, {}, {}
+        self.uploads.discard(lambda upload: upload.round <= closed)
+        self.finished = self.round >= self.config.rounds
+        self._save_state()
+        stale = self.state_dir / "updates" / f"round_{closed - self.config.keep_update_rounds:05d}"
+        if stale.is_dir():
+            for path in stale.iterdir():
+                path.unlink()
+            stale.rmdir()
+        self._cache_round()
+        self.timer.restart(self.clock())
 
 
 @dataclasses.dataclass
-class SkillUpload:
-    client_id: str
-    signature: SkillSignature
-    routed: list[str]  # the skills the client fetched this round
-    tasks: list[str]  # the tasks its demonstrations are of (recorded with the skills it trained)
-    skills: list[SkillDelta]
-    router: SkillDelta | None
+class SkillRoundReport:
+    round: int
+    routed: list[str]
     train: SkillTrainResult
+    upload_bytes: int
+    fetch_bytes: int
+    seconds: float
 
 
-class SkillServer:
-    """The library's keeper: hands out routed skills, checks uploads, aggregates, publishes."""
-
-    def __init__(self, library: SkillLibrary, config: SkillConfig, max_upload_bytes: int = 64 << 20) -> None:
-        self.library, self.config, self.max_upload_bytes = library, config, max_upload_bytes
-        self.rejections: list[tuple[str, str, str]] = []  # (client, skill, reason)
-        if not library.skills:  # a new library: zero-residual skills and a fresh router, version 1
-            torch.manual_seed(0)
-            library.publish({skill_id(i): ResidualSkill(config).state_dict() for i in range(config.num_skills)},
-                            {}, router=SkillRouter(config).state_dict())
-        self._routed: dict[str, set[str]] = {}
-
-    def fetch(self, client_id: str, signature: SkillSignature, routed: Sequence[str]) -> dict:
-        """The routed skills, for a client whose base has ``signature`` (refused if not the library's)."""
-        self._routed[client_id] = set(routed)
-        return {s: self.library.load_skill(s, signature) for s in routed}
-
-    def aggregate(self, uploads: Sequence[SkillUpload]) -> dict[str, int]:
-        """Check every upload, aggregate the accepted ones, publish; the versions written."""
-        accepted, routers = [], []
-        templates = {s: self.library.load_skill(s, self.library.signature) for s in self.library.skills}
-        router_template = self.library.load_router(self.library.signature)
-        for upload in uploads:
-            signature_ok = not self.library.signature.differences(upload.signature)
-            for delta in upload.skills:
-                try:
-                    check_skill_delta(delta, self._routed.get(upload.client_id, ()), templates.get(delta.skill_id, {}),
-                                      signature_ok, self.max_upload_bytes)
-                    accepted.append(delta)
-                except SkillUploadError as err:
-                    self.rejections.append((upload.client_id, delta.skill_id, err.reason.value))
-            if upload.router is not None:
-                try:
-                    check_skill_delta(upload.router, [ROUTER_ID], router_template, signature_ok, self.max_upload_bytes)
-                    routers.append(upload.router)
-                except SkillUploadError as err:
-                    self.rejections.append((upload.client_id, ROUTER_ID, err.reason.value))
-        merged = aggregate_skill_deltas(accepted + routers)
-        new_skills = {s: {k: templates[s][k] + d[k] for k in d} for s, d in merged.items() if s != ROUTER_ID}
-        router = ({k: router_template[k] + merged[ROUTER_ID][k] for k in router_template}
-                  if ROUTER_ID in merged else None)
-        tasks = {}
-        for upload in uploads:
-            for delta in upload.skills:
-                tasks.setdefault(delta.skill_id, set()).update(upload.tasks)
-        return self.library.publish(new_skills, {s: sorted(t) for s, t in tasks.items()}, router=router)
+def instruction_embeddings(dataset: Dataset) -> torch.Tensor:
+    """The distinct instruction embeddings (I, E) of a dataset's demonstrations: what a client routes."""
+    if hasattr(dataset, "episodes"):  # fedvla.data.episodes.ChunkDataset
+        rows = torch.stack([torch.as_tensor(e["language"]).float().reshape(-1) for e in dataset.episodes])
+    elif hasattr(dataset, "language"):  # fedvla.data.synthetic.SquareReachDataset
+        rows = torch.as_tensor(dataset.language).float()
+    else:
+        rows = torch.stack([dataset[i]["language"].float() for i in range(len(dataset))])
+    return torch.unique(rows, dim=0)
 
 
-class SkillClient:
-    """A robot: its frozen base, its demonstrations, its instructions (the tasks it trains)."""
+class SkillFederationClient(RoundClient):
+    """A robot: its frozen base, its demonstrations and their instructions (the tasks it trains)."""
 
-    def __init__(self, client_id: str, base: Policy, signature: SkillSignature, dataset: Dataset,
-                 instructions: torch.Tensor, config: SkillConfig, train: TrainConfig, tasks: Sequence[str] = ()) -> None:
-        self.client_id, self.base, self.signature, self.tasks = client_id, base, signature, list(tasks)
-        self.dataset, self.instructions, self.config, self.train_config = dataset, instructions, config, train
+    def __init__(self, client_id: str, secret: str, server: ServerApi, base: Policy, signature: SkillSignature,
+                 dataset: Dataset, train: TrainConfig, tasks: Sequence[str] = (), *, instructions: torch.Tensor | None = None,
+                 heartbeat_interval_s: float = 5.0, upload_attempts: int = 3, state_dir: str | Path = "skill_client",
+                 base_checkpoint: str = "") -> None:
+        super().__init__(client_id, secret, server, heartbeat_interval_s=heartbeat_interval_s,
+                         upload_attempts=upload_attempts)
+        self.base, self.signature, self.dataset, self.train_config = base, signature, dataset, train
+        self.tasks = list(tasks)
+        self.instructions = instruction_embeddings(dataset) if instructions is None else instructions.float()
+        self.last_uploaded_round = -1
+        self.state_dir, self.base_checkpoint = Path(state_dir), base_checkpoint
 
-    def route(self, router_state: dict) -> list[str]:
-        router = SkillRouter(self.config)
-        router.load_state_dict(router_state)
+    def join(self) -> None:
+        self.join_with(signature_hash(self.signature))
+
+    def fetch_manifest(self, round_index: int, chunk_size: int) -> tuple[Manifest, int]:
+        blob = self.fetch_blob(round_index, chunk_size)
+        manifest = decode_manifest(blob)
+        if manifest.signature_hash != signature_hash(self.signature):
+            raise FederationError("fetch", Reply(ok=False, reason=RejectReason.WRONG_MODEL.value,
+                                                 detail="the library was made for another base policy"))
+        return manifest, len(blob)
+
+    def route(self, manifest: Manifest) -> list[str]:
+        """The skills this robot's instructions route to (the top-K of each, their union)."""
+        router = SkillRouter(manifest.skill_config)
+        router.load_state_dict(manifest.router)
         with torch.no_grad():
-            indices = router(self.instructions.float()).indices
+            indices = router(self.instructions).indices
         return [skill_id(i) for i in sorted(set(indices.reshape(-1).tolist()))]
 
-    def run_round(self, server: SkillServer) -> SkillUpload:
-        router_state = server.library.load_router(self.signature)  # checks the signature too
-        routed = self.route(router_state)
-        skill_states = server.fetch(self.client_id, self.signature, routed)
-        skills = nn.ModuleList(ResidualSkill(self.config) for _ in range(self.config.num_skills))
-        for name, state in skill_states.items():
-            skills[int(name.split("_")[1])].load_state_dict(state)
-        router = SkillRouter(self.config)
-        router.load_state_dict(router_state)
-        result = train_skills(self.base, skills, router, self.dataset, self.train_config, self.config)
-        samples = len(self.dataset)
-        deltas = [SkillDelta(self.client_id, name, _delta(skills[int(name.split("_")[1])].state_dict(), state), samples)
-                  for name, state in skill_states.items()]
-        return SkillUpload(self.client_id, self.signature, routed, self.tasks, deltas,
-                           SkillDelta(self.client_id, ROUTER_ID, _delta(router.state_dict(), router_state), samples), result)
+    def fetch_skills(self, manifest: Manifest, names: Sequence[str], chunk_size: int) -> tuple[nn.ModuleList, int]:
+        """The library's skills as modules: ``names`` loaded from the server, the others untrained."""
+        skills = nn.ModuleList(ResidualSkill(manifest.skill_config) for _ in range(manifest.skill_config.num_skills))
+        fetched = 0
+        for name in names:
+            blob = self.fetch_blob(manifest.round, chunk_size, item=name)
+            version, state = decode_skill(blob, name)
+            if version != manifest.versions.get(name):
+                raise FederationError("fetch", Reply(ok=False, reason="changed", detail=f"{name} is version {version}, "
+                                                     f"the manifest says {manifest.versions.get(name)}: fetch again"))
+            skills[skill_index(name)].load_state_dict(state)
+            fetched += len(blob)
+        return skills, fetched
+
+    def run_round(self, round_index: int, chunk_size: int) -> SkillRoundReport:
+        started = time.perf_counter()
+        manifest, fetched = self.fetch_manifest(round_index, chunk_size)
+        routed = self.route(manifest)
+        skills, skill_bytes = self.fetch_skills(manifest, routed, chunk_size)
+        before = {name: {k: v.clone() for k, v in skills[skill_index(name)].state_dict().items()} for name in routed}
+        router = SkillRouter(manifest.skill_config)
+        router.load_state_dict(manifest.router)
+        with self.heartbeating():
+            result = train_skills(self.base, skills, router, self.dataset, self.train_config, manifest.skill_config)
+        deltas = {name: {k: v.detach() - before[name][k] for k, v in skills[skill_index(name)].state_dict().items()}
+                  for name in routed}
+        deltas[ROUTER_ID] = {k: v.detach() - manifest.router[k] for k, v in router.state_dict().items()}
+        blob = encode_upload(SkillUploadBlob(self.client_id, round_index, len(self.dataset), self.tasks,
+                                             signature_hash(self.signature), deltas))
+        self.upload(blob, round_index)
+        self.last_uploaded_round = round_index
+        return SkillRoundReport(round_index, routed, result, len(blob), fetched + skill_bytes,
+                                time.perf_counter() - started)
+
+    def step(self) -> SkillRoundReport | None:
+        """One poll: run the current round if this client has not uploaded to it yet."""
+        if not self.joined:
+            self.join()
+        status = self.server.status()
+        if status.finished or status.round <= self.last_uploaded_round or self.client_id in status.accepted:
+            self.beat()
+            return None
+        try:
+            return self.run_round(status.round, status.chunk_size)
+        except FederationError as err:
+            if err.reply.reason in (RejectReason.ROUND_CLOSED.value, RejectReason.FEDERATION_FINISHED.value, "changed"):
+                log.warning("%s: round %d moved on without us: %s", self.client_id, status.round, err.reply.detail)
+                return None
+            raise
+
+    def finished(self) -> bool:
+        return self.server.status().finished
+
+    def save_skills(self, directory: str | Path) -> Path:
+        """The library's current router and this robot's routed skills, for inference on the base
+        (``router.safetensors``, ``skills/<id>.safetensors``, ``skills.json``)."""
+        from safetensors.torch import save_file
+
+        status = self.server.status()
+        manifest, _ = self.fetch_manifest(status.round, status.chunk_size)
+        routed = self.route(manifest)
+        skills, _ = self.fetch_skills(manifest, routed, status.chunk_size)
+        directory = Path(directory)
+        (directory / "skills").mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in manifest.router.items()}, str(directory / "router.safetensors"))
+        for name in routed:
+            save_file({k: v.contiguous() for k, v in skills[skill_index(name)].state_dict().items()},
+                      str(directory / "skills" / f"{name}.safetensors"))
+        atomic_write_json(directory / "skills.json", {
+            "round": manifest.round, "routed": routed, "versions": {n: manifest.versions[n] for n in routed},
+            "router_version": manifest.router_version, "skill_config": dataclasses.asdict(manifest.skill_config),
+            "signature": dataclasses.asdict(self.signature), "base_checkpoint": self.base_checkpoint})
+        return directory
+
+    def save_final_checkpoint(self) -> Path:
+        """``<state_dir>/final``: the router and this robot's skills of the final library (:meth:`save_skills`)."""
+        return self.save_skills(self.state_dir / "final")
 
 
-def run_skill_rounds(server: SkillServer, clients: Sequence[SkillClient], rounds: int) -> list[dict]:
-    """In-process federated skill rounds (the ROS transport runs the same server and clients)."""
-    history = []
-    for round_index in range(rounds):
-        uploads = [client.run_round(server) for client in clients]
-        versions = server.aggregate(uploads)
-        history.append({"round": round_index, "versions": versions,
-                        "routed": {u.client_id: u.routed for u in uploads},
-                        "losses": {u.client_id: u.train.epoch_losses[-1] for u in uploads},
-                        "upload_bytes": {u.client_id: sum(t.numel() * t.element_size() for d in [*u.skills, u.router]
-                                                          for t in d.delta.values()) for u in uploads}})
-    return history
+def run_skill_rounds(server: SkillFederationServer, clients: Sequence[SkillFederationClient], *,
+                     max_polls: int = 10_000) -> list[dict]:
+    """In-process skill rounds through the same requests as the ROS nodes (the server object is the
+    transport): clients poll, the server ticks, until the federation finishes. One entry per round:
+    its record and each client's report."""
+    history, reports = [], {}
+    for _ in range(max_polls):
+        if server.finished:
+            return history
+        for client in clients:
+            report = client.step()
+            if report is not None:
+                reports[client.client_id] = report
+        record = server.tick()
+        if record is not None:
+            history.append({"record": record, "reports": dict(reports)})
+            reports = {}
+    raise RuntimeError(f"the skill federation did not finish in {max_polls} polls")

@@ -76,6 +76,7 @@ class SkillLibrary:
             data = json.loads(index.read_text())
             self.signature = SkillSignature(**data["signature"])
             self.router_version = int(data["router_version"])
+            self.published_round = int(data.get("published_round", -1))
             self.skills = {k: [SkillVersion(**v) for v in versions] for k, versions in data["skills"].items()}
             if signature is not None:
                 self.check(signature)
@@ -83,6 +84,7 @@ class SkillLibrary:
             if signature is None:
                 raise SkillLibraryError(f"{self.directory} holds no skill library: give the base's signature to start one")
             self.signature, self.router_version, self.skills = signature, 0, {}
+            self.published_round = -1  # the last federated round whose aggregate this library holds
             self._save_index()
 
     # -- reading ---------------------------------------------------------------------------------
@@ -120,8 +122,11 @@ class SkillLibrary:
 
     # -- writing ---------------------------------------------------------------------------------
     def publish(self, skills: Mapping[str, Mapping[str, torch.Tensor]], tasks: Mapping[str, Sequence[str]],
-                metrics: Mapping[str, dict] | None = None, router: Mapping[str, torch.Tensor] | None = None) -> dict[str, int]:
-        """New versions of ``skills`` (and of the router): the versions written."""
+                metrics: Mapping[str, dict] | None = None, router: Mapping[str, torch.Tensor] | None = None,
+                round_index: int | None = None) -> dict[str, int]:
+        """New versions of ``skills`` (and of the router): the versions written. ``round_index``: the
+        federated round they aggregate, recorded in the same index write (a server that crashed
+        after publishing knows on restart that the round is in)."""
         from safetensors.torch import save_file
 
         written = {}
@@ -140,6 +145,8 @@ class SkillLibrary:
             path = self._router_path(self.router_version)
             path.parent.mkdir(parents=True, exist_ok=True)
             _atomic(path, lambda p: save_file({k: v.detach().cpu().contiguous() for k, v in router.items()}, str(p)))
+        if round_index is not None:
+            self.published_round = round_index
         self._save_index()
         return written
 
@@ -152,6 +159,7 @@ class SkillLibrary:
     def _save_index(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         data = {"signature": dataclasses.asdict(self.signature), "router_version": self.router_version,
+                "published_round": self.published_round,
                 "skills": {k: [dataclasses.asdict(v) for v in versions] for k, versions in self.skills.items()}}
         _atomic(self.directory / INDEX, lambda p: p.write_text(json.dumps(data, indent=1)))
 
@@ -160,3 +168,17 @@ def _atomic(path: Path, write) -> None:
     temporary = path.with_name(path.name + ".tmp")
     write(temporary)
     os.replace(temporary, path)
+
+
+def base_signature(checkpoint: str | Path):
+    """A base policy checkpoint, loaded frozen, and its signature (the library's key): the hash of
+    its weights, the action space training recorded in it ({} when none), and the sizes skills take."""
+    from fedvla.model.checkpoint import load_checkpoint
+    from fedvla.model.checkpoint_meta import read_checkpoint_description
+    from fedvla.skills.training import freeze
+
+    policy = freeze(load_checkpoint(checkpoint))
+    recorded = (read_checkpoint_description(checkpoint).get("metadata") or {}).get("action_space") or {}
+    config = policy.config
+    return policy, SkillSignature(base_hash=state_dict_hash(policy.state_dict()), action_space=recorded,
+                                  observation_dim=config.embed_dim, action_dim=config.action_dim, horizon=config.horizon)

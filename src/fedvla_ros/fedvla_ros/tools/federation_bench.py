@@ -61,7 +61,8 @@ def uploader(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    from fedvla.federation.client import FederationClient, FederationClientConfig, send_chunks, trunk_spec
+    from fedvla.federation.client import FederationClient, FederationClientConfig, trunk_spec
+    from fedvla.federation.round_client import send_chunks
     from fedvla.app.federation import trunk_policy
     from fedvla.federation.wire import TrunkUpdate, encode_update, sha256_hex, sign_upload
     from fedvla_ros.federation_transport import RosServerApi

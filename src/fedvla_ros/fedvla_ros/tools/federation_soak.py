@@ -230,7 +230,7 @@ class Soak:
 
     def _resend(self, api, kind: str, client_id: str, round_index: int, signed_round: int) -> None:
         """Send again the blob of ``client_id`` the server stored for ``round_index``."""
-        from fedvla.federation.client import send_chunks
+        from fedvla.federation.round_client import send_chunks
         from fedvla.federation.wire import sha256_hex, sign_upload
 
         folder = self.state / "updates" / f"round_{round_index:05d}"
@@ -260,7 +260,7 @@ class Soak:
         """Begin, half the chunks, stall, the rest, commit (in a thread: the harness goes on)."""
         import torch
 
-        from fedvla.federation.client import send_chunks
+        from fedvla.federation.round_client import send_chunks
         from fedvla.federation.wire import TrunkUpdate, encode_update, sha256_hex, sign_upload
 
         try:
