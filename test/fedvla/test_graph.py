@@ -193,7 +193,8 @@ def test_a_checkpoint_adds_the_policy_to_real_robot_and_the_arm_starts_in_dry_ru
                                                                   "instruction": "open the drawer"})}
     assert "policy_robot" not in without and "policy_robot" in nodes
     assert nodes["policy_robot"].parameter_values == {"checkpoint_path": "/ckpt", "instruction": "open the drawer",
-                                                      "inference_mode": "rate", "injected_latency_s": 0.0}
+                                                      "inference_mode": "rate", "injected_latency_s": 0.0,
+                                                      "skills_path": ""}
     assert _parameters_for(nodes["policy_robot"], graph)["available_cameras"] == ["camera"]  # /camera/camera
     assert nodes["ur3_driver"].parameter_values["execute_on_start"] is False  # dry run until ~/enable
     assert nodes["ur3_driver"].parameter_values["checkpoint_path"] == "/ckpt"  # its action space is checked

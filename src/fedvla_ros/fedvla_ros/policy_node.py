@@ -137,7 +137,10 @@ class PolicyNode(Node):
         stamp = self._observed(tick)
         chunk = ActionChunk(**action_chunk_fields(step.chunk, 1.0 / self.config.rate_hz, compute_time_s=step.latency_s))
         chunk.header.stamp = stamp
-        activation = ExpertActivation(**expert_activation_fields(step.expert_counts, step.experts_per_token))
+        routing = step.routing
+        activation = ExpertActivation(**expert_activation_fields(step.expert_counts, step.experts_per_token,
+                                                                 routing.skills if routing else (),
+                                                                 routing.weights if routing else ()))
         activation.header.stamp = stamp
         self.schedule.observed(stamp.sec + 1e-9 * stamp.nanosec)
         if self.config.injected_latency_s > 0:

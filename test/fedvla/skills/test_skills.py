@@ -1,6 +1,8 @@
 """Skills core: the residual formula against an independent computation, the router's top-K and
 balance loss, library versions and signature refusal, per-skill aggregation and upload checks."""
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from fedvla.skills.library import SkillLibrary, SkillLibraryError, SkillSignatur
 from fedvla.skills.modules import (ResidualSkill, Routing, SkillConfig, SkillRouter, apply_skills, balance_loss,
                                    parameter_count)
 
+REPO = Path(__file__).resolve().parents[3]
 CONFIG = SkillConfig(observation_dim=16, action_dim=4, hidden_dim=32, num_skills=5, top_k=2, instruction_dim=12,
                      router_hidden_dim=8)
 
@@ -330,3 +333,68 @@ def test_the_skill_aggregation_bench_compares_ckks_and_secagg_on_the_same_deltas
     assert (ckks.method, secagg.method) == ("CKKS (TenSEAL)", "SecAgg masks")
     assert ckks.max_error < 1e-6 and secagg.max_error < 1e-6
     assert ckks.upload_bytes > secagg.upload_bytes > 0 and ckks.client_s > 0 and secagg.server_s > 0
+
+
+def test_a_saved_skill_set_adds_the_routed_residuals_to_the_base_and_refuses_another_base(tmp_path) -> None:
+    from fedvla.model.checkpoint import seeded_policy
+    from fedvla.skills.federation import run_skill_rounds
+    from fedvla.skills.inference import SkillSet
+    from fedvla.skills.training import freeze
+    from support.federation import tiny_config
+
+    server, clients, _, _ = _skill_federation(tmp_path)
+    run_skill_rounds(server, clients)
+    client = clients[0]
+    saved = json.loads((client.save_skills(tmp_path / "set") / "skills.json").read_text())
+    skill_set = SkillSet(tmp_path / "set", client.base)
+    batch = torch.utils.data.default_collate([client.dataset[i] for i in range(3)])
+    chunk, routing = skill_set.predict(client.base, batch)
+    # independently: the base's normalised chunk, plus w · s(o, a) of the router's top-1, denormalised
+    with torch.no_grad():
+        features, _ = client.base.forward_features(batch)
+        base_chunk = client.base.head(features)
+        logits = skill_set.router.gate(batch["language"].float())
+        top = int(logits[0].argmax())
+        expected = base_chunk[0] + 1.0 * skill_set.skills[top](features[:1], base_chunk[:1])[0]
+        if top not in skill_set.held:
+            expected = base_chunk[0]
+    torch.testing.assert_close(chunk[0], client.base.normalizer.denormalize_action(expected[None])[0])
+    assert routing.skills == (f"skill_{top}",) and saved["routed"] == client.route(client.fetch_manifest(2, 4096)[0])
+    assert routing.missing == (() if top in skill_set.held else (f"skill_{top}",))
+    other = freeze(seeded_policy(tiny_config(), 7))  # another base: its weights differ
+    with pytest.raises(SkillSignatureError, match="trained on base"):
+        SkillSet(tmp_path / "set", other)
+
+
+def test_the_policy_runtime_runs_a_skill_set_on_its_checkpoint_and_reports_the_routing(tmp_path) -> None:
+    from fedvla.app.policy_runtime import PolicyRuntime, PolicyRuntimeConfig
+    from fedvla.config import ConfigError
+    from fedvla.data.synthetic import SquareReachDataset
+    from fedvla.model.checkpoint import save_checkpoint, seeded_policy
+    from fedvla.model.config import PolicyConfig
+    from fedvla.skills.inference import write_skill_set
+    from fedvla.skills.library import base_signature
+
+    tiny = PolicyConfig.from_yaml(REPO / "config" / "model" / "tiny.yaml", image_size=32)
+    policy = seeded_policy(tiny, 3)
+    data = SquareReachDataset(tiny, 8)
+    policy.normalizer.fit(data.actions, data.proprio)
+    checkpoint = save_checkpoint(policy, tmp_path / "base")
+    _, signature = base_signature(checkpoint)
+    config = SkillConfig(observation_dim=tiny.embed_dim, action_dim=tiny.action_dim, hidden_dim=8, num_skills=3, top_k=1,
+                         instruction_dim=tiny.language_dim, router_hidden_dim=4)
+    torch.manual_seed(0)
+    skills = [ResidualSkill(config) for _ in range(3)]
+    for skill in skills:
+        torch.nn.init.normal_(skill.decoder.weight, std=0.5)
+    write_skill_set(tmp_path / "set", SkillRouter(config).state_dict(), {f"skill_{i}": s.state_dict() for i, s in enumerate(skills)},
+                    config, signature)
+    images, proprio = [np.zeros((32, 32, 3), np.uint8)] * len(tiny.camera_names), np.zeros(tiny.proprio_dim)
+    plain = PolicyRuntime(PolicyRuntimeConfig(checkpoint_path=str(checkpoint))).step(images, proprio, "wipe the table")
+    skilled = PolicyRuntime(PolicyRuntimeConfig(checkpoint_path=str(checkpoint), skills_path=str(tmp_path / "set")))
+    step = skilled.step(images, proprio, "wipe the table")
+    assert plain.routing is None and step.routing.skills[0] in {"skill_0", "skill_1", "skill_2"}
+    assert step.routing.weights == (1.0,) and not step.routing.missing
+    assert not np.allclose(step.chunk, plain.chunk)  # the residual changed the chunk
+    with pytest.raises(ConfigError, match="step_backend"):
+        PolicyRuntimeConfig(checkpoint_path=str(checkpoint), skills_path=str(tmp_path / "set"), step_backend="compile")

@@ -16,6 +16,7 @@ from fedvla.data.observations import policy_images
 from fedvla.iosp.types import SelectedTokens
 from fedvla.model.checkpoint import CheckpointError, load_checkpoint
 from fedvla.model.step_backend import StepBackend
+from fedvla.skills.inference import SkillSet, StepRouting
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -47,6 +48,9 @@ class PolicyRuntimeConfig:
     step_backend: StepBackend = StepBackend.EAGER
     # Benchmarks only: hold each chunk this long before publishing it, as a slower policy would.
     injected_latency_s: float = 0.0
+    # A saved skill set (the skill federation's <state_dir>/final: router and residual skills) run
+    # on this checkpoint as their frozen base; refused if they were trained on another base. Empty: none.
+    skills_path: str = ""
 
     def __post_init__(self) -> None:
         require(bool(self.checkpoint_path), "checkpoint_path", "is empty", "a checkpoint directory (fedvla train)")
@@ -60,6 +64,8 @@ class PolicyRuntimeConfig:
         require(self.injected_latency_s >= 0, "injected_latency_s", "must not be negative", "seconds, 0 for none")
         require(self.torch_threads >= 0, "torch_threads", "must not be negative", "1, or 0 for torch's default")
         require(self.expected_action_dim >= 0, "expected_action_dim", "must not be negative", "0 or the robot's action size")
+        require(not self.skills_path or self.step_backend is StepBackend.EAGER, "step_backend",
+                f"{self.step_backend.value} with skills_path", "eager: the skills need the base's features")
         self.proprio_joint_names = tuple(self.proprio_joint_names)
         self.available_cameras = tuple(self.available_cameras)
 
@@ -74,6 +80,7 @@ class PolicyStep:
     # surrounding, background) per expert, and (layers, 3) tokens per group; None otherwise.
     group_expert_counts: np.ndarray | None = None
     group_tokens: np.ndarray | None = None
+    routing: StepRouting | None = None  # with skills: the skills the router chose this step
 
 
 class PolicyRuntime:
@@ -99,6 +106,7 @@ class PolicyRuntime:
             example = {k: v.to(config.device) for k, v in example_observation(self.model_config).items()}
             self.acceleration = accelerate(self.policy, config.step_backend, example,
                                            threads=config.torch_threads)
+        self.skill_set = SkillSet(config.skills_path, self.policy) if config.skills_path else None
         self.encoder = None
         self._language_cache: tuple[str, torch.Tensor] | None = None
         if self.model_config.language_dim:
@@ -156,7 +164,12 @@ class PolicyRuntime:
         if self.encoder is not None:
             obs["language"] = self._language(instruction)
         self.policy.reset_expert_counts()
-        chunk = self.policy.predict_action_chunk(obs)[0].cpu().numpy()
+        routing = None
+        if self.skill_set is not None:
+            chunk_tensor, routing = self.skill_set.predict(self.policy, obs)
+        else:
+            chunk_tensor = self.policy.predict_action_chunk(obs)
+        chunk = chunk_tensor[0].cpu().numpy()
         counts = self.policy.expert_counts().cpu().numpy()
         tokens = self.model_config.num_tokens
         groups = {}
@@ -165,4 +178,4 @@ class PolicyRuntime:
             groups = {"group_expert_counts": np.stack([layer.group_counts.cpu().numpy() for layer in layers]),
                       "group_tokens": np.stack([layer.group_tokens.cpu().numpy() for layer in layers])}
         return PolicyStep(chunk=chunk, expert_counts=counts, experts_per_token=float(counts.sum(1).mean() / tokens),
-                          latency_s=time.perf_counter() - start, **groups)
+                          latency_s=time.perf_counter() - start, routing=routing, **groups)

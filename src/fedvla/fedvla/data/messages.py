@@ -133,19 +133,30 @@ def parse_parsed_scene(msg: Any) -> ParsedSceneContent:
 class ExpertActivationContent:
     counts: np.ndarray  # (layers, experts) uint32: tokens routed to each expert in one policy step
     experts_per_token: float
+    skills: tuple[str, ...] = ()  # the skills the router chose (skill federation), best first
+    skill_weights: tuple[float, ...] = ()
 
 
-def expert_activation_fields(counts: np.ndarray, experts_per_token: float) -> dict[str, Any]:
+def expert_activation_fields(counts: np.ndarray, experts_per_token: float,
+                             skills: Sequence[str] = (), skill_weights: Sequence[float] = ()) -> dict[str, Any]:
     counts = np.asarray(counts)
     if counts.ndim != 2:
         raise ValueError(f"expert counts are (layers, experts), got shape {counts.shape}")
+    if len(skills) != len(skill_weights):
+        raise ValueError(f"{len(skills)} skills with {len(skill_weights)} weights")
     return {"num_layers": int(counts.shape[0]), "num_experts": int(counts.shape[1]),
             "counts": np.ascontiguousarray(counts, dtype=np.uint32).reshape(-1),
-            "experts_per_token": float(experts_per_token)}
+            "experts_per_token": float(experts_per_token), "skills": list(skills),
+            "skill_weights": np.asarray(skill_weights, dtype=np.float32)}
 
 
 def parse_expert_activation(msg: Any) -> ExpertActivationContent:
     counts = np.asarray(msg.counts, dtype=np.uint32)
     if counts.size != msg.num_layers * msg.num_experts:
         raise ValueError(f"{counts.size} expert counts for {msg.num_layers} layers x {msg.num_experts} experts")
-    return ExpertActivationContent(counts.reshape(msg.num_layers, msg.num_experts), float(msg.experts_per_token))
+    # (recordings made before the skill fields existed have none)
+    skills, weights = tuple(getattr(msg, "skills", ())), tuple(float(w) for w in getattr(msg, "skill_weights", ()))
+    if len(skills) != len(weights):
+        raise ValueError(f"{len(skills)} skills with {len(weights)} weights")
+    return ExpertActivationContent(counts.reshape(msg.num_layers, msg.num_experts), float(msg.experts_per_token),
+                                   skills, weights)

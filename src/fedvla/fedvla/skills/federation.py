@@ -52,6 +52,7 @@ from fedvla.federation.wire import WireError, sha256_hex
 from fedvla.model.policy import Policy
 from fedvla.model.train import TrainConfig
 from fedvla.skills.aggregation import SkillUploadError, aggregate_skill_deltas, check_skill_delta
+from fedvla.skills.inference import write_skill_set
 from fedvla.skills.library import SkillLibrary, SkillSignature
 from fedvla.skills.modules import ResidualSkill, SkillConfig, SkillRouter
 from fedvla.skills.training import SkillTrainResult, train_skills
@@ -368,24 +369,15 @@ class SkillFederationClient(RoundClient):
 
     def save_skills(self, directory: str | Path) -> Path:
         """The library's current router and this robot's routed skills, for inference on the base
-        (``router.safetensors``, ``skills/<id>.safetensors``, ``skills.json``)."""
-        from safetensors.torch import save_file
-
+        (:func:`fedvla.skills.inference.write_skill_set`; the policy node's ``skills_path``)."""
         status = self.server.status()
         manifest, _ = self.fetch_manifest(status.round, status.chunk_size)
         routed = self.route(manifest)
         skills, _ = self.fetch_skills(manifest, routed, status.chunk_size)
-        directory = Path(directory)
-        (directory / "skills").mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in manifest.router.items()}, str(directory / "router.safetensors"))
-        for name in routed:
-            save_file({k: v.contiguous() for k, v in skills[skill_index(name)].state_dict().items()},
-                      str(directory / "skills" / f"{name}.safetensors"))
-        atomic_write_json(directory / "skills.json", {
-            "round": manifest.round, "routed": routed, "versions": {n: manifest.versions[n] for n in routed},
-            "router_version": manifest.router_version, "skill_config": dataclasses.asdict(manifest.skill_config),
-            "signature": dataclasses.asdict(self.signature), "base_checkpoint": self.base_checkpoint})
-        return directory
+        return write_skill_set(directory, manifest.router, {n: skills[skill_index(n)].state_dict() for n in routed},
+                               manifest.skill_config, self.signature, round=manifest.round,
+                               versions={n: manifest.versions[n] for n in routed},
+                               router_version=manifest.router_version, base_checkpoint=self.base_checkpoint)
 
     def save_final_checkpoint(self) -> Path:
         """``<state_dir>/final``: the router and this robot's skills of the final library (:meth:`save_skills`)."""
