@@ -48,6 +48,19 @@ def cmd_study_detector(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study_skills(args: argparse.Namespace) -> int:
+    from fedvla.sim.skills_study import SkillsStudy, load_skills_scale
+
+    config_dir = Path(args.config_dir) if args.config_dir else find_config_dir()
+    scale = load_skills_scale(config_dir, args.scale, methods=args.methods and tuple(args.methods))
+    output = Path(args.output or Path("runs") / f"study_skills_{args.scale}").resolve()
+    console.rule(f"Skill federation on a frozen base, scale {scale.name}: {', '.join(scale.methods)} → {output}")
+    report = SkillsStudy(config_dir, scale, output).run(command=shlex.join(["fedvla", *sys.argv[1:]]))
+    console.print(report.read_text())
+    console.print(f"[green]tables: {report}; plots: {output / 'success.png'}, {output / 'cost.png'}")
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     study = commands.add_parser("study", help="the simulation study: collect, train every method, evaluate closed "
                            "loop, tables and plots (resumes an interrupted run)")
@@ -73,3 +86,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     detector.add_argument("--output", default="", help="run directory (default runs/study_detector_<date>_<time>); "
                           "an existing one keeps its rendered data")
     detector.set_defaults(func=cmd_study_detector)
+    skills = commands.add_parser("study-skills", help="skills federated on a frozen base policy against the base alone, "
+                                 "local skills, full federated fine-tuning and federated LoRA, on Meta-World: success "
+                                 "on new and base tasks, bytes and training time per round (resumes)")
+    skills.add_argument("--scale", default="smoke", help="config/study/skills_scales/<scale>.yaml: smoke or cpu")
+    skills.add_argument("--output", help="study directory (default runs/study_skills_<scale>)")
+    skills.add_argument("--methods", nargs="+", help="only these methods (base, skills_federated, skills_local, "
+                        "full_ft_federated, lora_federated)")
+    skills.set_defaults(func=cmd_study_skills)

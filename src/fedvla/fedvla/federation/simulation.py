@@ -27,7 +27,7 @@ from fedvla.federation.aggregator import Aggregation
 from fedvla.federation.rounds import RoundRecord
 from fedvla.federation.server import FederationServer, FederationServerConfig
 from fedvla.federation.wire import WireDtype
-from fedvla.model.checkpoint import seeded_policy
+from fedvla.model.checkpoint import load_checkpoint, seeded_policy
 from fedvla.model.config import PolicyConfig
 from fedvla.model.train import TrainConfig
 from fedvla.model.trunk import Trunk
@@ -54,6 +54,9 @@ class SimulationConfig:
     # FederationServerConfig fields beyond the mode, e.g. {dp_noise_multiplier: 1.0, dp_clip_norm: 4.0}
     # or {secure_aggregation: true}
     server_options: dict = dataclasses.field(default_factory=dict)
+    # Fine-tune a trained policy instead of training from scratch: the initial global trunk and every
+    # client's stems, head and normaliser come from this checkpoint (its model must be the clients').
+    initial_checkpoint: str = ""
 
     def __post_init__(self) -> None:
         self.mode = parse_enum(Mode, self.mode, "mode")
@@ -92,15 +95,22 @@ def run_simulation(config: SimulationConfig, datasets: Mapping[str, tuple[Policy
         datasets = {CENTRALIZED_CLIENT: (model_config, ConcatDataset([d for _, d in datasets.values()]))}
     credentials = {name: secrets.token_hex(16) for name in datasets}
     aggregation = Aggregation.EDA if config.mode is Mode.EDA else Aggregation.FEDAVG
-    server_policy = seeded_policy(next(iter(datasets.values()))[0], config.seed)
+    initial = load_checkpoint(config.initial_checkpoint) if config.initial_checkpoint else None
+    server_policy = initial or seeded_policy(next(iter(datasets.values()))[0], config.seed)
     server = FederationServer(
         FederationServerConfig(rounds=config.rounds, quorum=len(datasets), aggregation=aggregation,
                                state_dir=str(state_dir / "server"), **config.server_options),
         trunk_spec(server_policy), server_policy.trunk.state_dict(), credentials, Trunk.layer_of)
     clients = {}
     for index, (name, (model_config, dataset)) in enumerate(datasets.items()):
-        policy = seeded_policy(model_config, config.seed + 1 + index)
-        fit_normalizer(policy, dataset)
+        if initial is not None:
+            if model_config.config_hash() != initial.config.config_hash():
+                raise ConfigError("initial_checkpoint", f"its model differs from client {name}'s", "a checkpoint of "
+                                  "the clients' model config")
+            policy = load_checkpoint(config.initial_checkpoint)  # its normaliser: the outputs keep their meaning
+        else:
+            policy = seeded_policy(model_config, config.seed + 1 + index)
+            fit_normalizer(policy, dataset)
         train = TrainConfig(epochs=config.local_epochs, batch_size=config.batch_size, lr=config.lr,
                             seed=config.seed + index, device=config.device)
         client_config = FederationClientConfig(client_id=name, upload_dtype=config.upload_dtype,

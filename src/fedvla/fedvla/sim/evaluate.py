@@ -166,12 +166,15 @@ def evaluate_expert(task: str, config: EvalConfig) -> np.ndarray:
 
 
 def evaluate_checkpoint(checkpoint: str | Path, task: str, config: EvalConfig,
-                        on_step: Callable[[], None] | None = None, bag_dir: str | Path | None = None) -> TaskEvaluation:
+                        on_step: Callable[[], None] | None = None, bag_dir: str | Path | None = None,
+                        skills_path: str | Path = "") -> TaskEvaluation:
     """Success of one policy checkpoint on one task over ``repeats`` × ``trials`` trials; the first
-    ``config.record_trials`` trials are recorded to ``bag_dir/<task>_trial_<n>``."""
+    ``config.record_trials`` trials are recorded to ``bag_dir/<task>_trial_<n>``. ``skills_path``: a
+    saved skill set run on the checkpoint as its frozen base (:mod:`fedvla.skills.inference`)."""
     require(not config.record_trials or bag_dir is not None, "bag_dir", "record_trials needs a directory",
             "a directory for the recorded bags")
-    runtime = PolicyRuntime(PolicyRuntimeConfig(checkpoint_path=str(checkpoint), device=config.device))
+    runtime = PolicyRuntime(PolicyRuntimeConfig(checkpoint_path=str(checkpoint), device=config.device,
+                                                skills_path=str(skills_path or "")))
     model = runtime.model_config
     unknown = [c for c in model.camera_names if c not in STUDY_CAMERAS]
     require(not unknown, "checkpoint", f"the policy's cameras {unknown} are not simulated study cameras",
