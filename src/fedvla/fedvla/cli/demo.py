@@ -47,9 +47,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     bag = output / "bag"
     console.rule(f"FedVLA-ROS demo 1/{DEMO_PARTS}: simulated stack (sim profile), recorded to rosbag2")
     console.print(f"profile sim for {args.duration:g} s → {bag}")
-    # Recorded uncompressed in sqlite3, as before MCAP + zstd became the default: a fresh-clone CI run
-    # of the demo on 2 cores once saw the driver refuse 4 motion chunks with zstd compressing three
-    # camera streams beside it (cause not yet measured).
+    # Recorded uncompressed in sqlite3 while a rare refusal is chased: fresh-clone CI runs of the demo
+    # on 2 cores saw the driver refuse 4 motion chunks with MCAP + zstd, and 1 with sqlite3 (the
+    # demo now prints the refusals' reasons; fedvla bench bag measures what compression costs).
     run_profile(graph, "sim", {"record": "true", "record_path": str(bag), "launch_rviz": "false",
                                "record_storage": "sqlite3", "record_compression": "none"},
                 args.duration, "sim profile")
