@@ -20,8 +20,9 @@ EXTRAS_REQUIRE = {
     "sim": ["mujoco", "metaworld", "gymnasium", "packaging"],
     "bags": ["rosbags", "mcap"],
     "lerobot": ["pyarrow", "av", "pandas"],  # LeRobotDataset v3.0 export/import
-    "viewer": ["rerun-sdk"],
-    "skills": ["tenseal", "scikit-learn"],  # CKKS aggregation of skill deltas; the GMR posture prior  # the robot in rerun (viewer:=rerun, fedvla bag view)
+    "viewer": ["rerun-sdk"],  # the robot in rerun (viewer:=rerun, fedvla bag view)
+    # CKKS aggregation of skill deltas; the GMR posture prior; the skill study's LoRA baseline
+    "skills": ["tenseal", "scikit-learn", "peft"],
     "flower": ["flwr[simulation]"],
     "iosp": ["ultralytics", "open-clip-torch", "opencv-python", "transformers"],  # YOLOv8, CLIP, NER
     # policy step backends (fedvla.model.acceleration): the encoder in ONNX Runtime or OpenVINO
