@@ -11,6 +11,7 @@ how a round closes (:meth:`RoundServer._close_round`) and how its state is persi
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import logging
 import math
@@ -73,7 +74,7 @@ class Blob:
     sha256: str
 
 
-class RoundServer:
+class RoundServer(abc.ABC):
     """Every public request is serialized by a lock inside the server, so transports may call it
     from any thread. Subclasses set ``model_hash`` (what ``join`` checks) and implement the hooks."""
 
@@ -101,22 +102,25 @@ class RoundServer:
         return RoundLimits(self.config.quorum, self.config.round_timeout_s, math.inf)  # plain rounds have no phases
 
     # -- hooks ------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def _save_state(self) -> None:
-        raise NotImplementedError
+        """Persist the round's state (before any acknowledgement that depends on it)."""
 
+    @abc.abstractmethod
     def _fetch_blob(self, client_id: str, item: str) -> Blob | Reply:
         """What ``fetch`` of ``item`` reads this round ("" the round's global blob), or a refusal."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _commit_blob(self, client_id: str, upload: Upload, blob: bytes) -> Reply:
         """Check a complete upload; make it durable before answering ok."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _close_round(self, closed_by: str, elapsed: float) -> RoundRecord | None:
-        raise NotImplementedError
+        """Aggregate the round, persist the result, open the next round; its record."""
 
+    @abc.abstractmethod
     def _largest_upload(self) -> int:
-        raise NotImplementedError
+        """The largest upload this round accepts, in bytes."""
 
     def _round_status(self) -> tuple[list[str], str, int]:
         """(who is done this round, the phase, the attempt): plain rounds have neither."""

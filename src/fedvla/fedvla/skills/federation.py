@@ -157,12 +157,17 @@ class SkillFederationServer(RoundServer):
     # -- what a round serves ----------------------------------------------------------------------
     def _cache_round(self) -> None:
         """The blobs of the current round: the manifest and each skill's latest version."""
+        signature = self.library.signature
         versions = {name: self.library.latest(name).version for name in sorted(self.library.skills)}
+        # The round's weights, read (and hash-checked) once: uploads are checked against them and
+        # the round's aggregate is added to them.
+        self._states = {name: self.library.load_skill(name, signature) for name in versions}
+        self._states[ROUTER_ID] = self.library.load_router(signature)
         manifest = encode_manifest(Manifest(self.round, versions, self.library.router_version, self.skill_config,
-                                            self.model_hash, self.library.load_router(self.library.signature)))
+                                            self.model_hash, self._states[ROUTER_ID]))
         self._blobs = {"": Blob(manifest, sha256_hex(manifest))}
         for name, version in versions.items():
-            blob = encode_skill(name, version, self.library.load_skill(name, self.library.signature))
+            blob = encode_skill(name, version, self._states[name])
             self._blobs[name] = Blob(blob, sha256_hex(blob))
 
     def _fetch_blob(self, client_id: str, item: str) -> Blob | Reply:
@@ -204,11 +209,8 @@ class SkillFederationServer(RoundServer):
         signature_ok = update.signature_hash == self.model_hash
         routed = [*self.routed.get(client_id, []), ROUTER_ID]
         for delta in update.skill_deltas():
-            template = (self.library.load_router(self.library.signature) if delta.skill_id == ROUTER_ID
-                        else self.library.load_skill(delta.skill_id, self.library.signature)
-                        if delta.skill_id in self.library.skills else {})
             try:
-                check_skill_delta(delta, routed, template, signature_ok, self.config.max_skill_upload_bytes)
+                check_skill_delta(delta, routed, self._states.get(delta.skill_id, {}), signature_ok, self.config.max_skill_upload_bytes)
             except SkillUploadError as err:
                 raise SkillUploadError(err.reason, f"{delta.skill_id}: {err.detail}") from None
 
@@ -217,11 +219,9 @@ class SkillFederationServer(RoundServer):
         clients = sorted(self._uploads)
         updates = [self._uploads[c] for c in clients]
         merged = aggregate_skill_deltas([d for u in updates for d in u.skill_deltas()])
-        signature = self.library.signature
-        skills = {name: {k: v + merged[name][k] for k, v in self.library.load_skill(name, signature).items()}
-                  for name in merged if name != ROUTER_ID}
-        router = ({k: v + merged[ROUTER_ID][k] for k, v in self.library.load_router(signature).items()}
-                  if ROUTER_ID in merged else None)
+        updated = {name: {k: v + merged[name][k] for k, v in self._states[name].items()} for name in merged}
+        router = updated.pop(ROUTER_ID, None)
+        skills = updated
         tasks: dict[str, set[str]] = {}
         for update in updates:
             for name in update.deltas:
