@@ -53,7 +53,20 @@ def test_bench_realtime_runs_each_condition_through_the_graph(tmp_path) -> None:
     assert f"`{bench['command']}` at commit `{bench['commit']}`" in report
     assert "| sync | 100 | " in report and "| async-crossfade | 100 | " in report
     # the async trial's recorded chunks, replayed with each aggregator around its chunk boundaries
-    boundaries = bench["boundaries"]
-    assert boundaries["condition"] == "async-crossfade" and boundaries["chunks"] >= 1
-    assert [r["aggregator"] for r in boundaries["replays"]] == ["latest", "crossfade", "ensemble"]
-    assert (output / "boundaries.png").stat().st_size > 0 and "## Setpoints around chunk boundaries" in report
+    replays = bench["replays"]
+    assert replays["plotted"]["condition"] == "async-crossfade" and replays["plotted"]["chunks"] >= 1
+    assert [(r["latency_s"], r["aggregator"]) for r in replays["summaries"]] == [
+        (0.1, "latest"), (0.1, "crossfade"), (0.1, "ensemble")]
+    assert all(r["trials"] == 1 for r in replays["summaries"])
+    assert (output / "boundaries.png").stat().st_size > 0 and "## The same chunks through each aggregator" in report
+    assert bench["choice"]["chosen"] == "crossfade" and "## The default aggregator" in report  # the only async row
+    # run again: the finished conditions are read back, not run again, and their commit kept
+    reports = {path: path.stat().st_mtime_ns for path in output.glob("*/evaluation.json")}
+    again = subprocess.run([str(fedvla), "bench", "realtime", "--checkpoint", str(checkpoint), "--trials", "1",
+                            "--max-steps", "10", "--latencies", "0.1", "--conditions", "sync", "async-crossfade",
+                            "--output", str(output)], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert {path: path.stat().st_mtime_ns for path in output.glob("*/evaluation.json")} == reports
+    assert "read back, not run again" in again.stdout
+    assert json.loads((output / "bench.json").read_text())["reused_runs"] == {
+        "sync_100ms": bench["commit"], "async-crossfade_100ms": bench["commit"]}

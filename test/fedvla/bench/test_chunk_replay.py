@@ -14,13 +14,13 @@ from fedvla.twin.expert import EXPERT_ACTION_SPACE  # noqa: E402
 STEP = 0.1  # the twin's control step
 
 
-def _disagreeing_chunks(latency_s: float = 0.15, count: int = 12) -> RecordedChunks:
-    """An async policy: a chunk of 4 steps every 0.2 s, each arriving ``latency_s`` after its
+def _disagreeing_chunks(latency_s: float = 0.15, count: int = 12, every_s: float = 0.2) -> RecordedChunks:
+    """An async policy: a chunk of 4 steps every ``every_s``, each arriving ``latency_s`` after its
     observation; consecutive chunks agree on the x motion and disagree on y (as a policy's
     predictions from two observations do)."""
     chunks = []
     for i in range(count):
-        observed = 0.2 * i
+        observed = every_s * i
         actions = np.tile([-0.2, 0.05 + 0.03 * (-1) ** i, 0.0, 0.0], (4, 1))
         chunks.append(RecordedChunk(arrived_s=observed + latency_s, observed_s=observed, actions=actions,
                                     step_period_s=STEP))
@@ -41,8 +41,22 @@ def test_every_aggregator_meets_the_same_chunks_and_the_blends_jump_less() -> No
     # a cross-fade hands over continuously; ACT's ensemble moves by a share of the disagreement
     assert replays[ChunkAggregator.CROSSFADE].largest_reference_jump < latest.largest_reference_jump / 3
     assert replays[ChunkAggregator.ENSEMBLE].largest_reference_jump < latest.largest_reference_jump
+    # every chunk came while the one before had actions left: the blends merged, latest replaced
+    assert recorded.overlapping_hand_overs == len(recorded.chunks) - 1
+    assert replays[ChunkAggregator.LATEST].merges == 0 and replays[ChunkAggregator.CROSSFADE].merges > 0
     again = replay(recorded, EXPERT_ACTION_SPACE, ChunkAggregator.CROSSFADE)
     np.testing.assert_array_equal(again.q, replays[ChunkAggregator.CROSSFADE].q)  # simulated time: exact
+
+
+def test_chunks_that_never_overlap_give_every_aggregator_the_same_setpoints() -> None:
+    """A policy slower than its chunks (the twin at 300 ms): each chunk has run out before the next
+    comes, so there is nothing to merge and the aggregators cannot differ."""
+    recorded = _disagreeing_chunks(count=6, every_s=0.45)
+    assert recorded.overlapping_hand_overs == 0
+    replays = [replay(recorded, EXPERT_ACTION_SPACE, a) for a in ChunkAggregator]
+    for r in replays[1:]:
+        assert r.merges == 0
+        np.testing.assert_array_equal(r.q, replays[0].q)
 
 
 def test_chunks_and_start_joints_are_read_from_a_trial_bag(tmp_path) -> None:

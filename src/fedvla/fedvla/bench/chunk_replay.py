@@ -13,7 +13,9 @@ chunk, not how a trial would have ended.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,13 @@ class RecordedChunks:
     start_q: np.ndarray  # the arm's joints at the first chunk
     chunks: list[RecordedChunk]
 
+    @property
+    def overlapping_hand_overs(self) -> int:
+        """Chunks that arrived while the one before still had actions to come: the hand-overs where
+        the aggregators differ (with none, every aggregator just replaces the finished chunk)."""
+        return sum(1 for old, new in zip(self.chunks, self.chunks[1:])
+                   if new.arrived_s < old.observed_s + old.step_period_s * len(old.actions))
+
 
 @dataclasses.dataclass(frozen=True)
 class ReplayedSetpoints:
@@ -45,6 +54,7 @@ class ReplayedSetpoints:
     rms_jerk: float  # rad/s^3 (controller.Smoothness)
     largest_reference_jump: float  # rad
     refused: dict[str, int]
+    merges: int  # chunks merged with the one executing (0 for latest, which replaces it)
 
 
 # The arm's joints as the first chunk arrived: the last joint state before it, or, when the
@@ -92,11 +102,28 @@ def read_recorded_chunks(bag: str | Path) -> RecordedChunks:
 def replay(recorded: RecordedChunks, action_space, aggregator: ChunkAggregator | str,
            settle_s: float = 0.5) -> ReplayedSetpoints:
     """Replay ``recorded`` through the twin driver's controller with ``aggregator`` (time-aligned)."""
+    with _quiet_controller():
+        return _replay(recorded, action_space, ChunkAggregator(aggregator), settle_s)
+
+
+@contextlib.contextmanager
+def _quiet_controller():
+    """The controller's per-chunk log lines (refusals, queue running dry) are the replay's figures,
+    counted; printed, thousands of them would bury the bench's output."""
+    logger = logging.getLogger("fedvla.robot")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _replay(recorded: RecordedChunks, action_space, aggregator: ChunkAggregator, settle_s: float) -> ReplayedSetpoints:
     from fedvla.robot.backends import SimulatedArm
     from fedvla.robot.runtime import ArmRuntime
     from fedvla.twin.inprocess import twin_driver_configs
 
-    aggregator = ChunkAggregator(aggregator)
     driver, safety, retarget, servo, controller = twin_driver_configs(action_space)
     controller = dataclasses.replace(controller, chunk_aggregator=aggregator, time_aligned=True)
     runtime = ArmRuntime(driver, safety, retarget, servo, controller,
@@ -119,7 +146,7 @@ def replay(recorded: RecordedChunks, action_space, aggregator: ChunkAggregator |
                              q=np.array([q for _, q in setpoints]), arrivals_s=[c.arrived_s for c in recorded.chunks],
                              rms_jerk=control.smoothness.rms_jerk,
                              largest_reference_jump=control.smoothness.largest_reference_jump,
-                             refused=dict(control.refused))
+                             refused=dict(control.refused), merges=control.chunk_merges)
 
 
 def plot_boundaries(replays: list[ReplayedSetpoints], path: Path, title: str, boundaries: int = 4) -> None:

@@ -14,14 +14,24 @@ Every condition runs at each injected latency (``injected_latency:=``, the polic
 chunk back). Per run: success with its Wilson interval, the mean time to success, and the driver's
 smoothness figures over the run (RMS jerk of the setpoints, the largest reference jump at a hand-over)
 and its queue (times it ran dry, actions dropped as late).
+
+The chunks every async trial recorded are then replayed through the driver's controller once per
+aggregator (:mod:`fedvla.bench.chunk_replay`): the same chunks for all three, so the smoothness
+figures differ by the aggregator alone. The default aggregator is chosen from the closed-loop
+trials (:func:`chosen_aggregator`): the one with most successes over every latency, the trials
+paired by layout for McNemar's test against the runner-up.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from fedvla.robot.controller import ChunkAggregator
+from fedvla.statistics import mcnemar
 
 AGGREGATORS = tuple(a.value for a in ChunkAggregator)
 SYNC = "sync"
@@ -59,6 +69,7 @@ class RealtimeRow:
     largest_reference_jump_mrad: float
     queue_ran_dry: int
     late_actions: int
+    outcomes: tuple[tuple[int, bool], ...] = ()  # (layout seed, success) per trial
 
     @property
     def success_rate(self) -> float:
@@ -70,12 +81,125 @@ def read_run(evaluation_json: Path, condition: str, latency_s: float, task: str)
     report = json.loads(Path(evaluation_json).read_text())
     summary = report["summary"]["graph"][task]
     driver = report["provenance"].get("driver_diagnostics", {})
+    trials = json.loads((Path(evaluation_json).parent / "trials.json").read_text())
+    outcomes = tuple(sorted((int(t["seed"]), bool(t["success"])) for t in trials if t["task"] == task))
     return RealtimeRow(condition=condition, latency_s=latency_s, successes=summary["successes"],
                        trials=summary["trials"], wilson95=tuple(summary["wilson95"]),
                        time_to_success_s=summary["time_to_success_s"],
                        setpoint_jerk_rms=float(driver.get("setpoint_jerk_rms", "nan")),
                        largest_reference_jump_mrad=float(driver.get("largest_reference_jump_mrad", "nan")),
-                       queue_ran_dry=int(driver.get("queue_ran_dry", 0)), late_actions=int(driver.get("late_actions", 0)))
+                       queue_ran_dry=int(driver.get("queue_ran_dry", 0)), late_actions=int(driver.get("late_actions", 0)),
+                       outcomes=outcomes)
+
+
+def complete_run(evaluation_json: Path, task: str, trials: int) -> bool:
+    """Whether a condition's earlier run already holds ``trials`` graph trials of ``task`` (the
+    bench resumes: a finished condition is read back, not run again)."""
+    try:
+        summary = json.loads(Path(evaluation_json).read_text())["summary"]["graph"][task]
+    except (OSError, ValueError, KeyError):
+        return False
+    return summary["trials"] == trials
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregatorChoice:
+    """The default aggregator, from the closed-loop trials of every async condition."""
+
+    chosen: str
+    successes: dict[str, tuple[int, int]]  # aggregator -> (successes, trials) over every latency
+    runner_up: str | None
+    paired_p_value: float | None  # McNemar, chosen against runner-up, trials paired by (latency, layout)
+    only_chosen: int = 0  # paired trials only the chosen one succeeded in
+    only_runner_up: int = 0
+
+
+def chosen_aggregator(rows: list[RealtimeRow]) -> AggregatorChoice | None:
+    """The aggregator whose async condition succeeded most often, pooled over the latencies; a tie
+    goes to the earlier one in :class:`ChunkAggregator` (``latest`` first: it merges nothing, so a
+    blend has to earn its place). None without an async row."""
+    asynchronous = [r for r in rows if r.condition.startswith("async-")]
+    if not asynchronous:
+        return None
+    successes = {a: (sum(r.successes for r in asynchronous if r.condition == f"async-{a}"),
+                     sum(r.trials for r in asynchronous if r.condition == f"async-{a}")) for a in AGGREGATORS}
+    successes = {a: counts for a, counts in successes.items() if counts[1]}
+    ranked = sorted(successes, key=lambda a: (-successes[a][0] / successes[a][1], AGGREGATORS.index(a)))
+    chosen, runner_up = ranked[0], (ranked[1] if len(ranked) > 1 else None)
+    if runner_up is None:
+        return AggregatorChoice(chosen, successes, None, None)
+
+    def outcomes(aggregator: str) -> dict[tuple[float, int], bool]:
+        return {(r.latency_s, seed): success for r in asynchronous if r.condition == f"async-{aggregator}"
+                for seed, success in r.outcomes}
+
+    mine, theirs = outcomes(chosen), outcomes(runner_up)
+    paired = sorted(set(mine) & set(theirs))
+    if not paired:
+        return AggregatorChoice(chosen, successes, runner_up, None)
+    test = mcnemar([mine[k] for k in paired], [theirs[k] for k in paired])
+    return AggregatorChoice(chosen, successes, runner_up, test.p_value, test.only_a, test.only_b)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayedRuns:
+    """:func:`replay_runs`' figures (``summaries``, ``plotted``: JSON for ``bench.json``) and the
+    plotted trial's replays, one per aggregator."""
+
+    summaries: list[dict]
+    plotted: dict
+    plotted_replays: list
+
+
+def replay_runs(output: Path, rows: list[RealtimeRow], task: str, action_space,
+                progress: Callable[[str], None] = lambda message: None) -> ReplayedRuns | None:
+    """Every async trial's recorded chunks replayed with each aggregator (simulated time): per
+    latency and aggregator, the trials replayed, their chunks and overlapping hand-overs, the
+    merges taken, the mean setpoint jerk RMS, the median of each trial's largest reference jump and
+    the chunks refused by reason. The plotted trial is the first at the largest latency with an
+    overlapping hand-over (an async-latest one when there is one). None when no async trial's bag
+    holds chunks."""
+    from fedvla.bench.chunk_replay import read_recorded_chunks, replay
+
+    figures: dict[tuple[float, str], list] = {}  # (latency, aggregator) -> [(recorded, replayed)]
+    trials = []  # (latency, condition, bag, recorded, {aggregator: replayed})
+    for row in rows:
+        if not row.condition.startswith("async-"):
+            continue
+        for bag in sorted((output / run_name(row.condition, row.latency_s) / "bags").glob(f"{task}_*")):
+            try:
+                recorded = read_recorded_chunks(bag)
+            except ValueError as err:
+                progress(f"not replayed: {err}")
+                continue
+            replays = {a.value: replay(recorded, action_space, a) for a in ChunkAggregator}
+            for aggregator, replayed in replays.items():
+                figures.setdefault((row.latency_s, aggregator), []).append((recorded, replayed))
+            trials.append((row.latency_s, row.condition, bag, recorded, replays))
+        progress(f"replayed the chunks of {row.condition} at {1000 * row.latency_s:g} ms")
+    if not trials:
+        return None
+    overlapping = [t for t in trials if t[3].overlapping_hand_overs] or trials
+    latency, condition = max((t[:2] for t in overlapping), key=lambda c: (c[0], c[1] == "async-latest"))
+    plotted = next(t for t in overlapping if t[:2] == (latency, condition))
+    summaries = []
+    for (latency_s, aggregator), pairs in sorted(figures.items(),
+                                                 key=lambda item: (item[0][0], AGGREGATORS.index(item[0][1]))):
+        refused: Counter[str] = Counter()
+        for _, replayed in pairs:
+            refused.update(replayed.refused)
+        summaries.append({"latency_s": latency_s, "aggregator": aggregator, "trials": len(pairs),
+                          "chunks": sum(len(recorded.chunks) for recorded, _ in pairs),
+                          "overlapping_hand_overs": sum(recorded.overlapping_hand_overs for recorded, _ in pairs),
+                          "merges": sum(replayed.merges for _, replayed in pairs),
+                          "setpoint_jerk_rms": statistics.fmean(replayed.rms_jerk for _, replayed in pairs),
+                          "largest_reference_jump_mrad": 1000 * statistics.median(
+                              replayed.largest_reference_jump for _, replayed in pairs),
+                          "refused": dict(refused)})
+    return ReplayedRuns(summaries, {"bag": str(plotted[2]), "condition": plotted[1], "latency_s": plotted[0],
+                                    "chunks": len(plotted[3].chunks),
+                                    "overlapping_hand_overs": plotted[3].overlapping_hand_overs},
+                        list(plotted[4].values()))
 
 
 def plot(rows: list[RealtimeRow], path: Path) -> None:
@@ -128,17 +252,47 @@ def report_markdown(record: dict) -> str:
                      f"{100 * low:.0f}-{100 * high:.0f} % | {time_s} | {row['setpoint_jerk_rms']:.1f} | "
                      f"{row['largest_reference_jump_mrad']:.2f} | {row['queue_ran_dry']} | {row['late_actions']} |")
     lines += ["", "![success and completion time against latency](realtime.png)", ""]
-    boundaries = record.get("boundaries")
-    if boundaries:
-        lines += ["## Setpoints around chunk boundaries", "",
-                  f"The {boundaries['chunks']} chunks of `{Path(boundaries['bag']).name}` ({boundaries['condition']}, "
-                  f"{1000 * boundaries['latency_s']:g} ms injected latency), each at the instant it reached the driver, "
-                  "replayed through the twin driver's controller once per aggregator (simulated time, "
-                  "`fedvla.bench.chunk_replay`): the same chunks for all three.", "",
-                  "| aggregator | setpoint jerk RMS (rad/s^3) | largest reference jump (mrad) | chunks refused |",
-                  "|---|---|---|---|"]
-        lines += [f"| {r['aggregator']} | {r['setpoint_jerk_rms']:.1f} | {r['largest_reference_jump_mrad']:.2f} | "
-                  f"{sum(r['refused'].values())} |" for r in boundaries["replays"]]
-        lines += ["", "![setpoints around chunk boundaries](boundaries.png)", ""]
+    reused = record.get("reused_runs") or {}
+    if reused:
+        by_commit: dict[str, list[str]] = {}
+        for name, commit in reused.items():
+            by_commit.setdefault(commit or "not recorded", []).append(f"`{name}`")
+        lines += ["Trials read back from earlier runs of this bench, not repeated: " + "; ".join(
+            f"{', '.join(names)} at commit `{commit}`" for commit, names in by_commit.items()) + ".", ""]
+    replays = record.get("replays")
+    if replays:
+        plotted = replays["plotted"]
+        lines += ["## The same chunks through each aggregator", "",
+                  "Every async trial's chunks, as its bag recorded them (each at the instant it reached the driver), "
+                  "replayed through the twin driver's controller once per aggregator in simulated time "
+                  "(`fedvla.bench.chunk_replay`): within a row group the aggregators meet exactly the same chunks. "
+                  "The arm follows its setpoints and the chunks are not fed back, so this shows the hand-overs, "
+                  "not how a trial would have ended. An overlapping hand-over is a chunk arriving while the one "
+                  "before still had actions to come: only there do the aggregators differ.", "",
+                  "| injected latency (ms) | aggregator | trials | chunks | overlapping hand-overs | merges taken | "
+                  "setpoint jerk RMS (rad/s^3, mean) | largest reference jump (mrad, median) | chunks refused |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in replays["summaries"]:
+            refused = ", ".join(f"{n} {why}" for why, n in sorted(r["refused"].items())) or "0"
+            lines.append(f"| {1000 * r['latency_s']:g} | {r['aggregator']} | {r['trials']} | {r['chunks']} | "
+                         f"{r['overlapping_hand_overs']} | {r['merges']} | {r['setpoint_jerk_rms']:.1f} | "
+                         f"{r['largest_reference_jump_mrad']:.1f} | {refused} |")
+        lines += ["", f"The plot: `{Path(plotted['bag']).name}` ({plotted['condition']}, "
+                      f"{1000 * plotted['latency_s']:g} ms), {plotted['chunks']} chunks, "
+                      f"{plotted['overlapping_hand_overs']} overlapping hand-overs.", "",
+                  "![setpoints around chunk boundaries](boundaries.png)", ""]
+    choice = record.get("choice")
+    if choice:
+        pooled = ", ".join(f"{a} {n}/{t}" for a, (n, t) in choice["successes"].items())
+        lines += ["## The default aggregator", "",
+                  f"Closed-loop successes of the async conditions, pooled over the latencies: {pooled}. "
+                  f"The default is the most successful: **{choice['chosen']}** (a tie goes to `latest`, which merges nothing)."]
+        if choice["paired_p_value"] is not None:
+            significant = "a significant" if choice["paired_p_value"] < 0.05 else "not a significant"
+            lines[-1] += (f" Against the runner-up, {choice['runner_up']}, on the same layouts and latencies: "
+                          f"{choice['only_chosen']} trials only {choice['chosen']} succeeded in, "
+                          f"{choice['only_runner_up']} only {choice['runner_up']}; McNemar p = "
+                          f"{choice['paired_p_value']:.3g}, {significant} difference at this sample size.")
+        lines.append("")
     return "\n".join(lines)
 

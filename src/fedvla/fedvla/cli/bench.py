@@ -279,31 +279,42 @@ def cmd_bench_twin(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_realtime(args: argparse.Namespace) -> int:
+    import dataclasses
     import json
     import shlex
     import sys
     import time
     from pathlib import Path
 
-    from fedvla.bench.realtime import condition_names, launch_arguments, plot, read_run, report_markdown, run_name
+    from fedvla.bench.chunk_replay import plot_boundaries
+    from fedvla.bench.realtime import (chosen_aggregator, complete_run, condition_names, launch_arguments, plot,
+                                       read_run, replay_runs, report_markdown, run_name)
     from fedvla.cli.common import run_ros_tool
     from fedvla.paths import run_directory, working_tree_commit
     from fedvla.sim.report import machine
+    from fedvla.twin.evaluation import checkpoint_action_space
 
     output = Path(args.output or run_directory("realtime_bench")).resolve()
     output.mkdir(parents=True, exist_ok=True)
+    earlier = json.loads((output / "bench.json").read_text()) if (output / "bench.json").is_file() else {}
+    commit = working_tree_commit()
     conditions = args.conditions or condition_names()
-    rows = []
+    rows, reused = [], {}
     for latency in args.latencies:
         for condition in conditions:
-            run = output / run_name(condition, latency)
-            console.rule(f"{condition}, {1000 * latency:g} ms injected latency: {args.trials} trials of {args.task}")
-            status = run_ros_tool("twin_evaluate", "bench realtime", [
-                "--checkpoint", args.checkpoint, "--task", args.task, "--trials", str(args.trials),
-                "--max-steps", str(args.max_steps), "--no-in-process", "--output", str(run),
-                *[f"--launch-argument={k}:={v}" for k, v in launch_arguments(condition, latency).items()]])
-            if status != 0:
-                return status
+            name = run_name(condition, latency)
+            run = output / name
+            if complete_run(run / "evaluation.json", args.task, args.trials):
+                console.print(f"{name}: its {args.trials} trials are done (read back, not run again)")
+                reused[name] = (earlier.get("reused_runs") or {}).get(name) or earlier.get("commit")
+            else:
+                console.rule(f"{condition}, {1000 * latency:g} ms injected latency: {args.trials} trials of {args.task}")
+                status = run_ros_tool("twin_evaluate", "bench realtime", [
+                    "--checkpoint", args.checkpoint, "--task", args.task, "--trials", str(args.trials),
+                    "--max-steps", str(args.max_steps), "--no-in-process", "--output", str(run),
+                    *[f"--launch-argument={k}:={v}" for k, v in launch_arguments(condition, latency).items()]])
+                if status != 0:
+                    return status
             rows.append(read_run(run / "evaluation.json", condition, latency, args.task))
     table = Table(title=f"chunk execution in the twin ({args.task}, {args.trials} trials per row)")
     for column in ("condition", "latency ms", "success", "Wilson 95 %", "time to success s", "setpoint jerk RMS rad/s^3",
@@ -316,55 +327,38 @@ def cmd_bench_realtime(args: argparse.Namespace) -> int:
                       f"{r.largest_reference_jump_mrad:.2f}", str(r.queue_ran_dry), str(r.late_actions))
     console.print(table)
     plot(rows, output / "realtime.png")
-    boundaries = replay_boundaries(output, rows, args.checkpoint, args.task)
-    record = {"command": shlex.join(["fedvla", *sys.argv[1:]]), "commit": working_tree_commit(),
+    with console.status("replaying every async trial's chunks with each aggregator"):
+        replays = replay_runs(output, rows, args.task, checkpoint_action_space(args.checkpoint),
+                              progress=lambda message: console.print(message))
+    if replays is not None:
+        plotted = replays.plotted
+        plot_boundaries(replays.plotted_replays, output / "boundaries.png",
+                        f"{Path(plotted['bag']).name} ({plotted['condition']}, {1000 * plotted['latency_s']:g} ms): "
+                        f"its {plotted['chunks']} chunks replayed with each aggregator")
+        replay_table = Table(title="every async trial's chunks through the driver's controller, per aggregator "
+                                   "(simulated time)")
+        for column in ("latency ms", "aggregator", "trials", "overlapping hand-overs", "merges",
+                       "jerk RMS rad/s^3", "largest jump mrad (median)", "refused"):
+            replay_table.add_column(column, justify="right")
+        for r in replays.summaries:
+            replay_table.add_row(f"{1000 * r['latency_s']:g}", r["aggregator"], str(r["trials"]),
+                                 str(r["overlapping_hand_overs"]), str(r["merges"]), f"{r['setpoint_jerk_rms']:.1f}",
+                                 f"{r['largest_reference_jump_mrad']:.1f}", str(sum(r["refused"].values())))
+        console.print(replay_table)
+    choice = chosen_aggregator(rows)
+    if choice is not None:
+        console.print(f"default aggregator by closed-loop success: [bold]{choice.chosen}[/] ("
+                      + ", ".join(f"{a} {n}/{t}" for a, (n, t) in choice.successes.items()) + ")")
+    record = {"command": shlex.join(["fedvla", *sys.argv[1:]]), "commit": commit,
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "checkpoint": args.checkpoint,
-              "task": args.task, "trials": args.trials, "rows": [dict(vars(r)) for r in rows],
-              "boundaries": boundaries}
+              "task": args.task, "trials": args.trials, "rows": [dataclasses.asdict(r) for r in rows],
+              "reused_runs": reused,
+              "replays": None if replays is None else {"summaries": replays.summaries, "plotted": replays.plotted},
+              "choice": None if choice is None else dataclasses.asdict(choice)}
     (output / "bench.json").write_text(json.dumps(record, indent=1, default=list))
     (output / "realtime.md").write_text(report_markdown(json.loads((output / "bench.json").read_text())))
     console.print(f"figures: {output / 'bench.json'}, table: {output / 'realtime.md'}, plot: {output / 'realtime.png'}")
     return 0
-
-
-def replay_boundaries(output, rows, checkpoint: str, task: str) -> dict | None:
-    """The chunks of one async trial at the largest latency, replayed with every aggregator
-    (:mod:`fedvla.bench.chunk_replay`): ``boundaries.png`` and its figures, or None without one."""
-    from fedvla.bench.chunk_replay import plot_boundaries, read_recorded_chunks, replay
-    from fedvla.bench.realtime import run_name
-    from fedvla.robot.controller import ChunkAggregator
-    from fedvla.twin.evaluation import checkpoint_action_space
-
-    asynchronous = [r for r in rows if r.condition.startswith("async")]
-    if not asynchronous:
-        return None
-    source = max(asynchronous, key=lambda r: (r.latency_s, r.condition == "async-latest"))
-    bags = sorted((output / run_name(source.condition, source.latency_s) / "bags").glob(f"{task}_*"))
-    recorded = None
-    for bag in bags:  # the first bag that holds chunks and the joints they started from
-        try:
-            recorded = read_recorded_chunks(bag)
-            break
-        except ValueError as err:
-            console.print(f"[yellow]not replayed: {err}[/]")
-    if recorded is None:
-        return None
-    replays = [replay(recorded, checkpoint_action_space(checkpoint), a) for a in ChunkAggregator]
-    title = (f"{bag.name} ({source.condition}, {1000 * source.latency_s:g} ms): its {len(recorded.chunks)} chunks "
-             "replayed with each aggregator")
-    plot_boundaries(replays, output / "boundaries.png", title)
-    table = Table(title="the same recorded chunks through the driver's controller, per aggregator (simulated time)")
-    for column in ("aggregator", "setpoint jerk RMS rad/s^3", "largest reference jump mrad", "refused"):
-        table.add_column(column, justify="right")
-    for r in replays:
-        table.add_row(r.aggregator.value, f"{r.rms_jerk:.1f}", f"{1000 * r.largest_reference_jump:.2f}",
-                      str(sum(r.refused.values())))
-    console.print(table)
-    return {"bag": str(bag), "condition": source.condition, "latency_s": source.latency_s,
-            "chunks": len(recorded.chunks),
-            "replays": [{"aggregator": r.aggregator.value, "setpoint_jerk_rms": r.rms_jerk,
-                         "largest_reference_jump_mrad": 1000 * r.largest_reference_jump, "refused": r.refused}
-                        for r in replays]}
 
 
 def cmd_bench_bag(args: argparse.Namespace) -> int:
