@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fedvla.bench.realtime import RealtimeRow, chosen_aggregator, complete_run, report_markdown
+from fedvla.bench.realtime import RealtimeRow, chosen_aggregator, complete_run, goal_lines, report_markdown
 
 RESULTS = Path(__file__).resolve().parents[3] / "results" / "realtime" / "bench.json"
 
@@ -61,3 +61,29 @@ def test_the_shipped_default_aggregator_is_the_one_the_measurements_chose() -> N
     assert ControllerConfig().chunk_aggregator.value == chosen
     assert Graph.load(find_config_dir()).arguments["chunk_aggregator"].default == chosen
     assert f"**{chosen}**" in report_markdown(record)
+
+
+def test_the_goals_are_judged_from_the_records_figures() -> None:
+    def row(condition, latency, successes, time_s):
+        return {"condition": condition, "latency_s": latency, "successes": successes, "trials": 20,
+                "time_to_success_s": time_s}
+
+    def replayed(latency, aggregator, jump, jerk, overlaps=10):
+        return {"latency_s": latency, "aggregator": aggregator, "overlapping_hand_overs": overlaps,
+                "largest_reference_jump_mrad": jump, "setpoint_jerk_rms": jerk}
+
+    record = {"rows": [row("sync", 0.0, 10, 3.0), row("async-latest", 0.0, 12, 2.5),
+                       row("sync", 0.3, 0, None), row("async-latest", 0.3, 7, 4.0)],
+              "choice": {"chosen": "latest"},
+              "replays": {"summaries": [replayed(0.0, "latest", 90.0, 100.0), replayed(0.0, "crossfade", 20.0, 120.0),
+                                        replayed(0.0, "ensemble", 60.0, 20.0),
+                                        *(replayed(0.3, a, 5.0, 5.0, overlaps=0) for a in ("latest", "crossfade"))]}}
+    lines = "\n".join(goal_lines(record))
+    # 7/20 at 300 ms against 10/20 at 0 ms: within noise
+    assert "async-latest 7/20 against sync 10/20: holds" in lines
+    assert "2.50 s against sync 3.00 s, 16.7 % faster (means over the successful trials only): does not hold" in lines
+    assert "Completion time at 300 ms** (async at least 20 % faster): cannot be compared: sync had no successful" in lines
+    assert "crossfade** (at least 3x lower than latest): largest jump 4.5x lower, setpoint jerk 0.83x lower: " \
+           "holds for the jump, not for the jerk." in lines
+    assert "ensemble** (at least 3x lower than latest): largest jump 1.5x lower, setpoint jerk 5.00x lower: holds." in lines
+    assert "Smoothness at 300 ms**: no chunk overlapped" in lines

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedvla.robot.controller import ChunkAggregator
-from fedvla.statistics import mcnemar
+from fedvla.statistics import agree_within_noise, mcnemar
 
 AGGREGATORS = tuple(a.value for a in ChunkAggregator)
 SYNC = "sync"
@@ -234,6 +234,62 @@ def plot(rows: list[RealtimeRow], path: Path) -> None:
     plt.close(figure)
 
 
+COMPLETION_SPEEDUP_GOAL = 0.20  # async at least 20 % faster than sync at the same latency (issue 22)
+SMOOTHNESS_GOAL = 3.0  # a blend's jump or jerk at least 3x lower than latest's
+
+
+def goal_lines(record: dict) -> list[str]:
+    """The issue's three twin goals, each with its figures and whether it holds: success of async at
+    the largest latency against sync at none, completion time of async against sync per latency,
+    and the blends' smoothness against latest's on the same replayed chunks."""
+    rows = {(r["condition"], r["latency_s"]): r for r in record["rows"]}
+    choice = record.get("choice")
+    if not choice:
+        return []
+    chosen = f"async-{choice['chosen']}"
+    latencies = sorted({latency for _, latency in rows})
+    lines = []
+    sync0, slowest = rows.get((SYNC, 0.0)), rows.get((chosen, latencies[-1]))
+    if sync0 and slowest:
+        holds = (slowest["successes"] / slowest["trials"] >= sync0["successes"] / sync0["trials"]
+                 or agree_within_noise(slowest["successes"], slowest["trials"], sync0["successes"], sync0["trials"]))
+        lines.append(f"- **Success under latency** (async at {1000 * latencies[-1]:g} ms within noise of sync at 0 ms, "
+                     f"or better): {chosen} {slowest['successes']}/{slowest['trials']} against sync "
+                     f"{sync0['successes']}/{sync0['trials']}: {'holds' if holds else 'does not hold'}.")
+    for latency in latencies:
+        sync, fast = rows.get((SYNC, latency)), rows.get((chosen, latency))
+        if not (sync and fast):
+            continue
+        head = f"- **Completion time at {1000 * latency:g} ms** (async at least {100 * COMPLETION_SPEEDUP_GOAL:.0f} % faster): "
+        if sync["time_to_success_s"] is None or fast["time_to_success_s"] is None:
+            lines.append(head + "cannot be compared: " + ("sync" if sync["time_to_success_s"] is None else chosen)
+                         + " had no successful trial.")
+            continue
+        faster = 1 - fast["time_to_success_s"] / sync["time_to_success_s"]
+        holds = faster >= COMPLETION_SPEEDUP_GOAL
+        lines.append(head + f"{chosen} {fast['time_to_success_s']:.2f} s against sync {sync['time_to_success_s']:.2f} s, "
+                     f"{100 * faster:.1f} % faster (means over the successful trials only): {'holds' if holds else 'does not hold'}.")
+    replays = (record.get("replays") or {}).get("summaries") or []
+    for latency in sorted({r["latency_s"] for r in replays}):
+        mine = {r["aggregator"]: r for r in replays if r["latency_s"] == latency}
+        latest = mine.get(ChunkAggregator.LATEST.value)
+        if latest is None or not latest["overlapping_hand_overs"]:
+            lines.append(f"- **Smoothness at {1000 * latency:g} ms**: no chunk overlapped the one before, so the "
+                         "aggregators have nothing to merge and cannot differ.")
+            continue
+        for blend in (ChunkAggregator.CROSSFADE.value, ChunkAggregator.ENSEMBLE.value):
+            other = mine.get(blend)
+            if other is None:
+                continue
+            jump = latest["largest_reference_jump_mrad"] / max(other["largest_reference_jump_mrad"], 1e-9)
+            jerk = latest["setpoint_jerk_rms"] / max(other["setpoint_jerk_rms"], 1e-9)
+            verdict = ("holds" if max(jump, jerk) >= SMOOTHNESS_GOAL else "does not hold")
+            lines.append(f"- **Smoothness at {1000 * latency:g} ms, {blend}** (at least {SMOOTHNESS_GOAL:g}x lower than "
+                         f"latest): largest jump {jump:.1f}x lower, setpoint jerk {jerk:.2f}x lower: {verdict}"
+                         + (" for the jump, not for the jerk." if jump >= SMOOTHNESS_GOAL > jerk else "."))
+    return lines
+
+
 def report_markdown(record: dict) -> str:
     """``realtime.md``: the bench's table and plot with their provenance, from ``bench.json``."""
     lines = ["# Chunk execution in the workcell twin: sync against async", "",
@@ -294,5 +350,8 @@ def report_markdown(record: dict) -> str:
                           f"{choice['only_runner_up']} only {choice['runner_up']}; McNemar p = "
                           f"{choice['paired_p_value']:.3g}, {significant} difference at this sample size.")
         lines.append("")
+        goals = goal_lines(record)
+        if goals:
+            lines += ["## The issue's goals", "", *goals, ""]
     return "\n".join(lines)
 
