@@ -218,7 +218,7 @@ def test_template_bindings_build_per_node_paths(graph) -> None:
     nodes = {n.spec.fully_qualified_name: n for n in graph.resolve("federation", {"federation_dir": "/data/fl",
                                                                                   "rounds": "7",
                                                                                   "robot_b_dataset": "/data/b"})}
-    mode = {"federation_mode": "trunk", "base_checkpoint": ""}
+    mode = {"federation_mode": "trunk", "base_checkpoint": "", "skill_encryption": "none", "skill_keys": ""}
     assert nodes["/fed_server"].parameter_values == {"state_dir": "/data/fl/server", "rounds": 7, "aggregation": "eda",
                                                       "secure_aggregation": False, **mode}
     assert nodes["/robot_b/fed_client"].parameter_values == {"client_id": "robot_b", "state_dir": "/data/fl/robot_b",

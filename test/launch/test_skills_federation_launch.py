@@ -1,4 +1,5 @@
-"""``federation_mode: skills`` through ROS 2 (issue 25): a fed_server and two fed_client nodes,
+"""``federation_mode: skills`` through ROS 2 (issue 25), encrypted (``skill_encryption: ckks``): a
+fed_server holding the public key only and two fed_client nodes holding the key pair,
 launched by launch_ros, run one skill round over the federation services. The server publishes a
 new version of every skill a client was routed to and of the router; each robot writes the final
 router and its skills; the base checkpoint is unchanged.
@@ -51,19 +52,26 @@ def run_dir(tmp_path_factory) -> Path:
     (directory / "credentials.yaml").write_text(yaml.safe_dump({"clients": SECRETS}))
     base = _base_checkpoint(directory)
     (directory / "base.sha256").write_text(_digest(base))
+    # skill_encryption ckks: the robots get the key pair, the server a directory with public.ckks only
+    from fedvla.skills.encryption import PUBLIC_KEY_FILE, write_keys
+
+    write_keys(directory / "fleet_keys")
+    (directory / "server_keys").mkdir()
+    (directory / "server_keys" / PUBLIC_KEY_FILE).write_bytes((directory / "fleet_keys" / PUBLIC_KEY_FILE).read_bytes())
     return directory
 
 
 @launch_pytest.fixture(scope="module")
 def skills_launch(run_dir):
     common = {"federation_mode": "skills", "base_checkpoint": str(run_dir / "base"),
-              "credentials_file": str(run_dir / "credentials.yaml")}
+              "credentials_file": str(run_dir / "credentials.yaml"), "skill_encryption": "ckks"}
     server = launch_ros.actions.Node(package="fedvla_ros", executable="fed_server", name="fed_server", parameters=[{
-        **common, "state_dir": str(run_dir / "server"), "rounds": 1, "quorum": 2, "num_skills": 4, "skill_top_k": 1,
+        **common, "skill_keys": str(run_dir / "server_keys"), "state_dir": str(run_dir / "server"), "rounds": 1, "quorum": 2, "num_skills": 4, "skill_top_k": 1,
         "skill_hidden_dim": 32, "router_hidden_dim": 16, "tick_period_s": 0.2, "chunk_size": 16384}], output="screen")
     clients = [launch_ros.actions.Node(package="fedvla_ros", executable="fed_client", name="fed_client",
                                        namespace=client_id, parameters=[{
-                                           **common, "client_id": client_id, "state_dir": str(run_dir / client_id),
+                                           **common, "skill_keys": str(run_dir / "fleet_keys"),
+                                           "client_id": client_id, "state_dir": str(run_dir / client_id),
                                            "dataset": "synthetic", "synthetic_samples": 24, "local_epochs": 1,
                                            "batch_size": 8, "seed": index, "heartbeat_interval_s": 0.5,
                                            "poll_period_s": 0.2}], output="screen")
@@ -95,6 +103,9 @@ def test_one_skill_round_with_two_clients_through_ros(run_dir) -> None:
     # the skills the robots trained got version 2, with their tasks; the others kept version 1
     trained = set(record["rows"][:-1])
     assert trained and all(library["skills"][n][-1]["version"] == 2 for n in trained)
+    # encrypted on the server (ckks): the aggregates are ciphertexts, the untrained first versions not
+    assert all(library["skills"][n][-1]["encrypted"] for n in trained)
+    assert not any(v[-1]["encrypted"] for n, v in library["skills"].items() if n not in trained)
     assert all(v[-1]["version"] == 1 for n, v in library["skills"].items() if n not in trained)
     assert all(set(library["skills"][n][-1]["tasks"]) <= {f"synthetic:{c}" for c in CLIENTS} for n in trained)
     assert _digest(run_dir / "base") == (run_dir / "base.sha256").read_text()  # the base never changed

@@ -66,3 +66,8 @@ def test_the_smoke_skill_study_runs_every_method_and_leaves_the_base_untouched(t
     for name in ("success.png", "cost.png", "run.json"):
         assert (tmp_path / name).is_file()
     assert "## Claims" in text and "at this scale" in text
+    # the encrypted aggregation measured at the study's skill size, and its claim judged
+    aggregation = json.loads((tmp_path / "aggregation.json").read_text())
+    assert [f["method"] for f in aggregation] == ["CKKS (TenSEAL)", "SecAgg masks"]
+    assert aggregation[0]["parameters"] == skills["trainable_parameters"] and aggregation[0]["max_error"] < 1e-5
+    assert "## Encrypted aggregation" in text and "HE aggregation is practical at this size" in text

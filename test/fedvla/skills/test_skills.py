@@ -168,13 +168,14 @@ def test_encrypted_aggregation_matches_the_plaintext_one_within_ckks_precision()
     client_context = make_client_context()
     server_context = public_context(client_context)
     encrypted = [encrypt_delta(client_context, u.client_id, u.skill_id, u.delta, u.num_samples) for u in uploads]
-    summed, samples = sum_encrypted(server_context, encrypted)
+    parameters = sum(v.numel() for v in template.values())
+    summed, samples = sum_encrypted(server_context, encrypted, parameters)
     assert samples == 49
     result = decrypt_mean(client_context, summed, samples, template)
     for name, value in expected.items():
         torch.testing.assert_close(result[name], value, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="holds the secret key"):
-        sum_encrypted(client_context, encrypted)
+        sum_encrypted(client_context, encrypted, parameters)
 
 
 def test_training_skills_lowers_the_loss_and_never_touches_the_frozen_base() -> None:
@@ -207,9 +208,10 @@ def test_training_skills_lowers_the_loss_and_never_touches_the_frozen_base() -> 
         train_skills(unfrozen, skills, router, data, TrainConfig(epochs=1), skill_config)
 
 
-def _skill_federation(tmp_path, rounds: int = 2, quorum: int = 2):
+def _skill_federation(tmp_path, rounds: int = 2, quorum: int = 2, keys=None):
     """A skill server over a frozen tiny base and two clients of different tasks (in process: the
-    server object is the transport)."""
+    server object is the transport); ``keys``: a key directory (encryption.write_keys) to run it
+    under CKKS."""
     from fedvla.data.episodes import fit_normalizer
     from fedvla.data.synthetic import SquareReachDataset
     from fedvla.model.checkpoint import seeded_policy
@@ -227,13 +229,17 @@ def _skill_federation(tmp_path, rounds: int = 2, quorum: int = 2):
     skill_config = SkillConfig(observation_dim=config.embed_dim, action_dim=config.action_dim, hidden_dim=16, num_skills=4,
                                top_k=1, instruction_dim=config.language_dim, router_hidden_dim=8)
     credentials = {f"robot_{i}": f"secret-of-robot-{i}-0123456789" for i in range(3)}
+    from fedvla.skills.encryption import read_robot_key, read_server_key
+
     server = SkillFederationServer(SkillServerConfig(rounds=rounds, quorum=quorum, state_dir=str(tmp_path / "server")),
-                                   skill_config, signature, credentials)
+                                   skill_config, signature, credentials,
+                                   public_key=read_server_key(keys) if keys else None)
     clients = []
     for i, task in enumerate(("wipe", "grasp")):
         data = SquareReachDataset(config, 16, seed=10 + i)
         clients.append(SkillFederationClient(f"robot_{i}", credentials[f"robot_{i}"], server, base, signature, data,
-                                             TrainConfig(epochs=1, batch_size=8, lr=1e-3, seed=i), tasks=[task]))
+                                             TrainConfig(epochs=1, batch_size=8, lr=1e-3, seed=i), tasks=[task],
+                                             robot_key=read_robot_key(keys) if keys else None))
     return server, clients, signature, credentials
 
 
@@ -325,6 +331,120 @@ def test_hostile_skill_uploads_are_refused_with_their_reason_and_logged(tmp_path
         assert any(m.startswith(f"rejected {reason} from robot_0") for m in core_warnings)
 
 
+def test_an_encrypted_skill_federation_publishes_the_plaintext_aggregate_the_server_cannot_read(tmp_path) -> None:
+    """skill_encryption ckks: the same rounds as in the clear give the same library within CKKS
+    precision, while the library on the server holds ciphertexts only (its first version, the
+    untrained skills it issued, excepted)."""
+    pytest.importorskip("tenseal")
+    from fedvla.skills.encryption import CIPHERTEXT, decrypt_state, read_robot_key, write_keys
+    from fedvla.skills.federation import run_skill_rounds
+    from fedvla.skills.modules import SkillRouter
+
+    write_keys(tmp_path / "keys")
+    plain_server, plain_clients, signature, _ = _skill_federation(tmp_path / "plain")
+    server, clients, _, _ = _skill_federation(tmp_path / "ckks", keys=tmp_path / "keys")
+    run_skill_rounds(plain_server, plain_clients)
+    history = run_skill_rounds(server, clients)
+    assert server.finished and not server.rejections and len(history) == 2
+    secret, _ = read_robot_key(tmp_path / "keys")
+    plain, library = plain_server.library, server.library
+    for name in plain.skills:
+        assert library.latest(name).version == plain.latest(name).version
+        stored = library.load_skill(name, signature)
+        expected = plain.load_skill(name, signature)
+        assert library.latest(name).encrypted == (library.latest(name).version > 1) == (CIPHERTEXT in stored)
+        for key, value in decrypt_state(secret, stored, expected).items():
+            torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-5)
+    router = decrypt_state(secret, library.load_router(signature), SkillRouter(server.skill_config).state_dict())
+    for key, value in plain.load_router(signature).items():
+        torch.testing.assert_close(router[key], value, rtol=0, atol=1e-5)
+    # the encrypted uploads cost bytes: CKKS ciphertexts against float32
+    uploaded = [r.upload_bytes for h in history for r in h["reports"].values()]
+    assert min(uploaded) > 10 * max(sum(v.numel() * 4 for v in expected.values()), 1)
+
+
+def test_encryption_mismatches_are_refused_before_anything_is_trained(tmp_path) -> None:
+    pytest.importorskip("tenseal")
+    from fedvla.config import ConfigError
+    from fedvla.skills.encryption import EncryptionError, read_robot_key, read_server_key, write_keys
+    from fedvla.skills.federation import SkillFederationClient
+
+    write_keys(tmp_path / "keys")
+    write_keys(tmp_path / "other")
+    with pytest.raises(EncryptionError, match="already holds a key pair"):
+        write_keys(tmp_path / "keys")
+    assert (tmp_path / "keys" / "secret.ckks").stat().st_mode & 0o077 == 0  # its owner's only
+    server, clients, signature, credentials = _skill_federation(tmp_path / "fed", keys=tmp_path / "keys")
+    status = server.status()
+
+    def robot(key):
+        made = SkillFederationClient("robot_0", credentials["robot_0"], server, clients[0].base, signature,
+                                     clients[0].dataset, clients[0].train_config, robot_key=key)
+        made.join()
+        return made
+
+    with pytest.raises(ConfigError, match="skill_encryption.*'ckks', this robot is set to 'none'"):
+        robot(None).fetch_manifest(status.round, status.chunk_size)
+    with pytest.raises(ConfigError, match="skill_keys.*the server's key is"):
+        robot(read_robot_key(tmp_path / "other")).fetch_manifest(status.round, status.chunk_size)
+    plain_server, plain_clients, _, _ = _skill_federation(tmp_path / "plain")
+    plain = SkillFederationClient("robot_0", credentials["robot_0"], plain_server, clients[0].base, signature,
+                                  clients[0].dataset, clients[0].train_config, robot_key=read_robot_key(tmp_path / "keys"))
+    plain.join()
+    with pytest.raises(ConfigError, match="'none', this robot is set to 'ckks'"):  # never sends weights in the clear
+        plain.fetch_manifest(plain_server.status().round, plain_server.status().chunk_size)
+    # the server never holds the secret key, and a server restarted without encryption is refused
+    (tmp_path / "leaked").mkdir()
+    (tmp_path / "leaked" / "public.ckks").write_bytes((tmp_path / "keys" / "secret.ckks").read_bytes())
+    with pytest.raises(EncryptionError, match="holds the secret key"):
+        read_server_key(tmp_path / "leaked")
+    from fedvla.skills.federation import SkillFederationServer
+
+    with pytest.raises(ConfigError, match="skill_keys"):
+        SkillFederationServer(server.config, server.skill_config, signature, credentials)
+
+
+def _ciphertext_junk(blob, routed) -> None:
+    blob.deltas[routed[0]] = {"ckks": torch.randint(0, 255, (4096,), dtype=torch.uint8)}
+
+
+def _ciphertext_short(blob, routed) -> None:
+    from fedvla.skills.encryption import encrypt_vector, read_robot_key
+
+    secret, _ = read_robot_key(blob.keys)
+    blob.deltas[routed[0]] = {"ckks": torch.frombuffer(bytearray(encrypt_vector(secret, np.zeros(5))), dtype=torch.uint8)}
+
+
+@pytest.mark.parametrize("mutate", [_ciphertext_junk, _ciphertext_short, _not_routed])
+def test_hostile_encrypted_skill_uploads_are_refused_with_their_reason(tmp_path, mutate, core_warnings) -> None:
+    """What the server can check of a ciphertext it cannot read: that it is one, of the skill's
+    size, for its ring; and, as in the clear, the routing. (A ciphertext under another key of the
+    same parameters cannot be told apart: like any poisoned upload, it corrupts the sum.)"""
+    pytest.importorskip("tenseal")
+    from fedvla.skills.encryption import encrypt_state, read_robot_key, write_keys
+    from fedvla.skills.wire import ROUTER_ID, SkillUploadBlob, encode_upload, signature_hash
+
+    write_keys(tmp_path / "keys")
+    server, clients, _, _ = _skill_federation(tmp_path / "fed", keys=tmp_path / "keys")
+    client, status = clients[0], server.status()
+    client.join()
+    manifest, _ = client.fetch_manifest(status.round, status.chunk_size)
+    routed = client.route(manifest)
+    skills, _ = client.fetch_skills(manifest, routed, status.chunk_size)
+    secret, _ = read_robot_key(tmp_path / "keys")
+    plain = {name: skills[int(name.split("_")[1])].state_dict() for name in routed}
+    plain[ROUTER_ID] = manifest.router
+    blob = SkillUploadBlob(client.client_id, status.round, 16, ["wipe"], signature_hash(client.signature),
+                           {name: encrypt_state(secret, state, 16) for name, state in plain.items()})
+    blob.keys = tmp_path / "keys"
+    mutate(blob, routed)
+    with pytest.raises(FederationError) as refused:
+        client.upload(encode_upload(blob), status.round)
+    reason = "not_routed" if mutate is _not_routed else "malformed"
+    assert refused.value.reply.reason == reason and server.rejections[reason] == 1 and not server.accepted
+    assert any(m.startswith(f"rejected {reason} from robot_0") for m in core_warnings)
+
+
 def test_the_skill_aggregation_bench_compares_ckks_and_secagg_on_the_same_deltas() -> None:
     pytest.importorskip("tenseal")
     from fedvla.bench.skill_aggregation import skill_round_figures
@@ -398,3 +518,17 @@ def test_the_policy_runtime_runs_a_skill_set_on_its_checkpoint_and_reports_the_r
     assert not np.allclose(step.chunk, plain.chunk)  # the residual changed the chunk
     with pytest.raises(ConfigError, match="step_backend"):
         PolicyRuntimeConfig(checkpoint_path=str(checkpoint), skills_path=str(tmp_path / "set"), step_backend="compile")
+
+
+def test_the_skill_keys_command_writes_a_fleet_key_pair_once(tmp_path, capsys) -> None:
+    pytest.importorskip("tenseal")
+    from fedvla.cli import main
+    from fedvla.skills.encryption import read_robot_key, read_server_key
+
+    assert main(["federation", "skill-keys", str(tmp_path / "keys")]) == 0
+    assert "never put it on the server" in capsys.readouterr().out
+    secret, fingerprint = read_robot_key(tmp_path / "keys")
+    assert secret and len(fingerprint) == 64 and read_server_key(tmp_path / "keys")
+    assert main(["federation", "skill-keys", str(tmp_path / "keys")]) != 0  # never overwritten
+    printed = capsys.readouterr()
+    assert "already holds a key pair" in " ".join((printed.out + printed.err).split())

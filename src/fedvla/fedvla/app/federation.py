@@ -34,7 +34,8 @@ from fedvla.model.policy import Policy
 from fedvla.model.train import TrainConfig
 from fedvla.model.trunk import Trunk
 from fedvla.federation.round_server import RoundServer
-from fedvla.skills.federation import SkillFederationClient, SkillFederationServer, SkillServerConfig
+from fedvla.skills.encryption import EncryptionError, read_robot_key, read_server_key
+from fedvla.skills.federation import SkillEncryption, SkillFederationClient, SkillFederationServer, SkillServerConfig
 from fedvla.skills.library import base_signature
 from fedvla.skills.modules import SkillConfig
 
@@ -52,13 +53,28 @@ class FederationMode(str, enum.Enum):
 class FederationModeSettings:
     federation_mode: FederationMode = FederationMode.TRUNK
     base_checkpoint: str = ""  # skills: the frozen base policy (the skill library's signature comes from it)
+    skill_encryption: SkillEncryption = SkillEncryption.NONE  # skills: plaintext deltas, or CKKS ciphertexts
+    skill_keys: str = ""  # skill_encryption ckks: the fleet's key directory (fedvla federation skill-keys)
 
     def __post_init__(self) -> None:
         self.federation_mode = parse_enum(FederationMode, self.federation_mode, "federation_mode")
+        self.skill_encryption = parse_enum(SkillEncryption, self.skill_encryption, "skill_encryption")
         if self.skills:
             require(bool(self.base_checkpoint) and Path(self.base_checkpoint).expanduser().is_dir(), "base_checkpoint",
                     f"{self.base_checkpoint!r} is not a checkpoint directory", "the frozen base policy's checkpoint "
                     "(federation_mode skills)")
+            require(self.skill_encryption is SkillEncryption.NONE or Path(self.skill_keys).expanduser().is_dir(),
+                    "skill_keys", f"{self.skill_keys!r} is not a directory", "the key directory `fedvla federation "
+                    "skill-keys DIR` wrote (skill_encryption ckks)")
+
+    def skill_key(self, read):
+        """``read(skill_keys)`` when the skills travel encrypted, else None; a bad key is a config error."""
+        if self.skill_encryption is SkillEncryption.NONE:
+            return None
+        try:
+            return read(Path(self.skill_keys).expanduser())
+        except EncryptionError as err:
+            raise ConfigError("skill_keys", str(err), "the fleet's key directory from `fedvla federation skill-keys`") from None
 
     @property
     def skills(self) -> bool:
@@ -134,7 +150,7 @@ def build_server(settings: FederationServerSettings) -> RoundServer:
     if settings.skills:
         base, signature = base_signature(settings.base_checkpoint)
         return SkillFederationServer(_config_of(SkillServerConfig, settings), settings.skill_config(base.config),
-                                     signature, credentials)
+                                     signature, credentials, public_key=settings.skill_key(read_server_key))
     policy = trunk_policy(settings.model_config, settings.init_seed)
     if settings.initial_checkpoint:
         pretrained = load_checkpoint(settings.initial_checkpoint)
@@ -256,4 +272,5 @@ def build_skill_client(settings: FederationClientSettings, secret: str, server: 
     return SkillFederationClient(settings.client_id, secret, server, base, signature, dataset, settings.train_config(),
                                  tasks, heartbeat_interval_s=settings.heartbeat_interval_s,
                                  upload_attempts=settings.upload_attempts, state_dir=settings.state_dir,
-                                 base_checkpoint=settings.base_checkpoint)
+                                 base_checkpoint=settings.base_checkpoint,
+                                 robot_key=settings.skill_key(read_robot_key))

@@ -1,4 +1,5 @@
-"""``fedvla federation credentials|report``: the federation's secrets file and its round table."""
+"""``fedvla federation credentials|flower-credentials|skill-keys|report``: the federation's secrets,
+keys and certificates, and its round table."""
 from __future__ import annotations
 
 import argparse
@@ -40,6 +41,19 @@ def cmd_federation_flower_credentials(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_federation_skill_keys(args: argparse.Namespace) -> int:
+    from fedvla.skills.encryption import EncryptionError, write_keys
+
+    try:
+        secret, public = write_keys(args.directory)
+    except EncryptionError as err:
+        raise ConfigError("DIRECTORY", str(err), "a new or empty directory") from None
+    console.print(f"robots: {secret.parent} (both files; skill_keys:={secret.parent}); the server: a directory "
+                  f"holding {public.name} only", highlight=False)
+    console.print(f"[yellow]{secret} decrypts every skill of the fleet: never put it on the server's machine")
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     federation = commands.add_parser("federation", help="federation tools").add_subparsers(
         dest="federation_command", required=True)
@@ -54,6 +68,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     flower.add_argument("--nodes", nargs="+", required=True, help="one key pair per SuperNode (robot)")
     flower.add_argument("--days", type=int, default=365, help="certificate validity")
     flower.set_defaults(func=cmd_federation_flower_credentials)
+    skill_keys = federation.add_parser("skill-keys", help="a CKKS key pair for skill_encryption ckks: secret.ckks "
+                                       "(robots) and public.ckks (server)")
+    skill_keys.add_argument("directory", help="new directory for the two files")
+    skill_keys.set_defaults(func=cmd_federation_skill_keys)
     report = federation.add_parser("report", help="round table of a federation directory")
     report.add_argument("directory", help="the federation_dir (with server/state.json)")
     report.set_defaults(func=cmd_federation_report)

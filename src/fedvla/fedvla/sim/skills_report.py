@@ -92,8 +92,44 @@ def plot_cost(path: Path, results: dict[str, dict], tasks) -> None:
     plt.close(fig)
 
 
+# "Practical at this size": a robot's encryption and decryption take at most this share of its
+# training time per round, and the aggregate stays within this of plaintext (largest error).
+HE_TIME_SHARE = 0.10
+HE_MAX_ERROR = 1e-5
+
+
+def aggregation_table(aggregation: list[dict]) -> list[str]:
+    if not aggregation:
+        return ["(not measured)"]
+    first = aggregation[0]
+    lines = [f"One skill ({first['parameters']:,} parameters) aggregated over {max(2, first['clients'])} robots "
+             "(`fedvla.bench.skill_aggregation`, random deltas of the skill's size):", "",
+             "| Method | robot time (s) | server time (s) | upload per robot (MB) | largest error against plaintext |",
+             "|---|---:|---:|---:|---:|"]
+    return lines + [f"| {f['method']} | {f['client_s']:.3f} | {f['server_s']:.3f} | {f['upload_bytes'] / 1e6:.2f} | "
+                    f"{f['max_error']:.1e} |" for f in aggregation]
+
+
+def he_claim(aggregation: list[dict], results: dict[str, dict]) -> list[str]:
+    """Whether CKKS is practical here: the robots' crypto time against their training time per
+    round (from the federated skills run), and the error."""
+    ckks = next((f for f in aggregation if f["method"].startswith("CKKS")), None)
+    federated = results.get("skills_federated")
+    if ckks is None or federated is None:
+        return []
+    train_s = federated["costs"]["train_seconds_per_round"]
+    uploads = max(len(r) for h in federated["costs"]["routed_per_round"] for r in h.values()) + 1  # + the router
+    crypto_s = ckks["client_s"] * uploads
+    holds = crypto_s <= HE_TIME_SHARE * train_s and ckks["max_error"] <= HE_MAX_ERROR
+    return [f"- HE aggregation is practical at this size (a robot's CKKS work at most {100 * HE_TIME_SHARE:.0f} % of "
+            f"its training per round, error at most {HE_MAX_ERROR:g}): {crypto_s:.2f} s for its {uploads} uploads (its "
+            f"skills and the router, each at most a skill's size) against {train_s:.1f} s of training, error "
+            f"{ckks['max_error']:.1e}, {ckks['upload_bytes'] / 1e6:.1f} MB per skill: "
+            f"**{'holds' if holds else 'does not hold'} at this scale**."]
+
+
 def write_skills_report(output: Path, scale, base: dict, results: dict[str, dict], *, command: str,
-                        started: str) -> Path:
+                        started: str, aggregation: list[dict] | None = None) -> Path:
     output = Path(output)
     methods = [_Method(name, r["method"]["label"]) for name, r in results.items()]
     runs = {name: [r] for name, r in results.items()}
@@ -106,7 +142,8 @@ def write_skills_report(output: Path, scale, base: dict, results: dict[str, dict
              "## New tasks", "", *success_table(runs, methods, new), "",
              "## Base tasks (forgetting)", "", *success_table(runs, methods, old), "",
              "## Cost of a round at the edge", "", *cost_table(results), "",
-             "## Claims", "", *claim_lines(results, scale), "",
+             "## Encrypted aggregation", "", *aggregation_table(aggregation or []), "",
+             "## Claims", "", *claim_lines(results, scale), *he_claim(aggregation or [], results), "",
              "![success](success.png) ![cost](cost.png)", ""]
     plot_success(output / "success.png", runs, methods, [*new, *old])
     plot_cost(output / "cost.png", results, new)

@@ -345,7 +345,26 @@ class SkillsStudy:
         self.ensure_data()
         base = self.ensure_base()
         results = {name: self.run_method(name) for name in self.scale.methods}
-        return write_skills_report(self.output, self.scale, base, results, command=command, started=started)
+        return write_skills_report(self.output, self.scale, base, results, command=command, started=started,
+                                   aggregation=self.aggregation_figures())
+
+    def aggregation_figures(self) -> list[dict]:
+        """One skill's aggregation under CKKS and under SecAgg masks (fedvla.bench.skill_aggregation)
+        at this study's skill size and robot count: what encrypting the study's rounds would cost."""
+        from fedvla.bench.skill_aggregation import skill_round_figures
+        from fedvla.skills.modules import ResidualSkill
+
+        path = self.output / "aggregation.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        from fedvla.skills.library import base_signature
+
+        base, _ = base_signature(self.base_checkpoint)
+        parameters = sum(v.numel() for v in ResidualSkill(self._skill_config(base)).state_dict().values())
+        figures = [dict(dataclasses.asdict(f), parameters=parameters, clients=len(self.scale.new_tasks))
+                   for f in skill_round_figures(max(2, len(self.scale.new_tasks)), parameters)]
+        _atomic_json(path, figures)
+        return figures
 
 
 # LoRA on the trunk (peft) ---------------------------------------------------------------------------

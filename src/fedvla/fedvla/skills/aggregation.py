@@ -29,6 +29,19 @@ class SkillDelta:
 def check_skill_delta(upload: SkillDelta, routed: Iterable[str], template: Mapping[str, torch.Tensor],
                       signature_ok: bool, max_bytes: int) -> None:
     """Refuse an upload the way trunk uploads are refused: with the reason, before it is kept."""
+    check_skill_routing(upload, routed, signature_ok, max_bytes)
+    shapes = {k: tuple(v.shape) for k, v in upload.delta.items()}
+    expected = {k: tuple(v.shape) for k, v in template.items()}
+    if shapes != expected:
+        raise SkillUploadError(RejectReason.WRONG_SHAPE, f"tensors {shapes} are not the skill's {expected}")
+    for name, tensor in upload.delta.items():
+        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+            raise SkillUploadError(RejectReason.NOT_FINITE, f"{name} is not finite floating point")
+
+
+def check_skill_routing(upload: SkillDelta, routed: Iterable[str], signature_ok: bool, max_bytes: int) -> None:
+    """The checks that need no look inside the values (all an encrypted upload allows): the base,
+    the routing, the sample count and the size."""
     if not signature_ok:
         raise SkillUploadError(RejectReason.WRONG_MODEL, f"{upload.client_id}'s base policy is not the library's")
     if upload.skill_id not in set(routed):
@@ -38,13 +51,6 @@ def check_skill_delta(upload: SkillDelta, routed: Iterable[str], template: Mappi
     size = sum(t.numel() * t.element_size() for t in upload.delta.values())
     if size > max_bytes:
         raise SkillUploadError(RejectReason.TOO_LARGE, f"{size} bytes, at most {max_bytes}")
-    shapes = {k: tuple(v.shape) for k, v in upload.delta.items()}
-    expected = {k: tuple(v.shape) for k, v in template.items()}
-    if shapes != expected:
-        raise SkillUploadError(RejectReason.WRONG_SHAPE, f"tensors {shapes} are not the skill's {expected}")
-    for name, tensor in upload.delta.items():
-        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
-            raise SkillUploadError(RejectReason.NOT_FINITE, f"{name} is not finite floating point")
 
 
 def aggregate_skill_deltas(uploads: Iterable[SkillDelta]) -> dict[str, dict[str, torch.Tensor]]:

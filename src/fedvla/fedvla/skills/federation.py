@@ -24,13 +24,21 @@ restarted server neither loses nor repeats a round).
 
 Choices where the paper is silent: skills are named ``skill_<i>`` after their router output; the
 router is federated like a skill that every client trains; a client's routed skills are the top-K
-of each of its instructions, fixed at the start of its round. Skill deltas travel in the clear on
-this transport; :mod:`fedvla.skills.encryption` (CKKS) and our SecAgg masks are the encrypted
-options, compared by ``fedvla bench skills``.
+of each of its instructions, fixed at the start of its round.
+
+Encryption (``skill_encryption: ckks``; the threat model is :mod:`fedvla.skills.encryption`'s): the
+server holds the fleet's public key only. Robots upload, per skill, their trained weights times
+their sample count as CKKS ciphertexts instead of plaintext deltas; the server checks what it can
+(routing, signature, counts, size, ciphertext count under its key), adds the ciphertexts and
+publishes the sum with Σ n_c as the skill's next version, so the library it keeps is encrypted
+(its first version, the untrained skills it issued, excepted). Robots decrypt what they fetch. The
+manifest names the mode and the key's fingerprint: a robot with another key, a robot expecting
+encryption from a server in the clear, and the reverse, are refused before anything is trained.
 """
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -51,7 +59,8 @@ from fedvla.federation.uploads import Upload
 from fedvla.federation.wire import WireError, sha256_hex
 from fedvla.model.policy import Policy
 from fedvla.model.train import TrainConfig
-from fedvla.skills.aggregation import SkillUploadError, aggregate_skill_deltas, check_skill_delta
+from fedvla.skills import encryption
+from fedvla.skills.aggregation import SkillUploadError, aggregate_skill_deltas, check_skill_delta, check_skill_routing
 from fedvla.skills.inference import write_skill_set
 from fedvla.skills.library import SkillLibrary, SkillSignature
 from fedvla.skills.modules import ResidualSkill, SkillConfig, SkillRouter
@@ -70,6 +79,13 @@ def skill_id(index: int) -> str:
 
 def skill_index(name: str) -> int:
     return int(name.removeprefix("skill_"))
+
+
+class SkillEncryption(str, enum.Enum):
+    """How skills travel and rest on the server (``skill_encryption``, both nodes)."""
+
+    NONE = "none"  # plaintext deltas, checked value by value (NaN, shapes) by the server
+    CKKS = "ckks"  # CKKS ciphertexts the server adds without decrypting (fedvla.skills.encryption)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -93,9 +109,18 @@ class SkillFederationServer(RoundServer):
     wrong_model_fix = "load the base policy the skill library was made for (its checkpoint hash and action space)"
 
     def __init__(self, config: SkillServerConfig, skill_config: SkillConfig, signature: SkillSignature,
-                 credentials: Mapping[str, str], *, clock: Callable[[], float] = time.monotonic) -> None:
+                 credentials: Mapping[str, str], *, public_key: bytes | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``public_key``: the fleet's CKKS public context (``public.ckks``): the federation runs
+        encrypted; None: in the clear."""
         super().__init__(config, credentials, clock=clock)
         self.skill_config = skill_config
+        self.public_key = public_key
+        self.encryption = SkillEncryption.CKKS if public_key is not None else SkillEncryption.NONE
+        self.key_fingerprint = encryption.fingerprint(public_key) if public_key is not None else ""
+        self._parameters = {**{skill_id(i): encryption.parameter_count(ResidualSkill(skill_config).state_dict())
+                               for i in range(skill_config.num_skills)},
+                            ROUTER_ID: encryption.parameter_count(SkillRouter(skill_config).state_dict())}
         self.library = SkillLibrary(config.library_path, signature)  # refuses a library of another base
         self.model_hash = signature_hash(signature)
         self.state_dir = Path(config.state_dir)
@@ -125,7 +150,8 @@ class SkillFederationServer(RoundServer):
 
     def _save_state(self) -> None:
         atomic_write_json(self.state_dir / "state.json", {
-            "version": STATE_VERSION, "aggregation": AGGREGATION, "model_hash": self.model_hash, "round": self.round,
+            "version": STATE_VERSION, "aggregation": AGGREGATION, "model_hash": self.model_hash,
+            "encryption": self.encryption.value, "key_fingerprint": self.key_fingerprint, "round": self.round,
             "finished": self.finished, "joined": sorted(self.joined), "accepted": self.accepted, "routed": self.routed,
             "history": [dataclasses.asdict(r) for r in self.history], "rejections": dict(self.rejections)})
 
@@ -137,6 +163,12 @@ class SkillFederationServer(RoundServer):
             raise ConfigError("state_dir", f"{self.state_dir} holds another federation's state (aggregation "
                               f"{state.get('aggregation')!r}, model hash {state.get('model_hash')!r})",
                               "an empty directory, or this skill federation's state_dir")
+        recorded = (state.get("encryption", SkillEncryption.NONE.value), state.get("key_fingerprint", ""))
+        if recorded != (self.encryption.value, self.key_fingerprint):
+            raise ConfigError("skill_keys", f"{self.state_dir} holds a skill federation run with encryption "
+                              f"{recorded[0]!r} (key {recorded[1][:12] or 'none'}), this server has "
+                              f"{self.encryption.value!r} (key {self.key_fingerprint[:12] or 'none'})",
+                              "the skill_encryption and key pair the federation started with")
         self.round, self.finished = int(state["round"]), bool(state["finished"])
         self.joined, self.routed = set(state["joined"]), {c: list(s) for c, s in state["routed"].items()}
         self.history = [RoundRecord(**r) for r in state["history"]]
@@ -163,8 +195,12 @@ class SkillFederationServer(RoundServer):
         # the round's aggregate is added to them.
         self._states = {name: self.library.load_skill(name, signature) for name in versions}
         self._states[ROUTER_ID] = self.library.load_router(signature)
+        if self.encryption is SkillEncryption.NONE and any(map(encryption.is_encrypted, self._states.values())):
+            raise ConfigError("skill_encryption", f"the library {self.library.directory} holds encrypted skills and "
+                              "this server runs in the clear", "skill_encryption ckks with the fleet's key pair")
         manifest = encode_manifest(Manifest(self.round, versions, self.library.router_version, self.skill_config,
-                                            self.model_hash, self._states[ROUTER_ID]))
+                                            self.model_hash, self._states[ROUTER_ID], self.encryption.value,
+                                            self.key_fingerprint))
         self._blobs = {"": Blob(manifest, sha256_hex(manifest))}
         for name, version in versions.items():
             blob = encode_skill(name, version, self._states[name])
@@ -205,12 +241,21 @@ class SkillFederationServer(RoundServer):
         return Reply(ok=True, round=self.round)
 
     def _check_deltas(self, client_id: str, update: SkillUploadBlob) -> None:
-        """Every part of an upload, or none: a refusal names the first bad part."""
+        """Every part of an upload, or none: a refusal names the first bad part. Encrypted, a part
+        is checked as far as the server can see into it (:func:`encryption.check_encrypted_upload`)."""
         signature_ok = update.signature_hash == self.model_hash
         routed = [*self.routed.get(client_id, []), ROUTER_ID]
         for delta in update.skill_deltas():
             try:
-                check_skill_delta(delta, routed, self._states.get(delta.skill_id, {}), signature_ok, self.config.max_skill_upload_bytes)
+                if self.public_key is None:
+                    check_skill_delta(delta, routed, self._states.get(delta.skill_id, {}), signature_ok,
+                                      self.config.max_skill_upload_bytes)
+                    continue
+                check_skill_routing(delta, routed, signature_ok, self.config.max_skill_upload_bytes)
+                try:
+                    encryption.check_encrypted_upload(self.public_key, delta.delta, self._parameters[delta.skill_id])
+                except encryption.EncryptionError as err:
+                    raise SkillUploadError(RejectReason.MALFORMED, f"not this federation's ciphertexts: {err}") from None
             except SkillUploadError as err:
                 raise SkillUploadError(err.reason, f"{delta.skill_id}: {err.detail}") from None
 
@@ -218,8 +263,14 @@ class SkillFederationServer(RoundServer):
     def _close_round(self, closed_by: str, elapsed: float) -> RoundRecord | None:
         clients = sorted(self._uploads)
         updates = [self._uploads[c] for c in clients]
-        merged = aggregate_skill_deltas([d for u in updates for d in u.skill_deltas()])
-        updated = {name: {k: v + merged[name][k] for k, v in self._states[name].items()} for name in merged}
+        if self.public_key is None:
+            merged = aggregate_skill_deltas([d for u in updates for d in u.skill_deltas()])
+            updated = {name: {k: v + merged[name][k] for k, v in self._states[name].items()} for name in merged}
+        else:  # Σ n_c θ_c under encryption, with Σ n_c: robots decrypt and divide
+            trained = sorted({name for u in updates for name in u.deltas})
+            updated = {name: encryption.sum_states(self.public_key, [(u.deltas[name], u.num_samples) for u in updates
+                                                                     if name in u.deltas], self._parameters[name])
+                       for name in trained}
         router = updated.pop(ROUTER_ID, None)
         skills = updated
         tasks: dict[str, set[str]] = {}
@@ -286,9 +337,13 @@ class SkillFederationClient(RoundClient):
     def __init__(self, client_id: str, secret: str, server: ServerApi, base: Policy, signature: SkillSignature,
                  dataset: Dataset, train: TrainConfig, tasks: Sequence[str] = (), *, instructions: torch.Tensor | None = None,
                  heartbeat_interval_s: float = 5.0, upload_attempts: int = 3, state_dir: str | Path = "skill_client",
-                 base_checkpoint: str = "") -> None:
+                 base_checkpoint: str = "", robot_key: tuple[bytes, str] | None = None) -> None:
+        """``robot_key``: the fleet's CKKS secret context and its key's fingerprint
+        (:func:`encryption.read_robot_key`): this robot takes part in encrypted federations only;
+        None: in the clear only."""
         super().__init__(client_id, secret, server, heartbeat_interval_s=heartbeat_interval_s,
                          upload_attempts=upload_attempts)
+        self.robot_key = robot_key
         self.base, self.signature, self.dataset, self.train_config = base, signature, dataset, train
         self.tasks = list(tasks)
         self.instructions = instruction_embeddings(dataset) if instructions is None else instructions.float()
@@ -304,6 +359,18 @@ class SkillFederationClient(RoundClient):
         if manifest.signature_hash != signature_hash(self.signature):
             raise FederationError("fetch", Reply(ok=False, reason=RejectReason.WRONG_MODEL.value,
                                                  detail="the library was made for another base policy"))
+        mine = SkillEncryption.CKKS if self.robot_key is not None else SkillEncryption.NONE
+        if manifest.encryption != mine.value:
+            raise ConfigError("skill_encryption", f"the server runs this skill federation with encryption "
+                              f"{manifest.encryption!r}, this robot is set to {mine.value!r}",
+                              "the server's skill_encryption (ckks needs the fleet's key pair in skill_keys)")
+        if self.robot_key is not None:
+            if manifest.key_fingerprint != self.robot_key[1]:
+                raise ConfigError("skill_keys", f"the server's key is {manifest.key_fingerprint[:12]}, this robot's "
+                                  f"{self.robot_key[1][:12]}", "the fleet's key pair, the one the server's public.ckks "
+                                  "came from")
+            manifest.router = encryption.decrypt_state(self.robot_key[0], manifest.router,
+                                                       SkillRouter(manifest.skill_config).state_dict())
         return manifest, len(blob)
 
     def route(self, manifest: Manifest) -> list[str]:
@@ -321,6 +388,8 @@ class SkillFederationClient(RoundClient):
         for name in names:
             blob = self.fetch_blob(manifest.round, chunk_size, item=name)
             version, state = decode_skill(blob, name)
+            if self.robot_key is not None:
+                state = encryption.decrypt_state(self.robot_key[0], state, skills[skill_index(name)].state_dict())
             if version != manifest.versions.get(name):
                 raise FederationError("fetch", Reply(ok=False, reason="changed", detail=f"{name} is version {version}, "
                                                      f"the manifest says {manifest.versions.get(name)}: fetch again"))
@@ -338,9 +407,15 @@ class SkillFederationClient(RoundClient):
         router.load_state_dict(manifest.router)
         with self.heartbeating():
             result = train_skills(self.base, skills, router, self.dataset, self.train_config, manifest.skill_config)
-        deltas = {name: {k: v.detach() - before[name][k] for k, v in skills[skill_index(name)].state_dict().items()}
-                  for name in routed}
-        deltas[ROUTER_ID] = {k: v.detach() - manifest.router[k] for k, v in router.state_dict().items()}
+        if self.robot_key is None:
+            deltas = {name: {k: v.detach() - before[name][k] for k, v in skills[skill_index(name)].state_dict().items()}
+                      for name in routed}
+            deltas[ROUTER_ID] = {k: v.detach() - manifest.router[k] for k, v in router.state_dict().items()}
+        else:  # the trained weights times the samples, encrypted: the server adds them (module docstring)
+            trained = {name: skills[skill_index(name)].state_dict() for name in routed}
+            trained[ROUTER_ID] = router.state_dict()
+            deltas = {name: encryption.encrypt_state(self.robot_key[0], state, len(self.dataset))
+                      for name, state in trained.items()}
         blob = encode_upload(SkillUploadBlob(self.client_id, round_index, len(self.dataset), self.tasks,
                                              signature_hash(self.signature), deltas))
         self.upload(blob, round_index)

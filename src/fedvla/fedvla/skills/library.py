@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from fedvla.skills.encryption import PARAMETERS, is_encrypted
+
 INDEX = "library.json"
 
 
@@ -65,6 +67,7 @@ class SkillVersion:
     metrics: dict
     parameters: int
     sha256: str
+    encrypted: bool = False  # CKKS ciphertexts of Σ n_c θ_c with Σ n_c (fedvla.skills.encryption)
 
 
 class SkillLibrary:
@@ -137,8 +140,10 @@ class SkillLibrary:
             path.parent.mkdir(parents=True, exist_ok=True)
             _atomic(path, lambda p, s=state: save_file({k: v.detach().cpu().contiguous() for k, v in s.items()}, str(p)))
             known = sorted(set(tasks.get(skill_id, [])) | (set(versions[-1].tasks) if versions else set()))
-            versions.append(SkillVersion(version, known, dict((metrics or {}).get(skill_id, {})),
-                                         sum(v.numel() for v in state.values()), state_dict_hash(state)))
+            encrypted = is_encrypted(state)
+            parameters = int(state[PARAMETERS].item()) if encrypted else sum(v.numel() for v in state.values())
+            versions.append(SkillVersion(version, known, dict((metrics or {}).get(skill_id, {})), parameters,
+                                         state_dict_hash(state), encrypted))
             written[skill_id] = version
         if router is not None:
             self.router_version += 1

@@ -45,7 +45,9 @@ class Manifest:
     router_version: int
     skill_config: SkillConfig
     signature_hash: str
-    router: dict[str, torch.Tensor]
+    router: dict[str, torch.Tensor]  # encrypted (fedvla.skills.encryption) in a ckks federation
+    encryption: str = "none"  # fedvla.skills.federation.SkillEncryption
+    key_fingerprint: str = ""  # of the server's public key, in a ckks federation
 
 
 @dataclasses.dataclass
@@ -106,7 +108,8 @@ def encode_manifest(manifest: Manifest) -> bytes:
                  {"format": MANIFEST_FORMAT, "round": str(manifest.round), "versions": json.dumps(manifest.versions),
                   "router_version": str(manifest.router_version),
                   "skill_config": json.dumps(dataclasses.asdict(manifest.skill_config)),
-                  "signature_hash": manifest.signature_hash})
+                  "signature_hash": manifest.signature_hash, "encryption": manifest.encryption,
+                  "key_fingerprint": manifest.key_fingerprint})
 
 
 def decode_manifest(blob: bytes) -> Manifest:
@@ -114,7 +117,8 @@ def decode_manifest(blob: bytes) -> Manifest:
     router = {k.removeprefix(f"{ROUTER_ID}/"): v for k, v in tensors.items()}
     return Manifest(_int(metadata, "round"), {str(k): int(v) for k, v in _json(metadata, "versions").items()},
                     _int(metadata, "router_version"), SkillConfig(**_json(metadata, "skill_config")),
-                    metadata.get("signature_hash", ""), router)
+                    metadata.get("signature_hash", ""), router, metadata.get("encryption", "none"),
+                    metadata.get("key_fingerprint", ""))
 
 
 def encode_skill(skill_id: str, version: int, state: Mapping[str, torch.Tensor]) -> bytes:
