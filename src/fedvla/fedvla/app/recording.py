@@ -38,6 +38,16 @@ class ArmMotion:
         """Action chunks the driver refused, all reasons."""
         return sum(self.refused.values())
 
+    @property
+    def unsafe_chunks(self) -> int:
+        """Chunks refused by the safety checks (limits, speed, workspace, IK): the motion itself was
+        wrong. The other refusals came while the arm could take nothing (``arm is fault``,
+        ``disconnected``: a watchdog stop when the machine stalled the control loop, and the
+        reconnection after it)."""
+        from fedvla.robot.safety import Violation
+
+        return sum(n for reason, n in self.refused.items() if reason in {v.value for v in Violation})
+
     def refusals(self) -> str:
         """The refusals as 'n reason, ...' (empty when none)."""
         return ", ".join(f"{n} {reason}" for reason, n in sorted(self.refused.items()))

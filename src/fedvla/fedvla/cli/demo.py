@@ -64,7 +64,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     motion = arm_motion(bag)
     console.print(f"simulated UR3 under the arm runtime (ur3_driver, actions from motion_pattern): tool path "
                   f"{motion.path_m * 100:.1f} cm, up to {motion.reach_m * 100:.1f} cm from its start, "
-                  f"{motion.refused_chunks} chunks refused" + (f" ({motion.refusals()})" if motion.refused else ""))
+                  f"{motion.refused_chunks} chunks refused" + (f" ({motion.refusals()}; {motion.unsafe_chunks} of them "
+                                                                "by the safety checks)" if motion.refused else ""))
     if motion.path_m < 0.01:
         console.print("[red]the simulated arm did not move")
         return 1
