@@ -86,3 +86,21 @@ def test_the_child_brakes_and_ends_when_its_parent_goes_away(separate) -> None:
     runtime._commands.close()  # what the parent's death does to the child's end of the pipe
     process.wait(timeout=10)
     assert process.returncode == 0
+
+
+def test_closing_a_child_that_does_not_answer_ends_it_within_the_deadline(separate, core_warnings) -> None:
+    """A child stuck in closing (ur_rtde retrying a robot that is gone; here: stopped) does not hang
+    the driver's shutdown: the parent gives up after CLOSE_TIMEOUT_S and kills it."""
+    import signal
+
+    from fedvla.robot.loop_process import CLOSE_TIMEOUT_S
+
+    runtime = separate()
+    runtime.start()
+    process = runtime._process
+    process.send_signal(signal.SIGSTOP)
+    started = time.monotonic()
+    runtime.close()
+    assert time.monotonic() - started < CLOSE_TIMEOUT_S + 5
+    assert process.poll() is not None  # killed
+    assert any("did not answer 'close'" in m for m in core_warnings)

@@ -447,7 +447,7 @@ def test_hostile_encrypted_skill_uploads_are_refused_with_their_reason(tmp_path,
 
 def test_the_skill_aggregation_bench_compares_ckks_and_secagg_on_the_same_deltas() -> None:
     pytest.importorskip("tenseal")
-    from fedvla.bench.skill_aggregation import skill_round_figures
+    from fedvla.skills.aggregation_cost import skill_round_figures
 
     ckks, secagg = skill_round_figures(clients=3, parameters=5000)
     assert (ckks.method, secagg.method) == ("CKKS (TenSEAL)", "SecAgg masks")

@@ -412,7 +412,7 @@ def bag_markdown(record: dict) -> str:
 
 
 def cmd_bench_skills(args: argparse.Namespace) -> int:
-    from fedvla.bench.skill_aggregation import skill_round_figures
+    from fedvla.skills.aggregation_cost import skill_round_figures
 
     rows = skill_round_figures(args.clients, args.parameters)
     print_table(f"one skill's aggregation: {args.clients} clients, {args.parameters:,} parameters",

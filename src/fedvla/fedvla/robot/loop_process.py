@@ -11,12 +11,18 @@ The child runs :class:`ArmRuntime` unchanged. The parent forwards calls over two
 child's log records in its own ``logging`` tree, so they reach the node's log as before. When
 the parent goes away (its end of the pipe closes) the child brakes the arm and ends; when the
 child dies, calls raise :class:`BackendError` and the robot's watchdog stops the arm.
+
+Closing never waits on the robot for long: with the robot gone, ur_rtde's disconnect can retry its
+connection indefinitely. The parent waits :data:`CLOSE_TIMEOUT_S` for the child's braking, then
+ends it; a child whose parent died closes the runtime for as long at most, then exits. (A driver
+node that hung in closing was killed by launch, and left its child running.)
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import logging.handlers
+import os
 import queue
 import signal
 import socket
@@ -45,6 +51,9 @@ _COMMANDS = frozenset({"submit_chunk", "set_object_pose", "set_object_position",
 _ERRORS: dict[str, type[Exception]] = {cls.__name__: cls for cls in (BackendError, CommandRefused, ExecutionRefused,
                                                                      ValueError)}
 STARTUP_TIMEOUT_S = 60.0  # the child imports torch-free modules and Pinocchio: seconds at most
+# Braking and releasing the arm take well under a second; the rest of a node's shutdown must fit in
+# the 5 s launch gives it after SIGINT.
+CLOSE_TIMEOUT_S = 3.0
 
 
 def _error_reply(error: Exception) -> tuple:
@@ -89,10 +98,13 @@ class SeparateArmRuntime:
             self.close()
             raise
 
-    def _call(self, connection: Connection, request: tuple) -> Any:
+    def _call(self, connection: Connection, request: tuple, timeout_s: float | None = None) -> Any:
         with self._locks[id(connection)]:
             try:
                 connection.send(request)
+                if timeout_s is not None and not connection.poll(timeout_s):
+                    raise BackendError(f"the control loop's process did not answer {request[0]!r} within "
+                                       f"{timeout_s:g} s")
                 return self._answer(connection)
             except (EOFError, OSError, BrokenPipeError) as err:
                 raise BackendError(f"the control loop's process is gone ({self._exit_status()}): {err!r}") from None
@@ -116,9 +128,11 @@ class SeparateArmRuntime:
         self._call(self._commands, ("start",))
 
     def close(self) -> None:
-        """Brake and release the arm in the child, then end it."""
-        with contextlib.suppress(BackendError):
-            self._call(self._commands, ("close",))
+        """Brake and release the arm in the child (for :data:`CLOSE_TIMEOUT_S` at most), then end it."""
+        try:
+            self._call(self._commands, ("close",), timeout_s=CLOSE_TIMEOUT_S)
+        except BackendError as err:
+            log.warning("closing the arm: %s; ending its process", err)
         for connection in (self._commands, self._snapshots):
             connection.close()
         _end(self._process)
@@ -160,7 +174,7 @@ class SeparateArmRuntime:
 def _end(process: subprocess.Popen) -> None:
     """Let the child finish braking; kill it if it does not end."""
     try:
-        process.wait(timeout=5.0)
+        process.wait(timeout=1.0)
     except subprocess.TimeoutExpired:
         process.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -250,9 +264,18 @@ def _child_main(command_fd: int, snapshot_fd: int, log_fd: int) -> None:
                      daemon=True).start()
     commands.send((True, None))  # (started: the parent waits for this)
     _serve(commands, handle_command)
-    # The parent closed its end, or died: the arm must not keep following the last chunk.
+    # The parent closed its end, or died: the arm must not keep following the last chunk. Closing
+    # may hang on a robot that is gone (ur_rtde retries): give it CLOSE_TIMEOUT_S, then exit anyway
+    # (os._exit: a thread stuck in ur_rtde would keep the interpreter from ending).
     if runtime is not None and not closed.is_set():
-        runtime.close()
+        closing = threading.Thread(target=runtime.close, name="arm-loop-close", daemon=True)
+        closing.start()
+        closing.join(CLOSE_TIMEOUT_S)
+        if closing.is_alive():
+            log.error("the arm did not close within %g s of the driver going away: exiting anyway", CLOSE_TIMEOUT_S)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

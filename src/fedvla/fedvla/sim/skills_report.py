@@ -103,7 +103,7 @@ def aggregation_table(aggregation: list[dict]) -> list[str]:
         return ["(not measured)"]
     first = aggregation[0]
     lines = [f"One skill ({first['parameters']:,} parameters) aggregated over {max(2, first['clients'])} robots "
-             "(`fedvla.bench.skill_aggregation`, random deltas of the skill's size):", "",
+             "(`fedvla.skills.aggregation_cost`, random deltas of the skill's size):", "",
              "| Method | robot time (s) | server time (s) | upload per robot (MB) | largest error against plaintext |",
              "|---|---:|---:|---:|---:|"]
     return lines + [f"| {f['method']} | {f['client_s']:.3f} | {f['server_s']:.3f} | {f['upload_bytes'] / 1e6:.2f} | "

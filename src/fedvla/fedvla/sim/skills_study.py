@@ -349,9 +349,9 @@ class SkillsStudy:
                                    aggregation=self.aggregation_figures())
 
     def aggregation_figures(self) -> list[dict]:
-        """One skill's aggregation under CKKS and under SecAgg masks (fedvla.bench.skill_aggregation)
+        """One skill's aggregation under CKKS and under SecAgg masks (fedvla.skills.aggregation_cost)
         at this study's skill size and robot count: what encrypting the study's rounds would cost."""
-        from fedvla.bench.skill_aggregation import skill_round_figures
+        from fedvla.skills.aggregation_cost import skill_round_figures
         from fedvla.skills.modules import ResidualSkill
 
         path = self.output / "aggregation.json"

@@ -1,4 +1,5 @@
-"""``fedvla bench skills``: one skill-aggregation round, encrypted two ways, on the same deltas.
+"""One skill-aggregation round, encrypted two ways, on the same deltas (``fedvla bench skills``, and
+the skill study's record of what encrypting its rounds would cost).
 
 * **CKKS** (:mod:`fedvla.skills.encryption`): each client encrypts its sample-weighted delta, the
   server adds ciphertexts with the public context, clients decrypt.
