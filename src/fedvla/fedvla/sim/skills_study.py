@@ -352,6 +352,7 @@ class SkillsStudy:
         """One skill's aggregation under CKKS and under SecAgg masks (fedvla.skills.aggregation_cost)
         at this study's skill size and robot count: what encrypting the study's rounds would cost."""
         from fedvla.skills.aggregation_cost import skill_round_figures
+        from fedvla.skills.encryption import parameter_count
         from fedvla.skills.modules import ResidualSkill
 
         path = self.output / "aggregation.json"
@@ -360,7 +361,7 @@ class SkillsStudy:
         from fedvla.skills.library import base_signature
 
         base, _ = base_signature(self.base_checkpoint)
-        parameters = sum(v.numel() for v in ResidualSkill(self._skill_config(base)).state_dict().values())
+        parameters = parameter_count(ResidualSkill(self._skill_config(base)).state_dict())
         figures = [dict(dataclasses.asdict(f), parameters=parameters, clients=len(self.scale.new_tasks))
                    for f in skill_round_figures(max(2, len(self.scale.new_tasks)), parameters)]
         _atomic_json(path, figures)

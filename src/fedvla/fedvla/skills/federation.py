@@ -118,8 +118,8 @@ class SkillFederationServer(RoundServer):
         self.public_key = public_key
         self.encryption = SkillEncryption.CKKS if public_key is not None else SkillEncryption.NONE
         self.key_fingerprint = encryption.fingerprint(public_key) if public_key is not None else ""
-        self._parameters = {**{skill_id(i): encryption.parameter_count(ResidualSkill(skill_config).state_dict())
-                               for i in range(skill_config.num_skills)},
+        per_skill = encryption.parameter_count(ResidualSkill(skill_config).state_dict())  # (every skill's size)
+        self._parameters = {**{skill_id(i): per_skill for i in range(skill_config.num_skills)},
                             ROUTER_ID: encryption.parameter_count(SkillRouter(skill_config).state_dict())}
         self.library = SkillLibrary(config.library_path, signature)  # refuses a library of another base
         self.model_hash = signature_hash(signature)
@@ -402,7 +402,9 @@ class SkillFederationClient(RoundClient):
         manifest, fetched = self.fetch_manifest(round_index, chunk_size)
         routed = self.route(manifest)
         skills, skill_bytes = self.fetch_skills(manifest, routed, chunk_size)
-        before = {name: {k: v.clone() for k, v in skills[skill_index(name)].state_dict().items()} for name in routed}
+        # (the weights as fetched: a plaintext upload is their change; an encrypted one the weights themselves)
+        before = ({name: {k: v.clone() for k, v in skills[skill_index(name)].state_dict().items()} for name in routed}
+                  if self.robot_key is None else {})
         router = SkillRouter(manifest.skill_config)
         router.load_state_dict(manifest.router)
         with self.heartbeating():
