@@ -2,6 +2,7 @@
 file each, the same trainer and federation code) → closed-loop evaluation → tables and plots."""
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,16 @@ def test_a_finished_method_is_not_run_again(smoke) -> None:
     assert again.run_method(again.methods[0], seed=1) == results["fedvla"][1]
     assert (output / "methods" / "fedvla_seed1" / "result.json").is_file()
     assert (output / "methods" / "fedvla" / "result.json").stat().st_mtime_ns == before
+    # each run names the commit it trained at (a long study's runs come from several pinned commits)
+    assert len(results["fedvla"][1]["commit"]) == 40
+
+
+def test_a_first_pass_runs_only_each_methods_first_seeds(smoke, tmp_path) -> None:
+    scale, output, results = smoke
+    shutil.copytree(output, tmp_path / "study")  # its report is rewritten
+    again = Study(CONFIG, load_scale(CONFIG, "smoke", methods=("fedvla",)), tmp_path / "study", show_progress=False)
+    first_pass = again.run(command="fedvla study --first-seeds 1", first_seeds=1)
+    assert first_pass == {"fedvla": results["fedvla"][:1]}
 
 
 def test_an_interrupted_method_resumes_after_its_last_closed_round(smoke, tmp_path, monkeypatch) -> None:

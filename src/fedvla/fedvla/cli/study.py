@@ -25,7 +25,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         console.print(study.report(command=shlex.join(["fedvla", *sys.argv[1:]])).read_text())
         return 0
     console.rule(f"FedVLA simulation study, scale {scale.name}: {', '.join(scale.methods)} → {output}")
-    study.run(command=shlex.join(["fedvla", *sys.argv[1:]]))
+    study.run(command=shlex.join(["fedvla", *sys.argv[1:]]), first_seeds=args.first_seeds)
     console.print(f"[green]tables: {output / 'results.md'}; plots: {output / 'success.png'}, "
                   f"{output / 'validation_loss.png'}, {output / 'experts.png'}")
     return 0
@@ -68,6 +68,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     study.add_argument("--output", help="study directory (default runs/study_<scale>)")
     study.add_argument("--methods", nargs="+", help="only these methods (config/study/methods/<name>.yaml)")
     study.add_argument("--rounds", type=int, help="override the scale's rounds")
+    study.add_argument("--first-seeds", type=int, default=0, metavar="K",
+                       help="only each method's first K training seeds (a long study's first pass; rerun without it "
+                            "for the rest)")
     study.add_argument("--device", help="torch device for training (default auto: CUDA when present)")
     study.add_argument("--detector", help="IOSP on this trained YOLOv8 (a fedvla study-detector output) instead of the "
                        "simulator's segmentation, in collection and closed loop (use another --output: the data differ)")

@@ -310,7 +310,11 @@ class Study:
             checkpoint = client_of(task, simulation.clients).save_final_checkpoint()
             evaluations[task] = self.evaluate_task(checkpoint, task, directory)
             log.info("%s on %s: success %.1f%%", method.name, task, 100 * evaluations[task]["success_rate"])
-        result = {"method": dataclasses.asdict(method) | {"mode": method.mode.value}, "seed": seed, "model": model.to_dict(),
+        from fedvla.paths import working_tree_commit
+
+        # a long study's runs may come from several pinned commits: each names its own
+        result = {"method": dataclasses.asdict(method) | {"mode": method.mode.value}, "seed": seed,
+                  "commit": working_tree_commit(), "model": model.to_dict(),
                   "validation_loss": curves, "evaluation": evaluations,
                   "rounds": [dataclasses.asdict(r) for r in simulation.records],
                   "clients": clients_data, "evaluated_by": holders,
@@ -329,13 +333,16 @@ class Study:
         evaluation["bags"] = sorted(str(p) for p in bags.glob(f"{task}_trial_*"))
         return evaluation
 
-    def run(self, command: str = "") -> dict[str, list[dict]]:
-        """Every method at each of its training seeds: ``{method: [result per seed]}``."""
+    def run(self, command: str = "", first_seeds: int = 0) -> dict[str, list[dict]]:
+        """Every method at each of its training seeds: ``{method: [result per seed]}``. With
+        ``first_seeds`` k, only each method's first k seeds (a long study's first pass: one seed of
+        every method before the second seed of any)."""
         from fedvla.sim.report import write_report
 
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.ensure_data()
-        results = {method.name: [self.run_method(method, seed) for seed in self.scale.training_seeds(method)]
+        results = {method.name: [self.run_method(method, seed)
+                                 for seed in self.scale.training_seeds(method)[:first_seeds or None]]
                    for method in self.methods}
         write_report(self.output, self.scale, self.methods, results, command=command, started=started,
                      config_hash=config_hash(self.scale, self.methods), expert=self.expert_ceiling())
