@@ -17,7 +17,8 @@ from fedvla.config import ConfigError  # noqa: E402
 from fedvla.sim.study import Study, load_method, load_scale  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[3] / "config"
-ALL_METHODS = ("centralized", "fedavg", "fedavg_matched", "fedvla", "wo_iosp", "wo_dgmoe", "wo_eda")
+ALL_METHODS = ("centralized", "fedavg", "fedavg_matched", "fedvla", "wo_iosp", "wo_dgmoe", "wo_eda", "fedvla_dirichlet",
+               "wo_eda_dirichlet", "fedvla_sizes", "wo_eda_sizes", "fedvla_detector")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,8 @@ def test_the_methods_differ_only_where_their_config_says(smoke) -> None:
         models["fedvla"]["num_experts"] * models["fedvla"]["expert_hidden_dim"])
     modes = {name: runs[0]["method"]["mode"] for name, runs in results.items()}
     assert modes == {"centralized": "centralized", "fedavg": "fedavg", "fedavg_matched": "fedavg", "fedvla": "eda",
-                     "wo_iosp": "eda", "wo_dgmoe": "eda", "wo_eda": "fedavg"}
+                     "wo_iosp": "eda", "wo_dgmoe": "eda", "wo_eda": "fedavg", "fedvla_dirichlet": "eda",
+                     "wo_eda_dirichlet": "fedavg", "fedvla_sizes": "eda", "wo_eda_sizes": "fedavg", "fedvla_detector": "eda"}
     # Federated methods close every round with both task clients; centralized has one learner.
     assert all(r["clients"] == ["drawer-close-v3", "sweep-into-v3"] for r in results["fedvla"][0]["rounds"])
     assert all(r["clients"] == ["centralized"] for r in results["centralized"][0]["rounds"])
@@ -198,6 +200,62 @@ def test_a_dirichlet_split_trains_many_clients_and_reports_their_eda_weights(smo
     assert "clients: 3, each task's episodes shared out by Dirichlet(0.5)" in report
     weights = report.split("## EDA weights per round")[1].split("##")[0]
     assert "| 0 | 3 | 0.333 |" in weights
+
+
+def test_the_client_settings_and_the_trained_detector_run_beside_the_papers_methods(smoke) -> None:
+    """Issue 23's settings in one study: Dirichlet and size-skewed clients (each with EDA and with
+    FedAvg aggregation of the same model) and IOSP on the study's trained detector, on the same
+    demonstrations and trials as the paper's one client per task."""
+    from safetensors.numpy import load_file
+
+    scale, output, results = smoke
+    assert sorted(results["fedvla"][0]["clients"]) == ["drawer-close-v3", "sweep-into-v3"]
+    for name in ("fedvla_dirichlet", "wo_eda_dirichlet", "fedvla_sizes", "wo_eda_sizes"):
+        (result,) = results[name]
+        assert sorted(result["clients"]) == ["client_00", "client_01", "client_02"], name
+        assert sum(n for tasks in result["clients"].values() for n in tasks.values()) == 4
+    # the same split for EDA and FedAvg aggregation: only the aggregation differs
+    assert results["fedvla_dirichlet"][0]["clients"] == results["wo_eda_dirichlet"][0]["clients"]
+    assert results["fedvla_sizes"][0]["clients"] == results["wo_eda_sizes"][0]["clients"]
+    assert results["fedvla_dirichlet"][0]["clients"] != results["fedvla_sizes"][0]["clients"]
+    assert {r["aggregation"] for r in results["wo_eda_sizes"][0]["rounds"]} == {"fedavg"}
+
+    # the detector's demonstrations: the same episodes (actions), parsed by the trained YOLOv8
+    detector = json.loads((output / "detector" / "detector.json").read_text())
+    assert 0.0 <= detector["map50"] <= 1.0
+    task = "drawer-close-v3"
+    oracle = load_file(str(sorted((output / "data" / task).glob("episode_*.safetensors"))[0]))
+    parsed = load_file(str(sorted((output / "data_detector" / task).glob("episode_*.safetensors"))[0]))
+    assert np.array_equal(oracle["actions"], parsed["actions"])
+    assert not (np.array_equal(oracle["iosp_indices"], parsed["iosp_indices"])
+                and np.array_equal(oracle["iosp_valid"], parsed["iosp_valid"]))
+    trained = results["fedvla_detector"][0]["evaluation"][task]
+    assert np.asarray(trained["successes"]).shape == np.asarray(results["fedvla"][0]["evaluation"][task]["successes"]).shape
+
+    report = (output / "results.md").read_text()
+    section = report.split("## EDA where clients differ")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| clients")]
+    assert [row.split(" | ")[0] for row in rows] == ["| one per task (the paper's)",
+                                                     "| 3, each task's episodes shared out by Dirichlet(0.5)",
+                                                     "| 3, data sizes growing geometrically to 10x the smallest, "
+                                                     "random task mixes"]
+    for setting in ("one per task", "Dirichlet(0.5)", "10x the smallest"):
+        assert re.search(rf"\* EDA above FedAvg aggregation with [^\n]*{re.escape(setting)}.*\*\*(holds|does not "
+                         r"hold) at this scale\*\*", section), setting
+    assert (output / "eda_weights.png").stat().st_size > 1000
+    parsers = report.split("## IOSP: a trained detector against the simulator's perfect masks")[1].split("\n## ")[0]
+    assert f"mAP50 {detector['map50']:.3f}" in parsers
+    assert "| FedVLA (Ours) | 2 | " in parsers and "| FedVLA, trained detector | 1 | " in parsers
+    assert "* Perfect masks over the trained detector: " in parsers
+
+
+def test_a_detector_method_needs_iosp(smoke) -> None:
+    from fedvla.sim.study import MethodConfig
+
+    scale, output, _ = smoke
+    study = Study(CONFIG, scale, output, show_progress=False)
+    with pytest.raises(ConfigError, match="odd.detector: a detector only parses scenes for IOSP"):
+        study.model_config(MethodConfig(name="odd", model={"iosp": False}, detector=True))
 
 
 def test_the_report_is_rewritten_from_the_results_on_disk_alone(smoke, tmp_path) -> None:

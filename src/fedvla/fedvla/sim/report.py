@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -177,6 +178,106 @@ def eda_weight_table(result: dict) -> list[str]:
         per_client = weights.mean(0)
         lines.append(f"| {record['round']} | {len(record['clients'])} | {1 / len(record['clients']):.3f} | "
                      f"{per_client.min():.3f} | {per_client.max():.3f} | {per_client.max() - per_client.min():.3f} |")
+    return lines
+
+
+def aggregation_pairs(methods) -> list[tuple]:
+    """(EDA method, the method that differs from it only by FedAvg aggregation) for every client
+    setting the study ran both in: what EDA does, setting by setting."""
+    def alike(a, b) -> bool:
+        return (a.model == b.model and a.clients == b.clients and a.detector == b.detector and not a.federation
+                and not b.federation and not a.match_trunk_of and not b.match_trunk_of)
+
+    return [(eda, other) for eda in methods if eda.mode.value == "eda"
+            for other in methods if other.mode.value == "fedavg" and alike(eda, other)]
+
+
+def client_weights(record: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(EDA weight per client, mean over layers; the client's share of the round's samples: the
+    weight FedAvg gives it) of one round."""
+    samples = np.asarray(record["num_samples"], dtype=float)
+    return np.asarray(record["layer_weights"], dtype=float).mean(0), samples / samples.sum()
+
+
+def heterogeneity_table(results: dict[str, list[dict]], pairs: list[tuple], tasks: list[str], scale) -> list[str]:
+    """Per client setting: EDA against FedAvg aggregation of the same model on the same trials, and
+    how far EDA's weights moved from the data shares FedAvg uses (first training seed, every
+    round after the first: round 0's weights come from the initial trunk)."""
+    lines = ["| clients | EDA (FedVLA) | FedAvg aggregation (w/o EDA) | EDA against FedAvg aggregation | "
+             "EDA weights, range over rounds 1+ | data shares, range | mean abs(EDA weight - data share) |",
+             "|---|---:|---:|---|---:|---:|---:|"]
+    for eda, other in pairs:
+        c = compare(results, eda.name, other.name, tasks)
+        later = results[eda.name][0]["rounds"][1:] or results[eda.name][0]["rounds"]
+        weights, shares = zip(*(client_weights(r) for r in later))
+        w, d = np.concatenate(weights), np.concatenate(shares)
+        lines.append(f"| {_split_words(scale.client_split(eda))} | {_average_success(results[eda.name], tasks):.1f} | "
+                     f"{_average_success(results[other.name], tasks):.1f} | OR {c.across_tasks.pooled_odds_ratio:.2f}, "
+                     f"p={c.across_tasks.p_value:.2g} | {w.min():.3f}-{w.max():.3f} | {d.min():.3f}-{d.max():.3f} | "
+                     f"{np.abs(w - d).mean():.3f} |")
+    return lines
+
+
+def heterogeneity_claims(results: dict[str, list[dict]], pairs: list[tuple], tasks: list[str], scale) -> list[str]:
+    lines = []
+    for eda, other in pairs:
+        c = compare(results, eda.name, other.name, tasks)
+        lines.append(f"EDA above FedAvg aggregation with {_split_words(scale.client_split(eda))}: "
+                     f"**{'holds' if c.better else 'does not hold'} at this scale** "
+                     f"({_average_success(results[eda.name], tasks):.1f} % against "
+                     f"{_average_success(results[other.name], tasks):.1f} %; CMH odds ratio "
+                     f"{c.across_tasks.pooled_odds_ratio:.2f}, p = {c.across_tasks.p_value:.2g}"
+                     f"{'; FedAvg aggregation is significantly higher' if c.worse else ''}).")
+    return lines
+
+
+def plot_eda_weights(path: Path, results: dict[str, list[dict]], pairs: list[tuple], scale) -> None:
+    """Per client setting, each client's EDA weight per round (first training seed) against its
+    data share (the weight FedAvg would give it), one colour per client."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 3.4), squeeze=False)
+    for ax, (eda, _) in zip(axes[0], pairs):
+        rounds = results[eda.name][0]["rounds"]
+        weights, shares = (np.asarray(a) for a in zip(*(client_weights(r) for r in rounds)))
+        for client in range(weights.shape[1]):
+            line, = ax.plot([r["round"] for r in rounds], weights[:, client], marker=".", linewidth=1)
+            ax.axhline(shares[-1, client], color=line.get_color(), linestyle=":", linewidth=0.8)
+        ax.set_title(textwrap.fill(_split_words(scale.client_split(eda)), 40), fontsize=8)
+        ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0][0].set_ylabel("EDA weight (dotted: data share)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def detector_pairs(methods) -> list[tuple]:
+    """(the method with the trained detector, the same method on the simulator's masks)."""
+    return [(trained, oracle) for trained in methods if trained.detector for oracle in methods
+            if not oracle.detector and oracle.mode is trained.mode and oracle.model == trained.model
+            and oracle.clients == trained.clients and oracle.federation == trained.federation]
+
+
+def detector_lines(results: dict[str, list[dict]], pairs: list[tuple], tasks: list[str], labels: dict[str, str],
+                   detector: dict | None) -> list[str]:
+    """The detector-vs-oracle rows, their paired test and the detector's held-out mAP."""
+    lines = []
+    if detector:
+        lines += [f"The detector (YOLOv8 from scratch on Meta-World renders labelled from the simulator's "
+                  f"segmentation): mAP50 {detector['map50']:.3f}, mAP50-95 {detector['map50_95']:.3f} on held-out "
+                  "layouts.", ""]
+    for trained, oracle in pairs:
+        lines += success_table(results, [oracle, trained], tasks) + [""]
+        c = compare(results, oracle.name, trained.name, tasks)
+        lines += [f"* Perfect masks over the trained detector: {_average_success(results[oracle.name], tasks):.1f} % "
+                  f"against {_average_success(results[trained.name], tasks):.1f} %; CMH odds ratio "
+                  f"{c.across_tasks.pooled_odds_ratio:.2f}, p = {c.across_tasks.p_value:.2g}: the masks were "
+                  f"{'worth a significant gain' if c.better else 'not significantly better'} at this scale.", ""]
     return lines
 
 
@@ -425,6 +526,21 @@ def write_report(output: Path, scale, methods, results: dict[str, list[dict]], *
                   f"Significant: p < {ALPHA:g}.", ""] + comparison_table(comparisons, labels, tasks) + [""]
         lines += ["## The paper's claims at this scale", ""] + [f"* {c}" for c in claim_lines(results, labels, tasks)]
         lines += [""]
+    pairs = [(a, b) for a, b in aggregation_pairs(methods) if results[a.name][0]["rounds"]]
+    if pairs:
+        lines += ["## EDA where clients differ: FedVLA against w/o EDA per client setting", "",
+                  "The same model, demonstrations and trials; only the aggregation differs. EDA's weights are "
+                  "per client, the mean over the MoE layers; FedAvg gives each client its share of the samples.", "",
+                  *heterogeneity_table(results, pairs, tasks, scale), "",
+                  *[f"* {line}" for line in heterogeneity_claims(results, pairs, tasks, scale)], "",
+                  "![EDA weights per round](eda_weights.png)", ""]
+        plot_eda_weights(output / "eda_weights.png", results, pairs, scale)
+    parsers = detector_pairs(methods)
+    if parsers:
+        path = output / "detector" / "detector.json"
+        lines += ["## IOSP: a trained detector against the simulator's perfect masks", "",
+                  *detector_lines(results, parsers, tasks, labels,
+                                  json.loads(path.read_text()) if path.is_file() else None)]
     eda = [m for m in methods if m.mode.value == "eda" and results[m.name][0]["rounds"]]
     for method in eda:
         lines += [f"## EDA weights per round: {method.label} (training seed {results[method.name][0]['seed']})", "",

@@ -54,6 +54,15 @@ class MethodConfig:
     # A dense trunk as large as this method's MoE trunk: its feed-forward hidden width is that
     # method's experts x their hidden width (FedAvg matched to FedVLA's trunk parameters).
     match_trunk_of: str = ""
+    # This method's client split (fedvla.sim.partition.ClientSplit fields) over the scale's: the
+    # settings where EDA has something to act on (Dirichlet task mixes, 10x data sizes) run in the
+    # same study as the paper's one client per task, on the same demonstrations and trials.
+    clients: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # IOSP on the study's trained YOLOv8 (the scale's ``detector`` settings, trained under
+    # ``detector/``) instead of the simulator's segmentation, in collection and closed loop: the
+    # row that shows what perfect masks were worth. Its demonstrations are the same episodes,
+    # parsed by the detector (``data_detector/``).
+    detector: bool = False
 
     def __post_init__(self) -> None:
         self.mode = Mode(self.mode) if not isinstance(self.mode, Mode) else self.mode
@@ -68,8 +77,9 @@ class StudyScale:
     model: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides for every method
     collect: dict[str, Any] = dataclasses.field(default_factory=dict)  # CollectConfig fields
     evaluate: dict[str, Any] = dataclasses.field(default_factory=dict)  # EvalConfig fields
-    # The twin's scene-parser detector (fedvla twin detector): {data: DetectorDataConfig fields,
-    # train: DetectorTrainConfig fields}; the simulation study's scales have none.
+    # The IOSP detector trained for the study: {data: ..., train: DetectorTrainConfig fields}, the
+    # data being fedvla.sim.detector_data.MetaWorldDetectorData fields for the simulation study (its
+    # methods with ``detector: true``) and fedvla.twin.detector.DetectorDataConfig fields for the twin.
     detector: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Which client holds which demonstrations (fedvla.sim.partition.ClientSplit fields): one client
     # per task (the paper's, the default), Dirichlet task mixes, or data sizes spanning a ratio.
@@ -96,10 +106,13 @@ class StudyScale:
     def collect_config(self) -> CollectConfig:
         return from_mapping(CollectConfig, {"seed": self.seed, **self.collect}, where=f"{self.name}.collect")
 
-    def client_split(self):
+    def client_split(self, method: MethodConfig | None = None):
+        """The scale's split of the demonstrations over clients, with ``method``'s own over it."""
         from fedvla.sim.partition import ClientSplit
 
-        return from_mapping(ClientSplit, {"seed": self.seed, **self.clients}, where=f"{self.name}.clients")
+        own = method.clients if method is not None else {}
+        return from_mapping(ClientSplit, {"seed": self.seed, **self.clients, **own},
+                            where=f"{method.name}.clients" if own else f"{self.name}.clients")
 
     def eval_config(self) -> EvalConfig:
         # trials never on a layout the demonstrations were collected on
@@ -150,8 +163,8 @@ def load_method(config_dir: Path, name: str) -> MethodConfig:
 
 def config_hash(scale: StudyScale, methods: list[MethodConfig]) -> str:
     # Fields at their empty default are left out, so adding an option keeps earlier runs' hashes.
-    described = [{k: v for k, v in dataclasses.asdict(m).items() if not (k in ("federation", "match_trunk_of") and not v)}
-                 for m in methods]
+    described = [{k: v for k, v in dataclasses.asdict(m).items()
+                  if not (k in ("federation", "match_trunk_of", "clients", "detector") and not v)} for m in methods]
     scale_fields = {k: v for k, v in dataclasses.asdict(scale).items()
                     if not (k in ("detector", "clients", "seeds") and not v)}
     text = json.dumps({"scale": scale_fields, "methods": described}, sort_keys=True, default=str)
@@ -167,6 +180,7 @@ class Study:
         self.methods = [load_method(self.config_dir, name) for name in scale.methods]
         self.collect = scale.collect_config()
         self.evaluation = scale.eval_config()
+        self.detector: Path | None = None  # the trained detector's weights, once ensure_detector ran
 
     # 1. data -------------------------------------------------------------------------------------
     @property
@@ -178,27 +192,53 @@ class Study:
     def data_dir(self) -> Path:
         return self.output / "data"
 
+    def method_data_dir(self, method: MethodConfig) -> Path:
+        """Where ``method``'s demonstrations are: the study's, or the same episodes parsed by the
+        trained detector."""
+        return self.output / "data_detector" if method.detector else self.data_dir
+
     def ensure_data(self) -> None:
+        self._collect(self.data_dir, self.collect)
+        if any(method.detector for method in self.methods):
+            self._collect(self.output / "data_detector", dataclasses.replace(self.collect, detector=str(self.detector)))
+
+    def _collect(self, directory: Path, collect: CollectConfig) -> None:
         from fedvla.data.episodes import load_meta
 
         missing = []
         for task in self.tasks:
             try:
-                if len(load_meta(self.data_dir / task).episodes) >= self.collect.episodes_per_task:
+                if len(load_meta(directory / task).episodes) >= collect.episodes_per_task:
                     continue
             except ValueError:
                 pass
             missing.append(task)
         if missing:
-            collect_study_data(dataclasses.replace(self.collect, tasks=tuple(missing)), self.data_dir,
+            collect_study_data(dataclasses.replace(collect, tasks=tuple(missing)), directory,
                                show_progress=self.show_progress)
+
+    def ensure_detector(self) -> Path | None:
+        """The trained YOLOv8 of the methods with ``detector: true``: the scale's ``detector``
+        settings, trained under ``detector/`` once (resumable); None when no method uses one."""
+        if not any(method.detector for method in self.methods):
+            return None
+        from fedvla.iosp.detector_training import DetectorTrainConfig, detector_weights
+        from fedvla.sim.detector_data import MetaWorldDetectorData, build_metaworld_detector
+
+        settings = self.scale.detector
+        data = from_mapping(MetaWorldDetectorData, {"tasks": self.tasks, "image_size": self.collect.image_size,
+                                                    **settings.get("data", {})}, where=f"{self.scale.name}.detector.data")
+        train = from_mapping(DetectorTrainConfig, {"image_size": data.image_size, **settings.get("train", {})},
+                             where=f"{self.scale.name}.detector.train")
+        build_metaworld_detector(self.output / "detector", data, train, show_progress=self.show_progress)
+        return detector_weights(self.output / "detector")
 
     # 2. training ------------------------------------------------------------------------------------
     def model_config(self, method: MethodConfig):
         from fedvla.data.episodes import load_meta
         from fedvla.model.config import PolicyConfig
 
-        meta = load_meta(self.data_dir / self.tasks[0])
+        meta = load_meta(self.method_data_dir(method) / self.tasks[0])
         values = {**self.scale.model, **method.model, "camera_names": meta.camera_names, "image_size": meta.image_size,
                   "proprio_dim": meta.proprio_dim, "action_dim": meta.action_dim}
         if values.get("iosp", False):
@@ -208,14 +248,18 @@ class Study:
             require(values.get("feed_forward") == "dense", "match_trunk_of", "needs a dense trunk",
                     "feed_forward: dense in the method's model")
             values["expert_hidden_dim"] = reference.num_experts * reference.expert_hidden_dim
-        return PolicyConfig.from_yaml(self.config_dir / "model" / self.scale.model_config, **values)
+        config = PolicyConfig.from_yaml(self.config_dir / "model" / self.scale.model_config, **values)
+        require(config.iosp or not method.detector, f"{method.name}.detector",
+                "a detector only parses scenes for IOSP", "iosp: true in the method's model")
+        return config
 
-    def split(self, task: str, model):
+    def split(self, task: str, model, data_dir: Path | None = None):
         """(training, validation) datasets of one task for ``model`` (a PolicyConfig that must fit
-        the data): the last episodes are held out."""
+        the data, the study's or ``data_dir``): the last episodes are held out."""
         from fedvla.data.episodes import ChunkDataset, check_policy_fits, load_meta
 
-        meta = load_meta(self.data_dir / task)
+        data_dir = data_dir or self.data_dir
+        meta = load_meta(data_dir / task)
         check_policy_fits(meta, model)
         horizon, with_iosp = model.horizon, model.iosp
         count = len(meta.episodes)
@@ -223,25 +267,27 @@ class Study:
         if count - held_out < 1:
             raise ConfigError("episodes_per_task", f"{task} has {count} episodes: none left to train on after "
                               "holding out validation episodes", "at least 2")
-        train = ChunkDataset(self.data_dir / task, horizon, episodes=range(count - held_out), with_iosp=with_iosp)
-        validation = ChunkDataset(self.data_dir / task, horizon, episodes=range(count - held_out, count),
-                                  with_iosp=with_iosp)
+        train = ChunkDataset(data_dir / task, horizon, episodes=range(count - held_out), with_iosp=with_iosp)
+        validation = ChunkDataset(data_dir / task, horizon, episodes=range(count - held_out, count), with_iosp=with_iosp)
         return train, validation
 
-    def client_datasets(self, model, training: dict) -> tuple[dict, dict[str, str], dict[str, dict[str, int]]]:
-        """The clients' (model, dataset) by the scale's split of each task's training episodes,
-        which client evaluates each task, and the episodes each client holds per task."""
+    def client_datasets(self, model, training: dict, method: MethodConfig | None = None
+                        ) -> tuple[dict, dict[str, str], dict[str, dict[str, int]]]:
+        """The clients' (model, dataset) by the scale's split of each task's training episodes
+        (``method``'s own where it has one), which client evaluates each task, and the episodes
+        each client holds per task."""
         from torch.utils.data import ConcatDataset
 
         from fedvla.data.episodes import ChunkDataset
         from fedvla.sim.partition import SplitKind, evaluating_client, partition
 
-        split = self.scale.client_split()
+        split = self.scale.client_split(method)
         if split.kind is SplitKind.TASK:
             return ({task: (model, data) for task, data in training.items()}, {task: task for task in training},
                     {task: {task: len(data.episodes)} for task, data in training.items()})
         parts = partition({task: list(range(len(data.episodes))) for task, data in training.items()}, split)
-        datasets = {client: (model, ConcatDataset([ChunkDataset(self.data_dir / task, model.horizon, episodes=indices,
+        data_dir = self.method_data_dir(method) if method is not None else self.data_dir
+        datasets = {client: (model, ConcatDataset([ChunkDataset(data_dir / task, model.horizon, episodes=indices,
                                                                 with_iosp=model.iosp)
                                                    for task, indices in tasks.items()]))
                     for client, tasks in parts.items()}
@@ -266,8 +312,8 @@ class Study:
         model = self.model_config(method)
         training, validation = {}, {}
         for task in self.tasks:
-            training[task], validation[task] = self.split(task, model)
-        datasets, holders, clients_data = self.client_datasets(model, training)
+            training[task], validation[task] = self.split(task, model, self.method_data_dir(method))
+        datasets, holders, clients_data = self.client_datasets(model, training, method)
         training_dir, curves_path = directory / "federation", directory / "curves.json"
         curves: dict[str, list[float]] = {task: [] for task in self.tasks}
         if training_dir.exists() and curves_path.is_file():
@@ -308,7 +354,7 @@ class Study:
         evaluations = {}
         for task in self.tasks:
             checkpoint = client_of(task, simulation.clients).save_final_checkpoint()
-            evaluations[task] = self.evaluate_task(checkpoint, task, directory)
+            evaluations[task] = self.evaluate_task(checkpoint, task, directory, method)
             log.info("%s on %s: success %.1f%%", method.name, task, 100 * evaluations[task]["success_rate"])
         from fedvla.paths import working_tree_commit
 
@@ -325,11 +371,13 @@ class Study:
         tmp.replace(result_path)
         return result
 
-    def evaluate_task(self, checkpoint: Path, task: str, directory: Path) -> dict:
+    def evaluate_task(self, checkpoint: Path, task: str, directory: Path, method: MethodConfig) -> dict:
         """Closed loop of one task's final checkpoint (a dict with ``success_rate``); here the
-        in-process Meta-World evaluation, its trials recorded as rosbag2 under ``directory/bags``."""
+        in-process Meta-World evaluation (IOSP parsing with the trained detector for a
+        ``detector`` method), its trials recorded as rosbag2 under ``directory/bags``."""
         bags = directory / "bags"  # closed-loop trials recorded as rosbag2 (EvalConfig.record_trials)
-        evaluation = evaluate_checkpoint(checkpoint, task, self.evaluation, bag_dir=bags).to_dict()
+        config = dataclasses.replace(self.evaluation, detector=str(self.detector)) if method.detector else self.evaluation
+        evaluation = evaluate_checkpoint(checkpoint, task, config, bag_dir=bags).to_dict()
         evaluation["bags"] = sorted(str(p) for p in bags.glob(f"{task}_trial_*"))
         return evaluation
 
@@ -340,6 +388,7 @@ class Study:
         from fedvla.sim.report import write_report
 
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.detector = self.ensure_detector()
         self.ensure_data()
         results = {method.name: [self.run_method(method, seed)
                                  for seed in self.scale.training_seeds(method)[:first_seeds or None]]

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from fedvla.config import ConfigError
 from fedvla.graph import find_config_dir
-from fedvla.sim.study import Study, StudyScale, config_hash, load_method, load_scale
+from fedvla.sim.study import MethodConfig, Study, StudyScale, config_hash, load_method, load_scale
 from fedvla.twin.evaluation import agreement_lines, plot_success, report_table
 from fedvla.twin.results import expert_lines
 from fedvla.twin.tasks import TASKS
@@ -123,7 +123,8 @@ class TwinStudy(Study):
                         for e in recorded.episodes]
         twin_demos.write_state(state, records, None)
 
-    def evaluate_task(self, checkpoint: Path, task: str, directory: Path) -> dict:
+    def evaluate_task(self, checkpoint: Path, task: str, directory: Path, method: MethodConfig) -> dict:
+        """Through the graph and in process (every IOSP method parses with the study's detector)."""
         from fedvla_ros.tools import twin_evaluate
 
         output = directory / "evaluation" / task
