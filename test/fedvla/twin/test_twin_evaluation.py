@@ -39,6 +39,34 @@ def test_summary_report_and_files(tmp_path):
     assert (tmp_path / "success.png").stat().st_size > 1000 and "agree" in (tmp_path / "evaluation.md").read_text()
 
 
+def test_twin_results_pair_by_seed_in_the_papers_tables() -> None:
+    """A twin study's graph trials as the simulation report's records: Tables 2 and 3 beside the
+    paper's numbers, and FedVLA against each method trial by trial (paired by seed)."""
+    from fedvla.sim.report import PAPER_TABLE2, paper_sections
+    from fedvla.sim.study import MethodConfig
+    from fedvla.twin.evaluation import trial_outcomes
+
+    tasks = ["clean_up", "trash_collection", "open_drawer", "sorting_pills"]
+
+    def run(wins: set[int], seeds=range(6)) -> dict:
+        trials = [_trial(task, s, s in wins) for task in tasks for s in reversed(seeds)]  # (any order)
+        return {"seed": 0, "evaluation": summarize(trials), "validation_loss": {}, "rounds": []}
+
+    runs = {"fedvla": [run({0, 1, 2, 3})], "fedavg": [run({0})], "wo_eda": [run({4})]}
+    records = trial_outcomes(runs, tasks)
+    assert records["fedvla"][0]["evaluation"]["clean_up"]["successes"] == [[True] * 4 + [False] * 2]
+    assert records["wo_eda"][0]["evaluation"]["open_drawer"]["successes"] == [[False] * 4 + [True, False]]
+    methods = [MethodConfig(name="fedavg", label="FedAvg", mode="fedavg"),
+               MethodConfig(name="fedvla", label="FedVLA (Ours)"), MethodConfig(name="wo_eda", label="w/o EDA", mode="fedavg")]
+    text = "\n".join(paper_sections(records, methods, tasks, PAPER_TABLE2, trials="same seed"))
+    assert "## Table 2: success (%) per task" in text and "| FedVLA (Ours) | 63.3 | 53.3 | 46.7 | 80.0 | 73.3 |" in text
+    assert "| w/o EDA | 26.7 | 26.7 | 20.0 | 33.3 | 26.7 |" in text  # the paper's full Table 3: the same tasks
+    assert "| FedAvg | +3/-0, p=0.25 | " in text  # per task: 3 trials only FedVLA won, none only FedAvg
+    assert "| w/o EDA | +4/-1, p=0.38 | " in text
+    with pytest.raises(ConfigError, match="trials: wo_eda ran clean_up on seeds .* the trials do not pair"):
+        trial_outcomes({"fedvla": [run({0})], "wo_eda": [run({0}, seeds=range(5))]}, tasks)
+
+
 @pytest.fixture(scope="module")
 def twin_checkpoint(tmp_path_factory):
     """An untrained tiny policy for the twin's camera, proprio and action space."""

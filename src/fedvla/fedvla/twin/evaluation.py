@@ -80,8 +80,32 @@ def summarize(trials: Iterable[TwinTrial]) -> dict[str, dict]:
             "refused_chunks": sum(t.refused_chunks for t in group), "refused_reasons": dict(reasons),
             "protective_stops": sum(t.protective_stops for t in group),
             "seeds": [t.seed for t in group],
+            "outcomes": [bool(t.success) for t in group],  # per trial, in the order of seeds
         }
     return summary
+
+
+def trial_outcomes(runs: dict[str, list[dict]], tasks: Sequence[str]) -> dict[str, list[dict]]:
+    """A twin study's graph results (per method, one run per training seed, each task's
+    :func:`summarize` entry) as the simulation study's records: per task a (1, trials) success
+    array in seed order, so that its tables and paired tests apply. Trials pair by seed (the same
+    layout and start), so every run must have run the same seeds."""
+    converted: dict[str, list[dict]] = {}
+    expected: dict[str, list[int]] = {}
+    for method, method_runs in runs.items():
+        converted[method] = []
+        for run in method_runs:
+            evaluation = {}
+            for task in tasks:
+                summary = run["evaluation"][task]
+                seeds = sorted(summary["seeds"])
+                if expected.setdefault(task, seeds) != seeds:
+                    raise ConfigError("trials", f"{method} ran {task} on seeds {seeds}, another method on "
+                                      f"{expected[task]}: the trials do not pair", "the same --trials for every method")
+                by_seed = dict(zip(summary["seeds"], summary["outcomes"]))
+                evaluation[task] = {"successes": [[by_seed[seed] for seed in seeds]]}
+            converted[method].append({**run, "evaluation": evaluation})
+    return converted
 
 
 def _number(value: float | None, fmt: str) -> str:

@@ -12,11 +12,13 @@ experiment on the twin, end to end and resumable, under one output directory:
 3. every task's final checkpoint evaluated in closed loop through the graph and in-process on the
    same seeds (``fedvla twin evaluate``), under ``methods/<name>/evaluation/<task>``;
 4. ``study.md`` (success per method and task with Wilson 95 % intervals, the graph/in-process
-   agreement, the expert ceiling), ``success.png`` and ``run.json`` (command, scale, config hash,
-   seeds, date, machine).
+   agreement, the expert ceiling; with several methods the paper's Tables 2 and 3 from the graph's
+   trials, paired by seed, and the validation loss per round), ``success.png`` and ``run.json``
+   (command, scale, config hash, seeds, date, machine).
 
 Scales: ``config/study/twin_scales/<scale>.yaml`` (``collect``: tasks and demonstrations per task;
-``evaluate``: trials per task and the step limit).
+``evaluate``: trials per task, the step limit, and ``in_process: false`` to leave out the
+in-process cross-check).
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ class TwinStudy(Study):
         self.image_size = int(scale.collect.get("image_size", 128))  # the datasets' policy images (px)
         self.trials = int(scale.evaluate.get("trials", 20))
         self.max_steps = int(scale.evaluate.get("max_steps", 100))
+        self.in_process = bool(scale.evaluate.get("in_process", True))
         self.demos = Path(demos) if demos else self.output / "demos"
         self.detector_source = detector  # a trained detector to use instead of training the scale's
         self.detector: Path | None = None  # its weights, once ensure_detector ran
@@ -130,6 +133,7 @@ class TwinStudy(Study):
         output = directory / "evaluation" / task
         args = twin_evaluate.parse_args(["--checkpoint", str(checkpoint), "--task", task, "--trials", str(self.trials),
                                          "--max-steps", str(self.max_steps), "--output", str(output),
+                                         *([] if self.in_process else ["--no-in-process"]),
                                          *(["--detector", str(self.detector)] if self.detector else [])])
         twin_evaluate.evaluate(args)
         report = json.loads((output / "evaluation.json").read_text())
@@ -167,12 +171,14 @@ class TwinStudy(Study):
 
     def write_report(self, results: dict[str, list[dict]], command: str, started: str) -> None:
         from fedvla.paths import working_tree_commit
-        from fedvla.sim.report import machine
+        from fedvla.sim.report import PAPER_TABLE2, machine, paper_sections, plot_validation, validation_table
+        from fedvla.twin.evaluation import trial_outcomes
 
         graph: dict[str, dict] = {}
         lines = ["# The workcell twin study", "",
                  f"Scale `{self.scale.name}`: {', '.join(self.tasks)}; {self.episodes_per_task} demonstrations per "
-                 f"task; {self.trials} closed-loop trials per task through the graph (and in-process, same seeds).", ""]
+                 f"task; {self.trials} closed-loop trials per task through the graph"
+                 f"{' (and in-process, same seeds)' if self.in_process else ''}.", ""]
         for method in self.methods:
             runs = results[method.name]
             for run in runs:
@@ -183,6 +189,14 @@ class TwinStudy(Study):
                               if evaluations[task]["in_process"]}
                 lines += [f"## {label}", "", *report_table({"graph": graph[label], "in-process": in_process}), ""]
                 lines += [f"* {line}" for line in agreement_lines(graph[label], in_process)] + [""]
+        tasks = list(self.tasks)
+        if len(self.methods) > 1:  # the paper's Tables 2 and 3, from the graph's trials
+            lines += ["# Through the graph, in the paper's layout", "",
+                      *paper_sections(trial_outcomes(results, tasks), self.methods, tasks, PAPER_TABLE2,
+                                      trials="same seed: layout and start"),
+                      "## Validation loss (initial model → last round, mean over training seeds)", "",
+                      *validation_table(results, self.methods, tasks), "", "![validation loss](validation_loss.png)", ""]
+            plot_validation(self.output / "validation_loss.png", results, self.methods, tasks)
         demos = json.loads((self.demos / twin_demos.DEMOS_FILE).read_text())
         demos["summary"] = {task: s for task, s in demos["summary"].items() if task in self.tasks}
         where = ("in process" if all(e.get("collected") == "in process" for e in demos["episodes"])
