@@ -70,3 +70,16 @@ def test_the_cpu_scale_collects_about_fifty_demonstrations_per_task_as_the_paper
     assert 45 <= scale.collect["episodes_per_task"] <= 55  # paper §4.2: about 50 per task
     assert set(scale.collect["tasks"]) == {"clean_up", "trash_collection", "open_drawer", "sorting_pills"}
     assert scale.evaluate["trials"] >= 20  # the issue's bar: 30 % on two tasks over 20 or more trials
+
+
+def test_the_evidence_scale_runs_the_papers_six_methods_on_the_cpu_scales_data() -> None:
+    """Issue 23's Tables 2 and 3 on the twin: every method of the paper, the cpu scale's
+    demonstrations, model and training, and the same trials through the graph."""
+    from fedvla.graph import find_config_dir
+    from fedvla.sim.study import load_scale
+
+    cpu, evidence = (load_scale(find_config_dir(), name, folder="twin_scales") for name in ("cpu", "evidence"))
+    assert set(evidence.methods) == {"centralized", "fedavg", "fedvla", "wo_iosp", "wo_dgmoe", "wo_eda"}
+    for field in ("model_config", "model", "detector", "collect", "rounds", "local_epochs", "batch_size", "lr"):
+        assert getattr(evidence, field) == getattr(cpu, field), field
+    assert evidence.evaluate == {**cpu.evaluate, "in_process": False}
