@@ -167,10 +167,14 @@ def test_twin_results_are_generated_from_the_runs_records(tmp_path):
     study = tmp_path / "study"
     (study / "methods" / "fedvla" / "evaluation" / "open_drawer").mkdir(parents=True)
     (study / "study.md").write_text("# The workcell twin study\n")
-    (study / "run.json").write_text(json.dumps({"commit": "def"}))
+    (study / "study.md").write_text("# The workcell twin study\n![success per task](success.png)\n")
+    (study / "run.json").write_text(json.dumps({"commit": "def", "scale": {"name": "evidence"}}))
+    (study / "methods" / "fedvla" / "result.json").write_text('{"seed": 0}')
     (study / "methods" / "fedvla" / "evaluation" / "open_drawer" / "evaluation.json").write_text('{"trials": []}')
-    text = write_twin_results(tmp_path / "results", demos, detector, study).read_text()
-    assert "## Twin study (graph-evaluated)" in text and "# The workcell twin study" in text
-    copied = tmp_path / "results" / "study"
-    assert json.loads((copied / "run.json").read_text()) == {"commit": "def"}
+    text = write_twin_results(tmp_path / "results", demos, detector, [study]).read_text()
+    assert "## Twin study, scale `evidence` (graph-evaluated)" in text and "# The workcell twin study" in text
+    assert "](study_evidence/success.png)" in text  # the README's links reach the copied pictures
+    copied = tmp_path / "results" / "study_evidence"
+    assert json.loads((copied / "run.json").read_text())["commit"] == "def"
     assert (copied / "methods" / "fedvla" / "evaluation" / "open_drawer" / "evaluation.json").is_file()
+    assert json.loads((copied / "methods" / "fedvla" / "result.json").read_text()) == {"seed": 0}

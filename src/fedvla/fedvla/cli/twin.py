@@ -24,7 +24,7 @@ def cmd_twin_results(args: argparse.Namespace) -> int:
     from fedvla.twin.results import write_twin_results
 
     readme = write_twin_results(Path(args.output), Path(args.demos), Path(args.detector) if args.detector else None,
-                                Path(args.study) if args.study else None, Path(args.bench) if args.bench else None)
+                                [Path(study) for study in args.study], Path(args.bench) if args.bench else None)
     print(readme.read_text())
     return 0
 
@@ -72,7 +72,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     results = twin.add_parser("results", help="summarise recorded twin runs (demos, detector, study) for results/")
     results.add_argument("--demos", required=True, help="a fedvla twin demos output directory")
     results.add_argument("--detector", help="a fedvla twin detector output directory")
-    results.add_argument("--study", help="a fedvla twin study output directory")
+    results.add_argument("--study", action="append", default=[],
+                         help="a fedvla twin study output directory (repeat: each is copied under study_<scale>)")
     results.add_argument("--bench", help="a fedvla bench twin output directory (its bench.json)")
     results.add_argument("--output", default="results/twin_cpu")
     results.set_defaults(func=cmd_twin_results)

@@ -5,7 +5,9 @@ number in it is read from the runs' own records:
   interval, attempts repeated after the driver stopped, steps per demonstration and the steps the
   bag import kept, demonstrations per minute;
 * the detector's validation mAP50 and mAP50-95 (``fedvla twin detector``'s ``detector.json``);
-* the twin study's graph-evaluated success (``fedvla twin study``'s ``study.md`` and ``run.json``);
+* each twin study's graph-evaluated success (``fedvla twin study``'s ``study.md`` and ``run.json``,
+  copied under ``study_<scale>/``: the cpu scale's FedVLA with its in-process cross-check, the
+  evidence scale's Tables 2 and 3);
 * the benchmarks (``fedvla bench twin``'s ``bench.json``): real-time factor, camera rate, end-to-end latency.
 
 Each run's ``run.json`` (the commit it ran at, the command, the machine) is copied next to its
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +84,7 @@ def _copy(source: Path, destination: Path, names: tuple[str, ...]) -> None:
 
 
 def write_twin_results(output: Path, demos_dir: Path, detector_dir: Path | None = None,
-                       study_dir: Path | None = None, bench_dir: Path | None = None) -> Path:
+                       study_dirs: Sequence[Path] = (), bench_dir: Path | None = None) -> Path:
     """Write ``output/README.md`` (and copy each run's records); returns the README's path."""
     output.mkdir(parents=True, exist_ok=True)
     demos = json.loads((demos_dir / "demos.json").read_text())
@@ -101,12 +104,18 @@ def write_twin_results(output: Path, demos_dir: Path, detector_dir: Path | None 
                   f"{detector['train']['epochs']} epochs at {detector['train']['image_size']} px, "
                   f"{(detector_training_seconds(detector_dir) or detector['train_s']) / 60:.0f} min of training.", ""]
         _copy(detector_dir, output / "detector", ("detector.json", "run.json"))
-    if study_dir is not None:
-        lines += ["## Twin study (graph-evaluated)", "", (study_dir / "study.md").read_text(), ""]
-        _copy(study_dir, output / "study", ("study.md", "run.json", "success.png"))
+    for study_dir in study_dirs:
+        scale = json.loads((study_dir / "run.json").read_text())["scale"]["name"]
+        copied = output / f"study_{scale}"
+        # (its pictures are linked from study.md, which sits in study_<scale>/)
+        report = (study_dir / "study.md").read_text().replace("](", f"](study_{scale}/")
+        lines += [f"## Twin study, scale `{scale}` (graph-evaluated)", "", report, ""]
+        _copy(study_dir, copied, ("study.md", "run.json", "success.png", "validation_loss.png"))
+        for method in sorted(study_dir.glob("methods/*/result.json")):  # each run: training record, commit
+            _copy(method.parent, copied / method.parent.relative_to(study_dir), ("result.json",))
         for evaluation in sorted(study_dir.glob("methods/*/evaluation/*/evaluation.json")):  # every trial's record
             relative = evaluation.parent.relative_to(study_dir)
-            _copy(evaluation.parent, output / "study" / relative, ("evaluation.json",))
+            _copy(evaluation.parent, copied / relative, ("evaluation.json",))
     if bench_dir is not None:
         lines += bench_lines(json.loads((bench_dir / "bench.json").read_text()))
         _copy(bench_dir, output / "bench", ("bench.json",))
