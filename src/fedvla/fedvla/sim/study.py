@@ -181,6 +181,7 @@ class Study:
         self.collect = scale.collect_config()
         self.evaluation = scale.eval_config()
         self.detector: Path | None = None  # the trained detector's weights, once ensure_detector ran
+        self.command = ""  # the command running the study (each run's provenance)
 
     # 1. data -------------------------------------------------------------------------------------
     @property
@@ -308,7 +309,7 @@ class Study:
         if result_path.is_file():
             log.info("%s (seed %d): done before (%s), not rerun", method.name, seed, result_path)
             return json.loads(result_path.read_text())
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
         model = self.model_config(method)
         training, validation = {}, {}
         for task in self.tasks:
@@ -316,11 +317,13 @@ class Study:
         datasets, holders, clients_data = self.client_datasets(model, training, method)
         training_dir, curves_path = directory / "federation", directory / "curves.json"
         curves: dict[str, list[float]] = {task: [] for task in self.tasks}
+        resumed_after = None  # (the round an interrupted run resumed after)
         if training_dir.exists() and curves_path.is_file():
             # An interrupted run resumes after its last closed round (server state, client
             # checkpoints and the validation curves so far are on disk).
             curves = json.loads(curves_path.read_text())
-            log.info("%s: resuming after round %d", method.name, _closed_rounds(training_dir) - 1)
+            resumed_after = _closed_rounds(training_dir) - 1
+            log.info("%s: resuming after round %d", method.name, resumed_after)
         elif training_dir.exists():  # interrupted before its first curve point: start again
             import shutil
 
@@ -357,10 +360,16 @@ class Study:
             evaluations[task] = self.evaluate_task(checkpoint, task, directory, method)
             log.info("%s on %s: success %.1f%%", method.name, task, 100 * evaluations[task]["success_rate"])
         from fedvla.paths import working_tree_commit
+        from fedvla.sim.report import machine
 
-        # a long study's runs may come from several pinned commits: each names its own
+        # A long study's runs may come from several sittings and pinned commits: each run records
+        # its own provenance (run.json beside result.json; the commit in both).
+        commit = working_tree_commit()
+        provenance = {"command": self.command, "commit": commit, "started": started_at,
+                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": time.monotonic() - started,
+                      "resumed_after_round": resumed_after, "machine": machine()}
         result = {"method": dataclasses.asdict(method) | {"mode": method.mode.value}, "seed": seed,
-                  "commit": working_tree_commit(), "model": model.to_dict(),
+                  "commit": commit, "model": model.to_dict(),
                   "validation_loss": curves, "evaluation": evaluations,
                   "rounds": [dataclasses.asdict(r) for r in simulation.records],
                   "clients": clients_data, "evaluated_by": holders,
@@ -369,6 +378,7 @@ class Study:
         tmp = result_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=1))
         tmp.replace(result_path)
+        (directory / "run.json").write_text(json.dumps(provenance, indent=1))
         return result
 
     def evaluate_task(self, checkpoint: Path, task: str, directory: Path, method: MethodConfig) -> dict:
@@ -388,6 +398,7 @@ class Study:
         from fedvla.sim.report import write_report
 
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.command = command
         self.detector = self.ensure_detector()
         self.ensure_data()
         results = {method.name: [self.run_method(method, seed)
