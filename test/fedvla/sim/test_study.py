@@ -278,5 +278,7 @@ def test_the_report_is_rewritten_from_the_results_on_disk_alone(smoke, tmp_path)
     assert "| Scripted expert (ceiling) | - | " in text and (tmp_path / "expert.json").is_file()
     assert not (tmp_path / "data").exists()  # nothing was collected
     assert json.loads((tmp_path / "report.json").read_text())["command"] == "fedvla study --report-only"
+    first_pass = Study(CONFIG, scale, tmp_path, show_progress=False).report(command="x", first_seeds=1).read_text()
+    assert "| FedVLA (Ours) | 1 | " in first_pass  # a long study's report after its first pass
     with pytest.raises(ConfigError, match=r"methods: wo_eda \(training seed 0\) has no .*result.json"):
         Study(CONFIG, load_scale(CONFIG, "smoke", methods=("wo_eda",)), tmp_path, show_progress=False).report("x")

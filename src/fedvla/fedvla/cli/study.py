@@ -22,7 +22,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     output = Path(args.output or Path("runs") / f"study_{args.scale}").resolve()
     study = Study(config_dir, scale, output)
     if args.report_only:
-        console.print(study.report(command=shlex.join(["fedvla", *sys.argv[1:]])).read_text())
+        report = study.report(command=shlex.join(["fedvla", *sys.argv[1:]]), first_seeds=args.first_seeds)
+        console.print(report.read_text())
         return 0
     console.rule(f"FedVLA simulation study, scale {scale.name}: {', '.join(scale.methods)} → {output}")
     study.run(command=shlex.join(["fedvla", *sys.argv[1:]]), first_seeds=args.first_seeds)
@@ -70,7 +71,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     study.add_argument("--rounds", type=int, help="override the scale's rounds")
     study.add_argument("--first-seeds", type=int, default=0, metavar="K",
                        help="only each method's first K training seeds (a long study's first pass; rerun without it "
-                            "for the rest)")
+                            "for the rest; with --report-only, the report of the first K)")
     study.add_argument("--device", help="torch device for training (default auto: CUDA when present)")
     study.add_argument("--detector", help="IOSP on this trained YOLOv8 (a fedvla study-detector output) instead of the "
                        "simulator's segmentation, in collection and closed loop (use another --output: the data differ)")

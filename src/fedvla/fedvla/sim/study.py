@@ -408,16 +408,17 @@ class Study:
                      config_hash=config_hash(self.scale, self.methods), expert=self.expert_ceiling())
         return results
 
-    def report(self, command: str, started: str = "") -> Path:
-        """The report from the results already on disk (every method at each of its training seeds
-        must have its ``result.json``), and the expert's ceiling on the same trials (``expert.json``,
-        run if missing: the scripted expert needs no training): no policy is trained or evaluated."""
+    def report(self, command: str, started: str = "", first_seeds: int = 0) -> Path:
+        """The report from the results already on disk (every method at each of its training seeds,
+        or its first ``first_seeds``, must have its ``result.json``), and the expert's ceiling on the
+        same trials (``expert.json``, run if missing: the scripted expert needs no training): no
+        policy is trained or evaluated."""
         from fedvla.sim.report import write_report
 
         results = {}
         for method in self.methods:
             runs = []
-            for seed in self.scale.training_seeds(method):
+            for seed in self.scale.training_seeds(method)[:first_seeds or None]:
                 path = self.method_directory(method, seed) / "result.json"
                 if not path.is_file():
                     raise ConfigError("methods", f"{method.name} (training seed {seed}) has no {path}",
