@@ -116,7 +116,7 @@ def test_a_finished_method_is_not_run_again(smoke) -> None:
     assert len(results["fedvla"][1]["commit"]) == 40
     run = json.loads((output / "methods" / "fedvla_seed1" / "run.json").read_text())
     assert (run["command"], run["commit"]) == ("fedvla study --scale smoke", results["fedvla"][1]["commit"])
-    assert run["machine"]["cpus"] >= 1 and run["started"] <= run["finished"] and run["resumed_after_round"] is None
+    assert run["machine"]["cpus"] >= 1 and run["started"] <= run["finished"] and run["resumed_at_round"] is None
 
 
 def test_a_first_pass_runs_only_each_methods_first_seeds(smoke, tmp_path) -> None:
@@ -153,7 +153,7 @@ def test_an_interrupted_method_resumes_after_its_last_closed_round(smoke, tmp_pa
     monkeypatch.setattr(study_module, "run_simulation", real_run_simulation)
     result = study.run_method(study.methods[0])
     assert [r["round"] for r in result["rounds"]] == [0, 1, 2]
-    assert json.loads((tmp_path / "methods" / "fedvla" / "run.json").read_text())["resumed_after_round"] == 1
+    assert json.loads((tmp_path / "methods" / "fedvla" / "run.json").read_text())["resumed_at_round"] == 2
     for task, curve in result["validation_loss"].items():
         assert len(curve) == scale.rounds + 1 and curve[:3] == curves[task]
 

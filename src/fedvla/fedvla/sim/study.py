@@ -317,13 +317,13 @@ class Study:
         datasets, holders, clients_data = self.client_datasets(model, training, method)
         training_dir, curves_path = directory / "federation", directory / "curves.json"
         curves: dict[str, list[float]] = {task: [] for task in self.tasks}
-        resumed_after = None  # (the round an interrupted run resumed after)
+        resumed_at = None  # (the round an interrupted run resumed at: the rounds it had closed)
         if training_dir.exists() and curves_path.is_file():
             # An interrupted run resumes after its last closed round (server state, client
             # checkpoints and the validation curves so far are on disk).
             curves = json.loads(curves_path.read_text())
-            resumed_after = _closed_rounds(training_dir) - 1
-            log.info("%s: resuming after round %d", method.name, resumed_after)
+            resumed_at = _closed_rounds(training_dir)
+            log.info("%s: resuming at round %d", method.name, resumed_at)
         elif training_dir.exists():  # interrupted before its first curve point: start again
             import shutil
 
@@ -367,7 +367,7 @@ class Study:
         commit = working_tree_commit()
         provenance = {"command": self.command, "commit": commit, "started": started_at,
                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": time.monotonic() - started,
-                      "resumed_after_round": resumed_after, "machine": machine()}
+                      "resumed_at_round": resumed_at, "machine": machine()}
         result = {"method": dataclasses.asdict(method) | {"mode": method.mode.value}, "seed": seed,
                   "commit": commit, "model": model.to_dict(),
                   "validation_loss": curves, "evaluation": evaluations,
