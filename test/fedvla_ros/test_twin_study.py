@@ -45,6 +45,10 @@ def test_the_smoke_twin_study_runs_end_to_end(tmp_path) -> None:
     assert (output / "validation_loss.png").stat().st_size > 1000
     run_record = json.loads((output / "run.json").read_text())
     assert run_record["scale"]["name"] == "smoke" and run_record["detector"] == detector
+    # each method's run keeps its own provenance beside its result, as in the simulation study
+    method_run = json.loads((output / "methods" / "fedvla" / "run.json").read_text())
+    assert method_run["command"] == f"fedvla twin study --scale smoke --output {output}"
+    assert method_run["commit"] == run_record["commit"] and method_run["resumed_at_round"] is None
 
 
 def test_a_scale_whose_images_do_not_fit_the_parsers_grid_is_refused_before_it_runs(tmp_path) -> None:

@@ -1,5 +1,6 @@
 """The simulation study at its smoke scale, end to end: demonstrations → every method (one config
 file each, the same trainer and federation code) → closed-loop evaluation → tables and plots."""
+import importlib.metadata
 import json
 import re
 import shutil
@@ -97,6 +98,7 @@ def test_the_report_has_the_papers_tables_plots_and_provenance(smoke) -> None:
     assert run["command"] == "fedvla study --scale smoke" and run["seed"] == scale.seed
     assert run["training_seeds"]["fedvla"] == [0, 1]
     assert len(run["config_hash"]) == 16 and run["machine"]["cpus"] >= 1
+    assert run["machine"]["metaworld"] == importlib.metadata.version("metaworld")  # the package, not "?"
     evaluation = results["fedvla"][0]["evaluation"]["drawer-close-v3"]
     assert len(evaluation["successes"]) == scale.eval_config().repeats
     expert = json.loads((output / "expert.json").read_text())["successes"]

@@ -3,6 +3,7 @@ and the record of how the numbers were made (``run.json``)."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import os
 import platform
@@ -493,13 +494,12 @@ def machine() -> dict:
 
     info = {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count(),
             "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    try:
-        import metaworld
-        import mujoco
-
-        info.update(mujoco=mujoco.__version__, metaworld=getattr(metaworld, "__version__", "?"))
-    except ImportError:
-        pass
+    # The installed distributions' versions: metaworld's module carries no __version__.
+    for name in ("mujoco", "metaworld", "ultralytics"):
+        try:
+            info[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     return info
 
 

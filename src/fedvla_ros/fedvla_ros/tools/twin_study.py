@@ -64,6 +64,7 @@ class TwinStudy(Study):
         self.demos = Path(demos) if demos else self.output / "demos"
         self.detector_source = detector  # a trained detector to use instead of training the scale's
         self.detector: Path | None = None  # its weights, once ensure_detector ran
+        self.command = ""  # the command running the study (each run's provenance)
 
     @property
     def uses_iosp(self) -> bool:
@@ -161,6 +162,7 @@ class TwinStudy(Study):
 
     def run(self, command: str = "") -> dict[str, list[dict]]:
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.command = command
         self.check_iosp_grid()
         self.detector = self.ensure_detector()
         self.ensure_data()
