@@ -279,6 +279,11 @@ def test_the_report_is_rewritten_from_the_results_on_disk_alone(smoke, tmp_path)
     assert "| FedVLA (Ours) | 2 | " in text and "| FedAvg | 1 | " in text
     assert "| Scripted expert (ceiling) | - | " in text and (tmp_path / "expert.json").is_file()
     assert not (tmp_path / "data").exists()  # nothing was collected
+    # with no run.json of its own it names the commits its runs trained at, not an empty start
+    commit = json.loads((output / "methods" / "fedvla" / "result.json").read_text())["commit"][:7]
+    (header,) = [line for line in text.splitlines() if line.startswith("Config hash:")]
+    assert "written 20" in header and f"from the runs' records (trained at `{commit}`)" in header
+    assert "started" not in header
     assert json.loads((tmp_path / "report.json").read_text())["command"] == "fedvla study --report-only"
     first_pass = Study(CONFIG, scale, tmp_path, show_progress=False).report(command="x", first_seeds=1).read_text()
     assert "| FedVLA (Ours) | 1 | " in first_pass  # a long study's report after its first pass
