@@ -554,9 +554,12 @@ def write_report(output: Path, scale, methods, results: dict[str, list[dict]], *
     # A report rewritten from earlier runs (--report-only) has no start of its own: it names when it
     # was written and the commits its runs trained at (a long study's runs span several).
     commits = sorted({r["commit"][:7] for runs in results.values() for r in runs if r.get("commit")})
-    timing = (f"started {started}, finished {finished}" if started else
-              f"written {finished} from the runs' records" + (f" (trained at {', '.join(f'`{c}`' for c in commits)})"
-                                                              if commits else ""))
+    if started:
+        timing = f"started {started}, finished {finished}"
+    else:
+        timing = f"written {finished} from the runs' records"
+        if commits:
+            timing += " (trained at " + ", ".join(f"`{c}`" for c in commits) + ")"
     lines = [f"# Simulation study, scale `{scale.name}`", "",
              f"Command: `{command}`  ", f"Config hash: `{config_hash}`, seed {scale.seed}, {timing}  ",
              f"Closed loop: {evaluation.trials} trials × {evaluation.repeats} repeats per task and training seed, on "

@@ -172,6 +172,10 @@ def config_hash(scale: StudyScale, methods: list[MethodConfig]) -> str:
 
 
 class Study:
+    # The command running the study, recorded in each run's run.json; set by run(). A class default
+    # so that a subclass with its own __init__ (TwinStudy) has it too.
+    command: str = ""
+
     def __init__(self, config_dir: Path, scale: StudyScale, output: Path, *, show_progress: bool = True) -> None:
         self.config_dir = Path(config_dir)
         self.scale = scale
@@ -181,7 +185,6 @@ class Study:
         self.collect = scale.collect_config()
         self.evaluation = scale.eval_config()
         self.detector: Path | None = None  # the trained detector's weights, once ensure_detector ran
-        self.command = ""  # the command running the study (each run's provenance)
 
     # 1. data -------------------------------------------------------------------------------------
     @property

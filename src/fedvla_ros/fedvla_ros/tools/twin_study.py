@@ -64,7 +64,6 @@ class TwinStudy(Study):
         self.demos = Path(demos) if demos else self.output / "demos"
         self.detector_source = detector  # a trained detector to use instead of training the scale's
         self.detector: Path | None = None  # its weights, once ensure_detector ran
-        self.command = ""  # the command running the study (each run's provenance)
 
     @property
     def uses_iosp(self) -> bool:
