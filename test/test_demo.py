@@ -14,6 +14,7 @@ import pytest
 
 from fedvla import topics
 from fedvla.bag import read_messages, summarize_bag
+from support.twin import failure_report
 
 pytestmark = pytest.mark.ros
 
@@ -25,7 +26,7 @@ def test_demo_records_every_camera_topic_federates_evaluates_and_replays(tmp_pat
     result = subprocess.run([str(fedvla_cli), "demo", "--duration", "20", "--rounds", "2", "--output", str(run)],
                             capture_output=True, text=True, timeout=1500,
                             env=dict(os.environ, COLUMNS="250"))  # paths printed on one line
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
+    assert result.returncode == 0, failure_report(result, run)
     # The short study: FedAvg and FedVLA evaluated in closed loop on three tasks, one trial of each
     # recorded; the tables and plots, and the replay report, where the demo says they are.
     study = run / "study"

@@ -132,6 +132,17 @@ def test_the_twin_runs_real_robot_against_workcell_sim(graph) -> None:
     assert tuple(task.choices) == tuple(TASKS)  # one list of tasks
 
 
+def test_the_twin_arms_a_slower_rtde_watchdog_than_the_robot(graph) -> None:
+    """rtde_watchdog_hz: 10 Hz (100 ms, ur_rtde's) on the robot; 2 Hz on the twin, whose controller
+    shares the machine with the physics, the rendering and the policy; either one on request."""
+    def watchdog(profile: str, overrides: dict | None = None) -> float:
+        (driver,) = [n for n in graph.resolve(profile, overrides) if n.spec.key == "ur3_driver"]
+        return float(driver.parameters()["watchdog_frequency_hz"])
+
+    assert watchdog("real_robot") == 10.0 and watchdog("twin") == 2.0
+    assert watchdog("twin", {"rtde_watchdog_hz": "10"}) == 10.0
+
+
 def test_a_nodes_parameters_merge_its_files_then_the_launch_arguments(graph) -> None:
     """ResolvedNode.parameters(): what ROS-free code (the in-process twin's scene parser) reads to
     run a node's core exactly as the graph starts it."""

@@ -29,7 +29,7 @@ def test_the_conditions_set_the_policy_schedule_and_the_drivers_execution() -> N
 
 @pytest.mark.timeout(600)  # two cold twins and policies start slowly on 2 cores
 def test_bench_realtime_runs_each_condition_through_the_graph(tmp_path) -> None:
-    from support.twin import train_small_twin_checkpoint
+    from support.twin import failure_report, graph_log_digest, train_small_twin_checkpoint
 
     checkpoint = train_small_twin_checkpoint(tmp_path / "policy")
     output = tmp_path / "bench"
@@ -37,7 +37,7 @@ def test_bench_realtime_runs_each_condition_through_the_graph(tmp_path) -> None:
     run = subprocess.run([str(fedvla), "bench", "realtime", "--checkpoint", str(checkpoint), "--trials", "1",
                           "--max-steps", "10", "--latencies", "0.1", "--conditions", "sync", "async-crossfade",
                           "--output", str(output)], capture_output=True, text=True, timeout=560)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.returncode == 0, failure_report(run, output)
     bench = json.loads((output / "bench.json").read_text())
     assert [(r["condition"], r["latency_s"], r["trials"]) for r in bench["rows"]] == [
         ("sync", 0.1, 1), ("async-crossfade", 0.1, 1)]
@@ -45,7 +45,8 @@ def test_bench_realtime_runs_each_condition_through_the_graph(tmp_path) -> None:
         provenance = json.loads((output / condition / "evaluation.json").read_text())["provenance"]
         assert provenance["launch_arguments"]["injected_latency"] == "0.1"
         driver = provenance["driver_diagnostics"]
-        assert float(driver["setpoint_jerk_rms"]) > 0, driver  # the arm moved under the policy
+        # the arm moved under the policy
+        assert float(driver["setpoint_jerk_rms"]) > 0, f"{driver}\n{graph_log_digest(output / condition)}"
         if merges is not None:
             assert driver["chunk_merges"] == merges, driver  # sync never merges
     assert (output / "realtime.png").stat().st_size > 0
@@ -65,7 +66,7 @@ def test_bench_realtime_runs_each_condition_through_the_graph(tmp_path) -> None:
     again = subprocess.run([str(fedvla), "bench", "realtime", "--checkpoint", str(checkpoint), "--trials", "1",
                             "--max-steps", "10", "--latencies", "0.1", "--conditions", "sync", "async-crossfade",
                             "--output", str(output)], capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.returncode == 0, failure_report(again, output)
     assert {path: path.stat().st_mtime_ns for path in output.glob("*/evaluation.json")} == reports
     assert "read back, not run again" in again.stdout
     assert json.loads((output / "bench.json").read_text())["reused_runs"] == {

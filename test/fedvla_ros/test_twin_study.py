@@ -19,12 +19,13 @@ pytestmark = pytest.mark.ros
 @pytest.mark.timeout(1500)  # demos, training and two graph evaluations on 2 cores: minutes
 def test_the_smoke_twin_study_runs_end_to_end(tmp_path) -> None:
     from fedvla.data.episodes import load_meta
+    from support.twin import failure_report
 
     output = tmp_path / "study"
     fedvla = Path(sys.executable).with_name("fedvla")
     run = subprocess.run([str(fedvla), "twin", "study", "--scale", "smoke", "--output", str(output)],
                          capture_output=True, text=True, timeout=1450)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.returncode == 0, failure_report(run, output)
     report = (output / "study.md").read_text()
     detector = json.loads((output / "detector" / "detector.json").read_text())["weights"]
     for task in ("open_drawer", "clean_up"):

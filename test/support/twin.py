@@ -36,3 +36,26 @@ def train_small_twin_checkpoint(directory: Path, steps: int = 40, epochs: int = 
     fit_normalizer(policy, dataset)
     train_policy(policy, dataset, TrainConfig(epochs=epochs, batch_size=16, lr=1e-3, seed=0), show_progress=False)
     return save_checkpoint(policy, directory / "checkpoint", metadata={"action_space": dataset_action_space(dataset)})
+
+
+# What the driver and the twin log about the loop's timing: stalls, watchdog stops, the loop's
+# priority, faults. A failed graph test shows these first (CI prints a part of a long message).
+_TIMING_EVENTS = ("control loop at normal priority", "control loop runs with real-time priority", "control loop stalled",
+                  "watchdog:", "program stopped", "arm fault", "lost the arm", "[ERROR]")
+
+
+def graph_log_digest(directory: Path, limit: int = 40) -> str:
+    """Each ``graph.log`` under ``directory``: how many lines name each timing event, and the first
+    ``limit`` such lines (their text after the node's stamp)."""
+    parts = []
+    for log in sorted(Path(directory).rglob("graph.log")):
+        lines = [line for line in log.read_text(errors="replace").splitlines() if any(e in line for e in _TIMING_EVENTS)]
+        counts = {e: sum(e in line for line in lines) for e in _TIMING_EVENTS}
+        parts.append(f"{log.relative_to(directory)}: " + ", ".join(f"{e!r} x{n}" for e, n in counts.items() if n))
+        parts += [f"  {line.split(']: ', 1)[-1][:200]}" for line in lines[:limit]]
+    return "\n".join(parts) or f"no graph.log under {directory}"
+
+
+def failure_report(run, directory: Path) -> str:
+    """A failed command's report: the graph logs' timing digest first, then its output's tails."""
+    return f"{graph_log_digest(directory)}\n--- stdout ---\n{run.stdout[-3000:]}\n--- stderr ---\n{run.stderr[-3000:]}"
