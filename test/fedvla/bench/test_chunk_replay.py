@@ -75,7 +75,7 @@ def test_chunks_and_start_joints_are_read_from_a_trial_bag(tmp_path) -> None:
     assert recorded.chunks[0].step_period_s == pytest.approx(STEP)
 
 
-def _bag_whose_joint_states_start_late(path, first_arm_step: int) -> None:
+def _bag_whose_joint_states_start_late(path, first_arm_step: int, steps: int | None = None) -> None:
     """Chunks from step 0; joint states without the arm's joints until ``first_arm_step`` (a
     recorder that matched /joint_states late)."""
     from fedvla.data.bag_export import EpisodeBagWriter
@@ -83,7 +83,7 @@ def _bag_whose_joint_states_start_late(path, first_arm_step: int) -> None:
     with EpisodeBagWriter(path, camera_names=["camera"], control_rate_hz=10.0, instruction="open",
                           proprio_joint_names=ARM_JOINTS) as writer:
         arm_names = writer.joint_names
-        for step in range(first_arm_step + 2):
+        for step in range(steps or first_arm_step + 2):
             writer.joint_names = arm_names if step >= first_arm_step else [f"other_{i}" for i in range(6)]
             writer.add_step([np.zeros((8, 8, 3), np.uint8)], np.array(HOME_Q) + 0.01 * step,
                             np.full((4, 4), 0.1 * step) if step % 2 == 0 else None)
@@ -96,9 +96,19 @@ def test_joint_states_that_start_just_after_the_first_chunk_give_the_start_joint
     assert len(recorded.chunks) == 2
 
 
-def test_a_bag_without_joint_states_near_the_first_chunk_is_refused_by_name(tmp_path) -> None:
-    _bag_whose_joint_states_start_late(tmp_path / "bag", first_arm_step=8)  # 0.8 s late
-    with pytest.raises(ValueError, match="no /joint_states with the arm's joints within 0.5 s"):
+def test_chunks_long_before_the_first_joint_state_are_left_out_and_counted(tmp_path) -> None:
+    """Joint states 0.8 s late (a loaded machine's recorder): the replay starts at the first chunk
+    within 0.5 s of them, from the joints they give; the chunks before are counted, not replayed."""
+    _bag_whose_joint_states_start_late(tmp_path / "bag", first_arm_step=8)
+    recorded = read_recorded_chunks(tmp_path / "bag")
+    np.testing.assert_allclose(recorded.start_q, np.array(HOME_Q) + 0.08)
+    assert recorded.skipped_chunks == 2 and len(recorded.chunks) == 3  # (chunks at 0.4, 0.6, 0.8 s kept)
+    np.testing.assert_allclose(recorded.chunks[0].actions, np.full((4, 4), 0.4), rtol=1e-6)
+
+
+def test_a_bag_without_the_arms_joint_states_is_refused_by_name(tmp_path) -> None:
+    _bag_whose_joint_states_start_late(tmp_path / "bag", first_arm_step=20, steps=10)  # only other joints
+    with pytest.raises(ValueError, match="no /joint_states with the arm's joints after the first"):
         read_recorded_chunks(tmp_path / "bag")
 
 

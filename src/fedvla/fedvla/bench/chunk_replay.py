@@ -36,6 +36,8 @@ class RecordedChunk:
 class RecordedChunks:
     start_q: np.ndarray  # the arm's joints at the first chunk
     chunks: list[RecordedChunk]
+    # Chunks recorded before the recorder had the arm's joints (left out: no measured start)
+    skipped_chunks: int = 0
 
     @property
     def overlapping_hand_overs(self) -> int:
@@ -59,7 +61,8 @@ class ReplayedSetpoints:
 
 # The arm's joints as the first chunk arrived: the last joint state before it, or, when the
 # recorder matched /joint_states late (a loaded machine's discovery), the first one after it if it
-# came within this long; the arm has hardly moved by then.
+# came within this long; the arm has hardly moved by then. Chunks more than this before the first
+# joint state are left out (the replay starts at the first chunk whose start was measured).
 JOINTS_AFTER_FIRST_CHUNK_S = 0.5
 
 
@@ -87,16 +90,21 @@ def read_recorded_chunks(bag: str | Path) -> RecordedChunks:
         raw_chunks.append((received_ns, stamp_ns, content))
     if not raw_chunks:
         raise ValueError(f"{bag}: no {chunk_topic}: the trial's policy published no chunk the recorder got")
-    first_ns = raw_chunks[0][0]
-    if before is None and (after is None or after[0] - first_ns > JOINTS_AFTER_FIRST_CHUNK_S * 1e9):
-        raise ValueError(f"{bag}: no {topics.JOINT_STATES} with the arm's joints within "
-                         f"{JOINTS_AFTER_FIRST_CHUNK_S:g} s of the first {chunk_topic}")
+    skipped = 0
+    if before is None:
+        if after is None:
+            raise ValueError(f"{bag}: no {topics.JOINT_STATES} with the arm's joints after the first {chunk_topic}")
+        kept = [c for c in raw_chunks if after[0] - c[0] <= JOINTS_AFTER_FIRST_CHUNK_S * 1e9]
+        skipped, raw_chunks = len(raw_chunks) - len(kept), kept
+        if not raw_chunks:
+            raise ValueError(f"{bag}: no {chunk_topic} within {JOINTS_AFTER_FIRST_CHUNK_S:g} s before or after the "
+                             f"first {topics.JOINT_STATES} with the arm's joints")
     joints = before[1] if before is not None else after[1]
     origin_ns = min(min(r, s) for r, s, _ in raw_chunks)
     chunks = [RecordedChunk(arrived_s=(r - origin_ns) / 1e9, observed_s=(s - origin_ns) / 1e9,
                             actions=content.actions.astype(np.float64), step_period_s=content.step_period_s)
               for r, s, content in raw_chunks]
-    return RecordedChunks(start_q=joints, chunks=sorted(chunks, key=lambda c: c.arrived_s))
+    return RecordedChunks(start_q=joints, chunks=sorted(chunks, key=lambda c: c.arrived_s), skipped_chunks=skipped)
 
 
 def replay(recorded: RecordedChunks, action_space, aggregator: ChunkAggregator | str,

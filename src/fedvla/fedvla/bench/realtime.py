@@ -172,6 +172,8 @@ def replay_runs(output: Path, rows: list[RealtimeRow], task: str, action_space,
             except ValueError as err:
                 progress(f"not replayed: {err}")
                 continue
+            if recorded.skipped_chunks:
+                progress(f"{bag.name}: {recorded.skipped_chunks} chunks recorded before the arm's joints left out")
             replays = {a.value: replay(recorded, action_space, a) for a in ChunkAggregator}
             for aggregator, replayed in replays.items():
                 figures.setdefault((row.latency_s, aggregator), []).append((recorded, replayed))
