@@ -48,6 +48,29 @@ def test_a_condition_whose_trials_are_all_recorded_is_read_back(tmp_path) -> Non
     assert complete_run(report, "open_drawer", 20)
 
 
+def test_shared_launch_arguments_reach_every_condition_and_a_resume_must_match(tmp_path) -> None:
+    """--launch-argument (the robot's 100 ms watchdog, say) for every condition; never one a condition
+    sets; an output run with other arguments is refused, not mixed into."""
+    from fedvla.bench.realtime import launch_arguments, shared_launch_arguments
+    from fedvla.config import ConfigError
+
+    assert shared_launch_arguments(["rtde_watchdog_hz:=10"]) == {"rtde_watchdog_hz": "10"}
+    with pytest.raises(ConfigError, match="chunk_aggregator is set by each condition"):
+        shared_launch_arguments(["chunk_aggregator:=ensemble"])
+    with pytest.raises(ConfigError, match="name:=value"):
+        shared_launch_arguments(["rtde_watchdog_hz=10"])
+    report = tmp_path / "evaluation.json"
+    ran = launch_arguments("sync", 0.1)
+    report.write_text(json.dumps({"summary": {"graph": {"open_drawer": {"trials": 20}}},
+                                  "provenance": {"launch_arguments": ran}}))
+    assert complete_run(report, "open_drawer", 20, ran)
+    with pytest.raises(ConfigError, match="ran with launch arguments"):
+        complete_run(report, "open_drawer", 20, {"rtde_watchdog_hz": "10", **ran})
+    record = {"command": "c", "commit": "x", "date": "d", "machine": {}, "task": "open_drawer", "trials": 1,
+              "checkpoint": "k", "rows": [], "launch_arguments": {"rtde_watchdog_hz": "10"}}
+    assert "Every condition also with `rtde_watchdog_hz:=10`." in report_markdown(record)
+
+
 def test_the_shipped_default_aggregator_is_the_one_the_measurements_chose() -> None:
     """config/graph.yaml's launch default and ControllerConfig's default are the aggregator
     results/realtime chose: a new measurement that chooses differently fails here until they move."""

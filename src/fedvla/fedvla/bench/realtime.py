@@ -27,9 +27,10 @@ import dataclasses
 import json
 import statistics
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from fedvla.config import ConfigError
 from fedvla.robot.controller import ChunkAggregator
 from fedvla.statistics import agree_within_noise, mcnemar
 
@@ -92,13 +93,32 @@ def read_run(evaluation_json: Path, condition: str, latency_s: float, task: str)
                        outcomes=outcomes)
 
 
-def complete_run(evaluation_json: Path, task: str, trials: int) -> bool:
+def shared_launch_arguments(items: list[str]) -> dict[str, str]:
+    """``--launch-argument`` values for every condition (``name:=value``); ConfigError for one that
+    a condition sets itself (the comparison would no longer be between the conditions)."""
+    from fedvla.graph import parse_overrides
+
+    arguments = parse_overrides(items)
+    own = sorted(set(arguments) & set(launch_arguments(SYNC, 0.0)))
+    if own:
+        raise ConfigError("--launch-argument", f"{own[0]} is set by each condition", "another twin launch argument "
+                          "(e.g. rtde_watchdog_hz:=10), or --conditions to choose the conditions")
+    return arguments
+
+
+def complete_run(evaluation_json: Path, task: str, trials: int, arguments: Mapping[str, str] | None = None) -> bool:
     """Whether a condition's earlier run already holds ``trials`` graph trials of ``task`` (the
-    bench resumes: a finished condition is read back, not run again)."""
+    bench resumes: a finished condition is read back, not run again). ConfigError when it ran with
+    other launch arguments than ``arguments`` (resuming would mix the two)."""
     try:
-        summary = json.loads(Path(evaluation_json).read_text())["summary"]["graph"][task]
+        report = json.loads(Path(evaluation_json).read_text())
+        summary = report["summary"]["graph"][task]
     except (OSError, ValueError, KeyError):
         return False
+    earlier = report.get("provenance", {}).get("launch_arguments")
+    if arguments is not None and earlier is not None and earlier != dict(arguments):
+        raise ConfigError("--output", f"{Path(evaluation_json).parent} ran with launch arguments {earlier}, this bench "
+                          f"asks {dict(arguments)}", "a new --output directory, or the same --launch-argument values")
     return summary["trials"] == trials
 
 
@@ -292,6 +312,17 @@ def goal_lines(record: dict) -> list[str]:
     return lines
 
 
+def _shared_arguments_sentence(record: dict) -> str:
+    """What every condition ran with besides its own launch arguments (records before the bench
+    took --launch-argument say nothing)."""
+    if "launch_arguments" not in record:
+        return ""
+    shared = record["launch_arguments"]
+    if not shared:
+        return " Besides each condition's own, the twin profile's default launch arguments."
+    return " Every condition also with " + ", ".join(f"`{k}:={v}`" for k, v in shared.items()) + "."
+
+
 def report_markdown(record: dict) -> str:
     """``realtime.md``: the bench's table and plot with their provenance, from ``bench.json``."""
     lines = ["# Chunk execution in the workcell twin: sync against async", "",
@@ -299,7 +330,8 @@ def report_markdown(record: dict) -> str:
              f"commit `{record['commit']}`, {record['date']}, on {record['machine'].get('cpus')} CPUs "
              f"({record['machine'].get('platform')}).", "",
              f"Task `{record['task']}`, {record['trials']} trials per row through the graph, checkpoint "
-             f"`{record['checkpoint']}`. The driver's figures (jerk, jump, queue, late actions) cover each row's whole run.",
+             f"`{record['checkpoint']}`. The driver's figures (jerk, jump, queue, late actions) cover each row's whole run."
+             + _shared_arguments_sentence(record),
              "", "| condition | injected latency (ms) | success | Wilson 95 % | mean time to success (s) | setpoint jerk RMS "
              "(rad/s^3) | largest reference jump (mrad) | queue ran dry | late actions |",
              "|---|---|---|---|---|---|---|---|---|"]

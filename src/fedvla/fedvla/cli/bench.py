@@ -288,12 +288,13 @@ def cmd_bench_realtime(args: argparse.Namespace) -> int:
 
     from fedvla.bench.chunk_replay import plot_boundaries
     from fedvla.bench.realtime import (chosen_aggregator, complete_run, condition_names, launch_arguments, plot,
-                                       read_run, replay_runs, report_markdown, run_name)
+                                       read_run, replay_runs, report_markdown, run_name, shared_launch_arguments)
     from fedvla.cli.common import run_ros_tool
     from fedvla.paths import run_directory, working_tree_commit
     from fedvla.sim.report import machine
     from fedvla.twin.evaluation import checkpoint_action_space
 
+    extra = shared_launch_arguments(args.launch_argument)
     output = Path(args.output or run_directory("realtime_bench")).resolve()
     output.mkdir(parents=True, exist_ok=True)
     earlier = json.loads((output / "bench.json").read_text()) if (output / "bench.json").is_file() else {}
@@ -304,7 +305,8 @@ def cmd_bench_realtime(args: argparse.Namespace) -> int:
         for condition in conditions:
             name = run_name(condition, latency)
             run = output / name
-            if complete_run(run / "evaluation.json", args.task, args.trials):
+            arguments = {**extra, **launch_arguments(condition, latency)}
+            if complete_run(run / "evaluation.json", args.task, args.trials, arguments):
                 console.print(f"{name}: its {args.trials} trials are done (read back, not run again)")
                 reused[name] = (earlier.get("reused_runs") or {}).get(name) or earlier.get("commit")
             else:
@@ -312,7 +314,7 @@ def cmd_bench_realtime(args: argparse.Namespace) -> int:
                 status = run_ros_tool("twin_evaluate", "bench realtime", [
                     "--checkpoint", args.checkpoint, "--task", args.task, "--trials", str(args.trials),
                     "--max-steps", str(args.max_steps), "--no-in-process", "--output", str(run),
-                    *[f"--launch-argument={k}:={v}" for k, v in launch_arguments(condition, latency).items()]])
+                    *[f"--launch-argument={k}:={v}" for k, v in arguments.items()]])
                 if status != 0:
                     return status
             rows.append(read_run(run / "evaluation.json", condition, latency, args.task))
@@ -351,7 +353,8 @@ def cmd_bench_realtime(args: argparse.Namespace) -> int:
                       + ", ".join(f"{a} {n}/{t}" for a, (n, t) in choice.successes.items()) + ")")
     record = {"command": shlex.join(["fedvla", *sys.argv[1:]]), "commit": commit,
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "checkpoint": args.checkpoint,
-              "task": args.task, "trials": args.trials, "rows": [dataclasses.asdict(r) for r in rows],
+              "task": args.task, "trials": args.trials, "launch_arguments": extra,
+              "rows": [dataclasses.asdict(r) for r in rows],
               "reused_runs": reused,
               "replays": None if replays is None else {"summaries": replays.summaries, "plotted": replays.plotted},
               "choice": None if choice is None else dataclasses.asdict(choice)}
@@ -497,6 +500,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                                 help=f"{', '.join(condition_names())} (default all)")
     realtime_bench.add_argument("--output", default="", help="where each condition's run and bench.json go "
                                 "(default runs/realtime_bench_<date>_<time>; a run resumes)")
+    realtime_bench.add_argument("--launch-argument", action="append", default=[], metavar="NAME:=VALUE",
+                                help="a twin launch argument for every condition (repeat), e.g. rtde_watchdog_hz:=10 "
+                                "for the robot's 100 ms RTDE watchdog (the twin's own: 500 ms); not one the "
+                                "conditions set")
     realtime_bench.set_defaults(func=cmd_bench_realtime)
     bag_bench = bench.add_parser("bag", help="the size of one recording in each rosbag2 storage and compression")
     bag_bench.add_argument("--seconds", type=float, default=30.0, help="how long the sim profile is recorded")
