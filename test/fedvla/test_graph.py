@@ -1,5 +1,4 @@
 """config/graph.yaml: the one node-graph description behind launch files and `fedvla launch`."""
-import dataclasses
 from pathlib import Path
 
 import pytest
