@@ -241,7 +241,8 @@ def test_the_client_settings_and_the_trained_detector_run_beside_the_papers_meth
 
     report = (output / "results.md").read_text()
     section = report.split("## EDA where clients differ")[1].split("\n## ")[0]
-    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| clients")]
+    settings, per_task = section.split("### Success (%) per task where the clients are not one per task")
+    rows = [line for line in settings.splitlines() if line.startswith("| ") and not line.startswith("| clients")]
     assert [row.split(" | ")[0] for row in rows] == ["| one per task (the paper's)",
                                                      "| 3, each task's episodes shared out by Dirichlet(0.5)",
                                                      "| 3, data sizes growing geometrically to 10x the smallest, "
@@ -250,6 +251,9 @@ def test_the_client_settings_and_the_trained_detector_run_beside_the_papers_meth
         assert re.search(rf"\* EDA above FedAvg aggregation with [^\n]*{re.escape(setting)}.*\*\*(holds|does not "
                          r"hold) at this scale\*\*", section), setting
     assert (output / "eda_weights.png").stat().st_size > 1000
+    assert [line.split(" | ")[0] for line in per_task.splitlines() if line.startswith("| ") and "|---" not in line] == [
+        "| Method", "| FedVLA, Dirichlet clients", "| w/o EDA, Dirichlet clients", "| FedVLA, 10x data sizes",
+        "| w/o EDA, 10x data sizes"]
     parsers = report.split("## IOSP: a trained detector against the simulator's perfect masks")[1].split("\n## ")[0]
     assert f"mAP50 {detector['map50']:.3f}" in parsers
     assert "| FedVLA (Ours) | 2 | " in parsers and "| FedVLA, trained detector | 1 | " in parsers

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedvla.sim.partition import SplitKind
 from fedvla.statistics import (ALPHA, PairedTest, StratifiedTest, cochran_mantel_haenszel, mcnemar, seed_summary,
                                wilson_interval)
 
@@ -578,6 +579,9 @@ def write_report(output: Path, scale, methods, results: dict[str, list[dict]], *
                   *[f"* {line}" for line in heterogeneity_claims(results, pairs, tasks, scale)], "",
                   "![EDA weights per round](eda_weights.png)", ""]
         plot_eda_weights(output / "eda_weights.png", results, pairs, scale)
+        lines += ["### Success (%) per task where the clients are not one per task", "",
+                  *success_table(results, [m for pair in pairs for m in pair
+                                           if scale.client_split(m).kind is not SplitKind.TASK], tasks), ""]
     parsers = detector_pairs(methods)
     if parsers:
         path = output / "detector" / "detector.json"
@@ -625,8 +629,6 @@ def write_report(output: Path, scale, methods, results: dict[str, list[dict]], *
 
 
 def _split_words(split) -> str:
-    from fedvla.sim.partition import SplitKind
-
     if split.kind is SplitKind.TASK:
         return "one per task (the paper's)"
     if split.kind is SplitKind.DIRICHLET:
