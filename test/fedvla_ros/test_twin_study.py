@@ -67,6 +67,29 @@ def test_a_scale_whose_images_do_not_fit_the_parsers_grid_is_refused_before_it_r
         TwinStudy(config_dir, scale, tmp_path / "small").check_iosp_grid()
 
 
+def test_a_task_without_a_successful_demonstration_is_a_clear_error_before_training(tmp_path) -> None:
+    """(CI once crashed in training with "open_drawer is not a dataset": the expert had failed all
+    three of its demonstrations on a busy machine, and failed ones are not imported.)"""
+    from fedvla.config import ConfigError
+    from fedvla.graph import find_config_dir
+    from fedvla.sim.study import load_scale
+    from fedvla_ros.tools import twin_demos
+    from fedvla_ros.tools.twin_study import TwinStudy
+
+    config_dir = find_config_dir()
+    study = TwinStudy(config_dir, load_scale(config_dir, "smoke", folder="twin_scales"), tmp_path / "study")
+    study.demos.mkdir(parents=True)
+    records = [{"task": task, "seed": seed, "success": task != study.tasks[0] or seed == 2, "attempts": 1,
+                "commit": ""} for task in study.tasks for seed in range(3)]
+    twin_demos.write_state(study.demos / twin_demos.DEMOS_FILE, records, None)
+    study.check_demonstrations()  # one success each
+    records[2]["success"] = False
+    twin_demos.write_state(study.demos / twin_demos.DEMOS_FILE, records, None)
+    with pytest.raises(ConfigError, match=rf"collect.episodes_per_task: the expert succeeded in no demonstration of "
+                                          rf"{study.tasks[0]} 0 of 3 .*graph.log"):
+        study.check_demonstrations()
+
+
 def test_the_cpu_scale_collects_about_fifty_demonstrations_per_task_as_the_paper() -> None:
     from fedvla.graph import find_config_dir
     from fedvla.sim.study import load_scale

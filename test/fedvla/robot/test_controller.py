@@ -537,6 +537,32 @@ def test_planning_a_chunk_does_not_hold_up_the_control_loop() -> None:
     assert len(during) > 0.5 * (planned - began) / runtime.backend.period_s and gaps.max() < 0.05, gaps.max()
 
 
+def test_a_stalled_loop_names_its_slowest_part_and_its_time_waiting_for_a_cpu(core_warnings) -> None:
+    """A stall's warning says which part of the cycle took the time and how much of it the thread
+    waited for a CPU: here the lock, held by another thread, with the CPU free."""
+    import re
+    import time
+
+    from fedvla.robot.runtime import ArmDriverConfig, ArmRuntime
+
+    runtime = ArmRuntime(ArmDriverConfig(realtime_priority=0))  # the simulated UR3, in real time
+    runtime.start()
+    try:
+        wait_for_mode(runtime, ArmMode.IDLE)
+        with runtime._lock:
+            time.sleep(0.2)
+        time.sleep(0.05)
+    finally:
+        runtime.close()
+    stalls = [m for m in core_warnings if m.startswith("control loop stalled")]
+    assert stalls, core_warnings
+    found = re.search(r"stalled for (\d+) ms \(slowest part of the cycle before: waiting for the lock, (\d+) ms; "
+                      r"(\d+) ms of it waiting for a CPU\)", stalls[-1])
+    assert found, stalls[-1]
+    stalled, locked, queued = map(int, found.groups())
+    assert locked >= 150 and stalled >= locked and queued < locked / 2
+
+
 def test_recovery_runs_on_the_control_loops_thread() -> None:
     """ur_rtde restarts the control script holding the GIL, then arms the RTDE watchdog: recovered
     from the service's thread, the loop came back too late and the watchdog stopped the script.

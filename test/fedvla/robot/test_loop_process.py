@@ -104,3 +104,45 @@ def test_closing_a_child_that_does_not_answer_ends_it_within_the_deadline(separa
     assert time.monotonic() - started < CLOSE_TIMEOUT_S + 5
     assert process.poll() is not None  # killed
     assert any("did not answer 'close'" in m for m in core_warnings)
+
+
+def _realtime_permitted() -> bool:
+    """Whether this process may use SCHED_FIFO (tried on a throwaway thread)."""
+    import os
+    import threading
+
+    permitted = []
+
+    def probe() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+            permitted.append(True)
+        except (AttributeError, OSError):
+            permitted.append(False)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    return permitted[0]
+
+
+@pytest.mark.skipif(not _realtime_permitted(), reason="SCHED_FIFO is not permitted here (no rtprio)")
+def test_the_childs_threads_run_just_below_the_real_time_loop() -> None:
+    """A thread of the child at normal priority could sit descheduled holding the GIL the loop needs
+    after each sleep; so all of them run SCHED_FIFO one level below the loop."""
+    import os
+
+    runtime = SeparateArmRuntime(ArmDriverConfig(realtime_priority=50), SafetyConfig(stale_timeout_s=2.0))
+    try:
+        runtime.start()
+        assert eventually(lambda: runtime.snapshot().mode is ArmMode.IDLE)
+        pid = runtime._process.pid
+        priorities = []
+        for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+            if os.sched_getscheduler(tid) == os.SCHED_FIFO:
+                priorities.append(os.sched_getparam(tid).sched_priority)
+        assert priorities.count(50) == 1  # the loop
+        assert priorities.count(49) >= 3  # commands (the main thread), snapshots, log records
+        assert os.sched_getscheduler(pid) == os.SCHED_FIFO and os.sched_getparam(pid).sched_priority == 49
+    finally:
+        runtime.close()

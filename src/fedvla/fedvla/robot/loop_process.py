@@ -12,6 +12,16 @@ child's log records in its own ``logging`` tree, so they reach the node's log as
 the parent goes away (its end of the pipe closes) the child brakes the arm and ends; when the
 child dies, calls raise :class:`BackendError` and the robot's watchdog stops the arm.
 
+The loop's SCHED_FIFO priority alone does not keep it on time: after each sleep it must take the
+GIL back, and a thread of this process at normal priority can sit descheduled holding it while the
+machine is busy (the GIL has no priority inheritance). In CI the loop then came back 60-300 ms late
+from nearly every period ("waiting for the period") and the RTDE watchdog stopped the program. So
+when the loop runs at real-time priority, every other thread of the child runs SCHED_FIFO one level
+below it (:func:`_share_realtime_priority`: command, snapshot and log threads, and the threads they
+start), and the GIL's switch interval is :data:`GIL_SWITCH_INTERVAL_S`: a holder then releases the
+GIL within about that long of the loop asking for it. The cost: a chunk's IK, planned by the command
+thread, runs ahead of the machine's normal processes, as the loop's own work does.
+
 Closing never waits on the robot for long: with the robot gone, ur_rtde's disconnect can retry its
 connection indefinitely. The parent waits :data:`CLOSE_TIMEOUT_S` for the child's braking, then
 ends it; a child whose parent died closes the runtime for as long at most, then exits. (A driver
@@ -54,6 +64,9 @@ STARTUP_TIMEOUT_S = 60.0  # the child imports torch-free modules and Pinocchio: 
 # Braking and releasing the arm take well under a second; the rest of a node's shutdown must fit in
 # the 5 s launch gives it after SIGINT.
 CLOSE_TIMEOUT_S = 3.0
+# How long a thread of the child holds the GIL while the loop waits for it (CPython's default: 5 ms,
+# most of a 125 Hz period).
+GIL_SWITCH_INTERVAL_S = 0.001
 
 
 def _error_reply(error: Exception) -> tuple:
@@ -227,9 +240,22 @@ def _serve(connection: Connection, handle) -> None:
             return
 
 
+def _share_realtime_priority(priority: int) -> None:
+    """Every thread of this process at SCHED_FIFO ``priority - 1`` (at least 1); threads started
+    later inherit it (glibc's default). Refused (no rtprio permission): left as they are, and the
+    loop logs that it runs at normal priority."""
+    shared = os.sched_param(max(1, priority - 1))
+    try:
+        for thread in threading.enumerate():
+            os.sched_setscheduler(thread.native_id, os.SCHED_FIFO, shared)
+    except (AttributeError, OSError) as err:
+        log.debug("the control loop's process keeps normal priority: %s", err)
+
+
 def _child_main(command_fd: int, snapshot_fd: int, log_fd: int) -> None:
     # The parent decides when to stop (a node's SIGINT reaches its whole process group): ignore it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     commands, snapshots, logs = Connection(command_fd), Connection(snapshot_fd), Connection(log_fd)
     core = logging.getLogger("fedvla")
     core.handlers[:] = [_PipeHandler(logs)]
@@ -242,6 +268,8 @@ def _child_main(command_fd: int, snapshot_fd: int, log_fd: int) -> None:
         nonlocal runtime
         if op == "configure":
             runtime = ArmRuntime(*args[0])
+            if runtime.config.realtime_priority > 0:
+                _share_realtime_priority(runtime.config.realtime_priority)
             return None
         if runtime is None:
             raise BackendError("the control loop is not configured")

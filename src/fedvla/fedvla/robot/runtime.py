@@ -39,6 +39,34 @@ CALLER_NICENESS = -10
 STALL_PERIODS = 6  # a cycle this late is worth a warning (a UR's RTDE watchdog allows about 12 at 125 Hz)
 
 
+class RunQueueClock:
+    """How long the calling thread has waited on a run queue for a CPU (Linux schedstat's
+    ``run_delay``), to tell a stalled loop's causes apart: a CPU taken by other work (or the
+    scheduler throttling this thread's group) against a wait the thread was not runnable for (a
+    sleep, the GIL, a lock, a reply from the robot). Made on the thread it measures."""
+
+    def __init__(self) -> None:
+        try:
+            self._fd: int | None = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+            self.seconds()
+        except (OSError, ValueError, IndexError):
+            self._fd = None
+
+    def seconds(self) -> float:
+        if self._fd is None:
+            return 0.0
+        return int(os.pread(self._fd, 128, 0).split()[1]) * 1e-9
+
+    def describe(self, waited_s: float) -> str:
+        if self._fd is None:
+            return "run-queue time unknown here"
+        return f"{waited_s * 1e3:.0f} ms of it waiting for a CPU"
+
+    def __del__(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
+
 class ArmBackendKind(str, enum.Enum):
     SIM = "sim"  # kinematic UR3 in this process (use_mock_hardware)
     UR_RTDE = "ur_rtde"  # a real controller (or URSim) at robot_ip
@@ -210,11 +238,15 @@ class ArmRuntime:
         period = self.backend.period_s
         last = time.monotonic()
         slowest = ("", 0.0)  # the slowest part of the previous cycle, to name a stall's cause
+        run_queue = RunQueueClock()
+        queued = run_queue.seconds()
         while not self._halt.is_set():
             started = time.monotonic()
+            queued, queued_before = run_queue.seconds(), queued
             if started - last > STALL_PERIODS * period:  # the robot's watchdog may already have stopped it
-                log.warning("control loop stalled for %.0f ms (slowest part of the cycle before: %s, %.0f ms)",
-                            (started - last) * 1e3, slowest[0], slowest[1] * 1e3)
+                log.warning("control loop stalled for %.0f ms (slowest part of the cycle before: %s, %.0f ms; %s)",
+                            (started - last) * 1e3, slowest[0], slowest[1] * 1e3,
+                            run_queue.describe(queued - queued_before))
             last = started
             start = self.backend.init_period()
             with self._lock:

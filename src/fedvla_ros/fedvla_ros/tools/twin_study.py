@@ -104,6 +104,18 @@ class TwinStudy(Study):
                                           *[a for t in missing for a in ("--task", t)],
                                           *(["--detector", str(self.detector)] if self.detector else [])])
             twin_demos.collect(args)
+        self.check_demonstrations()
+
+    def check_demonstrations(self) -> None:
+        """Every task needs a successful demonstration to train on (failed ones are not imported)."""
+        summary = json.loads((self.demos / twin_demos.DEMOS_FILE).read_text())["summary"]
+        empty = [t for t in self.tasks if summary.get(t, {}).get("successes", 0) == 0]
+        if empty:
+            counts = ", ".join(f"{t} 0 of {summary.get(t, {}).get('episodes', 0)}" for t in empty)
+            raise ConfigError("collect.episodes_per_task", f"the expert succeeded in no demonstration of {counts} "
+                              f"({self.demos / twin_demos.DEMOS_FILE}), so there is nothing to train on; on a busy "
+                              f"machine the arm may have lagged (stalls in {self.demos / 'graph.log'})",
+                              "more episodes per task, or a quieter machine; collection resumes where it stopped")
 
     def record_in_process(self, tasks: list[str]) -> None:
         """The scale's ``collect.in_process``: the expert in process (:mod:`fedvla.twin.demonstrations`,
