@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,7 @@ class RunQueueClock:
 
     def __init__(self) -> None:
         try:
-            self._fd: int | None = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+            self._fd: int | None = os.open(Path("/proc") / "thread-self" / "schedstat", os.O_RDONLY)
             self.seconds()
         except (OSError, ValueError, IndexError):
             self._fd = None
