@@ -38,8 +38,14 @@ def recorded_topics(parse_scene: bool) -> list[str]:
 def scene_parser_arguments(detector_weights: Path | None) -> dict[str, str]:
     """The twin profile's launch arguments that run the scene parser (IOSP) on the trained detector."""
     return {"parse_scene": "true", "detector_weights": str(detector_weights)} if detector_weights else {}
+
+
 RECORDER_TIMEOUT_S = 30.0
 RECORDER_STARTS = 3  # recorders started for one episode before giving up
+STOP_GRACE_S = 30.0  # a recorder closing its bag after SIGINT (a long episode's mcap: seconds)
+# A recorder given up on (its bag is deleted) need not close it. In one suite run, recorders
+# interrupted right after they started did not end on SIGINT, and four 30 s waits ran out the test.
+DISCARD_GRACE_S = 3.0
 INSTRUCTION_PERIOD_S = 0.5
 # Left out of the bags: the aligned depth (bags stay small; no policy reads it).
 UNRECORDED_TOPICS = ["/rosout", "/parameter_events", topics.camera_topic(topics.TWIN_CAMERA, topics.ALIGNED_DEPTH_IMAGE),
@@ -244,7 +250,7 @@ class EpisodeRecorder:
                 break
             # Once, on a loaded machine, a new recorder saw every topic of the driver's node but
             # /joint_states for 30 s: a fresh participant discovers the graph again.
-            self.stop()
+            self.stop(grace_s=DISCARD_GRACE_S)
             shutil.rmtree(self.bag, ignore_errors=True)
             if start == RECORDER_STARTS:
                 raise RunnerError(f"the recorder did not subscribe to {', '.join(missing)} within "
@@ -257,13 +263,15 @@ class EpisodeRecorder:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGINT (the recorder closes its bag), then SIGKILL after ``grace_s``."""
         if self.process is None:
             return
         self.process.send_signal(signal.SIGINT)
         try:
-            self.process.wait(timeout=30)
+            self.process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
+            print(f"the recorder did not stop within {grace_s:g} s of SIGINT: killed", flush=True)
             self.process.kill()
             self.process.wait()
         self.process = None
