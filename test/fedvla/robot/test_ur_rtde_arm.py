@@ -250,3 +250,35 @@ def test_bad_settings_are_refused_by_name():
         UrRtdeConfig(robot_ip="10.0.0.2", gripper_output="tool:2")
     assert UrRtdeConfig(robot_ip="10.0.0.2", gripper_output="configurable:3").gripper_bit == 11
     assert UrRtdeConfig(robot_ip="10.0.0.2", gripper_output="none").gripper_bit is None
+
+
+def test_ur_rtdes_threads_start_one_level_below_a_real_time_caller(sim) -> None:
+    """Made by the SCHED_FIFO control loop, ur_rtde's threads would share its priority, and FIFO
+    gives a CPU to no equal: they start one level below, and the caller keeps its own."""
+    import os
+    import threading
+
+    seen: dict = {}
+
+    def connect_at_fifo_50() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(50))
+        except (AttributeError, OSError) as err:
+            seen["refused"] = err
+            return
+        before = set(os.listdir("/proc/self/task"))
+        arm = UrRtdeArm(UrRtdeConfig(robot_ip=sim.host))
+        arm.connect()
+        started = set(os.listdir("/proc/self/task")) - before
+        seen["started"] = {tid: (os.sched_getscheduler(int(tid)), os.sched_getparam(int(tid)).sched_priority)
+                           for tid in started}
+        seen["caller"] = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
+        arm.close()
+
+    thread = threading.Thread(target=connect_at_fifo_50)
+    thread.start()
+    thread.join()
+    if "refused" in seen:
+        pytest.skip(f"SCHED_FIFO is not permitted here: {seen['refused']}")
+    assert seen["started"] and set(seen["started"].values()) == {(os.SCHED_FIFO, 49)}, seen["started"]
+    assert seen["caller"] == (os.SCHED_FIFO, 50)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import socket
 import time
 
@@ -91,6 +92,32 @@ def _import_ur_rtde():
     return rtde_receive, rtde_control, dashboard_client
 
 
+@contextlib.contextmanager
+def threads_start_below_caller():
+    """Threads started inside run one SCHED_FIFO level below the calling thread.
+
+    ur_rtde's interfaces start their own threads (RTDE receive, the control interface's), which
+    inherit the scheduling of the thread that makes them (glibc's default): made by the control
+    loop, they shared its SCHED_FIFO priority, and FIFO does not share a CPU between equal
+    priorities, so one of them busy on the loop's CPU kept the loop waiting. A caller at normal
+    priority (or at FIFO 1) is left as it is."""
+    try:
+        policy, priority = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+    except (AttributeError, OSError):
+        policy, priority = None, 0
+    if policy != getattr(os, "SCHED_FIFO", None) or priority <= 1:
+        yield
+        return
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority - 1))
+    try:
+        yield
+    finally:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        except OSError as err:  # (lowering needs no permission; raising again does, and was granted)
+            log.warning("the control loop could not return to SCHED_FIFO %d: %s", priority, err)
+
+
 class UrRtdeArm(ArmBackend):
     def __init__(self, config: UrRtdeConfig) -> None:
         self.config = config
@@ -105,7 +132,8 @@ class UrRtdeArm(ArmBackend):
         self.disconnect()
         config, frequency = self.config, self.config.control_frequency_hz
         try:
-            self._receive = self._rtde_receive.RTDEReceiveInterface(config.robot_ip, frequency)
+            with threads_start_below_caller():
+                self._receive = self._rtde_receive.RTDEReceiveInterface(config.robot_ip, frequency)
             self._open_control()
         except RuntimeError as err:
             self.disconnect()
@@ -125,8 +153,9 @@ class UrRtdeArm(ArmBackend):
         deadline = time.monotonic() + config.unlock_timeout_s
         while True:
             try:
-                self._control = self._rtde_control.RTDEControlInterface(config.robot_ip, config.control_frequency_hz,
-                                                                        int(control_flags))
+                with threads_start_below_caller():
+                    self._control = self._rtde_control.RTDEControlInterface(
+                        config.robot_ip, config.control_frequency_hz, int(control_flags))
                 break
             except RuntimeError as err:
                 # The controller frees the old session's input registers once it has seen that
