@@ -132,7 +132,7 @@ def real_time_threads() -> set[int]:
     real_time = {getattr(os, "SCHED_FIFO", None), getattr(os, "SCHED_RR", None)} - {None}
     threads = set()
     with contextlib.suppress(OSError, AttributeError):
-        for tid in map(int, os.listdir("/proc/self/task")):
+        for tid in map(int, os.listdir(Path("/proc") / "self" / "task")):
             with contextlib.suppress(OSError):  # (a thread that just ended)
                 if os.sched_getscheduler(tid) in real_time:
                     threads.add(tid)
