@@ -15,7 +15,7 @@ NODES = SRC / "fedvla_ros" / "fedvla_ros"
 # Bottom first. A module may import its own package and anything in a lower layer.
 LAYERS: list[tuple[str, ...]] = [
     ("fedvla", "fedvla.config", "fedvla.paths", "fedvla.topics", "fedvla.supervision", "fedvla.readiness",
-     "fedvla.rendering", "fedvla.statistics"),
+     "fedvla.rendering", "fedvla.statistics", "fedvla.scheduling"),
     ("fedvla.graph", "fedvla.dds", "fedvla.language", "fedvla.bag"),
     ("fedvla.robot",),
     ("fedvla.iosp",),

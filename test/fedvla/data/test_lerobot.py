@@ -52,7 +52,7 @@ def test_the_export_has_the_files_and_fields_lerobot_reads(tmp_path) -> None:
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from fedvla.data.lerobot import real_time_threads
+    from fedvla.scheduling import real_time_threads
 
     _dataset(tmp_path / "ds")
     root = export_lerobot(tmp_path / "ds", tmp_path / "lerobot")

@@ -33,10 +33,8 @@ aggregates them); min, max, mean and std are exact.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -44,6 +42,7 @@ import numpy as np
 
 from fedvla.data.episodes import DatasetError, EpisodeWriter, load_meta
 from fedvla.data.messages import default_dimension_names
+from fedvla.scheduling import no_new_real_time_threads
 
 CODEBASE_VERSION = "v3.0"
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
@@ -127,35 +126,6 @@ def _jsonable(stats: dict[str, np.ndarray]) -> dict[str, list]:
     return {k: np.asarray(v).tolist() for k, v in stats.items()}
 
 
-def real_time_threads() -> set[int]:
-    """This process's threads under SCHED_FIFO or SCHED_RR (empty where the OS cannot tell)."""
-    real_time = {getattr(os, "SCHED_FIFO", None), getattr(os, "SCHED_RR", None)} - {None}
-    threads = set()
-    with contextlib.suppress(OSError, AttributeError):
-        for tid in map(int, os.listdir(Path("/proc") / "self" / "task")):
-            with contextlib.suppress(OSError):  # (a thread that just ended)
-                if os.sched_getscheduler(tid) in real_time:
-                    threads.add(tid)
-    return threads
-
-
-@contextlib.contextmanager
-def encoder_kept_off_real_time():
-    """SVT-AV1 (libsvtav1, LeRobot's AV1 encoder), run with the right to (root), makes the thread
-    that calls it and its ~40 worker threads SCHED_FIFO 99. They then take the CPUs from
-    everything, a robot's control loop included, and every process the caller starts later
-    inherits it: in CI, after the export test, the whole twin graph ran at FIFO 99 and starved the
-    arm's loop (FIFO 50) until the robot's watchdog stopped it. After each call into the encoder,
-    every thread that was not real-time before returns to normal scheduling."""
-    before = real_time_threads()
-    try:
-        yield
-    finally:
-        for tid in real_time_threads() - before:
-            with contextlib.suppress(OSError):
-                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-
-
 class _VideoFile:
     """One camera's mp4 being written: a continuous stream at ``fps`` over whole episodes."""
 
@@ -172,14 +142,15 @@ class _VideoFile:
         self.frames = 0
 
     def add(self, frames_hwc: np.ndarray) -> tuple[int, int]:
-        """Encode an episode's frames; (first frame, frames after) in this file."""
+        """Encode an episode's frames; (first frame, frames after) in this file. Every call into
+        the encoder is kept from leaving threads real-time (SVT-AV1 raises them as root)."""
         import av
 
         first = self.frames
         for frame in frames_hwc:
             video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
             video_frame.pts = self.frames
-            with encoder_kept_off_real_time():
+            with no_new_real_time_threads():
                 packets = self.stream.encode(video_frame)
             for packet in packets:
                 self.container.mux(packet)
@@ -190,11 +161,11 @@ class _VideoFile:
         return self.path.stat().st_size / 1e6 if self.path.exists() else 0.0
 
     def close(self) -> None:
-        with encoder_kept_off_real_time():
+        with no_new_real_time_threads():
             packets = self.stream.encode()
         for packet in packets:
             self.container.mux(packet)
-        with encoder_kept_off_real_time():
+        with no_new_real_time_threads():
             self.container.close()
 
 

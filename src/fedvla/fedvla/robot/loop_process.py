@@ -14,10 +14,10 @@ child dies, calls raise :class:`BackendError` and the robot's watchdog stops the
 
 The loop's SCHED_FIFO priority alone does not keep it on time: after each sleep it must take the
 GIL back, and a thread of this process at normal priority can sit descheduled holding it while the
-machine is busy (the GIL has no priority inheritance). In CI the loop then came back 60-300 ms late
-from nearly every period ("waiting for the period") and the RTDE watchdog stopped the program. So
-when the loop runs at real-time priority, every other thread of the child runs SCHED_FIFO one level
-below it (:func:`_share_realtime_priority`: command, snapshot and log threads, and the threads they
+machine is busy (the GIL has no priority inheritance). (CI's late loops, 60-300 ms from nearly
+every period, turned out to have another cause: processes raised to FIFO 99 by the LeRobot
+export, see :mod:`fedvla.scheduling`.) So when the loop runs at real-time priority, every other
+thread of the child runs SCHED_FIFO one level below it (:func:`_share_realtime_priority`: command, snapshot and log threads, and the threads they
 start), and the GIL's switch interval is :data:`GIL_SWITCH_INTERVAL_S`: a holder then releases the
 GIL within about that long of the loop asking for it. The cost: a chunk's IK, planned by the command
 thread, runs ahead of the machine's normal processes, as the loop's own work does.

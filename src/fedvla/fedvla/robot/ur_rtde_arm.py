@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import socket
 import time
 
@@ -35,6 +34,7 @@ import numpy as np
 
 from fedvla.config import ConfigError, require
 from fedvla.robot.backends import ArmBackend, ArmState, BackendError, CommandRefused, SafetyStatus, ServoSettings
+from fedvla.scheduling import threads_start_below_caller
 
 log = logging.getLogger("fedvla.robot.ur_rtde")
 
@@ -90,32 +90,6 @@ def _import_ur_rtde():
     except ImportError as err:
         raise BackendError(f"the ur_rtde backend needs the ur-rtde package ({err}): pip install ur-rtde") from None
     return rtde_receive, rtde_control, dashboard_client
-
-
-@contextlib.contextmanager
-def threads_start_below_caller():
-    """Threads started inside run one SCHED_FIFO level below the calling thread.
-
-    ur_rtde's interfaces start their own threads (RTDE receive, the control interface's), which
-    inherit the scheduling of the thread that makes them (glibc's default): made by the control
-    loop, they shared its SCHED_FIFO priority, and FIFO does not share a CPU between equal
-    priorities, so one of them busy on the loop's CPU kept the loop waiting. A caller at normal
-    priority (or at FIFO 1) is left as it is."""
-    try:
-        policy, priority = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
-    except (AttributeError, OSError):
-        policy, priority = None, 0
-    if policy != getattr(os, "SCHED_FIFO", None) or priority <= 1:
-        yield
-        return
-    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority - 1))
-    try:
-        yield
-    finally:
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-        except OSError as err:  # (lowering needs no permission; raising again does, and was granted)
-            log.warning("the control loop could not return to SCHED_FIFO %d: %s", priority, err)
 
 
 class UrRtdeArm(ArmBackend):
