@@ -58,8 +58,10 @@ def test_short_soak_with_kills_every_round_a_server_restart_and_bad_uploads(tmp_
     figures = _soak(tmp_path, "--rounds", "20", "--clients", "4", *CLOSE_KILLS, "--stale-probability", "1.0",
                     "--duplicate-probability", "1.0", timeout_s=600)
     _check(figures, 20)
-    # one in each of rounds 1..19 the harness saw open (deterministic plan; a busy CI machine's
-    # status poll once missed a round that opened and closed between two polls)
+    # one in each of rounds 1..19 the harness saw open (deterministic plan). The harness reads the
+    # rounds from the server's persisted state: when it read them from its status calls, a CI run
+    # missed rounds 11-15 (its calls went unanswered for 6.5 s after the server restart, and rounds
+    # without a kill closed in 0.6 s); a round can still open and close between two reads.
     observed = [r for r in range(1, 20) if r not in figures["unobserved_rounds"]]
     assert figures["client_kills"] == len(observed) >= 15, (figures["unobserved_rounds"], figures["harness_status"],
                                                            figures["kills"])
