@@ -92,6 +92,13 @@ def test_the_report_has_the_papers_tables_plots_and_provenance(smoke) -> None:
                   "w/o IOSP below FedVLA", "w/o DGMoE below FedVLA", "w/o EDA below FedVLA", "Table 3's ordering"):
         assert re.search(rf"\* {re.escape(claim)}.*\*\*(holds|does not hold) at this scale\*\*", claims), claim
     assert "## EDA weights per round: FedVLA (Ours)" in report
+    sizes = {row.split(" | ")[0][2:]: row.split(" | ")[2:] for row in
+             report.split("## Model size")[1].split("##")[0].splitlines() if row.startswith("| ") and "---" not in row}
+    trunk = {label: float(values[0]) for label, values in sizes.items() if label != "Method"}
+    tokens = {label: int(values[2].rstrip(" |")) for label, values in sizes.items() if label != "Method"}
+    assert trunk["FedAvg (trunk matched)"] == pytest.approx(trunk["FedVLA (Ours)"], rel=0.05)
+    assert trunk["FedAvg"] < trunk["FedVLA (Ours)"] and tokens["FedVLA (Ours)"] > tokens["FedAvg"]
+    assert tokens["w/o IOSP"] == tokens["FedAvg (trunk matched)"] == tokens["FedAvg"]
     for plot in ("success.png", "validation_loss.png", "experts.png"):
         assert (output / plot).stat().st_size > 1000
     run = json.loads((output / "run.json").read_text())
