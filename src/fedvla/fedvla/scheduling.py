@@ -5,12 +5,22 @@ a new thread inherits the SCHED_FIFO priority of the thread that starts it (glib
 a library may raise threads on its own. :func:`threads_start_below_caller` and
 :func:`no_new_real_time_threads` keep each in check; :func:`real_time_threads` says which threads
 are real-time now.
+
+A thread changes its own scheduling through glibc (:func:`set_own_scheduling`), not the bare
+system call: glibc keeps a copy of a thread's policy once anything set it with
+``pthread_setschedparam``, every thread it starts inherits that copy, and libraries read it back
+(Fast DDS applies it to each thread it starts). Reset by the system call alone, the copy goes stale:
+after an SVT-AV1 encode had set it to FIFO 99, every Fast DDS thread the process started afterwards
+ran at FIFO 99 although no thread was real-time when they started.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import logging
 import os
+import threading
 from pathlib import Path
 
 log = logging.getLogger("fedvla.scheduling")
@@ -29,6 +39,42 @@ def real_time_threads() -> set[int]:
     return threads
 
 
+@functools.cache
+def _pthread():
+    """glibc's pthread scheduling calls, or None where this is not glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None)
+        libc.pthread_self.restype = ctypes.c_ulong
+        for name in ("pthread_setschedparam", "pthread_getschedparam"):
+            getattr(libc, name).restype = ctypes.c_int
+        return libc
+    return None
+
+
+def set_own_scheduling(policy: int, priority: int) -> None:
+    """The calling thread's scheduling, through glibc where it is there (see the module's note):
+    raises OSError when refused."""
+    libc = _pthread()
+    if libc is None:
+        os.sched_setscheduler(0, policy, os.sched_param(priority))
+        return
+    error = libc.pthread_setschedparam(ctypes.c_ulong(libc.pthread_self()), policy,
+                                       ctypes.byref(ctypes.c_int(priority)))
+    if error:
+        raise OSError(error, os.strerror(error))
+
+
+def own_scheduling_as_glibc_sees_it() -> tuple[int, int] | None:
+    """(policy, priority) of the calling thread as glibc reports it to the threads it starts and to
+    libraries (possibly a stale copy; the kernel's is os.sched_getscheduler); None without glibc."""
+    libc = _pthread()
+    if libc is None:
+        return None
+    policy, priority = ctypes.c_int(), ctypes.c_int()
+    libc.pthread_getschedparam(ctypes.c_ulong(libc.pthread_self()), ctypes.byref(policy), ctypes.byref(priority))
+    return policy.value, priority.value
+
+
 @contextlib.contextmanager
 def no_new_real_time_threads():
     """On leaving, every thread of this process that was not real-time on entering returns to
@@ -38,12 +84,16 @@ def no_new_real_time_threads():
     every process the caller starts later inherits it (in CI, after the export test, the whole twin
     graph ran at FIFO 99 and starved the arm's loop at FIFO 50 until the robot's watchdog stopped it)."""
     before = real_time_threads()
+    caller = threading.get_native_id()
     try:
         yield
     finally:
         for tid in real_time_threads() - before:
             with contextlib.suppress(OSError):
-                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+                if tid == caller:
+                    set_own_scheduling(os.SCHED_OTHER, 0)
+                else:
+                    os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
 
 
 @contextlib.contextmanager
@@ -62,11 +112,11 @@ def threads_start_below_caller():
     if policy != getattr(os, "SCHED_FIFO", None) or priority <= 1:
         yield
         return
-    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority - 1))
+    set_own_scheduling(os.SCHED_FIFO, priority - 1)
     try:
         yield
     finally:
         try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+            set_own_scheduling(os.SCHED_FIFO, priority)
         except OSError as err:  # (lowering needs no permission; raising again does, and was granted)
             log.warning("a thread could not return to SCHED_FIFO %d: %s", priority, err)

@@ -52,12 +52,14 @@ def test_the_export_has_the_files_and_fields_lerobot_reads(tmp_path) -> None:
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from fedvla.scheduling import real_time_threads
+    from fedvla.scheduling import REAL_TIME_POLICIES, own_scheduling_as_glibc_sees_it, real_time_threads
 
     _dataset(tmp_path / "ds")
     root = export_lerobot(tmp_path / "ds", tmp_path / "lerobot")
-    # SVT-AV1 run as root makes its caller SCHED_FIFO 99, and the suite's later subprocesses with it
+    # SVT-AV1 run as root makes its caller SCHED_FIFO 99, and the suite's later subprocesses with it;
+    # glibc's copy of the caller's policy too, which Fast DDS applied to every thread it started later
     assert not real_time_threads()
+    assert (own_scheduling_as_glibc_sees_it() or (0, 0))[0] not in REAL_TIME_POLICIES
     info = json.loads((root / "meta" / "info.json").read_text())
     assert info["codebase_version"] == "v3.0" and info["fps"] == 10.0
     assert (info["total_episodes"], info["total_frames"], info["total_tasks"]) == (2, sum(LENGTHS), 2)
