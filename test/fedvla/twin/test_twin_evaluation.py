@@ -178,3 +178,11 @@ def test_twin_results_are_generated_from_the_runs_records(tmp_path):
     assert json.loads((copied / "run.json").read_text())["commit"] == "def"
     assert (copied / "methods" / "fedvla" / "evaluation" / "open_drawer" / "evaluation.json").is_file()
     assert json.loads((copied / "methods" / "fedvla" / "result.json").read_text()) == {"seed": 0}
+    # rewritten with a new study beside the one already copied (its records are read where they are)
+    new_study = tmp_path / "new_study"
+    (new_study / "methods").mkdir(parents=True)
+    (new_study / "study.md").write_text("# The workcell twin study, again\n")
+    (new_study / "run.json").write_text(json.dumps({"commit": "0ff", "scale": {"name": "cpu"}}))
+    text = write_twin_results(tmp_path / "results", demos, detector, [copied, new_study]).read_text()
+    assert "## Twin study, scale `evidence`" in text and "## Twin study, scale `cpu`" in text
+    assert (copied / "methods" / "fedvla" / "evaluation" / "open_drawer" / "evaluation.json").is_file()

@@ -76,11 +76,13 @@ def bench_lines(bench: dict) -> list[str]:
 
 
 def _copy(source: Path, destination: Path, names: tuple[str, ...]) -> None:
-    """A run's records (those it has) into ``destination``."""
+    """A run's records (those it has) into ``destination``; records already there (a results
+    directory rewritten from its own copies, e.g. an earlier study beside a new one) stay."""
     destination.mkdir(parents=True, exist_ok=True)
     for name in names:
-        if (source / name).is_file():
-            shutil.copy(source / name, destination / name)
+        record, copy = source / name, destination / name
+        if record.is_file() and not (copy.is_file() and copy.samefile(record)):
+            shutil.copy(record, copy)
 
 
 def write_twin_results(output: Path, demos_dir: Path, detector_dir: Path | None = None,
