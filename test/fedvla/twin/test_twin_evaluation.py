@@ -3,6 +3,7 @@ in-process trial of a checkpoint (the statistics themselves: test_statistics.py)
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -183,6 +184,9 @@ def test_twin_results_are_generated_from_the_runs_records(tmp_path):
     (new_study / "methods").mkdir(parents=True)
     (new_study / "study.md").write_text("# The workcell twin study, again\n")
     (new_study / "run.json").write_text(json.dumps({"commit": "0ff", "scale": {"name": "cpu"}}))
+    shutil.copytree(detector, new_study / "detector")  # the detector a study trained for its scene parser
     text = write_twin_results(tmp_path / "results", demos, detector, [copied, new_study]).read_text()
     assert "## Twin study, scale `evidence`" in text and "## Twin study, scale `cpu`" in text
+    assert "Its scene parser's detector: mAP50 0.710" in text.split("scale `cpu`")[1]
+    assert (tmp_path / "results" / "study_cpu" / "detector" / "detector.json").is_file()
     assert (copied / "methods" / "fedvla" / "evaluation" / "open_drawer" / "evaluation.json").is_file()

@@ -59,6 +59,14 @@ LATENCY_FIGURES = (("end to end: frame stamp to first servo setpoint", "end_to_e
                    ("of which: policy compute per chunk", "policy_compute_ms", "-"))
 
 
+def detector_sentence(detector_dir: Path) -> str:
+    detector = json.loads((detector_dir / "detector.json").read_text())
+    return (f"mAP50 {detector['map50']:.3f}, mAP50-95 {detector['map50_95']:.3f} on "
+            f"{detector['data']['val_images_per_task']} validation renders per task (layouts never trained on); "
+            f"{detector['train']['epochs']} epochs at {detector['train']['image_size']} px, "
+            f"{(detector_training_seconds(detector_dir) or detector['train_s']) / 60:.0f} min of training.")
+
+
 def bench_lines(bench: dict) -> list[str]:
     """``fedvla bench twin``'s figures (its ``bench.json``) against the issue's goals."""
     lines = ["## Benchmarks (`fedvla bench twin`)", "",
@@ -99,19 +107,19 @@ def write_twin_results(output: Path, demos_dir: Path, detector_dir: Path | None 
              "shared the two cores during the run).", "", *expert_lines(demos), ""]
     _copy(demos_dir, output / "demos", ("demos.json", "run.json"))
     if detector_dir is not None:
-        detector = json.loads((detector_dir / "detector.json").read_text())
         lines += ["## Detector (YOLOv8 from scratch on twin renders)", "",
-                  f"`fedvla twin detector`: mAP50 {detector['map50']:.3f}, mAP50-95 {detector['map50_95']:.3f} on "
-                  f"{detector['data']['val_images_per_task']} validation renders per task (layouts never trained on); "
-                  f"{detector['train']['epochs']} epochs at {detector['train']['image_size']} px, "
-                  f"{(detector_training_seconds(detector_dir) or detector['train_s']) / 60:.0f} min of training.", ""]
+                  f"`fedvla twin detector`: {detector_sentence(detector_dir)}", ""]
         _copy(detector_dir, output / "detector", ("detector.json", "run.json"))
     for study_dir in study_dirs:
         scale = json.loads((study_dir / "run.json").read_text())["scale"]["name"]
         copied = output / f"study_{scale}"
         # (its pictures are linked from study.md, which sits in study_<scale>/)
         report = (study_dir / "study.md").read_text().replace("](", f"](study_{scale}/")
-        lines += [f"## Twin study, scale `{scale}` (graph-evaluated)", "", report, ""]
+        lines += [f"## Twin study, scale `{scale}` (graph-evaluated)", ""]
+        if (study_dir / "detector" / "detector.json").is_file():  # the detector it trained for its scene parser
+            lines += [f"Its scene parser's detector: {detector_sentence(study_dir / 'detector')}", ""]
+            _copy(study_dir / "detector", copied / "detector", ("detector.json", "run.json"))
+        lines += [report, ""]
         _copy(study_dir, copied, ("study.md", "run.json", "success.png", "validation_loss.png"))
         for method in sorted(study_dir.glob("methods/*/result.json")):  # each run: training record, commit
             _copy(method.parent, copied / method.parent.relative_to(study_dir), ("result.json",))
