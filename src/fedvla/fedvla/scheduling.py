@@ -6,12 +6,12 @@ a library may raise threads on its own. :func:`threads_start_below_caller` and
 :func:`no_new_real_time_threads` keep each in check; :func:`real_time_threads` says which threads
 are real-time now.
 
-A thread changes its own scheduling through glibc (:func:`set_own_scheduling`), not the bare
-system call: glibc keeps a copy of a thread's policy once anything set it with
-``pthread_setschedparam``, every thread it starts inherits that copy, and libraries read it back
-(Fast DDS applies it to each thread it starts). Reset by the system call alone, the copy goes stale:
-after an SVT-AV1 encode had set it to FIFO 99, every Fast DDS thread the process started afterwards
-ran at FIFO 99 although no thread was real-time when they started.
+A thread that a library set through glibc (``pthread_setschedparam``) is reset through glibc too
+(:func:`set_own_scheduling`): glibc keeps a copy of the policy set that way, every thread the
+thread starts inherits the copy, and libraries read it back (Fast DDS applies it to each thread it
+starts). Reset by the bare system call, the copy went stale: after an SVT-AV1 encode had set it to
+FIFO 99, every Fast DDS thread the process started afterwards ran at FIFO 99 although no thread was
+real-time when they started. Our own changes use the system call, which leaves no copy behind.
 """
 from __future__ import annotations
 
@@ -112,11 +112,11 @@ def threads_start_below_caller():
     if policy != getattr(os, "SCHED_FIFO", None) or priority <= 1:
         yield
         return
-    set_own_scheduling(os.SCHED_FIFO, priority - 1)
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority - 1))
     try:
         yield
     finally:
         try:
-            set_own_scheduling(os.SCHED_FIFO, priority)
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
         except OSError as err:  # (lowering needs no permission; raising again does, and was granted)
             log.warning("a thread could not return to SCHED_FIFO %d: %s", priority, err)

@@ -29,7 +29,6 @@ from fedvla.robot.ik import IkConfig, IkSolver
 from fedvla.robot.kinematics import GRIPPER_JOINT, HOME_Q, ArmKinematics
 from fedvla.robot.retarget import RetargetConfig, Retargeter
 from fedvla.robot.safety import SafetyConfig, SafetyGuard
-from fedvla.scheduling import set_own_scheduling
 
 log = logging.getLogger("fedvla.robot")
 
@@ -271,7 +270,7 @@ class ArmRuntime:
         if priority <= 0:
             return
         try:
-            set_own_scheduling(os.SCHED_FIFO, priority)
+            os.sched_setscheduler(threading.get_native_id(), os.SCHED_FIFO, os.sched_param(priority))
             log.info("control loop runs with real-time priority %d (SCHED_FIFO)", priority)
         except (AttributeError, OSError) as err:
             log.warning("control loop at normal priority: real-time priority %d refused (%s); grant rtprio "
