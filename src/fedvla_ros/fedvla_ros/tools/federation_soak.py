@@ -393,7 +393,7 @@ class Soak:
                         laggard_thread = threading.Thread(target=self._laggard_upload,
                                                           args=(api, laggard, spec, status, delayed), daemon=True)
                         laggard_thread.start()
-                if (answering and accepted and ("duplicate", r) not in faults_done
+                if (accepted and ("duplicate", r) not in faults_done
                         and self.rng("duplicate", r).random() < self.config.duplicate_probability):
                     faults_done.add(("duplicate", r))
                     self._resend(api, "duplicate", accepted[0], r, r)
