@@ -296,7 +296,36 @@ def test_the_report_is_rewritten_from_the_results_on_disk_alone(smoke, tmp_path)
     assert "written 20" in header and f"from the runs' records (trained at `{commit}`)" in header
     assert "started" not in header
     assert json.loads((tmp_path / "report.json").read_text())["command"] == "fedvla study --report-only"
+    compute = text.split("## Compute")[1].split("\n## ")[0]
+    assert re.search(r"\| FedVLA \(Ours\) \| 2 \| \d+\.\d\d \| \d+\.\d\d \| \d+\.\d\d \|", compute)
+    assert "| every run | 3 | " in compute
     first_pass = Study(CONFIG, scale, tmp_path, show_progress=False).report(command="x", first_seeds=1).read_text()
     assert "| FedVLA (Ours) | 1 | " in first_pass  # a long study's report after its first pass
     with pytest.raises(ConfigError, match=r"methods: wo_eda \(training seed 0\) has no .*result.json"):
         Study(CONFIG, load_scale(CONFIG, "smoke", methods=("wo_eda",)), tmp_path, show_progress=False).report("x")
+
+
+def test_compute_hours_count_the_rounds_of_earlier_sittings_and_the_detectors_resumed_training(tmp_path) -> None:
+    """The report's compute table: a resumed run's training is its rounds' own durations (the
+    sitting that finished it trained only the last round); evaluation is what that sitting spent
+    after training; the detector's ultralytics log restarts its clock when training resumes."""
+    from fedvla.sim.report import compute_table, run_hours
+
+    one_sitting = {"rounds": [{"duration_s": 1800.0}, {"duration_s": 1800.0}], "train_seconds": 3610.0,
+                   "seconds": 5410.0}
+    resumed = {"rounds": [{"duration_s": 3600.0}, {"duration_s": 1800.0}], "train_seconds": 1800.0,
+               "seconds": 9000.0}
+    centralized = {"rounds": [], "train_seconds": 1800.0, "seconds": 3600.0}
+    assert run_hours(one_sitting) == pytest.approx((1.0, 0.5))
+    assert run_hours(resumed) == pytest.approx((1.5, 2.0))
+    assert run_hours(centralized) == pytest.approx((0.5, 0.5))
+    detector = tmp_path / "detector"
+    (detector / "train").mkdir(parents=True)
+    (detector / "detector.json").write_text(json.dumps({"train_s": 60.0, "render_s": 360.0, "train": {"epochs": 3}}))
+    (detector / "train" / "results.csv").write_text("epoch,   time,metrics/mAP50(B)\n1,1800,0.1\n2,3600,0.2\n"
+                                                    "3,1800,0.3\n")  # resumed after epoch 2
+    lines = compute_table({"fedvla": [one_sitting, resumed], "fedavg": [centralized]},
+                          {"fedvla": "FedVLA (Ours)", "fedavg": "FedAvg"}, detector)
+    assert "| FedVLA (Ours) | 2 | 2.50 | 2.50 | 5.00 |" in lines
+    assert "| every run | 3 | 3.00 | 3.00 | 6.00 |" in lines
+    assert lines[-1].startswith("The detector: 1.50 h of training (3 epochs), 0.10 h rendering")

@@ -170,7 +170,10 @@ def test_twin_results_are_generated_from_the_runs_records(tmp_path):
     (study / "study.md").write_text("# The workcell twin study\n")
     (study / "study.md").write_text("# The workcell twin study\n![success per task](success.png)\n")
     (study / "run.json").write_text(json.dumps({"commit": "def", "scale": {"name": "evidence"}}))
-    (study / "methods" / "fedvla" / "result.json").write_text('{"seed": 0}')
+    record = {"seed": 0, "method": {"label": "FedVLA (Ours)"}, "rounds": [{"duration_s": 900.0}],
+              "train_seconds": 900.0, "seconds": 2700.0}
+    (study / "methods" / "fedvla" / "result.json").write_text(json.dumps(record))
+    (study / "methods" / "fedvla" / "run.json").write_text(json.dumps({"commit": "def", "seconds": 2700.0}))
     (study / "methods" / "fedvla" / "evaluation" / "open_drawer" / "evaluation.json").write_text('{"trials": []}')
     text = write_twin_results(tmp_path / "results", demos, detector, [study]).read_text()
     assert "## Twin study, scale `evidence` (graph-evaluated)" in text and "# The workcell twin study" in text
@@ -178,7 +181,9 @@ def test_twin_results_are_generated_from_the_runs_records(tmp_path):
     copied = tmp_path / "results" / "study_evidence"
     assert json.loads((copied / "run.json").read_text())["commit"] == "def"
     assert (copied / "methods" / "fedvla" / "evaluation" / "open_drawer" / "evaluation.json").is_file()
-    assert json.loads((copied / "methods" / "fedvla" / "result.json").read_text()) == {"seed": 0}
+    assert json.loads((copied / "methods" / "fedvla" / "result.json").read_text()) == record
+    assert json.loads((copied / "methods" / "fedvla" / "run.json").read_text())["commit"] == "def"
+    assert "| FedVLA (Ours) | 1 | 0.25 | 0.50 | 0.75 |" in text.split("### Compute, scale `evidence`")[1]
     # rewritten with a new study beside the one already copied (its records are read where they are)
     new_study = tmp_path / "new_study"
     (new_study / "methods").mkdir(parents=True)

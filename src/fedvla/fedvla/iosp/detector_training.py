@@ -83,6 +83,19 @@ class DetectorTrainConfig:
             require_positive(getattr(self, name), name)
 
 
+def detector_training_seconds(detector_dir: Path, detector: dict) -> float:
+    """Training time from ultralytics' ``train/results.csv`` (its ``time`` column restarts at 0
+    when an interrupted training resumes: the segments are summed); without that file, the
+    ``train_s`` of ``detector`` (the directory's ``detector.json``: the sitting that finished it)."""
+    path = detector_dir / "train" / "results.csv"
+    if not path.is_file():
+        return detector["train_s"]
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    column = [c.strip() for c in rows[0]].index("time")
+    times = [float(r[column]) for r in rows[1:] if len(r) > column]
+    return sum(t for t, after in zip(times, times[1:] + [0.0]) if after < t)
+
+
 def train_detector(data_yaml: str | Path, output: str | Path, class_names: Sequence[str],
                    config: DetectorTrainConfig | None = None) -> DetectorMetrics:
     """YOLOv8 from scratch (``config.model``: an architecture file) on the renders, then its mAP on

@@ -327,6 +327,36 @@ def model_size_table(results: dict[str, list[dict]], methods) -> list[str]:
     return lines
 
 
+def run_hours(run: dict) -> tuple[float, float]:
+    """(training, closed-loop evaluation) wall-clock hours of one run: training is the sum of its
+    rounds' own durations, so the rounds of earlier sittings of a resumed run count; evaluation is
+    the finishing sitting's time after training (a sitting stopped during evaluation is not counted)."""
+    training = sum(r["duration_s"] for r in run["rounds"]) if run["rounds"] else run["train_seconds"]
+    return training / 3600, (run["seconds"] - run["train_seconds"]) / 3600
+
+
+def compute_table(results: dict[str, list[dict]], labels: dict[str, str], detector_dir: Path | None = None) -> list[str]:
+    """Hours per method (``labels``' order and names) over its training seeds, their total, and the
+    detector's training (``detector_dir``'s ``detector.json``, its ultralytics log where kept)."""
+    from fedvla.iosp.detector_training import detector_training_seconds
+
+    lines = ["| Method | runs | training (h) | closed-loop evaluation (h) | total (h) |", "|---|---:|---:|---:|---:|"]
+    totals = np.zeros(2)
+    for name, label in labels.items():
+        hours = np.sum([run_hours(run) for run in results[name]], axis=0)
+        totals += hours
+        lines.append(f"| {label} | {len(results[name])} | {hours[0]:.2f} | {hours[1]:.2f} | {hours.sum():.2f} |")
+    lines.append(f"| every run | {sum(len(results[name]) for name in labels)} | {totals[0]:.2f} | {totals[1]:.2f} | "
+                 f"{totals.sum():.2f} |")
+    record = detector_dir / "detector.json" if detector_dir else None
+    if record and record.is_file():
+        detector = json.loads(record.read_text())
+        seconds = detector_training_seconds(detector_dir, detector)
+        lines += ["", f"The detector: {seconds / 3600:.2f} h of training ({detector['train']['epochs']} epochs), "
+                  f"{detector['render_s'] / 3600:.2f} h rendering its images in the sitting that finished it."]
+    return lines
+
+
 def validation_table(results: dict[str, list[dict]], methods, tasks: list[str]) -> list[str]:
     lines = ["| Method | " + " | ".join(TASK_LABELS.get(t, t) for t in tasks) + " |", "|---|" + "---:|" * len(tasks)]
     for method in methods:
@@ -598,6 +628,9 @@ def write_report(output: Path, scale, methods, results: dict[str, list[dict]], *
               "as large as FedVLA's MoE trunk, so a larger trunk cannot explain a gain over it; like w/o IOSP, it "
               "sees no IOSP object tokens.", "",
               *model_size_table(results, methods), ""]
+    lines += ["## Compute", "", "Wall-clock hours as each run recorded them (its machine is in its `run.json`; on a "
+              "machine shared with other work they are longer than the work needs).", "",
+              *compute_table(results, labels, output / "detector"), ""]
     pairs = [(a, b) for a, b in aggregation_pairs(methods) if results[a.name][0]["rounds"]]
     if pairs:
         lines += ["## EDA where clients differ: FedVLA against w/o EDA per client setting", "",

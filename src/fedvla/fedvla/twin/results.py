@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedvla.iosp.detector_training import detector_training_seconds
+from fedvla.sim.report import compute_table
 from fedvla.statistics import wilson_interval
 
 
@@ -40,18 +42,6 @@ def expert_lines(demos: dict) -> list[str]:
     return lines
 
 
-def detector_training_seconds(detector_dir: Path) -> float | None:
-    """Training time from ultralytics' ``train/results.csv`` (its ``time`` column restarts at 0
-    when an interrupted training resumes: the segments are summed); None without the file."""
-    path = detector_dir / "train" / "results.csv"
-    if not path.is_file():
-        return None
-    rows = [line.split(",") for line in path.read_text().splitlines()]
-    column = [c.strip() for c in rows[0]].index("time")
-    times = [float(r[column]) for r in rows[1:] if len(r) > column]
-    return sum(t for t, after in zip(times, times[1:] + [0.0]) if after < t)
-
-
 # The latency figures of ``fedvla bench twin`` (its latency.json keys), as its table and the results
 # name them, with the issue's goal.
 LATENCY_FIGURES = (("end to end: frame stamp to first servo setpoint", "end_to_end_ms", "p95 <= 150"),
@@ -64,7 +54,7 @@ def detector_sentence(detector_dir: Path) -> str:
     return (f"mAP50 {detector['map50']:.3f}, mAP50-95 {detector['map50_95']:.3f} on "
             f"{detector['data']['val_images_per_task']} validation renders per task (layouts never trained on); "
             f"{detector['train']['epochs']} epochs at {detector['train']['image_size']} px, "
-            f"{(detector_training_seconds(detector_dir) or detector['train_s']) / 60:.0f} min of training.")
+            f"{detector_training_seconds(detector_dir, detector) / 60:.0f} min of training.")
 
 
 def bench_lines(bench: dict) -> list[str]:
@@ -111,7 +101,8 @@ def write_twin_results(output: Path, demos_dir: Path, detector_dir: Path | None 
                   f"`fedvla twin detector`: {detector_sentence(detector_dir)}", ""]
         _copy(detector_dir, output / "detector", ("detector.json", "run.json"))
     for study_dir in study_dirs:
-        scale = json.loads((study_dir / "run.json").read_text())["scale"]["name"]
+        scale_config = json.loads((study_dir / "run.json").read_text())["scale"]
+        scale = scale_config["name"]
         copied = output / f"study_{scale}"
         # (its pictures are linked from study.md, which sits in study_<scale>/)
         report = (study_dir / "study.md").read_text().replace("](", f"](study_{scale}/")
@@ -120,9 +111,19 @@ def write_twin_results(output: Path, demos_dir: Path, detector_dir: Path | None 
             lines += [f"Its scene parser's detector: {detector_sentence(study_dir / 'detector')}", ""]
             _copy(study_dir / "detector", copied / "detector", ("detector.json", "run.json"))
         lines += [report, ""]
+        order = {name: rank for rank, name in enumerate(scale_config.get("methods") or ())}  # (the study's own order)
+        results = sorted(study_dir.glob("methods/*/result.json"),
+                         key=lambda path: (order.get(path.parent.name, len(order)), path))
+        runs = {path.parent.name: json.loads(path.read_text()) for path in results}
+        if runs:
+            lines += [f"### Compute, scale `{scale}`", "", "Wall-clock hours as each run recorded them (training: "
+                      "its rounds' own durations; evaluation: through the graph).", "",
+                      *compute_table({name: [run] for name, run in runs.items()},
+                                     {name: run["method"]["label"] for name, run in runs.items()},
+                                     study_dir / "detector"), ""]
         _copy(study_dir, copied, ("study.md", "run.json", "success.png", "validation_loss.png"))
-        for method in sorted(study_dir.glob("methods/*/result.json")):  # each run: training record, commit
-            _copy(method.parent, copied / method.parent.relative_to(study_dir), ("result.json",))
+        for path in results:  # each run: training record, provenance
+            _copy(path.parent, copied / path.parent.relative_to(study_dir), ("result.json", "run.json"))
         for evaluation in sorted(study_dir.glob("methods/*/evaluation/*/evaluation.json")):  # every trial's record
             relative = evaluation.parent.relative_to(study_dir)
             _copy(evaluation.parent, copied / relative, ("evaluation.json",))
