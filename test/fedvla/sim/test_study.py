@@ -329,3 +329,25 @@ def test_compute_hours_count_the_rounds_of_earlier_sittings_and_the_detectors_re
     assert "| FedVLA (Ours) | 2 | 2.50 | 2.50 | 5.00 |" in lines
     assert "| every run | 3 | 3.00 | 3.00 | 6.00 |" in lines
     assert lines[-1].startswith("The detector: 1.50 h of training (3 epochs), 0.10 h rendering")
+
+
+def test_an_interrupted_study_stops_with_one_line_that_says_how_to_go_on(tmp_path) -> None:
+    """SIGTERM (a timeout, systemd, a closed session) or Ctrl-C during a study: exit status 130 and
+    the resume hint, not a traceback from wherever the study happened to be."""
+    import signal
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([str(Path(sys.prefix) / "bin" / "fedvla"), "study", "--scale", "smoke", "--methods",
+                                "fedavg", "--output", str(tmp_path / "study")],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    while not any("simulation study, scale smoke" in line for line in lines):
+        line = process.stdout.readline()
+        assert line, "".join(lines)  # (it ended before starting the study)
+        lines.append(line)
+    process.send_signal(signal.SIGTERM)
+    out = "".join(lines) + process.communicate(timeout=120)[0]
+    assert process.returncode == 130, out
+    assert "Traceback" not in out
+    assert "fedvla: interrupted; run the same command again to go on where it stopped" in out

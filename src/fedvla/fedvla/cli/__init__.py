@@ -86,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: the command's own handlers have stopped what it started; a line, not a
+        # traceback, and how to go on where the command can.
+        hint = getattr(args, "on_interrupt", "")
+        console.print(f"[yellow]fedvla: interrupted{'; ' + hint if hint else ''}", highlight=False)
+        return 130
     except Exception as err:
         if not isinstance(err, _user_errors()):
             raise

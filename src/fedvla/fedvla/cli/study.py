@@ -62,6 +62,11 @@ def cmd_study_skills(args: argparse.Namespace) -> int:
     return 0
 
 
+# What an interrupted study prints (finished runs are kept; an interrupted run resumes after its
+# last closed round).
+RESUME_HINT = "run the same command again to go on where it stopped (finished runs are kept)"
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     study = commands.add_parser("study", help="the simulation study: collect, train every method, evaluate closed "
                            "loop, tables and plots (resumes an interrupted run)")
@@ -78,7 +83,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     study.add_argument("--report-only", action="store_true",
                        help="write results.md, the plots and run.json from the result.json files already in the "
                             "output (nothing collected, trained or evaluated)")
-    study.set_defaults(func=cmd_study)
+    study.set_defaults(func=cmd_study, on_interrupt=RESUME_HINT)
     detector = commands.add_parser("study-detector", help="YOLOv8 from scratch on Meta-World renders labelled from "
                                    "the simulator's segmentation (the study's IOSP with a real detector): mAP")
     detector.add_argument("--train-layouts", type=int, default=40, help="training layouts per task (3 cameras each)")
@@ -97,4 +102,4 @@ def register(commands: argparse._SubParsersAction) -> None:
     skills.add_argument("--output", help="study directory (default runs/study_skills_<scale>)")
     skills.add_argument("--methods", nargs="+", help="only these methods (base, skills_federated, skills_local, "
                         "full_ft_federated, lora_federated)")
-    skills.set_defaults(func=cmd_study_skills)
+    skills.set_defaults(func=cmd_study_skills, on_interrupt=RESUME_HINT)
