@@ -92,7 +92,8 @@ def _fedvla_launch_until_up(tmp_path: Path, script: str):
                                "--duration", "60"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 30
     lines = []
-    while time.monotonic() < deadline and not any("up" in line for line in lines):
+    # (the node's own line, "[/talker] up": the runner's status lines may say "up" before it is)
+    while time.monotonic() < deadline and not any(line.rstrip().endswith("] up") for line in lines):
         lines.append(launch.stdout.readline())
     return launch, lines
 

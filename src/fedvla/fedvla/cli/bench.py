@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from fedvla.cli.common import console, print_table, run_ros_tool
+from fedvla.cli.common import RESUME_WITH_OUTPUT_HINT, console, print_table, run_ros_tool
 from fedvla.graph import find_config_dir
 from fedvla.model.step_backend import StepBackend
 
@@ -504,7 +504,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                                 help="a twin launch argument for every condition (repeat), e.g. rtde_watchdog_hz:=10 "
                                 "for the robot's 100 ms RTDE watchdog (the twin's own: 500 ms); not one the "
                                 "conditions set")
-    realtime_bench.set_defaults(func=cmd_bench_realtime)
+    realtime_bench.set_defaults(func=cmd_bench_realtime, on_interrupt=RESUME_WITH_OUTPUT_HINT)
     bag_bench = bench.add_parser("bag", help="the size of one recording in each rosbag2 storage and compression")
     bag_bench.add_argument("--seconds", type=float, default=30.0, help="how long the sim profile is recorded")
     bag_bench.add_argument("--bag", help="measure this recording instead of recording the sim profile")

@@ -9,6 +9,12 @@ from fedvla.bag import BagSummary
 
 console = Console()
 
+# What an interrupted resumable command prints (``on_interrupt``; finished work is kept and an
+# interrupted run resumes where it stopped): commands whose default output is the same each time...
+RESUME_HINT = "run the same command again to go on where it stopped (finished runs are kept)"
+# ... and those whose default output is a new dated directory.
+RESUME_WITH_OUTPUT_HINT = "run it again with --output set to its run directory to go on where it stopped"
+
 
 def progress_bar() -> Progress:
     """A counted progress bar (items done of a total) on the console."""

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from fedvla.cli.common import console
+from fedvla.cli.common import RESUME_HINT, console
 from fedvla.graph import find_config_dir
 
 
@@ -60,11 +60,6 @@ def cmd_study_skills(args: argparse.Namespace) -> int:
     console.print(report.read_text())
     console.print(f"[green]tables: {report}; plots: {output / 'success.png'}, {output / 'cost.png'}")
     return 0
-
-
-# What an interrupted study prints (finished runs are kept; an interrupted run resumes after its
-# last closed round).
-RESUME_HINT = "run the same command again to go on where it stopped (finished runs are kept)"
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedvla.cli.common import run_ros_tool
+from fedvla.cli.common import RESUME_HINT, RESUME_WITH_OUTPUT_HINT, run_ros_tool
 
 
 def cmd_twin_demos(args: argparse.Namespace) -> int:
@@ -49,11 +49,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     twin = commands.add_parser("twin", help="the workcell twin").add_subparsers(dest="twin_command", required=True)
     demos = twin.add_parser("demos", help="expert demonstrations through the graph, recorded and imported as "
                             "datasets (options: those of twin_demos; --help lists them)", add_help=False)
-    demos.set_defaults(func=cmd_twin_demos, passes_options=True)
+    demos.set_defaults(func=cmd_twin_demos, passes_options=True, on_interrupt=RESUME_WITH_OUTPUT_HINT)
     evaluate = twin.add_parser("evaluate", help="closed-loop trials of a checkpoint through the graph, recorded, "
                                "with Wilson intervals and the in-process cross-check (options: those of twin_evaluate; "
                                "--help lists them)", add_help=False)
-    evaluate.set_defaults(func=cmd_twin_evaluate, passes_options=True)
+    evaluate.set_defaults(func=cmd_twin_evaluate, passes_options=True, on_interrupt=RESUME_WITH_OUTPUT_HINT)
     detector = twin.add_parser("detector", help="train YOLOv8 from scratch on twin renders labelled from the "
                                "segmentation; prints mAP50 and mAP50-95 on validation layouts")
     detector.add_argument("--train-images", type=int, default=150, help="training renders per task")
@@ -68,7 +68,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     study = twin.add_parser("study", help="the twin study: demonstrations, federated training (one robot per task), "
                             "closed-loop evaluation through the graph (options: those of twin_study; --help lists them)",
                             add_help=False)
-    study.set_defaults(func=cmd_twin_study, passes_options=True)
+    study.set_defaults(func=cmd_twin_study, passes_options=True, on_interrupt=RESUME_HINT)
     results = twin.add_parser("results", help="summarise recorded twin runs (demos, detector, study) for results/")
     results.add_argument("--demos", required=True, help="a fedvla twin demos output directory")
     results.add_argument("--detector", help="a fedvla twin detector output directory")
