@@ -86,11 +86,12 @@ def test_the_report_has_the_papers_tables_plots_and_provenance(smoke) -> None:
     assert re.fullmatch(rf"\| Scripted expert \(ceiling\) \| - \| \d+\.\d \| {cell} \| {cell} \|", rows[4]), rows[4]
     assert "| FedVLA (Ours) | 63.3 | 80.0 | 80.0 | 53.3 | 40.0 |" in report  # the paper's row beside ours
     paired = report.split("## Paired tests")[1].split("##")[0]
-    assert "| w/o EDA | +" in paired and "OR " in paired
+    assert "| w/o EDA | 1 | +" in paired and "OR " in paired  # (FedVLA's 2 seeds against its 1: seed 0 pairs)
     claims = report.split("## The paper's claims at this scale")[1].split("##")[0]
     for claim in ("FedVLA ≈ Centralized", "FedVLA > FedAvg", "FedVLA > FedAvg (trunk matched)",
                   "w/o IOSP below FedVLA", "w/o DGMoE below FedVLA", "w/o EDA below FedVLA", "Table 3's ordering"):
         assert re.search(rf"\* {re.escape(claim)}.*\*\*(holds|does not hold) at this scale\*\*", claims), claim
+    assert re.search(r"\* w/o EDA below FedVLA.*, paired on the 1 training seed both have\)", claims)
     assert "## EDA weights per round: FedVLA (Ours)" in report
     sizes = {row.split(" | ")[0][2:]: row.split(" | ")[2:] for row in
              report.split("## Model size")[1].split("##")[0].splitlines() if row.startswith("| ") and "---" not in row}

@@ -62,8 +62,16 @@ def test_twin_results_pair_by_seed_in_the_papers_tables() -> None:
     text = "\n".join(paper_sections(records, methods, tasks, PAPER_TABLE2, trials="same seed"))
     assert "## Table 2: success (%) per task" in text and "| FedVLA (Ours) | 63.3 | 53.3 | 46.7 | 80.0 | 73.3 |" in text
     assert "| w/o EDA | 26.7 | 26.7 | 20.0 | 33.3 | 26.7 |" in text  # the paper's full Table 3: the same tasks
-    assert "| FedAvg | +3/-0, p=0.25 | " in text  # per task: 3 trials only FedVLA won, none only FedAvg
-    assert "| w/o EDA | +4/-1, p=0.38 | " in text
+    assert "| FedAvg | 1 | +3/-0, p=0.25 | " in text  # per task: 3 trials only FedVLA won, none only FedAvg
+    assert "| w/o EDA | 1 | +4/-1, p=0.38 | " in text
+    # a method with fewer training seeds pairs on the seeds both have, and its claim says so
+    from fedvla.sim.report import claim_lines
+
+    uneven = trial_outcomes({"fedvla": [run({0, 1, 2, 3}), run({0, 1})], "fedavg": [run({0})]}, tasks)
+    claim = claim_lines(uneven, {"fedvla": "FedVLA (Ours)", "fedavg": "FedAvg"}, tasks)[0]
+    assert claim.startswith("FedVLA > FedAvg: ") and "(50.0 % against 16.7 %; CMH odds ratio" in claim
+    assert claim.endswith(", paired on the 1 training seed both have).")
+    assert "both have" not in "\n".join(claim_lines(records, {"fedvla": "F", "fedavg": "A", "wo_eda": "E"}, tasks))
     with pytest.raises(ConfigError, match="trials: wo_eda ran clean_up on seeds .* the trials do not pair"):
         trial_outcomes({"fedvla": [run({0})], "wo_eda": [run({0}, seeds=range(5))]}, tasks)
 

@@ -116,6 +116,7 @@ class Comparison:
     other: str
     per_task: dict[str, PairedTest]
     across_tasks: StratifiedTest
+    seeds: int = 1  # the training seeds paired: the first ones both methods have
 
     @property
     def better(self) -> bool:  # the reference significantly above the other
@@ -131,16 +132,16 @@ class Comparison:
 def compare(results: dict[str, list[dict]], reference: str, other: str, tasks: list[str]) -> Comparison:
     outcomes = {task: paired(results, reference, other, task) for task in tasks}
     return Comparison(reference, other, {task: mcnemar(*pair) for task, pair in outcomes.items()},
-                      cochran_mantel_haenszel(outcomes))
+                      cochran_mantel_haenszel(outcomes), min(len(results[reference]), len(results[other])))
 
 
 def comparison_table(comparisons: list[Comparison], labels: dict[str, str], tasks: list[str]) -> list[str]:
-    lines = ["| FedVLA against | " + " | ".join(TASK_LABELS.get(t, t) for t in tasks)
-             + " | all tasks (CMH) |", "|---|" + "---|" * (len(tasks) + 1)]
+    lines = ["| FedVLA against | seeds paired | " + " | ".join(TASK_LABELS.get(t, t) for t in tasks)
+             + " | all tasks (CMH) |", "|---|---:|" + "---|" * (len(tasks) + 1)]
     for c in comparisons:
         cells = [f"+{t.only_a}/-{t.only_b}, p={t.p_value:.2g}" for t in (c.per_task[task] for task in tasks)]
         odds = c.across_tasks.pooled_odds_ratio
-        lines.append(f"| {labels[c.other]} | " + " | ".join(cells)
+        lines.append(f"| {labels[c.other]} | {c.seeds} | " + " | ".join(cells)
                      + f" | OR {odds:.2f}, p={c.across_tasks.p_value:.2g} |")
     return lines
 
@@ -154,7 +155,10 @@ def claim_lines(results: dict[str, list[dict]], labels: dict[str, str], tasks: l
     average = {name: _average_success(runs, tasks) for name, runs in results.items()}
 
     def significance(c: Comparison) -> str:
-        return f"CMH odds ratio {c.across_tasks.pooled_odds_ratio:.2f}, p = {c.across_tasks.p_value:.2g}"
+        # (the averages are over each method's seeds; the test pairs only the seeds both have)
+        unpaired = len(results[c.reference]) != len(results[c.other])
+        on = f", paired on the {c.seeds} training seed{'s' if c.seeds > 1 else ''} both have" if unpaired else ""
+        return f"CMH odds ratio {c.across_tasks.pooled_odds_ratio:.2f}, p = {c.across_tasks.p_value:.2g}{on}"
 
     if "centralized" in results:
         c = compare(results, fedvla, "centralized", tasks)
@@ -583,7 +587,8 @@ def paper_sections(results: dict[str, list[dict]], methods, tasks: list[str], ma
     if "fedvla" in results and others:
         comparisons = [compare(results, "fedvla", other, tasks) for other in others]
         lines += ["## Paired tests: FedVLA against each method on the same trials", "",
-                  f"Per task, McNemar's exact test on the trials ({trials} and training seed) where "
+                  f"Per task, McNemar's exact test on the trials ({trials} and training seed, over the training seeds "
+                  "both methods have: 'seeds paired') where "
                   "exactly one of the two succeeded (+: only FedVLA, -: only the other); across tasks, the "
                   "Cochran–Mantel–Haenszel test with each task a stratum (OR > 1: FedVLA's odds of success higher). "
                   f"Significant: p < {ALPHA:g}.", ""] + comparison_table(comparisons, labels, tasks) + [""]
