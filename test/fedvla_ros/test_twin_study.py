@@ -42,7 +42,7 @@ def test_the_smoke_twin_study_runs_end_to_end(tmp_path) -> None:
     assert demos["detector"] == detector
     # the graph's trials in the paper's layout, FedVLA against w/o EDA trial by trial
     assert "## Table 2: success (%) per task" in report and "## Table 3: ablations" in report
-    assert "The paper's Table 3 averages" in report and "| w/o EDA | +" in report  # (2 of its 4 tasks here)
+    assert "The paper's Table 3 averages" in report and "| w/o EDA | 1 | +" in report  # (2 of its 4 tasks here; one seed paired)
     assert (output / "validation_loss.png").stat().st_size > 1000
     run_record = json.loads((output / "run.json").read_text())
     assert run_record["scale"]["name"] == "smoke" and run_record["detector"] == detector
